@@ -1,0 +1,91 @@
+//! The HTTP surface: `/metrics`, the `/-/healthy` and `/-/ready` probes, and
+//! the thin REST side router under `/api/system`.
+//!
+//! Handlers only read shared state that collectors wrote; none of them
+//! polls hardware. [`router`] builds the whole app so that tests can drive
+//! it with `tower::ServiceExt::oneshot`, without a socket. Every error is
+//! JSON, `{"error": "...", "detail": ...}`, mapped to a status in one place:
+//! [`AppError`].
+
+pub mod metrics;
+pub mod system;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::collectors::gpu::GpuState;
+use crate::collectors::Readiness;
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Everything the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub gpu: Arc<GpuState>,
+    pub store: Option<Arc<Store>>,
+    pub events: EventBus,
+}
+
+/// Builds the application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route("/-/healthy", get(|| async { "Healthy.\n" }))
+        .route("/-/ready", get(ready))
+        .merge(system::routes())
+        .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
+        .with_state(state)
+}
+
+async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "Ready.\n").into_response()
+    } else {
+        let waiting = state.readiness.waiting().join(", ");
+        (StatusCode::SERVICE_UNAVAILABLE, format!("Not ready: waiting for the first collection of: {waiting}.\n"))
+            .into_response()
+    }
+}
+
+/// The one error type of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A query parameter or body was wrong; the text says what is allowed.
+    #[error("{message}")]
+    BadRequest { message: String, detail: serde_json::Value },
+    #[error("{0}")]
+    NotFound(String),
+    /// A dependency (the history store) could not answer.
+    #[error("{message}")]
+    Unavailable { message: String, detail: String },
+}
+
+impl AppError {
+    pub fn bad_request(message: impl Into<String>, detail: serde_json::Value) -> AppError {
+        AppError::BadRequest { message: message.into(), detail }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, detail) = match &self {
+            AppError::BadRequest { detail, .. } => (StatusCode::BAD_REQUEST, detail.clone()),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, serde_json::Value::Null),
+            AppError::Unavailable { detail, .. } => {
+                tracing::warn!(error = %self, detail = %detail, "Request failed: dependency unavailable.");
+                (StatusCode::SERVICE_UNAVAILABLE, json!(detail))
+            }
+        };
+        (status, Json(json!({ "error": self.to_string(), "detail": detail }))).into_response()
+    }
+}

@@ -1,0 +1,128 @@
+//! `/api/system/gpu`, `/api/system/gpus` and `/api/system/gpu/history`:
+//! GPU readings in the design's JSON shape, served from the collector's
+//! snapshot, the in-memory ring, or (beyond the ring's window) the store.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{AppError, AppState};
+use crate::history::GpuSample;
+
+/// Range of `minutes` on the history endpoint.
+pub const HISTORY_MINUTES: (u32, u32) = (1, 1440);
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/system/gpu", get(gpu))
+        .route("/api/system/gpus", get(gpus))
+        .route("/api/system/gpu/history", get(history))
+}
+
+type RawQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+/// Parses the query string, refusing parameters the endpoint does not know.
+fn params(q: RawQuery, allowed: &[&str]) -> Result<HashMap<String, String>, AppError> {
+    let Query(map) = q.map_err(|e| AppError::bad_request("malformed query string", json!(e.body_text())))?;
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(AppError::bad_request(
+            format!("unknown query parameter {unknown:?}"),
+            json!({ "allowed": allowed }),
+        ));
+    }
+    Ok(map)
+}
+
+/// Parses an integer parameter and checks its range.
+fn int_param(map: &HashMap<String, String>, key: &str, range: (u32, u32)) -> Result<Option<u32>, AppError> {
+    let Some(raw) = map.get(key) else { return Ok(None) };
+    let allowed = json!({ "parameter": key, "min": range.0, "max": range.1 });
+    let v: u32 = raw
+        .trim()
+        .parse()
+        .map_err(|_| AppError::bad_request(format!("{key} must be a whole number from {} to {}, got {raw:?}", range.0, range.1), allowed.clone()))?;
+    if v < range.0 || v > range.1 {
+        return Err(AppError::bad_request(format!("{key} must be from {} to {}, got {v}", range.0, range.1), allowed));
+    }
+    Ok(Some(v))
+}
+
+fn current(state: &AppState) -> Vec<GpuSample> {
+    let snap = state.gpu.snapshot();
+    let at = snap.recorded_at.unwrap_or_else(Utc::now);
+    snap.readings.iter().map(|r| GpuSample::from_reading(r, at)).collect()
+}
+
+/// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the
+/// mock object when no GPU is available.
+async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSample>, AppError> {
+    let map = params(q, &["gpu"])?;
+    let wanted = int_param(&map, "gpu", (0, u32::MAX))?;
+    let all = current(&state);
+    if !state.gpu.snapshot().available {
+        return match wanted {
+            None => Ok(Json(GpuSample::mock(Utc::now()))),
+            Some(n) => Err(AppError::NotFound(format!("GPU {n} not found: no GPU is available (mock mode)"))),
+        };
+    }
+    let found = match wanted {
+        None => all.first().cloned(),
+        Some(n) => all.iter().find(|s| s.gpu == Some(n)).cloned(),
+    };
+    found.map(Json).ok_or_else(|| {
+        let known: Vec<u32> = all.iter().filter_map(|s| s.gpu).collect();
+        AppError::NotFound(format!("GPU {} not found; available GPUs: {known:?}", wanted.unwrap_or(0)))
+    })
+}
+
+/// `GET /api/system/gpus`: every GPU, or `[mock]` when none is available.
+async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
+    params(q, &[])?;
+    if !state.gpu.snapshot().available {
+        return Ok(Json(vec![GpuSample::mock(Utc::now())]));
+    }
+    Ok(Json(current(&state)))
+}
+
+#[derive(Serialize)]
+struct HistoryBody {
+    gpu: u32,
+    minutes: u32,
+    /// `memory` inside the in-memory window, `store` beyond it.
+    source: &'static str,
+    samples: Vec<GpuSample>,
+}
+
+/// `GET /api/system/gpu/history?minutes=N[&gpu=N]`.
+async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<HistoryBody>, AppError> {
+    let map = params(q, &["minutes", "gpu"])?;
+    let minutes = int_param(&map, "minutes", HISTORY_MINUTES)?.unwrap_or(60);
+    let gpu = int_param(&map, "gpu", (0, u32::MAX))?.unwrap_or(0);
+    let since = Utc::now() - chrono::Duration::minutes(minutes as i64);
+    let in_memory = state.gpu.with_history(|h| i64::from(minutes) <= h.window_minutes());
+    let (source, samples) = if in_memory {
+        ("memory", state.gpu.with_history(|h| h.since(gpu, since)))
+    } else {
+        let store = state.store.as_ref().ok_or_else(|| AppError::Unavailable {
+            message: "history beyond the in-memory window needs the store, which is disabled".into(),
+            detail: format!("in-memory window: {} minutes", state.config.gpu.history_minutes),
+        })?;
+        let samples = store.history(gpu, since).await.map_err(|e| AppError::Unavailable {
+            message: "history store unavailable".into(),
+            detail: e.to_string(),
+        })?;
+        ("store", samples)
+    };
+    Ok(Json(HistoryBody {
+        gpu,
+        minutes,
+        source,
+        samples,
+    }))
+}

@@ -1,0 +1,380 @@
+//! The GPU collector: polls NVML through [`crate::nvml`], keeps the latest
+//! readings as a snapshot, feeds the history ring and the store, and turns
+//! the snapshot into the `gpu_*` metric families on demand.
+//!
+//! The families are built from the snapshot at render time, so a GPU that
+//! disappears or a process that exits simply has no series in the next
+//! page; nothing stale lingers. Driver-cumulative values (energy, ECC) are
+//! exposed as counters with the driver's own totals; XID errors arrive as
+//! events and are summed here.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::core::{Collector as PromCollector, Desc};
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+
+use super::{CollectError, Collector};
+use crate::config::GpuConfig;
+use crate::events::{Event, EventBus};
+use crate::history::{GpuSample, History};
+use crate::nvml::{GpuReading, NvmlHandle, THROTTLE_REASONS};
+use crate::store::Store;
+
+/// What the API and `/metrics` read: the last poll's result.
+#[derive(Debug, Clone, Default)]
+pub struct GpuSnapshot {
+    /// False in mock mode (NVML could not be loaded).
+    pub available: bool,
+    pub driver_version: String,
+    pub readings: Vec<GpuReading>,
+    /// Cumulative XID counts per `(gpu, uuid, xid)`.
+    pub xid_totals: BTreeMap<(u32, String, u64), u64>,
+    pub recorded_at: Option<DateTime<Utc>>,
+}
+
+/// Shared GPU state: written by the collector, read by everything else.
+pub struct GpuState {
+    snapshot: RwLock<Arc<GpuSnapshot>>,
+    history: Mutex<History>,
+    per_process: bool,
+}
+
+impl GpuState {
+    pub fn new(config: &GpuConfig) -> Arc<GpuState> {
+        Arc::new(GpuState {
+            snapshot: RwLock::new(Arc::new(GpuSnapshot::default())),
+            history: Mutex::new(History::new(config.history_minutes)),
+            per_process: config.per_process,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<GpuSnapshot> {
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn publish(&self, snapshot: GpuSnapshot) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+    }
+
+    /// Runs `f` with the in-memory history ring.
+    pub fn with_history<T>(&self, f: impl FnOnce(&History) -> T) -> T {
+        f(&self.history.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Polls NVML, or stays in mock mode when NVML could not be loaded.
+pub struct GpuCollector {
+    config: GpuConfig,
+    state: Arc<GpuState>,
+    nvml: Option<NvmlHandle>,
+    events: EventBus,
+    store: Option<Arc<Store>>,
+    /// UUIDs currently above the temperature threshold.
+    hot: HashSet<String>,
+    /// GPUs seen in the last poll, by index.
+    present: BTreeMap<u32, String>,
+    xid_totals: BTreeMap<(u32, String, u64), u64>,
+}
+
+impl GpuCollector {
+    /// Loads NVML; on failure logs once and starts in mock mode.
+    pub async fn start(
+        config: GpuConfig,
+        state: Arc<GpuState>,
+        events: EventBus,
+        store: Option<Arc<Store>>,
+    ) -> GpuCollector {
+        let nvml = match NvmlHandle::start(&config.nvml_library, config.per_process).await {
+            Ok(h) => {
+                tracing::info!(library = %config.nvml_library, driver_version = %h.driver_version, "NVML loaded.");
+                Some(h)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "No NVIDIA GPU available; GPU collector runs in mock mode.");
+                None
+            }
+        };
+        GpuCollector {
+            config,
+            state,
+            nvml,
+            events,
+            store,
+            hot: HashSet::new(),
+            present: BTreeMap::new(),
+            xid_totals: BTreeMap::new(),
+        }
+    }
+
+    /// True when running without NVML.
+    pub fn is_mock(&self) -> bool {
+        self.nvml.is_none()
+    }
+
+    fn check_temperature(&mut self, r: &GpuReading) {
+        let threshold = self.config.temperature_warning_celsius;
+        let Some(t) = r.temperature_celsius else { return };
+        if t > threshold {
+            if self.hot.insert(r.uuid.clone()) {
+                tracing::warn!(gpu = r.index, uuid = %r.uuid, temperature = t, threshold, "GPU temperature is above the warning threshold.");
+                self.events.publish(Event::GpuTemperatureHigh {
+                    gpu: r.index,
+                    uuid: r.uuid.clone(),
+                    temperature: t,
+                    threshold,
+                });
+            }
+        } else if self.hot.remove(&r.uuid) {
+            tracing::info!(gpu = r.index, uuid = %r.uuid, temperature = t, threshold, "GPU temperature is back below the warning threshold.");
+        }
+    }
+}
+
+impl Collector for GpuCollector {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.poll_interval
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    async fn collect(&mut self) -> Result<(), CollectError> {
+        let Some(nvml) = &self.nvml else {
+            self.state.publish(GpuSnapshot {
+                recorded_at: Some(Utc::now()),
+                ..Default::default()
+            });
+            return Ok(());
+        };
+        let outcome = nvml.poll().await.map_err(|e| CollectError::Failed(e.to_string()))?;
+        let driver_version = nvml.driver_version.clone();
+        let now = Utc::now();
+
+        for (gpu, uuid, xid) in &outcome.xids {
+            *self.xid_totals.entry((*gpu, uuid.clone(), *xid)).or_default() += 1;
+            tracing::error!(gpu, uuid = %uuid, xid, "GPU reported a critical XID error.");
+            self.events.publish(Event::GpuXid {
+                gpu: *gpu,
+                uuid: uuid.clone(),
+                xid: *xid,
+            });
+        }
+        for index in &outcome.lost {
+            if let Some(uuid) = self.present.get(index) {
+                tracing::error!(gpu = index, uuid = %uuid, "GPU is lost (fell off the bus); its series are removed.");
+                self.events.publish(Event::GpuLost {
+                    gpu: *index,
+                    uuid: uuid.clone(),
+                });
+            }
+        }
+        let readings = outcome.readings;
+        for r in &readings {
+            self.check_temperature(r);
+        }
+        let live: HashSet<&str> = readings.iter().map(|r| r.uuid.as_str()).collect();
+        self.hot.retain(|u| live.contains(u.as_str()));
+        self.xid_totals.retain(|(_, uuid, _), _| live.contains(uuid.as_str()));
+        self.present = readings.iter().map(|r| (r.index, r.uuid.clone())).collect();
+
+        let samples: Vec<GpuSample> = readings.iter().map(|r| GpuSample::from_reading(r, now)).collect();
+        {
+            let mut history = self.state.history.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &samples {
+                history.push(s.clone());
+            }
+        }
+        if let Some(store) = &self.store {
+            store.push(samples);
+        }
+        self.state.publish(GpuSnapshot {
+            available: true,
+            driver_version,
+            readings,
+            xid_totals: self.xid_totals.clone(),
+            recorded_at: Some(now),
+        });
+
+        let mut problems = Vec::new();
+        if !outcome.lost.is_empty() {
+            problems.push(format!("GPU(s) {:?} lost", outcome.lost));
+        }
+        problems.extend(outcome.errors);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CollectError::Failed(problems.join("; ")))
+        }
+    }
+}
+
+/// One family this collector can emit.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    labels: &'static [&'static str],
+}
+
+const GPU: &[&str] = &["gpu", "uuid"];
+
+macro_rules! families {
+    ($($id:ident = $name:literal, $kind:ident, $labels:expr, $help:literal;)*) => {
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[derive(Clone, Copy)]
+        enum F { $($id),* }
+        const FAMILIES: &[Family] = &[$(Family { name: $name, help: $help, kind: MetricType::$kind, labels: $labels }),*];
+    };
+}
+
+families! {
+    Available = "gpu_available", GAUGE, &[], "1 if NVML is loaded and GPUs can be read, 0 in mock mode.";
+    Count = "gpu_count", GAUGE, &[], "Number of GPUs that answered the last poll.";
+    Info = "gpu_info", GAUGE, &["gpu", "uuid", "name", "driver_version", "pci_bus_id"], "Always 1; carries the GPU's identity for joins.";
+    Util = "gpu_utilization_ratio", GAUGE, GPU, "Fraction of the last sample period a kernel was running (0-1).";
+    MemUtil = "gpu_memory_utilization_ratio", GAUGE, GPU, "Fraction of the last sample period device memory was being read or written (0-1).";
+    MemUsed = "gpu_memory_used_bytes", GAUGE, GPU, "Device memory in use.";
+    MemTotal = "gpu_memory_total_bytes", GAUGE, GPU, "Total device memory.";
+    MemFree = "gpu_memory_free_bytes", GAUGE, GPU, "Free device memory.";
+    Temp = "gpu_temperature_celsius", GAUGE, GPU, "GPU core temperature.";
+    Power = "gpu_power_usage_watts", GAUGE, GPU, "Current power draw.";
+    PowerLimit = "gpu_power_limit_watts", GAUGE, GPU, "Enforced power limit.";
+    Fan = "gpu_fan_speed_ratio", GAUGE, GPU, "Intended fan speed as a fraction of maximum (0-1).";
+    Clock = "gpu_clock_hz", GAUGE, &["gpu", "uuid", "clock"], "Current clock speed by clock domain.";
+    Enc = "gpu_encoder_utilization_ratio", GAUGE, GPU, "Video encoder utilization (0-1).";
+    Dec = "gpu_decoder_utilization_ratio", GAUGE, GPU, "Video decoder utilization (0-1).";
+    Energy = "gpu_energy_joules_total", COUNTER, GPU, "Energy consumed since the driver was loaded.";
+    Ecc = "gpu_ecc_errors_total", COUNTER, &["gpu", "uuid", "type"], "Volatile ECC error count since the driver was loaded.";
+    Throttle = "gpu_throttle_reason_active", GAUGE, &["gpu", "uuid", "reason"], "1 if this clock throttle reason is active.";
+    Xid = "gpu_xid_errors_total", COUNTER, &["gpu", "uuid", "xid"], "Critical XID errors reported by NVML events since the daemon started.";
+    Proc = "gpu_process_memory_used_bytes", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Device memory used by a compute process (only with gpu.per_process).";
+}
+
+/// Exposes the snapshot as Prometheus families.
+pub struct GpuFamilies {
+    state: Arc<GpuState>,
+    descs: Vec<Desc>,
+}
+
+impl GpuFamilies {
+    pub fn new(state: Arc<GpuState>) -> GpuFamilies {
+        let descs = FAMILIES
+            .iter()
+            .map(|f| {
+                Desc::new(f.name.into(), f.help.into(), f.labels.iter().map(|l| l.to_string()).collect(), Default::default())
+                    .expect("valid metric descriptor")
+            })
+            .collect();
+        GpuFamilies { state, descs }
+    }
+}
+
+/// Accumulates metrics per family while a page is built.
+struct Builder {
+    metrics: Vec<Vec<proto::Metric>>,
+}
+
+impl Builder {
+    fn add(&mut self, f: F, labels: &[&str], value: f64) {
+        let family = &FAMILIES[f as usize];
+        let pairs = family
+            .labels
+            .iter()
+            .zip(labels)
+            .map(|(name, value)| {
+                let mut p = LabelPair::default();
+                p.set_name(name.to_string());
+                p.set_value(value.to_string());
+                p
+            })
+            .collect();
+        let mut m = proto::Metric::from_label(pairs);
+        if family.kind == MetricType::COUNTER {
+            let mut c = proto::Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = proto::Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        self.metrics[f as usize].push(m);
+    }
+
+    fn opt(&mut self, f: F, labels: &[&str], value: Option<f64>) {
+        if let Some(v) = value {
+            self.add(f, labels, v);
+        }
+    }
+}
+
+impl PromCollector for GpuFamilies {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snap = self.state.snapshot();
+        let mut b = Builder {
+            metrics: vec![Vec::new(); FAMILIES.len()],
+        };
+        b.add(F::Available, &[], if snap.available { 1.0 } else { 0.0 });
+        b.add(F::Count, &[], snap.readings.len() as f64);
+        for r in &snap.readings {
+            let idx = r.index.to_string();
+            let l = [idx.as_str(), r.uuid.as_str()];
+            b.add(F::Info, &[&idx, &r.uuid, &r.name, &snap.driver_version, &r.pci_bus_id], 1.0);
+            b.opt(F::Util, &l, r.utilization);
+            b.opt(F::MemUtil, &l, r.memory_utilization);
+            b.opt(F::MemUsed, &l, r.memory_used_bytes.map(|v| v as f64));
+            b.opt(F::MemTotal, &l, r.memory_total_bytes.map(|v| v as f64));
+            b.opt(F::MemFree, &l, r.memory_free_bytes.map(|v| v as f64));
+            b.opt(F::Temp, &l, r.temperature_celsius);
+            b.opt(F::Power, &l, r.power_usage_watts);
+            b.opt(F::PowerLimit, &l, r.power_limit_watts);
+            b.opt(F::Fan, &l, r.fan_speed_ratio);
+            for (clock, hz) in ["graphics", "sm", "memory"].iter().zip(r.clocks_hz) {
+                b.opt(F::Clock, &[l[0], l[1], clock], hz);
+            }
+            b.opt(F::Enc, &l, r.encoder_utilization);
+            b.opt(F::Dec, &l, r.decoder_utilization);
+            b.opt(F::Energy, &l, r.energy_joules);
+            b.opt(F::Ecc, &[l[0], l[1], "corrected"], r.ecc_corrected.map(|v| v as f64));
+            b.opt(F::Ecc, &[l[0], l[1], "uncorrected"], r.ecc_uncorrected.map(|v| v as f64));
+            if let Some(bits) = r.throttle_reasons {
+                for (bit, reason) in THROTTLE_REASONS {
+                    b.add(F::Throttle, &[l[0], l[1], reason], if bits & bit != 0 { 1.0 } else { 0.0 });
+                }
+            }
+            if self.state.per_process {
+                for (pid, name, bytes) in r.processes.iter().flatten() {
+                    b.add(F::Proc, &[l[0], l[1], &pid.to_string(), name], *bytes as f64);
+                }
+            }
+        }
+        for ((gpu, uuid, xid), n) in &snap.xid_totals {
+            b.add(F::Xid, &[&gpu.to_string(), uuid, &xid.to_string()], *n as f64);
+        }
+        FAMILIES
+            .iter()
+            .zip(b.metrics)
+            .filter(|(_, metrics)| !metrics.is_empty())
+            .map(|(f, metrics)| {
+                let mut mf = MetricFamily::default();
+                mf.set_name(f.name.to_string());
+                mf.set_help(f.help.to_string());
+                mf.set_field_type(f.kind);
+                mf.set_metric(metrics);
+                mf
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,181 @@
+//! The collector trait and the runner that drives every collector.
+//!
+//! The runner owns what all collectors share: the interval, a timeout around
+//! each round, shutdown, readiness, and the self-metrics
+//! `inferwatch_collector_success`, `inferwatch_collector_duration_seconds`
+//! and `inferwatch_collector_last_success_timestamp_seconds`. A collector
+//! only knows how to take one reading and write it into shared state.
+
+pub mod gpu;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Why one collection round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("collection timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One source of readings, polled by [`spawn`].
+pub trait Collector: Send + 'static {
+    /// The `collector` label value.
+    fn name(&self) -> &'static str;
+    /// Time between the starts of two rounds.
+    fn interval(&self) -> Duration;
+    /// Longest one round may take before it counts as failed.
+    fn timeout(&self) -> Duration;
+    /// Takes one reading and publishes it into shared state.
+    fn collect(&mut self) -> impl Future<Output = Result<(), CollectError>> + Send;
+}
+
+/// Tracks which enabled collectors have finished their first round.
+#[derive(Default)]
+pub struct Readiness {
+    waiting: Mutex<HashSet<&'static str>>,
+}
+
+impl Readiness {
+    pub fn expect(&self, name: &'static str) {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(name);
+    }
+
+    pub fn done(&self, name: &'static str) {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    /// True once every expected collector has finished one round.
+    pub fn is_ready(&self) -> bool {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Collectors still waiting for their first round, sorted.
+    pub fn waiting(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Runs `collector` every interval until `shutdown` is cancelled.
+pub fn spawn<C: Collector>(
+    mut collector: C,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let name = collector.name();
+    readiness.expect(name);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(collector.interval());
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let timeout = collector.timeout();
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = tokio::time::timeout(timeout, collector.collect()) => {
+                    r.unwrap_or(Err(CollectError::Timeout(timeout)))
+                }
+            };
+            record(&metrics, name, started.elapsed(), &result);
+            readiness.done(name);
+            metrics.invalidate();
+        }
+        tracing::debug!(collector = name, "Collector stopped.");
+    })
+}
+
+fn record(metrics: &Metrics, name: &str, took: Duration, result: &Result<(), CollectError>) {
+    metrics.collector_duration.with_label_values(&[name]).set(took.as_secs_f64());
+    match result {
+        Ok(()) => {
+            metrics.collector_success.with_label_values(&[name]).set(1.0);
+            metrics.collector_last_success.with_label_values(&[name]).set(unix_now());
+        }
+        Err(e) => {
+            metrics.collector_success.with_label_values(&[name]).set(0.0);
+            tracing::warn!(collector = name, error = %e, "Collection failed.");
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, as a float.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Flaky {
+        rounds: u32,
+    }
+
+    impl Collector for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn interval(&self) -> Duration {
+            Duration::from_secs(10)
+        }
+        fn timeout(&self) -> Duration {
+            Duration::from_secs(1)
+        }
+        async fn collect(&mut self) -> Result<(), CollectError> {
+            self.rounds += 1;
+            match self.rounds {
+                1 => Ok(()),
+                2 => Err(CollectError::Failed("boom".into())),
+                _ => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runner_records_success_failure_and_timeout() {
+        let metrics = Arc::new(Metrics::new());
+        let readiness = Arc::new(Readiness::default());
+        let shutdown = CancellationToken::new();
+        let success = |m: &Metrics| m.collector_success.with_label_values(&["flaky"]).get();
+
+        let handle = spawn(Flaky { rounds: 0 }, metrics.clone(), readiness.clone(), shutdown.clone());
+        assert!(!readiness.is_ready());
+        // Round 1 runs at t=0.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(readiness.is_ready());
+        assert_eq!(success(&metrics), 1.0);
+        // Round 2 at t=10 fails.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(success(&metrics), 0.0);
+        // Round 3 at t=20 sleeps 5 s against a 1 s timeout.
+        metrics.collector_success.with_label_values(&["flaky"]).set(1.0);
+        tokio::time::sleep(Duration::from_millis(11_500)).await;
+        assert_eq!(success(&metrics), 0.0);
+        let took = metrics.collector_duration.with_label_values(&["flaky"]).get();
+        assert!((took - 1.0).abs() < 0.01, "timeout round lasted {took}");
+        shutdown.cancel();
+        handle.await.unwrap();
+    }
+}

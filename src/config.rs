@@ -1,0 +1,383 @@
+//! Configuration: one YAML file with a section per collector, built-in
+//! defaults when no file is given, and a few environment overrides.
+//!
+//! Every value is checked once, at startup, by [`Config::validate`]. A value
+//! out of range stops the daemon with a message naming the key, the value and
+//! the allowed range; nothing is clamped silently. `inferwatch check-config`
+//! runs the same code.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Errors found while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to read config file ({path}): {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("failed to parse config file ({path}): {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("invalid value for {key}: {value:?} is {problem}; allowed: {allowed}")]
+    Invalid {
+        key: String,
+        value: String,
+        problem: &'static str,
+        allowed: String,
+    },
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the embedded SQLite history database.
+    pub data_dir: PathBuf,
+    /// HTTP server settings.
+    pub web: WebConfig,
+    /// GPU collector (NVML).
+    pub gpu: GpuConfig,
+    /// History store (SQLite by default, PostgreSQL by URL).
+    pub store: StoreConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            web: WebConfig::default(),
+            gpu: GpuConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Address to listen on; `--web.listen-address` overrides it.
+    pub listen_address: String,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen_address: "0.0.0.0:8790".to_string(),
+        }
+    }
+}
+
+/// GPU collector settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// Switch the collector off entirely (no NVML is loaded).
+    pub enabled: bool,
+    /// Path or soname of the NVML library.
+    pub nvml_library: String,
+    /// Seconds between polls (env `GPU_POLL_INTERVAL_SECONDS`), 1.0–60.0.
+    #[serde(deserialize_with = "de_seconds")]
+    pub poll_interval: Duration,
+    /// Minutes of samples kept in memory (env `GPU_STATS_HISTORY_MINUTES`), 1–1440.
+    pub history_minutes: u32,
+    /// Longest one poll of all GPUs may take before it counts as failed, 0.1–60 s.
+    #[serde(deserialize_with = "de_seconds")]
+    pub timeout: Duration,
+    /// Export `gpu_process_memory_used_bytes` per compute process.
+    pub per_process: bool,
+    /// Temperature above which one WARNING is logged per crossing, 1–150 °C.
+    pub temperature_warning_celsius: f64,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            enabled: true,
+            nvml_library: "libnvidia-ml.so.1".to_string(),
+            poll_interval: Duration::from_secs(5),
+            history_minutes: 60,
+            timeout: Duration::from_secs(3),
+            per_process: false,
+            temperature_warning_celsius: 85.0,
+        }
+    }
+}
+
+/// History store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Empty for SQLite at `<data_dir>/inferwatch.db`; else `sqlite://PATH` or `postgres://…`.
+    pub url: String,
+    /// Rows older than this many days are deleted once a day, 1–3650.
+    pub retention_days: u32,
+    /// Samples buffered while the database is unreachable, 100–10,000,000.
+    /// When full, the oldest sample is dropped and counted.
+    pub buffer_capacity: usize,
+    /// Most samples written in one transaction, 1–10,000.
+    pub batch_size: usize,
+    /// Longest a sample waits before it is written, 0.1–300 s.
+    #[serde(deserialize_with = "de_seconds")]
+    pub flush_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: String::new(),
+            retention_days: 7,
+            buffer_capacity: 100_000,
+            batch_size: 500,
+            flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which database the store talks to, derived from `store.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), applies the environment
+    /// overrides from `env`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a YAML file without environment overrides or validation.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses YAML text; an empty document gives the defaults.
+    pub fn from_yaml(text: &str) -> Result<Config, serde_yaml_ng::Error> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml_ng::from_str(text)
+    }
+
+    /// Applies `GPU_POLL_INTERVAL_SECONDS` and `GPU_STATS_HISTORY_MINUTES`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(raw) = env("GPU_POLL_INTERVAL_SECONDS") {
+            let secs: f64 = raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "GPU_POLL_INTERVAL_SECONDS".into(),
+                value: raw.clone(),
+                problem: "not a number",
+                allowed: "1.0–60.0 seconds".into(),
+            })?;
+            check_range("GPU_POLL_INTERVAL_SECONDS", secs, 1.0, 60.0, "seconds")?;
+            self.gpu.poll_interval = Duration::from_secs_f64(secs);
+        }
+        if let Some(raw) = env("GPU_STATS_HISTORY_MINUTES") {
+            let minutes: u32 = raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "GPU_STATS_HISTORY_MINUTES".into(),
+                value: raw.clone(),
+                problem: "not a whole number",
+                allowed: "1–1440 minutes".into(),
+            })?;
+            check_range("GPU_STATS_HISTORY_MINUTES", minutes as f64, 1.0, 1440.0, "minutes")?;
+            self.gpu.history_minutes = minutes;
+        }
+        Ok(())
+    }
+
+    /// Checks every value against its documented range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.gpu;
+        check_range("gpu.poll_interval", g.poll_interval.as_secs_f64(), 1.0, 60.0, "seconds")?;
+        check_range("gpu.history_minutes", g.history_minutes as f64, 1.0, 1440.0, "minutes")?;
+        check_range("gpu.timeout", g.timeout.as_secs_f64(), 0.1, 60.0, "seconds")?;
+        check_range("gpu.temperature_warning_celsius", g.temperature_warning_celsius, 1.0, 150.0, "°C")?;
+        if g.nvml_library.trim().is_empty() {
+            return Err(invalid("gpu.nvml_library", "", "empty", "a library path or soname"));
+        }
+        let s = &self.store;
+        check_range("store.retention_days", s.retention_days as f64, 1.0, 3650.0, "days")?;
+        check_range("store.buffer_capacity", s.buffer_capacity as f64, 100.0, 10_000_000.0, "samples")?;
+        check_range("store.batch_size", s.batch_size as f64, 1.0, 10_000.0, "samples")?;
+        check_range("store.flush_interval", s.flush_interval.as_secs_f64(), 0.1, 300.0, "seconds")?;
+        self.store_backend()?;
+        if self.web.listen_address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "web.listen_address",
+                &self.web.listen_address,
+                "not a socket address",
+                "HOST:PORT, e.g. 0.0.0.0:8790",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves `store.url` against `data_dir`.
+    pub fn store_backend(&self) -> Result<StoreBackend, ConfigError> {
+        let url = self.store.url.trim();
+        if url.is_empty() {
+            return Ok(StoreBackend::Sqlite(self.data_dir.join("inferwatch.db")));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(invalid("store.url", url, "missing a path", "sqlite://PATH"));
+            }
+            return Ok(StoreBackend::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreBackend::Postgres(url.to_string()));
+        }
+        Err(invalid(
+            "store.url",
+            url,
+            "an unknown scheme",
+            "empty (SQLite in data_dir), sqlite://PATH or postgres://USER@HOST:PORT/DB",
+        ))
+    }
+}
+
+fn invalid(key: &str, value: &str, problem: &'static str, allowed: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        problem,
+        allowed: allowed.to_string(),
+    }
+}
+
+fn check_range(key: &str, value: f64, min: f64, max: f64, unit: &str) -> Result<(), ConfigError> {
+    if value.is_finite() && value >= min && value <= max {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        key: key.to_string(),
+        value: format_number(value),
+        problem: "out of range",
+        allowed: format!("{}–{} {unit}", format_number(min), format_number(max)),
+    })
+}
+
+fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Accepts a duration as a number of seconds (`5`, `0.5`) or a string with a
+/// unit (`"500ms"`, `"5s"`, `"2m"`, `"1h"`).
+fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(f64),
+        Text(String),
+    }
+    let secs = match Raw::deserialize(d)? {
+        Raw::Num(n) => n,
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom)?,
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(serde::de::Error::custom(format!(
+            "invalid duration {secs}: must be a non-negative number of seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    num.trim()
+        .parse::<f64>()
+        .map(|v| v * scale)
+        .map_err(|_| format!("invalid duration {text:?}: use e.g. 500ms, 5s, 2m or 1h"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.gpu.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.gpu.history_minutes, 60);
+        assert_eq!(c.web.listen_address, "0.0.0.0:8790");
+        assert_eq!(c.store_backend().unwrap(), StoreBackend::Sqlite(PathBuf::from("./data/inferwatch.db")));
+    }
+
+    #[test]
+    fn durations_accept_numbers_and_units() {
+        let c = Config::from_yaml("gpu:\n  poll_interval: 2m\n  timeout: 500ms\n").unwrap();
+        assert_eq!(c.gpu.poll_interval, Duration::from_secs(120));
+        assert_eq!(c.gpu.timeout, Duration::from_millis(500));
+        let c = Config::from_yaml("gpu:\n  poll_interval: 1.5\n").unwrap();
+        assert_eq!(c.gpu.poll_interval, Duration::from_millis(1500));
+        assert!(Config::from_yaml("gpu:\n  poll_interval: soon\n").is_err());
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_checked() {
+        let env = |k: &str| match k {
+            "GPU_POLL_INTERVAL_SECONDS" => Some("2.5".to_string()),
+            "GPU_STATS_HISTORY_MINUTES" => Some("120".to_string()),
+            _ => None,
+        };
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.gpu.poll_interval, Duration::from_millis(2500));
+        assert_eq!(c.gpu.history_minutes, 120);
+
+        let bad = |k: &str| (k == "GPU_POLL_INTERVAL_SECONDS").then(|| "0.5".to_string());
+        let msg = Config::load(None, bad).unwrap_err().to_string();
+        assert!(msg.contains("GPU_POLL_INTERVAL_SECONDS") && msg.contains("0.5") && msg.contains("1–60"), "{msg}");
+    }
+
+    #[test]
+    fn store_url_schemes() {
+        let mut c = Config::default();
+        c.store.url = "postgres://u@h:5432/db".into();
+        assert!(matches!(c.store_backend().unwrap(), StoreBackend::Postgres(_)));
+        c.store.url = "mysql://x".into();
+        assert!(c.validate().unwrap_err().to_string().contains("store.url"));
+    }
+}

@@ -1,0 +1,122 @@
+//! inferwatch: a small monitoring daemon for self-hosted GPU inference.
+//!
+//! # Layout
+//!
+//! - `main.rs`: flags, logging, config loading; calls [`run`].
+//! - [`config`]: the YAML config, its defaults, env overrides and validation.
+//! - [`collectors`]: the `Collector` trait and the runner (interval, timeout,
+//!   shutdown, readiness, `inferwatch_collector_*` self-metrics).
+//!   - [`collectors::gpu`]: GPU snapshot, history feed, `gpu_*` families.
+//! - [`nvml`]: the blocking NVML edge, on its own thread.
+//! - [`history`]: the REST sample shape and the in-memory ring.
+//! - [`store`]: the SQLite/PostgreSQL history store and its batching writer.
+//! - [`metrics`]: the registry, the daemon's own metrics, the page cache and
+//!   the OpenMetrics encoder.
+//! - [`events`]: the internal event bus (temperature crossings, lost GPUs, XIDs).
+//! - [`api`]: `router(state)`, `/metrics`, the probes and the REST routes.
+//!
+//! Arrows point one way: collectors write shared state, the API reads it.
+
+pub mod api;
+pub mod collectors;
+pub mod config;
+pub mod events;
+pub mod history;
+pub mod metrics;
+pub mod nvml;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::collectors::gpu::{GpuCollector, GpuFamilies, GpuState};
+use crate::collectors::Readiness;
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Builds the shared state for `config` (no tasks are started).
+pub fn build_state(config: Config) -> Result<AppState, RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let gpu = GpuState::new(&config.gpu);
+    metrics
+        .register(Box::new(GpuFamilies::new(gpu.clone())))
+        .expect("GPU families register once");
+    let store = Store::open(&config, metrics.clone())?;
+    Ok(AppState {
+        config: Arc::new(config),
+        metrics,
+        readiness: Arc::new(Readiness::default()),
+        gpu,
+        store: Some(store),
+        events: EventBus::new(),
+    })
+}
+
+/// Runs the daemon on `listener` until `shutdown` completes, then stops the
+/// collectors and flushes pending history before returning.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let state = build_state(config)?;
+    run_with_state(state, listener, shutdown).await
+}
+
+/// [`run`] with state the caller built (tests use it to watch events).
+pub async fn run_with_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let collectors_stop = CancellationToken::new();
+    let store_stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    let writer = state.store.clone().map(|store| {
+        tracing::info!(store = %store.description(), "History store configured.");
+        tokio::spawn(store.run_writer(store_stop.clone()))
+    });
+
+    if state.config.gpu.enabled {
+        state.readiness.expect("gpu");
+        let (st, stop) = (state.clone(), collectors_stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let collector = GpuCollector::start(st.config.gpu.clone(), st.gpu.clone(), st.events.clone(), st.store.clone()).await;
+            let handle = collectors::spawn(collector, st.metrics.clone(), st.readiness.clone(), stop);
+            let _ = handle.await;
+        }));
+    }
+
+    let addr = listener.local_addr()?;
+    tracing::info!(address = %addr, "Listening.");
+    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+
+    tracing::info!("Shutting down: stopping collectors and flushing history.");
+    collectors_stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    store_stop.cancel();
+    if let Some(w) = writer {
+        let _ = w.await;
+    }
+    served?;
+    Ok(())
+}

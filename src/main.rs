@@ -1,0 +1,115 @@
+//! The `inferwatch` binary: parse flags, set up logging, load the config and
+//! call [`inferwatch::run`] until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use inferwatch::config::Config;
+
+#[derive(Parser)]
+#[command(name = "inferwatch", version, about = "GPU inference monitoring daemon for Prometheus")]
+struct Cli {
+    /// YAML config file; built-in defaults apply without one.
+    #[arg(long = "config", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Address to serve /metrics and the API on [default: 0.0.0.0:8790, or web.listen_address].
+    #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
+    listen_address: Option<String>,
+    /// Log level.
+    #[arg(long = "log.level", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    log_level: String,
+    /// Log format.
+    #[arg(long = "log.format", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file (with env overrides) and exit 0 if it is valid, 1 if not.
+    CheckConfig { path: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { path }) = &cli.command {
+        return match Config::load(Some(path), |k| std::env::var(k).ok()) {
+            Ok(_) => {
+                println!("SUCCESS: {} is valid inferwatch config", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging(&cli.log_level, &cli.log_format);
+    match serve(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("inferwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str, format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("inferwatch={level},warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
+    if let Some(addr) = cli.listen_address {
+        config.web.listen_address = addr;
+        config.validate().context("invalid --web.listen-address")?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async move {
+        let addr = config.web.listen_address.clone();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("failed to listen on {addr}"))?;
+        inferwatch::run(config, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGTERM.");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Received SIGINT."),
+        _ = term => tracing::info!("Received SIGTERM."),
+    }
+}

@@ -1,0 +1,337 @@
+//! The Prometheus registry, the daemon's own metrics, and the rendered-page
+//! cache that keeps scrapes cheap.
+//!
+//! Collectors write into this registry; `/metrics` only reads it. The
+//! rendered text is cached and rebuilt when a collector has finished a round
+//! since the last render, or when the page is older than [`MAX_PAGE_AGE`]
+//! (so process metrics stay fresh). A scrape therefore never touches NVML,
+//! Redis or a health target, and most scrapes are a copy of cached bytes.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::{Encoder, GaugeVec, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+
+/// Content type of the Prometheus text format 0.0.4.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of OpenMetrics 1.0.0.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A rendered page is reused for at most this long.
+const MAX_PAGE_AGE: Duration = Duration::from_secs(1);
+
+/// Which exposition format a scrape asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    OpenMetrics,
+}
+
+impl Format {
+    /// Picks OpenMetrics when the `Accept` header lists it with a non-zero q.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else { return Format::Text };
+        for part in accept.split(',') {
+            let mut params = part.split(';').map(str::trim);
+            if params.next() != Some("application/openmetrics-text") {
+                continue;
+            }
+            let q_zero = params
+                .filter_map(|p| p.strip_prefix("q="))
+                .any(|q| q.parse::<f64>().map(|q| q <= 0.0).unwrap_or(false));
+            if !q_zero {
+                return Format::OpenMetrics;
+            }
+        }
+        Format::Text
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => TEXT_CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
+
+struct Page {
+    rendered_at: Instant,
+    generation: u64,
+    text: Bytes,
+    openmetrics: Bytes,
+}
+
+/// The registry plus the self-metrics every collector shares.
+pub struct Metrics {
+    registry: Registry,
+    generation: AtomicU64,
+    page: Mutex<Option<Page>>,
+    pub collector_success: GaugeVec,
+    pub collector_duration: GaugeVec,
+    pub collector_last_success: GaugeVec,
+    pub store_pending: IntGauge,
+    pub store_write_errors: IntCounter,
+    pub store_dropped: IntCounter,
+    pub store_written: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let collector_success = GaugeVec::new(
+            Opts::new("inferwatch_collector_success", "1 if the collector's last run succeeded, 0 if it failed."),
+            &["collector"],
+        )
+        .expect("valid metric");
+        let collector_duration = GaugeVec::new(
+            Opts::new("inferwatch_collector_duration_seconds", "How long the collector's last run took."),
+            &["collector"],
+        )
+        .expect("valid metric");
+        let collector_last_success = GaugeVec::new(
+            Opts::new(
+                "inferwatch_collector_last_success_timestamp_seconds",
+                "Unix time of the collector's last successful run.",
+            ),
+            &["collector"],
+        )
+        .expect("valid metric");
+        let build_info = GaugeVec::new(
+            Opts::new("inferwatch_build_info", "Always 1; labelled with the daemon's version."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        let store_pending = IntGauge::new(
+            "inferwatch_store_pending_samples",
+            "GPU samples buffered in memory and not yet written to the history store.",
+        )
+        .expect("valid metric");
+        let store_write_errors = IntCounter::new(
+            "inferwatch_store_write_errors_total",
+            "Failed attempts to write a batch of samples to the history store.",
+        )
+        .expect("valid metric");
+        let store_dropped = IntCounter::new(
+            "inferwatch_store_dropped_samples_total",
+            "Samples dropped, oldest first, because the store buffer was full.",
+        )
+        .expect("valid metric");
+        let store_written = IntCounter::new(
+            "inferwatch_store_written_samples_total",
+            "Samples written to the history store.",
+        )
+        .expect("valid metric");
+
+        for c in [
+            Box::new(collector_success.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(collector_duration.clone()),
+            Box::new(collector_last_success.clone()),
+            Box::new(build_info),
+            Box::new(store_pending.clone()),
+            Box::new(store_write_errors.clone()),
+            Box::new(store_dropped.clone()),
+            Box::new(store_written.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector registers once");
+
+        Metrics {
+            registry,
+            generation: AtomicU64::new(0),
+            page: Mutex::new(None),
+            collector_success,
+            collector_duration,
+            collector_last_success,
+            store_pending,
+            store_write_errors,
+            store_dropped,
+            store_written,
+        }
+    }
+
+    /// Registers another collector's metrics (e.g. the GPU families).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> Result<(), prometheus::Error> {
+        self.registry.register(c)
+    }
+
+    /// Marks the cached page stale; called after each collector round.
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Returns the page in `format`, re-rendering only when it is stale.
+    pub fn render(&self, format: Format) -> Bytes {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut page = self.page.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = page
+            .as_ref()
+            .is_some_and(|p| p.generation == generation && p.rendered_at.elapsed() < MAX_PAGE_AGE);
+        if !fresh {
+            let families = self.registry.gather();
+            let mut text = Vec::with_capacity(16 * 1024);
+            if let Err(e) = TextEncoder::new().encode(&families, &mut text) {
+                tracing::error!(error = %e, "Failed to encode metrics.");
+            }
+            *page = Some(Page {
+                rendered_at: Instant::now(),
+                generation,
+                text: Bytes::from(text),
+                openmetrics: Bytes::from(encode_openmetrics(&families)),
+            });
+        }
+        let p = page.as_ref().expect("page was just rendered");
+        match format {
+            Format::Text => p.text.clone(),
+            Format::OpenMetrics => p.openmetrics.clone(),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Encodes families as OpenMetrics 1.0.0 text.
+///
+/// Counters are declared without their `_total` suffix, as the format asks,
+/// and the page ends with `# EOF`.
+pub fn encode_openmetrics(families: &[MetricFamily]) -> Vec<u8> {
+    let mut out = String::with_capacity(16 * 1024);
+    for mf in families {
+        let name = mf.name();
+        let (family, kind) = match mf.get_field_type() {
+            MetricType::COUNTER => (name.strip_suffix("_total").unwrap_or(name), "counter"),
+            MetricType::GAUGE => (name, "gauge"),
+            MetricType::HISTOGRAM => (name, "histogram"),
+            MetricType::SUMMARY => (name, "summary"),
+            MetricType::UNTYPED => (name, "unknown"),
+        };
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        if !mf.help().is_empty() {
+            let _ = writeln!(out, "# HELP {family} {}", escape_help(mf.help()));
+        }
+        for m in mf.get_metric() {
+            let labels: Vec<(String, String)> =
+                m.get_label().iter().map(|l| (l.name().to_string(), l.value().to_string())).collect();
+            match mf.get_field_type() {
+                MetricType::COUNTER => {
+                    sample(&mut out, &format!("{family}_total"), &labels, None, m.get_counter().get_value())
+                }
+                MetricType::GAUGE => sample(&mut out, name, &labels, None, m.get_gauge().get_value()),
+                #[allow(deprecated)] // the crate never emits untyped; kept for completeness
+                MetricType::UNTYPED => sample(&mut out, name, &labels, None, m.get_untyped().get_value()),
+                MetricType::HISTOGRAM => {
+                    let h = m.get_histogram();
+                    let mut saw_inf = false;
+                    for b in h.get_bucket() {
+                        saw_inf |= b.upper_bound().is_infinite();
+                        let le = format_float(b.upper_bound());
+                        sample(&mut out, &format!("{name}_bucket"), &labels, Some(("le", &le)), b.cumulative_count() as f64);
+                    }
+                    if !saw_inf {
+                        sample(&mut out, &format!("{name}_bucket"), &labels, Some(("le", "+Inf")), h.get_sample_count() as f64);
+                    }
+                    sample(&mut out, &format!("{name}_sum"), &labels, None, h.get_sample_sum());
+                    sample(&mut out, &format!("{name}_count"), &labels, None, h.get_sample_count() as f64);
+                }
+                MetricType::SUMMARY => {
+                    let s = m.get_summary();
+                    for q in s.get_quantile() {
+                        let qs = format_float(q.quantile());
+                        sample(&mut out, name, &labels, Some(("quantile", &qs)), q.value());
+                    }
+                    sample(&mut out, &format!("{name}_sum"), &labels, None, s.sample_sum());
+                    sample(&mut out, &format!("{name}_count"), &labels, None, s.sample_count() as f64);
+                }
+            }
+        }
+    }
+    out.push_str("# EOF\n");
+    out.into_bytes()
+}
+
+fn sample(out: &mut String, name: &str, labels: &[(String, String)], extra: Option<(&str, &str)>, value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() || extra.is_some() {
+        out.push('{');
+        let mut first = true;
+        for (k, v) in labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(extra) {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {}", format_float(value));
+}
+
+fn format_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn escape_help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::negotiate(Some("application/openmetrics-text; q=0")), Format::Text);
+    }
+
+    #[test]
+    fn openmetrics_counter_suffix_and_eof() {
+        let m = Metrics::new();
+        m.store_write_errors.inc();
+        let page = String::from_utf8(m.render(Format::OpenMetrics).to_vec()).unwrap();
+        assert!(page.contains("# TYPE inferwatch_store_write_errors counter\n"), "{page}");
+        assert!(page.contains("\ninferwatch_store_write_errors_total 1\n"), "{page}");
+        assert!(page.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn page_is_cached_until_invalidated() {
+        let m = Metrics::new();
+        let a = m.render(Format::Text);
+        m.store_write_errors.inc();
+        let b = m.render(Format::Text);
+        assert_eq!(a, b, "a page within its age and generation is reused");
+        m.invalidate();
+        let c = m.render(Format::Text);
+        assert!(String::from_utf8_lossy(&c).contains("inferwatch_store_write_errors_total 1"));
+    }
+}
