@@ -11,7 +11,9 @@ pub mod gpu;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
