@@ -86,20 +86,32 @@ pub fn spawn<C: Collector>(
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {}
             }
-            let timeout = collector.timeout();
-            let started = Instant::now();
-            let result = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = tokio::time::timeout(timeout, collector.collect()) => {
-                    r.unwrap_or(Err(CollectError::Timeout(timeout)))
-                }
-            };
-            record(&metrics, name, started.elapsed(), &result);
-            readiness.done(name);
-            metrics.invalidate();
+                _ = run_once(&mut collector, &metrics, &readiness) => {}
+            }
         }
         tracing::debug!(collector = name, "Collector stopped.");
     })
+}
+
+/// Runs one round of `collector` with its timeout, records the
+/// self-metrics, marks it ready and invalidates the cached page.
+pub async fn run_once<C: Collector>(
+    collector: &mut C,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> Result<(), CollectError> {
+    let name = collector.name();
+    let timeout = collector.timeout();
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout, collector.collect())
+        .await
+        .unwrap_or(Err(CollectError::Timeout(timeout)));
+    record(metrics, name, started.elapsed(), &result);
+    readiness.done(name);
+    metrics.invalidate();
+    result
 }
 
 fn record(metrics: &Metrics, name: &str, took: Duration, result: &Result<(), CollectError>) {

@@ -1,0 +1,389 @@
+//! GPU collector tests against the fake NVML, loaded through nvml-wrapper's
+//! real dynamic loading. Each test drives collection rounds by hand
+//! (`run_once`), so nothing waits on a timer.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use common::{gpu_lines, gpus_state, sample_value, Driver, FakeGpus};
+use http_body_util::BodyExt;
+use inferwatch::api::{router, AppState};
+use inferwatch::collectors::gpu::GpuCollector;
+use inferwatch::collectors::run_once;
+use inferwatch::config::Config;
+use inferwatch::events::Event;
+use tower::ServiceExt;
+
+struct Harness {
+    state: AppState,
+    collector: GpuCollector,
+    _data: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn new(lib: &str, tweak: impl FnOnce(&mut Config)) -> Harness {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.gpu.nvml_library = lib.to_string();
+        config.data_dir = data.path().to_owned();
+        tweak(&mut config);
+        config.validate().unwrap();
+        let state = inferwatch::build_state(config).unwrap();
+        state.readiness.expect("gpu");
+        let collector = GpuCollector::start(
+            state.config.gpu.clone(),
+            state.gpu.clone(),
+            state.events.clone(),
+            state.store.clone(),
+        )
+        .await;
+        Harness {
+            state,
+            collector,
+            _data: data,
+        }
+    }
+
+    async fn round(&mut self) -> Result<(), String> {
+        run_once(&mut self.collector, &self.state.metrics, &self.state.readiness)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn get(&self, uri: &str, accept: Option<&str>) -> (StatusCode, String, String) {
+        let mut req = Request::get(uri);
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT, a);
+        }
+        let resp = router(self.state.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    async fn metrics(&self) -> String {
+        self.get("/metrics", None).await.2
+    }
+
+    async fn json(&self, uri: &str) -> (StatusCode, serde_json::Value) {
+        let (status, ctype, body) = self.get(uri, None).await;
+        assert!(ctype.starts_with("application/json"), "{uri}: content type {ctype}: {body}");
+        (status, serde_json::from_str(&body).unwrap())
+    }
+}
+
+const UUID0: &str = "GPU-00000000-1111-2222-3333-444444444444";
+const UUID1: &str = "GPU-00000001-1111-2222-3333-444444444444";
+
+fn series(name: &str, gpu: u32, uuid: &str) -> String {
+    format!("{name}{{gpu=\"{gpu}\",uuid=\"{uuid}\"}}")
+}
+
+#[tokio::test]
+async fn two_gpus_are_exported_in_base_units() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(2));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    h.round().await.unwrap();
+    let page = h.metrics().await;
+
+    assert_eq!(sample_value(&page, "gpu_available"), Some(1.0));
+    assert_eq!(sample_value(&page, "gpu_count"), Some(2.0));
+    assert_eq!(sample_value(&page, &series("gpu_utilization_ratio", 0, UUID0)), Some(0.40));
+    assert_eq!(sample_value(&page, &series("gpu_utilization_ratio", 1, UUID1)), Some(0.41));
+    assert_eq!(sample_value(&page, &series("gpu_temperature_celsius", 1, UUID1)), Some(61.0));
+    assert_eq!(sample_value(&page, &series("gpu_memory_used_bytes", 0, UUID0)), Some(21474836480.0));
+    assert_eq!(sample_value(&page, &series("gpu_power_usage_watts", 0, UUID0)), Some(250.5));
+    assert_eq!(sample_value(&page, &series("gpu_power_limit_watts", 0, UUID0)), Some(700.0));
+    assert_eq!(sample_value(&page, &series("gpu_fan_speed_ratio", 0, UUID0)), Some(0.30));
+    assert_eq!(sample_value(&page, &series("gpu_energy_joules_total", 0, UUID0)), Some(123456.789));
+    assert_eq!(
+        sample_value(&page, &format!("gpu_clock_hz{{gpu=\"0\",uuid=\"{UUID0}\",clock=\"memory\"}}")),
+        Some(2.619e9)
+    );
+    assert_eq!(
+        sample_value(&page, &format!("gpu_throttle_reason_active{{gpu=\"0\",uuid=\"{UUID0}\",reason=\"sw_power_cap\"}}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_value(&page, &format!("gpu_throttle_reason_active{{gpu=\"0\",uuid=\"{UUID0}\",reason=\"gpu_idle\"}}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample_value(&page, &format!("gpu_ecc_errors_total{{gpu=\"0\",uuid=\"{UUID0}\",type=\"corrected\"}}")),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample_value(
+            &page,
+            &format!("gpu_info{{gpu=\"1\",uuid=\"{UUID1}\",name=\"NVIDIA H100 80GB HBM3\",driver_version=\"550.54.15\",pci_bus_id=\"00000000:01:00.0\"}}")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+
+    let (status, all) = h.json("/api/system/gpus").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let (_, one) = h.json("/api/system/gpu?gpu=1").await;
+    assert_eq!(one["gpu_name"], "NVIDIA H100 80GB HBM3");
+    assert_eq!(one["gpu_utilization"], 41.0);
+    assert_eq!(one["memory_used"], 20480.0);
+    assert_eq!(one["memory_total"], 81920.0);
+    assert_eq!(one["temperature"], 61.0);
+    assert_eq!(one["power_usage"], 250.5);
+    assert!(one["inference_fps"].is_null());
+    assert!(one["recorded_at"].as_str().unwrap().ends_with('Z'));
+    let (_, first) = h.json("/api/system/gpu").await;
+    assert_eq!(first["gpu"], 0);
+    let (status, missing) = h.json("/api/system/gpu?gpu=7").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(missing["error"].as_str().unwrap().contains("[0, 1]"), "{missing}");
+}
+
+#[tokio::test]
+async fn old_driver_missing_symbols_are_skipped() {
+    let fake = FakeGpus::new(Driver::Old, &gpus_state(1));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    h.round().await.expect("missing symbols never fail the poll");
+    let page = h.metrics().await;
+    for absent in ["gpu_memory_used_bytes", "gpu_memory_total_bytes", "gpu_fan_speed_ratio", "gpu_energy_joules_total"] {
+        assert!(!page.contains(&format!("\n{absent}{{")), "{absent} must be skipped on an old driver");
+    }
+    assert_eq!(sample_value(&page, &series("gpu_temperature_celsius", 0, UUID0)), Some(60.0));
+    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+    let (_, one) = h.json("/api/system/gpu").await;
+    assert!(one["memory_used"].is_null());
+    assert_eq!(one["temperature"], 60.0);
+}
+
+#[tokio::test]
+async fn not_supported_fields_are_skipped_per_gpu() {
+    let state = format!("{}0.unsupported fan,ecc,power\n", gpus_state(2));
+    let fake = FakeGpus::new(Driver::Current, &state);
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    h.round().await.unwrap();
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, &series("gpu_fan_speed_ratio", 0, UUID0)), None);
+    assert_eq!(sample_value(&page, &series("gpu_power_usage_watts", 0, UUID0)), None);
+    assert!(!page.contains(&format!("gpu_ecc_errors_total{{gpu=\"0\"")));
+    // GPU 1 still reports all of them.
+    assert_eq!(sample_value(&page, &series("gpu_fan_speed_ratio", 1, UUID1)), Some(0.30));
+    assert_eq!(sample_value(&page, &series("gpu_power_usage_watts", 1, UUID1)), Some(250.5));
+    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+}
+
+#[tokio::test]
+async fn lost_gpu_loses_its_series_and_the_daemon_keeps_going() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(2));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    let mut events = h.state.events.subscribe();
+    h.round().await.unwrap();
+    assert_eq!(sample_value(&h.metrics().await, "gpu_count"), Some(2.0));
+
+    fake.set(&format!("{}1.lost 1\n", gpus_state(2)));
+    let err = h.round().await.unwrap_err();
+    assert!(err.contains("lost"), "{err}");
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, "gpu_count"), Some(1.0));
+    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(0.0));
+    assert!(!page.contains(UUID1), "every series of the lost GPU is gone");
+    assert_eq!(sample_value(&page, &series("gpu_temperature_celsius", 0, UUID0)), Some(60.0));
+    assert_eq!(events.recv().await.unwrap(), Event::GpuLost { gpu: 1, uuid: UUID1.into() });
+
+    // When it comes back, so do its series and success.
+    fake.set(&gpus_state(2));
+    h.round().await.unwrap();
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, "gpu_count"), Some(2.0));
+    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+}
+
+#[tokio::test]
+async fn bad_library_path_gives_mock_mode() {
+    let mut h = Harness::new("/nonexistent/libnvidia-ml.so.1", |_| {}).await;
+    assert!(h.collector.is_mock());
+    h.round().await.unwrap();
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
+    assert_eq!(sample_value(&page, "gpu_count"), Some(0.0));
+    let per_gpu: Vec<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("gpu_") && !l.starts_with("gpu_available") && !l.starts_with("gpu_count"))
+        .collect();
+    assert!(per_gpu.is_empty(), "no per-GPU series in mock mode: {per_gpu:?}");
+    let (status, mock) = h.json("/api/system/gpu").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mock["gpu_name"], "Mock GPU (No NVIDIA GPU Available)");
+    for k in ["gpu_utilization", "memory_used", "memory_total", "temperature", "power_usage", "inference_fps"] {
+        assert!(mock[k].is_null(), "{k} is null in mock mode");
+    }
+    let (_, all) = h.json("/api/system/gpus").await;
+    assert_eq!(all[0]["gpu_name"], "Mock GPU (No NVIDIA GPU Available)");
+}
+
+#[tokio::test]
+async fn driver_not_loaded_gives_mock_mode() {
+    // The library loads but nvmlInit_v2 fails, as with a missing kernel module.
+    let fake = FakeGpus::new(Driver::Current, "init_error 9\n");
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    assert!(h.collector.is_mock());
+    h.round().await.unwrap();
+    assert_eq!(sample_value(&h.metrics().await, "gpu_available"), Some(0.0));
+}
+
+#[tokio::test]
+async fn temperature_warning_fires_once_per_crossing() {
+    let at = |temp: u32| format!("driver_version 1\ncount 1\n{}", gpu_lines(0, 50, temp));
+    let fake = FakeGpus::new(Driver::Current, &at(80));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    let mut events = h.state.events.subscribe();
+    for temp in [80, 90, 91, 92, 85, 86, 70] {
+        fake.set(&at(temp));
+        h.round().await.unwrap();
+    }
+    let mut crossings = vec![];
+    while let Ok(e) = events.try_recv() {
+        if let Event::GpuTemperatureHigh { temperature, threshold, .. } = e {
+            assert_eq!(threshold, 85.0);
+            crossings.push(temperature);
+        }
+    }
+    assert_eq!(crossings, vec![90.0, 86.0], "one event per upward crossing of 85 °C");
+}
+
+#[tokio::test]
+async fn xid_events_feed_a_counter() {
+    let base = gpus_state(2);
+    let fake = FakeGpus::new(Driver::Current, &base);
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    h.round().await.unwrap();
+    assert!(!h.metrics().await.contains("gpu_xid_errors_total{"));
+
+    fake.set(&format!("{base}1.xid 79,13\n"));
+    h.round().await.unwrap();
+    let xid = |x: &str| format!("gpu_xid_errors_total{{gpu=\"1\",uuid=\"{UUID1}\",xid=\"{x}\"}}");
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, &xid("79")), Some(1.0));
+    assert_eq!(sample_value(&page, &xid("13")), Some(1.0));
+
+    // One more 79: the counter grows, and an unchanged state adds nothing.
+    fake.set(&format!("{base}1.xid 79,13,79\n"));
+    h.round().await.unwrap();
+    h.round().await.unwrap();
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, &xid("79")), Some(2.0));
+    assert_eq!(sample_value(&page, &xid("13")), Some(1.0));
+}
+
+#[tokio::test]
+async fn per_process_series_follow_running_processes() {
+    let base = gpus_state(1);
+    let fake = FakeGpus::new(Driver::Current, &format!("{base}0.procs 4242:1073741824:python3;5151:2147483648:tritonserver\n"));
+    let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.per_process = true).await;
+    h.round().await.unwrap();
+    let proc = |pid: &str, name: &str| {
+        format!("gpu_process_memory_used_bytes{{gpu=\"0\",uuid=\"{UUID0}\",pid=\"{pid}\",process_name=\"{name}\"}}")
+    };
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, &proc("4242", "python3")), Some(1073741824.0));
+    assert_eq!(sample_value(&page, &proc("5151", "tritonserver")), Some(2147483648.0));
+
+    fake.set(&format!("{base}0.procs 5151:2147483648:tritonserver\n"));
+    h.round().await.unwrap();
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, &proc("4242", "python3")), None, "exited process is removed");
+    assert_eq!(sample_value(&page, &proc("5151", "tritonserver")), Some(2147483648.0));
+}
+
+#[tokio::test]
+async fn per_process_is_off_by_default() {
+    let fake = FakeGpus::new(Driver::Current, &format!("{}0.procs 4242:1073741824:python3\n", gpus_state(1)));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    h.round().await.unwrap();
+    assert!(!h.metrics().await.contains("gpu_process_memory_used_bytes"));
+}
+
+#[tokio::test]
+async fn metrics_content_negotiation() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    h.round().await.unwrap();
+    let (status, ctype, body) = h.get("/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(body.contains("# TYPE gpu_energy_joules_total counter"));
+    let (_, ctype, body) = h
+        .get("/metrics", Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"))
+        .await;
+    assert_eq!(ctype, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert!(body.contains("# TYPE gpu_energy_joules counter"));
+    assert!(body.contains(&format!("gpu_energy_joules_total{{gpu=\"0\",uuid=\"{UUID0}\"}} 123456.789")));
+    assert!(body.ends_with("# EOF\n"));
+}
+
+#[tokio::test]
+async fn readiness_follows_the_first_round() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    let (status, _, body) = h.get("/-/ready", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("gpu"), "{body}");
+    assert_eq!(h.get("/-/healthy", None).await.0, StatusCode::OK);
+    h.round().await.unwrap();
+    assert_eq!(h.get("/-/ready", None).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn history_parameters_are_validated_with_json_errors() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    h.round().await.unwrap();
+    for (query, needle) in [
+        ("minutes=0", "from 1 to 1440"),
+        ("minutes=1441", "from 1 to 1440"),
+        ("minutes=abc", "whole number"),
+        ("minutes=-5", "whole number"),
+        ("minutes=5&gpu=x", "gpu"),
+        ("minute=5", "unknown query parameter"),
+    ] {
+        let (status, body) = h.json(&format!("/api/system/gpu/history?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{query}: {body}");
+        assert!(body.get("detail").is_some(), "{query}: {body}");
+    }
+    let (status, body) = h.json("/api/system/gpu/history?minutes=5").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["source"], "memory");
+    assert_eq!(body["samples"].as_array().unwrap().len(), 1);
+    let (status, body) = h.json("/api/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].is_string());
+}
+
+#[tokio::test]
+async fn history_beyond_the_window_comes_from_sqlite() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(2));
+    let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.history_minutes = 1).await;
+    for _ in 0..3 {
+        h.round().await.unwrap();
+        // Distinct timestamps: the store keys rows by (uuid, millisecond).
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let store = h.state.store.clone().unwrap();
+    assert_eq!(store.pending(), 6);
+    assert_eq!(store.flush().await.unwrap(), 6);
+    assert_eq!(store.pending(), 0);
+    let (status, body) = h.json("/api/system/gpu/history?minutes=120&gpu=1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["source"], "store");
+    let samples = body["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 3);
+    assert_eq!(samples[0]["temperature"], 61.0);
+    assert_eq!(samples[0]["uuid"], UUID1);
+}
