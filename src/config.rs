@@ -22,7 +22,7 @@ pub enum ConfigError {
     #[error("failed to parse config file ({path}): {source}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml_ng::Error,
+        source: serde_path_to_error::Error<serde_yaml_ng::Error>,
     },
     #[error("invalid value for {key}: {value:?} is {problem}; allowed: {allowed}")]
     Invalid {
@@ -175,12 +175,13 @@ impl Config {
         })
     }
 
-    /// Parses YAML text; an empty document gives the defaults.
-    pub fn from_yaml(text: &str) -> Result<Config, serde_yaml_ng::Error> {
+    /// Parses YAML text; an empty document gives the defaults. Errors carry
+    /// the full key path (`gpu.poll_interval: ...`).
+    pub fn from_yaml(text: &str) -> Result<Config, serde_path_to_error::Error<serde_yaml_ng::Error>> {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml_ng::from_str(text)
+        serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text))
     }
 
     /// Applies `GPU_POLL_INTERVAL_SECONDS` and `GPU_STATS_HISTORY_MINUTES`.
@@ -248,6 +249,15 @@ impl Config {
             return Ok(StoreBackend::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            use std::str::FromStr;
+            if let Err(e) = sqlx::postgres::PgConnectOptions::from_str(url) {
+                return Err(invalid(
+                    "store.url",
+                    url,
+                    "not a valid PostgreSQL URL",
+                    &format!("postgres://USER[:PASSWORD]@HOST:PORT/DB ({e})"),
+                ));
+            }
             return Ok(StoreBackend::Postgres(url.to_string()));
         }
         Err(invalid(

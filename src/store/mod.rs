@@ -104,12 +104,8 @@ impl Store {
                 (Backend::Sqlite(pool), format!("sqlite:{}", path.display()))
             }
             StoreBackend::Postgres(url) => {
-                let opts = PgConnectOptions::from_str(&url).map_err(|e| ConfigError::Invalid {
-                    key: "store.url".into(),
-                    value: redact(&url),
-                    problem: "not a valid PostgreSQL URL",
-                    allowed: format!("postgres://USER[:PASSWORD]@HOST:PORT/DB ({e})"),
-                })?;
+                // store_backend() has already checked that the URL parses.
+                let opts = PgConnectOptions::from_str(&url).map_err(sqlx::Error::from)?;
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(Duration::from_secs(3))
