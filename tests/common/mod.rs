@@ -250,8 +250,10 @@ impl Postgres {
 
 fn as_pg_user(bin: &Path) -> Command {
     if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin);
+        // setpriv execs the binary itself (no intermediate process), so the
+        // child's pid is postgres and signals reach it directly.
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(bin);
         c
     } else {
         Command::new(bin)

@@ -1,0 +1,75 @@
+//! The real binary end to end: fake NVML, a real Prometheus scraping it,
+//! and SIGTERM flushing pending history into SQLite.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, gpus_state, sample_value, Daemon, Driver, FakeGpus, Prometheus, SIGTERM};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_real_binary() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
+    let config = format!("gpu:\n  nvml_library: {}\n  poll_interval: 1s\n", fake.lib_str());
+    let daemon = Daemon::start(&config, &[]).await;
+    let prom = Prometheus::start("inferwatch", &format!("127.0.0.1:{}", daemon.port)).await;
+
+    let up = eventually("Prometheus to scrape inferwatch", Duration::from_secs(60), || {
+        let prom = &prom;
+        async move {
+            let r = prom.query("up{job=\"inferwatch\"}").await;
+            r.first().filter(|s| s["value"][1] == "1").cloned()
+        }
+    })
+    .await;
+    assert_eq!(up["metric"]["job"], "inferwatch");
+
+    let temps = prom.query("gpu_temperature_celsius").await;
+    assert_eq!(temps.len(), 1, "one GPU series: {temps:?}");
+    assert_eq!(temps[0]["metric"]["uuid"], "GPU-00000000-1111-2222-3333-444444444444");
+    assert_eq!(temps[0]["metric"]["gpu"], "0");
+    assert_eq!(temps[0]["value"][1], "60");
+    let info = prom.query("gpu_info * on(gpu, uuid) group_left gpu_utilization_ratio").await;
+    assert_eq!(info.len(), 1, "gpu_info joins on gpu and uuid: {info:?}");
+    assert_eq!(info[0]["metric"]["name"], "NVIDIA H100 80GB HBM3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_mode_binary_serves_without_a_gpu() {
+    let daemon = Daemon::start("gpu:\n  nvml_library: /nonexistent/libnvidia-ml.so.1\n", &[]).await;
+    let page = daemon.get_text("/metrics").await;
+    assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
+    let body: serde_json::Value = reqwest::get(daemon.url("/api/system/gpu")).await.unwrap().json().await.unwrap();
+    assert_eq!(body["gpu_name"], "Mock GPU (No NVIDIA GPU Available)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_pending_history() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(2));
+    // A flush interval far longer than the test: only the shutdown flush
+    // can write these samples.
+    let config = format!(
+        "data_dir: ./data\ngpu:\n  nvml_library: {}\n  poll_interval: 1s\nstore:\n  flush_interval: 300s\n",
+        fake.lib_str()
+    );
+    let mut daemon = Daemon::start(&config, &[]).await;
+    let pending = eventually("samples to be buffered", Duration::from_secs(30), || {
+        let d = &daemon;
+        async move {
+            let page = d.get_text("/metrics").await;
+            let p = sample_value(&page, "inferwatch_store_pending_samples")?;
+            assert_eq!(sample_value(&page, "inferwatch_store_written_samples_total"), Some(0.0));
+            (p >= 4.0).then_some(p as i64)
+        }
+    })
+    .await;
+    let status = daemon.proc.stop_with(SIGTERM);
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+
+    let db = daemon.dir.path().join("data/inferwatch.db");
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples").fetch_one(&mut conn).await.unwrap();
+    assert!(rows >= pending, "{rows} rows written on exit, {pending} were pending before SIGTERM");
+    assert_eq!(rows % 2, 0, "both GPUs of every poll are stored");
+}
