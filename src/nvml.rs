@@ -13,7 +13,8 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
@@ -96,6 +97,8 @@ type Request = oneshot::Sender<PollOutcome>;
 /// Handle to the NVML thread.
 pub struct NvmlHandle {
     tx: mpsc::SyncSender<Request>,
+    /// Set while a poll is with the thread; cleared by the thread when done.
+    busy: Arc<AtomicBool>,
     pub driver_version: String,
 }
 
@@ -105,23 +108,30 @@ impl NvmlHandle {
         let (tx, rx) = mpsc::sync_channel::<Request>(1);
         let (init_tx, init_rx) = oneshot::channel();
         let path = lib_path.to_string();
+        let busy = Arc::new(AtomicBool::new(false));
+        let worker_busy = busy.clone();
         std::thread::Builder::new()
             .name("nvml".into())
-            .spawn(move || worker(path, per_process, init_tx, rx))
+            .spawn(move || worker(path, per_process, init_tx, rx, worker_busy))
             .map_err(|e| NvmlStartError::Thread(e.to_string()))?;
         let driver_version = init_rx
             .await
             .map_err(|_| NvmlStartError::Thread("exited during init".into()))??;
-        Ok(NvmlHandle { tx, driver_version })
+        Ok(NvmlHandle { tx, busy, driver_version })
     }
 
-    /// Asks the thread for one poll of every device.
+    /// Asks the thread for one poll of every device. While an earlier poll
+    /// is still stuck in the driver, this fails at once with `Busy`.
     pub async fn poll(&self) -> Result<PollOutcome, PollError> {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err(PollError::Busy);
+        }
         let (reply, answer) = oneshot::channel();
-        self.tx.try_send(reply).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => PollError::Busy,
-            mpsc::TrySendError::Disconnected(_) => PollError::Gone,
-        })?;
+        // Never blocks: the thread has taken every earlier request.
+        if self.tx.try_send(reply).is_err() {
+            self.busy.store(false, Ordering::Release);
+            return Err(PollError::Gone);
+        }
         answer.await.map_err(|_| PollError::Gone)
     }
 }
@@ -131,6 +141,7 @@ fn worker(
     per_process: bool,
     init_tx: oneshot::Sender<Result<String, NvmlStartError>>,
     rx: mpsc::Receiver<Request>,
+    busy: Arc<AtomicBool>,
 ) {
     let nvml = match Nvml::builder().lib_path(OsStr::new(&path)).init() {
         Ok(nvml) => nvml,
@@ -151,6 +162,8 @@ fn worker(
     // `recv` fails once the handle is dropped, which ends the thread.
     while let Ok(reply) = rx.recv() {
         let outcome = poller.poll();
+        busy.store(false, Ordering::Release);
+        // The asker may have timed out and gone; that is fine.
         let _ = reply.send(outcome);
     }
 }

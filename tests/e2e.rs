@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, gpus_state, sample_value, Daemon, Driver, FakeGpus, Prometheus, SIGTERM};
+use common::{eventually, gpu_lines, gpus_state, sample_value, Daemon, Driver, FakeGpus, Prometheus, SIGTERM};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_real_binary() {
@@ -72,4 +72,40 @@ async fn sigterm_flushes_pending_history() {
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples").fetch_one(&mut conn).await.unwrap();
     assert!(rows >= pending, "{rows} rows written on exit, {pending} were pending before SIGTERM");
     assert_eq!(rows % 2, 0, "both GPUs of every poll are stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_warn_once_per_crossing_and_unsupported_fields_once() {
+    let at = |temp: u32| format!("driver_version 1\ncount 1\n{}0.unsupported fan\n", gpu_lines(0, 50, temp));
+    let fake = FakeGpus::new(Driver::Current, &at(70));
+    let config = format!("gpu:\n  nvml_library: {}\n  poll_interval: 1s\n", fake.lib_str());
+    let daemon = Daemon::start_with_args(&config, &[], &["--log.level=debug", "--log.format=json"]).await;
+
+    // Each temperature is held until a poll has published it.
+    for temp in [90, 95, 80, 88] {
+        fake.set(&at(temp));
+        eventually(&format!("a poll to read {temp} °C"), Duration::from_secs(20), || {
+            let d = &daemon;
+            async move {
+                let page = d.get_text("/metrics").await;
+                let t = sample_value(&page, "gpu_temperature_celsius{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\"}");
+                (t == Some(temp as f64)).then_some(())
+            }
+        })
+        .await;
+    }
+    let log = daemon.log();
+    let lines: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!lines.is_empty(), "--log.format=json writes JSON lines: {log}");
+    let warnings: Vec<f64> = lines
+        .iter()
+        .filter(|l| l["level"] == "WARN" && l["fields"]["message"] == "GPU temperature is above the warning threshold.")
+        .map(|l| l["fields"]["temperature"].as_f64().unwrap())
+        .collect();
+    assert_eq!(warnings, vec![90.0, 88.0], "one WARN per upward crossing, none while it stays hot");
+    let unsupported = lines
+        .iter()
+        .filter(|l| l["level"] == "DEBUG" && l["fields"]["field"] == "fan_speed")
+        .count();
+    assert_eq!(unsupported, 1, "an unsupported field is logged once, not per poll");
 }

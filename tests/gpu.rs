@@ -335,8 +335,35 @@ async fn readiness_follows_the_first_round() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("gpu"), "{body}");
     assert_eq!(h.get("/-/healthy", None).await.0, StatusCode::OK);
+    let (status, body) = h.json("/api/system/gpu").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no reading yet is not the mock object: {body}");
     h.round().await.unwrap();
     assert_eq!(h.get("/-/ready", None).await.0, StatusCode::OK);
+    assert_eq!(h.json("/api/system/gpu").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_stuck_driver_call_times_out_and_scrapes_serve_the_cache() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
+    let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.timeout = std::time::Duration::from_millis(200)).await;
+    h.round().await.unwrap();
+
+    // The next temperature read blocks for 30 s inside the driver.
+    fake.set(&format!("{}0.hang_ms 30000
+", gpus_state(1)));
+    let err = h.round().await.unwrap_err();
+    assert!(err.contains("timed out"), "{err}");
+    // While the NVML thread is stuck, a new poll is refused at once instead
+    // of queueing behind it.
+    let err = h.round().await.unwrap_err();
+    assert!(err.contains("still running"), "{err}");
+
+    // Scrapes never wait on the driver: they answer from the last snapshot.
+    let page = tokio::time::timeout(std::time::Duration::from_secs(5), h.metrics())
+        .await
+        .expect("a scrape must not block on a stuck NVML call");
+    assert_eq!(sample_value(&page, &series("gpu_temperature_celsius", 0, UUID0)), Some(60.0));
+    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(0.0));
 }
 
 #[tokio::test]

@@ -53,10 +53,19 @@ fn int_param(map: &HashMap<String, String>, key: &str, range: (u32, u32)) -> Res
     Ok(Some(v))
 }
 
-fn current(state: &AppState) -> Vec<GpuSample> {
+/// The last poll's GPUs in REST shape, `None` in mock mode; 503 before the
+/// first poll has finished.
+fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
     let snap = state.gpu.snapshot();
-    let at = snap.recorded_at.unwrap_or_else(Utc::now);
-    snap.readings.iter().map(|r| GpuSample::from_reading(r, at)).collect()
+    let Some(at) = snap.recorded_at else {
+        return Err(AppError::Unavailable {
+            message: "no GPU reading yet: the first poll has not finished".into(),
+            detail: "retry after the daemon is ready (GET /-/ready)".into(),
+        });
+    };
+    Ok(snap
+        .available
+        .then(|| snap.readings.iter().map(|r| GpuSample::from_reading(r, at)).collect()))
 }
 
 /// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the
@@ -64,13 +73,12 @@ fn current(state: &AppState) -> Vec<GpuSample> {
 async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSample>, AppError> {
     let map = params(q, &["gpu"])?;
     let wanted = int_param(&map, "gpu", (0, u32::MAX))?;
-    let all = current(&state);
-    if !state.gpu.snapshot().available {
+    let Some(all) = current(&state)? else {
         return match wanted {
             None => Ok(Json(GpuSample::mock(Utc::now()))),
             Some(n) => Err(AppError::NotFound(format!("GPU {n} not found: no GPU is available (mock mode)"))),
         };
-    }
+    };
     let found = match wanted {
         None => all.first().cloned(),
         Some(n) => all.iter().find(|s| s.gpu == Some(n)).cloned(),
@@ -84,10 +92,7 @@ async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSampl
 /// `GET /api/system/gpus`: every GPU, or `[mock]` when none is available.
 async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
     params(q, &[])?;
-    if !state.gpu.snapshot().available {
-        return Ok(Json(vec![GpuSample::mock(Utc::now())]));
-    }
-    Ok(Json(current(&state)))
+    Ok(Json(current(&state)?.unwrap_or_else(|| vec![GpuSample::mock(Utc::now())])))
 }
 
 #[derive(Serialize)]

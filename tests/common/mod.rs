@@ -328,18 +328,26 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the binary with `config` (YAML) and waits for `/-/ready`.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with_args(config, env, &[]).await
+    }
+
+    /// As [`Daemon::start`], with extra flags. Its log goes to `log()`.
+    pub async fn start_with_args(config: &str, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inferwatch.yml");
         std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("inferwatch.log")).unwrap();
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
             .arg("--config")
             .arg(&path)
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(args)
             .current_dir(dir.path())
+            .env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .unwrap();
         let d = Daemon {
@@ -354,6 +362,11 @@ impl Daemon {
         })
         .await;
         d
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("inferwatch.log")).unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

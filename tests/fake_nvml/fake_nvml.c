@@ -27,6 +27,8 @@
  *   <i>.ecc_corrected N <i>.ecc_uncorrected N
  *   <i>.throttle N                             bitmask (decimal or 0x hex)
  *   <i>.lost 1                                 every call returns GPU_IS_LOST
+ *   <i>.hang_ms N                              nvmlDeviceGetTemperature blocks N ms
+ *                                              (a stuck driver call)
  *   <i>.unsupported a,b,c                      fields answering NOT_SUPPORTED:
  *       util mem temp power power_limit fan clocks enc dec energy ecc throttle procs events
  *   <i>.xid 79,13,79                           every critical XID ever raised;
@@ -46,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 typedef int nvmlReturn_t;
 typedef void *nvmlDevice_t;
@@ -79,6 +82,7 @@ typedef struct {
     unsigned int clock_graphics, clock_sm, clock_mem;
     unsigned long long energy_mj, ecc_corrected, ecc_uncorrected, throttle;
     int lost;
+    unsigned int hang_ms;
     char unsupported[256];
     unsigned long long xid[MAX_XID];
     int xid_count;
@@ -194,7 +198,7 @@ static void refresh(void) {
             U(mem_total); U(mem_used); U(mem_free);
             U(power_mw); U(power_limit_mw);
             U(clock_graphics); U(clock_sm); U(clock_mem);
-            U(energy_mj); U(ecc_corrected); U(ecc_uncorrected); U(throttle);
+            U(energy_mj); U(ecc_corrected); U(ecc_uncorrected); U(throttle); U(hang_ms);
 #undef U
         }
     }
@@ -372,7 +376,13 @@ nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, unsigned 
     DEVICE_CALL("temp");
     if (sensor != 0) { pthread_mutex_unlock(&lock); return NVML_ERROR_INVALID_ARGUMENT; }
     *temp = g->temp;
-    DONE;
+    unsigned int hang = g->hang_ms;
+    pthread_mutex_unlock(&lock);
+    if (hang) {
+        struct timespec ts = { hang / 1000, (long)(hang % 1000) * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *mw) {
