@@ -186,24 +186,12 @@ impl Config {
 
     /// Applies `GPU_POLL_INTERVAL_SECONDS` and `GPU_STATS_HISTORY_MINUTES`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(raw) = env("GPU_POLL_INTERVAL_SECONDS") {
-            let secs: f64 = raw.trim().parse().map_err(|_| ConfigError::Invalid {
-                key: "GPU_POLL_INTERVAL_SECONDS".into(),
-                value: raw.clone(),
-                problem: "not a number",
-                allowed: "1.0–60.0 seconds".into(),
-            })?;
-            check_range("GPU_POLL_INTERVAL_SECONDS", secs, 1.0, 60.0, "seconds")?;
+        if let Some(secs) = env_number::<f64>(&env, "GPU_POLL_INTERVAL_SECONDS", "not a number", (1.0, 60.0), "seconds")? {
             self.gpu.poll_interval = Duration::from_secs_f64(secs);
         }
-        if let Some(raw) = env("GPU_STATS_HISTORY_MINUTES") {
-            let minutes: u32 = raw.trim().parse().map_err(|_| ConfigError::Invalid {
-                key: "GPU_STATS_HISTORY_MINUTES".into(),
-                value: raw.clone(),
-                problem: "not a whole number",
-                allowed: "1–1440 minutes".into(),
-            })?;
-            check_range("GPU_STATS_HISTORY_MINUTES", minutes as f64, 1.0, 1440.0, "minutes")?;
+        if let Some(minutes) =
+            env_number::<u32>(&env, "GPU_STATS_HISTORY_MINUTES", "not a whole number", (1.0, 1440.0), "minutes")?
+        {
             self.gpu.history_minutes = minutes;
         }
         Ok(())
@@ -267,6 +255,25 @@ impl Config {
             "empty (SQLite in data_dir), sqlite://PATH or postgres://USER@HOST:PORT/DB",
         ))
     }
+}
+
+/// Reads `key` from `env`, parses it as `T` and checks it against `range`.
+fn env_number<T: std::str::FromStr + Into<f64> + Copy>(
+    env: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    problem: &'static str,
+    range: (f64, f64),
+    unit: &str,
+) -> Result<Option<T>, ConfigError> {
+    let Some(raw) = env(key) else { return Ok(None) };
+    let value: T = raw.trim().parse().map_err(|_| ConfigError::Invalid {
+        key: key.to_string(),
+        value: raw.clone(),
+        problem,
+        allowed: format!("{}–{} {unit}", format_number(range.0), format_number(range.1)),
+    })?;
+    check_range(key, value.into(), range.0, range.1, unit)?;
+    Ok(Some(value))
 }
 
 fn invalid(key: &str, value: &str, problem: &'static str, allowed: &str) -> ConfigError {

@@ -32,6 +32,14 @@ where
     }
 }
 
+/// Waits (up to 30 s) until `url` answers with a 2xx status.
+pub async fn wait_for_2xx(what: &str, url: &str) {
+    eventually(what, Duration::from_secs(30), || async move {
+        reqwest::get(url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+    })
+    .await;
+}
+
 fn target_dir() -> PathBuf {
     // CARGO_TARGET_TMPDIR is per-package scratch space inside target/.
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -292,12 +300,7 @@ impl Prometheus {
             port,
             proc: Proc { child, name: "prometheus" },
         };
-        let url = format!("http://127.0.0.1:{port}/-/ready");
-        eventually("prometheus to be ready", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-        })
-        .await;
+        wait_for_2xx("prometheus to be ready", &format!("http://127.0.0.1:{port}/-/ready")).await;
         p
     }
 
@@ -355,12 +358,7 @@ impl Daemon {
             port,
             proc: Proc { child, name: "inferwatch" },
         };
-        let url = d.url("/-/ready");
-        eventually("inferwatch to be ready", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()).map(|_| ()) }
-        })
-        .await;
+        wait_for_2xx("inferwatch to be ready", &d.url("/-/ready")).await;
         d
     }
 
