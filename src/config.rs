@@ -15,10 +15,7 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("failed to read config file ({path}): {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("failed to parse config file ({path}): {source}")]
     Parse {
         path: PathBuf,
@@ -150,10 +147,7 @@ pub enum StoreBackend {
 impl Config {
     /// Loads `path` (or the defaults when `None`), applies the environment
     /// overrides from `env`, and validates the result.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut config = match path {
             Some(path) => Self::from_file(path)?,
             None => Config::default(),
@@ -186,12 +180,22 @@ impl Config {
 
     /// Applies `GPU_POLL_INTERVAL_SECONDS` and `GPU_STATS_HISTORY_MINUTES`.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(secs) = env_number::<f64>(&env, "GPU_POLL_INTERVAL_SECONDS", "not a number", (1.0, 60.0), "seconds")? {
+        if let Some(secs) = env_number::<f64>(
+            &env,
+            "GPU_POLL_INTERVAL_SECONDS",
+            "not a number",
+            (1.0, 60.0),
+            "seconds",
+        )? {
             self.gpu.poll_interval = Duration::from_secs_f64(secs);
         }
-        if let Some(minutes) =
-            env_number::<u32>(&env, "GPU_STATS_HISTORY_MINUTES", "not a whole number", (1.0, 1440.0), "minutes")?
-        {
+        if let Some(minutes) = env_number::<u32>(
+            &env,
+            "GPU_STATS_HISTORY_MINUTES",
+            "not a whole number",
+            (1.0, 1440.0),
+            "minutes",
+        )? {
             self.gpu.history_minutes = minutes;
         }
         Ok(())
@@ -203,15 +207,33 @@ impl Config {
         check_range("gpu.poll_interval", g.poll_interval.as_secs_f64(), 1.0, 60.0, "seconds")?;
         check_range("gpu.history_minutes", g.history_minutes as f64, 1.0, 1440.0, "minutes")?;
         check_range("gpu.timeout", g.timeout.as_secs_f64(), 0.1, 60.0, "seconds")?;
-        check_range("gpu.temperature_warning_celsius", g.temperature_warning_celsius, 1.0, 150.0, "°C")?;
+        check_range(
+            "gpu.temperature_warning_celsius",
+            g.temperature_warning_celsius,
+            1.0,
+            150.0,
+            "°C",
+        )?;
         if g.nvml_library.trim().is_empty() {
             return Err(invalid("gpu.nvml_library", "", "empty", "a library path or soname"));
         }
         let s = &self.store;
         check_range("store.retention_days", s.retention_days as f64, 1.0, 3650.0, "days")?;
-        check_range("store.buffer_capacity", s.buffer_capacity as f64, 100.0, 10_000_000.0, "samples")?;
+        check_range(
+            "store.buffer_capacity",
+            s.buffer_capacity as f64,
+            100.0,
+            10_000_000.0,
+            "samples",
+        )?;
         check_range("store.batch_size", s.batch_size as f64, 1.0, 10_000.0, "samples")?;
-        check_range("store.flush_interval", s.flush_interval.as_secs_f64(), 0.1, 300.0, "seconds")?;
+        check_range(
+            "store.flush_interval",
+            s.flush_interval.as_secs_f64(),
+            0.1,
+            300.0,
+            "seconds",
+        )?;
         self.store_backend()?;
         if self.web.listen_address.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
@@ -318,7 +340,7 @@ fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Raw::Num(n) => n,
         Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom)?,
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(serde::de::Error::custom(format!(
             "invalid duration {secs}: must be a non-negative number of seconds"
         )));
@@ -360,7 +382,10 @@ mod tests {
         assert_eq!(c.gpu.poll_interval, Duration::from_secs(5));
         assert_eq!(c.gpu.history_minutes, 60);
         assert_eq!(c.web.listen_address, "0.0.0.0:8790");
-        assert_eq!(c.store_backend().unwrap(), StoreBackend::Sqlite(PathBuf::from("./data/inferwatch.db")));
+        assert_eq!(
+            c.store_backend().unwrap(),
+            StoreBackend::Sqlite(PathBuf::from("./data/inferwatch.db"))
+        );
     }
 
     #[test]
@@ -386,7 +411,10 @@ mod tests {
 
         let bad = |k: &str| (k == "GPU_POLL_INTERVAL_SECONDS").then(|| "0.5".to_string());
         let msg = Config::load(None, bad).unwrap_err().to_string();
-        assert!(msg.contains("GPU_POLL_INTERVAL_SECONDS") && msg.contains("0.5") && msg.contains("1–60"), "{msg}");
+        assert!(
+            msg.contains("GPU_POLL_INTERVAL_SECONDS") && msg.contains("0.5") && msg.contains("1–60"),
+            "{msg}"
+        );
     }
 
     #[test]

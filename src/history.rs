@@ -153,7 +153,9 @@ mod tests {
 
     #[test]
     fn design_shape_and_units() {
-        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let v = serde_json::to_value(sample(0, t)).unwrap();
         assert_eq!(v["gpu_utilization"], 42.0);
         assert_eq!(v["memory_used"], 3072.0);
@@ -161,7 +163,13 @@ mod tests {
         assert!(v["inference_fps"].is_null());
         let m = serde_json::to_value(GpuSample::mock(t)).unwrap();
         assert_eq!(m["gpu_name"], MOCK_GPU_NAME);
-        for k in ["gpu_utilization", "memory_used", "memory_total", "temperature", "power_usage"] {
+        for k in [
+            "gpu_utilization",
+            "memory_used",
+            "memory_total",
+            "temperature",
+            "power_usage",
+        ] {
             assert!(m[k].is_null(), "{k} must be null in the mock object");
         }
     }

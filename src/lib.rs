@@ -97,7 +97,13 @@ pub async fn run_with_state(
         state.readiness.expect("gpu");
         let (st, stop) = (state.clone(), collectors_stop.clone());
         tasks.push(tokio::spawn(async move {
-            let collector = GpuCollector::start(st.config.gpu.clone(), st.gpu.clone(), st.events.clone(), st.store.clone()).await;
+            let collector = GpuCollector::start(
+                st.config.gpu.clone(),
+                st.gpu.clone(),
+                st.events.clone(),
+                st.store.clone(),
+            )
+            .await;
             let handle = collectors::spawn(collector, st.metrics.clone(), st.readiness.clone(), stop);
             let _ = handle.await;
         }));

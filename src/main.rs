@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use inferwatch::config::Config;
 
 #[derive(Parser)]
-#[command(name = "inferwatch", version, about = "GPU inference monitoring daemon for Prometheus")]
+#[command(
+    name = "inferwatch",
+    version,
+    about = "GPU inference monitoring daemon for Prometheus"
+)]
 struct Cli {
     /// YAML config file; built-in defaults apply without one.
     #[arg(long = "config", value_name = "PATH")]
@@ -61,7 +65,9 @@ fn main() -> ExitCode {
 fn init_logging(level: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("inferwatch={level},warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

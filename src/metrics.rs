@@ -83,12 +83,18 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let collector_success = GaugeVec::new(
-            Opts::new("inferwatch_collector_success", "1 if the collector's last run succeeded, 0 if it failed."),
+            Opts::new(
+                "inferwatch_collector_success",
+                "1 if the collector's last run succeeded, 0 if it failed.",
+            ),
             &["collector"],
         )
         .expect("valid metric");
         let collector_duration = GaugeVec::new(
-            Opts::new("inferwatch_collector_duration_seconds", "How long the collector's last run took."),
+            Opts::new(
+                "inferwatch_collector_duration_seconds",
+                "How long the collector's last run took.",
+            ),
             &["collector"],
         )
         .expect("valid metric");
@@ -222,12 +228,19 @@ pub fn encode_openmetrics(families: &[MetricFamily]) -> Vec<u8> {
             let _ = writeln!(out, "# HELP {family} {}", escape_help(mf.help()));
         }
         for m in mf.get_metric() {
-            let labels: Vec<(String, String)> =
-                m.get_label().iter().map(|l| (l.name().to_string(), l.value().to_string())).collect();
+            let labels: Vec<(String, String)> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name().to_string(), l.value().to_string()))
+                .collect();
             match mf.get_field_type() {
-                MetricType::COUNTER => {
-                    sample(&mut out, &format!("{family}_total"), &labels, None, m.get_counter().get_value())
-                }
+                MetricType::COUNTER => sample(
+                    &mut out,
+                    &format!("{family}_total"),
+                    &labels,
+                    None,
+                    m.get_counter().get_value(),
+                ),
                 MetricType::GAUGE => sample(&mut out, name, &labels, None, m.get_gauge().get_value()),
                 #[allow(deprecated)] // the crate never emits untyped; kept for completeness
                 MetricType::UNTYPED => sample(&mut out, name, &labels, None, m.get_untyped().get_value()),
@@ -237,13 +250,31 @@ pub fn encode_openmetrics(families: &[MetricFamily]) -> Vec<u8> {
                     for b in h.get_bucket() {
                         saw_inf |= b.upper_bound().is_infinite();
                         let le = format_float(b.upper_bound());
-                        sample(&mut out, &format!("{name}_bucket"), &labels, Some(("le", &le)), b.cumulative_count() as f64);
+                        sample(
+                            &mut out,
+                            &format!("{name}_bucket"),
+                            &labels,
+                            Some(("le", &le)),
+                            b.cumulative_count() as f64,
+                        );
                     }
                     if !saw_inf {
-                        sample(&mut out, &format!("{name}_bucket"), &labels, Some(("le", "+Inf")), h.get_sample_count() as f64);
+                        sample(
+                            &mut out,
+                            &format!("{name}_bucket"),
+                            &labels,
+                            Some(("le", "+Inf")),
+                            h.get_sample_count() as f64,
+                        );
                     }
                     sample(&mut out, &format!("{name}_sum"), &labels, None, h.get_sample_sum());
-                    sample(&mut out, &format!("{name}_count"), &labels, None, h.get_sample_count() as f64);
+                    sample(
+                        &mut out,
+                        &format!("{name}_count"),
+                        &labels,
+                        None,
+                        h.get_sample_count() as f64,
+                    );
                 }
                 MetricType::SUMMARY => {
                     let s = m.get_summary();
@@ -252,7 +283,13 @@ pub fn encode_openmetrics(families: &[MetricFamily]) -> Vec<u8> {
                         sample(&mut out, name, &labels, Some(("quantile", &qs)), q.value());
                     }
                     sample(&mut out, &format!("{name}_sum"), &labels, None, s.sample_sum());
-                    sample(&mut out, &format!("{name}_count"), &labels, None, s.sample_count() as f64);
+                    sample(
+                        &mut out,
+                        &format!("{name}_count"),
+                        &labels,
+                        None,
+                        s.sample_count() as f64,
+                    );
                 }
             }
         }
@@ -310,7 +347,10 @@ mod tests {
             Format::negotiate(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")),
             Format::OpenMetrics
         );
-        assert_eq!(Format::negotiate(Some("application/openmetrics-text; q=0")), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text; q=0")),
+            Format::Text
+        );
     }
 
     #[test]
@@ -318,7 +358,10 @@ mod tests {
         let m = Metrics::new();
         m.store_write_errors.inc();
         let page = String::from_utf8(m.render(Format::OpenMetrics).to_vec()).unwrap();
-        assert!(page.contains("# TYPE inferwatch_store_write_errors counter\n"), "{page}");
+        assert!(
+            page.contains("# TYPE inferwatch_store_write_errors counter\n"),
+            "{page}"
+        );
         assert!(page.contains("\ninferwatch_store_write_errors_total 1\n"), "{page}");
         assert!(page.ends_with("# EOF\n"));
     }

@@ -117,7 +117,11 @@ impl NvmlHandle {
         let driver_version = init_rx
             .await
             .map_err(|_| NvmlStartError::Thread("exited during init".into()))??;
-        Ok(NvmlHandle { tx, busy, driver_version })
+        Ok(NvmlHandle {
+            tx,
+            busy,
+            driver_version,
+        })
     }
 
     /// Asks the thread for one poll of every device. While an earlier poll
@@ -185,7 +189,9 @@ impl<'n> Poller<'n> {
         let count = self.nvml.device_count().ok()?;
         let mut set = None;
         for i in 0..count {
-            let Ok(device) = self.nvml.device_by_index(i) else { continue };
+            let Ok(device) = self.nvml.device_by_index(i) else {
+                continue;
+            };
             let fresh = match set.take() {
                 Some(s) => s,
                 None => match self.nvml.create_event_set() {
@@ -286,8 +292,13 @@ impl<'n> Poller<'n> {
             uuid: uuid.clone(),
             ..Default::default()
         };
-        r.name = self.field(u, "name", d.name(), errors)?.unwrap_or_else(|| "unknown".into());
-        r.pci_bus_id = self.field(u, "pci_info", d.pci_info(), errors)?.map(|p| p.bus_id).unwrap_or_default();
+        r.name = self
+            .field(u, "name", d.name(), errors)?
+            .unwrap_or_else(|| "unknown".into());
+        r.pci_bus_id = self
+            .field(u, "pci_info", d.pci_info(), errors)?
+            .map(|p| p.bus_id)
+            .unwrap_or_default();
         if let Some(util) = self.field(u, "utilization", d.utilization_rates(), errors)? {
             r.utilization = Some(util.gpu as f64 / 100.0);
             r.memory_utilization = Some(util.memory as f64 / 100.0);
@@ -297,24 +308,39 @@ impl<'n> Poller<'n> {
             r.memory_total_bytes = Some(mem.total);
             r.memory_free_bytes = Some(mem.free);
         }
-        r.temperature_celsius =
-            self.field(u, "temperature", d.temperature(TemperatureSensor::Gpu), errors)?.map(f64::from);
-        r.power_usage_watts = self.field(u, "power_usage", d.power_usage(), errors)?.map(|mw| mw as f64 / 1000.0);
-        r.power_limit_watts =
-            self.field(u, "power_limit", d.enforced_power_limit(), errors)?.map(|mw| mw as f64 / 1000.0);
-        r.fan_speed_ratio = self.field(u, "fan_speed", d.fan_speed(0), errors)?.map(|p| p as f64 / 100.0);
-        for (slot, (clock, name)) in [(Clock::Graphics, "clock_graphics"), (Clock::SM, "clock_sm"), (Clock::Memory, "clock_memory")]
-            .into_iter()
-            .enumerate()
+        r.temperature_celsius = self
+            .field(u, "temperature", d.temperature(TemperatureSensor::Gpu), errors)?
+            .map(f64::from);
+        r.power_usage_watts = self
+            .field(u, "power_usage", d.power_usage(), errors)?
+            .map(|mw| mw as f64 / 1000.0);
+        r.power_limit_watts = self
+            .field(u, "power_limit", d.enforced_power_limit(), errors)?
+            .map(|mw| mw as f64 / 1000.0);
+        r.fan_speed_ratio = self
+            .field(u, "fan_speed", d.fan_speed(0), errors)?
+            .map(|p| p as f64 / 100.0);
+        for (slot, (clock, name)) in [
+            (Clock::Graphics, "clock_graphics"),
+            (Clock::SM, "clock_sm"),
+            (Clock::Memory, "clock_memory"),
+        ]
+        .into_iter()
+        .enumerate()
         {
-            r.clocks_hz[slot] = self.field(u, name, d.clock_info(clock), errors)?.map(|mhz| mhz as f64 * 1e6);
+            r.clocks_hz[slot] = self
+                .field(u, name, d.clock_info(clock), errors)?
+                .map(|mhz| mhz as f64 * 1e6);
         }
-        r.encoder_utilization =
-            self.field(u, "encoder", d.encoder_utilization(), errors)?.map(|x| x.utilization as f64 / 100.0);
-        r.decoder_utilization =
-            self.field(u, "decoder", d.decoder_utilization(), errors)?.map(|x| x.utilization as f64 / 100.0);
-        r.energy_joules =
-            self.field(u, "energy", d.total_energy_consumption(), errors)?.map(|mj| mj as f64 / 1000.0);
+        r.encoder_utilization = self
+            .field(u, "encoder", d.encoder_utilization(), errors)?
+            .map(|x| x.utilization as f64 / 100.0);
+        r.decoder_utilization = self
+            .field(u, "decoder", d.decoder_utilization(), errors)?
+            .map(|x| x.utilization as f64 / 100.0);
+        r.energy_joules = self
+            .field(u, "energy", d.total_energy_consumption(), errors)?
+            .map(|mj| mj as f64 / 1000.0);
         r.ecc_corrected = self.field(
             u,
             "ecc",
@@ -342,7 +368,10 @@ impl<'n> Poller<'n> {
                             nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => b,
                             nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => 0,
                         };
-                        let name = self.nvml.sys_process_name(p.pid, 64).unwrap_or_else(|_| "unknown".into());
+                        let name = self
+                            .nvml
+                            .sys_process_name(p.pid, 64)
+                            .unwrap_or_else(|_| "unknown".into());
                         (p.pid, name, bytes)
                     })
                     .collect();

@@ -12,35 +12,94 @@ fn check(yaml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
     let path = dir.path().join("c.yml");
     std::fs::write(&path, yaml).unwrap();
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    Config::load(Some(&path), move |k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
-        .map_err(|e| e.to_string())
+    Config::load(Some(&path), move |k| {
+        env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    })
+    .map_err(|e| e.to_string())
 }
 
 #[test]
 fn bad_values_name_the_key_the_value_and_the_range() {
     // (yaml, env, every fragment the message must contain)
-    let table: &[(&str, &[(&str, &str)], &[&str])] = &[
-        ("gpu:\n  poll_interval: 0.5\n", &[], &["gpu.poll_interval", "0.5", "1–60"]),
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let table: &[Case] = &[
+        (
+            "gpu:\n  poll_interval: 0.5\n",
+            &[],
+            &["gpu.poll_interval", "0.5", "1–60"],
+        ),
         ("gpu:\n  poll_interval: 61\n", &[], &["gpu.poll_interval", "61", "1–60"]),
-        ("gpu:\n  history_minutes: 0\n", &[], &["gpu.history_minutes", "0", "1–1440"]),
-        ("gpu:\n  history_minutes: 1441\n", &[], &["gpu.history_minutes", "1441", "1–1440"]),
+        (
+            "gpu:\n  history_minutes: 0\n",
+            &[],
+            &["gpu.history_minutes", "0", "1–1440"],
+        ),
+        (
+            "gpu:\n  history_minutes: 1441\n",
+            &[],
+            &["gpu.history_minutes", "1441", "1–1440"],
+        ),
         ("gpu:\n  history_minutes: -3\n", &[], &["history_minutes"]),
         ("gpu:\n  timeout: 0s\n", &[], &["gpu.timeout", "0.1–60"]),
-        ("gpu:\n  temperature_warning_celsius: 200\n", &[], &["gpu.temperature_warning_celsius", "200", "1–150"]),
+        (
+            "gpu:\n  temperature_warning_celsius: 200\n",
+            &[],
+            &["gpu.temperature_warning_celsius", "200", "1–150"],
+        ),
         ("gpu:\n  nvml_library: ''\n", &[], &["gpu.nvml_library"]),
         ("gpu:\n  poll_interval: fast\n", &[], &["poll_interval", "fast", "5s"]),
-        ("gpu:\n  pol_interval: 5\n", &[], &["unknown field", "pol_interval", "poll_interval"]),
+        (
+            "gpu:\n  pol_interval: 5\n",
+            &[],
+            &["unknown field", "pol_interval", "poll_interval"],
+        ),
         ("gpus: {}\n", &[], &["unknown field", "gpus"]),
-        ("store:\n  retention_days: 0\n", &[], &["store.retention_days", "1–3650"]),
-        ("store:\n  buffer_capacity: 5\n", &[], &["store.buffer_capacity", "100–10000000"]),
+        (
+            "store:\n  retention_days: 0\n",
+            &[],
+            &["store.retention_days", "1–3650"],
+        ),
+        (
+            "store:\n  buffer_capacity: 5\n",
+            &[],
+            &["store.buffer_capacity", "100–10000000"],
+        ),
         ("store:\n  batch_size: 0\n", &[], &["store.batch_size", "1–10000"]),
-        ("store:\n  url: mysql://db\n", &[], &["store.url", "mysql://db", "postgres://"]),
-        ("store:\n  url: 'postgres://u@h:notaport/db'\n", &[], &["store.url", "PostgreSQL URL"]),
-        ("web:\n  listen_address: 'nonsense'\n", &[], &["web.listen_address", "HOST:PORT"]),
-        ("", &[("GPU_POLL_INTERVAL_SECONDS", "0.9")], &["GPU_POLL_INTERVAL_SECONDS", "0.9", "1–60"]),
-        ("", &[("GPU_POLL_INTERVAL_SECONDS", "soon")], &["GPU_POLL_INTERVAL_SECONDS", "soon", "not a number"]),
-        ("", &[("GPU_STATS_HISTORY_MINUTES", "2000")], &["GPU_STATS_HISTORY_MINUTES", "2000", "1–1440"]),
-        ("", &[("GPU_STATS_HISTORY_MINUTES", "1.5")], &["GPU_STATS_HISTORY_MINUTES", "1.5", "whole number"]),
+        (
+            "store:\n  url: mysql://db\n",
+            &[],
+            &["store.url", "mysql://db", "postgres://"],
+        ),
+        (
+            "store:\n  url: 'postgres://u@h:notaport/db'\n",
+            &[],
+            &["store.url", "PostgreSQL URL"],
+        ),
+        (
+            "web:\n  listen_address: 'nonsense'\n",
+            &[],
+            &["web.listen_address", "HOST:PORT"],
+        ),
+        (
+            "",
+            &[("GPU_POLL_INTERVAL_SECONDS", "0.9")],
+            &["GPU_POLL_INTERVAL_SECONDS", "0.9", "1–60"],
+        ),
+        (
+            "",
+            &[("GPU_POLL_INTERVAL_SECONDS", "soon")],
+            &["GPU_POLL_INTERVAL_SECONDS", "soon", "not a number"],
+        ),
+        (
+            "",
+            &[("GPU_STATS_HISTORY_MINUTES", "2000")],
+            &["GPU_STATS_HISTORY_MINUTES", "2000", "1–1440"],
+        ),
+        (
+            "",
+            &[("GPU_STATS_HISTORY_MINUTES", "1.5")],
+            &["GPU_STATS_HISTORY_MINUTES", "1.5", "whole number"],
+        ),
     ];
     for (yaml, env, fragments) in table {
         let err = check(yaml, env).expect_err(&format!("{yaml:?} {env:?} must be rejected"));
@@ -52,7 +111,11 @@ fn bad_values_name_the_key_the_value_and_the_range() {
 
 #[test]
 fn good_values_at_the_edges_are_accepted() {
-    let c = check("gpu:\n  poll_interval: 1\n  history_minutes: 1440\n", &[("GPU_POLL_INTERVAL_SECONDS", "60")]).unwrap();
+    let c = check(
+        "gpu:\n  poll_interval: 1\n  history_minutes: 1440\n",
+        &[("GPU_POLL_INTERVAL_SECONDS", "60")],
+    )
+    .unwrap();
     assert_eq!(c.gpu.poll_interval.as_secs(), 60, "env overrides the file");
     assert_eq!(c.gpu.history_minutes, 1440);
 }
@@ -65,7 +128,11 @@ fn check_config(path: &Path) -> (i32, String) {
         .env_remove("GPU_STATS_HISTORY_MINUTES")
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap(), text)
 }
 
@@ -97,5 +164,8 @@ fn daemon_refuses_to_start_on_a_bad_env_value() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("GPU_STATS_HISTORY_MINUTES") && stderr.contains("1–1440"), "{stderr}");
+    assert!(
+        stderr.contains("GPU_STATS_HISTORY_MINUTES") && stderr.contains("1–1440"),
+        "{stderr}"
+    );
 }

@@ -29,7 +29,9 @@ async fn prometheus_scrapes_the_real_binary() {
     assert_eq!(temps[0]["metric"]["uuid"], "GPU-00000000-1111-2222-3333-444444444444");
     assert_eq!(temps[0]["metric"]["gpu"], "0");
     assert_eq!(temps[0]["value"][1], "60");
-    let info = prom.query("gpu_info * on(gpu, uuid) group_left gpu_utilization_ratio").await;
+    let info = prom
+        .query("gpu_info * on(gpu, uuid) group_left gpu_utilization_ratio")
+        .await;
     assert_eq!(info.len(), 1, "gpu_info joins on gpu and uuid: {info:?}");
     assert_eq!(info[0]["metric"]["name"], "NVIDIA H100 80GB HBM3");
 }
@@ -39,7 +41,12 @@ async fn mock_mode_binary_serves_without_a_gpu() {
     let daemon = Daemon::start("gpu:\n  nvml_library: /nonexistent/libnvidia-ml.so.1\n", &[]).await;
     let page = daemon.get_text("/metrics").await;
     assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
-    let body: serde_json::Value = reqwest::get(daemon.url("/api/system/gpu")).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = reqwest::get(daemon.url("/api/system/gpu"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["gpu_name"], "Mock GPU (No NVIDIA GPU Available)");
 }
 
@@ -68,15 +75,28 @@ async fn sigterm_flushes_pending_history() {
 
     let db = daemon.dir.path().join("data/inferwatch.db");
     use sqlx::Connection;
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples").fetch_one(&mut conn).await.unwrap();
-    assert!(rows >= pending, "{rows} rows written on exit, {pending} were pending before SIGTERM");
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        rows >= pending,
+        "{rows} rows written on exit, {pending} were pending before SIGTERM"
+    );
     assert_eq!(rows % 2, 0, "both GPUs of every poll are stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_warn_once_per_crossing_and_unsupported_fields_once() {
-    let at = |temp: u32| format!("driver_version 1\ncount 1\n{}0.unsupported fan\n", gpu_lines(0, 50, temp));
+    let at = |temp: u32| {
+        format!(
+            "driver_version 1\ncount 1\n{}0.unsupported fan\n",
+            gpu_lines(0, 50, temp)
+        )
+    };
     let fake = FakeGpus::new(Driver::Current, &at(70));
     let config = format!("gpu:\n  nvml_library: {}\n  poll_interval: 1s\n", fake.lib_str());
     let daemon = Daemon::start_with_args(&config, &[], &["--log.level=debug", "--log.format=json"]).await;
@@ -88,7 +108,10 @@ async fn logs_warn_once_per_crossing_and_unsupported_fields_once() {
             let d = &daemon;
             async move {
                 let page = d.get_text("/metrics").await;
-                let t = sample_value(&page, "gpu_temperature_celsius{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\"}");
+                let t = sample_value(
+                    &page,
+                    "gpu_temperature_celsius{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\"}",
+                );
                 (t == Some(temp as f64)).then_some(())
             }
         })
@@ -102,7 +125,11 @@ async fn logs_warn_once_per_crossing_and_unsupported_fields_once() {
         .filter(|l| l["level"] == "WARN" && l["fields"]["message"] == "GPU temperature is above the warning threshold.")
         .map(|l| l["fields"]["temperature"].as_f64().unwrap())
         .collect();
-    assert_eq!(warnings, vec![90.0, 88.0], "one WARN per upward crossing, none while it stays hot");
+    assert_eq!(
+        warnings,
+        vec![90.0, 88.0],
+        "one WARN per upward crossing, none while it stays hot"
+    );
     let unsupported = lines
         .iter()
         .filter(|l| l["level"] == "DEBUG" && l["fields"]["field"] == "fan_speed")

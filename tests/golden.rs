@@ -28,8 +28,13 @@ const VOLATILE: &[&str] = &[
 fn stable(page: &str) -> String {
     page.lines()
         .filter(|l| {
-            let name = l.strip_prefix("# HELP ").or_else(|| l.strip_prefix("# TYPE ")).unwrap_or(l);
-            !VOLATILE.iter().any(|v| name.starts_with(v) || (v.ends_with('{') && l.starts_with(v)))
+            let name = l
+                .strip_prefix("# HELP ")
+                .or_else(|| l.strip_prefix("# TYPE "))
+                .unwrap_or(l);
+            !VOLATILE
+                .iter()
+                .any(|v| name.starts_with(v) || (v.ends_with('{') && l.starts_with(v)))
         })
         .map(|l| format!("{l}\n"))
         .collect()
@@ -48,9 +53,16 @@ async fn metrics_page_matches_golden_file() {
     config.gpu.per_process = true;
     config.data_dir = data.path().to_owned();
     let state = inferwatch::build_state(config).unwrap();
-    let mut collector =
-        GpuCollector::start(state.config.gpu.clone(), state.gpu.clone(), state.events.clone(), state.store.clone()).await;
-    run_once(&mut collector, &state.metrics, &state.readiness).await.unwrap();
+    let mut collector = GpuCollector::start(
+        state.config.gpu.clone(),
+        state.gpu.clone(),
+        state.events.clone(),
+        state.store.clone(),
+    )
+    .await;
+    run_once(&mut collector, &state.metrics, &state.readiness)
+        .await
+        .unwrap();
 
     let resp = inferwatch::api::router(state)
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
@@ -84,7 +96,11 @@ async fn metrics_page_matches_golden_file() {
             .lines()
             .filter(|l| !got.lines().any(|g| g == *l))
             .map(|l| format!("- {l}"))
-            .chain(got.lines().filter(|l| !want.lines().any(|w| w == *l)).map(|l| format!("+ {l}")))
+            .chain(
+                got.lines()
+                    .filter(|l| !want.lines().any(|w| w == *l))
+                    .map(|l| format!("+ {l}")),
+            )
             .collect();
         panic!("/metrics differs from {}:\n{}", golden_path.display(), diff.join("\n"));
     }

@@ -56,7 +56,10 @@ impl Harness {
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
         }
-        let resp = router(self.state.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let resp = router(self.state.clone())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let ctype = resp
             .headers()
@@ -73,7 +76,10 @@ impl Harness {
 
     async fn json(&self, uri: &str) -> (StatusCode, serde_json::Value) {
         let (status, ctype, body) = self.get(uri, None).await;
-        assert!(ctype.starts_with("application/json"), "{uri}: content type {ctype}: {body}");
+        assert!(
+            ctype.starts_with("application/json"),
+            "{uri}: content type {ctype}: {body}"
+        );
         (status, serde_json::from_str(&body).unwrap())
     }
 }
@@ -94,28 +100,64 @@ async fn two_gpus_are_exported_in_base_units() {
 
     assert_eq!(sample_value(&page, "gpu_available"), Some(1.0));
     assert_eq!(sample_value(&page, "gpu_count"), Some(2.0));
-    assert_eq!(sample_value(&page, &series("gpu_utilization_ratio", 0, UUID0)), Some(0.40));
-    assert_eq!(sample_value(&page, &series("gpu_utilization_ratio", 1, UUID1)), Some(0.41));
-    assert_eq!(sample_value(&page, &series("gpu_temperature_celsius", 1, UUID1)), Some(61.0));
-    assert_eq!(sample_value(&page, &series("gpu_memory_used_bytes", 0, UUID0)), Some(21474836480.0));
-    assert_eq!(sample_value(&page, &series("gpu_power_usage_watts", 0, UUID0)), Some(250.5));
-    assert_eq!(sample_value(&page, &series("gpu_power_limit_watts", 0, UUID0)), Some(700.0));
-    assert_eq!(sample_value(&page, &series("gpu_fan_speed_ratio", 0, UUID0)), Some(0.30));
-    assert_eq!(sample_value(&page, &series("gpu_energy_joules_total", 0, UUID0)), Some(123456.789));
     assert_eq!(
-        sample_value(&page, &format!("gpu_clock_hz{{gpu=\"0\",uuid=\"{UUID0}\",clock=\"memory\"}}")),
+        sample_value(&page, &series("gpu_utilization_ratio", 0, UUID0)),
+        Some(0.40)
+    );
+    assert_eq!(
+        sample_value(&page, &series("gpu_utilization_ratio", 1, UUID1)),
+        Some(0.41)
+    );
+    assert_eq!(
+        sample_value(&page, &series("gpu_temperature_celsius", 1, UUID1)),
+        Some(61.0)
+    );
+    assert_eq!(
+        sample_value(&page, &series("gpu_memory_used_bytes", 0, UUID0)),
+        Some(21474836480.0)
+    );
+    assert_eq!(
+        sample_value(&page, &series("gpu_power_usage_watts", 0, UUID0)),
+        Some(250.5)
+    );
+    assert_eq!(
+        sample_value(&page, &series("gpu_power_limit_watts", 0, UUID0)),
+        Some(700.0)
+    );
+    assert_eq!(
+        sample_value(&page, &series("gpu_fan_speed_ratio", 0, UUID0)),
+        Some(0.30)
+    );
+    assert_eq!(
+        sample_value(&page, &series("gpu_energy_joules_total", 0, UUID0)),
+        Some(123456.789)
+    );
+    assert_eq!(
+        sample_value(
+            &page,
+            &format!("gpu_clock_hz{{gpu=\"0\",uuid=\"{UUID0}\",clock=\"memory\"}}")
+        ),
         Some(2.619e9)
     );
     assert_eq!(
-        sample_value(&page, &format!("gpu_throttle_reason_active{{gpu=\"0\",uuid=\"{UUID0}\",reason=\"sw_power_cap\"}}")),
+        sample_value(
+            &page,
+            &format!("gpu_throttle_reason_active{{gpu=\"0\",uuid=\"{UUID0}\",reason=\"sw_power_cap\"}}")
+        ),
         Some(1.0)
     );
     assert_eq!(
-        sample_value(&page, &format!("gpu_throttle_reason_active{{gpu=\"0\",uuid=\"{UUID0}\",reason=\"gpu_idle\"}}")),
+        sample_value(
+            &page,
+            &format!("gpu_throttle_reason_active{{gpu=\"0\",uuid=\"{UUID0}\",reason=\"gpu_idle\"}}")
+        ),
         Some(0.0)
     );
     assert_eq!(
-        sample_value(&page, &format!("gpu_ecc_errors_total{{gpu=\"0\",uuid=\"{UUID0}\",type=\"corrected\"}}")),
+        sample_value(
+            &page,
+            &format!("gpu_ecc_errors_total{{gpu=\"0\",uuid=\"{UUID0}\",type=\"corrected\"}}")
+        ),
         Some(2.0)
     );
     assert_eq!(
@@ -125,7 +167,10 @@ async fn two_gpus_are_exported_in_base_units() {
         ),
         Some(1.0)
     );
-    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
 
     let (status, all) = h.json("/api/system/gpus").await;
     assert_eq!(status, StatusCode::OK);
@@ -152,11 +197,25 @@ async fn old_driver_missing_symbols_are_skipped() {
     let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
     h.round().await.expect("missing symbols never fail the poll");
     let page = h.metrics().await;
-    for absent in ["gpu_memory_used_bytes", "gpu_memory_total_bytes", "gpu_fan_speed_ratio", "gpu_energy_joules_total"] {
-        assert!(!page.contains(&format!("\n{absent}{{")), "{absent} must be skipped on an old driver");
+    for absent in [
+        "gpu_memory_used_bytes",
+        "gpu_memory_total_bytes",
+        "gpu_fan_speed_ratio",
+        "gpu_energy_joules_total",
+    ] {
+        assert!(
+            !page.contains(&format!("\n{absent}{{")),
+            "{absent} must be skipped on an old driver"
+        );
     }
-    assert_eq!(sample_value(&page, &series("gpu_temperature_celsius", 0, UUID0)), Some(60.0));
-    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+    assert_eq!(
+        sample_value(&page, &series("gpu_temperature_celsius", 0, UUID0)),
+        Some(60.0)
+    );
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
     let (_, one) = h.json("/api/system/gpu").await;
     assert!(one["memory_used"].is_null());
     assert_eq!(one["temperature"], 60.0);
@@ -171,11 +230,20 @@ async fn not_supported_fields_are_skipped_per_gpu() {
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, &series("gpu_fan_speed_ratio", 0, UUID0)), None);
     assert_eq!(sample_value(&page, &series("gpu_power_usage_watts", 0, UUID0)), None);
-    assert!(!page.contains(&format!("gpu_ecc_errors_total{{gpu=\"0\"")));
+    assert!(!page.contains("gpu_ecc_errors_total{gpu=\"0\""));
     // GPU 1 still reports all of them.
-    assert_eq!(sample_value(&page, &series("gpu_fan_speed_ratio", 1, UUID1)), Some(0.30));
-    assert_eq!(sample_value(&page, &series("gpu_power_usage_watts", 1, UUID1)), Some(250.5));
-    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+    assert_eq!(
+        sample_value(&page, &series("gpu_fan_speed_ratio", 1, UUID1)),
+        Some(0.30)
+    );
+    assert_eq!(
+        sample_value(&page, &series("gpu_power_usage_watts", 1, UUID1)),
+        Some(250.5)
+    );
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -191,17 +259,32 @@ async fn lost_gpu_loses_its_series_and_the_daemon_keeps_going() {
     assert!(err.contains("lost"), "{err}");
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, "gpu_count"), Some(1.0));
-    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(0.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(0.0)
+    );
     assert!(!page.contains(UUID1), "every series of the lost GPU is gone");
-    assert_eq!(sample_value(&page, &series("gpu_temperature_celsius", 0, UUID0)), Some(60.0));
-    assert_eq!(events.recv().await.unwrap(), Event::GpuLost { gpu: 1, uuid: UUID1.into() });
+    assert_eq!(
+        sample_value(&page, &series("gpu_temperature_celsius", 0, UUID0)),
+        Some(60.0)
+    );
+    assert_eq!(
+        events.recv().await.unwrap(),
+        Event::GpuLost {
+            gpu: 1,
+            uuid: UUID1.into()
+        }
+    );
 
     // When it comes back, so do its series and success.
     fake.set(&gpus_state(2));
     h.round().await.unwrap();
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, "gpu_count"), Some(2.0));
-    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -220,7 +303,14 @@ async fn bad_library_path_gives_mock_mode() {
     let (status, mock) = h.json("/api/system/gpu").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(mock["gpu_name"], "Mock GPU (No NVIDIA GPU Available)");
-    for k in ["gpu_utilization", "memory_used", "memory_total", "temperature", "power_usage", "inference_fps"] {
+    for k in [
+        "gpu_utilization",
+        "memory_used",
+        "memory_total",
+        "temperature",
+        "power_usage",
+        "inference_fps",
+    ] {
         assert!(mock[k].is_null(), "{k} is null in mock mode");
     }
     let (_, all) = h.json("/api/system/gpus").await;
@@ -249,7 +339,10 @@ async fn temperature_warning_fires_once_per_crossing() {
     }
     let mut crossings = vec![];
     while let Ok(e) = events.try_recv() {
-        if let Event::GpuTemperatureHigh { temperature, threshold, .. } = e {
+        if let Event::GpuTemperatureHigh {
+            temperature, threshold, ..
+        } = e
+        {
             assert_eq!(threshold, 85.0);
             crossings.push(temperature);
         }
@@ -284,7 +377,10 @@ async fn xid_events_feed_a_counter() {
 #[tokio::test]
 async fn per_process_series_follow_running_processes() {
     let base = gpus_state(1);
-    let fake = FakeGpus::new(Driver::Current, &format!("{base}0.procs 4242:1073741824:python3;5151:2147483648:tritonserver\n"));
+    let fake = FakeGpus::new(
+        Driver::Current,
+        &format!("{base}0.procs 4242:1073741824:python3;5151:2147483648:tritonserver\n"),
+    );
     let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.per_process = true).await;
     h.round().await.unwrap();
     let proc = |pid: &str, name: &str| {
@@ -297,13 +393,20 @@ async fn per_process_series_follow_running_processes() {
     fake.set(&format!("{base}0.procs 5151:2147483648:tritonserver\n"));
     h.round().await.unwrap();
     let page = h.metrics().await;
-    assert_eq!(sample_value(&page, &proc("4242", "python3")), None, "exited process is removed");
+    assert_eq!(
+        sample_value(&page, &proc("4242", "python3")),
+        None,
+        "exited process is removed"
+    );
     assert_eq!(sample_value(&page, &proc("5151", "tritonserver")), Some(2147483648.0));
 }
 
 #[tokio::test]
 async fn per_process_is_off_by_default() {
-    let fake = FakeGpus::new(Driver::Current, &format!("{}0.procs 4242:1073741824:python3\n", gpus_state(1)));
+    let fake = FakeGpus::new(
+        Driver::Current,
+        &format!("{}0.procs 4242:1073741824:python3\n", gpus_state(1)),
+    );
     let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
     h.round().await.unwrap();
     assert!(!h.metrics().await.contains("gpu_process_memory_used_bytes"));
@@ -319,11 +422,16 @@ async fn metrics_content_negotiation() {
     assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
     assert!(body.contains("# TYPE gpu_energy_joules_total counter"));
     let (_, ctype, body) = h
-        .get("/metrics", Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"))
+        .get(
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+        )
         .await;
     assert_eq!(ctype, "application/openmetrics-text; version=1.0.0; charset=utf-8");
     assert!(body.contains("# TYPE gpu_energy_joules counter"));
-    assert!(body.contains(&format!("gpu_energy_joules_total{{gpu=\"0\",uuid=\"{UUID0}\"}} 123456.789")));
+    assert!(body.contains(&format!(
+        "gpu_energy_joules_total{{gpu=\"0\",uuid=\"{UUID0}\"}} 123456.789"
+    )));
     assert!(body.ends_with("# EOF\n"));
 }
 
@@ -336,7 +444,11 @@ async fn readiness_follows_the_first_round() {
     assert!(body.contains("gpu"), "{body}");
     assert_eq!(h.get("/-/healthy", None).await.0, StatusCode::OK);
     let (status, body) = h.json("/api/system/gpu").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no reading yet is not the mock object: {body}");
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no reading yet is not the mock object: {body}"
+    );
     h.round().await.unwrap();
     assert_eq!(h.get("/-/ready", None).await.0, StatusCode::OK);
     assert_eq!(h.json("/api/system/gpu").await.0, StatusCode::OK);
@@ -345,12 +457,18 @@ async fn readiness_follows_the_first_round() {
 #[tokio::test]
 async fn a_stuck_driver_call_times_out_and_scrapes_serve_the_cache() {
     let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
-    let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.timeout = std::time::Duration::from_millis(200)).await;
+    let mut h = Harness::new(&fake.lib_str(), |c| {
+        c.gpu.timeout = std::time::Duration::from_millis(200)
+    })
+    .await;
     h.round().await.unwrap();
 
     // The next temperature read blocks for 30 s inside the driver.
-    fake.set(&format!("{}0.hang_ms 30000
-", gpus_state(1)));
+    fake.set(&format!(
+        "{}0.hang_ms 30000
+",
+        gpus_state(1)
+    ));
     let err = h.round().await.unwrap_err();
     assert!(err.contains("timed out"), "{err}");
     // While the NVML thread is stuck, a new poll is refused at once instead
@@ -362,8 +480,14 @@ async fn a_stuck_driver_call_times_out_and_scrapes_serve_the_cache() {
     let page = tokio::time::timeout(std::time::Duration::from_secs(5), h.metrics())
         .await
         .expect("a scrape must not block on a stuck NVML call");
-    assert_eq!(sample_value(&page, &series("gpu_temperature_celsius", 0, UUID0)), Some(60.0));
-    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(0.0));
+    assert_eq!(
+        sample_value(&page, &series("gpu_temperature_celsius", 0, UUID0)),
+        Some(60.0)
+    );
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]

@@ -37,21 +37,32 @@ async fn postgres_outage_of_60s_loses_no_sample() {
     .await;
 
     pg.stop();
-    eventually("a failed write while PostgreSQL is down", Duration::from_secs(30), || {
-        let e = m.store_write_errors.get();
-        async move { (e > 0).then_some(()) }
-    })
+    eventually(
+        "a failed write while PostgreSQL is down",
+        Duration::from_secs(30),
+        || {
+            let e = m.store_write_errors.get();
+            async move { (e > 0).then_some(()) }
+        },
+    )
     .await;
     // The outage itself: 60 s of polling at 1 s with the database gone.
     tokio::time::sleep(Duration::from_secs(60)).await;
     let pending_during_outage = m.store_pending.get();
-    assert!(pending_during_outage >= 100, "about 2 GPUs × 60 polls are buffered, got {pending_during_outage}");
+    assert!(
+        pending_during_outage >= 100,
+        "about 2 GPUs × 60 polls are buffered, got {pending_during_outage}"
+    );
     pg.resume().await;
 
-    eventually("the buffer to drain after PostgreSQL is back", Duration::from_secs(60), || {
-        let p = m.store_pending.get();
-        async move { (p == 0).then_some(()) }
-    })
+    eventually(
+        "the buffer to drain after PostgreSQL is back",
+        Duration::from_secs(60),
+        || {
+            let p = m.store_pending.get();
+            async move { (p == 0).then_some(()) }
+        },
+    )
     .await;
     stop_tx.send(()).unwrap();
     daemon.await.unwrap().unwrap();
@@ -63,7 +74,10 @@ async fn postgres_outage_of_60s_loses_no_sample() {
 
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples").fetch_one(&mut conn).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gpu_samples")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(rows as usize, total, "every sample taken is in PostgreSQL exactly once");
     assert!(total >= 2 * 60, "polling went on through the outage: {total} samples");
 
@@ -71,7 +85,10 @@ async fn postgres_outage_of_60s_loses_no_sample() {
     for samples in &taken {
         for pair in samples.windows(2) {
             let gap = pair[1].recorded_at - pair[0].recorded_at;
-            assert!(gap < chrono::Duration::milliseconds(2500), "poll gap of {gap} during the outage");
+            assert!(
+                gap < chrono::Duration::milliseconds(2500),
+                "poll gap of {gap} during the outage"
+            );
         }
     }
     let stored: Vec<i64> =
@@ -103,7 +120,17 @@ async fn postgres_history_beyond_the_window_and_retention() {
     store.push([mk(10, 0), mk(3, 0), mk(1, 0), mk(1, 1)]);
     assert_eq!(store.flush().await.unwrap(), 4);
     let got = store.history(0, now - chrono::Duration::days(5)).await.unwrap();
-    assert_eq!(got.iter().map(|s| s.temperature.unwrap()).collect::<Vec<_>>(), vec![73.0, 71.0]);
-    assert_eq!(store.apply_retention(now).await.unwrap(), 1, "only the 10-day-old row is past 7 days");
-    assert_eq!(store.history(0, now - chrono::Duration::days(30)).await.unwrap().len(), 2);
+    assert_eq!(
+        got.iter().map(|s| s.temperature.unwrap()).collect::<Vec<_>>(),
+        vec![73.0, 71.0]
+    );
+    assert_eq!(
+        store.apply_retention(now).await.unwrap(),
+        1,
+        "only the 10-day-old row is past 7 days"
+    );
+    assert_eq!(
+        store.history(0, now - chrono::Duration::days(30)).await.unwrap().len(),
+        2
+    );
 }

@@ -11,5 +11,8 @@ use crate::metrics::Format;
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
-    ([(header::CONTENT_TYPE, format.content_type())], state.metrics.render(format))
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        state.metrics.render(format),
+    )
 }

@@ -52,7 +52,10 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> R
         (StatusCode::OK, "Ready.\n").into_response()
     } else {
         let waiting = state.readiness.waiting().join(", ");
-        (StatusCode::SERVICE_UNAVAILABLE, format!("Not ready: waiting for the first collection of: {waiting}.\n"))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Not ready: waiting for the first collection of: {waiting}.\n"),
+        )
             .into_response()
     }
 }
@@ -72,7 +75,10 @@ pub enum AppError {
 
 impl AppError {
     pub fn bad_request(message: impl Into<String>, detail: serde_json::Value) -> AppError {
-        AppError::BadRequest { message: message.into(), detail }
+        AppError::BadRequest {
+            message: message.into(),
+            detail,
+        }
     }
 }
 

@@ -43,12 +43,20 @@ fn params(q: RawQuery, allowed: &[&str]) -> Result<HashMap<String, String>, AppE
 fn int_param(map: &HashMap<String, String>, key: &str, range: (u32, u32)) -> Result<Option<u32>, AppError> {
     let Some(raw) = map.get(key) else { return Ok(None) };
     let allowed = json!({ "parameter": key, "min": range.0, "max": range.1 });
-    let v: u32 = raw
-        .trim()
-        .parse()
-        .map_err(|_| AppError::bad_request(format!("{key} must be a whole number from {} to {}, got {raw:?}", range.0, range.1), allowed.clone()))?;
+    let v: u32 = raw.trim().parse().map_err(|_| {
+        AppError::bad_request(
+            format!(
+                "{key} must be a whole number from {} to {}, got {raw:?}",
+                range.0, range.1
+            ),
+            allowed.clone(),
+        )
+    })?;
     if v < range.0 || v > range.1 {
-        return Err(AppError::bad_request(format!("{key} must be from {} to {}, got {v}", range.0, range.1), allowed));
+        return Err(AppError::bad_request(
+            format!("{key} must be from {} to {}, got {v}", range.0, range.1),
+            allowed,
+        ));
     }
     Ok(Some(v))
 }
@@ -76,7 +84,9 @@ async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSampl
     let Some(all) = current(&state)? else {
         return match wanted {
             None => Ok(Json(GpuSample::mock(Utc::now()))),
-            Some(n) => Err(AppError::NotFound(format!("GPU {n} not found: no GPU is available (mock mode)"))),
+            Some(n) => Err(AppError::NotFound(format!(
+                "GPU {n} not found: no GPU is available (mock mode)"
+            ))),
         };
     };
     let found = match wanted {
@@ -85,14 +95,19 @@ async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSampl
     };
     found.map(Json).ok_or_else(|| {
         let known: Vec<u32> = all.iter().filter_map(|s| s.gpu).collect();
-        AppError::NotFound(format!("GPU {} not found; available GPUs: {known:?}", wanted.unwrap_or(0)))
+        AppError::NotFound(format!(
+            "GPU {} not found; available GPUs: {known:?}",
+            wanted.unwrap_or(0)
+        ))
     })
 }
 
 /// `GET /api/system/gpus`: every GPU, or `[mock]` when none is available.
 async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
     params(q, &[])?;
-    Ok(Json(current(&state)?.unwrap_or_else(|| vec![GpuSample::mock(Utc::now())])))
+    Ok(Json(
+        current(&state)?.unwrap_or_else(|| vec![GpuSample::mock(Utc::now())]),
+    ))
 }
 
 #[derive(Serialize)]

@@ -269,8 +269,13 @@ impl GpuFamilies {
         let descs = FAMILIES
             .iter()
             .map(|f| {
-                Desc::new(f.name.into(), f.help.into(), f.labels.iter().map(|l| l.to_string()).collect(), Default::default())
-                    .expect("valid metric descriptor")
+                Desc::new(
+                    f.name.into(),
+                    f.help.into(),
+                    f.labels.iter().map(|l| l.to_string()).collect(),
+                    Default::default(),
+                )
+                .expect("valid metric descriptor")
             })
             .collect();
         GpuFamilies { state, descs }
@@ -331,7 +336,11 @@ impl PromCollector for GpuFamilies {
         for r in &snap.readings {
             let idx = r.index.to_string();
             let l = [idx.as_str(), r.uuid.as_str()];
-            b.add(F::Info, &[&idx, &r.uuid, &r.name, &snap.driver_version, &r.pci_bus_id], 1.0);
+            b.add(
+                F::Info,
+                &[&idx, &r.uuid, &r.name, &snap.driver_version, &r.pci_bus_id],
+                1.0,
+            );
             b.opt(F::Util, &l, r.utilization);
             b.opt(F::MemUtil, &l, r.memory_utilization);
             b.opt(F::MemUsed, &l, r.memory_used_bytes.map(|v| v as f64));
@@ -348,10 +357,18 @@ impl PromCollector for GpuFamilies {
             b.opt(F::Dec, &l, r.decoder_utilization);
             b.opt(F::Energy, &l, r.energy_joules);
             b.opt(F::Ecc, &[l[0], l[1], "corrected"], r.ecc_corrected.map(|v| v as f64));
-            b.opt(F::Ecc, &[l[0], l[1], "uncorrected"], r.ecc_uncorrected.map(|v| v as f64));
+            b.opt(
+                F::Ecc,
+                &[l[0], l[1], "uncorrected"],
+                r.ecc_uncorrected.map(|v| v as f64),
+            );
             if let Some(bits) = r.throttle_reasons {
                 for (bit, reason) in THROTTLE_REASONS {
-                    b.add(F::Throttle, &[l[0], l[1], reason], if bits & bit != 0 { 1.0 } else { 0.0 });
+                    b.add(
+                        F::Throttle,
+                        &[l[0], l[1], reason],
+                        if bits & bit != 0 { 1.0 } else { 0.0 },
+                    );
                 }
             }
             if self.state.per_process {

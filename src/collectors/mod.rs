@@ -63,7 +63,13 @@ impl Readiness {
 
     /// Collectors still waiting for their first round, sorted.
     pub fn waiting(&self) -> Vec<&'static str> {
-        let mut v: Vec<_> = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+        let mut v: Vec<_> = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
         v.sort_unstable();
         v
     }
@@ -115,11 +121,17 @@ pub async fn run_once<C: Collector>(
 }
 
 fn record(metrics: &Metrics, name: &str, took: Duration, result: &Result<(), CollectError>) {
-    metrics.collector_duration.with_label_values(&[name]).set(took.as_secs_f64());
+    metrics
+        .collector_duration
+        .with_label_values(&[name])
+        .set(took.as_secs_f64());
     match result {
         Ok(()) => {
             metrics.collector_success.with_label_values(&[name]).set(1.0);
-            metrics.collector_last_success.with_label_values(&[name]).set(unix_now());
+            metrics
+                .collector_last_success
+                .with_label_values(&[name])
+                .set(unix_now());
         }
         Err(e) => {
             metrics.collector_success.with_label_values(&[name]).set(0.0);
@@ -174,7 +186,12 @@ mod tests {
         let shutdown = CancellationToken::new();
         let success = |m: &Metrics| m.collector_success.with_label_values(&["flaky"]).get();
 
-        let handle = spawn(Flaky { rounds: 0 }, metrics.clone(), readiness.clone(), shutdown.clone());
+        let handle = spawn(
+            Flaky { rounds: 0 },
+            metrics.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        );
         assert!(!readiness.is_ready());
         // Round 1 runs at t=0.
         tokio::time::sleep(Duration::from_millis(1)).await;

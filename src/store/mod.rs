@@ -105,7 +105,7 @@ impl Store {
             }
             StoreBackend::Postgres(url) => {
                 // store_backend() has already checked that the URL parses.
-                let opts = PgConnectOptions::from_str(&url).map_err(sqlx::Error::from)?;
+                let opts = PgConnectOptions::from_str(&url)?;
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(Duration::from_secs(3))
@@ -152,7 +152,11 @@ impl Store {
         drop(buf);
         if dropped > 0 {
             self.metrics.store_dropped.inc_by(dropped);
-            tracing::warn!(dropped, capacity = self.capacity, "History buffer is full; dropped the oldest samples.");
+            tracing::warn!(
+                dropped,
+                capacity = self.capacity,
+                "History buffer is full; dropped the oldest samples."
+            );
         }
         self.metrics.store_pending.set(len as i64);
         if len >= self.batch_size {
@@ -187,7 +191,9 @@ impl Store {
                 let buf = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
                 buf.samples.iter().take(self.batch_size).cloned().collect()
             };
-            let Some(last_seq) = batch.last().map(|(seq, _)| *seq) else { break };
+            let Some(last_seq) = batch.last().map(|(seq, _)| *seq) else {
+                break;
+            };
             self.insert(&batch).await?;
             let len = {
                 let mut buf = self.buffer.lock().unwrap_or_else(|e| e.into_inner());
@@ -317,7 +323,9 @@ impl Store {
         }
         match tokio::time::timeout(FINAL_FLUSH_DEADLINE, self.flush()).await {
             Ok(Ok(written)) => tracing::info!(written, "Flushed pending history before exit."),
-            Ok(Err(e)) => tracing::error!(error = %e, lost = self.pending(), "Could not flush pending history before exit."),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, lost = self.pending(), "Could not flush pending history before exit.")
+            }
             Err(_) => tracing::error!(lost = self.pending(), "Timed out flushing pending history before exit."),
         }
     }
@@ -377,8 +385,10 @@ mod tests {
     #[tokio::test]
     async fn buffer_drops_oldest_and_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.data_dir = dir.path().to_owned();
+        let mut c = Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
         c.store.buffer_capacity = 100;
         let metrics = Arc::new(Metrics::new());
         let store = Store::open(&c, metrics.clone()).unwrap();
@@ -387,19 +397,32 @@ mod tests {
         assert_eq!(metrics.store_dropped.get(), 50);
         assert_eq!(store.flush().await.unwrap(), 100);
         let rows = store.history(0, Utc.timestamp_millis_opt(0).unwrap()).await.unwrap();
-        assert_eq!(rows.first().unwrap().recorded_at.timestamp_millis(), 50, "the oldest 50 were dropped");
+        assert_eq!(
+            rows.first().unwrap().recorded_at.timestamp_millis(),
+            50,
+            "the oldest 50 were dropped"
+        );
         assert_eq!(rows.len(), 100);
         // Writing the same samples again stores nothing twice.
         store.push((100..150).map(sample));
         store.flush().await.unwrap();
-        assert_eq!(store.history(0, Utc.timestamp_millis_opt(0).unwrap()).await.unwrap().len(), 100);
+        assert_eq!(
+            store
+                .history(0, Utc.timestamp_millis_opt(0).unwrap())
+                .await
+                .unwrap()
+                .len(),
+            100
+        );
     }
 
     #[tokio::test]
     async fn retention_deletes_old_rows_only() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = Config::default();
-        c.data_dir = dir.path().to_owned();
+        let mut c = Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
         c.store.retention_days = 7;
         let store = Store::open(&c, Arc::new(Metrics::new())).unwrap();
         let now = Utc::now();

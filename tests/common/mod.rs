@@ -35,7 +35,11 @@ where
 /// Waits (up to 30 s) until `url` answers with a 2xx status.
 pub async fn wait_for_2xx(what: &str, url: &str) {
     eventually(what, Duration::from_secs(30), || async move {
-        reqwest::get(url).await.ok().filter(|r| r.status().is_success()).map(|_| ())
+        reqwest::get(url)
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
     })
     .await;
 }
@@ -158,7 +162,11 @@ impl Drop for Proc {
 }
 
 fn unsafe_kill(pid: i32, signal: i32) {
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
@@ -183,7 +191,11 @@ fn find_bin(name: &str) -> PathBuf {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 /// A real PostgreSQL in a temp dir, on a free port.
@@ -200,7 +212,12 @@ impl Postgres {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         if is_root() {
-            let st = Command::new("chown").arg("-R").arg("postgres:postgres").arg(dir.path()).status().unwrap();
+            let st = Command::new("chown")
+                .arg("-R")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()
+                .unwrap();
             assert!(st.success());
         }
         let out = as_pg_user(&find_bin("initdb"))
@@ -209,7 +226,11 @@ impl Postgres {
             .args(["-U", "inferwatch", "--auth=trust", "--no-sync", "-E", "UTF8"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut pg = Postgres {
             dir,
             port: free_port(),
@@ -229,14 +250,24 @@ impl Postgres {
         let child = as_pg_user(&find_bin("postgres"))
             .arg("-D")
             .arg(&data)
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", self.dir.path().display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.proc = Some(Proc { child, name: "postgres" });
+        self.proc = Some(Proc {
+            child,
+            name: "postgres",
+        });
         let url = self.url();
         eventually("postgres to accept connections", Duration::from_secs(30), || {
             let url = url.clone();
@@ -261,7 +292,8 @@ fn as_pg_user(bin: &Path) -> Command {
         // setpriv execs the binary itself (no intermediate process), so the
         // child's pid is postgres and signals reach it directly.
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(bin);
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+            .arg(bin);
         c
     } else {
         Command::new(bin)
@@ -298,7 +330,10 @@ impl Prometheus {
         let p = Prometheus {
             dir,
             port,
-            proc: Proc { child, name: "prometheus" },
+            proc: Proc {
+                child,
+                name: "prometheus",
+            },
         };
         wait_for_2xx("prometheus to be ready", &format!("http://127.0.0.1:{port}/-/ready")).await;
         p
@@ -356,7 +391,10 @@ impl Daemon {
         let d = Daemon {
             dir,
             port,
-            proc: Proc { child, name: "inferwatch" },
+            proc: Proc {
+                child,
+                name: "inferwatch",
+            },
         };
         wait_for_2xx("inferwatch to be ready", &d.url("/-/ready")).await;
         d
@@ -400,6 +438,10 @@ pub fn promtool_check_metrics(page: &str) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
