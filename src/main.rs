@@ -27,6 +27,12 @@ struct Cli {
     /// Log format.
     #[arg(long = "log.format", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Enable the GPU collector (overrides gpu.enabled).
+    #[arg(long = "collector.gpu", overrides_with = "no_collector_gpu")]
+    collector_gpu: bool,
+    /// Disable the GPU collector (overrides gpu.enabled).
+    #[arg(long = "no-collector.gpu", overrides_with = "collector_gpu")]
+    no_collector_gpu: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -77,6 +83,11 @@ fn init_logging(level: &str, format: &str) {
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
+    if cli.collector_gpu {
+        config.gpu.enabled = true;
+    } else if cli.no_collector_gpu {
+        config.gpu.enabled = false;
+    }
     if let Some(addr) = cli.listen_address {
         config.web.listen_address = addr;
         config.validate().context("invalid --web.listen-address")?;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use prometheus::proto::{MetricFamily, MetricType};
-use prometheus::{Encoder, GaugeVec, IntCounter, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// Content type of the Prometheus text format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -73,6 +73,7 @@ pub struct Metrics {
     pub collector_success: GaugeVec,
     pub collector_duration: GaugeVec,
     pub collector_last_success: GaugeVec,
+    pub collector_errors: IntCounterVec,
     pub store_pending: IntGauge,
     pub store_write_errors: IntCounter,
     pub store_dropped: IntCounter,
@@ -102,6 +103,14 @@ impl Metrics {
             Opts::new(
                 "inferwatch_collector_last_success_timestamp_seconds",
                 "Unix time of the collector's last successful run.",
+            ),
+            &["collector"],
+        )
+        .expect("valid metric");
+        let collector_errors = IntCounterVec::new(
+            Opts::new(
+                "inferwatch_collector_errors_total",
+                "Collector rounds that failed or timed out.",
             ),
             &["collector"],
         )
@@ -137,6 +146,7 @@ impl Metrics {
             Box::new(collector_success.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(collector_duration.clone()),
             Box::new(collector_last_success.clone()),
+            Box::new(collector_errors.clone()),
             Box::new(build_info),
             Box::new(store_pending.clone()),
             Box::new(store_write_errors.clone()),
@@ -157,6 +167,7 @@ impl Metrics {
             collector_success,
             collector_duration,
             collector_last_success,
+            collector_errors,
             store_pending,
             store_write_errors,
             store_dropped,

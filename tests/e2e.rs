@@ -136,3 +136,20 @@ async fn logs_warn_once_per_crossing_and_unsupported_fields_once() {
         .count();
     assert_eq!(unsupported, 1, "an unsupported field is logged once, not per poll");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_collector_gpu_flag_switches_the_collector_off() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
+    let config = format!("gpu:\n  nvml_library: {}\n", fake.lib_str());
+    let daemon = Daemon::start_with_args(&config, &[], &["--no-collector.gpu"]).await;
+    let page = daemon.get_text("/metrics").await;
+    assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
+    assert!(
+        !page.contains("inferwatch_collector_success{collector=\"gpu\"}"),
+        "the collector never ran"
+    );
+    assert!(
+        sample_value(&page, "process_resident_memory_bytes").is_some(),
+        "process metrics are exported"
+    );
+}

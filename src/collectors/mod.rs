@@ -125,6 +125,8 @@ fn record(metrics: &Metrics, name: &str, took: Duration, result: &Result<(), Col
         .collector_duration
         .with_label_values(&[name])
         .set(took.as_secs_f64());
+    // Touched on every round so the counter exists at 0 before any failure.
+    let errors = metrics.collector_errors.with_label_values(&[name]);
     match result {
         Ok(()) => {
             metrics.collector_success.with_label_values(&[name]).set(1.0);
@@ -135,6 +137,7 @@ fn record(metrics: &Metrics, name: &str, took: Duration, result: &Result<(), Col
         }
         Err(e) => {
             metrics.collector_success.with_label_values(&[name]).set(0.0);
+            errors.inc();
             tracing::warn!(collector = name, error = %e, "Collection failed.");
         }
     }
@@ -204,6 +207,11 @@ mod tests {
         metrics.collector_success.with_label_values(&["flaky"]).set(1.0);
         tokio::time::sleep(Duration::from_millis(11_500)).await;
         assert_eq!(success(&metrics), 0.0);
+        assert_eq!(
+            metrics.collector_errors.with_label_values(&["flaky"]).get(),
+            2,
+            "the failure and the timeout"
+        );
         let took = metrics.collector_duration.with_label_values(&["flaky"]).get();
         assert!((took - 1.0).abs() < 0.01, "timeout round lasted {took}");
         shutdown.cancel();
