@@ -67,6 +67,17 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
     })
 }
 
+/// Starts the GPU collector (loading NVML, or mock mode) wired to `state`.
+pub async fn gpu_collector(state: &AppState) -> GpuCollector {
+    GpuCollector::start(
+        state.config.gpu.clone(),
+        state.gpu.clone(),
+        state.events.clone(),
+        state.store.clone(),
+    )
+    .await
+}
+
 /// Runs the daemon on `listener` until `shutdown` completes, then stops the
 /// collectors and flushes pending history before returning.
 pub async fn run(
@@ -97,13 +108,7 @@ pub async fn run_with_state(
         state.readiness.expect("gpu");
         let (st, stop) = (state.clone(), collectors_stop.clone());
         tasks.push(tokio::spawn(async move {
-            let collector = GpuCollector::start(
-                st.config.gpu.clone(),
-                st.gpu.clone(),
-                st.events.clone(),
-                st.store.clone(),
-            )
-            .await;
+            let collector = gpu_collector(&st).await;
             let handle = collectors::spawn(collector, st.metrics.clone(), st.readiness.clone(), stop);
             let _ = handle.await;
         }));

@@ -11,7 +11,6 @@ use axum::body::Body;
 use axum::http::Request;
 use common::{gpus_state, promtool_check_metrics, Driver, FakeGpus};
 use http_body_util::BodyExt;
-use inferwatch::collectors::gpu::GpuCollector;
 use inferwatch::collectors::run_once;
 use inferwatch::config::Config;
 use tower::ServiceExt;
@@ -53,13 +52,7 @@ async fn metrics_page_matches_golden_file() {
     config.gpu.per_process = true;
     config.data_dir = data.path().to_owned();
     let state = inferwatch::build_state(config).unwrap();
-    let mut collector = GpuCollector::start(
-        state.config.gpu.clone(),
-        state.gpu.clone(),
-        state.events.clone(),
-        state.store.clone(),
-    )
-    .await;
+    let mut collector = inferwatch::gpu_collector(&state).await;
     run_once(&mut collector, &state.metrics, &state.readiness)
         .await
         .unwrap();

@@ -31,13 +31,7 @@ impl Harness {
         config.validate().unwrap();
         let state = inferwatch::build_state(config).unwrap();
         state.readiness.expect("gpu");
-        let collector = GpuCollector::start(
-            state.config.gpu.clone(),
-            state.gpu.clone(),
-            state.events.clone(),
-            state.store.clone(),
-        )
-        .await;
+        let collector = inferwatch::gpu_collector(&state).await;
         Harness {
             state,
             collector,
