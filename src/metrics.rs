@@ -58,18 +58,19 @@ impl Format {
     }
 }
 
+/// One rendered page of one format.
 struct Page {
     rendered_at: Instant,
     generation: u64,
-    text: Bytes,
-    openmetrics: Bytes,
+    body: Bytes,
 }
 
 /// The registry plus the self-metrics every collector shares.
 pub struct Metrics {
     registry: Registry,
     generation: AtomicU64,
-    page: Mutex<Option<Page>>,
+    /// Cached pages, indexed by [`Format`]; each is rendered only when asked for.
+    pages: Mutex<[Option<Page>; 2]>,
     pub collector_success: GaugeVec,
     pub collector_duration: GaugeVec,
     pub collector_last_success: GaugeVec,
@@ -163,7 +164,7 @@ impl Metrics {
         Metrics {
             registry,
             generation: AtomicU64::new(0),
-            page: Mutex::new(None),
+            pages: Mutex::new([None, None]),
             collector_success,
             collector_duration,
             collector_last_success,
@@ -188,28 +189,30 @@ impl Metrics {
     /// Returns the page in `format`, re-rendering only when it is stale.
     pub fn render(&self, format: Format) -> Bytes {
         let generation = self.generation.load(Ordering::Acquire);
-        let mut page = self.page.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = page
+        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut pages[format as usize];
+        let fresh = slot
             .as_ref()
             .is_some_and(|p| p.generation == generation && p.rendered_at.elapsed() < MAX_PAGE_AGE);
         if !fresh {
             let families = self.registry.gather();
-            let mut text = Vec::with_capacity(16 * 1024);
-            if let Err(e) = TextEncoder::new().encode(&families, &mut text) {
-                tracing::error!(error = %e, "Failed to encode metrics.");
-            }
-            *page = Some(Page {
+            let body = match format {
+                Format::Text => {
+                    let mut text = Vec::with_capacity(16 * 1024);
+                    if let Err(e) = TextEncoder::new().encode(&families, &mut text) {
+                        tracing::error!(error = %e, "Failed to encode metrics.");
+                    }
+                    text
+                }
+                Format::OpenMetrics => encode_openmetrics(&families),
+            };
+            *slot = Some(Page {
                 rendered_at: Instant::now(),
                 generation,
-                text: Bytes::from(text),
-                openmetrics: Bytes::from(encode_openmetrics(&families)),
+                body: Bytes::from(body),
             });
         }
-        let p = page.as_ref().expect("page was just rendered");
-        match format {
-            Format::Text => p.text.clone(),
-            Format::OpenMetrics => p.openmetrics.clone(),
-        }
+        slot.as_ref().map(|p| p.body.clone()).unwrap_or_default()
     }
 }
 

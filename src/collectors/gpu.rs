@@ -74,8 +74,6 @@ pub struct GpuCollector {
     store: Option<Arc<Store>>,
     /// UUIDs currently above the temperature threshold.
     hot: HashSet<String>,
-    /// GPUs seen in the last poll, by index.
-    present: BTreeMap<u32, String>,
     xid_totals: BTreeMap<(u32, String, u64), u64>,
 }
 
@@ -104,7 +102,6 @@ impl GpuCollector {
             events,
             store,
             hot: HashSet::new(),
-            present: BTreeMap::new(),
             xid_totals: BTreeMap::new(),
         }
     }
@@ -167,8 +164,10 @@ impl Collector for GpuCollector {
                 xid: *xid,
             });
         }
+        // The previous snapshot says which GPU sat at a now-lost index.
+        let previous = self.state.snapshot();
         for index in &outcome.lost {
-            if let Some(uuid) = self.present.get(index) {
+            if let Some(uuid) = previous.readings.iter().find(|r| r.index == *index).map(|r| &r.uuid) {
                 tracing::error!(gpu = index, uuid = %uuid, "GPU is lost (fell off the bus); its series are removed.");
                 self.events.publish(Event::GpuLost {
                     gpu: *index,
@@ -183,7 +182,6 @@ impl Collector for GpuCollector {
         let live: HashSet<&str> = readings.iter().map(|r| r.uuid.as_str()).collect();
         self.hot.retain(|u| live.contains(u.as_str()));
         self.xid_totals.retain(|(_, uuid, _), _| live.contains(uuid.as_str()));
-        self.present = readings.iter().map(|r| (r.index, r.uuid.clone())).collect();
 
         let samples: Vec<GpuSample> = readings.iter().map(|r| GpuSample::from_reading(r, now)).collect();
         {
