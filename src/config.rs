@@ -42,6 +42,10 @@ pub struct Config {
     pub gpu: GpuConfig,
     /// History store (SQLite by default, PostgreSQL by URL).
     pub store: StoreConfig,
+    /// Service health checks and restarts.
+    pub health: HealthConfig,
+    /// The `/ws/system` live channel.
+    pub websocket: WebSocketConfig,
 }
 
 impl Default for Config {
@@ -51,6 +55,8 @@ impl Default for Config {
             web: WebConfig::default(),
             gpu: GpuConfig::default(),
             store: StoreConfig::default(),
+            health: HealthConfig::default(),
+            websocket: WebSocketConfig::default(),
         }
     }
 }
@@ -133,6 +139,124 @@ impl Default for StoreConfig {
             buffer_capacity: 100_000,
             batch_size: 500,
             flush_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Service health monitor settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// The services to check, each on its own schedule.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// How a service is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// `GET url` must answer 2xx.
+    Http,
+    /// `PING` on `redis://…` must answer `PONG`.
+    Redis,
+    /// Connecting to `postgres://…` and `SELECT 1` must work.
+    Postgres,
+}
+
+/// One monitored service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The `service` label and the key in `/api/system/health`: 1–64 of `A-Za-z0-9_.-`.
+    pub name: String,
+    /// `http`, `redis` or `postgres`.
+    pub kind: CheckKind,
+    /// `http://…/health`, `redis://…` or `postgres://…`, matching `kind`.
+    pub url: String,
+    /// Time between checks, 0.05–3600 s.
+    #[serde(default = "default_check_interval", deserialize_with = "de_seconds")]
+    pub interval: Duration,
+    /// Longest one check may take before it counts as failed, 0.01–300 s.
+    #[serde(default = "default_check_timeout", deserialize_with = "de_seconds")]
+    pub timeout: Duration,
+    /// Restart attempts before the service is `failed`, 1–100.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Attempt n waits `backoff_base * 2^(n-1)`, 0.01–3600 s.
+    #[serde(default = "default_backoff_base", deserialize_with = "de_seconds")]
+    pub backoff_base: Duration,
+    /// The attempt count returns to 0 after this long healthy, 0.01 s–7 days.
+    #[serde(default = "default_reset_after", deserialize_with = "de_seconds")]
+    pub reset_after: Duration,
+    /// Without it the service is alert-only: it stays `unhealthy` when down.
+    #[serde(default)]
+    pub restart: Option<RestartConfig>,
+    /// A critical service that is not healthy makes `/api/system/health`
+    /// `unhealthy` (HTTP 503); any other makes it `degraded`.
+    #[serde(default)]
+    pub critical: bool,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_max_retries() -> u32 {
+    3
+}
+fn default_backoff_base() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_reset_after() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// How a service is restarted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartConfig {
+    /// Program and arguments, run directly (no shell), e.g.
+    /// `["systemctl", "restart", "rtdetr"]`.
+    pub command: Vec<String>,
+    /// The command is killed after this long, 0.1–3600 s.
+    #[serde(default = "default_restart_timeout", deserialize_with = "de_seconds")]
+    pub timeout: Duration,
+    /// Wait after the command returns before the check that decides
+    /// between `healthy` and `restart_failed`, 0–3600 s.
+    #[serde(default = "default_grace_period", deserialize_with = "de_seconds")]
+    pub grace_period: Duration,
+}
+
+fn default_restart_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_grace_period() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `/ws/system` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Time between keepalive pings; a peer silent for two intervals is
+    /// dropped, 0.05–3600 s.
+    #[serde(deserialize_with = "de_seconds")]
+    pub ping_interval: Duration,
+    /// Messages queued per client before it counts as a slow consumer and is
+    /// disconnected, 16–65536.
+    pub client_queue: usize,
+    /// Most clients connected at once; more get HTTP 503, 1–100000.
+    pub max_clients: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            ping_interval: Duration::from_secs(30),
+            client_queue: 256,
+            max_clients: 10_000,
         }
     }
 }
@@ -235,6 +359,23 @@ impl Config {
             "seconds",
         )?;
         self.store_backend()?;
+        self.validate_health()?;
+        let w = &self.websocket;
+        check_range(
+            "websocket.ping_interval",
+            w.ping_interval.as_secs_f64(),
+            0.05,
+            3600.0,
+            "seconds",
+        )?;
+        check_range(
+            "websocket.client_queue",
+            w.client_queue as f64,
+            16.0,
+            65536.0,
+            "messages",
+        )?;
+        check_range("websocket.max_clients", w.max_clients as f64, 1.0, 100_000.0, "clients")?;
         if self.web.listen_address.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "web.listen_address",
@@ -242,6 +383,76 @@ impl Config {
                 "not a socket address",
                 "HOST:PORT, e.g. 0.0.0.0:8790",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_health(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, svc) in self.health.services.iter().enumerate() {
+            let key = |field: &str| format!("health.services[{i}].{field}");
+            let name_ok = !svc.name.is_empty()
+                && svc.name.len() <= 64
+                && svc.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            if !name_ok {
+                return Err(invalid(
+                    &key("name"),
+                    &svc.name,
+                    "not a valid name",
+                    "1–64 of A-Za-z0-9_.-",
+                ));
+            }
+            if !seen.insert(svc.name.as_str()) {
+                return Err(invalid(&key("name"), &svc.name, "a duplicate", "a name used once"));
+            }
+            let schemes: &[&str] = match svc.kind {
+                CheckKind::Http => &["http://"],
+                CheckKind::Redis => &["redis://"],
+                CheckKind::Postgres => &["postgres://", "postgresql://"],
+            };
+            if !schemes.iter().any(|s| svc.url.starts_with(s)) {
+                return Err(invalid(
+                    &key("url"),
+                    &svc.url,
+                    "not a URL for this kind",
+                    &format!("a URL starting with {}", schemes.join(" or ")),
+                ));
+            }
+            check_range(&key("interval"), svc.interval.as_secs_f64(), 0.05, 3600.0, "seconds")?;
+            check_range(&key("timeout"), svc.timeout.as_secs_f64(), 0.01, 300.0, "seconds")?;
+            check_range(&key("max_retries"), svc.max_retries as f64, 1.0, 100.0, "attempts")?;
+            check_range(
+                &key("backoff_base"),
+                svc.backoff_base.as_secs_f64(),
+                0.01,
+                3600.0,
+                "seconds",
+            )?;
+            check_range(
+                &key("reset_after"),
+                svc.reset_after.as_secs_f64(),
+                0.01,
+                604_800.0,
+                "seconds",
+            )?;
+            if let Some(r) = &svc.restart {
+                if r.command.first().map_or(true, |p| p.trim().is_empty()) {
+                    return Err(invalid(
+                        &key("restart.command"),
+                        &format!("{:?}", r.command),
+                        "empty",
+                        "a program and its arguments, e.g. [systemctl, restart, rtdetr]",
+                    ));
+                }
+                check_range(&key("restart.timeout"), r.timeout.as_secs_f64(), 0.1, 3600.0, "seconds")?;
+                check_range(
+                    &key("restart.grace_period"),
+                    r.grace_period.as_secs_f64(),
+                    0.0,
+                    3600.0,
+                    "seconds",
+                )?;
+            }
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::restart::Status;
+
 /// How many events a slow receiver may lag behind before it loses some.
 const CAPACITY: usize = 1024;
 
@@ -18,6 +20,17 @@ pub enum Severity {
     Warning,
     Error,
     Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "INFO",
+            Severity::Warning => "WARNING",
+            Severity::Error => "ERROR",
+            Severity::Critical => "CRITICAL",
+        }
+    }
 }
 
 /// One internal event.
@@ -35,6 +48,20 @@ pub enum Event {
     GpuLost { gpu: u32, uuid: String },
     /// NVML reported a critical XID error.
     GpuXid { gpu: u32, uuid: String, xid: u64 },
+    /// A GPU poll finished and published a new snapshot (also in mock mode).
+    GpuPolled,
+    /// A monitored service changed status (or was checked for the first time).
+    ServiceStatus {
+        service: String,
+        status: Status,
+        message: String,
+    },
+    /// A built-in alert, already logged at its level by [`EventBus::alert`].
+    Alert {
+        severity: Severity,
+        condition: String,
+        message: String,
+    },
 }
 
 impl Event {
@@ -42,6 +69,8 @@ impl Event {
         match self {
             Event::GpuTemperatureHigh { .. } => Severity::Warning,
             Event::GpuLost { .. } | Event::GpuXid { .. } => Severity::Error,
+            Event::GpuPolled | Event::ServiceStatus { .. } => Severity::Info,
+            Event::Alert { severity, .. } => *severity,
         }
     }
 }
@@ -62,6 +91,23 @@ impl EventBus {
     /// Publishes `event`; having no subscriber is fine.
     pub fn publish(&self, event: Event) {
         let _ = self.tx.send(event);
+    }
+
+    /// Raises a built-in alert: one log line at the matching level (fields
+    /// first, then the message) and one [`Event::Alert`], so the two never
+    /// drift apart.
+    pub fn alert(&self, severity: Severity, condition: &str, message: String) {
+        let sev = severity.as_str();
+        match severity {
+            Severity::Info => tracing::info!(severity = sev, condition, "{message}"),
+            Severity::Warning => tracing::warn!(severity = sev, condition, "{message}"),
+            Severity::Error | Severity::Critical => tracing::error!(severity = sev, condition, "{message}"),
+        }
+        self.publish(Event::Alert {
+            severity,
+            condition: condition.to_string(),
+            message,
+        });
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -7,13 +7,17 @@
 //! - [`collectors`]: the `Collector` trait and the runner (interval, timeout,
 //!   shutdown, readiness, `inferwatch_collector_*` self-metrics).
 //!   - [`collectors::gpu`]: GPU snapshot, history feed, `gpu_*` families.
+//!   - [`collectors::health`]: service checks, restarts, `service_*` families.
+//! - [`restart`]: the pure restart policy (statuses, backoff, give-up, reset).
 //! - [`nvml`]: the blocking NVML edge, on its own thread.
 //! - [`history`]: the REST sample shape and the in-memory ring.
 //! - [`store`]: the SQLite/PostgreSQL history store and its batching writer.
 //! - [`metrics`]: the registry, the daemon's own metrics, the page cache and
 //!   the OpenMetrics encoder.
-//! - [`events`]: the internal event bus (temperature crossings, lost GPUs, XIDs).
-//! - [`api`]: `router(state)`, `/metrics`, the probes and the REST routes.
+//! - [`events`]: the internal event bus (GPU polls and crossings, service
+//!   status changes, built-in alerts).
+//! - [`api`]: `router(state)`, `/metrics`, the probes, the REST routes and
+//!   the `/ws/system` hub.
 //!
 //! Arrows point one way: collectors write shared state, the API reads it.
 
@@ -24,6 +28,7 @@ pub mod events;
 pub mod history;
 pub mod metrics;
 pub mod nvml;
+pub mod restart;
 pub mod store;
 
 use std::future::Future;
@@ -32,8 +37,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ws::{run_hub, Hub};
 use crate::api::AppState;
 use crate::collectors::gpu::{GpuCollector, GpuFamilies, GpuState};
+use crate::collectors::health::{HealthError, HealthMetrics, HealthMonitor, HealthState, Sinks};
 use crate::collectors::Readiness;
 use crate::config::Config;
 use crate::events::EventBus;
@@ -45,6 +52,8 @@ use crate::store::{Store, StoreError};
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Health(#[from] HealthError),
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -57,6 +66,8 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         .register(Box::new(GpuFamilies::new(gpu.clone())))
         .expect("GPU families register once");
     let store = Store::open(&config, metrics.clone())?;
+    let health = HealthState::new(&config.health.services);
+    let hub = Hub::new(config.websocket.clone(), &metrics);
     Ok(AppState {
         config: Arc::new(config),
         metrics,
@@ -64,6 +75,9 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         gpu,
         store: Some(store),
         events: EventBus::new(),
+        health,
+        hub,
+        started_at: chrono::Utc::now(),
     })
 }
 
@@ -103,6 +117,23 @@ pub async fn run_with_state(
         tracing::info!(store = %store.description(), "History store configured.");
         tokio::spawn(store.run_writer(store_stop.clone()))
     });
+
+    // The hub subscribes before any collector can publish.
+    tasks.push(tokio::spawn(run_hub(
+        state.hub.clone(),
+        state.events.subscribe(),
+        state.gpu.clone(),
+        collectors_stop.clone(),
+    )));
+
+    let sinks = Sinks {
+        state: state.health.clone(),
+        metrics: HealthMetrics::register(&state.metrics, &state.config.health.services),
+        registry: state.metrics.clone(),
+        events: state.events.clone(),
+    };
+    let monitor = HealthMonitor::new(&state.config.health.services, sinks)?;
+    tasks.extend(monitor.spawn(state.readiness.clone(), collectors_stop.clone()));
 
     if state.config.gpu.enabled {
         state.readiness.expect("gpu");

@@ -1,5 +1,6 @@
-//! The HTTP surface: `/metrics`, the `/-/healthy` and `/-/ready` probes, and
-//! the thin REST side router under `/api/system`.
+//! The HTTP surface: `/metrics`, the `/-/healthy` and `/-/ready` probes,
+//! the thin REST side router under `/api/system`, and the `/ws/system`
+//! WebSocket.
 //!
 //! Handlers only read shared state that collectors wrote; none of them
 //! polls hardware. [`router`] builds the whole app so that tests can drive
@@ -9,6 +10,7 @@
 
 pub mod metrics;
 pub mod system;
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::collectors::gpu::GpuState;
+use crate::collectors::health::HealthState;
 use crate::collectors::Readiness;
 use crate::config::Config;
 use crate::events::EventBus;
@@ -34,6 +37,10 @@ pub struct AppState {
     pub gpu: Arc<GpuState>,
     pub store: Option<Arc<Store>>,
     pub events: EventBus,
+    pub health: Arc<HealthState>,
+    pub hub: Arc<ws::Hub>,
+    /// When the daemon started, for `uptime_seconds`.
+    pub started_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Builds the application.
@@ -42,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/-/healthy", get(|| async { "Healthy.\n" }))
         .route("/-/ready", get(ready))
+        .route("/ws/system", get(ws::upgrade))
         .merge(system::routes())
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         .with_state(state)

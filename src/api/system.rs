@@ -1,11 +1,15 @@
 //! `/api/system/gpu`, `/api/system/gpus` and `/api/system/gpu/history`:
 //! GPU readings in the design's JSON shape, served from the collector's
 //! snapshot, the in-memory ring, or (beyond the ring's window) the store.
+//! `/api/system/health` and `/api/system/stats` summarise the health
+//! monitor, the GPUs and the WebSocket from the same shared state.
 
 use std::collections::HashMap;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
@@ -13,7 +17,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{AppError, AppState};
-use crate::history::GpuSample;
+use crate::history::{format_time, GpuSample};
+use crate::restart::Status;
 
 /// Range of `minutes` on the history endpoint.
 pub const HISTORY_MINUTES: (u32, u32) = (1, 1440);
@@ -23,12 +28,14 @@ pub fn routes() -> Router<AppState> {
         .route("/api/system/gpu", get(gpu))
         .route("/api/system/gpus", get(gpus))
         .route("/api/system/gpu/history", get(history))
+        .route("/api/system/health", get(health))
+        .route("/api/system/stats", get(stats))
 }
 
 type RawQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 /// Parses the query string, refusing parameters the endpoint does not know.
-fn params(q: RawQuery, allowed: &[&str]) -> Result<HashMap<String, String>, AppError> {
+pub(crate) fn params(q: RawQuery, allowed: &[&str]) -> Result<HashMap<String, String>, AppError> {
     let Query(map) = q.map_err(|e| AppError::bad_request("malformed query string", json!(e.body_text())))?;
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(AppError::bad_request(
@@ -145,4 +152,95 @@ async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<Hist
         source,
         samples,
     }))
+}
+
+/// Overall status from each service's status and criticality.
+pub fn overall_status<'a>(services: impl IntoIterator<Item = (&'a Status, bool)>) -> &'static str {
+    let mut overall = "healthy";
+    for (status, critical) in services {
+        if *status != Status::Healthy {
+            if critical {
+                return "unhealthy";
+            }
+            overall = "degraded";
+        }
+    }
+    overall
+}
+
+/// `GET /api/system/health`: 200 when healthy or degraded, 503 when a
+/// critical service is not healthy.
+async fn health(State(state): State<AppState>, q: RawQuery) -> Result<Response, AppError> {
+    params(q, &[])?;
+    let services = state.health.services();
+    let overall = overall_status(services.iter().map(|s| (&s.status, s.critical)));
+    let map: serde_json::Map<String, serde_json::Value> = services
+        .iter()
+        .map(|s| (s.name.clone(), json!(s.status.as_str())))
+        .collect();
+    let code = if overall == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": overall,
+        "services": map,
+        "timestamp": format_time(&Utc::now()),
+    });
+    Ok((code, Json(body)).into_response())
+}
+
+/// `GET /api/system/stats`: system counts in one object (README documents
+/// each field).
+async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<serde_json::Value>, AppError> {
+    params(q, &[])?;
+    let services = state.health.services();
+    let mut by_status: serde_json::Map<String, serde_json::Value> =
+        Status::ALL.iter().map(|s| (s.as_str().to_string(), json!(0))).collect();
+    for s in &services {
+        if let Some(n) = by_status.get_mut(s.status.as_str()) {
+            *n = json!(n.as_u64().unwrap_or(0) + 1);
+        }
+    }
+    let snap = state.gpu.snapshot();
+    let (browser, api) = state.hub.counts();
+    let now = Utc::now();
+    Ok(Json(json!({
+        "status": overall_status(services.iter().map(|s| (&s.status, s.critical))),
+        "services": {
+            "total": services.len(),
+            "critical": services.iter().filter(|s| s.critical).count(),
+            "by_status": by_status,
+        },
+        "gpus": {
+            "available": snap.available,
+            "count": snap.readings.len(),
+            "last_poll": snap.recorded_at.as_ref().map(format_time),
+        },
+        "websocket": {
+            "clients": browser + api,
+            "browser": browser,
+            "api": api,
+        },
+        "uptime_seconds": (now - state.started_at).num_milliseconds() as f64 / 1000.0,
+        "started_at": format_time(&state.started_at),
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": format_time(&now),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overall_status_follows_criticality() {
+        let (h, u, f) = (Status::Healthy, Status::Unhealthy, Status::Failed);
+        assert_eq!(overall_status([]), "healthy");
+        assert_eq!(overall_status([(&h, true), (&h, false)]), "healthy");
+        assert_eq!(overall_status([(&h, true), (&u, false)]), "degraded");
+        assert_eq!(overall_status([(&f, false), (&u, true)]), "unhealthy");
+        assert_eq!(overall_status([(&u, true), (&h, false)]), "unhealthy");
+    }
 }

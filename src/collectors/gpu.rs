@@ -149,6 +149,7 @@ impl Collector for GpuCollector {
                 recorded_at: Some(Utc::now()),
                 ..Default::default()
             });
+            self.events.publish(Event::GpuPolled);
             return Ok(());
         };
         let outcome = nvml.poll().await.map_err(|e| CollectError::Failed(e.to_string()))?;
@@ -200,6 +201,7 @@ impl Collector for GpuCollector {
             xid_totals: self.xid_totals.clone(),
             recorded_at: Some(now),
         });
+        self.events.publish(Event::GpuPolled);
 
         let mut problems = Vec::new();
         if !outcome.lost.is_empty() {

@@ -7,6 +7,7 @@
 //! only knows how to take one reading and write it into shared state.
 
 pub mod gpu;
+pub mod health;
 
 use std::collections::HashSet;
 use std::future::Future;

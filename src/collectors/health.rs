@@ -1,0 +1,513 @@
+//! The service health monitor: checks each configured service (HTTP
+//! `/health`, Redis `PING`, PostgreSQL `SELECT 1`) on its own schedule,
+//! feeds the result to the pure restart policy in [`crate::restart`], runs
+//! the restart command when the policy says so, and publishes what happened
+//! as `service_*` metrics, `service_status` and `alert` events, and the view
+//! that `/api/system/health` reads.
+//!
+//! Each service runs in its own task, so a hanging target delays nobody
+//! else. A check that says "down" is a successful reading, so these tasks do
+//! not feed `inferwatch_collector_success`; the `service_*` families carry
+//! everything, including `service_last_check_timestamp_seconds` for
+//! staleness.
+
+use chrono::{DateTime, Utc};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use serde::Serialize;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{unix_now, Readiness};
+use crate::config::{CheckKind, RestartConfig, ServiceConfig};
+use crate::events::{Event, EventBus};
+use crate::metrics::Metrics;
+use crate::restart::{AlertKind, Machine, Policy, Status, Step};
+
+/// Why a health monitor could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("invalid URL for service {service} ({url}): {reason}")]
+    Url {
+        service: String,
+        url: String,
+        reason: String,
+    },
+}
+
+/// What the API reads about one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub critical: bool,
+    pub status: Status,
+    /// Why the service has this status, e.g. the last check's error.
+    pub message: String,
+    pub restart_attempts: u32,
+    pub consecutive_failures: u32,
+    pub last_check: Option<DateTime<Utc>>,
+}
+
+/// Every service's view, in config order.
+pub struct HealthState {
+    services: RwLock<Vec<ServiceView>>,
+}
+
+impl HealthState {
+    pub fn new(services: &[ServiceConfig]) -> Arc<HealthState> {
+        let views = services
+            .iter()
+            .map(|s| ServiceView {
+                name: s.name.clone(),
+                critical: s.critical,
+                status: Status::Unhealthy,
+                message: "not checked yet".into(),
+                restart_attempts: 0,
+                consecutive_failures: 0,
+                last_check: None,
+            })
+            .collect();
+        Arc::new(HealthState {
+            services: RwLock::new(views),
+        })
+    }
+
+    pub fn services(&self) -> Vec<ServiceView> {
+        self.services.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, index: usize, f: impl FnOnce(&mut ServiceView)) {
+        let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = services.get_mut(index) {
+            f(v);
+        }
+    }
+}
+
+/// The `service_*` families.
+#[derive(Clone)]
+pub struct HealthMetrics {
+    up: GaugeVec,
+    status: GaugeVec,
+    check_duration: HistogramVec,
+    restarts: IntCounterVec,
+    restart_attempt: GaugeVec,
+    consecutive_failures: GaugeVec,
+    last_check: GaugeVec,
+}
+
+impl HealthMetrics {
+    /// Registers the families and creates every series of every configured
+    /// service, so each status and restart result exists from the start.
+    pub fn register(metrics: &Metrics, services: &[ServiceConfig]) -> HealthMetrics {
+        let svc = &["service"];
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            GaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let m = HealthMetrics {
+            up: gauge("service_up", "1 if the service's last check passed, else 0.", svc),
+            status: gauge(
+                "service_status",
+                "1 for the service's current status, 0 for the other four (healthy, unhealthy, restarting, restart_failed, failed).",
+                &["service", "status"],
+            ),
+            check_duration: HistogramVec::new(
+                HistogramOpts::new("service_health_check_duration_seconds", "How long each health check took."),
+                svc,
+            )
+            .expect("valid metric"),
+            restarts: IntCounterVec::new(
+                Opts::new(
+                    "service_restarts_total",
+                    "Restart attempts, by whether the check after them passed.",
+                ),
+                &["service", "result"],
+            )
+            .expect("valid metric"),
+            restart_attempt: gauge(
+                "service_restart_attempt",
+                "Restart attempts used since the service was last healthy for reset_after.",
+                svc,
+            ),
+            consecutive_failures: gauge(
+                "service_consecutive_failures",
+                "Health checks failed in a row.",
+                svc,
+            ),
+            last_check: gauge(
+                "service_last_check_timestamp_seconds",
+                "Unix time of the service's last health check.",
+                svc,
+            ),
+        };
+        for c in [
+            Box::new(m.up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.status.clone()),
+            Box::new(m.check_duration.clone()),
+            Box::new(m.restarts.clone()),
+            Box::new(m.restart_attempt.clone()),
+            Box::new(m.consecutive_failures.clone()),
+            Box::new(m.last_check.clone()),
+        ] {
+            metrics.register(c).expect("service families register once");
+        }
+        for s in services {
+            let name = s.name.as_str();
+            m.up.with_label_values(&[name]).set(0.0);
+            for st in Status::ALL {
+                m.status
+                    .with_label_values(&[name, st.as_str()])
+                    .set(if st == Status::Unhealthy { 1.0 } else { 0.0 });
+            }
+            m.check_duration.with_label_values(&[name]);
+            for r in ["success", "failure"] {
+                m.restarts.with_label_values(&[name, r]);
+            }
+            m.restart_attempt.with_label_values(&[name]).set(0.0);
+            m.consecutive_failures.with_label_values(&[name]).set(0.0);
+        }
+        m
+    }
+
+    fn set_status(&self, service: &str, status: Status) {
+        self.up
+            .with_label_values(&[service])
+            .set(if status == Status::Healthy { 1.0 } else { 0.0 });
+        for st in Status::ALL {
+            self.status
+                .with_label_values(&[service, st.as_str()])
+                .set(if st == status { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+/// How one service is checked.
+enum Checker {
+    Http { client: reqwest::Client, url: reqwest::Url },
+    Redis(redis::Client),
+    Postgres(Box<sqlx::postgres::PgConnectOptions>),
+}
+
+impl Checker {
+    fn new(svc: &ServiceConfig) -> Result<Checker, HealthError> {
+        let bad = |reason: String| HealthError::Url {
+            service: svc.name.clone(),
+            url: svc.url.clone(),
+            reason,
+        };
+        Ok(match svc.kind {
+            CheckKind::Http => Checker::Http {
+                url: reqwest::Url::parse(&svc.url).map_err(|e| bad(e.to_string()))?,
+                // A fresh connection per check: a pooled socket could hide a
+                // server that has just been restarted or died.
+                client: reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .timeout(svc.timeout)
+                    .build()
+                    .map_err(|e| bad(e.to_string()))?,
+            },
+            CheckKind::Redis => Checker::Redis(redis::Client::open(svc.url.as_str()).map_err(|e| bad(e.to_string()))?),
+            CheckKind::Postgres => Checker::Postgres(Box::new(
+                sqlx::postgres::PgConnectOptions::from_str(&svc.url).map_err(|e| bad(e.to_string()))?,
+            )),
+        })
+    }
+
+    /// One check; `Err` carries a short reason.
+    async fn check(&self) -> Result<(), String> {
+        match self {
+            Checker::Http { client, url } => {
+                let resp = client.get(url.clone()).send().await.map_err(|e| error_chain(&e))?;
+                let status = resp.status();
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {status}"))
+                }
+            }
+            Checker::Redis(client) => {
+                let mut con = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                let pong: String = redis::cmd("PING")
+                    .query_async(&mut con)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                if pong == "PONG" {
+                    Ok(())
+                } else {
+                    Err(format!("PING answered {pong:?}"))
+                }
+            }
+            Checker::Postgres(opts) => {
+                use sqlx::Connection;
+                let mut con = sqlx::PgConnection::connect_with(opts)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                sqlx::query("SELECT 1")
+                    .execute(&mut con)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                let _ = con.close().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `error: cause: cause`, as one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+/// Runs a restart command directly (no shell), killing it after its
+/// timeout. Its output goes to the daemon's own stdout/stderr: a command that
+/// starts a long-lived server may leave it holding those, so no pipe is
+/// used that the server could later find closed.
+async fn run_restart(r: &RestartConfig) -> Result<(), String> {
+    let mut child = tokio::process::Command::new(&r.command[0])
+        .args(&r.command[1..])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("could not start {:?}: {e}", r.command[0]))?;
+    match tokio::time::timeout(r.timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("restart command {status}")),
+        Ok(Err(e)) => Err(format!("waiting for the restart command failed: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(format!("restart command killed after {:?}", r.timeout))
+        }
+    }
+}
+
+/// Everything one service task writes to.
+#[derive(Clone)]
+pub struct Sinks {
+    pub state: Arc<HealthState>,
+    pub metrics: HealthMetrics,
+    pub registry: Arc<Metrics>,
+    pub events: EventBus,
+}
+
+/// The health monitor: one task per configured service.
+pub struct HealthMonitor {
+    services: Vec<(ServiceConfig, Checker)>,
+    sinks: Sinks,
+}
+
+impl HealthMonitor {
+    pub fn new(services: &[ServiceConfig], sinks: Sinks) -> Result<HealthMonitor, HealthError> {
+        let services = services
+            .iter()
+            .map(|s| Ok((s.clone(), Checker::new(s)?)))
+            .collect::<Result<_, HealthError>>()?;
+        Ok(HealthMonitor { services, sinks })
+    }
+
+    /// Spawns the per-service tasks. Readiness (`health`) is reached once
+    /// every service has had its first check.
+    pub fn spawn(self, readiness: Arc<Readiness>, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        if self.services.is_empty() {
+            return Vec::new();
+        }
+        readiness.expect("health");
+        let pending = Arc::new(AtomicUsize::new(self.services.len()));
+        self.services
+            .into_iter()
+            .enumerate()
+            .map(|(index, (config, checker))| {
+                let policy = Policy {
+                    restartable: config.restart.is_some(),
+                    max_retries: config.max_retries,
+                    backoff_base: config.backoff_base,
+                    reset_after: config.reset_after,
+                };
+                let task = ServiceTask {
+                    index,
+                    machine: Machine::new(policy),
+                    policy,
+                    config,
+                    checker,
+                    sinks: self.sinks.clone(),
+                    last_error: String::new(),
+                };
+                let (readiness, pending, shutdown) = (readiness.clone(), pending.clone(), shutdown.clone());
+                tokio::spawn(task.run(readiness, pending, shutdown))
+            })
+            .collect()
+    }
+}
+
+struct ServiceTask {
+    index: usize,
+    config: ServiceConfig,
+    checker: Checker,
+    machine: Machine,
+    policy: Policy,
+    sinks: Sinks,
+    last_error: String,
+}
+
+impl ServiceTask {
+    async fn run(mut self, readiness: Arc<Readiness>, pending: Arc<AtomicUsize>, shutdown: CancellationToken) {
+        let mut next_check = Instant::now();
+        let mut first = true;
+        loop {
+            let wake = self.machine.restart_due().map_or(next_check, |due| due.min(next_check));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            if let Some(step) = self.machine.start_restart(Instant::now()) {
+                let Some(restart) = self.config.restart.clone() else {
+                    continue;
+                };
+                let attempt = self.machine.attempts();
+                let message = format!(
+                    "restart attempt {attempt} of {} after {:?} backoff: running {:?}",
+                    self.config.max_retries,
+                    self.policy.backoff(attempt),
+                    restart.command
+                );
+                self.apply(step, message, None);
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    r = run_restart(&restart) => r,
+                };
+                match &outcome {
+                    Ok(()) => tracing::info!(service = %self.config.name, attempt, "Restart command finished."),
+                    Err(e) => {
+                        tracing::warn!(service = %self.config.name, attempt, error = %e, "Restart command failed.")
+                    }
+                }
+                if let Err(e) = outcome {
+                    self.last_error = e;
+                }
+                next_check = Instant::now() + restart.grace_period;
+                continue;
+            }
+            if Instant::now() < next_check {
+                continue;
+            }
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = tokio::time::timeout(self.config.timeout, self.checker.check()) => {
+                    r.unwrap_or_else(|_| Err(format!("no answer within {:?}", self.config.timeout)))
+                }
+            };
+            let took = started.elapsed();
+            self.sinks
+                .metrics
+                .check_duration
+                .with_label_values(&[&self.config.name])
+                .observe(took.as_secs_f64());
+            let step = self.machine.on_check(result.is_ok(), Instant::now());
+            let message = self.describe(&step, result.as_ref().err());
+            self.apply(step, message, Some(Utc::now()));
+            if result.is_ok() {
+                self.last_error.clear();
+            }
+            next_check = started + self.config.interval;
+            if first {
+                first = false;
+                if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    readiness.done("health");
+                }
+            }
+        }
+        tracing::debug!(service = %self.config.name, "Health checks stopped.");
+    }
+
+    /// The human message for a check's outcome.
+    fn describe(&self, step: &Step, error: Option<&String>) -> String {
+        let error = error.map(String::as_str).unwrap_or("");
+        let restart_note = if self.last_error.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.last_error)
+        };
+        match (step.to, step.restart_result) {
+            (Status::Healthy, Some(true)) => {
+                format!("restart attempt {} brought the service back", self.machine.attempts())
+            }
+            (Status::Healthy, _) => "check passed".into(),
+            (Status::RestartFailed, _) => format!(
+                "restart attempt {} of {} did not bring the service back: {error}{restart_note}",
+                self.machine.attempts(),
+                self.config.max_retries
+            ),
+            (Status::Failed, _) => format!(
+                "gave up after {} restart attempts; manual intervention needed: {error}{restart_note}",
+                self.machine.attempts()
+            ),
+            (Status::Unhealthy | Status::Restarting, _) => error.to_string(),
+        }
+    }
+
+    /// Publishes a step: metrics, the API view, events and alerts.
+    fn apply(&mut self, step: Step, message: String, checked_at: Option<DateTime<Utc>>) {
+        let name = self.config.name.as_str();
+        let m = &self.sinks.metrics;
+        m.set_status(name, step.to);
+        m.restart_attempt
+            .with_label_values(&[name])
+            .set(self.machine.attempts() as f64);
+        m.consecutive_failures
+            .with_label_values(&[name])
+            .set(self.machine.consecutive_failures() as f64);
+        if checked_at.is_some() {
+            m.last_check.with_label_values(&[name]).set(unix_now());
+        }
+        if let Some(worked) = step.restart_result {
+            let result = if worked { "success" } else { "failure" };
+            m.restarts.with_label_values(&[name, result]).inc();
+        }
+        let (attempts, failures) = (self.machine.attempts(), self.machine.consecutive_failures());
+        // A view's message only changes with the status, so a steady failure
+        // keeps the text that explained the transition.
+        self.sinks.state.update(self.index, |v| {
+            if step.changed {
+                v.message = message.clone();
+            }
+            v.status = step.to;
+            v.restart_attempts = attempts;
+            v.consecutive_failures = failures;
+            if checked_at.is_some() {
+                v.last_check = checked_at;
+            }
+        });
+        if step.changed {
+            tracing::info!(service = name, from = step.from.as_str(), to = step.to.as_str(), message = %message, "Service status changed.");
+            self.sinks.events.publish(Event::ServiceStatus {
+                service: name.to_string(),
+                status: step.to,
+                message: message.clone(),
+            });
+        }
+        if let Some(alert) = step.alert {
+            let text = match alert {
+                AlertKind::Unhealthy => format!("Service {name} is unhealthy: {message}"),
+                AlertKind::RestartFailed => format!("Service {name}: {message}"),
+                AlertKind::MaxRetriesExceeded => format!("Service {name} exceeded its restart attempts: {message}"),
+            };
+            self.sinks.events.alert(alert.severity(), alert.condition(), text);
+        }
+        self.sinks.registry.invalidate();
+    }
+}
