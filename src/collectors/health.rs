@@ -201,10 +201,10 @@ impl Checker {
             CheckKind::Http => Checker::Http {
                 url: reqwest::Url::parse(&svc.url).map_err(|e| bad(e.to_string()))?,
                 // A fresh connection per check: a pooled socket could hide a
-                // server that has just been restarted or died.
+                // server that has just been restarted or died. The task's own
+                // timeout bounds the check, with one message for every kind.
                 client: reqwest::Client::builder()
                     .pool_max_idle_per_host(0)
-                    .timeout(svc.timeout)
                     .build()
                     .map_err(|e| bad(e.to_string()))?,
             },
@@ -493,7 +493,7 @@ impl ServiceTask {
             }
         });
         if step.changed {
-            tracing::info!(service = name, from = step.from.as_str(), to = step.to.as_str(), message = %message, "Service status changed.");
+            tracing::info!(service = name, from = step.from.as_str(), to = step.to.as_str(), reason = %message, "Service status changed.");
             self.sinks.events.publish(Event::ServiceStatus {
                 service: name.to_string(),
                 status: step.to,

@@ -445,3 +445,213 @@ pub fn promtool_check_metrics(page: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// A real `redis-server` on a free port, with persistence off.
+pub struct Redis {
+    pub dir: TempDir,
+    pub port: u16,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let mut r = Redis {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            proc: None,
+        };
+        r.resume().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts the server (again) on the same port and waits for PING.
+    pub async fn resume(&mut self) {
+        let child = Command::new(find_bin("redis-server"))
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc {
+            child,
+            name: "redis-server",
+        });
+        let client = redis::Client::open(self.url()).unwrap();
+        eventually("redis to answer PING", Duration::from_secs(30), || {
+            let client = client.clone();
+            async move {
+                let mut con = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut con).await.ok()
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILL: an outage with no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(SIGKILL);
+        }
+    }
+}
+
+/// The Python interpreter for `tests/support/*.py` (Debian's when present).
+pub fn python() -> String {
+    if Path::new("/usr/bin/python3").is_file() {
+        "/usr/bin/python3".into()
+    } else {
+        "python3".into()
+    }
+}
+
+/// `tests/support/health_target.py`: an HTTP `/health` whose answer the test
+/// switches with [`HealthTarget::set`] (`ok`, `500`, `hang`).
+pub struct HealthTarget {
+    pub dir: TempDir,
+    pub port: u16,
+    proc: Option<Proc>,
+}
+
+impl HealthTarget {
+    /// A target on a free port that is not started yet.
+    pub fn new() -> HealthTarget {
+        let t = HealthTarget {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            proc: None,
+        };
+        t.set("ok");
+        t
+    }
+
+    pub fn script() -> String {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/support/health_target.py")
+            .display()
+            .to_string()
+    }
+
+    pub fn state_file(&self) -> String {
+        self.dir.path().join("mode").display().to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/health", self.port)
+    }
+
+    /// Switches the answer atomically.
+    pub fn set(&self, mode: &str) {
+        let tmp = self.dir.path().join("mode.tmp");
+        std::fs::write(&tmp, mode).unwrap();
+        std::fs::rename(&tmp, self.state_file()).unwrap();
+    }
+
+    /// Runs the server in the foreground (as a child of the test).
+    pub async fn start(&mut self) {
+        let child = Command::new(python())
+            .arg(Self::script())
+            .arg(self.port.to_string())
+            .arg(self.state_file())
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc {
+            child,
+            name: "health_target",
+        });
+        wait_for_2xx("the health target", &self.url()).await;
+    }
+
+    /// The argv of a restart command that starts this target as a daemon,
+    /// writing its pid to `pid_file()`.
+    pub fn restart_command(&self) -> Vec<String> {
+        vec![
+            python(),
+            Self::script(),
+            self.port.to_string(),
+            self.state_file(),
+            "--daemon".into(),
+            self.pid_file(),
+        ]
+    }
+
+    pub fn pid_file(&self) -> String {
+        self.dir.path().join("daemon.pid").display().to_string()
+    }
+
+    /// SIGKILL the foreground server.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(SIGKILL);
+        }
+    }
+}
+
+impl Drop for HealthTarget {
+    fn drop(&mut self) {
+        // A server started by a restart command is not our child.
+        if let Ok(pid) = std::fs::read_to_string(self.pid_file()) {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+    }
+}
+
+/// A WebSocket client for `/ws/system` that parses every text message.
+pub struct WsClient {
+    pub stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> WsClient {
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        WsClient { stream }
+    }
+
+    /// The next JSON message (pings are answered and skipped), or `None`
+    /// when the connection ended or `limit` passed.
+    pub async fn next_json(&mut self, limit: Duration) -> Option<serde_json::Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()??;
+            match msg.ok()? {
+                Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until a message satisfies `pred`; panics after `limit`.
+    pub async fn wait_for(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_json(left).await {
+                Some(m) if pred(&m) => return m,
+                Some(_) => continue,
+                None => panic!("no message matching {what} within {limit:?}"),
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}

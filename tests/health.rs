@@ -1,0 +1,315 @@
+//! The health monitor against real processes: an HTTP target (Python,
+//! switchable between 200, 500 and hanging), a restart command that really
+//! starts it, one that fails, and the harness's real `redis-server` and
+//! `postgres`, killed and started again. The real binary runs with a tiny
+//! `backoff_base`, so the backoff schedule is checked in fractions of a
+//! second.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, sample_value, Daemon, HealthTarget, Postgres, Redis, WsClient};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn health(d: &Daemon) -> (u16, Value) {
+    let resp = reqwest::get(d.url("/api/system/health")).await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Waits until `/api/system/health` shows `service` as `status`.
+async fn wait_status(d: &Daemon, service: &str, status: &str) -> (u16, Value) {
+    eventually(&format!("{service} to be {status}"), LIMIT, || async {
+        let (code, body) = health(d).await;
+        (body["services"][service] == status).then_some((code, body))
+    })
+    .await
+}
+
+async fn metric(d: &Daemon, series: &str) -> Option<f64> {
+    sample_value(&d.get_text("/metrics").await, series)
+}
+
+/// The `to` of every "Service status changed." line for `service`.
+fn transitions(d: &Daemon, service: &str) -> Vec<String> {
+    d.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "Service status changed." && l["fields"]["service"] == service)
+        .map(|l| l["fields"]["to"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Log lines of built-in alerts: `(level, condition)`.
+fn alerts(d: &Daemon) -> Vec<(String, String)> {
+    d.log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["condition"].is_string())
+        .map(|l| {
+            (
+                l["level"].as_str().unwrap().to_string(),
+                l["fields"]["condition"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn service_yaml(name: &str, kind: &str, url: &str, extra: &str) -> String {
+    format!("  - name: {name}\n    kind: {kind}\n    url: \"{url}\"\n    interval: 100ms\n{extra}")
+}
+
+async fn daemon(services: &[String]) -> Daemon {
+    let config = format!("gpu:\n  enabled: false\nhealth:\n  services:\n{}", services.concat());
+    Daemon::start_with_args(&config, &[], &["--log.format=json", "--log.level=info"]).await
+}
+
+#[tokio::test]
+async fn restart_command_brings_a_killed_server_back() {
+    let mut target = HealthTarget::new();
+    target.start().await;
+    let restart = format!(
+        "    backoff_base: 200ms\n    critical: true\n    restart:\n      command: {}\n      grace_period: 100ms\n",
+        serde_json::to_string(&target.restart_command()).unwrap()
+    );
+    let d = daemon(&[service_yaml("rtdetr", "http", &target.url(), &restart)]).await;
+    wait_status(&d, "rtdetr", "healthy").await;
+    let mut ws = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/system", d.port)).await;
+    let snap = ws
+        .wait_for("the snapshot", LIMIT, |m| m["type"] == "service_status")
+        .await;
+    assert_eq!(snap["data"]["service"], "rtdetr");
+    assert_eq!(snap["data"]["status"], "healthy");
+
+    target.kill();
+    // Every change arrives on the WebSocket, in order.
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("healthy") {
+        let m = ws
+            .wait_for("a service_status change", LIMIT, |m| m["type"] == "service_status")
+            .await;
+        seen.push(m["data"]["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen, ["unhealthy", "restarting", "healthy"]);
+    assert!(
+        std::path::Path::new(&target.pid_file()).exists(),
+        "the restart command started the server"
+    );
+    let (code, body) = health(&d).await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("healthy")));
+    assert_eq!(
+        metric(&d, "service_restarts_total{result=\"success\",service=\"rtdetr\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&d, "service_restarts_total{result=\"failure\",service=\"rtdetr\"}").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&d, "service_restart_attempt{service=\"rtdetr\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(metric(&d, "service_up{service=\"rtdetr\"}").await, Some(1.0));
+    assert_eq!(alerts(&d), [("WARN".to_string(), "service_unhealthy".to_string())]);
+}
+
+#[tokio::test]
+async fn failing_restarts_back_off_give_up_and_a_later_recovery_counts() {
+    let mut target = HealthTarget::new(); // not started: connection refused
+    let runs = target.dir.path().join("runs.txt");
+    let command = vec![
+        common::python(),
+        "-c".to_string(),
+        format!(
+            "import sys, time; open({:?}, 'a').write('%f\\n' % time.time()); sys.exit(1)",
+            runs.display().to_string()
+        ),
+    ];
+    let extra = format!(
+        "    max_retries: 3\n    backoff_base: 200ms\n    restart:\n      command: {}\n      grace_period: 50ms\n",
+        serde_json::to_string(&command).unwrap()
+    );
+    let d = daemon(&[service_yaml("nemotron", "http", &target.url(), &extra)]).await;
+    wait_status(&d, "nemotron", "failed").await;
+    let failed_at = common::unix_now();
+
+    assert_eq!(
+        transitions(&d, "nemotron"),
+        [
+            "unhealthy",
+            "restarting",
+            "restart_failed",
+            "restarting",
+            "restart_failed",
+            "restarting",
+            "failed"
+        ]
+    );
+    let times: Vec<f64> = std::fs::read_to_string(&runs)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(times.len(), 3, "exactly max_retries attempts");
+    // Attempt n waits backoff_base * 2^(n-1) after the check that failed;
+    // between two runs there is also the 50 ms grace and a check.
+    for (n, pair) in times.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let backoff = 0.2 * 2f64.powi(n as i32 + 1);
+        assert!(
+            gap >= backoff && gap < backoff + 0.6,
+            "gap before attempt {} was {gap:.3} s, backoff {backoff} s",
+            n + 2
+        );
+    }
+    // No fourth attempt: wait for checks well past when it would have run
+    // (attempt 4 would wait 1.6 s).
+    eventually("more checks after giving up", LIMIT, || async {
+        let last = metric(&d, "service_last_check_timestamp_seconds{service=\"nemotron\"}").await?;
+        (last > failed_at + 2.0).then_some(())
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 3);
+    assert_eq!(
+        metric(&d, "service_restarts_total{result=\"failure\",service=\"nemotron\"}").await,
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&d, "service_restart_attempt{service=\"nemotron\"}").await,
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&d, "service_status{service=\"nemotron\",status=\"failed\"}").await,
+        Some(1.0)
+    );
+    assert!(
+        metric(&d, "service_consecutive_failures{service=\"nemotron\"}")
+            .await
+            .unwrap()
+            >= 10.0
+    );
+    let levels: Vec<(String, String)> = alerts(&d);
+    assert_eq!(
+        levels,
+        [
+            ("WARN".to_string(), "service_unhealthy".to_string()),
+            ("ERROR".to_string(), "service_restart_failed".to_string()),
+            ("ERROR".to_string(), "service_restart_failed".to_string()),
+            ("ERROR".to_string(), "service_max_retries_exceeded".to_string()),
+        ]
+    );
+    let log = d.log();
+    assert!(
+        log.contains("\"severity\":\"CRITICAL\""),
+        "the give-up alert is CRITICAL"
+    );
+
+    // It comes back by itself: healthy again, still checked after `failed`.
+    target.start().await;
+    wait_status(&d, "nemotron", "healthy").await;
+    assert_eq!(transitions(&d, "nemotron").last().unwrap(), "healthy");
+    assert_eq!(metric(&d, "service_up{service=\"nemotron\"}").await, Some(1.0));
+    assert_eq!(
+        metric(&d, "service_consecutive_failures{service=\"nemotron\"}").await,
+        Some(0.0)
+    );
+}
+
+#[tokio::test]
+async fn http_500_and_a_hang_are_unhealthy_and_alert_only_services_stay_so() {
+    let mut target = HealthTarget::new();
+    target.start().await;
+    let d = daemon(&[service_yaml("embedder", "http", &target.url(), "    timeout: 300ms\n")]).await;
+    wait_status(&d, "embedder", "healthy").await;
+
+    target.set("500");
+    let (code, body) = wait_status(&d, "embedder", "unhealthy").await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("degraded")), "not critical");
+    let views: Value = reqwest::get(d.url("/api/system/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(views["services"]["by_status"]["unhealthy"], 1);
+    assert_eq!(views["services"]["total"], 1);
+
+    target.set("ok");
+    wait_status(&d, "embedder", "healthy").await;
+    target.set("hang");
+    wait_status(&d, "embedder", "unhealthy").await;
+    // Still checked, never restarted: alert-only.
+    let before = metric(&d, "service_last_check_timestamp_seconds{service=\"embedder\"}")
+        .await
+        .unwrap();
+    eventually("two more (hanging) checks", LIMIT, || async {
+        let last = metric(&d, "service_last_check_timestamp_seconds{service=\"embedder\"}").await?;
+        (last > before + 0.5).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&d, "service_status{service=\"embedder\",status=\"unhealthy\"}").await,
+        Some(1.0)
+    );
+    let changes = transitions(&d, "embedder");
+    assert_eq!(changes, ["healthy", "unhealthy", "healthy", "unhealthy"]);
+    let log = d.log();
+    assert!(log.contains("HTTP 500"), "the 500 is explained");
+    assert!(log.contains("no answer within 300ms"), "the hang is explained");
+    assert_eq!(
+        alerts(&d),
+        [
+            ("WARN".to_string(), "service_unhealthy".to_string()),
+            ("WARN".to_string(), "service_unhealthy".to_string()),
+        ]
+    );
+    let page = d.get_text("/metrics").await;
+    assert!(
+        sample_value(
+            &page,
+            "service_health_check_duration_seconds_count{service=\"embedder\"}"
+        )
+        .unwrap()
+            >= 5.0
+    );
+}
+
+#[tokio::test]
+async fn redis_and_postgres_outages_and_recovery() {
+    let mut redis = Redis::start().await;
+    let mut pg = Postgres::start().await;
+    let d = daemon(&[
+        service_yaml("redis", "redis", &redis.url(), ""),
+        service_yaml("postgres", "postgres", &pg.url(), "    critical: true\n"),
+    ])
+    .await;
+    let (code, body) = wait_status(&d, "postgres", "healthy").await;
+    wait_status(&d, "redis", "healthy").await;
+    assert_eq!(code, 200);
+    assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+
+    redis.kill();
+    let (code, body) = wait_status(&d, "redis", "unhealthy").await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("degraded")));
+    assert_eq!(metric(&d, "service_up{service=\"redis\"}").await, Some(0.0));
+    assert_eq!(metric(&d, "service_up{service=\"postgres\"}").await, Some(1.0));
+    redis.resume().await;
+    wait_status(&d, "redis", "healthy").await;
+    assert_eq!(metric(&d, "service_up{service=\"redis\"}").await, Some(1.0));
+
+    pg.stop();
+    let (code, body) = wait_status(&d, "postgres", "unhealthy").await;
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (503, Some("unhealthy")),
+        "postgres is critical"
+    );
+    assert_eq!(metric(&d, "service_up{service=\"postgres\"}").await, Some(0.0));
+    pg.resume().await;
+    let (code, body) = wait_status(&d, "postgres", "healthy").await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("healthy")));
+    assert_eq!(transitions(&d, "redis"), ["healthy", "unhealthy", "healthy"]);
+    assert_eq!(transitions(&d, "postgres"), ["healthy", "unhealthy", "healthy"]);
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""A health-check target for the tests: GET /health answers by the mode
+read from STATE_FILE on every request:
+
+  ok    -> 200
+  500   -> 500 (any number: that status)
+  hang  -> no answer for an hour
+
+Usage: health_target.py PORT STATE_FILE [--daemon PID_FILE]
+
+With --daemon the port is bound first, then the process forks: the child
+serves, the parent writes the child's pid and exits 0. A restart command
+can therefore return as soon as the server is reachable.
+"""
+import http.server
+import os
+import sys
+import time
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        try:
+            with open(STATE_FILE) as f:
+                mode = f.read().strip() or "ok"
+        except FileNotFoundError:
+            mode = "ok"
+        if mode == "hang":
+            time.sleep(3600)
+            return
+        code = 200 if mode == "ok" else int(mode)
+        body = b'{"status":"ok"}' if code == 200 else b'{"status":"error"}'
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(http.server.ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+if __name__ == "__main__":
+    port, STATE_FILE = int(sys.argv[1]), sys.argv[2]
+    server = Server(("127.0.0.1", port), Handler)
+    if len(sys.argv) > 4 and sys.argv[3] == "--daemon":
+        pid = os.fork()
+        if pid:
+            with open(sys.argv[4], "w") as f:
+                f.write(str(pid))
+            os._exit(0)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+    server.serve_forever()
