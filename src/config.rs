@@ -418,6 +418,26 @@ impl Config {
                     &format!("a URL starting with {}", schemes.join(" or ")),
                 ));
             }
+            let parsed = match svc.kind {
+                CheckKind::Http => reqwest::Url::parse(&svc.url).map(|_| ()).map_err(|e| e.to_string()),
+                CheckKind::Redis => redis::Client::open(svc.url.as_str())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                CheckKind::Postgres => {
+                    use std::str::FromStr;
+                    sqlx::postgres::PgConnectOptions::from_str(&svc.url)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = parsed {
+                return Err(invalid(
+                    &key("url"),
+                    &svc.url,
+                    "not a valid URL",
+                    &format!("a URL of the form {}HOST:PORT/… ({e})", schemes[0]),
+                ));
+            }
             check_range(&key("interval"), svc.interval.as_secs_f64(), 0.05, 3600.0, "seconds")?;
             check_range(&key("timeout"), svc.timeout.as_secs_f64(), 0.01, 300.0, "seconds")?;
             check_range(&key("max_retries"), svc.max_retries as f64, 1.0, 100.0, "attempts")?;

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ws::{run_hub, Hub};
 use crate::api::AppState;
 use crate::collectors::gpu::{GpuCollector, GpuFamilies, GpuState};
-use crate::collectors::health::{HealthError, HealthMetrics, HealthMonitor, HealthState, Sinks};
+use crate::collectors::health::{HealthError, HealthMonitor, HealthState, Sinks};
 use crate::collectors::Readiness;
 use crate::config::Config;
 use crate::events::EventBus;
@@ -66,7 +66,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         .register(Box::new(GpuFamilies::new(gpu.clone())))
         .expect("GPU families register once");
     let store = Store::open(&config, metrics.clone())?;
-    let health = HealthState::new(&config.health.services);
+    let health = HealthState::new(&config.health.services, &metrics);
     let hub = Hub::new(config.websocket.clone(), &metrics);
     Ok(AppState {
         config: Arc::new(config),
@@ -128,7 +128,6 @@ pub async fn run_with_state(
 
     let sinks = Sinks {
         state: state.health.clone(),
-        metrics: HealthMetrics::register(&state.metrics, &state.config.health.services),
         registry: state.metrics.clone(),
         events: state.events.clone(),
     };

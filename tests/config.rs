@@ -81,6 +81,61 @@ fn bad_values_name_the_key_the_value_and_the_range() {
             &["web.listen_address", "HOST:PORT"],
         ),
         (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/health', interval: 0s}\n",
+            &[],
+            &["health.services[0].interval", "0.05–3600"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h'}\n    - {name: b, kind: redis, url: 'http://x/h'}\n",
+            &[],
+            &["health.services[1].url", "redis://"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h'}\n    - {name: a, kind: http, url: 'http://y/h'}\n",
+            &[],
+            &["health.services[1].name", "duplicate"],
+        ),
+        (
+            "health:\n  services:\n    - {name: 'bad name', kind: http, url: 'http://x/h'}\n",
+            &[],
+            &["health.services[0].name", "A-Za-z0-9_.-"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', max_retries: 0}\n",
+            &[],
+            &["health.services[0].max_retries", "1–100"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', restart: {command: []}}\n",
+            &[],
+            &["health.services[0].restart.command", "empty"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: smtp, url: 'http://x/h'}\n",
+            &[],
+            &["kind", "smtp", "http"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', restart: {command: [x], shell: true}}\n",
+            &[],
+            &["unknown field", "shell"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: postgres, url: 'postgres://u@h:port/db'}\n",
+            &[],
+            &["health.services[0].url", "not a valid URL"],
+        ),
+        (
+            "websocket:\n  client_queue: 4\n",
+            &[],
+            &["websocket.client_queue", "16–65536"],
+        ),
+        (
+            "websocket:\n  ping_interval: 0\n",
+            &[],
+            &["websocket.ping_interval", "0.05–3600"],
+        ),
+        (
             "",
             &[("GPU_POLL_INTERVAL_SECONDS", "0.9")],
             &["GPU_POLL_INTERVAL_SECONDS", "0.9", "1–60"],

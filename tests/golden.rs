@@ -51,6 +51,12 @@ async fn metrics_page_matches_golden_file() {
     config.gpu.nvml_library = fake.lib_str();
     config.gpu.per_process = true;
     config.data_dir = data.path().to_owned();
+    // One service, never checked here: every service_* series at its start.
+    config.health = Config::from_yaml(
+        "health:\n  services:\n    - {name: rtdetr, kind: http, url: \"http://127.0.0.1:9/health\"}\n",
+    )
+    .unwrap()
+    .health;
     let state = inferwatch::build_state(config).unwrap();
     let mut collector = inferwatch::gpu_collector(&state).await;
     run_once(&mut collector, &state.metrics, &state.readiness)

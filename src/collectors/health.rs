@@ -50,13 +50,15 @@ pub struct ServiceView {
     pub last_check: Option<DateTime<Utc>>,
 }
 
-/// Every service's view, in config order.
+/// Every service's view, in config order, and the `service_*` families.
 pub struct HealthState {
     services: RwLock<Vec<ServiceView>>,
+    metrics: HealthMetrics,
 }
 
 impl HealthState {
-    pub fn new(services: &[ServiceConfig]) -> Arc<HealthState> {
+    /// Creates the views and registers the `service_*` families in `registry`.
+    pub fn new(services: &[ServiceConfig], registry: &Metrics) -> Arc<HealthState> {
         let views = services
             .iter()
             .map(|s| ServiceView {
@@ -71,6 +73,7 @@ impl HealthState {
             .collect();
         Arc::new(HealthState {
             services: RwLock::new(views),
+            metrics: HealthMetrics::register(registry, services),
         })
     }
 
@@ -87,8 +90,7 @@ impl HealthState {
 }
 
 /// The `service_*` families.
-#[derive(Clone)]
-pub struct HealthMetrics {
+struct HealthMetrics {
     up: GaugeVec,
     status: GaugeVec,
     check_duration: HistogramVec,
@@ -101,7 +103,7 @@ pub struct HealthMetrics {
 impl HealthMetrics {
     /// Registers the families and creates every series of every configured
     /// service, so each status and restart result exists from the start.
-    pub fn register(metrics: &Metrics, services: &[ServiceConfig]) -> HealthMetrics {
+    fn register(metrics: &Metrics, services: &[ServiceConfig]) -> HealthMetrics {
         let svc = &["service"];
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             GaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
@@ -299,7 +301,6 @@ async fn run_restart(r: &RestartConfig) -> Result<(), String> {
 #[derive(Clone)]
 pub struct Sinks {
     pub state: Arc<HealthState>,
-    pub metrics: HealthMetrics,
     pub registry: Arc<Metrics>,
     pub events: EventBus,
 }
@@ -413,6 +414,7 @@ impl ServiceTask {
             };
             let took = started.elapsed();
             self.sinks
+                .state
                 .metrics
                 .check_duration
                 .with_label_values(&[&self.config.name])
@@ -463,7 +465,7 @@ impl ServiceTask {
     /// Publishes a step: metrics, the API view, events and alerts.
     fn apply(&mut self, step: Step, message: String, checked_at: Option<DateTime<Utc>>) {
         let name = self.config.name.as_str();
-        let m = &self.sinks.metrics;
+        let m = &self.sinks.state.metrics;
         m.set_status(name, step.to);
         m.restart_attempt
             .with_label_values(&[name])
