@@ -20,6 +20,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::Utc;
+use futures_util::SinkExt;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use serde::Serialize;
 use serde_json::json;
@@ -127,6 +128,9 @@ impl Outgoing {
     }
 }
 
+/// Most queued messages written with one flush.
+const MAX_BATCH: usize = 64;
+
 struct Client {
     tx: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
@@ -233,17 +237,28 @@ impl Hub {
         self.clients.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Hands `msg` to every client without waiting; full queues are cut off.
-    fn broadcast(&self, msg: Outgoing) {
+    /// Hands `batch` to every client without waiting; a client whose queue
+    /// cannot take the whole batch is cut off. A batch (e.g. one poll's
+    /// `gpu_stats`) lands in each queue before that client is woken again,
+    /// so it is written with a single flush.
+    fn broadcast(&self, batch: &[Outgoing]) {
+        if batch.is_empty() {
+            return;
+        }
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.retain(|_, c| match c.tx.try_send(msg.clone()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.error(WsError::SlowConsumer);
-                c.cancel.cancel();
-                false
+        clients.retain(|_, c| {
+            for msg in batch {
+                match c.tx.try_send(msg.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.metrics.error(WsError::SlowConsumer);
+                        c.cancel.cancel();
+                        return false;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            true
         });
     }
 
@@ -368,9 +383,7 @@ pub async fn run_hub(
                 &format!("GPU {gpu} ({uuid}) reported XID {xid}"),
             )],
         };
-        for m in messages {
-            hub.broadcast(m);
-        }
+        hub.broadcast(&messages);
     }
 }
 
@@ -411,10 +424,40 @@ pub async fn upgrade(
             detail: "retry later or raise websocket.max_clients".into(),
         });
     }
-    Ok(ws.on_upgrade(move |socket| serve(state, socket, client_type)))
+    // Clients only send pongs and close frames: a small read buffer (the
+    // default is 128 KiB per connection) keeps memory per client low.
+    Ok(ws
+        .read_buffer_size(4 * 1024)
+        .max_message_size(64 * 1024)
+        .write_buffer_size(16 * 1024)
+        .on_upgrade(move |socket| serve(state, socket, client_type)))
 }
 
-/// Sends `msg` unless `cancel` fires first. `Err(None)` means cancelled.
+/// Writes `msgs` with one flush, unless `cancel` fires first; counts what
+/// was written. `Err(None)` means cancelled.
+async fn send_all(
+    socket: &mut WebSocket,
+    cancel: &CancellationToken,
+    msgs: &mut Vec<Outgoing>,
+    sent: &[IntCounter; 3],
+) -> Result<(), Option<axum::Error>> {
+    let write = async {
+        for m in msgs.iter() {
+            socket.feed(Message::Text(m.text.clone())).await?;
+        }
+        socket.flush().await
+    };
+    tokio::select! {
+        _ = cancel.cancelled() => return Err(None),
+        r = write => r.map_err(Some)?,
+    }
+    for m in msgs.drain(..) {
+        sent[m.kind as usize].inc();
+    }
+    Ok(())
+}
+
+/// Sends a control frame unless `cancel` fires first.
 async fn send(socket: &mut WebSocket, cancel: &CancellationToken, msg: Message) -> Result<(), Option<axum::Error>> {
     tokio::select! {
         _ = cancel.cancelled() => Err(None),
@@ -433,13 +476,13 @@ async fn serve(state: AppState, mut socket: WebSocket, client_type: ClientType) 
     let mut ping = tokio::time::interval_at(started + ping_every, ping_every);
     let mut last_heard = Instant::now();
 
+    let sent = &hub.metrics.sent;
+    let mut batch = snap;
     let ended: Option<WsError> = 'conn: {
-        for m in snap {
-            match send(&mut socket, &cancel, Message::Text(m.text)).await {
-                Ok(()) => hub.metrics.sent[m.kind as usize].inc(),
-                Err(None) => break 'conn None,
-                Err(Some(_)) => break 'conn Some(WsError::SendFailed),
-            }
+        match send_all(&mut socket, &cancel, &mut batch, sent).await {
+            Ok(()) => {}
+            Err(None) => break 'conn None,
+            Err(Some(_)) => break 'conn Some(WsError::SendFailed),
         }
         loop {
             tokio::select! {
@@ -447,8 +490,16 @@ async fn serve(state: AppState, mut socket: WebSocket, client_type: ClientType) 
                 _ = cancel.cancelled() => break None,
                 m = rx.recv() => {
                     let Some(m) = m else { break None };
-                    match send(&mut socket, &cancel, Message::Text(m.text)).await {
-                        Ok(()) => hub.metrics.sent[m.kind as usize].inc(),
+                    // Take whatever else is queued and write it all at once.
+                    batch.push(m);
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    match send_all(&mut socket, &cancel, &mut batch, sent).await {
+                        Ok(()) => {}
                         Err(None) => break None,
                         Err(Some(_)) => break Some(WsError::SendFailed),
                     }
