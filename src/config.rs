@@ -46,6 +46,14 @@ pub struct Config {
     pub health: HealthConfig,
     /// The `/ws/system` live channel.
     pub websocket: WebSocketConfig,
+    /// Redis job queues and their dead-letter queues.
+    pub queues: QueuesConfig,
+    /// Who may call the mutating endpoints.
+    pub api: ApiConfig,
+    /// Pipeline-stage ingest (HTTP and the Redis stream).
+    pub pipeline: PipelineConfig,
+    /// Filesystem usage and the cleanup preview.
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -57,6 +65,10 @@ impl Default for Config {
             store: StoreConfig::default(),
             health: HealthConfig::default(),
             websocket: WebSocketConfig::default(),
+            queues: QueuesConfig::default(),
+            api: ApiConfig::default(),
+            pipeline: PipelineConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -261,6 +273,172 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// Redis job queues and their DLQs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueuesConfig {
+    /// Switch the queue collector and the DLQ endpoints off.
+    pub enabled: bool,
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`.
+    pub redis_url: String,
+    /// Base queue names (1–64 of `A-Za-z0-9_.-`); each has a DLQ `<dlq_prefix><name>`.
+    pub names: Vec<String>,
+    /// Prefix of the DLQ keys, 1–32 characters.
+    pub dlq_prefix: String,
+    /// Seconds between depth polls, 0.1–3600.
+    #[serde(deserialize_with = "de_seconds")]
+    pub poll_interval: Duration,
+    /// The end producers push to: `left` (LPUSH, workers BRPOP) or `right`
+    /// (RPUSH, workers BLPOP). Requeued jobs go to the same end.
+    pub push_side: PushSide,
+    /// How long a cleared DLQ's archive key lives, 60 s–365 days.
+    #[serde(deserialize_with = "de_seconds")]
+    pub clear_archive_ttl: Duration,
+    /// Jobs moved per atomic step of a requeue, 1–10,000.
+    pub requeue_batch: usize,
+}
+
+impl Default for QueuesConfig {
+    fn default() -> Self {
+        QueuesConfig {
+            enabled: true,
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            names: vec!["detection_queue".into(), "analysis_queue".into()],
+            dlq_prefix: "dlq:".into(),
+            poll_interval: Duration::from_secs(5),
+            push_side: PushSide::Left,
+            clear_archive_ttl: Duration::from_secs(7 * 86_400),
+            requeue_batch: 1000,
+        }
+    }
+}
+
+/// Which end of a list producers push to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushSide {
+    Left,
+    Right,
+}
+
+/// Authorisation of the mutating endpoints (requeue, clear, restore).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer token; when set (here or in `token_file`), it is required.
+    pub token: String,
+    /// File holding the token (whitespace trimmed), for secrets.
+    pub token_file: Option<PathBuf>,
+    /// With no token, only these networks may mutate (CIDR).
+    pub trusted_networks: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token: String::new(),
+            token_file: None,
+            trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+        }
+    }
+}
+
+/// Pipeline-stage ingest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Allowed stage names; empty allows the first `max_stages` names seen.
+    pub stages: Vec<String>,
+    /// Most distinct stage names (and error types) when `stages` is empty, 1–1000.
+    pub max_stages: usize,
+    /// Buckets of `pipeline_stage_duration_seconds` and
+    /// `pipeline_job_duration_seconds`, strictly increasing, seconds.
+    pub buckets: Vec<f64>,
+    /// The Redis stream input.
+    pub stream: StreamConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            stages: Vec::new(),
+            max_stages: 50,
+            buckets: vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+            ],
+            stream: StreamConfig::default(),
+        }
+    }
+}
+
+/// The `pipeline:events` stream, read with a consumer group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Read the stream (it uses `queues.redis_url`).
+    pub enabled: bool,
+    /// Stream key.
+    pub key: String,
+    /// Consumer group, created at the stream's start when missing.
+    pub group: String,
+    /// This daemon's consumer name; empty means the host name.
+    pub consumer: String,
+    /// Entries read per XREADGROUP, 1–10,000.
+    pub batch: usize,
+    /// Pending entries of other consumers idle this long are claimed, 1 s–1 day.
+    #[serde(deserialize_with = "de_seconds")]
+    pub claim_idle: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            enabled: true,
+            key: "pipeline:events".into(),
+            group: "inferwatch".into(),
+            consumer: String::new(),
+            batch: 1000,
+            claim_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Filesystems to watch and the cleanup preview.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Paths whose filesystems are reported, besides `data_dir`.
+    pub paths: Vec<PathBuf>,
+    /// Seconds between filesystem polls, 1–3600.
+    #[serde(deserialize_with = "de_seconds")]
+    pub poll_interval: Duration,
+    /// Used percent above which one CRITICAL alert fires per crossing, 1–100.
+    pub alert_used_percent: f64,
+    /// Directories whose old files the cleanup preview reports.
+    pub retention: Vec<RetentionConfig>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            paths: Vec::new(),
+            poll_interval: Duration::from_secs(30),
+            alert_used_percent: 90.0,
+            retention: Vec::new(),
+        }
+    }
+}
+
+/// One `storage.retention` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Directory to scan (recursively).
+    pub path: PathBuf,
+    /// Files older than this many days are reported, 1–36500.
+    pub days: u32,
+}
+
 /// Which database the store talks to, derived from `store.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreBackend {
@@ -360,6 +538,7 @@ impl Config {
         )?;
         self.store_backend()?;
         self.validate_health()?;
+        self.validate_queues()?;
         let w = &self.websocket;
         check_range(
             "websocket.ping_interval",
@@ -387,14 +566,141 @@ impl Config {
         Ok(())
     }
 
+    fn validate_queues(&self) -> Result<(), ConfigError> {
+        let q = &self.queues;
+        if redis::Client::open(q.redis_url.as_str()).is_err() || !q.redis_url.starts_with("redis://") {
+            return Err(invalid(
+                "queues.redis_url",
+                &q.redis_url,
+                "not a valid Redis URL",
+                "redis://[:PASSWORD@]HOST:PORT[/DB]",
+            ));
+        }
+        if q.names.is_empty() {
+            return Err(invalid("queues.names", "[]", "empty", "at least one queue name"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, name) in q.names.iter().enumerate() {
+            if !valid_name(name) {
+                return Err(invalid(
+                    &format!("queues.names[{i}]"),
+                    name,
+                    "not a valid name",
+                    "1–64 of A-Za-z0-9_.-",
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(invalid(
+                    &format!("queues.names[{i}]"),
+                    name,
+                    "a duplicate",
+                    "a name used once",
+                ));
+            }
+        }
+        if q.dlq_prefix.is_empty() || q.dlq_prefix.len() > 32 {
+            return Err(invalid(
+                "queues.dlq_prefix",
+                &q.dlq_prefix,
+                "empty or too long",
+                "1–32 characters, e.g. dlq:",
+            ));
+        }
+        check_range(
+            "queues.poll_interval",
+            q.poll_interval.as_secs_f64(),
+            0.1,
+            3600.0,
+            "seconds",
+        )?;
+        check_range(
+            "queues.clear_archive_ttl",
+            q.clear_archive_ttl.as_secs_f64(),
+            60.0,
+            365.0 * 86_400.0,
+            "seconds",
+        )?;
+        check_range("queues.requeue_batch", q.requeue_batch as f64, 1.0, 10_000.0, "jobs")?;
+        for (i, net) in self.api.trusted_networks.iter().enumerate() {
+            if net.parse::<ipnet::IpNet>().is_err() && net.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    &format!("api.trusted_networks[{i}]"),
+                    net,
+                    "not a network",
+                    "CIDR like 127.0.0.0/8 or ::1/128, or a single address",
+                ));
+            }
+        }
+        let p = &self.pipeline;
+        check_range("pipeline.max_stages", p.max_stages as f64, 1.0, 1000.0, "names")?;
+        for (i, stage) in p.stages.iter().enumerate() {
+            if !valid_name(stage) {
+                return Err(invalid(
+                    &format!("pipeline.stages[{i}]"),
+                    stage,
+                    "not a valid name",
+                    "1–64 of A-Za-z0-9_.-",
+                ));
+            }
+        }
+        let increasing = p.buckets.windows(2).all(|w| w[0] < w[1]);
+        if p.buckets.is_empty() || !increasing || p.buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
+            return Err(invalid(
+                "pipeline.buckets",
+                &format!("{:?}", p.buckets),
+                "not a strictly increasing list of positive numbers",
+                "e.g. [0.01, 0.1, 1, 10, 120]",
+            ));
+        }
+        let st = &p.stream;
+        if st.key.is_empty() || st.group.is_empty() {
+            return Err(invalid(
+                "pipeline.stream.key",
+                &st.key,
+                "empty",
+                "a stream key and a group name",
+            ));
+        }
+        check_range("pipeline.stream.batch", st.batch as f64, 1.0, 10_000.0, "entries")?;
+        check_range(
+            "pipeline.stream.claim_idle",
+            st.claim_idle.as_secs_f64(),
+            1.0,
+            86_400.0,
+            "seconds",
+        )?;
+        let s = &self.storage;
+        check_range(
+            "storage.poll_interval",
+            s.poll_interval.as_secs_f64(),
+            1.0,
+            3600.0,
+            "seconds",
+        )?;
+        check_range(
+            "storage.alert_used_percent",
+            s.alert_used_percent,
+            1.0,
+            100.0,
+            "percent",
+        )?;
+        for (i, r) in s.retention.iter().enumerate() {
+            check_range(
+                &format!("storage.retention[{i}].days"),
+                r.days as f64,
+                1.0,
+                36_500.0,
+                "days",
+            )?;
+        }
+        Ok(())
+    }
+
     fn validate_health(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::HashSet::new();
         for (i, svc) in self.health.services.iter().enumerate() {
             let key = |field: &str| format!("health.services[{i}].{field}");
-            let name_ok = !svc.name.is_empty()
-                && svc.name.len() <= 64
-                && svc.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-            if !name_ok {
+            if !valid_name(&svc.name) {
                 return Err(invalid(
                     &key("name"),
                     &svc.name,
@@ -508,6 +814,11 @@ impl Config {
             "empty (SQLite in data_dir), sqlite://PATH or postgres://USER@HOST:PORT/DB",
         ))
     }
+}
+
+/// A name used as a label value or key part: 1–64 of `A-Za-z0-9_.-`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 /// Reads `key` from `env`, parses it as `T` and checks it against `range`.

@@ -24,10 +24,12 @@
 pub mod api;
 pub mod collectors;
 pub mod config;
+pub mod dlq;
 pub mod events;
 pub mod history;
 pub mod metrics;
 pub mod nvml;
+pub mod redis_conn;
 pub mod restart;
 pub mod store;
 
@@ -37,12 +39,15 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::Auth;
 use crate::api::ws::{run_hub, Hub};
 use crate::api::AppState;
 use crate::collectors::gpu::{GpuCollector, GpuFamilies, GpuState};
 use crate::collectors::health::{HealthError, HealthMonitor, HealthState, Sinks};
+use crate::collectors::queues::QueueCollector;
 use crate::collectors::Readiness;
 use crate::config::Config;
+use crate::dlq::Queues;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -54,6 +59,10 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Health(#[from] HealthError),
+    #[error(transparent)]
+    Auth(#[from] crate::api::auth::AuthError),
+    #[error("invalid value for queues.redis_url: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -68,6 +77,12 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
     let store = Store::open(&config, metrics.clone())?;
     let health = HealthState::new(&config.health.services, &metrics);
     let hub = Hub::new(config.websocket.clone(), &metrics);
+    let queues = if config.queues.enabled {
+        Some(Queues::new(config.queues.clone(), metrics.clone())?)
+    } else {
+        None
+    };
+    let auth = Arc::new(Auth::load(&config.api)?);
     Ok(AppState {
         config: Arc::new(config),
         metrics,
@@ -77,6 +92,8 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         events: EventBus::new(),
         health,
         hub,
+        queues,
+        auth,
         started_at: chrono::Utc::now(),
     })
 }
@@ -134,6 +151,16 @@ pub async fn run_with_state(
     let monitor = HealthMonitor::new(&state.config.health.services, sinks)?;
     tasks.extend(monitor.spawn(state.readiness.clone(), collectors_stop.clone()));
 
+    if let Some(queues) = &state.queues {
+        let collector = QueueCollector::new(queues.clone(), state.events.clone());
+        tasks.push(collectors::spawn(
+            collector,
+            state.metrics.clone(),
+            state.readiness.clone(),
+            collectors_stop.clone(),
+        ));
+    }
+
     if state.config.gpu.enabled {
         state.readiness.expect("gpu");
         let (st, stop) = (state.clone(), collectors_stop.clone());
@@ -147,7 +174,13 @@ pub async fn run_with_state(
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, "Listening.");
     let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    // The peer address feeds the trusted-network check of mutating endpoints.
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
 
     tracing::info!("Shutting down: stopping collectors and flushing history.");
     collectors_stop.cancel();

@@ -8,6 +8,8 @@
 //! JSON, `{"error": "...", "detail": ...}`, mapped to a status in one place:
 //! [`AppError`].
 
+pub mod auth;
+pub mod dlq;
 pub mod metrics;
 pub mod system;
 pub mod ws;
@@ -39,6 +41,9 @@ pub struct AppState {
     pub events: EventBus,
     pub health: Arc<HealthState>,
     pub hub: Arc<ws::Hub>,
+    /// `None` when `queues.enabled` is false.
+    pub queues: Option<Arc<crate::dlq::Queues>>,
+    pub auth: Arc<auth::Auth>,
     /// When the daemon started, for `uptime_seconds`.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }
@@ -51,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/-/ready", get(ready))
         .route("/ws/system", get(ws::upgrade))
         .merge(system::routes())
+        .merge(dlq::routes(&state))
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
@@ -79,6 +85,13 @@ pub enum AppError {
     /// A dependency (the history store) could not answer.
     #[error("{message}")]
     Unavailable { message: String, detail: String },
+    /// Any other 4xx, with what is allowed in `detail`.
+    #[error("{message}")]
+    Status {
+        status: StatusCode,
+        message: String,
+        detail: serde_json::Value,
+    },
 }
 
 impl AppError {
@@ -90,9 +103,20 @@ impl AppError {
     }
 }
 
+impl AppError {
+    pub fn status(status: StatusCode, message: impl Into<String>, detail: serde_json::Value) -> AppError {
+        AppError::Status {
+            status,
+            message: message.into(),
+            detail,
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, detail) = match &self {
+            AppError::Status { status, detail, .. } => (*status, detail.clone()),
             AppError::BadRequest { detail, .. } => (StatusCode::BAD_REQUEST, detail.clone()),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, serde_json::Value::Null),
             AppError::Unavailable { detail, .. } => {

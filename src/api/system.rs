@@ -32,7 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/system/stats", get(stats))
 }
 
-type RawQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(crate) type RawQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 /// Parses the query string, refusing parameters the endpoint does not know.
 pub(crate) fn params(q: RawQuery, allowed: &[&str]) -> Result<HashMap<String, String>, AppError> {

@@ -8,6 +8,7 @@
 
 pub mod gpu;
 pub mod health;
+pub mod queues;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -128,18 +129,29 @@ fn record(metrics: &Metrics, name: &str, took: Duration, result: &Result<(), Col
         .set(took.as_secs_f64());
     // Touched on every round so the counter exists at 0 before any failure.
     let errors = metrics.collector_errors.with_label_values(&[name]);
+    let success = metrics.collector_success.with_label_values(&[name]);
+    // One WARN when a collector starts failing and one INFO when it
+    // recovers; the rounds in between log at debug level.
+    let was_failing = errors.get() > 0 && success.get() == 0.0;
     match result {
         Ok(()) => {
-            metrics.collector_success.with_label_values(&[name]).set(1.0);
+            success.set(1.0);
             metrics
                 .collector_last_success
                 .with_label_values(&[name])
                 .set(unix_now());
+            if was_failing {
+                tracing::info!(collector = name, "Collection recovered.");
+            }
         }
         Err(e) => {
-            metrics.collector_success.with_label_values(&[name]).set(0.0);
+            success.set(0.0);
             errors.inc();
-            tracing::warn!(collector = name, error = %e, "Collection failed.");
+            if was_failing {
+                tracing::debug!(collector = name, error = %e, "Collection failed again.");
+            } else {
+                tracing::warn!(collector = name, error = %e, "Collection failed.");
+            }
         }
     }
 }

@@ -1,0 +1,200 @@
+//! The DLQ endpoints: stats, listing, requeue-all, clear and restore (see
+//! [`crate::dlq`] for how each is made safe). A name that is not one of the
+//! configured DLQs is refused before Redis is touched, so no request can
+//! reach any other key.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{middleware, Json, Router};
+use serde_json::{json, Value};
+
+use super::system::{params, RawQuery};
+use super::{auth, AppError, AppState};
+use crate::dlq::{DlqError, Queues, ResolveError};
+
+/// Range of `limit` on the listing endpoints.
+pub const LIMIT: (u64, u64) = (1, 1000);
+
+pub fn routes(state: &AppState) -> Router<AppState> {
+    let mutating = Router::new()
+        .route("/api/system/dlq/requeue-all", post(requeue_all))
+        .route("/api/system/dlq/clear", delete(clear))
+        .route("/api/system/dlq/restore", post(restore))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
+    Router::new()
+        .route("/api/system/dlq/stats", get(stats))
+        .route("/api/system/dlq/jobs", get(jobs_by_query))
+        .route("/api/dlq/jobs/{dlq}", get(jobs_by_path))
+        .merge(mutating)
+}
+
+impl From<DlqError> for AppError {
+    fn from(e: DlqError) -> AppError {
+        match e {
+            DlqError::Unavailable(detail) => AppError::Unavailable {
+                message: "Redis is unavailable; the DLQ cannot be read or changed right now".into(),
+                detail,
+            },
+            DlqError::Conflict(m) => AppError::status(StatusCode::CONFLICT, m, Value::Null),
+            DlqError::NotFound(m) => AppError::NotFound(m),
+        }
+    }
+}
+
+fn queues(state: &AppState) -> Result<&Arc<Queues>, AppError> {
+    state.queues.as_ref().ok_or_else(|| {
+        AppError::status(
+            StatusCode::NOT_FOUND,
+            "queue monitoring is disabled (queues.enabled: false)",
+            Value::Null,
+        )
+    })
+}
+
+/// Maps a requested DLQ name to its base queue, or a 4xx naming the known ones.
+fn resolve(q: &Queues, dlq: &str) -> Result<String, AppError> {
+    q.resolve(dlq).map_err(|e| {
+        let known = json!({ "known": q.known_dlqs() });
+        match e {
+            ResolveError::NotADlq(name) => AppError::bad_request(
+                format!("{name:?} is a job queue, not a DLQ; use {:?}", q.dlq_key(&name)),
+                known,
+            ),
+            ResolveError::Unknown(name) => {
+                AppError::status(StatusCode::NOT_FOUND, format!("unknown DLQ {name:?}"), known)
+            }
+        }
+    })
+}
+
+/// The `queue` parameter of the mutating and listing endpoints.
+fn queue_param(map: &HashMap<String, String>, q: &Queues) -> Result<String, AppError> {
+    let dlq = map.get("queue").ok_or_else(|| {
+        AppError::bad_request(
+            "missing query parameter queue",
+            json!({ "parameter": "queue", "known": q.known_dlqs() }),
+        )
+    })?;
+    resolve(q, dlq)
+}
+
+/// `start` (≥ 0, default 0) and `limit` (1–1000, default 100).
+fn page_params(map: &HashMap<String, String>) -> Result<(u64, u64), AppError> {
+    let number = |key: &str, default: u64, min: u64, max: u64| -> Result<u64, AppError> {
+        let Some(raw) = map.get(key) else { return Ok(default) };
+        let allowed = json!({ "parameter": key, "min": min, "max": max });
+        let v: u64 = raw.trim().parse().map_err(|_| {
+            AppError::bad_request(
+                format!("{key} must be a whole number from {min} to {max}, got {raw:?}"),
+                allowed.clone(),
+            )
+        })?;
+        if v < min || v > max {
+            return Err(AppError::bad_request(
+                format!("{key} must be from {min} to {max}, got {v}"),
+                allowed,
+            ));
+        }
+        Ok(v)
+    };
+    Ok((
+        number("start", 0, 0, i64::MAX as u64 / 2)?,
+        number("limit", 100, LIMIT.0, LIMIT.1)?,
+    ))
+}
+
+/// `GET /api/system/dlq/stats`: `{"<queue>_count": n, ..., "total_count": N}`.
+async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+    params(q, &[])?;
+    let queues = queues(&state)?;
+    let counts = queues.dlq_counts().await?;
+    let mut body = serde_json::Map::new();
+    let mut total = 0;
+    for (queue, n) in counts {
+        body.insert(format!("{queue}_count"), json!(n));
+        total += n;
+    }
+    body.insert("total_count".into(), json!(total));
+    Ok(Json(Value::Object(body)))
+}
+
+async fn list(state: &AppState, dlq: &str, map: &HashMap<String, String>) -> Result<Json<Value>, AppError> {
+    let queues = queues(state)?;
+    let base = resolve(queues, dlq)?;
+    let (start, limit) = page_params(map)?;
+    let page = queues.list(&base, start, limit).await?;
+    Ok(Json(serde_json::to_value(page).expect("pages serialise")))
+}
+
+/// `GET /api/dlq/jobs/{dlq}?start=&limit=`.
+async fn jobs_by_path(
+    State(state): State<AppState>,
+    Path(dlq): Path<String>,
+    q: RawQuery,
+) -> Result<Json<Value>, AppError> {
+    let map = params(q, &["start", "limit"])?;
+    list(&state, &dlq, &map).await
+}
+
+/// `GET /api/system/dlq/jobs?queue=dlq:…&start=&limit=`.
+async fn jobs_by_query(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+    let map = params(q, &["queue", "start", "limit"])?;
+    let dlq = map.get("queue").cloned().ok_or_else(|| {
+        AppError::bad_request(
+            "missing query parameter queue",
+            json!({ "parameter": "queue", "known": state.queues.as_ref().map(|q| q.known_dlqs()) }),
+        )
+    })?;
+    list(&state, &dlq, &map).await
+}
+
+/// `POST /api/system/dlq/requeue-all?queue=dlq:…`. Runs to the end even if
+/// the client goes away.
+async fn requeue_all(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+    let map = params(q, &["queue"])?;
+    let queues = queues(&state)?.clone();
+    let base = queue_param(&map, &queues)?;
+    let report = tokio::spawn(async move { queues.requeue_all(&base).await })
+        .await
+        .map_err(|e| AppError::Unavailable {
+            message: "the requeue task failed".into(),
+            detail: e.to_string(),
+        })??;
+    tracing::info!(queue = %report.queue_name, requeued = report.requeued, skipped_malformed = report.skipped_malformed, remaining = report.remaining, "DLQ requeued.");
+    Ok(Json(serde_json::to_value(report).expect("reports serialise")))
+}
+
+/// `DELETE /api/system/dlq/clear?queue=dlq:…`: archives, never deletes.
+async fn clear(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+    let map = params(q, &["queue"])?;
+    let queues = queues(&state)?;
+    let base = queue_param(&map, queues)?;
+    let report = queues.clear(&base).await?;
+    tracing::info!(queue = %report.queue_name, cleared = report.cleared, archive = ?report.archive_key, "DLQ cleared into an archive.");
+    Ok(Json(serde_json::to_value(report).expect("reports serialise")))
+}
+
+/// `POST /api/system/dlq/restore?archive=dlq:…:cleared:TS`.
+async fn restore(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+    let map = params(q, &["archive"])?;
+    let queues = queues(&state)?;
+    let archive = map.get("archive").ok_or_else(|| {
+        AppError::bad_request(
+            "missing query parameter archive",
+            json!({ "parameter": "archive", "form": "<dlq>:cleared:<unix_ts>, as returned by clear" }),
+        )
+    })?;
+    let base = queues.resolve_archive(archive).ok_or_else(|| {
+        AppError::bad_request(
+            format!("{archive:?} is not an archive of a configured DLQ"),
+            json!({ "form": "<dlq>:cleared:<unix_ts>", "known": queues.known_dlqs() }),
+        )
+    })?;
+    let report = queues.restore(&base, archive).await?;
+    tracing::info!(queue = %report.queue_name, restored = report.restored, archive = %report.archive_key, "DLQ archive restored.");
+    Ok(Json(serde_json::to_value(report).expect("reports serialise")))
+}

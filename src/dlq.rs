@@ -1,0 +1,740 @@
+//! Redis job queues and their dead-letter queues: depth polling, listing,
+//! and the three mutations (requeue-all, clear, restore), each built so that
+//! no job is ever lost or duplicated.
+//!
+//! Layout (documented in the README): producers push jobs onto
+//! `<queue>` at `queues.push_side` (LPUSH by default) and workers pop the
+//! other end (BRPOP); a job that used up its retries is pushed onto
+//! `<dlq_prefix><queue>` the same way, as JSON in the `JobFailure` shape.
+//! So the oldest entry of every list sits at the pop end.
+//!
+//! - **Requeue** works from the oldest end in batches. Rust reads a batch,
+//!   extracts each entry's `original_job` byte for byte, and one Lua script
+//!   then pops each entry *only if it is still the expected one* and pushes
+//!   its payload onto the queue, all-or-nothing. A crash or a killed
+//!   connection leaves every job in exactly one of the two lists. It stops
+//!   after the number of entries the DLQ held when it started, so jobs that
+//!   fail again meanwhile are not looped. Malformed entries are rotated to
+//!   the newest end of the DLQ (they stay, and are reported).
+//! - **Clear** renames the DLQ to `<dlq>:cleared:<unix_ts>` with a TTL, in
+//!   one script. **Restore** moves an archive back, older than anything
+//!   that failed since, in atomic batches.
+//!
+//! Only keys derived from the configured queue names are ever touched.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus::{GaugeVec, IntCounterVec, Opts};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::{PushSide, QueuesConfig};
+use crate::metrics::Metrics;
+use crate::redis_conn::{is_connection_error, RedisConn};
+
+/// Why a DLQ operation failed; the API maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<redis::RedisError> for DlqError {
+    fn from(e: redis::RedisError) -> DlqError {
+        if is_connection_error(&e) {
+            DlqError::Unavailable(e.to_string())
+        } else if e.code() == Some("WRONGTYPE") {
+            DlqError::Conflict(format!("the key does not hold a list: {e}"))
+        } else {
+            DlqError::Unavailable(format!("Redis answered with an error: {e}"))
+        }
+    }
+}
+
+/// A DLQ entry in the design's `JobFailure` shape, checked.
+#[derive(Debug)]
+pub struct JobFailure<'a> {
+    /// `original_job`, exactly as it appears in the entry.
+    pub original_job: &'a RawValue,
+    /// `first_failed_at` as Unix seconds.
+    pub first_failed_at: f64,
+}
+
+/// Parses a DLQ entry; `Err` says what is wrong with it.
+pub fn parse_entry(raw: &str) -> Result<JobFailure<'_>, String> {
+    #[derive(serde::Deserialize)]
+    struct Shape<'a> {
+        #[serde(borrow)]
+        original_job: Option<&'a RawValue>,
+        error: Option<serde_json::Value>,
+        attempt_count: Option<serde_json::Value>,
+        first_failed_at: Option<serde_json::Value>,
+        last_failed_at: Option<serde_json::Value>,
+        queue_name: Option<serde_json::Value>,
+    }
+    let shape: Shape = serde_json::from_str(raw).map_err(|e| format!("not JSON in the JobFailure shape: {e}"))?;
+    let original_job = shape.original_job.ok_or("missing field original_job")?;
+    if !original_job.get().starts_with('{') {
+        return Err("original_job is not a JSON object".into());
+    }
+    if !shape.error.as_ref().is_some_and(|v| v.is_string()) {
+        return Err("missing or non-string field error".into());
+    }
+    if !shape.attempt_count.as_ref().is_some_and(|v| v.is_u64()) {
+        return Err("missing field attempt_count (a whole number)".into());
+    }
+    if !shape.queue_name.as_ref().is_some_and(|v| v.is_string()) {
+        return Err("missing or non-string field queue_name".into());
+    }
+    let first_failed_at = timestamp(shape.first_failed_at.as_ref()).ok_or("missing or unreadable first_failed_at")?;
+    timestamp(shape.last_failed_at.as_ref()).ok_or("missing or unreadable last_failed_at")?;
+    Ok(JobFailure {
+        original_job,
+        first_failed_at,
+    })
+}
+
+/// An RFC 3339 string (a naive one is taken as UTC) or Unix seconds.
+fn timestamp(v: Option<&serde_json::Value>) -> Option<f64> {
+    match v? {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|_| s.parse::<chrono::NaiveDateTime>().map(|t| t.and_utc()))
+            .ok()
+            .map(|t| t.timestamp_millis() as f64 / 1000.0),
+        _ => None,
+    }
+}
+
+/// One listed entry: the JobFailure as stored, or the raw text and why it
+/// could not be read.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Listed {
+    Job(Box<RawValue>),
+    Malformed {
+        index: u64,
+        malformed: bool,
+        raw: String,
+        parse_error: String,
+    },
+}
+
+/// A page of a DLQ.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub jobs: Vec<Listed>,
+    pub queue_name: String,
+    pub start: u64,
+    pub limit: u64,
+    pub total: u64,
+}
+
+/// What a requeue did.
+#[derive(Debug, Serialize)]
+pub struct RequeueReport {
+    pub queue_name: String,
+    pub target_queue: String,
+    pub requeued: u64,
+    pub skipped_malformed: u64,
+    /// Up to 100 of the malformed entries that stayed.
+    pub malformed: Vec<MalformedEntry>,
+    /// Entries in the DLQ afterwards (malformed ones and new failures).
+    pub remaining: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MalformedEntry {
+    pub raw: String,
+    pub parse_error: String,
+}
+
+/// What a clear did.
+#[derive(Debug, Serialize)]
+pub struct ClearReport {
+    pub queue_name: String,
+    pub cleared: u64,
+    /// Null when the DLQ was empty (nothing to archive).
+    pub archive_key: Option<String>,
+    pub expires_at: Option<String>,
+}
+
+/// What a restore did.
+#[derive(Debug, Serialize)]
+pub struct RestoreReport {
+    pub queue_name: String,
+    pub archive_key: String,
+    pub restored: u64,
+    pub total: u64,
+}
+
+/// Depths from one poll.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub depth: u64,
+    pub dlq_depth: u64,
+    /// Age of the oldest DLQ entry; `None` when empty or unreadable.
+    pub oldest_age_seconds: Option<f64>,
+}
+
+/// Compare-and-move: pops the expected entries one by one from the DLQ's
+/// oldest end and pushes each payload onto the queue (or, for a malformed
+/// entry, back onto the DLQ's newest end). Stops at the first entry that is
+/// not the expected one and puts it back. Returns {requeued, skipped, stopped}.
+const REQUEUE_LUA: &str = r#"
+local pop_left = ARGV[1] == 'LEFT'
+local push_left = ARGV[2] == 'LEFT'
+local requeued, skipped = 0, 0
+for i = 3, #ARGV, 2 do
+  local entry
+  if pop_left then entry = redis.call('LPOP', KEYS[1]) else entry = redis.call('RPOP', KEYS[1]) end
+  if entry ~= ARGV[i] then
+    if entry then
+      if pop_left then redis.call('LPUSH', KEYS[1], entry) else redis.call('RPUSH', KEYS[1], entry) end
+    end
+    return {requeued, skipped, 1}
+  end
+  local target, value = KEYS[2], ARGV[i + 1]
+  if value == '' then target, value = KEYS[1], entry; skipped = skipped + 1 else requeued = requeued + 1 end
+  if push_left then redis.call('LPUSH', target, value) else redis.call('RPUSH', target, value) end
+end
+return {requeued, skipped, 0}
+"#;
+
+/// Renames a non-empty DLQ to its archive key with a TTL. Returns the
+/// number of entries, 0 when empty, -1 when the archive key exists.
+const CLEAR_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local n = redis.call('LLEN', KEYS[1])
+if n == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return n
+"#;
+
+/// Moves up to ARGV[1] archive entries back into the DLQ, on the DLQ's
+/// oldest side and in their order; a missing DLQ gets the archive renamed.
+/// Returns {moved, left in the archive}.
+const RESTORE_LUA: &str = r#"
+local n = redis.call('LLEN', KEYS[1])
+if n == 0 then return {0, 0} end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('PERSIST', KEYS[2])
+  return {n, 0}
+end
+local moved = 0
+local limit = tonumber(ARGV[1])
+while moved < limit do
+  local v
+  if ARGV[2] == 'LEFT' then v = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  else v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') end
+  if not v then break end
+  moved = moved + 1
+end
+return {moved, redis.call('LLEN', KEYS[1])}
+"#;
+
+/// The `dlq_*` and `job_queue_depth` families.
+struct QueueMetrics {
+    queue_depth: GaugeVec,
+    dlq_depth: GaugeVec,
+    oldest_age: GaugeVec,
+    requeued: IntCounterVec,
+    cleared: IntCounterVec,
+    restored: IntCounterVec,
+    in_progress: GaugeVec,
+}
+
+impl QueueMetrics {
+    fn register(metrics: &Metrics, names: &[String]) -> QueueMetrics {
+        let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["queue"]).expect("valid metric");
+        let counter =
+            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["queue"]).expect("valid metric");
+        let m = QueueMetrics {
+            queue_depth: gauge(
+                "job_queue_depth",
+                "Jobs waiting in the queue (LLEN), from the last poll.",
+            ),
+            dlq_depth: gauge(
+                "dlq_depth",
+                "Jobs in the queue's dead-letter queue, from the last poll.",
+            ),
+            oldest_age: gauge(
+                "dlq_oldest_job_age_seconds",
+                "Age of the oldest DLQ entry, from its first_failed_at; 0 when the DLQ is empty.",
+            ),
+            requeued: counter("dlq_jobs_requeued_total", "DLQ jobs moved back onto their queue."),
+            cleared: counter("dlq_jobs_cleared_total", "DLQ jobs moved to an archive key by a clear."),
+            restored: counter("dlq_jobs_restored_total", "Archived jobs moved back into their DLQ."),
+            in_progress: gauge("dlq_requeue_in_progress", "1 while a requeue-all of this queue runs."),
+        };
+        for c in [
+            Box::new(m.queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.dlq_depth.clone()),
+            Box::new(m.oldest_age.clone()),
+            Box::new(m.requeued.clone()),
+            Box::new(m.cleared.clone()),
+            Box::new(m.restored.clone()),
+            Box::new(m.in_progress.clone()),
+        ] {
+            metrics.register(c).expect("queue families register once");
+        }
+        for q in names {
+            let q = [q.as_str()];
+            m.requeued.with_label_values(&q);
+            m.cleared.with_label_values(&q);
+            m.restored.with_label_values(&q);
+            m.in_progress.with_label_values(&q).set(0.0);
+        }
+        m
+    }
+}
+
+/// The queues and their DLQs: shared by the collector and the API.
+pub struct Queues {
+    pub config: QueuesConfig,
+    redis: RedisConn,
+    metrics: QueueMetrics,
+    registry: Arc<Metrics>,
+    /// Queues with a requeue running (one at a time per queue).
+    busy: Mutex<std::collections::HashSet<String>>,
+    last: Mutex<HashMap<String, QueueDepth>>,
+}
+
+/// Clears the busy flag and the in-progress gauge when a requeue ends,
+/// however it ends.
+struct BusyGuard<'a> {
+    queues: &'a Queues,
+    queue: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        self.queues
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.queue);
+        self.queues
+            .metrics
+            .in_progress
+            .with_label_values(&[&self.queue])
+            .set(0.0);
+        self.queues.registry.invalidate();
+    }
+}
+
+impl Queues {
+    pub fn new(config: QueuesConfig, registry: Arc<Metrics>) -> Result<Arc<Queues>, redis::RedisError> {
+        let metrics = QueueMetrics::register(&registry, &config.names);
+        Ok(Arc::new(Queues {
+            redis: RedisConn::new(&config.redis_url, Duration::from_secs(10))?,
+            metrics,
+            registry,
+            busy: Mutex::new(Default::default()),
+            last: Mutex::new(HashMap::new()),
+            config,
+        }))
+    }
+
+    pub fn dlq_key(&self, queue: &str) -> String {
+        format!("{}{queue}", self.config.dlq_prefix)
+    }
+
+    /// The DLQ keys that may be named in a request.
+    pub fn known_dlqs(&self) -> Vec<String> {
+        self.config.names.iter().map(|q| self.dlq_key(q)).collect()
+    }
+
+    /// Maps a DLQ key from a request to its base queue name.
+    pub fn resolve(&self, dlq: &str) -> Result<String, ResolveError> {
+        if let Some(base) = dlq.strip_prefix(self.config.dlq_prefix.as_str()) {
+            if self.config.names.iter().any(|q| q == base) {
+                return Ok(base.to_string());
+            }
+        }
+        if self.config.names.iter().any(|q| q == dlq) {
+            return Err(ResolveError::NotADlq(dlq.to_string()));
+        }
+        Err(ResolveError::Unknown(dlq.to_string()))
+    }
+
+    fn pop_end(&self) -> &'static str {
+        match self.config.push_side {
+            PushSide::Left => "RIGHT",
+            PushSide::Right => "LEFT",
+        }
+    }
+
+    fn push_end(&self) -> &'static str {
+        match self.config.push_side {
+            PushSide::Left => "LEFT",
+            PushSide::Right => "RIGHT",
+        }
+    }
+
+    async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, DlqError> {
+        let r = self.redis.get().await;
+        Ok(self.redis.check(r)?)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, DlqError> {
+        let mut con = self.conn().await?;
+        let r = cmd.query_async(&mut con).await;
+        Ok(self.redis.check(r)?)
+    }
+
+    async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, DlqError> {
+        let mut con = self.conn().await?;
+        let r = pipe.query_async(&mut con).await;
+        Ok(self.redis.check(r)?)
+    }
+
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, DlqError> {
+        let mut con = self.conn().await?;
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let r = inv.invoke_async(&mut con).await;
+        Ok(self.redis.check(r)?)
+    }
+
+    /// Polls every queue's depth, DLQ depth and oldest DLQ entry, and
+    /// publishes them as metrics. Returns the depths.
+    pub async fn poll(&self) -> Result<Vec<QueueDepth>, DlqError> {
+        let oldest_index: i64 = if self.pop_end() == "RIGHT" { -1 } else { 0 };
+        let mut pipe = redis::pipe();
+        for q in &self.config.names {
+            pipe.llen(q)
+                .llen(self.dlq_key(q))
+                .lindex(self.dlq_key(q), oldest_index as isize);
+        }
+        let replies: Vec<redis::Value> = self.run_pipe(&pipe).await?;
+        let now = Utc::now().timestamp_millis() as f64 / 1000.0;
+        let mut out = Vec::new();
+        for (q, chunk) in self.config.names.iter().zip(replies.chunks(3)) {
+            let int = |v: &redis::Value| redis::from_redis_value::<u64>(v).unwrap_or(0);
+            let depth = int(&chunk[0]);
+            let dlq_depth = int(&chunk[1]);
+            let oldest: Option<String> = redis::from_redis_value(&chunk[2]).unwrap_or(None);
+            let oldest_age = match &oldest {
+                None => Some(0.0),
+                Some(raw) => parse_entry(raw).ok().map(|j| (now - j.first_failed_at).max(0.0)),
+            };
+            let label = [q.as_str()];
+            self.metrics.queue_depth.with_label_values(&label).set(depth as f64);
+            self.metrics.dlq_depth.with_label_values(&label).set(dlq_depth as f64);
+            // An unreadable oldest entry keeps the previous age.
+            if let Some(age) = oldest_age {
+                self.metrics.oldest_age.with_label_values(&label).set(age);
+            }
+            out.push(QueueDepth {
+                queue: q.clone(),
+                depth,
+                dlq_depth,
+                oldest_age_seconds: oldest_age.filter(|_| dlq_depth > 0),
+            });
+        }
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        for d in &out {
+            last.insert(d.queue.clone(), d.clone());
+        }
+        Ok(out)
+    }
+
+    /// Depths from the last successful poll, in config order.
+    pub fn last_depths(&self) -> Vec<QueueDepth> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        self.config.names.iter().filter_map(|q| last.get(q).cloned()).collect()
+    }
+
+    /// Live DLQ lengths for `/api/system/dlq/stats`.
+    pub async fn dlq_counts(&self) -> Result<Vec<(String, u64)>, DlqError> {
+        let mut pipe = redis::pipe();
+        for q in &self.config.names {
+            pipe.llen(self.dlq_key(q));
+        }
+        let counts: Vec<u64> = self.run_pipe(&pipe).await?;
+        Ok(self.config.names.iter().cloned().zip(counts).collect())
+    }
+
+    /// One page of a DLQ, newest first for LPUSH layouts (list order).
+    pub async fn list(&self, queue: &str, start: u64, limit: u64) -> Result<Page, DlqError> {
+        let key = self.dlq_key(queue);
+        let mut pipe = redis::pipe();
+        pipe.llen(&key)
+            .lrange(&key, start as isize, (start + limit - 1) as isize);
+        let (total, raw): (u64, Vec<Vec<u8>>) = self.run_pipe(&pipe).await?;
+        let jobs = raw
+            .into_iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                match parse_entry(&text) {
+                    Ok(_) => Listed::Job(RawValue::from_string(text).expect("parsed above")),
+                    Err(e) => Listed::Malformed {
+                        index: start + i as u64,
+                        malformed: true,
+                        raw: text,
+                        parse_error: e,
+                    },
+                }
+            })
+            .collect();
+        Ok(Page {
+            jobs,
+            queue_name: key,
+            start,
+            limit,
+            total,
+        })
+    }
+
+    /// Marks `queue` busy, or says a requeue is already running.
+    fn claim(&self, queue: &str) -> Result<BusyGuard<'_>, DlqError> {
+        if !self
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(queue.to_string())
+        {
+            return Err(DlqError::Conflict(format!(
+                "a requeue of {} is already running; retry when it has finished",
+                self.dlq_key(queue)
+            )));
+        }
+        self.metrics.in_progress.with_label_values(&[queue]).set(1.0);
+        self.registry.invalidate();
+        Ok(BusyGuard {
+            queues: self,
+            queue: queue.to_string(),
+        })
+    }
+
+    /// Moves every job that was in the DLQ when it started back onto its
+    /// queue, oldest first.
+    pub async fn requeue_all(&self, queue: &str) -> Result<RequeueReport, DlqError> {
+        let _busy = self.claim(queue)?;
+        let key = self.dlq_key(queue);
+        let script = redis::Script::new(REQUEUE_LUA);
+        let start_len: u64 = self.run(redis::cmd("LLEN").arg(&key)).await?;
+        let mut left = start_len;
+        let (mut requeued, mut skipped) = (0u64, 0u64);
+        let mut malformed = Vec::new();
+        let mut stalls = 0;
+        let batch = self.config.requeue_batch as u64;
+        let counter = self.metrics.requeued.with_label_values(&[queue]);
+        while left > 0 {
+            let k = left.min(batch) as isize;
+            // The k oldest entries, in the order they will be popped.
+            let mut entries: Vec<Vec<u8>> = if self.pop_end() == "RIGHT" {
+                let mut v: Vec<Vec<u8>> = self.run(redis::cmd("LRANGE").arg(&key).arg(-k).arg(-1)).await?;
+                v.reverse();
+                v
+            } else {
+                self.run(redis::cmd("LRANGE").arg(&key).arg(0).arg(k - 1)).await?
+            };
+            entries.truncate(k as usize);
+            if entries.is_empty() {
+                break; // cleared or drained by someone else meanwhile
+            }
+            let mut args: Vec<Vec<u8>> = vec![self.pop_end().into(), self.push_end().into()];
+            let mut bad_in_batch = Vec::new();
+            for (i, e) in entries.iter().enumerate() {
+                let text = std::str::from_utf8(e).map_err(|_| "not UTF-8".to_string());
+                let payload = text.and_then(|t| parse_entry(t).map(|j| j.original_job.get().as_bytes().to_vec()));
+                match payload {
+                    Ok(p) => args.extend([e.clone(), p]),
+                    Err(why) => {
+                        bad_in_batch.push((
+                            i,
+                            MalformedEntry {
+                                raw: String::from_utf8_lossy(e).chars().take(500).collect(),
+                                parse_error: why,
+                            },
+                        ));
+                        args.extend([e.clone(), Vec::new()]);
+                    }
+                }
+            }
+            let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            let (r, s, stopped): (u64, u64, u64) = self.script(&script, &[&key, queue], &arg_refs).await?;
+            requeued += r;
+            skipped += s;
+            counter.inc_by(r);
+            let done = (r + s) as usize;
+            // Only the entries the script got to were skipped.
+            for (_, m) in bad_in_batch.into_iter().filter(|(i, _)| *i < done) {
+                if malformed.len() < 100 {
+                    malformed.push(m);
+                }
+            }
+            left -= r + s;
+            if stopped == 1 && r + s == 0 {
+                stalls += 1;
+                if stalls >= 3 {
+                    return Err(DlqError::Conflict(format!(
+                        "{key} keeps changing at its oldest end (another consumer?); requeued {requeued} before stopping"
+                    )));
+                }
+            } else {
+                stalls = 0;
+            }
+        }
+        let remaining: u64 = self.run(redis::cmd("LLEN").arg(&key)).await?;
+        self.registry.invalidate();
+        Ok(RequeueReport {
+            queue_name: key,
+            target_queue: queue.to_string(),
+            requeued,
+            skipped_malformed: skipped,
+            malformed,
+            remaining,
+        })
+    }
+
+    /// Archives the DLQ under `<dlq>:cleared:<unix_ts>` with the configured TTL.
+    pub async fn clear(&self, queue: &str) -> Result<ClearReport, DlqError> {
+        let key = self.dlq_key(queue);
+        let now = Utc::now();
+        let archive = format!("{key}:cleared:{}", now.timestamp());
+        let ttl = self.config.clear_archive_ttl.as_secs().max(1);
+        let n: i64 = self
+            .script(
+                &redis::Script::new(CLEAR_LUA),
+                &[&key, &archive],
+                &[ttl.to_string().as_bytes()],
+            )
+            .await?;
+        if n < 0 {
+            return Err(DlqError::Conflict(format!(
+                "{archive} already exists (cleared within the same second); retry in a second"
+            )));
+        }
+        self.metrics.cleared.with_label_values(&[queue]).inc_by(n as u64);
+        self.registry.invalidate();
+        let expires = now + chrono::Duration::seconds(ttl as i64);
+        Ok(ClearReport {
+            queue_name: key,
+            cleared: n as u64,
+            archive_key: (n > 0).then_some(archive),
+            expires_at: (n > 0).then(|| crate::history::format_time(&expires)),
+        })
+    }
+
+    /// Maps an archive key to its base queue name.
+    pub fn resolve_archive(&self, archive: &str) -> Option<String> {
+        let (dlq, ts) = archive.rsplit_once(":cleared:")?;
+        if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        self.resolve(dlq).ok()
+    }
+
+    /// Moves an archive back into its DLQ.
+    pub async fn restore(&self, queue: &str, archive: &str) -> Result<RestoreReport, DlqError> {
+        let key = self.dlq_key(queue);
+        let total: u64 = self.run(redis::cmd("LLEN").arg(archive)).await?;
+        if total == 0 {
+            return Err(DlqError::NotFound(format!(
+                "no archive {archive}: it expired, was restored already, or never existed"
+            )));
+        }
+        let script = redis::Script::new(RESTORE_LUA);
+        let side = if self.pop_end() == "RIGHT" { "LEFT" } else { "RIGHT" };
+        let batch = self.config.requeue_batch.to_string();
+        let mut restored = 0;
+        loop {
+            let (moved, left): (u64, u64) = self
+                .script(&script, &[archive, &key], &[batch.as_bytes(), side.as_bytes()])
+                .await?;
+            restored += moved;
+            self.metrics.restored.with_label_values(&[queue]).inc_by(moved);
+            if left == 0 || moved == 0 {
+                break;
+            }
+        }
+        self.registry.invalidate();
+        Ok(RestoreReport {
+            queue_name: key,
+            archive_key: archive.to_string(),
+            restored,
+            total,
+        })
+    }
+}
+
+/// Why a requested DLQ name was refused.
+#[derive(Debug)]
+pub enum ResolveError {
+    /// A configured job queue, not its DLQ.
+    NotADlq(String),
+    Unknown(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"original_job":{"id":"j1","image":"a.jpg","n":1.50},"error":"CUDA OOM","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"detection_queue"}"#;
+
+    #[test]
+    fn original_job_is_taken_byte_for_byte() {
+        let j = parse_entry(GOOD).unwrap();
+        assert_eq!(j.original_job.get(), r#"{"id":"j1","image":"a.jpg","n":1.50}"#);
+        assert_eq!(j.first_failed_at, 1_795_168_800.0);
+    }
+
+    #[test]
+    fn timestamps_may_be_numbers_or_naive() {
+        let t = GOOD.replace(r#""2026-11-20T10:00:00Z""#, "1795168800.5");
+        assert_eq!(parse_entry(&t).unwrap().first_failed_at, 1_795_168_800.5);
+        let t = GOOD.replace(r#""2026-11-20T10:00:00Z""#, r#""2026-11-20T10:00:00""#);
+        assert_eq!(parse_entry(&t).unwrap().first_failed_at, 1_795_168_800.0);
+    }
+
+    #[test]
+    fn malformed_entries_say_why() {
+        let cases = [
+            ("not json", "not JSON"),
+            ("[1,2]", "not JSON"),
+            (r#"{"error":"x"}"#, "original_job"),
+            (
+                &GOOD.replace(r#"{"id":"j1","image":"a.jpg","n":1.50}"#, "\"text\""),
+                "not a JSON object",
+            ),
+            (
+                &GOOD.replace(r#""attempt_count":3"#, r#""attempt_count":"3""#),
+                "attempt_count",
+            ),
+            (
+                &GOOD.replace(r#""2026-11-20T10:00:00Z""#, r#""yesterday""#),
+                "first_failed_at",
+            ),
+            (&GOOD.replace(r#","queue_name":"detection_queue""#, ""), "queue_name"),
+        ];
+        for (raw, want) in cases {
+            let err = parse_entry(raw).unwrap_err();
+            assert!(err.contains(want), "{raw}: {err}");
+        }
+    }
+}
