@@ -35,7 +35,7 @@ pub struct GpuSample {
     pub temperature: Option<f64>,
     /// Watts.
     pub power_usage: Option<f64>,
-    /// Null until pipeline events report frames.
+    /// Items per second over the last 60 s from pipeline events; null without events.
     pub inference_fps: Option<f64>,
     #[serde(serialize_with = "rfc3339")]
     pub recorded_at: DateTime<Utc>,

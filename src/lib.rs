@@ -29,6 +29,7 @@ pub mod events;
 pub mod history;
 pub mod metrics;
 pub mod nvml;
+pub mod pipeline;
 pub mod redis_conn;
 pub mod restart;
 pub mod store;
@@ -45,11 +46,13 @@ use crate::api::AppState;
 use crate::collectors::gpu::{GpuCollector, GpuFamilies, GpuState};
 use crate::collectors::health::{HealthError, HealthMonitor, HealthState, Sinks};
 use crate::collectors::queues::QueueCollector;
+use crate::collectors::stream::StreamReader;
 use crate::collectors::Readiness;
 use crate::config::Config;
 use crate::dlq::Queues;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::store::{Store, StoreError};
 
 /// Why the daemon stopped with an error.
@@ -83,6 +86,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         None
     };
     let auth = Arc::new(Auth::load(&config.api)?);
+    let pipeline = Arc::new(Pipeline::new(&config.pipeline, &metrics));
     Ok(AppState {
         config: Arc::new(config),
         metrics,
@@ -94,6 +98,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         hub,
         queues,
         auth,
+        pipeline,
         started_at: chrono::Utc::now(),
     })
 }
@@ -107,6 +112,7 @@ pub async fn gpu_collector(state: &AppState) -> GpuCollector {
         state.store.clone(),
     )
     .await
+    .with_pipeline(state.pipeline.clone())
 }
 
 /// Runs the daemon on `listener` until `shutdown` completes, then stops the
@@ -159,6 +165,16 @@ pub async fn run_with_state(
             state.readiness.clone(),
             collectors_stop.clone(),
         ));
+    }
+
+    if state.queues.is_some() && state.config.pipeline.stream.enabled {
+        let reader = StreamReader::new(
+            state.config.pipeline.stream.clone(),
+            &state.config.queues.redis_url,
+            state.pipeline.clone(),
+            state.metrics.clone(),
+        )?;
+        tasks.push(tokio::spawn(reader.run(collectors_stop.clone())));
     }
 
     if state.config.gpu.enabled {

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod dlq;
 pub mod metrics;
+pub mod pipeline;
 pub mod system;
 pub mod ws;
 
@@ -44,6 +45,7 @@ pub struct AppState {
     /// `None` when `queues.enabled` is false.
     pub queues: Option<Arc<crate::dlq::Queues>>,
     pub auth: Arc<auth::Auth>,
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
     /// When the daemon started, for `uptime_seconds`.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }
@@ -57,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/system", get(ws::upgrade))
         .merge(system::routes())
         .merge(dlq::routes(&state))
+        .merge(pipeline::routes())
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }

@@ -78,9 +78,15 @@ fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
             detail: "retry after the daemon is ready (GET /-/ready)".into(),
         });
     };
-    Ok(snap
-        .available
-        .then(|| snap.readings.iter().map(|r| GpuSample::from_reading(r, at)).collect()))
+    Ok(snap.available.then(|| {
+        snap.readings
+            .iter()
+            .map(|r| GpuSample {
+                inference_fps: snap.inference_fps,
+                ..GpuSample::from_reading(r, at)
+            })
+            .collect()
+    }))
 }
 
 /// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the
@@ -90,7 +96,10 @@ async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSampl
     let wanted = int_param(&map, "gpu", (0, u32::MAX))?;
     let Some(all) = current(&state)? else {
         return match wanted {
-            None => Ok(Json(GpuSample::mock(Utc::now()))),
+            None => Ok(Json(GpuSample {
+                inference_fps: state.gpu.snapshot().inference_fps,
+                ..GpuSample::mock(Utc::now())
+            })),
             Some(n) => Err(AppError::NotFound(format!(
                 "GPU {n} not found: no GPU is available (mock mode)"
             ))),
@@ -112,9 +121,12 @@ async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSampl
 /// `GET /api/system/gpus`: every GPU, or `[mock]` when none is available.
 async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
     params(q, &[])?;
-    Ok(Json(
-        current(&state)?.unwrap_or_else(|| vec![GpuSample::mock(Utc::now())]),
-    ))
+    Ok(Json(current(&state)?.unwrap_or_else(|| {
+        vec![GpuSample {
+            inference_fps: state.gpu.snapshot().inference_fps,
+            ..GpuSample::mock(Utc::now())
+        }]
+    })))
 }
 
 #[derive(Serialize)]
@@ -191,6 +203,25 @@ async fn health(State(state): State<AppState>, q: RawQuery) -> Result<Response, 
     Ok((code, Json(body)).into_response())
 }
 
+/// DLQ depths from the queue collector's last poll (`null` when queues are
+/// disabled or never polled).
+fn dlq_stats(state: &AppState) -> serde_json::Value {
+    let Some(queues) = &state.queues else {
+        return serde_json::Value::Null;
+    };
+    let depths = queues.last_depths();
+    if depths.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let by_queue: serde_json::Map<String, serde_json::Value> =
+        depths.iter().map(|d| (d.queue.clone(), json!(d.dlq_depth))).collect();
+    json!({
+        "total": depths.iter().map(|d| d.dlq_depth).sum::<u64>(),
+        "by_queue": by_queue,
+        "queued_jobs": depths.iter().map(|d| d.depth).sum::<u64>(),
+    })
+}
+
 /// `GET /api/system/stats`: system counts in one object (README documents
 /// each field).
 async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<serde_json::Value>, AppError> {
@@ -205,6 +236,7 @@ async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<serde_
     }
     let snap = state.gpu.snapshot();
     let (browser, api) = state.hub.counts();
+    let (http, stream) = state.pipeline.accepted();
     let now = Utc::now();
     Ok(Json(json!({
         "status": overall_status(services.iter().map(|s| (&s.status, s.critical))),
@@ -222,6 +254,12 @@ async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<serde_
             "clients": browser + api,
             "browser": browser,
             "api": api,
+        },
+        "dlq": dlq_stats(&state),
+        "pipeline": {
+            "events_ingested": { "http": http, "redis_stream": stream, "total": http + stream },
+            "events_rejected": state.pipeline.rejected_total(),
+            "inference_fps": snap.inference_fps,
         },
         "uptime_seconds": (now - state.started_at).num_milliseconds() as f64 / 1000.0,
         "started_at": format_time(&state.started_at),

@@ -293,12 +293,23 @@ impl Hub {
 fn gpu_messages(gpu: &GpuState) -> Vec<Outgoing> {
     let snap = gpu.snapshot();
     let Some(at) = snap.recorded_at else { return Vec::new() };
+    let fps = snap.inference_fps;
     if !snap.available {
-        return vec![Outgoing::new(EventType::GpuStats, GpuSample::mock(at))];
+        let mock = GpuSample {
+            inference_fps: fps,
+            ..GpuSample::mock(at)
+        };
+        return vec![Outgoing::new(EventType::GpuStats, mock)];
     }
     snap.readings
         .iter()
-        .map(|r| Outgoing::new(EventType::GpuStats, GpuSample::from_reading(r, at)))
+        .map(|r| {
+            let sample = GpuSample {
+                inference_fps: fps,
+                ..GpuSample::from_reading(r, at)
+            };
+            Outgoing::new(EventType::GpuStats, sample)
+        })
         .collect()
 }
 

@@ -21,6 +21,7 @@ use crate::config::GpuConfig;
 use crate::events::{Event, EventBus};
 use crate::history::{GpuSample, History};
 use crate::nvml::{GpuReading, NvmlHandle, THROTTLE_REASONS};
+use crate::pipeline::Pipeline;
 use crate::store::Store;
 
 /// What the API and `/metrics` read: the last poll's result.
@@ -33,6 +34,8 @@ pub struct GpuSnapshot {
     /// Cumulative XID counts per `(gpu, uuid, xid)`.
     pub xid_totals: BTreeMap<(u32, String, u64), u64>,
     pub recorded_at: Option<DateTime<Utc>>,
+    /// Items per second from pipeline events at poll time (`None` without events).
+    pub inference_fps: Option<f64>,
 }
 
 /// Shared GPU state: written by the collector, read by everything else.
@@ -75,9 +78,16 @@ pub struct GpuCollector {
     /// UUIDs currently above the temperature threshold.
     hot: HashSet<String>,
     xid_totals: BTreeMap<(u32, String, u64), u64>,
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl GpuCollector {
+    /// Takes `inference_fps` from pipeline events.
+    pub fn with_pipeline(mut self, pipeline: Arc<Pipeline>) -> GpuCollector {
+        self.pipeline = Some(pipeline);
+        self
+    }
+
     /// Loads NVML; on failure logs once and starts in mock mode.
     pub async fn start(
         config: GpuConfig,
@@ -103,6 +113,7 @@ impl GpuCollector {
             store,
             hot: HashSet::new(),
             xid_totals: BTreeMap::new(),
+            pipeline: None,
         }
     }
 
@@ -144,9 +155,11 @@ impl Collector for GpuCollector {
     }
 
     async fn collect(&mut self) -> Result<(), CollectError> {
+        let inference_fps = self.pipeline.as_ref().and_then(|p| p.fps());
         let Some(nvml) = &self.nvml else {
             self.state.publish(GpuSnapshot {
                 recorded_at: Some(Utc::now()),
+                inference_fps,
                 ..Default::default()
             });
             self.events.publish(Event::GpuPolled);
@@ -184,7 +197,13 @@ impl Collector for GpuCollector {
         self.hot.retain(|u| live.contains(u.as_str()));
         self.xid_totals.retain(|(_, uuid, _), _| live.contains(uuid.as_str()));
 
-        let samples: Vec<GpuSample> = readings.iter().map(|r| GpuSample::from_reading(r, now)).collect();
+        let samples: Vec<GpuSample> = readings
+            .iter()
+            .map(|r| GpuSample {
+                inference_fps,
+                ..GpuSample::from_reading(r, now)
+            })
+            .collect();
         {
             let mut history = self.state.history.lock().unwrap_or_else(|e| e.into_inner());
             for s in &samples {
@@ -200,6 +219,7 @@ impl Collector for GpuCollector {
             readings,
             xid_totals: self.xid_totals.clone(),
             recorded_at: Some(now),
+            inference_fps,
         });
         self.events.publish(Event::GpuPolled);
 

@@ -1,0 +1,224 @@
+//! The Redis stream input of pipeline events: reads `pipeline.stream.key`
+//! with a consumer group and feeds each entry's `event` field to
+//! [`crate::pipeline::Pipeline::ingest`]. An entry is acknowledged only
+//! after it has been applied (or rejected), so delivery is at least once.
+//!
+//! On start (and after every reconnect) the reader first re-reads its own
+//! pending entries (a previous run of this consumer that died before
+//! acknowledging), then claims other consumers' entries idle for
+//! `claim_idle` with XAUTOCLAIM, then reads new entries. The group is
+//! created at the start of the stream, so events written while no daemon
+//! ran are all counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
+use redis::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::StreamConfig;
+use crate::pipeline::{Pipeline, Source};
+use crate::redis_conn::RedisConn;
+
+/// How long one XREADGROUP waits for new entries.
+const BLOCK: Duration = Duration::from_secs(1);
+
+pub struct StreamReader {
+    config: StreamConfig,
+    consumer: String,
+    redis: RedisConn,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl StreamReader {
+    pub fn new(
+        config: StreamConfig,
+        redis_url: &str,
+        pipeline: Arc<Pipeline>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<StreamReader, redis::RedisError> {
+        let consumer = if config.consumer.is_empty() {
+            hostname()
+        } else {
+            config.consumer.clone()
+        };
+        Ok(StreamReader {
+            redis: RedisConn::new(redis_url, BLOCK + Duration::from_secs(5))?,
+            config,
+            consumer,
+            pipeline,
+            metrics,
+        })
+    }
+
+    /// Reads until `shutdown`, reconnecting with backoff (0.25 s doubling to
+    /// 5 s) and logging one WARN per outage.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(250);
+        let mut failing = false;
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.session(&shutdown) => r,
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    if failing {
+                        tracing::debug!(stream = %self.config.key, error = %e, "Pipeline stream still unavailable.");
+                    } else {
+                        tracing::warn!(stream = %self.config.key, error = %e, "Pipeline stream unavailable; retrying.");
+                        failing = true;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        tracing::debug!("Pipeline stream reader stopped.");
+    }
+
+    async fn con(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let r = self.redis.get().await;
+        self.redis.check(r)
+    }
+
+    /// One connected session; returns `Ok` only on shutdown.
+    async fn session(&self, shutdown: &CancellationToken) -> redis::RedisResult<()> {
+        let (key, group) = (self.config.key.as_str(), self.config.group.as_str());
+        let mut con = self.con().await?;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg(&["CREATE", key, group, "0", "MKSTREAM"])
+            .query_async(&mut con)
+            .await;
+        match created {
+            Ok(()) => tracing::info!(stream = key, group, "Created the pipeline stream's consumer group."),
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return self.redis.check(Err(e)),
+        }
+        tracing::info!(stream = key, group, consumer = %self.consumer, "Reading pipeline events from the stream.");
+        // Our own pending entries first, from a run that died mid-batch.
+        loop {
+            let n = self.read(&mut con, "0", None).await?;
+            if n == 0 {
+                break;
+            }
+        }
+        self.claim(&mut con).await?;
+        let mut next_claim = Instant::now() + self.config.claim_idle;
+        while !shutdown.is_cancelled() {
+            self.read(&mut con, ">", Some(BLOCK)).await?;
+            if Instant::now() >= next_claim {
+                self.claim(&mut con).await?;
+                next_claim = Instant::now() + self.config.claim_idle;
+            }
+        }
+        Ok(())
+    }
+
+    /// One XREADGROUP; applies and acknowledges what it got.
+    async fn read(
+        &self,
+        con: &mut redis::aio::MultiplexedConnection,
+        id: &str,
+        block: Option<Duration>,
+    ) -> redis::RedisResult<usize> {
+        let mut opts = StreamReadOptions::default()
+            .group(&self.config.group, &self.consumer)
+            .count(self.config.batch);
+        if let Some(b) = block {
+            opts = opts.block(b.as_millis() as usize);
+        }
+        let r: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+            .arg(&opts)
+            .arg("STREAMS")
+            .arg(&self.config.key)
+            .arg(id)
+            .query_async(con)
+            .await;
+        let reply = self.redis.check(r)?;
+        let entries: Vec<StreamId> = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default();
+        self.apply_and_ack(con, entries).await
+    }
+
+    /// XAUTOCLAIMs entries other consumers left idle, applying each batch.
+    async fn claim(&self, con: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
+        let mut cursor = "0-0".to_string();
+        loop {
+            let r: redis::RedisResult<redis::streams::StreamAutoClaimReply> = redis::cmd("XAUTOCLAIM")
+                .arg(&self.config.key)
+                .arg(&self.config.group)
+                .arg(&self.consumer)
+                .arg(self.config.claim_idle.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(self.config.batch)
+                .query_async(con)
+                .await;
+            let reply = self.redis.check(r)?;
+            let n = reply.claimed.len();
+            if n > 0 {
+                tracing::info!(stream = %self.config.key, claimed = n, "Claimed pipeline events a dead consumer left pending.");
+            }
+            self.apply_and_ack(con, reply.claimed).await?;
+            cursor = reply.next_stream_id;
+            if cursor == "0-0" {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn apply_and_ack(
+        &self,
+        con: &mut redis::aio::MultiplexedConnection,
+        entries: Vec<StreamId>,
+    ) -> redis::RedisResult<usize> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        // An entry without a readable `event` field is still acknowledged
+        // (and counted as rejected), or it would come back forever.
+        let texts: Vec<String> = entries
+            .iter()
+            .map(|e| match e.map.get("event") {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        let report = self
+            .pipeline
+            .ingest(Source::RedisStream, texts.iter().map(String::as_str));
+        if report.rejected > 0 {
+            tracing::debug!(rejected = report.rejected, first = ?report.errors.first(), "Rejected pipeline events from the stream.");
+        }
+        self.metrics.invalidate();
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+        let r: redis::RedisResult<u64> = redis::cmd("XACK")
+            .arg(&self.config.key)
+            .arg(&self.config.group)
+            .arg(&ids)
+            .query_async(con)
+            .await;
+        self.redis.check(r)?;
+        Ok(entries.len())
+    }
+}
+
+/// The host name, for the default consumer name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "inferwatch".into())
+}
