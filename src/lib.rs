@@ -46,6 +46,7 @@ use crate::api::AppState;
 use crate::collectors::gpu::{GpuCollector, GpuFamilies, GpuState};
 use crate::collectors::health::{HealthError, HealthMonitor, HealthState, Sinks};
 use crate::collectors::queues::QueueCollector;
+use crate::collectors::storage::{watched, StorageCollector};
 use crate::collectors::stream::StreamReader;
 use crate::collectors::Readiness;
 use crate::config::Config;
@@ -176,6 +177,20 @@ pub async fn run_with_state(
         )?;
         tasks.push(tokio::spawn(reader.run(collectors_stop.clone())));
     }
+
+    let storage = StorageCollector::new(
+        watched(&state.config.data_dir, &state.config.storage.paths),
+        state.config.storage.poll_interval,
+        state.config.storage.alert_used_percent,
+        &state.metrics,
+        state.events.clone(),
+    );
+    tasks.push(collectors::spawn(
+        storage,
+        state.metrics.clone(),
+        state.readiness.clone(),
+        collectors_stop.clone(),
+    ));
 
     if state.config.gpu.enabled {
         state.readiness.expect("gpu");

@@ -413,7 +413,8 @@ async fn bad_requests_get_4xx_and_change_nothing_in_redis() {
     let untrusted = daemon(&redis, "api:\n  trusted_networks: ['127.0.0.2/32']\n").await;
     use reqwest::Method as M;
     // (daemon, method, path, token, status, fragment of the error)
-    let cases: Vec<(&Daemon, M, &str, Option<&str>, u16, &str)> = vec![
+    type Case<'a> = (&'a Daemon, M, &'a str, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (&open, M::GET, "/api/dlq/jobs/dlq:nope", None, 404, "unknown DLQ"),
         (
             &open,

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod dlq;
 pub mod metrics;
 pub mod pipeline;
+pub mod storage;
 pub mod system;
 pub mod ws;
 
@@ -60,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(system::routes())
         .merge(dlq::routes(&state))
         .merge(pipeline::routes())
+        .merge(storage::routes())
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }

@@ -9,6 +9,7 @@
 pub mod gpu;
 pub mod health;
 pub mod queues;
+pub mod storage;
 pub mod stream;
 
 use std::collections::HashSet;

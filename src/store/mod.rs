@@ -283,6 +283,24 @@ impl Store {
         Ok(deleted)
     }
 
+    /// What [`Store::apply_retention`] would delete at `now`: the row count
+    /// and the oldest such row's time. Deletes nothing.
+    pub async fn retention_preview(&self, now: DateTime<Utc>) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+        self.migrate().await?;
+        let cutoff = (now - self.retention).timestamp_millis();
+        let (count, oldest): (i64, Option<i64>) = on_pool!(&self.backend, pool => {
+            let mut q = QueryBuilder::new("SELECT COUNT(*), MIN(recorded_at_ms) FROM gpu_samples WHERE recorded_at_ms < ");
+            q.push_bind(cutoff);
+            q.build_query_as::<(i64, Option<i64>)>().fetch_one(pool).await?
+        });
+        Ok((count.max(0) as u64, oldest.and_then(DateTime::from_timestamp_millis)))
+    }
+
+    /// Days of history kept.
+    pub fn retention_days(&self) -> i64 {
+        self.retention.num_days()
+    }
+
     /// The writer task: flushes every `flush_interval` (or when a batch is
     /// full), retries with backoff, applies retention daily, and flushes
     /// once more on shutdown.

@@ -1,0 +1,234 @@
+//! Filesystem usage of `data_dir` and each `storage.paths` entry, as
+//! `storage_filesystem_*` metrics and a CRITICAL alert when one crosses
+//! `storage.alert_used_percent`; plus the dry-run file scan behind
+//! `/api/system/cleanup/preview`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use prometheus::{GaugeVec, Opts};
+use serde::Serialize;
+
+use super::{CollectError, Collector};
+use crate::events::{EventBus, Severity};
+use crate::metrics::Metrics;
+
+/// One filesystem's usage, as `df` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FsUsage {
+    pub path: String,
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    /// Free for root.
+    pub free_bytes: u64,
+    /// Free for unprivileged users.
+    pub available_bytes: u64,
+    /// `used / (used + available) * 100`, like `df`.
+    pub used_percent: f64,
+}
+
+/// `statvfs(path)`; a path that does not exist yet (a `data_dir` before
+/// its first write) reports the filesystem of its nearest existing parent.
+pub fn usage(path: &Path) -> Result<FsUsage, String> {
+    let existing = path
+        .ancestors()
+        .find(|p| !p.as_os_str().is_empty() && p.exists())
+        .unwrap_or(Path::new("."));
+    let st = rustix::fs::statvfs(existing).map_err(|e| format!("statvfs({}) failed: {e}", path.display()))?;
+    let frag = st.f_frsize.max(1);
+    let total = st.f_blocks * frag;
+    let free = st.f_bfree * frag;
+    let avail = st.f_bavail * frag;
+    let used = total.saturating_sub(free);
+    let denom = used + avail;
+    Ok(FsUsage {
+        path: path.display().to_string(),
+        total_bytes: total,
+        used_bytes: used,
+        free_bytes: free,
+        available_bytes: avail,
+        used_percent: if denom == 0 {
+            0.0
+        } else {
+            (used as f64 / denom as f64 * 10_000.0).round() / 100.0
+        },
+    })
+}
+
+/// The paths watched: `data_dir` first, then `storage.paths`.
+pub fn watched(data_dir: &Path, paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = vec![data_dir.to_path_buf()];
+    for p in paths {
+        if !out.contains(p) {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+pub struct StorageCollector {
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    threshold: f64,
+    size: GaugeVec,
+    avail: GaugeVec,
+    events: EventBus,
+    /// Paths above the threshold at the last poll.
+    full: HashSet<String>,
+}
+
+impl StorageCollector {
+    pub fn new(
+        paths: Vec<PathBuf>,
+        interval: Duration,
+        threshold: f64,
+        metrics: &Metrics,
+        events: EventBus,
+    ) -> StorageCollector {
+        let size = GaugeVec::new(
+            Opts::new(
+                "storage_filesystem_size_bytes",
+                "Size of the filesystem holding the path.",
+            ),
+            &["path"],
+        )
+        .expect("valid metric");
+        let avail = GaugeVec::new(
+            Opts::new(
+                "storage_filesystem_avail_bytes",
+                "Bytes available to unprivileged users on the filesystem holding the path.",
+            ),
+            &["path"],
+        )
+        .expect("valid metric");
+        metrics.register(Box::new(size.clone())).expect("registers once");
+        metrics.register(Box::new(avail.clone())).expect("registers once");
+        StorageCollector {
+            paths,
+            interval,
+            threshold,
+            size,
+            avail,
+            events,
+            full: HashSet::new(),
+        }
+    }
+}
+
+impl Collector for StorageCollector {
+    fn name(&self) -> &'static str {
+        "storage"
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    async fn collect(&mut self) -> Result<(), CollectError> {
+        let mut errors = Vec::new();
+        for p in &self.paths {
+            let u = match usage(p) {
+                Ok(u) => u,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            self.size.with_label_values(&[&u.path]).set(u.total_bytes as f64);
+            self.avail.with_label_values(&[&u.path]).set(u.available_bytes as f64);
+            if u.used_percent > self.threshold {
+                if self.full.insert(u.path.clone()) {
+                    self.events.alert(
+                        Severity::Critical,
+                        "disk_usage_high",
+                        format!(
+                            "Filesystem of {} is {:.1} % full (above {} %): {} bytes available",
+                            u.path, u.used_percent, self.threshold, u.available_bytes
+                        ),
+                    );
+                }
+            } else if self.full.remove(&u.path) {
+                tracing::info!(path = %u.path, used_percent = u.used_percent, "Filesystem usage is back below the alert threshold.");
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CollectError::Failed(errors.join("; ")))
+        }
+    }
+}
+
+/// Files under one retention path that a cleanup would delete.
+#[derive(Debug, Serialize)]
+pub struct FilePreview {
+    pub path: String,
+    pub days: u32,
+    pub files: u64,
+    pub bytes: u64,
+    pub oldest: Option<String>,
+    /// Set when the scan could not read something (e.g. the path is missing).
+    pub error: Option<String>,
+}
+
+/// Most entries one preview scan visits.
+const MAX_SCAN: u64 = 1_000_000;
+
+/// Walks `root` (not following symlinks) and sums the regular files whose
+/// modification time is older than `days`. Reads only.
+pub fn preview_files(root: &Path, days: u32, now: SystemTime) -> FilePreview {
+    let cutoff = now - Duration::from_secs(u64::from(days) * 86_400);
+    let mut out = FilePreview {
+        path: root.display().to_string(),
+        days,
+        files: 0,
+        bytes: 0,
+        oldest: None,
+        error: None,
+    };
+    let mut oldest: Option<SystemTime> = None;
+    let mut stack = vec![root.to_path_buf()];
+    let mut visited = 0u64;
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                out.error.get_or_insert(format!("{}: {e}", dir.display()));
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            visited += 1;
+            if visited > MAX_SCAN {
+                out.error = Some(format!("stopped after {MAX_SCAN} entries"));
+                return finish(out, oldest);
+            }
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                let Ok(modified) = meta.modified() else { continue };
+                if modified < cutoff {
+                    out.files += 1;
+                    out.bytes += meta.len();
+                    if oldest.map_or(true, |o| modified < o) {
+                        oldest = Some(modified);
+                    }
+                }
+            }
+        }
+    }
+    finish(out, oldest)
+}
+
+fn finish(mut out: FilePreview, oldest: Option<SystemTime>) -> FilePreview {
+    out.oldest = oldest.map(|t| crate::history::format_time(&chrono::DateTime::<chrono::Utc>::from(t)));
+    out
+}
