@@ -870,7 +870,7 @@ fn format_number(v: f64) -> String {
 }
 
 /// Accepts a duration as a number of seconds (`5`, `0.5`) or a string with a
-/// unit (`"500ms"`, `"5s"`, `"2m"`, `"1h"`).
+/// unit (`"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"7d"`).
 fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -890,7 +890,7 @@ fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"` or a bare number of seconds.
+/// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"7d"` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<f64, String> {
     let t = text.trim();
     let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
@@ -901,13 +901,15 @@ pub fn parse_duration(text: &str) -> Result<f64, String> {
         (n, 60.0)
     } else if let Some(n) = t.strip_suffix('h') {
         (n, 3600.0)
+    } else if let Some(n) = t.strip_suffix('d') {
+        (n, 86_400.0)
     } else {
         (t, 1.0)
     };
     num.trim()
         .parse::<f64>()
         .map(|v| v * scale)
-        .map_err(|_| format!("invalid duration {text:?}: use e.g. 500ms, 5s, 2m or 1h"))
+        .map_err(|_| format!("invalid duration {text:?}: use e.g. 500ms, 5s, 2m, 1h or 7d"))
 }
 
 #[cfg(test)]

@@ -126,6 +126,49 @@ fn bad_values_name_the_key_the_value_and_the_range() {
             &["health.services[0].url", "not a valid URL"],
         ),
         (
+            "queues:\n  redis_url: 'http://x'\n",
+            &[],
+            &["queues.redis_url", "redis://"],
+        ),
+        ("queues:\n  names: []\n", &[], &["queues.names", "at least one"]),
+        (
+            "queues:\n  names: [detection_queue, 'bad name']\n",
+            &[],
+            &["queues.names[1]", "A-Za-z0-9_.-"],
+        ),
+        (
+            "queues:\n  clear_archive_ttl: 10s\n",
+            &[],
+            &["queues.clear_archive_ttl", "60–31536000"],
+        ),
+        ("queues:\n  push_side: middle\n", &[], &["push_side", "middle", "left"]),
+        (
+            "api:\n  trusted_networks: ['10.0.0.0/33']\n",
+            &[],
+            &["api.trusted_networks[0]", "CIDR"],
+        ),
+        ("pipeline:\n  max_stages: 0\n", &[], &["pipeline.max_stages", "1–1000"]),
+        (
+            "pipeline:\n  buckets: [1, 0.5]\n",
+            &[],
+            &["pipeline.buckets", "strictly increasing"],
+        ),
+        (
+            "pipeline:\n  stream:\n    batch: 0\n",
+            &[],
+            &["pipeline.stream.batch", "1–10000"],
+        ),
+        (
+            "storage:\n  alert_used_percent: 150\n",
+            &[],
+            &["storage.alert_used_percent", "1–100"],
+        ),
+        (
+            "storage:\n  retention:\n    - {path: /tmp, days: 0}\n",
+            &[],
+            &["storage.retention[0].days", "1–36500"],
+        ),
+        (
             "websocket:\n  client_queue: 4\n",
             &[],
             &["websocket.client_queue", "16–65536"],

@@ -11,7 +11,9 @@ use axum::body::Body;
 use axum::http::Request;
 use common::{gpus_state, promtool_check_metrics, Driver, FakeGpus};
 use http_body_util::BodyExt;
+use inferwatch::collectors::queues::QueueCollector;
 use inferwatch::collectors::run_once;
+use inferwatch::collectors::storage::StorageCollector;
 use inferwatch::config::Config;
 use tower::ServiceExt;
 
@@ -22,6 +24,8 @@ const VOLATILE: &[&str] = &[
     "process_",
     "inferwatch_collector_duration_seconds{",
     "inferwatch_collector_last_success_timestamp_seconds{",
+    "dlq_oldest_job_age_seconds{",
+    "storage_filesystem_",
 ];
 
 fn stable(page: &str) -> String {
@@ -57,11 +61,44 @@ async fn metrics_page_matches_golden_file() {
     )
     .unwrap()
     .health;
+    // A real Redis with two failed jobs and one waiting job.
+    let redis = common::Redis::start().await;
+    config.queues.redis_url = redis.url();
     let state = inferwatch::build_state(config).unwrap();
     let mut collector = inferwatch::gpu_collector(&state).await;
     run_once(&mut collector, &state.metrics, &state.readiness)
         .await
         .unwrap();
+    {
+        use redis::AsyncCommands;
+        let mut c = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let failure = r#"{"original_job":{"id":"j1"},"error":"CUDA OOM","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"detection_queue"}"#;
+        let _: () = c.lpush("dlq:detection_queue", &[failure, failure]).await.unwrap();
+        let _: () = c.lpush("detection_queue", "{\"id\":\"j2\"}").await.unwrap();
+    }
+    let mut queues = QueueCollector::new(state.queues.clone().unwrap(), state.events.clone());
+    run_once(&mut queues, &state.metrics, &state.readiness).await.unwrap();
+    let mut storage = StorageCollector::new(
+        vec![data.path().to_owned()],
+        std::time::Duration::from_secs(30),
+        100.0,
+        &state.metrics,
+        state.events.clone(),
+    );
+    run_once(&mut storage, &state.metrics, &state.readiness).await.unwrap();
+    // Known pipeline events: two stages, an error, a job.
+    let events = [
+        r#"{"kind":"stage","stage":"detection","duration_seconds":0.042,"status":"ok","items":1}"#,
+        r#"{"kind":"stage","stage":"analysis","duration_seconds":2.5,"status":"error","error_type":"timeout"}"#,
+        r#"{"kind":"job","status":"completed","duration_seconds":93.5}"#,
+        r#"{"kind":"bogus"}"#,
+    ];
+    let report = state.pipeline.ingest(inferwatch::pipeline::Source::Http, events);
+    assert_eq!((report.accepted, report.rejected), (3, 1));
 
     let resp = inferwatch::api::router(state)
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
