@@ -8,7 +8,15 @@
 //!   shutdown, readiness, `inferwatch_collector_*` self-metrics).
 //!   - [`collectors::gpu`]: GPU snapshot, history feed, `gpu_*` families.
 //!   - [`collectors::health`]: service checks, restarts, `service_*` families.
+//!   - [`collectors::queues`]: queue and DLQ depths, the "DLQ jobs present" alert.
+//!   - [`collectors::stream`]: the Redis stream input of pipeline events.
+//!   - [`collectors::storage`]: filesystem usage, the disk alert, the cleanup scan.
 //! - [`restart`]: the pure restart policy (statuses, backoff, give-up, reset).
+//! - [`dlq`]: the Redis side of queues and DLQs: polling, listing, and the
+//!   atomic requeue / clear / restore scripts.
+//! - [`pipeline`]: pipeline event parsing, the cardinality guard, the
+//!   `pipeline_*` families and `inference_fps`.
+//! - [`redis_conn`]: a lazily (re)connected Redis connection.
 //! - [`nvml`]: the blocking NVML edge, on its own thread.
 //! - [`history`]: the REST sample shape and the in-memory ring.
 //! - [`store`]: the SQLite/PostgreSQL history store and its batching writer.
@@ -16,8 +24,9 @@
 //!   the OpenMetrics encoder.
 //! - [`events`]: the internal event bus (GPU polls and crossings, service
 //!   status changes, built-in alerts).
-//! - [`api`]: `router(state)`, `/metrics`, the probes, the REST routes and
-//!   the `/ws/system` hub.
+//! - [`api`]: `router(state)`, `/metrics`, the probes, the REST routes
+//!   (system, DLQ with its auth, pipeline ingest, storage) and the
+//!   `/ws/system` hub.
 //!
 //! Arrows point one way: collectors write shared state, the API reads it.
 

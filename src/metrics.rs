@@ -3,7 +3,7 @@
 //!
 //! Collectors write into this registry; `/metrics` only reads it. The
 //! rendered text is cached and rebuilt when a collector has finished a round
-//! since the last render, or when the page is older than [`MAX_PAGE_AGE`]
+//! since the last render, or when the page is older than `MAX_PAGE_AGE`
 //! (so process metrics stay fresh). A scrape therefore never touches NVML,
 //! Redis or a health target, and most scrapes are a copy of cached bytes.
 

@@ -406,11 +406,21 @@ async fn bad_requests_get_4xx_and_change_nothing_in_redis() {
     let mut c = con(&redis).await;
     let _: () = c.set("unrelated:key", "keep me").await.unwrap();
     let _: () = c.rpush(QUEUE, "a job").await.unwrap();
-    let before = dump(&redis).await;
-
     let open = daemon(&redis, "").await;
     let token = daemon(&redis, "api:\n  token: s3cret\n").await;
     let untrusted = daemon(&redis, "api:\n  trusted_networks: ['127.0.0.2/32']\n").await;
+    // The daemons create their pipeline stream (with its consumer group)
+    // at start; the snapshot is taken once that is done.
+    eventually("the pipeline stream's group", LIMIT, || async {
+        let mut c = con(&redis).await;
+        let groups: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+            .arg(&["GROUPS", "pipeline:events"])
+            .query_async(&mut c)
+            .await;
+        groups.ok().map(|_| ())
+    })
+    .await;
+    let before = dump(&redis).await;
     use reqwest::Method as M;
     // (daemon, method, path, token, status, fragment of the error)
     type Case<'a> = (&'a Daemon, M, &'a str, Option<&'a str>, u16, &'a str);
