@@ -183,6 +183,14 @@ async fn list_page_and_requeue_byte_for_byte_keeping_malformed_entries() {
         metric(&d, "dlq_requeue_in_progress{queue=\"detection_queue\"}").await,
         Some(0.0)
     );
+    // The oldest entry left ("this is not json") has no readable
+    // first_failed_at, so the age read from job-0 (first failed
+    // 2026-11-20T10:00:00Z) before the requeue stays.
+    let age = metric(&d, "dlq_oldest_job_age_seconds{queue=\"detection_queue\"}")
+        .await
+        .unwrap();
+    let expected = common::unix_now() - 1_795_168_800.0;
+    assert!((age - expected).abs() < 30.0, "age {age}, expected about {expected}");
     let alerts: Vec<Value> = d
         .log()
         .lines()
@@ -662,4 +670,45 @@ async fn redis_down_keeps_the_last_values_and_answers_503() {
         "a fresh Redis is empty"
     );
     assert_eq!(get(&d, "/api/system/dlq/stats").await.0, 200);
+}
+
+#[tokio::test]
+async fn right_push_layout_requeues_and_restores_in_order() {
+    // Producers RPUSH and workers BLPOP: the oldest entry is at the head.
+    let redis = Redis::start().await;
+    let mut c = con(&redis).await;
+    let all: Vec<String> = (0..6).map(failure).collect();
+    let _: () = c.rpush(DLQ, &all).await.unwrap();
+    let _: () = c.rpush(QUEUE, "waiting").await.unwrap();
+    let d = daemon(&redis, "  push_side: right\n  requeue_batch: 4\n").await;
+    eventually("the oldest age", LIMIT, || async {
+        let age = metric(&d, "dlq_oldest_job_age_seconds{queue=\"detection_queue\"}").await?;
+        (age > 3600.0).then_some(())
+    })
+    .await;
+
+    let (code, report) = post(&d, "/api/system/dlq/requeue-all?queue=dlq:detection_queue").await;
+    assert_eq!((code, report["requeued"].as_u64()), (200, Some(6)), "{report}");
+    let mut want = vec!["waiting".to_string()];
+    want.extend((0..6).map(original));
+    assert_eq!(lrange(&redis, QUEUE).await, want, "appended at the tail, oldest first");
+
+    let _: () = c.rpush(DLQ, &all).await.unwrap();
+    let (_, report) = call(
+        reqwest::Method::DELETE,
+        &d.url("/api/system/dlq/clear?queue=dlq:detection_queue"),
+        None,
+    )
+    .await;
+    let archive = report["archive_key"].as_str().unwrap().to_string();
+    let _: () = c.rpush(DLQ, failure(100)).await.unwrap();
+    let (code, _) = post(&d, &format!("/api/system/dlq/restore?archive={archive}")).await;
+    assert_eq!(code, 200);
+    let mut want = all.clone();
+    want.push(failure(100));
+    assert_eq!(
+        lrange(&redis, DLQ).await,
+        want,
+        "the archive goes back before the newer failure"
+    );
 }
