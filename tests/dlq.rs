@@ -712,3 +712,25 @@ async fn right_push_layout_requeues_and_restores_in_order() {
         "the archive goes back before the newer failure"
     );
 }
+
+#[tokio::test]
+async fn dlq_alert_reaches_the_websocket_and_stats() {
+    let redis = Redis::start().await;
+    let d = daemon(&redis, "").await;
+    let mut ws = common::WsClient::connect(&format!("ws://127.0.0.1:{}/ws/system", d.port)).await;
+    push_failures(&redis, 0..3).await;
+    let alert = ws
+        .wait_for("the DLQ alert", LIMIT, |m| {
+            m["type"] == "alert" && m["data"]["condition"] == "dlq_jobs_present"
+        })
+        .await;
+    assert_eq!(alert["data"]["severity"], "WARNING");
+    assert!(alert["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("dlq:detection_queue holds 3 job(s)"));
+    let (_, stats) = get(&d, "/api/system/stats").await;
+    assert_eq!(stats["dlq"]["total"], 3, "{stats}");
+    assert_eq!(stats["dlq"]["by_queue"]["detection_queue"], 3);
+    assert_eq!(stats["dlq"]["by_queue"]["analysis_queue"], 0);
+}
