@@ -213,7 +213,11 @@ pub async fn run_with_state(
 
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, "Listening.");
-    let app = api::router(state).layer(tower_http::trace::TraceLayer::new_for_http());
+    // 5xx answers are already logged once, with their cause, by `AppError`;
+    // the trace layer's own failure line would repeat them at ERROR.
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
+    let app = api::router(state).layer(trace);
     // The peer address feeds the trusted-network check of mutating endpoints.
     let served = axum::serve(
         listener,
