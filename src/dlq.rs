@@ -278,17 +278,13 @@ impl QueueMetrics {
             restored: counter("dlq_jobs_restored_total", "Archived jobs moved back into their DLQ."),
             in_progress: gauge("dlq_requeue_in_progress", "1 while a requeue-all of this queue runs."),
         };
-        for c in [
-            Box::new(m.queue_depth.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.dlq_depth.clone()),
-            Box::new(m.oldest_age.clone()),
-            Box::new(m.requeued.clone()),
-            Box::new(m.cleared.clone()),
-            Box::new(m.restored.clone()),
-            Box::new(m.in_progress.clone()),
-        ] {
-            metrics.register(c).expect("queue families register once");
-        }
+        metrics.add(&m.queue_depth);
+        metrics.add(&m.dlq_depth);
+        metrics.add(&m.oldest_age);
+        metrics.add(&m.requeued);
+        metrics.add(&m.cleared);
+        metrics.add(&m.restored);
+        metrics.add(&m.in_progress);
         for q in names {
             let q = [q.as_str()];
             m.requeued.with_label_values(&q);
@@ -489,8 +485,9 @@ impl Queues {
             .enumerate()
             .map(|(i, bytes)| {
                 let text = String::from_utf8_lossy(&bytes).into_owned();
-                match parse_entry(&text) {
-                    Ok(_) => Listed::Job(RawValue::from_string(text).expect("parsed above")),
+                let checked = parse_entry(&text).map(|_| ());
+                match checked.and_then(|()| RawValue::from_string(text.clone()).map_err(|e| e.to_string())) {
+                    Ok(raw) => Listed::Job(raw),
                     Err(e) => Listed::Malformed {
                         index: start + i as u64,
                         malformed: true,

@@ -181,6 +181,14 @@ impl Metrics {
         self.registry.register(c)
     }
 
+    /// Registers a clone of a metric the caller keeps writing to. Names are
+    /// fixed in the code, so a clash is a bug and panics at startup.
+    pub fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: &C) {
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+    }
+
     /// Marks the cached page stale; called after each collector round.
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::Release);

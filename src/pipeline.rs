@@ -327,17 +327,13 @@ impl Pipeline {
             &["reason"],
         )
         .expect("valid metric");
-        for c in [
-            Box::new(stage_duration.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(stage_errors.clone()),
-            Box::new(jobs.clone()),
-            Box::new(job_duration.clone()),
-            Box::new(items.clone()),
-            Box::new(events.clone()),
-            Box::new(rejected.clone()),
-        ] {
-            metrics.register(c).expect("pipeline families register once");
-        }
+        metrics.add(&stage_duration);
+        metrics.add(&stage_errors);
+        metrics.add(&jobs);
+        metrics.add(&job_duration);
+        metrics.add(&items);
+        metrics.add(&events);
+        metrics.add(&rejected);
         for s in ["completed", "failed"] {
             jobs.with_label_values(&[s]);
         }

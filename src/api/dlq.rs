@@ -12,7 +12,7 @@ use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
 use serde_json::{json, Value};
 
-use super::system::{params, RawQuery};
+use super::system::{int_param, params, RawQuery};
 use super::{auth, AppError, AppState};
 use crate::dlq::{DlqError, Queues, ResolveError};
 
@@ -84,26 +84,9 @@ fn queue_param(map: &HashMap<String, String>, q: &Queues) -> Result<String, AppE
 
 /// `start` (≥ 0, default 0) and `limit` (1–1000, default 100).
 fn page_params(map: &HashMap<String, String>) -> Result<(u64, u64), AppError> {
-    let number = |key: &str, default: u64, min: u64, max: u64| -> Result<u64, AppError> {
-        let Some(raw) = map.get(key) else { return Ok(default) };
-        let allowed = json!({ "parameter": key, "min": min, "max": max });
-        let v: u64 = raw.trim().parse().map_err(|_| {
-            AppError::bad_request(
-                format!("{key} must be a whole number from {min} to {max}, got {raw:?}"),
-                allowed.clone(),
-            )
-        })?;
-        if v < min || v > max {
-            return Err(AppError::bad_request(
-                format!("{key} must be from {min} to {max}, got {v}"),
-                allowed,
-            ));
-        }
-        Ok(v)
-    };
     Ok((
-        number("start", 0, 0, i64::MAX as u64 / 2)?,
-        number("limit", 100, LIMIT.0, LIMIT.1)?,
+        int_param(map, "start", (0, i64::MAX as u64 / 2))?.unwrap_or(0),
+        int_param(map, "limit", LIMIT)?.unwrap_or(100),
     ))
 }
 
@@ -122,11 +105,9 @@ async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>
     Ok(Json(Value::Object(body)))
 }
 
-async fn list(state: &AppState, dlq: &str, map: &HashMap<String, String>) -> Result<Json<Value>, AppError> {
-    let queues = queues(state)?;
-    let base = resolve(queues, dlq)?;
+async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Result<Json<Value>, AppError> {
     let (start, limit) = page_params(map)?;
-    let page = queues.list(&base, start, limit).await?;
+    let page = queues.list(base, start, limit).await?;
     Ok(Json(serde_json::to_value(page).expect("pages serialise")))
 }
 
@@ -137,19 +118,17 @@ async fn jobs_by_path(
     q: RawQuery,
 ) -> Result<Json<Value>, AppError> {
     let map = params(q, &["start", "limit"])?;
-    list(&state, &dlq, &map).await
+    let queues = queues(&state)?;
+    let base = resolve(queues, &dlq)?;
+    list(queues, &base, &map).await
 }
 
 /// `GET /api/system/dlq/jobs?queue=dlq:…&start=&limit=`.
 async fn jobs_by_query(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     let map = params(q, &["queue", "start", "limit"])?;
-    let dlq = map.get("queue").cloned().ok_or_else(|| {
-        AppError::bad_request(
-            "missing query parameter queue",
-            json!({ "parameter": "queue", "known": state.queues.as_ref().map(|q| q.known_dlqs()) }),
-        )
-    })?;
-    list(&state, &dlq, &map).await
+    let queues = queues(&state)?;
+    let base = queue_param(&map, queues)?;
+    list(queues, &base, &map).await
 }
 
 /// `POST /api/system/dlq/requeue-all?queue=dlq:…`. Runs to the end even if

@@ -47,10 +47,13 @@ pub(crate) fn params(q: RawQuery, allowed: &[&str]) -> Result<HashMap<String, St
 }
 
 /// Parses an integer parameter and checks its range.
-fn int_param(map: &HashMap<String, String>, key: &str, range: (u32, u32)) -> Result<Option<u32>, AppError> {
+pub(crate) fn int_param<T>(map: &HashMap<String, String>, key: &str, range: (T, T)) -> Result<Option<T>, AppError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Serialize + Copy,
+{
     let Some(raw) = map.get(key) else { return Ok(None) };
     let allowed = json!({ "parameter": key, "min": range.0, "max": range.1 });
-    let v: u32 = raw.trim().parse().map_err(|_| {
+    let v: T = raw.trim().parse().map_err(|_| {
         AppError::bad_request(
             format!(
                 "{key} must be a whole number from {} to {}, got {raw:?}",

@@ -13,10 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use chrono::Utc;
@@ -28,6 +27,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::system::{params, RawQuery};
 use super::{AppError, AppState};
 use crate::collectors::gpu::GpuState;
 use crate::collectors::health::HealthState;
@@ -175,14 +175,10 @@ impl WsMetrics {
             .buckets(vec![10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0]),
         )
         .expect("valid metric");
-        for c in [
-            Box::new(active.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(sent_vec.clone()),
-            Box::new(errors.clone()),
-            Box::new(duration.clone()),
-        ] {
-            metrics.register(c).expect("websocket families register once");
-        }
+        metrics.add(&active);
+        metrics.add(&sent_vec);
+        metrics.add(&errors);
+        metrics.add(&duration);
         for t in [ClientType::Browser, ClientType::Api] {
             active.with_label_values(&[t.as_str()]);
         }
@@ -398,8 +394,6 @@ pub async fn run_hub(
     }
 }
 
-type RawQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
-
 /// `GET /ws/system[?client=browser|api]`.
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -407,7 +401,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
-    let map = super::system::params(q, &["client"])?;
+    let map = params(q, &["client"])?;
     let client_type = match map.get("client").map(String::as_str) {
         Some("browser") => ClientType::Browser,
         Some("api") => ClientType::Api,

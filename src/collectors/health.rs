@@ -144,17 +144,13 @@ impl HealthMetrics {
                 svc,
             ),
         };
-        for c in [
-            Box::new(m.up.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.status.clone()),
-            Box::new(m.check_duration.clone()),
-            Box::new(m.restarts.clone()),
-            Box::new(m.restart_attempt.clone()),
-            Box::new(m.consecutive_failures.clone()),
-            Box::new(m.last_check.clone()),
-        ] {
-            metrics.register(c).expect("service families register once");
-        }
+        metrics.add(&m.up);
+        metrics.add(&m.status);
+        metrics.add(&m.check_duration);
+        metrics.add(&m.restarts);
+        metrics.add(&m.restart_attempt);
+        metrics.add(&m.consecutive_failures);
+        metrics.add(&m.last_check);
         for s in services {
             let name = s.name.as_str();
             m.up.with_label_values(&[name]).set(0.0);

@@ -102,8 +102,8 @@ impl StorageCollector {
             &["path"],
         )
         .expect("valid metric");
-        metrics.register(Box::new(size.clone())).expect("registers once");
-        metrics.register(Box::new(avail.clone())).expect("registers once");
+        metrics.add(&size);
+        metrics.add(&avail);
         StorageCollector {
             paths,
             interval,
