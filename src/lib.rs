@@ -97,6 +97,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
     };
     let auth = Arc::new(Auth::load(&config.api)?);
     let pipeline = Arc::new(Pipeline::new(&config.pipeline, &metrics));
+    let http = api::http_metrics::HttpMetrics::new(&metrics);
     Ok(AppState {
         config: Arc::new(config),
         metrics,
@@ -109,6 +110,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         queues,
         auth,
         pipeline,
+        http,
         started_at: chrono::Utc::now(),
     })
 }

@@ -26,6 +26,8 @@ const VOLATILE: &[&str] = &[
     "inferwatch_collector_last_success_timestamp_seconds{",
     "dlq_oldest_job_age_seconds{",
     "storage_filesystem_",
+    "http_request_duration_seconds_bucket{",
+    "http_request_duration_seconds_sum{",
 ];
 
 fn stable(page: &str) -> String {
@@ -100,7 +102,15 @@ async fn metrics_page_matches_golden_file() {
     let report = state.pipeline.ingest(inferwatch::pipeline::Source::Http, events);
     assert_eq!((report.accepted, report.rejected), (3, 1));
 
-    let resp = inferwatch::api::router(state)
+    // Known API traffic: a matched route, a templated route and a miss.
+    let app = inferwatch::api::router(state);
+    for path in ["/api/system/gpus", "/api/dlq/jobs/nope", "/no/such/path"] {
+        app.clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+    }
+    let resp = app
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
         .unwrap();

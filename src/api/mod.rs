@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod dlq;
+pub mod http_metrics;
 pub mod metrics;
 pub mod pipeline;
 pub mod storage;
@@ -47,6 +48,7 @@ pub struct AppState {
     pub queues: Option<Arc<crate::dlq::Queues>>,
     pub auth: Arc<auth::Auth>,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
+    pub http: http_metrics::HttpMetrics,
     /// When the daemon started, for `uptime_seconds`.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }
@@ -63,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pipeline::routes())
         .merge(storage::routes())
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.http.clone(), http_metrics::track))
         .with_state(state)
 }
 
