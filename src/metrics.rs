@@ -75,6 +75,7 @@ pub struct Metrics {
     pub collector_duration: GaugeVec,
     pub collector_last_success: GaugeVec,
     pub collector_errors: IntCounterVec,
+    pub collector_interval: GaugeVec,
     pub store_pending: IntGauge,
     pub store_write_errors: IntCounter,
     pub store_dropped: IntCounter,
@@ -116,6 +117,14 @@ impl Metrics {
             &["collector"],
         )
         .expect("valid metric");
+        let collector_interval = GaugeVec::new(
+            Opts::new(
+                "inferwatch_collector_interval_seconds",
+                "Configured time between the starts of two rounds of the collector.",
+            ),
+            &["collector"],
+        )
+        .expect("valid metric");
         let build_info = GaugeVec::new(
             Opts::new("inferwatch_build_info", "Always 1; labelled with the daemon's version."),
             &["version"],
@@ -148,6 +157,7 @@ impl Metrics {
             Box::new(collector_duration.clone()),
             Box::new(collector_last_success.clone()),
             Box::new(collector_errors.clone()),
+            Box::new(collector_interval.clone()),
             Box::new(build_info),
             Box::new(store_pending.clone()),
             Box::new(store_write_errors.clone()),
@@ -169,6 +179,7 @@ impl Metrics {
             collector_duration,
             collector_last_success,
             collector_errors,
+            collector_interval,
             store_pending,
             store_write_errors,
             store_dropped,

@@ -114,6 +114,11 @@ pub async fn run_once<C: Collector>(
 ) -> Result<(), CollectError> {
     let name = collector.name();
     let timeout = collector.timeout();
+    // Alerts compare the last-success age with this, per collector.
+    metrics
+        .collector_interval
+        .with_label_values(&[name])
+        .set(collector.interval().as_secs_f64());
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, collector.collect())
         .await
