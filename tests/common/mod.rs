@@ -175,7 +175,7 @@ pub const SIGKILL: i32 = 9;
 pub const SIGTERM: i32 = 15;
 
 /// Finds a binary on PATH or in the PostgreSQL package's bin dir.
-fn find_bin(name: &str) -> PathBuf {
+pub fn find_bin(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -309,22 +309,25 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub async fn start(job: &str, target: &str) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        Self::start_with_config(tempfile::tempdir().unwrap(), &config).await
+    }
+
+    /// Starts Prometheus with `config` written into `dir` (so relative
+    /// rule_files can sit beside it) and waits until it is ready.
+    pub async fn start_with_config(dir: TempDir, config: &str) -> Prometheus {
+        let path = dir.path().join("prometheus.yml");
+        std::fs::write(&path, config).unwrap();
         let port = free_port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(find_bin("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--config.file={}", path.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let p = Prometheus {
@@ -654,4 +657,122 @@ pub fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a real tool from the repository root; returns its status and its
+/// stdout and stderr together.
+pub fn run_tool(name: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(find_bin(name))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("running {name}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A real Alertmanager on a free port, clustering off.
+pub struct Alertmanager {
+    pub dir: TempDir,
+    pub port: u16,
+    proc: Proc,
+}
+
+impl Alertmanager {
+    pub async fn start(config: &str) -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alertmanager.yml");
+        std::fs::write(&path, config).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
+        let child = Command::new(find_bin("prometheus-alertmanager"))
+            .arg(format!("--config.file={}", path.display()))
+            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let a = Alertmanager {
+            dir,
+            port,
+            proc: Proc {
+                child,
+                name: "alertmanager",
+            },
+        };
+        wait_for_2xx("alertmanager to be ready", &format!("http://127.0.0.1:{port}/-/ready")).await;
+        a
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("alertmanager.log")).unwrap_or_default()
+    }
+}
+
+/// A real SMTP server (aiosmtpd, `tests/support/smtp_sink.py`) that needs
+/// AUTH with one user and password and writes each message it accepts as
+/// JSON (`subject`, `to`, `text`, `html`, `login`) into its directory.
+pub struct SmtpSink {
+    pub dir: TempDir,
+    pub port: u16,
+    proc: Proc,
+}
+
+impl SmtpSink {
+    pub async fn start(user: &str, password: &str) -> SmtpSink {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let script = repo().join("tests/support/smtp_sink.py");
+        let log = std::fs::File::create(dir.path().join("smtp.log")).unwrap();
+        let child = Command::new(python())
+            .arg(&script)
+            .args(["--port", &port.to_string(), "--dir"])
+            .arg(dir.path().join("mail"))
+            .args(["--user", user, "--password", password])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = SmtpSink {
+            dir,
+            port,
+            proc: Proc {
+                child,
+                name: "smtp_sink",
+            },
+        };
+        eventually("the SMTP sink to listen", Duration::from_secs(30), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        })
+        .await;
+        s
+    }
+
+    /// Every message received so far, oldest first.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("mail"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        paths.retain(|p| p.extension().is_some_and(|e| e == "json"));
+        paths.sort();
+        paths
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("smtp.log")).unwrap_or_default()
+    }
 }

@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""Writes grafana-dashboards/*.json from the panel lists below.
+
+The JSON files are committed and are what Grafana provisions; this script is
+how they are kept consistent (one datasource variable, the same job/instance
+variables, units, descriptions and $__rate_interval everywhere). Edit the
+lists here, run `python3 scripts/gen_dashboards.py`, and commit both.
+tests/dashboards.rs checks the JSON and runs every query against a real
+Prometheus scraping the real daemon; it also fails when the files differ
+from this script's output.
+"""
+
+import json
+import os
+import sys
+
+DATASOURCE_UID = "inferwatch-prometheus"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'job=~"$job", instance=~"$instance"'
+GPU = SEL + ', gpu=~"$gpu"'
+RI = "$__rate_interval"
+
+UP_DOWN = [
+    {"type": "value", "options": {"0": {"text": "Down", "color": "red"}, "1": {"text": "Up", "color": "green"}}}
+]
+
+
+def panel(kind, title, description, unit, targets, w, h, **extra):
+    p = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [
+            {"refId": chr(ord("A") + i), "datasource": DS, "expr": expr, "legendFormat": legend,
+             **({"instant": True, "format": "table"} if kind == "table" else {})}
+            for i, (expr, legend) in enumerate(targets)
+        ],
+        "_size": (w, h),
+    }
+    d = p["fieldConfig"]["defaults"]
+    if "mappings" in extra:
+        d["mappings"] = extra.pop("mappings")
+    if "thresholds" in extra:
+        d["thresholds"] = {"mode": "absolute", "steps": extra.pop("thresholds")}
+    if "min" in extra:
+        d["min"] = extra.pop("min")
+    if "max" in extra:
+        d["max"] = extra.pop("max")
+    p.update(extra)
+    return p
+
+
+def stat(title, description, unit, expr, legend="", w=4, **kw):
+    kw.setdefault("options", {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value", "graphMode": "area"})
+    return panel("stat", title, description, unit, [(expr, legend)], w, 4, **kw)
+
+
+def ts(title, description, unit, *targets, w=12, **kw):
+    kw.setdefault("options", {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]},
+                              "tooltip": {"mode": "multi", "sort": "desc"}})
+    return panel("timeseries", title, description, unit, list(targets), w, 8, **kw)
+
+
+def table(title, description, unit, expr, w=24):
+    return panel("table", title, description, unit, [(expr, "")], w, 6)
+
+
+def threshold(*pairs):
+    return [{"color": c, "value": v} for v, c in pairs]
+
+
+def variables(extra):
+    v = [
+        {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
+         "current": {"text": "Prometheus", "value": DATASOURCE_UID}, "hide": 0, "refresh": 1, "regex": ""},
+        query_var("job", "Job", "label_values(inferwatch_build_info, job)", multi=False),
+        query_var("instance", "Instance", 'label_values(inferwatch_build_info{job=~"$job"}, instance)'),
+    ]
+    return v + extra
+
+
+def query_var(name, label, q, multi=True):
+    return {
+        "type": "query", "name": name, "label": label, "datasource": DS,
+        "definition": q, "query": {"query": q, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+        "refresh": 2, "sort": 1, "multi": multi, "includeAll": multi,
+        **({"allValue": ".*", "current": {"text": "All", "value": "$__all"}} if multi else {"current": {}}),
+        "hide": 0, "regex": "",
+    }
+
+
+def layout(panels):
+    """Flows panels left to right in rows 24 units wide."""
+    x = y = row_h = 0
+    for i, p in enumerate(panels):
+        w, h = p.pop("_size")
+        if x + w > 24:
+            x, y, row_h = 0, y + row_h, 0
+        p["gridPos"] = {"x": x, "y": y, "w": w, "h": h}
+        p["id"] = i + 1
+        x += w
+        row_h = max(row_h, h)
+    return panels
+
+
+def dashboard(uid, title, description, panels, extra_vars=()):
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["inferwatch"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "timezone": "browser",
+        "annotations": {"list": [{
+            "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+            "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}]},
+        "links": [{"type": "dashboards", "tags": ["inferwatch"], "asDropdown": True, "title": "inferwatch",
+                   "includeVars": True, "keepTime": True}],
+        "templating": {"list": variables(list(extra_vars))},
+        "panels": layout(panels),
+    }
+
+
+overview = dashboard(
+    "inferwatch-overview", "inferwatch / Overview",
+    "One screen for the GPU box: daemon, GPUs, services, queues and pipeline throughput.",
+    [
+        stat("inferwatch up", "1 when Prometheus scraped the daemon at the last scrape (up).", "none",
+             f"up{{{SEL}}}", "{{instance}}", mappings=UP_DOWN, thresholds=threshold((None, "red"), (1, "green"))),
+        stat("GPUs", "GPUs that answered the last NVML poll (gpu_count), summed over the selected instances.", "none",
+             f"sum(gpu_count{{{SEL}}})"),
+        stat("Average GPU utilisation", "Mean fraction of time a kernel ran, over all selected GPUs.", "percentunit",
+             f"avg(gpu_utilization_ratio{{{SEL}}})", thresholds=threshold((None, "green"), (0.8, "orange"), (0.95, "red"))),
+        stat("Hottest GPU", "Highest core temperature among the selected GPUs; GpuTemperatureHigh fires above 85 °C.",
+             "celsius", f"max(gpu_temperature_celsius{{{SEL}}})",
+             thresholds=threshold((None, "green"), (75, "orange"), (85, "red"))),
+        stat("Services down", "Monitored services whose last health check failed (service_up == 0).", "none",
+             f"sum(service_up{{{SEL}}} == bool 0)", thresholds=threshold((None, "green"), (1, "red"))),
+        stat("Jobs in DLQs", "Jobs that failed all retries, over every dead-letter queue.", "none",
+             f"sum(dlq_depth{{{SEL}}})", thresholds=threshold((None, "green"), (1, "orange"))),
+        ts("GPU utilisation", "Fraction of time a kernel ran, per GPU (gpu_utilization_ratio).", "percentunit",
+           (f"gpu_utilization_ratio{{{SEL}}}", "{{instance}} GPU {{gpu}}"), min=0, max=1),
+        ts("GPU temperature", "Core temperature per GPU (gpu_temperature_celsius).", "celsius",
+           (f"gpu_temperature_celsius{{{SEL}}}", "{{instance}} GPU {{gpu}}")),
+        ts("Queue depth", "Jobs waiting per queue (job_queue_depth) and in its DLQ (dlq_depth).", "short",
+           (f"job_queue_depth{{{SEL}}}", "{{queue}}"), (f"dlq_depth{{{SEL}}}", "dlq:{{queue}}")),
+        ts("Pipeline throughput", "Items processed per second (inference FPS) and finished jobs per second by status.",
+           "ops", (f"sum by (instance) (rate(pipeline_items_processed_total{{{SEL}}}[{RI}]))", "{{instance}} items/s"),
+           (f"sum by (instance, status) (rate(pipeline_jobs_total{{{SEL}}}[{RI}]))", "{{instance}} jobs {{status}}/s")),
+        ts("Service health", "1 while a service's last health check passed (service_up).", "none",
+           (f"service_up{{{SEL}}}", "{{service}}"), mappings=UP_DOWN, min=0, max=1),
+        ts("Firing alerts", "Alerts Prometheus has firing now, by severity (the Watchdog counts as info).", "none",
+           ('sum by (severity) (ALERTS{alertstate="firing"})', "{{severity}}")),
+    ],
+)
+
+gpu = dashboard(
+    "inferwatch-gpu", "inferwatch / GPU",
+    "Every NVML reading per GPU: load, memory, thermals, power, clocks, video engines and errors.",
+    [
+        table("GPUs", "Identity of each GPU (gpu_info): name, UUID, PCI bus id and driver version.", "none",
+              f"gpu_info{{{GPU}}}"),
+        ts("Utilisation", "Fraction of time a kernel ran (gpu_utilization_ratio).", "percentunit",
+           (f"gpu_utilization_ratio{{{GPU}}}", "{{instance}} GPU {{gpu}}"), min=0, max=1),
+        ts("Memory controller utilisation", "Fraction of time device memory was read or written "
+           "(gpu_memory_utilization_ratio).", "percentunit",
+           (f"gpu_memory_utilization_ratio{{{GPU}}}", "{{instance}} GPU {{gpu}}"), min=0, max=1),
+        ts("Memory used", "Device memory in use and in total (gpu_memory_used_bytes, gpu_memory_total_bytes).", "bytes",
+           (f"gpu_memory_used_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}} used"),
+           (f"gpu_memory_total_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}} total")),
+        ts("Memory used (share)", "Used over total device memory.", "percentunit",
+           (f"gpu_memory_used_bytes{{{GPU}}} / gpu_memory_total_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}}"),
+           min=0, max=1),
+        ts("Temperature", "Core temperature (gpu_temperature_celsius); the alert threshold is 85 °C.", "celsius",
+           (f"gpu_temperature_celsius{{{GPU}}}", "{{instance}} GPU {{gpu}}")),
+        ts("Fan speed", "Intended fan speed as a fraction of maximum (gpu_fan_speed_ratio); absent on passively "
+           "cooled GPUs.", "percentunit", (f"gpu_fan_speed_ratio{{{GPU}}}", "{{instance}} GPU {{gpu}}"), min=0, max=1),
+        ts("Power", "Power draw and the enforced limit (gpu_power_usage_watts, gpu_power_limit_watts).", "watt",
+           (f"gpu_power_usage_watts{{{GPU}}}", "{{instance}} GPU {{gpu}} draw"),
+           (f"gpu_power_limit_watts{{{GPU}}}", "{{instance}} GPU {{gpu}} limit")),
+        ts("Energy rate", "Average power from the energy counter (rate of gpu_energy_joules_total); smoother than "
+           "the sampled draw.", "watt",
+           (f"rate(gpu_energy_joules_total{{{GPU}}}[{RI}])", "{{instance}} GPU {{gpu}}")),
+        ts("Clocks", "Graphics, SM and memory clocks (gpu_clock_hz).", "hertz",
+           (f"gpu_clock_hz{{{GPU}}}", "{{instance}} GPU {{gpu}} {{clock}}")),
+        ts("Video engines", "Encoder and decoder utilisation (gpu_encoder_utilization_ratio, "
+           "gpu_decoder_utilization_ratio).", "percentunit",
+           (f"gpu_encoder_utilization_ratio{{{GPU}}}", "{{instance}} GPU {{gpu}} encoder"),
+           (f"gpu_decoder_utilization_ratio{{{GPU}}}", "{{instance}} GPU {{gpu}} decoder"), min=0, max=1),
+        ts("Active throttle reasons", "Clock throttle reasons currently active (gpu_throttle_reason_active == 1); "
+           "hw_thermal_slowdown or hw_slowdown means the GPU protects itself.", "none",
+           (f"gpu_throttle_reason_active{{{GPU}}} == 1", "{{instance}} GPU {{gpu}} {{reason}}")),
+        ts("ECC errors", "ECC errors per second since the driver loaded, corrected and uncorrected "
+           "(rate of gpu_ecc_errors_total); any uncorrected error pages.", "short",
+           (f"rate(gpu_ecc_errors_total{{{GPU}}}[{RI}])", "{{instance}} GPU {{gpu}} {{type}}")),
+        ts("XID errors", "Critical XID events seen since the daemon started (gpu_xid_errors_total); series exist "
+           "only for XIDs that happened.", "short",
+           (f"gpu_xid_errors_total{{{GPU}}}", "{{instance}} GPU {{gpu}} XID {{xid}}")),
+        ts("Memory per process", "Device memory per compute process (gpu_process_memory_used_bytes); needs "
+           "gpu.per_process: true.", "bytes",
+           (f"gpu_process_memory_used_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}} {{process_name}} ({{pid}})"), w=24),
+    ],
+    [query_var("gpu", "GPU", 'label_values(gpu_info{job=~"$job", instance=~"$instance"}, gpu)')],
+)
+
+services = dashboard(
+    "inferwatch-services", "inferwatch / Services & DLQ",
+    "Health checks and automatic restarts of the AI services, Redis and PostgreSQL; job queues and dead-letter "
+    "queues; the daemon's own collectors.",
+    [
+        stat("Service up", "1 while the service's last health check passed (service_up).", "none",
+             f'service_up{{{SEL}, service=~"$service"}}', "{{service}}", mappings=UP_DOWN,
+             thresholds=threshold((None, "red"), (1, "green")), w=24),
+        ts("Service status", "The service's state: healthy, unhealthy, restarting, restart_failed or failed "
+           "(service_status == 1).", "none",
+           (f'service_status{{{SEL}, service=~"$service"}} == 1', "{{service}}: {{status}}")),
+        ts("Health check latency (p95)", "95th percentile of health check duration "
+           "(service_health_check_duration_seconds).", "s",
+           (f'histogram_quantile(0.95, sum by (instance, service, le) (rate(service_health_check_duration_seconds_bucket'
+            f'{{{SEL}, service=~"$service"}}[{RI}])))', "{{service}}")),
+        ts("Consecutive failed checks", "Checks failed in a row (service_consecutive_failures) and restart attempts "
+           "used (service_restart_attempt).", "short",
+           (f'service_consecutive_failures{{{SEL}, service=~"$service"}}', "{{service}} failures"),
+           (f'service_restart_attempt{{{SEL}, service=~"$service"}}', "{{service}} restart attempt")),
+        ts("Restarts", "Automatic restarts per second by result (rate of service_restarts_total).", "ops",
+           (f'sum by (instance, service, result) (rate(service_restarts_total{{{SEL}, service=~"$service"}}[{RI}]))',
+            "{{service}} {{result}}")),
+        ts("Queue depth", "Jobs waiting per queue (job_queue_depth).", "short",
+           (f'job_queue_depth{{{SEL}, queue=~"$queue"}}', "{{queue}}")),
+        ts("DLQ depth", "Jobs in each dead-letter queue (dlq_depth); DlqNotEmpty fires on any.", "short",
+           (f'dlq_depth{{{SEL}, queue=~"$queue"}}', "dlq:{{queue}}")),
+        ts("Oldest DLQ job", "Age of the oldest job in each DLQ, from its first failure (dlq_oldest_job_age_seconds).",
+           "s", (f'dlq_oldest_job_age_seconds{{{SEL}, queue=~"$queue"}}', "dlq:{{queue}}")),
+        ts("DLQ operations", "Jobs per second requeued, cleared into archives and restored through the DLQ API.",
+           "ops",
+           (f'sum by (instance, queue) (rate(dlq_jobs_requeued_total{{{SEL}, queue=~"$queue"}}[{RI}]))',
+            "{{queue}} requeued"),
+           (f'sum by (instance, queue) (rate(dlq_jobs_cleared_total{{{SEL}, queue=~"$queue"}}[{RI}]))',
+            "{{queue}} cleared"),
+           (f'sum by (instance, queue) (rate(dlq_jobs_restored_total{{{SEL}, queue=~"$queue"}}[{RI}]))',
+            "{{queue}} restored")),
+        ts("Collectors", "1 when the collector's last round succeeded (inferwatch_collector_success).", "none",
+           (f"inferwatch_collector_success{{{SEL}}}", "{{instance}} {{collector}}"), mappings=UP_DOWN, min=0, max=1),
+        ts("Time since last collection", "Seconds since each collector last succeeded; the stale alert fires past "
+           "3 poll intervals.", "s",
+           (f"time() - inferwatch_collector_last_success_timestamp_seconds{{{SEL}}}", "{{instance}} {{collector}}"),
+           (f"3 * inferwatch_collector_interval_seconds{{{SEL}}}", "{{instance}} {{collector}} stale after")),
+        ts("Disk used", "Share of each watched filesystem in use (1 - avail / size); DiskUsageHigh warns at 80% "
+           "and pages at 90%.", "percentunit",
+           (f"1 - storage_filesystem_avail_bytes{{{SEL}}} / storage_filesystem_size_bytes{{{SEL}}}",
+            "{{instance}} {{path}}"), min=0, max=1),
+    ],
+    [query_var("service", "Service", 'label_values(service_up{job=~"$job", instance=~"$instance"}, service)'),
+     query_var("queue", "Queue", 'label_values(job_queue_depth{job=~"$job", instance=~"$instance"}, queue)')],
+)
+
+pipeline = dashboard(
+    "inferwatch-pipeline", "inferwatch / Pipeline, WebSocket & HTTP",
+    "Pipeline-stage timings and errors, job durations, event ingest, the /ws/system WebSocket and the daemon's "
+    "HTTP API.",
+    [
+        ts("Stage duration (p95)", "95th percentile of each stage's duration (pipeline_stage_duration_seconds).", "s",
+           (f'histogram_quantile(0.95, sum by (instance, stage, le) (rate(pipeline_stage_duration_seconds_bucket'
+            f'{{{SEL}, stage=~"$stage"}}[{RI}])))', "{{stage}} p95"),
+           (f'histogram_quantile(0.5, sum by (instance, stage, le) (rate(pipeline_stage_duration_seconds_bucket'
+            f'{{{SEL}, stage=~"$stage"}}[{RI}])))', "{{stage}} p50")),
+        ts("Stage runs", "Stage events per second (rate of pipeline_stage_duration_seconds_count).", "ops",
+           (f'sum by (instance, stage) (rate(pipeline_stage_duration_seconds_count{{{SEL}, stage=~"$stage"}}[{RI}]))',
+            "{{stage}}")),
+        ts("Stage error ratio", "Share of each stage's runs that reported an error; PipelineStageErrorRateHigh "
+           "fires above 5%.", "percentunit",
+           (f'sum by (instance, stage) (rate(pipeline_stage_errors_total{{{SEL}, stage=~"$stage"}}[{RI}])) / '
+            f'sum by (instance, stage) (rate(pipeline_stage_duration_seconds_count{{{SEL}, stage=~"$stage"}}[{RI}]))',
+            "{{stage}}"), min=0),
+        ts("Stage errors by type", "Errors per second by stage and error type (rate of pipeline_stage_errors_total).",
+           "ops",
+           (f'sum by (instance, stage, error_type) (rate(pipeline_stage_errors_total{{{SEL}, stage=~"$stage"}}[{RI}]))',
+            "{{stage}} {{error_type}}")),
+        ts("Job duration", "95th and 50th percentile of whole-job duration (pipeline_job_duration_seconds); "
+           "PipelineJobsSlow fires when p95 passes 120 s.", "s",
+           (f"histogram_quantile(0.95, sum by (instance, le) (rate(pipeline_job_duration_seconds_bucket{{{SEL}}}[{RI}])))",
+            "{{instance}} p95"),
+           (f"histogram_quantile(0.5, sum by (instance, le) (rate(pipeline_job_duration_seconds_bucket{{{SEL}}}[{RI}])))",
+            "{{instance}} p50")),
+        ts("Jobs and items", "Finished jobs per second by status, and items processed per second (inference FPS).",
+           "ops",
+           (f"sum by (instance, status) (rate(pipeline_jobs_total{{{SEL}}}[{RI}]))", "jobs {{status}}"),
+           (f"sum by (instance) (rate(pipeline_items_processed_total{{{SEL}}}[{RI}]))", "items")),
+        ts("Events ingested", "Pipeline events accepted per second by source, and rejected by reason.", "ops",
+           (f"sum by (instance, source) (rate(pipeline_events_total{{{SEL}}}[{RI}]))", "accepted {{source}}"),
+           (f"sum by (instance, reason) (rate(pipeline_events_rejected_total{{{SEL}}}[{RI}]))", "rejected {{reason}}")),
+        ts("WebSocket clients", "Open /ws/system connections by client type (websocket_connections_active).", "short",
+           (f"websocket_connections_active{{{SEL}}}", "{{instance}} {{client_type}}")),
+        ts("WebSocket messages", "Messages written per second by event type (rate of websocket_messages_sent_total).",
+           "ops",
+           (f"sum by (instance, event_type) (rate(websocket_messages_sent_total{{{SEL}}}[{RI}]))", "{{event_type}}")),
+        ts("WebSocket errors", "Connections ended per second by cause: slow_consumer, send_failed, protocol, "
+           "ping_timeout (rate of websocket_errors_total).", "ops",
+           (f"sum by (instance, error_type) (rate(websocket_errors_total{{{SEL}}}[{RI}]))", "{{error_type}}")),
+        ts("WebSocket connection lifetime (p95)", "95th percentile of how long connections lasted "
+           "(websocket_connection_duration_seconds).", "s",
+           (f"histogram_quantile(0.95, sum by (instance, le) (rate(websocket_connection_duration_seconds_bucket{{{SEL}}}[{RI}])))",
+            "{{instance}} p95")),
+        ts("HTTP requests", "API requests per second by route template and status code (rate of http_requests_total).",
+           "reqps",
+           (f"sum by (instance, route, code) (rate(http_requests_total{{{SEL}}}[{RI}]))", "{{route}} {{code}}")),
+        ts("HTTP 5xx ratio", "Share of requests answered 5xx, leaving out the health endpoints' deliberate 503s; "
+           "HttpErrorRateHigh fires above 5%.", "percentunit",
+           (f'(sum by (instance) (rate(http_requests_total{{{SEL}, code=~"5..", route!~"/api/system/health|/-/ready"}}[{RI}]))'
+            f' or sum by (instance) (rate(http_requests_total{{{SEL}}}[{RI}])) * 0)'
+            f' / sum by (instance) (rate(http_requests_total{{{SEL}}}[{RI}]))', "{{instance}}"), min=0),
+        ts("HTTP latency (p95)", "95th percentile of time to response headers by route "
+           "(http_request_duration_seconds).", "s",
+           (f"histogram_quantile(0.95, sum by (instance, route, le) (rate(http_request_duration_seconds_bucket{{{SEL}}}[{RI}])))",
+            "{{route}}")),
+    ],
+    [query_var("stage", "Stage", 'label_values(pipeline_stage_duration_seconds_count{job=~"$job", instance=~"$instance"}, stage)')],
+)
+
+
+def main():
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "grafana-dashboards")
+    check = "--check" in sys.argv
+    stale = []
+    for name, d in [("overview", overview), ("gpu", gpu), ("services-dlq", services), ("pipeline-ws-http", pipeline)]:
+        text = json.dumps(d, indent=2, ensure_ascii=False) + "\n"
+        path = os.path.join(root, f"inferwatch-{name}.json")
+        if check:
+            if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
+                stale.append(path)
+        else:
+            os.makedirs(root, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+    if stale:
+        sys.exit("out of date (run python3 scripts/gen_dashboards.py): " + ", ".join(stale))
+
+
+if __name__ == "__main__":
+    main()

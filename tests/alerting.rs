@@ -1,0 +1,171 @@
+//! Alerting end to end with the shipped files: a hot GPU on the fake NVML,
+//! the real daemon, a real Prometheus evaluating a copy of alert_rules.yml
+//! (only the `for:` durations shortened; promtool's unit tests cover the real
+//! ones), a real Alertmanager running a copy of alertmanager.yml (only the
+//! SMTP server and the grouping waits changed) and a real SMTP server that
+//! requires the password from `smtp_auth_password_file`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, gpu_lines, repo, Alertmanager, Daemon, Driver, FakeGpus, Prometheus, SmtpSink};
+use serde_yaml_ng::Value;
+
+const USER: &str = "inferwatch@example.com";
+const PASSWORD: &str = "s3cret-from-a-file";
+const HOT_UUID: &str = "GPU-00000001-1111-2222-3333-444444444444";
+
+fn state(temp1: u32) -> String {
+    format!("driver_version 550.54.15\ncount 2\n{}{}", gpu_lines(0, 40, 60), gpu_lines(1, 41, temp1))
+}
+
+/// alert_rules.yml with every `for:` cut to 1 s; nothing else changes.
+fn fast_rules() -> String {
+    let text = std::fs::read_to_string(repo().join("alert_rules.yml")).unwrap();
+    let mut shortened = 0;
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let indent = l.len() - l.trim_start().len();
+            if l.trim_start().starts_with("for:") {
+                shortened += 1;
+                format!("{}for: 1s", " ".repeat(indent))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert!(shortened > 10, "expected the rules to have for: durations");
+    out.join("\n") + "\n"
+}
+
+/// Sets `key` on every route of the tree that has it, and on the root.
+fn shorten_routes(route: &mut Value, key: &str, to: &str) {
+    let Value::Mapping(m) = route else { return };
+    if m.contains_key(key) || m.contains_key("receiver") {
+        m.insert(key.into(), to.into());
+    }
+    if let Some(Value::Sequence(children)) = m.get_mut("routes") {
+        for c in children {
+            shorten_routes(c, key, to);
+        }
+    }
+}
+
+/// alertmanager.yml pointed at the sink, with 1 s grouping waits.
+fn test_alertmanager(smtp_port: u16, password_file: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(repo().join("alertmanager.yml")).unwrap();
+    let mut am: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let global = am.get_mut("global").unwrap();
+    assert_eq!(global["smtp_auth_username"], Value::from(USER));
+    assert!(global.get("smtp_auth_password").is_none(), "no password in the file");
+    global["smtp_smarthost"] = format!("127.0.0.1:{smtp_port}").into();
+    global["smtp_require_tls"] = false.into();
+    global["smtp_auth_password_file"] = password_file.display().to_string().into();
+    am["templates"] = Value::Sequence(vec![repo()
+        .join("monitoring/alertmanager/templates/*.tmpl")
+        .display()
+        .to_string()
+        .into()]);
+    let route = am.get_mut("route").unwrap();
+    shorten_routes(route, "group_wait", "1s");
+    shorten_routes(route, "group_interval", "1s");
+    serde_yaml_ng::to_string(&am).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_gpu_is_emailed_and_then_resolved() {
+    let fake = FakeGpus::new(Driver::Current, &state(60));
+    let config = format!(
+        "gpu:\n  nvml_library: {}\n  poll_interval: 1s\nqueues:\n  enabled: false\n",
+        fake.lib_str()
+    );
+    let daemon = Daemon::start(&config, &[]).await;
+
+    let sink = SmtpSink::start(USER, PASSWORD).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("smtp_password");
+    // Alertmanager 0.25 sends the file's bytes as they are, so the file
+    // has no trailing newline (the README says to write it with printf).
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let am = Alertmanager::start(&test_alertmanager(sink.port, &password_file)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("alert_rules.yml"), fast_rules()).unwrap();
+    let prom_config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alert_rules.yml]\n\
+         alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{}']\n\
+         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        am.port, daemon.port
+    );
+    let prom = Prometheus::start_with_config(dir, &prom_config).await;
+    eventually("Prometheus to scrape GPU 1 at 60 °C", Duration::from_secs(60), || {
+        let prom = &prom;
+        async move {
+            let r = prom.query(&format!("gpu_temperature_celsius{{uuid=\"{HOT_UUID}\"}}")).await;
+            r.first().filter(|s| s["value"][1] == "60").map(|_| ())
+        }
+    })
+    .await;
+    assert!(sink.messages().is_empty(), "no email while the GPUs are cool");
+
+    fake.set(&state(90));
+    let firing = tokio::time::timeout(
+        Duration::from_secs(90),
+        eventually("the firing email", Duration::from_secs(100), || {
+            let sink = &sink;
+            async move {
+                sink.messages()
+                    .into_iter()
+                    .find(|m| m["subject"].as_str().unwrap_or("").contains("GpuTemperatureHigh"))
+            }
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no firing email in 90 s\nalertmanager log:\n{}\nsmtp log:\n{}",
+            am.log(),
+            sink.log()
+        )
+    });
+    let subject = firing["subject"].as_str().unwrap();
+    assert!(subject.starts_with("[FIRING:1] GpuTemperatureHigh"), "subject: {subject}");
+    let text = firing["text"].as_str().unwrap();
+    assert!(text.contains(&format!("GPU 1 ({HOT_UUID})")), "body names the GPU:\n{text}");
+    assert!(text.contains("is at 90 °C, above 85 °C"), "{text}");
+    assert!(text.contains("docs/runbooks.md#gputemperaturehigh"), "{text}");
+    assert!(!text.contains("GPU 0 ("), "only the hot GPU fires:\n{text}");
+    assert!(firing["html"].as_str().unwrap().contains(HOT_UUID));
+    // Warnings go to the warning receiver, authenticated with the file's password.
+    assert_eq!(firing["to"], serde_json::json!(["team@example.com"]));
+    assert_eq!(firing["login"], USER);
+
+    fake.set(&state(60));
+    let resolved = eventually("the resolved email", Duration::from_secs(90), || {
+        let sink = &sink;
+        async move {
+            sink.messages()
+                .into_iter()
+                .find(|m| m["subject"].as_str().unwrap_or("").starts_with("[RESOLVED] GpuTemperatureHigh"))
+        }
+    })
+    .await;
+    let text = resolved["text"].as_str().unwrap();
+    assert!(text.contains("1 resolved:"), "{text}");
+    assert!(text.contains(&format!("GPU 1 ({HOT_UUID})")), "{text}");
+    assert!(text.contains("Resolved: "), "{text}");
+
+    // Nothing else was emailed: the Watchdog has its own receiver.
+    let subjects: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        subjects.iter().all(|s| s.contains("GpuTemperatureHigh")),
+        "unexpected emails: {subjects:?}\nalertmanager log:\n{}",
+        am.log()
+    );
+}
