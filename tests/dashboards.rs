@@ -1,0 +1,290 @@
+//! The Grafana dashboards: their structure (datasource variable, fixed uid,
+//! no `__inputs`, units, descriptions, `$__rate_interval`, targets on every
+//! panel), and every variable and panel query run through a real Prometheus
+//! that scraped the real daemon. A panel that queries a metric the daemon
+//! does not expose returns nothing and fails the test.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{
+    eventually, gpus_state, repo, run_tool, Daemon, Driver, FakeGpus, HealthTarget, Prometheus, Redis, WsClient,
+};
+use serde_json::Value;
+
+const DATASOURCE_UID: &str = "inferwatch-prometheus";
+
+fn dashboards() -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = std::fs::read_dir(repo().join("grafana-dashboards"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            assert!(!text.contains("__inputs"), "{}: __inputs breaks file provisioning", p.display());
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, serde_json::from_str(&text).unwrap())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn panels(d: &Value) -> Vec<&Value> {
+    // Rows may nest panels; flatten them.
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        if p["type"] == "row" {
+            out.extend(p["panels"].as_array().into_iter().flatten());
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn variables(d: &Value) -> Vec<&Value> {
+    d["templating"]["list"].as_array().unwrap().iter().collect()
+}
+
+/// Every `[...]` range in a query must be `$__rate_interval` (or a
+/// subquery/offset that the dashboard does not use).
+fn ranges(expr: &str) -> Vec<&str> {
+    expr.split('[').skip(1).map(|s| s.split(']').next().unwrap()).collect()
+}
+
+#[test]
+fn dashboards_follow_the_house_rules() {
+    let all = dashboards();
+    assert!(all.len() >= 4, "{} dashboards", all.len());
+    let titles: Vec<&str> = all.iter().map(|(_, d)| d["title"].as_str().unwrap()).collect();
+    for want in ["Overview", "GPU", "Services & DLQ", "Pipeline, WebSocket & HTTP"] {
+        assert!(titles.iter().any(|t| t.ends_with(want)), "no {want} dashboard in {titles:?}");
+    }
+    let mut uids = std::collections::BTreeSet::new();
+    for (file, d) in &all {
+        let uid = d["uid"].as_str().unwrap_or("");
+        assert!(!uid.is_empty() && uid.len() <= 40, "{file}: fixed uid");
+        assert!(uids.insert(uid.to_string()), "{file}: duplicate uid {uid}");
+        let vars = variables(d);
+        let ds = vars.iter().find(|v| v["type"] == "datasource").expect("datasource variable");
+        assert_eq!(ds["query"], "prometheus");
+        assert_eq!(ds["current"]["value"], DATASOURCE_UID, "{file}: defaults to the provisioned uid");
+        let ds_name = format!("${{{}}}", ds["name"].as_str().unwrap());
+        let names: Vec<&str> = vars.iter().map(|v| v["name"].as_str().unwrap()).collect();
+        assert!(names.contains(&"job") && names.contains(&"instance"), "{file}: {names:?}");
+        if d["title"].as_str().unwrap().ends_with("GPU") {
+            assert!(names.contains(&"gpu"), "{file}: gpu variable");
+        }
+        for v in vars.iter().filter(|v| v["type"] == "query") {
+            assert_eq!(v["datasource"]["uid"], ds_name.as_str(), "{file}: variable {}", v["name"]);
+        }
+        for p in panels(d) {
+            let title = p["title"].as_str().unwrap();
+            assert!(!p["description"].as_str().unwrap_or("").is_empty(), "{file}: {title} has no description");
+            assert!(
+                !p["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("").is_empty(),
+                "{file}: {title} has no unit"
+            );
+            assert_eq!(p["datasource"]["uid"], ds_name.as_str(), "{file}: {title}");
+            let targets = p["targets"].as_array().filter(|t| !t.is_empty());
+            let targets = targets.unwrap_or_else(|| panic!("{file}: {title} has no targets"));
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap_or("");
+                assert!(!expr.is_empty(), "{file}: {title} target without expr");
+                for r in ranges(expr) {
+                    assert_eq!(r, "$__rate_interval", "{file}: {title}: range [{r}] in {expr}");
+                }
+                if expr.contains("rate(") || expr.contains("increase(") {
+                    assert!(expr.contains("[$__rate_interval]"), "{file}: {title}: {expr}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn committed_dashboards_match_their_generator() {
+    let (ok, out) = run_tool("python3", &["scripts/gen_dashboards.py", "--check"]);
+    assert!(ok, "{out}");
+}
+
+/// `label_values(selector, label)` or `label_values(label)`.
+fn parse_label_values(q: &str) -> (Option<String>, String) {
+    let inner = q
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unsupported variable query {q}"));
+    match inner.rsplit_once(',') {
+        Some((sel, label)) => (Some(sel.trim().to_string()), label.trim().to_string()),
+        None => (None, inner.trim().to_string()),
+    }
+}
+
+/// As Grafana formats a multi-value variable inside `=~"..."`.
+fn regex_value(values: &[String]) -> String {
+    let esc: Vec<String> = values
+        .iter()
+        .map(|v| {
+            v.chars()
+                .map(|c| {
+                    if ".+*?^$()[]{}|\\".contains(c) {
+                        format!("\\\\{c}")
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    if esc.len() == 1 {
+        esc[0].clone()
+    } else {
+        format!("({})", esc.join("|"))
+    }
+}
+
+fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = expr.replace("$__rate_interval", "10s");
+    // Longest names first, so $gpu never eats part of a longer name.
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for n in names {
+        out = out.replace(&format!("${{{n}}}"), &vars[n]).replace(&format!("${n}"), &vars[n]);
+    }
+    assert!(!out.contains('$'), "unsubstituted variable in {out}");
+    out
+}
+
+async fn label_values(prom: &Prometheus, selector: Option<&str>, label: &str) -> Vec<String> {
+    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{}/api/v1/label/{label}/values", prom.port));
+    if let Some(s) = selector {
+        req = req.query(&[("match[]", s)]);
+    }
+    let body: Value = req.send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["status"], "success", "{body}");
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_panel_query_returns_data_from_the_real_daemon() {
+    // Two GPUs, one with an XID, one compute process.
+    let fake = FakeGpus::new(
+        Driver::Current,
+        &format!("{}1.xid 79\n0.procs 4242:1073741824:python3\n", gpus_state(2)),
+    );
+    // Jobs waiting and failed jobs in DLQs.
+    let redis = Redis::start().await;
+    {
+        use redis::AsyncCommands;
+        let mut c = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let failure = r#"{"original_job":{"id":"j1"},"error":"CUDA OOM","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"detection_queue"}"#;
+        let _: () = c.lpush("dlq:detection_queue", &[failure, failure]).await.unwrap();
+        let _: () = c.lpush("detection_queue", &["{\"id\":\"a\"}", "{\"id\":\"b\"}", "{\"id\":\"c\"}"]).await.unwrap();
+    }
+    // One service up, one down.
+    let mut up = HealthTarget::new();
+    up.start().await;
+    let down_port = common::free_port();
+    let config = format!(
+        "gpu:\n  nvml_library: {}\n  poll_interval: 1s\n  per_process: true\n\
+         queues:\n  redis_url: {}\n  poll_interval: 1s\n\
+         storage:\n  poll_interval: 1s\n\
+         health:\n  services:\n\
+         \x20   - {{name: rtdetr, kind: http, url: \"{}\", interval: 1s}}\n\
+         \x20   - {{name: nemotron, kind: http, url: \"http://127.0.0.1:{down_port}/health\", interval: 1s, timeout: 500ms}}\n",
+        fake.lib_str(),
+        redis.url(),
+        up.url(),
+    );
+    let daemon = Daemon::start(&config, &[]).await;
+    let _ws = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/system", daemon.port)).await;
+
+    // Pipeline events keep arriving while Prometheus scrapes.
+    let events_url = daemon.url("/api/pipeline/events");
+    let sender = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let batch = serde_json::json!([
+            {"kind": "stage", "stage": "detection", "duration_seconds": 0.04, "status": "ok", "items": 4},
+            {"kind": "stage", "stage": "analysis", "duration_seconds": 2.5, "status": "error", "error_type": "timeout"},
+            {"kind": "job", "status": "completed", "duration_seconds": 42.0},
+        ]);
+        loop {
+            let r = client.post(&events_url).json(&batch).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+
+    // A real Prometheus with the real rules (for the ALERTS panel).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo().join("alert_rules.yml"), dir.path().join("alert_rules.yml")).unwrap();
+    let prom_config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alert_rules.yml]\n\
+         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        daemon.port
+    );
+    let prom = Prometheus::start_with_config(dir, &prom_config).await;
+    eventually("10 s of scrapes", Duration::from_secs(90), || {
+        let prom = &prom;
+        async move {
+            let r = prom.query("count_over_time(up{job=\"inferwatch\"}[10s]) >= 8").await;
+            (!r.is_empty()).then_some(())
+        }
+    })
+    .await;
+
+    let mut queried = 0;
+    for (file, d) in dashboards() {
+        // Resolve the variables in order, as Grafana does.
+        let mut vars: BTreeMap<String, String> = BTreeMap::new();
+        for v in variables(&d) {
+            let name = v["name"].as_str().unwrap().to_string();
+            if v["type"] == "datasource" {
+                vars.insert(name, DATASOURCE_UID.into());
+                continue;
+            }
+            let (selector, label) = parse_label_values(v["query"]["query"].as_str().unwrap());
+            let selector = selector.map(|s| substitute(&s, &vars));
+            let values = label_values(&prom, selector.as_deref(), &label).await;
+            assert!(!values.is_empty(), "{file}: variable {name} ({selector:?}, {label}) has no values");
+            vars.insert(name, regex_value(&values));
+        }
+        assert_eq!(vars["job"], "inferwatch");
+        assert_eq!(vars["instance"], regex_value(&[format!("127.0.0.1:{}", daemon.port)]));
+
+        for p in panels(&d) {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = substitute(t["expr"].as_str().unwrap(), &vars);
+                let title = p["title"].as_str().unwrap();
+                // Some series appear a little later (ALERTS after the first
+                // evaluation, rates after two samples): wait, bounded.
+                let series = eventually(&format!("{file}: {title}: {expr}"), Duration::from_secs(30), || {
+                    let (prom, expr) = (&prom, &expr);
+                    async move {
+                        let r = prom.query(expr).await;
+                        (!r.is_empty()).then_some(r)
+                    }
+                })
+                .await;
+                assert!(!series.is_empty());
+                queried += 1;
+            }
+        }
+    }
+    sender.abort();
+    assert!(queried >= 50, "only {queried} queries");
+}
