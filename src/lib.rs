@@ -25,8 +25,13 @@
 //! - [`events`]: the internal event bus (GPU polls and crossings, service
 //!   status changes, built-in alerts).
 //! - [`api`]: `router(state)`, `/metrics`, the probes, the REST routes
-//!   (system, DLQ with its auth, pipeline ingest, storage) and the
-//!   `/ws/system` hub.
+//!   (system, DLQ with its auth, pipeline ingest, storage), the
+//!   `/ws/system` hub, and the `http_*` request metrics middleware.
+//!
+//! Beside the crate: `alert_rules.yml`, `alertmanager.yml`, `monitoring/`
+//! (Prometheus config, rule tests, Alertmanager template, Grafana
+//! provisioning), `grafana-dashboards/` and `docker-compose-monitoring.yml`
+//! query the metric names defined here.
 //!
 //! Arrows point one way: collectors write shared state, the API reads it.
 

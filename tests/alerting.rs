@@ -17,7 +17,11 @@ const PASSWORD: &str = "s3cret-from-a-file";
 const HOT_UUID: &str = "GPU-00000001-1111-2222-3333-444444444444";
 
 fn state(temp1: u32) -> String {
-    format!("driver_version 550.54.15\ncount 2\n{}{}", gpu_lines(0, 40, 60), gpu_lines(1, 41, temp1))
+    format!(
+        "driver_version 550.54.15\ncount 2\n{}{}",
+        gpu_lines(0, 40, 60),
+        gpu_lines(1, 41, temp1)
+    )
 }
 
 /// alert_rules.yml with every `for:` cut to 1 s; nothing else changes.
@@ -103,7 +107,9 @@ async fn hot_gpu_is_emailed_and_then_resolved() {
     eventually("Prometheus to scrape GPU 1 at 60 °C", Duration::from_secs(60), || {
         let prom = &prom;
         async move {
-            let r = prom.query(&format!("gpu_temperature_celsius{{uuid=\"{HOT_UUID}\"}}")).await;
+            let r = prom
+                .query(&format!("gpu_temperature_celsius{{uuid=\"{HOT_UUID}\"}}"))
+                .await;
             r.first().filter(|s| s["value"][1] == "60").map(|_| ())
         }
     })
@@ -131,9 +137,15 @@ async fn hot_gpu_is_emailed_and_then_resolved() {
         )
     });
     let subject = firing["subject"].as_str().unwrap();
-    assert!(subject.starts_with("[FIRING:1] GpuTemperatureHigh"), "subject: {subject}");
+    assert!(
+        subject.starts_with("[FIRING:1] GpuTemperatureHigh"),
+        "subject: {subject}"
+    );
     let text = firing["text"].as_str().unwrap();
-    assert!(text.contains(&format!("GPU 1 ({HOT_UUID})")), "body names the GPU:\n{text}");
+    assert!(
+        text.contains(&format!("GPU 1 ({HOT_UUID})")),
+        "body names the GPU:\n{text}"
+    );
     assert!(text.contains("is at 90 °C, above 85 °C"), "{text}");
     assert!(text.contains("docs/runbooks.md#gputemperaturehigh"), "{text}");
     assert!(!text.contains("GPU 0 ("), "only the hot GPU fires:\n{text}");
@@ -146,9 +158,12 @@ async fn hot_gpu_is_emailed_and_then_resolved() {
     let resolved = eventually("the resolved email", Duration::from_secs(90), || {
         let sink = &sink;
         async move {
-            sink.messages()
-                .into_iter()
-                .find(|m| m["subject"].as_str().unwrap_or("").starts_with("[RESOLVED] GpuTemperatureHigh"))
+            sink.messages().into_iter().find(|m| {
+                m["subject"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("[RESOLVED] GpuTemperatureHigh")
+            })
         }
     })
     .await;

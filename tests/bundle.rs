@@ -82,7 +82,9 @@ fn prometheus_config_has_the_expected_jobs() {
     let fleet = serde_yaml_ng::to_string(&jobs["inferwatch-fleet"]["file_sd_configs"]).unwrap();
     assert!(fleet.contains("targets/*.yml"), "{fleet}");
     assert_eq!(p["rule_files"][0], Value::from("../alert_rules.yml"));
-    assert!(serde_yaml_ng::to_string(&p["alerting"]).unwrap().contains("alertmanager:9093"));
+    assert!(serde_yaml_ng::to_string(&p["alerting"])
+        .unwrap()
+        .contains("alertmanager:9093"));
     // The fleet file is valid file_sd content (a list of target groups).
     assert!(yaml("monitoring/targets/fleet.yml").is_sequence());
 }
@@ -102,11 +104,20 @@ fn rules_follow_the_mixin_conventions() {
             name.chars().next().unwrap().is_ascii_uppercase() && name.chars().all(|c| c.is_ascii_alphanumeric()),
             "{name} is not CamelCase"
         );
-        assert!(["critical", "warning", "info"].contains(&severity.as_str()), "{name}: {severity}");
+        assert!(
+            ["critical", "warning", "info"].contains(&severity.as_str()),
+            "{name}: {severity}"
+        );
         let a = &r["annotations"];
         let summary = str_of(a, "summary");
-        assert!(!summary.is_empty() && !summary.contains("{{"), "{name}: summary must be static");
-        assert!(str_of(a, "description").contains("{{"), "{name}: description must be templated");
+        assert!(
+            !summary.is_empty() && !summary.contains("{{"),
+            "{name}: summary must be static"
+        );
+        assert!(
+            str_of(a, "description").contains("{{"),
+            "{name}: description must be templated"
+        );
         let url = str_of(a, "runbook_url");
         let anchor = url
             .split_once("docs/runbooks.md#")
@@ -141,7 +152,10 @@ fn rules_follow_the_mixin_conventions() {
         ("WebSocketErrorsHigh", "warning"),
         ("Watchdog", "info"),
     ] {
-        assert!(have.contains(&(name.into(), severity.into())), "missing {name} ({severity})");
+        assert!(
+            have.contains(&(name.into(), severity.into())),
+            "missing {name} ({severity})"
+        );
     }
 }
 
@@ -166,7 +180,10 @@ fn every_alert_has_a_firing_case_and_a_near_miss() {
                                 "{f}: {name} case without {key}"
                             );
                         }
-                        assert!(a["exp_labels"].get("severity").is_some(), "{f}: {name} without severity");
+                        assert!(
+                            a["exp_labels"].get("severity").is_some(),
+                            "{f}: {name} without severity"
+                        );
                     }
                     fires.insert(name);
                 }
@@ -177,7 +194,10 @@ fn every_alert_has_a_firing_case_and_a_near_miss() {
         assert!(fires.contains(&name), "{name} has no firing case in monitoring/tests");
         // Watchdog has no condition: it must fire always, so no near miss.
         if name != "Watchdog" {
-            assert!(misses.contains(&name), "{name} has no near-miss case in monitoring/tests");
+            assert!(
+                misses.contains(&name),
+                "{name} has no near-miss case in monitoring/tests"
+            );
         }
     }
 }
@@ -188,7 +208,10 @@ fn amtool_checks_config_and_routes_each_severity() {
     assert!(ok, "{out}");
     for (labels, receiver) in [
         (&["alertname=GpuMissing", "severity=critical"][..], "email-critical"),
-        (&["alertname=GpuTemperatureHigh", "severity=warning", "instance=a:8790"][..], "email-warning"),
+        (
+            &["alertname=GpuTemperatureHigh", "severity=warning", "instance=a:8790"][..],
+            "email-warning",
+        ),
         (&["alertname=SomethingNew", "severity=info"][..], "null"),
         (&["alertname=Watchdog", "severity=info"][..], "watchdog"),
         (&["alertname=Unlabelled"][..], "email-warning"),
@@ -234,9 +257,19 @@ fn alertmanager_timings_inhibition_and_email() {
     // Each route inherits what it does not set.
     let mut by_receiver = BTreeMap::new();
     for r in std::iter::once(root).chain(root["routes"].as_sequence().unwrap()) {
-        let get = |k: &str| r.get(k).or_else(|| root.get(k)).and_then(Value::as_str).unwrap().to_string();
+        let get = |k: &str| {
+            r.get(k)
+                .or_else(|| root.get(k))
+                .and_then(Value::as_str)
+                .unwrap()
+                .to_string()
+        };
         let (gi, ri) = (seconds(&get("group_interval")), seconds(&get("repeat_interval")));
-        assert_eq!(ri % gi, 0, "repeat_interval {ri}s is not a multiple of group_interval {gi}s");
+        assert_eq!(
+            ri % gi,
+            0,
+            "repeat_interval {ri}s is not a multiple of group_interval {gi}s"
+        );
         by_receiver.insert(str_of(r, "receiver").to_string(), (get("group_wait"), ri));
     }
     assert_eq!(by_receiver["email-critical"], ("0s".to_string(), 3600));
@@ -250,18 +283,27 @@ fn alertmanager_timings_inhibition_and_email() {
         }
     }
     assert!(
-        receivers.iter().any(|r| str_of(r, "name") == "null" && r.get("email_configs").is_none()),
+        receivers
+            .iter()
+            .any(|r| str_of(r, "name") == "null" && r.get("email_configs").is_none()),
         "info goes to a null receiver"
     );
     let inhibit = am["inhibit_rules"].as_sequence().unwrap();
     let crit = inhibit
         .iter()
-        .find(|r| serde_yaml_ng::to_string(&r["source_matchers"]).unwrap().contains("severity=\"critical\""))
+        .find(|r| {
+            serde_yaml_ng::to_string(&r["source_matchers"])
+                .unwrap()
+                .contains("severity=\"critical\"")
+        })
         .expect("critical inhibits");
     let target = serde_yaml_ng::to_string(&crit["target_matchers"]).unwrap();
     assert!(target.contains("warning") && target.contains("info"), "{target}");
     for r in inhibit {
-        assert!(!r["equal"].as_sequence().unwrap().is_empty(), "an empty equal inhibits everything");
+        assert!(
+            !r["equal"].as_sequence().unwrap().is_empty(),
+            "an empty equal inhibits everything"
+        );
     }
 }
 
@@ -282,12 +324,16 @@ fn amtool_renders_the_email_template() {
         assert!(ok, "{t}: {out}");
         out
     };
-    assert_eq!(render("subject").trim(), "[FIRING:1] GpuTemperatureHigh gpu-node-01:8790");
+    assert_eq!(
+        render("subject").trim(),
+        "[FIRING:1] GpuTemperatureHigh gpu-node-01:8790"
+    );
     let text = render("text");
     assert!(text.contains("1 firing:") && text.contains("1 resolved:"), "{text}");
     assert!(text.contains("GPU 1 (GPU-00000001-1111-2222-3333-444444444444) on gpu-node-01:8790 is at 90 °C"));
     assert!(text.contains("Resolved: 2026-11-21 09:30:00 UTC"), "{text}");
-    assert!(text.contains("Runbook:  https://github.com/inferwatch/inferwatch/blob/main/docs/runbooks.md#gputemperaturehigh"));
+    assert!(text
+        .contains("Runbook:  https://github.com/inferwatch/inferwatch/blob/main/docs/runbooks.md#gputemperaturehigh"));
     let html = render("html");
     assert!(html.contains("<a href=\"https://github.com/inferwatch/inferwatch/blob/main/docs/runbooks.md#gputemperaturehigh\">Runbook</a>"));
 }
@@ -309,12 +355,19 @@ fn compose_file_validates_with_docker_compose() {
     assert!(devices.contains("nvidia") && devices.contains("gpu"), "{devices}");
     let grafana = serde_yaml_ng::to_string(&services["grafana"]).unwrap();
     assert!(grafana.contains("GF_SECURITY_ADMIN_PASSWORD__FILE"), "{grafana}");
-    assert!(!grafana.to_lowercase().contains("admin_password: admin"), "no admin/admin");
+    assert!(
+        !grafana.to_lowercase().contains("admin_password: admin"),
+        "no admin/admin"
+    );
     assert!(c["volumes"].as_mapping().is_some_and(|v| v.len() >= 3), "named volumes");
     // The Dockerfile is multi-stage and drops root.
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     assert!(dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM ")) >= 2);
-    let user = dockerfile.lines().rev().find(|l| l.starts_with("USER ")).expect("a USER line");
+    let user = dockerfile
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("USER "))
+        .expect("a USER line");
     assert!(!user.contains("root") && user.trim() != "USER 0", "{user}");
 }
 
@@ -330,6 +383,9 @@ fn grafana_provisioning_points_at_the_dashboards() {
     let path = str_of(&p["options"], "path");
     // The compose file mounts grafana-dashboards/ at this path.
     let compose = std::fs::read_to_string(repo().join("docker-compose-monitoring.yml")).unwrap();
-    assert!(compose.contains(&format!("./grafana-dashboards:{path}")), "{path} is not mounted");
+    assert!(
+        compose.contains(&format!("./grafana-dashboards:{path}")),
+        "{path} is not mounted"
+    );
     assert!(Path::new(&repo().join("grafana-dashboards")).is_dir());
 }

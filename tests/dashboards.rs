@@ -24,7 +24,11 @@ fn dashboards() -> Vec<(String, Value)> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
-            assert!(!text.contains("__inputs"), "{}: __inputs breaks file provisioning", p.display());
+            assert!(
+                !text.contains("__inputs"),
+                "{}: __inputs breaks file provisioning",
+                p.display()
+            );
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             (name, serde_json::from_str(&text).unwrap())
         })
@@ -62,7 +66,10 @@ fn dashboards_follow_the_house_rules() {
     assert!(all.len() >= 4, "{} dashboards", all.len());
     let titles: Vec<&str> = all.iter().map(|(_, d)| d["title"].as_str().unwrap()).collect();
     for want in ["Overview", "GPU", "Services & DLQ", "Pipeline, WebSocket & HTTP"] {
-        assert!(titles.iter().any(|t| t.ends_with(want)), "no {want} dashboard in {titles:?}");
+        assert!(
+            titles.iter().any(|t| t.ends_with(want)),
+            "no {want} dashboard in {titles:?}"
+        );
     }
     let mut uids = std::collections::BTreeSet::new();
     for (file, d) in &all {
@@ -70,21 +77,38 @@ fn dashboards_follow_the_house_rules() {
         assert!(!uid.is_empty() && uid.len() <= 40, "{file}: fixed uid");
         assert!(uids.insert(uid.to_string()), "{file}: duplicate uid {uid}");
         let vars = variables(d);
-        let ds = vars.iter().find(|v| v["type"] == "datasource").expect("datasource variable");
+        let ds = vars
+            .iter()
+            .find(|v| v["type"] == "datasource")
+            .expect("datasource variable");
         assert_eq!(ds["query"], "prometheus");
-        assert_eq!(ds["current"]["value"], DATASOURCE_UID, "{file}: defaults to the provisioned uid");
+        assert_eq!(
+            ds["current"]["value"], DATASOURCE_UID,
+            "{file}: defaults to the provisioned uid"
+        );
         let ds_name = format!("${{{}}}", ds["name"].as_str().unwrap());
         let names: Vec<&str> = vars.iter().map(|v| v["name"].as_str().unwrap()).collect();
-        assert!(names.contains(&"job") && names.contains(&"instance"), "{file}: {names:?}");
+        assert!(
+            names.contains(&"job") && names.contains(&"instance"),
+            "{file}: {names:?}"
+        );
         if d["title"].as_str().unwrap().ends_with("GPU") {
             assert!(names.contains(&"gpu"), "{file}: gpu variable");
         }
         for v in vars.iter().filter(|v| v["type"] == "query") {
-            assert_eq!(v["datasource"]["uid"], ds_name.as_str(), "{file}: variable {}", v["name"]);
+            assert_eq!(
+                v["datasource"]["uid"],
+                ds_name.as_str(),
+                "{file}: variable {}",
+                v["name"]
+            );
         }
         for p in panels(d) {
             let title = p["title"].as_str().unwrap();
-            assert!(!p["description"].as_str().unwrap_or("").is_empty(), "{file}: {title} has no description");
+            assert!(
+                !p["description"].as_str().unwrap_or("").is_empty(),
+                "{file}: {title} has no description"
+            );
             assert!(
                 !p["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("").is_empty(),
                 "{file}: {title} has no unit"
@@ -154,7 +178,9 @@ fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort_by_key(|n| std::cmp::Reverse(n.len()));
     for n in names {
-        out = out.replace(&format!("${{{n}}}"), &vars[n]).replace(&format!("${n}"), &vars[n]);
+        out = out
+            .replace(&format!("${{{n}}}"), &vars[n])
+            .replace(&format!("${n}"), &vars[n]);
     }
     assert!(!out.contains('$'), "unsubstituted variable in {out}");
     out
@@ -193,7 +219,13 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
             .unwrap();
         let failure = r#"{"original_job":{"id":"j1"},"error":"CUDA OOM","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"detection_queue"}"#;
         let _: () = c.lpush("dlq:detection_queue", &[failure, failure]).await.unwrap();
-        let _: () = c.lpush("detection_queue", &["{\"id\":\"a\"}", "{\"id\":\"b\"}", "{\"id\":\"c\"}"]).await.unwrap();
+        let _: () = c
+            .lpush(
+                "detection_queue",
+                &["{\"id\":\"a\"}", "{\"id\":\"b\"}", "{\"id\":\"c\"}"],
+            )
+            .await
+            .unwrap();
     }
     // One service up, one down.
     let mut up = HealthTarget::new();
@@ -260,7 +292,10 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
             let (selector, label) = parse_label_values(v["query"]["query"].as_str().unwrap());
             let selector = selector.map(|s| substitute(&s, &vars));
             let values = label_values(&prom, selector.as_deref(), &label).await;
-            assert!(!values.is_empty(), "{file}: variable {name} ({selector:?}, {label}) has no values");
+            assert!(
+                !values.is_empty(),
+                "{file}: variable {name} ({selector:?}, {label}) has no values"
+            );
             vars.insert(name, regex_value(&values));
         }
         assert_eq!(vars["job"], "inferwatch");

@@ -47,25 +47,38 @@ async fn requests_are_counted_by_route_template_and_code() {
 
     // The page is cached for up to a second; wait for a fresh render
     // that shows the last request rather than sleeping.
-    let page = common::eventually("the request counters on /metrics", std::time::Duration::from_secs(5), || {
-        let app = app.clone();
-        async move {
-            let (_, page) = get(&app, "GET", "/metrics").await;
-            page.contains("method=\"other\"").then_some(page)
-        }
-    })
+    let page = common::eventually(
+        "the request counters on /metrics",
+        std::time::Duration::from_secs(5),
+        || {
+            let app = app.clone();
+            async move {
+                let (_, page) = get(&app, "GET", "/metrics").await;
+                page.contains("method=\"other\"").then_some(page)
+            }
+        },
+    )
     .await;
     assert_eq!(
-        sample_value(&page, r#"http_requests_total{code="404",method="GET",route="unmatched"}"#),
+        sample_value(
+            &page,
+            r#"http_requests_total{code="404",method="GET",route="unmatched"}"#
+        ),
         Some(50.0),
         "{page}"
     );
     assert_eq!(
-        sample_value(&page, r#"http_requests_total{code="200",method="GET",route="/-/healthy"}"#),
+        sample_value(
+            &page,
+            r#"http_requests_total{code="200",method="GET",route="/-/healthy"}"#
+        ),
         Some(3.0)
     );
     assert_eq!(
-        sample_value(&page, r#"http_request_duration_seconds_count{method="GET",route="/-/healthy"}"#),
+        sample_value(
+            &page,
+            r#"http_request_duration_seconds_count{method="GET",route="/-/healthy"}"#
+        ),
         Some(3.0)
     );
     let dlq_series = format!(r#"http_requests_total{{code="{code}",method="GET",route="/api/dlq/jobs/{{dlq}}"}}"#);
@@ -75,6 +88,9 @@ async fn requests_are_counted_by_route_template_and_code() {
         .count();
     assert_eq!(templated, 0, "a path segment became a label value:\n{page}");
     assert_eq!(sample_value(&page, &dlq_series), Some(1.0), "{page}");
-    assert!(page.contains(&format!(r#"{{code="{bogus}",method="other",route="/-/healthy"}}"#)), "{page}");
+    assert!(
+        page.contains(&format!(r#"{{code="{bogus}",method="other",route="/-/healthy"}}"#)),
+        "{page}"
+    );
     assert!(!page.contains("BREW"));
 }

@@ -41,7 +41,9 @@ impl HttpMetrics {
                 "http_request_duration_seconds",
                 "Time from receiving a request to its response headers, by method and route template.",
             )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["method", "route"],
         )
         .expect("valid metric");
@@ -66,7 +68,12 @@ pub async fn track(State(http): State<HttpMetrics>, req: Request, next: Next) ->
         .unwrap_or_else(|| UNMATCHED.to_owned());
     let method = method_label(req.method());
     let response = next.run(req).await;
-    http.observe(method, &route, response.status().as_str(), start.elapsed().as_secs_f64());
+    http.observe(
+        method,
+        &route,
+        response.status().as_str(),
+        start.elapsed().as_secs_f64(),
+    );
     response
 }
 

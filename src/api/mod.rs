@@ -65,7 +65,10 @@ pub fn router(state: AppState) -> Router {
         .merge(pipeline::routes())
         .merge(storage::routes())
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
-        .layer(axum::middleware::from_fn_with_state(state.http.clone(), http_metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.http.clone(),
+            http_metrics::track,
+        ))
         .with_state(state)
 }
 

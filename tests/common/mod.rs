@@ -753,7 +753,10 @@ impl SmtpSink {
             },
         };
         eventually("the SMTP sink to listen", Duration::from_secs(30), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
         })
         .await;
         s
