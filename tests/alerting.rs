@@ -184,3 +184,123 @@ async fn hot_gpu_is_emailed_and_then_resolved() {
         am.log()
     );
 }
+
+/// Posts alerts straight to Alertmanager's v2 API, as Prometheus does.
+async fn post_alerts(am: &Alertmanager, alerts: serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/api/v2/alerts", am.port))
+        .json(&alerts)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+fn alert(name: &str, severity: &str, extra: &[(&str, &str)]) -> serde_json::Value {
+    let mut labels = serde_json::json!({
+        "alertname": name, "severity": severity, "job": "inferwatch", "instance": "gpu-node-01:8790",
+    });
+    for (k, v) in extra {
+        labels[*k] = (*v).into();
+    }
+    serde_json::json!({
+        "labels": labels,
+        "annotations": {"summary": format!("{name} summary"), "description": format!("{name} {severity} description")},
+        "generatorURL": "http://prometheus.example:9090/graph",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_inhibition_in_a_real_alertmanager() {
+    let sink = SmtpSink::start(USER, PASSWORD).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("smtp_password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let am = Alertmanager::start(&test_alertmanager(sink.port, &password_file)).await;
+
+    post_alerts(
+        &am,
+        serde_json::json!([
+            // Two tiers of one alert: the critical one inhibits the warning.
+            alert("DiskUsageHigh", "critical", &[("path", "/data")]),
+            alert("DiskUsageHigh", "warning", &[("path", "/data")]),
+            // Giving up on a service inhibits its failed-restart warnings.
+            alert("ServiceMaxRetriesExceeded", "critical", &[("service", "rtdetr")]),
+            alert("ServiceRestartFailed", "warning", &[("service", "rtdetr")]),
+            // Not inhibited: another service, and info (never emailed).
+            alert("ServiceRestartFailed", "warning", &[("service", "nemotron")]),
+            alert("GpuInfoOnly", "info", &[]),
+            alert("Watchdog", "info", &[]),
+        ]),
+    )
+    .await;
+
+    // Alertmanager's own verdict on each alert.
+    let states = eventually("the inhibitions to apply", Duration::from_secs(30), || {
+        let port = am.port;
+        async move {
+            let alerts: Vec<serde_json::Value> = reqwest::get(format!("http://127.0.0.1:{port}/api/v2/alerts"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let suppressed = alerts.iter().filter(|a| a["status"]["state"] == "suppressed").count();
+            (alerts.len() == 7 && suppressed == 2).then_some(alerts)
+        }
+    })
+    .await;
+    for a in &states {
+        let l = &a["labels"];
+        let inhibited = !a["status"]["inhibitedBy"].as_array().unwrap().is_empty();
+        let expect = (l["alertname"] == "DiskUsageHigh" && l["severity"] == "warning")
+            || (l["alertname"] == "ServiceRestartFailed" && l["service"] == "rtdetr");
+        assert_eq!(inhibited, expect, "{l}");
+    }
+
+    // Three emails: the two criticals to on-call, the free warning to the team.
+    let mails = eventually("three emails", Duration::from_secs(30), || {
+        let sink = &sink;
+        async move {
+            let m = sink.messages();
+            (m.len() >= 3).then_some(m)
+        }
+    })
+    .await;
+    let mut got: Vec<(String, String)> = mails
+        .iter()
+        .map(|m| {
+            (
+                m["subject"].as_str().unwrap().to_string(),
+                m["to"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (
+                "[FIRING:1] DiskUsageHigh gpu-node-01:8790".to_string(),
+                "oncall@example.com".to_string()
+            ),
+            (
+                "[FIRING:1] ServiceMaxRetriesExceeded gpu-node-01:8790 rtdetr".into(),
+                "oncall@example.com".into()
+            ),
+            (
+                "[FIRING:1] ServiceRestartFailed gpu-node-01:8790 nemotron".into(),
+                "team@example.com".into()
+            ),
+        ]
+    );
+    let disk = mails
+        .iter()
+        .find(|m| m["subject"].as_str().unwrap().contains("DiskUsageHigh"))
+        .unwrap();
+    assert!(disk["text"]
+        .as_str()
+        .unwrap()
+        .contains("DiskUsageHigh critical description"));
+    assert!(!disk["text"].as_str().unwrap().contains("warning description"));
+}
