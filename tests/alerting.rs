@@ -78,6 +78,18 @@ fn test_alertmanager(smtp_port: u16, password_file: &std::path::Path) -> String 
     serde_yaml_ng::to_string(&am).unwrap()
 }
 
+/// The SMTP server, its password file and an Alertmanager sending to it.
+async fn mail_path() -> (SmtpSink, Alertmanager, tempfile::TempDir) {
+    let sink = SmtpSink::start(USER, PASSWORD).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("smtp_password");
+    // Alertmanager 0.25 sends the file's bytes as they are, so the file
+    // has no trailing newline (the README says to write it with printf).
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let am = Alertmanager::start(&test_alertmanager(sink.port, &password_file)).await;
+    (sink, am, secrets)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_gpu_is_emailed_and_then_resolved() {
     let fake = FakeGpus::new(Driver::Current, &state(60));
@@ -87,13 +99,7 @@ async fn hot_gpu_is_emailed_and_then_resolved() {
     );
     let daemon = Daemon::start(&config, &[]).await;
 
-    let sink = SmtpSink::start(USER, PASSWORD).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("smtp_password");
-    // Alertmanager 0.25 sends the file's bytes as they are, so the file
-    // has no trailing newline (the README says to write it with printf).
-    std::fs::write(&password_file, PASSWORD).unwrap();
-    let am = Alertmanager::start(&test_alertmanager(sink.port, &password_file)).await;
+    let (sink, am, _secrets) = mail_path().await;
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("alert_rules.yml"), fast_rules()).unwrap();
@@ -212,11 +218,7 @@ fn alert(name: &str, severity: &str, extra: &[(&str, &str)]) -> serde_json::Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_inhibition_in_a_real_alertmanager() {
-    let sink = SmtpSink::start(USER, PASSWORD).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("smtp_password");
-    std::fs::write(&password_file, PASSWORD).unwrap();
-    let am = Alertmanager::start(&test_alertmanager(sink.port, &password_file)).await;
+    let (sink, am, _secrets) = mail_path().await;
 
     post_alerts(
         &am,

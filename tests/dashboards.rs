@@ -210,23 +210,15 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
     );
     // Jobs waiting and failed jobs in DLQs.
     let redis = Redis::start().await;
-    {
-        use redis::AsyncCommands;
-        let mut c = redis::Client::open(redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let failure = r#"{"original_job":{"id":"j1"},"error":"CUDA OOM","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"detection_queue"}"#;
-        let _: () = c.lpush("dlq:detection_queue", &[failure, failure]).await.unwrap();
-        let _: () = c
-            .lpush(
-                "detection_queue",
-                &["{\"id\":\"a\"}", "{\"id\":\"b\"}", "{\"id\":\"c\"}"],
-            )
-            .await
-            .unwrap();
-    }
+    redis
+        .lpush("dlq:detection_queue", &[common::DLQ_ENTRY, common::DLQ_ENTRY])
+        .await;
+    redis
+        .lpush(
+            "detection_queue",
+            &["{\"id\":\"a\"}", "{\"id\":\"b\"}", "{\"id\":\"c\"}"],
+        )
+        .await;
     // One service up, one down.
     let mut up = HealthTarget::new();
     up.start().await;

@@ -30,17 +30,9 @@ fn failure(i: usize) -> String {
     )
 }
 
-async fn con(r: &Redis) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(r.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 /// LPUSHes failures `range` (so the first is the oldest, at the tail).
 async fn push_failures(r: &Redis, range: std::ops::Range<usize>) {
-    let mut c = con(r).await;
+    let mut c = r.connection().await;
     let all: Vec<String> = range.map(failure).collect();
     for chunk in all.chunks(10_000) {
         let _: () = c.lpush(DLQ, chunk).await.unwrap();
@@ -48,16 +40,16 @@ async fn push_failures(r: &Redis, range: std::ops::Range<usize>) {
 }
 
 async fn lrange(r: &Redis, key: &str) -> Vec<String> {
-    con(r).await.lrange(key, 0, -1).await.unwrap()
+    r.connection().await.lrange(key, 0, -1).await.unwrap()
 }
 
 async fn llen(r: &Redis, key: &str) -> usize {
-    con(r).await.llen(key).await.unwrap()
+    r.connection().await.llen(key).await.unwrap()
 }
 
 /// Every key with its type and contents, to prove a request changed nothing.
 async fn dump(r: &Redis) -> BTreeMap<String, String> {
-    let mut c = con(r).await;
+    let mut c = r.connection().await;
     let keys: Vec<String> = c.keys("*").await.unwrap();
     let mut out = BTreeMap::new();
     for k in keys {
@@ -113,7 +105,7 @@ async fn metric(d: &Daemon, series: &str) -> Option<f64> {
 async fn list_page_and_requeue_byte_for_byte_keeping_malformed_entries() {
     let redis = Redis::start().await;
     push_failures(&redis, 0..25).await;
-    let mut c = con(&redis).await;
+    let mut c = redis.connection().await;
     let _: () = c.lpush(DLQ, "this is not json").await.unwrap();
     let _: () = c
         .lpush(DLQ, r#"{"original_job":{"id":"x"},"error":"e"}"#)
@@ -219,7 +211,7 @@ async fn clear_archives_with_a_ttl_and_restore_gives_back_the_same_order() {
     let archive = report["archive_key"].as_str().unwrap().to_string();
     assert!(archive.starts_with("dlq:detection_queue:cleared:"), "{archive}");
     assert!(report["expires_at"].as_str().unwrap().ends_with('Z'));
-    let mut c = con(&redis).await;
+    let mut c = redis.connection().await;
     let ttl: i64 = c.ttl(&archive).await.unwrap();
     assert!((604_700..=604_800).contains(&ttl), "TTL {ttl}");
     assert_eq!(llen(&redis, DLQ).await, 0);
@@ -328,7 +320,7 @@ async fn client_kill_mid_requeue_loses_nothing_and_a_second_run_finishes() {
         (llen(&redis, QUEUE).await > 1000).then_some(())
     })
     .await;
-    let mut c = con(&redis).await;
+    let mut c = redis.connection().await;
     let killed: u64 = redis::cmd("CLIENT")
         .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
         .query_async(&mut c)
@@ -411,7 +403,7 @@ async fn jobs_that_fail_again_during_a_requeue_are_not_requeued_twice() {
 async fn bad_requests_get_4xx_and_change_nothing_in_redis() {
     let redis = Redis::start().await;
     push_failures(&redis, 0..5).await;
-    let mut c = con(&redis).await;
+    let mut c = redis.connection().await;
     let _: () = c.set("unrelated:key", "keep me").await.unwrap();
     let _: () = c.rpush(QUEUE, "a job").await.unwrap();
     let open = daemon(&redis, "").await;
@@ -420,7 +412,7 @@ async fn bad_requests_get_4xx_and_change_nothing_in_redis() {
     // The daemons create their pipeline stream (with its consumer group)
     // at start; the snapshot is taken once that is done.
     eventually("the pipeline stream's group", LIMIT, || async {
-        let mut c = con(&redis).await;
+        let mut c = redis.connection().await;
         let groups: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
             .arg(&["GROUPS", "pipeline:events"])
             .query_async(&mut c)
@@ -676,7 +668,7 @@ async fn redis_down_keeps_the_last_values_and_answers_503() {
 async fn right_push_layout_requeues_and_restores_in_order() {
     // Producers RPUSH and workers BLPOP: the oldest entry is at the head.
     let redis = Redis::start().await;
-    let mut c = con(&redis).await;
+    let mut c = redis.connection().await;
     let all: Vec<String> = (0..6).map(failure).collect();
     let _: () = c.rpush(DLQ, &all).await.unwrap();
     let _: () = c.rpush(QUEUE, "waiting").await.unwrap();

@@ -71,17 +71,10 @@ async fn metrics_page_matches_golden_file() {
     run_once(&mut collector, &state.metrics, &state.readiness)
         .await
         .unwrap();
-    {
-        use redis::AsyncCommands;
-        let mut c = redis::Client::open(redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let failure = r#"{"original_job":{"id":"j1"},"error":"CUDA OOM","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"detection_queue"}"#;
-        let _: () = c.lpush("dlq:detection_queue", &[failure, failure]).await.unwrap();
-        let _: () = c.lpush("detection_queue", "{\"id\":\"j2\"}").await.unwrap();
-    }
+    redis
+        .lpush("dlq:detection_queue", &[common::DLQ_ENTRY, common::DLQ_ENTRY])
+        .await;
+    redis.lpush("detection_queue", &["{\"id\":\"j2\"}"]).await;
     let mut queues = QueueCollector::new(state.queues.clone().unwrap(), state.events.clone());
     run_once(&mut queues, &state.metrics, &state.readiness).await.unwrap();
     let mut storage = StorageCollector::new(

@@ -205,11 +205,7 @@ async fn xadd(c: &mut redis::aio::MultiplexedConnection, events: impl IntoIterat
 #[tokio::test]
 async fn stream_events_are_counted_including_those_written_while_stopped() {
     let redis = Redis::start().await;
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = redis.connection().await;
     // Written before the daemon ever ran.
     xadd(&mut c, (0..200).map(|i| stage("detection", 0.01 * i as f64, true))).await;
     let cfg = config(&redis, "");

@@ -61,19 +61,13 @@ impl HttpMetrics {
 /// Middleware recording every request.
 pub async fn track(State(http): State<HttpMetrics>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| UNMATCHED.to_owned());
+    // MatchedPath is an Arc'd string: cloning it does not allocate.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let method = method_label(req.method());
     let response = next.run(req).await;
-    http.observe(
-        method,
-        &route,
-        response.status().as_str(),
-        start.elapsed().as_secs_f64(),
-    );
+    let route = route.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+    let seconds = start.elapsed().as_secs_f64();
+    http.observe(method, route, response.status().as_str(), seconds);
     response
 }
 

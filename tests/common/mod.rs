@@ -359,6 +359,9 @@ impl Prometheus {
     }
 }
 
+/// A DLQ entry in the shape workers write: the failed job plus its history.
+pub const DLQ_ENTRY: &str = r#"{"original_job":{"id":"j1"},"error":"CUDA OOM","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"detection_queue"}"#;
+
 /// The real `inferwatch` binary.
 pub struct Daemon {
     pub dir: TempDir,
@@ -469,6 +472,21 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A fresh connection to this server.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// LPUSH `values` onto `key`.
+    pub async fn lpush(&self, key: &str, values: &[&str]) {
+        use redis::AsyncCommands;
+        let _: () = self.connection().await.lpush(key, values).await.unwrap();
     }
 
     /// Starts the server (again) on the same port and waits for PING.
