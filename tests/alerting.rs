@@ -1,7 +1,7 @@
 //! Alerting end to end with the shipped files: a hot GPU on the fake NVML,
 //! the real daemon, a real Prometheus evaluating a copy of alert_rules.yml
-//! (only the `for:` durations shortened; promtool's unit tests cover the real
-//! ones), a real Alertmanager running a copy of alertmanager.yml (only the
+//! (only the `for:` durations shortened, and the host-disk group left out;
+//! promtool's unit tests cover both as shipped), a real Alertmanager running a copy of alertmanager.yml (only the
 //! SMTP server and the grouping waits changed) and a real SMTP server that
 //! requires the password from `smtp_auth_password_file`.
 
@@ -24,24 +24,30 @@ fn state(temp1: u32) -> String {
     )
 }
 
-/// alert_rules.yml with every `for:` cut to 1 s; nothing else changes.
+/// The group whose alerts follow the host's real disk, which the test does
+/// not control: a build machine near 80 % full fires DiskUsageHigh.
+const HOST_GROUP: &str = "inferwatch-storage";
+
+/// alert_rules.yml with every `for:` cut to 1 s and the host-disk group left
+/// out; every other rule is as shipped.
 fn fast_rules() -> String {
     let text = std::fs::read_to_string(repo().join("alert_rules.yml")).unwrap();
+    let mut rules: Value = serde_yaml_ng::from_str(&text).unwrap();
+    let groups = rules["groups"].as_sequence_mut().unwrap();
+    let before = groups.len();
+    groups.retain(|g| g["name"].as_str() != Some(HOST_GROUP));
+    assert_eq!(groups.len(), before - 1, "alert_rules.yml has a {HOST_GROUP} group");
     let mut shortened = 0;
-    let out: Vec<String> = text
-        .lines()
-        .map(|l| {
-            let indent = l.len() - l.trim_start().len();
-            if l.trim_start().starts_with("for:") {
+    for group in groups.iter_mut() {
+        for rule in group["rules"].as_sequence_mut().unwrap() {
+            if let Some(m) = rule.as_mapping_mut().filter(|m| m.contains_key("for")) {
+                m.insert("for".into(), "1s".into());
                 shortened += 1;
-                format!("{}for: 1s", " ".repeat(indent))
-            } else {
-                l.to_string()
             }
-        })
-        .collect();
+        }
+    }
     assert!(shortened > 10, "expected the rules to have for: durations");
-    out.join("\n") + "\n"
+    serde_yaml_ng::to_string(&rules).unwrap()
 }
 
 /// Sets `key` on every route of the tree that has it, and on the root.
