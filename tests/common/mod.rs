@@ -300,6 +300,39 @@ fn as_pg_user(bin: &Path) -> Command {
     }
 }
 
+/// Starts a Prometheus-family server (`bin`) with `config` written to
+/// `<name>.yml` in `dir`, its state in `dir/data`, its log in `<name>.log`
+/// and `extra` flags, on a free port; returns once `/-/ready` answers.
+async fn start_prometheus_family(
+    dir: &TempDir,
+    bin: &str,
+    name: &'static str,
+    config: &str,
+    storage_flag: &str,
+    extra: &[&str],
+) -> (u16, Proc) {
+    let path = dir.path().join(format!("{name}.yml"));
+    std::fs::write(&path, config).unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+    let child = Command::new(find_bin(bin))
+        .arg(format!("--config.file={}", path.display()))
+        .arg(format!("{storage_flag}={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let proc = Proc { child, name };
+    wait_for_2xx(
+        &format!("{name} to be ready"),
+        &format!("http://127.0.0.1:{port}/-/ready"),
+    )
+    .await;
+    (port, proc)
+}
+
 /// A real Prometheus scraping `target` every second.
 pub struct Prometheus {
     pub dir: TempDir,
@@ -318,28 +351,9 @@ impl Prometheus {
     /// Starts Prometheus with `config` written into `dir` (so relative
     /// rule_files can sit beside it) and waits until it is ready.
     pub async fn start_with_config(dir: TempDir, config: &str) -> Prometheus {
-        let path = dir.path().join("prometheus.yml");
-        std::fs::write(&path, config).unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new(find_bin("prometheus"))
-            .arg(format!("--config.file={}", path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let p = Prometheus {
-            dir,
-            port,
-            proc: Proc {
-                child,
-                name: "prometheus",
-            },
-        };
-        wait_for_2xx("prometheus to be ready", &format!("http://127.0.0.1:{port}/-/ready")).await;
-        p
+        let (port, proc) =
+            start_prometheus_family(&dir, "prometheus", "prometheus", config, "--storage.tsdb.path", &[]).await;
+        Prometheus { dir, port, proc }
     }
 
     /// Runs an instant query and returns `data.result`.
@@ -708,29 +722,16 @@ pub struct Alertmanager {
 impl Alertmanager {
     pub async fn start(config: &str) -> Alertmanager {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("alertmanager.yml");
-        std::fs::write(&path, config).unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
-        let child = Command::new(find_bin("prometheus-alertmanager"))
-            .arg(format!("--config.file={}", path.display()))
-            .arg(format!("--storage.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let a = Alertmanager {
-            dir,
-            port,
-            proc: Proc {
-                child,
-                name: "alertmanager",
-            },
-        };
-        wait_for_2xx("alertmanager to be ready", &format!("http://127.0.0.1:{port}/-/ready")).await;
-        a
+        let (port, proc) = start_prometheus_family(
+            &dir,
+            "prometheus-alertmanager",
+            "alertmanager",
+            config,
+            "--storage.path",
+            &["--cluster.listen-address="],
+        )
+        .await;
+        Alertmanager { dir, port, proc }
     }
 
     pub fn log(&self) -> String {
