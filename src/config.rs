@@ -79,12 +79,32 @@ impl Default for Config {
 pub struct WebConfig {
     /// Address to listen on; `--web.listen-address` overrides it.
     pub listen_address: String,
+    /// Time a client has to send a request's headers, 0.1–300 s. It also
+    /// bounds how long a kept-alive connection may sit idle between requests.
+    #[serde(deserialize_with = "de_seconds")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request body, 0.1–3600 s.
+    #[serde(deserialize_with = "de_seconds")]
+    pub body_read_timeout: Duration,
+    /// Time one non-streaming API request may take in all, 0.1–3600 s.
+    #[serde(deserialize_with = "de_seconds")]
+    pub request_timeout: Duration,
+    /// Open connections at once, 1–1,000,000; past it the oldest idle one is closed.
+    pub max_connections: usize,
+    /// How long graceful shutdown waits for open requests, 0–3600 s.
+    #[serde(deserialize_with = "de_seconds")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
             listen_address: "0.0.0.0:8790".to_string(),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -296,6 +316,11 @@ pub struct QueuesConfig {
     pub clear_archive_ttl: Duration,
     /// Jobs moved per atomic step of a requeue, 1–10,000.
     pub requeue_batch: usize,
+    /// A listed entry larger than this is shown truncated, 256 B–16 MiB.
+    pub list_entry_max_bytes: usize,
+    /// Bytes of entries one listing page may carry; `limit` shrinks to fit,
+    /// 64 KiB–256 MiB and at least `list_entry_max_bytes`.
+    pub list_page_max_bytes: usize,
 }
 
 impl Default for QueuesConfig {
@@ -309,6 +334,8 @@ impl Default for QueuesConfig {
             push_side: PushSide::Left,
             clear_archive_ttl: Duration::from_secs(7 * 86_400),
             requeue_batch: 1000,
+            list_entry_max_bytes: 64 * 1024,
+            list_page_max_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -331,6 +358,10 @@ pub struct ApiConfig {
     pub token_file: Option<PathBuf>,
     /// With no token, only these networks may mutate (CIDR).
     pub trusted_networks: Vec<String>,
+    /// A second token that may only post pipeline events, for workers.
+    pub ingest_token: String,
+    /// File holding the ingest token (wins over `ingest_token`).
+    pub ingest_token_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -339,6 +370,8 @@ impl Default for ApiConfig {
             token: String::new(),
             token_file: None,
             trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            ingest_token: String::new(),
+            ingest_token_file: None,
         }
     }
 }
@@ -555,6 +588,42 @@ impl Config {
             "messages",
         )?;
         check_range("websocket.max_clients", w.max_clients as f64, 1.0, 100_000.0, "clients")?;
+        let web = &self.web;
+        check_range(
+            "web.header_read_timeout",
+            web.header_read_timeout.as_secs_f64(),
+            0.1,
+            300.0,
+            "seconds",
+        )?;
+        check_range(
+            "web.body_read_timeout",
+            web.body_read_timeout.as_secs_f64(),
+            0.1,
+            3600.0,
+            "seconds",
+        )?;
+        check_range(
+            "web.request_timeout",
+            web.request_timeout.as_secs_f64(),
+            0.1,
+            3600.0,
+            "seconds",
+        )?;
+        check_range(
+            "web.max_connections",
+            web.max_connections as f64,
+            1.0,
+            1_000_000.0,
+            "connections",
+        )?;
+        check_range(
+            "web.shutdown_timeout",
+            web.shutdown_timeout.as_secs_f64(),
+            0.0,
+            3600.0,
+            "seconds",
+        )?;
         if self.web.listen_address.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "web.listen_address",
@@ -621,6 +690,20 @@ impl Config {
             "seconds",
         )?;
         check_range("queues.requeue_batch", q.requeue_batch as f64, 1.0, 10_000.0, "jobs")?;
+        check_range(
+            "queues.list_entry_max_bytes",
+            q.list_entry_max_bytes as f64,
+            256.0,
+            16.0 * 1024.0 * 1024.0,
+            "bytes",
+        )?;
+        check_range(
+            "queues.list_page_max_bytes",
+            q.list_page_max_bytes as f64,
+            (64.0 * 1024.0f64).max(q.list_entry_max_bytes as f64),
+            256.0 * 1024.0 * 1024.0,
+            "bytes (and at least queues.list_entry_max_bytes)",
+        )?;
         for (i, net) in self.api.trusted_networks.iter().enumerate() {
             if net.parse::<ipnet::IpNet>().is_err() && net.parse::<std::net::IpAddr>().is_err() {
                 return Err(invalid(
@@ -843,10 +926,31 @@ fn env_number<T: std::str::FromStr + Into<f64> + Copy>(
 fn invalid(key: &str, value: &str, problem: &'static str, allowed: &str) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
-        value: value.to_string(),
+        value: redact_url(value),
         problem,
         allowed: allowed.to_string(),
     }
+}
+
+/// `scheme://user:secret@host/...` with the secret replaced by `***`, so no
+/// error message or log line repeats a password from a URL.
+pub fn redact_url(value: &str) -> String {
+    let Some(scheme_end) = value.find("://") else {
+        return value.to_string();
+    };
+    let rest = &value[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return value.to_string();
+    };
+    let userinfo = &rest[..at];
+    let user = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None if userinfo.is_empty() => String::new(),
+        // redis://SECRET@host: a lone userinfo is a password for Redis.
+        None => "***".to_string(),
+    };
+    format!("{}{user}{}", &value[..scheme_end + 3], &rest[at..])
 }
 
 fn check_range(key: &str, value: f64, min: f64, max: f64, unit: &str) -> Result<(), ConfigError> {
@@ -959,6 +1063,27 @@ mod tests {
             msg.contains("GPU_POLL_INTERVAL_SECONDS") && msg.contains("0.5") && msg.contains("1–60"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn urls_in_errors_lose_their_passwords() {
+        assert_eq!(redact_url("redis://:hunter2@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("redis://tok@h"), "redis://***@h");
+        assert_eq!(redact_url("http://h:80/x@y"), "http://h:80/x@y");
+        let mut c = Config::default();
+        c.queues.redis_url = "redis://:hunter2@".into();
+        c.queues.names.clear();
+        c.queues.redis_url = "rediss://:hunter2@h:1/0".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("queues.redis_url") && !e.contains("hunter2"), "{e}");
+        let mut c = Config::default();
+        c.store.url = "mysql://u:hunter2@h/db".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("store.url") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -35,23 +35,31 @@ use crate::config::{PushSide, QueuesConfig};
 use crate::metrics::Metrics;
 use crate::redis_conn::{is_connection_error, RedisConn};
 
-/// Why a DLQ operation failed; the API maps each to a status.
+/// Why a DLQ operation failed; the API maps each to a status. The texts are
+/// for clients: Redis's own error text stays in `Unavailable`'s log detail.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
+    /// Redis could not be reached or answered with an error; the text is
+    /// for the log only.
     #[error("Redis is unavailable: {0}")]
     Unavailable(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// A key the operation reads or writes holds another type; nothing moved.
+    #[error("{key} holds a {found}, not a list; nothing was moved")]
+    WrongType { key: String, found: String },
 }
 
 impl From<redis::RedisError> for DlqError {
     fn from(e: redis::RedisError) -> DlqError {
-        if is_connection_error(&e) {
+        if e.code() == Some("WRONGTYPE") {
+            // Every move checks types first, so this is a read that raced a
+            // type change; the client learns which key from a retry.
+            DlqError::Conflict("a queue key does not hold a list".into())
+        } else if is_connection_error(&e) {
             DlqError::Unavailable(e.to_string())
-        } else if e.code() == Some("WRONGTYPE") {
-            DlqError::Conflict(format!("the key does not hold a list: {e}"))
         } else {
             DlqError::Unavailable(format!("Redis answered with an error: {e}"))
         }
@@ -126,6 +134,14 @@ pub enum Listed {
         raw: String,
         parse_error: String,
     },
+    /// Larger than `queues.list_entry_max_bytes`: the first bytes of it.
+    Truncated {
+        index: u64,
+        truncated: bool,
+        /// The entry's full size in bytes.
+        size: u64,
+        raw: String,
+    },
 }
 
 /// A page of a DLQ.
@@ -134,8 +150,54 @@ pub struct Page {
     pub jobs: Vec<Listed>,
     pub queue_name: String,
     pub start: u64,
+    /// The limit applied: the requested one, or fewer when the page's byte
+    /// budget was reached.
     pub limit: u64,
+    pub requested_limit: u64,
+    /// `queues.list_page_max_bytes` when it cut the page short, else null.
+    pub byte_budget_reached: Option<u64>,
     pub total: u64,
+}
+
+/// Turns one stored entry (at most `cap` of its `size` bytes) into its
+/// listed form without copying it.
+fn listed(index: u64, size: u64, bytes: Vec<u8>, cap: usize) -> Listed {
+    if size > cap as u64 {
+        return Listed::Truncated {
+            index,
+            truncated: true,
+            size,
+            raw: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            return Listed::Malformed {
+                index,
+                malformed: true,
+                raw: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                parse_error: "not UTF-8".into(),
+            }
+        }
+    };
+    match parse_entry(&text).map(|_| ()) {
+        Ok(()) => match RawValue::from_string(text) {
+            Ok(raw) => Listed::Job(raw),
+            Err(e) => Listed::Malformed {
+                index,
+                malformed: true,
+                raw: String::new(),
+                parse_error: e.to_string(),
+            },
+        },
+        Err(parse_error) => Listed::Malformed {
+            index,
+            malformed: true,
+            raw: text,
+            parse_error,
+        },
+    }
 }
 
 /// What a requeue did.
@@ -186,11 +248,28 @@ pub struct QueueDepth {
     pub oldest_age_seconds: Option<f64>,
 }
 
+/// Shared by every script: `wrong_type(keys)` returns `{key, type}` for the
+/// first key that exists and is not a list. Each script calls it on every
+/// key it will write (or read) before its first pop, because Redis does not
+/// undo a pop when a later command in the script raises.
+const CHECK_LUA: &str = r#"
+local function wrong_type(keys)
+  for _, k in ipairs(keys) do
+    local t = redis.call('TYPE', k).ok
+    if t ~= 'list' and t ~= 'none' then return {1, k, t} end
+  end
+  return nil
+end
+"#;
+
 /// Compare-and-move: pops the expected entries one by one from the DLQ's
 /// oldest end and pushes each payload onto the queue (or, for a malformed
 /// entry, back onto the DLQ's newest end). Stops at the first entry that is
-/// not the expected one and puts it back. Returns {requeued, skipped, stopped}.
+/// not the expected one and puts it back.
+/// Returns {0, requeued, skipped, stopped} or {1, key, type}.
 const REQUEUE_LUA: &str = r#"
+local bad = wrong_type({KEYS[1], KEYS[2]})
+if bad then return bad end
 local pop_left = ARGV[1] == 'LEFT'
 local push_left = ARGV[2] == 'LEFT'
 local requeued, skipped = 0, 0
@@ -201,36 +280,41 @@ for i = 3, #ARGV, 2 do
     if entry then
       if pop_left then redis.call('LPUSH', KEYS[1], entry) else redis.call('RPUSH', KEYS[1], entry) end
     end
-    return {requeued, skipped, 1}
+    return {0, requeued, skipped, 1}
   end
   local target, value = KEYS[2], ARGV[i + 1]
   if value == '' then target, value = KEYS[1], entry; skipped = skipped + 1 else requeued = requeued + 1 end
   if push_left then redis.call('LPUSH', target, value) else redis.call('RPUSH', target, value) end
 end
-return {requeued, skipped, 0}
+return {0, requeued, skipped, 0}
 "#;
 
-/// Renames a non-empty DLQ to its archive key with a TTL. Returns the
-/// number of entries, 0 when empty, -1 when the archive key exists.
+/// Renames a non-empty DLQ to its archive key with a TTL.
+/// Returns {0, entries} (0 when empty), {2} when the archive key exists,
+/// or {1, key, type}.
 const CLEAR_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local bad = wrong_type({KEYS[1]})
+if bad then return bad end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
 local n = redis.call('LLEN', KEYS[1])
-if n == 0 then return 0 end
+if n == 0 then return {0, 0} end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
-return n
+return {0, n}
 "#;
 
 /// Moves up to ARGV[1] archive entries back into the DLQ, on the DLQ's
 /// oldest side and in their order; a missing DLQ gets the archive renamed.
-/// Returns {moved, left in the archive}.
+/// Returns {0, moved, left in the archive} or {1, key, type}.
 const RESTORE_LUA: &str = r#"
+local bad = wrong_type({KEYS[1], KEYS[2]})
+if bad then return bad end
 local n = redis.call('LLEN', KEYS[1])
-if n == 0 then return {0, 0} end
+if n == 0 then return {0, 0, 0} end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('RENAME', KEYS[1], KEYS[2])
   redis.call('PERSIST', KEYS[2])
-  return {n, 0}
+  return {0, n, 0}
 end
 local moved = 0
 local limit = tonumber(ARGV[1])
@@ -241,8 +325,62 @@ while moved < limit do
   if not v then break end
   moved = moved + 1
 end
-return {moved, redis.call('LLEN', KEYS[1])}
+return {0, moved, redis.call('LLEN', KEYS[1])}
 "#;
+
+/// One listing page without copying whole entries out of Redis: walks the
+/// range 16 entries at a time and returns each entry's full size and at
+/// most ARGV[3] of its bytes, stopping early when the shown bytes would pass
+/// ARGV[4] (at least one entry is always returned).
+/// Returns {0, total, budget_reached, size1, bytes1, size2, bytes2, ...} or
+/// {1, key, type}.
+const LIST_LUA: &str = r#"
+local bad = wrong_type({KEYS[1]})
+if bad then return bad end
+local total = redis.call('LLEN', KEYS[1])
+local start, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cap, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {0, total, 0}
+local used, n, i = 0, 0, start
+while n < limit and i < total do
+  local chunk = redis.call('LRANGE', KEYS[1], i, math.min(i + 15, start + limit - 1))
+  if #chunk == 0 then break end
+  for _, v in ipairs(chunk) do
+    local size = #v
+    local shown = math.min(size, cap)
+    if n > 0 and used + shown > budget then
+      out[3] = 1
+      return out
+    end
+    used = used + shown
+    n = n + 1
+    out[#out + 1] = size
+    if size > cap then out[#out + 1] = string.sub(v, 1, cap) else out[#out + 1] = v end
+  end
+  i = i + #chunk
+end
+return out
+"#;
+
+/// The script's reply past its status, or the wrong-type refusal.
+fn script_reply(reply: Vec<redis::Value>) -> Result<Vec<redis::Value>, DlqError> {
+    let status: i64 = reply
+        .first()
+        .and_then(|v| redis::from_redis_value(v).ok())
+        .unwrap_or(-1);
+    match status {
+        0 | 2 => Ok(reply),
+        1 if reply.len() == 3 => Err(DlqError::WrongType {
+            key: redis::from_redis_value(&reply[1]).unwrap_or_default(),
+            found: redis::from_redis_value(&reply[2]).unwrap_or_default(),
+        }),
+        _ => Err(DlqError::Unavailable(format!("unexpected script reply: {reply:?}"))),
+    }
+}
+
+fn int_at(reply: &[redis::Value], i: usize) -> u64 {
+    reply.get(i).and_then(|v| redis::from_redis_value(v).ok()).unwrap_or(0)
+}
 
 /// The `dlq_*` and `job_queue_depth` families.
 struct QueueMetrics {
@@ -384,24 +522,35 @@ impl Queues {
         Ok(self.redis.check(r)?)
     }
 
+    /// A read: on a dropped connection it is sent once more on a fresh one
+    /// (a read is safe to repeat; a move never is, see [`Queues::script`]).
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, DlqError> {
-        let mut con = self.conn().await?;
-        let r = cmd.query_async(&mut con).await;
-        Ok(self.redis.check(r)?)
+        for attempt in 0..2 {
+            let mut con = self.conn().await?;
+            match self.redis.check(cmd.query_async(&mut con).await) {
+                Err(e) if attempt == 0 && is_connection_error(&e) => continue,
+                r => return Ok(r?),
+            }
+        }
+        unreachable!("the second attempt returns")
     }
 
+    /// A read pipeline, retried once like [`Queues::run`].
     async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, DlqError> {
-        let mut con = self.conn().await?;
-        let r = pipe.query_async(&mut con).await;
-        Ok(self.redis.check(r)?)
+        for attempt in 0..2 {
+            let mut con = self.conn().await?;
+            match self.redis.check(pipe.query_async(&mut con).await) {
+                Err(e) if attempt == 0 && is_connection_error(&e) => continue,
+                r => return Ok(r?),
+            }
+        }
+        unreachable!("the second attempt returns")
     }
 
-    async fn script<T: redis::FromRedisValue>(
-        &self,
-        script: &redis::Script,
-        keys: &[&str],
-        args: &[&[u8]],
-    ) -> Result<T, DlqError> {
+    /// Runs one of the scripts above (with the type-check prelude), never
+    /// retried: a move whose reply was lost may have happened.
+    async fn script(&self, body: &str, keys: &[&str], args: &[&[u8]]) -> Result<Vec<redis::Value>, DlqError> {
+        let script = redis::Script::new(&format!("{CHECK_LUA}{body}"));
         let mut con = self.conn().await?;
         let mut inv = script.prepare_invoke();
         for k in keys {
@@ -410,8 +559,27 @@ impl Queues {
         for a in args {
             inv.arg(*a);
         }
-        let r = inv.invoke_async(&mut con).await;
-        Ok(self.redis.check(r)?)
+        let r: Vec<redis::Value> = self.redis.check(inv.invoke_async(&mut con).await)?;
+        script_reply(r)
+    }
+
+    /// Refuses (with the key and its type) when any of `keys` exists and is
+    /// not a list; checked before a move starts so the answer names the key.
+    async fn check_lists(&self, keys: &[&str]) -> Result<(), DlqError> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("TYPE").arg(*k);
+        }
+        let types: Vec<String> = self.run_pipe(&pipe).await?;
+        for (k, t) in keys.iter().zip(types) {
+            if t != "list" && t != "none" {
+                return Err(DlqError::WrongType {
+                    key: k.to_string(),
+                    found: t,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Polls every queue's depth, DLQ depth and oldest DLQ entry, and
@@ -474,34 +642,33 @@ impl Queues {
     }
 
     /// One page of a DLQ, newest first for LPUSH layouts (list order).
+    /// Entries over `list_entry_max_bytes` come back truncated, and the page
+    /// stops early at `list_page_max_bytes` of shown bytes.
     pub async fn list(&self, queue: &str, start: u64, limit: u64) -> Result<Page, DlqError> {
         let key = self.dlq_key(queue);
-        let mut pipe = redis::pipe();
-        pipe.llen(&key)
-            .lrange(&key, start as isize, (start + limit - 1) as isize);
-        let (total, raw): (u64, Vec<Vec<u8>>) = self.run_pipe(&pipe).await?;
-        let jobs = raw
-            .into_iter()
-            .enumerate()
-            .map(|(i, bytes)| {
-                let text = String::from_utf8_lossy(&bytes).into_owned();
-                let checked = parse_entry(&text).map(|_| ());
-                match checked.and_then(|()| RawValue::from_string(text.clone()).map_err(|e| e.to_string())) {
-                    Ok(raw) => Listed::Job(raw),
-                    Err(e) => Listed::Malformed {
-                        index: start + i as u64,
-                        malformed: true,
-                        raw: text,
-                        parse_error: e,
-                    },
-                }
-            })
-            .collect();
+        let (cap, budget) = (self.config.list_entry_max_bytes, self.config.list_page_max_bytes);
+        let args = [start, limit, cap as u64, budget as u64].map(|n| n.to_string());
+        let arg_refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let reply = self.script(LIST_LUA, &[&key], &arg_refs).await?;
+        let total = int_at(&reply, 1);
+        let budget_reached = int_at(&reply, 2) == 1;
+        let mut jobs = Vec::with_capacity((reply.len().saturating_sub(3)) / 2);
+        let mut rest = reply.into_iter().skip(3);
+        let mut index = start;
+        while let (Some(size), Some(bytes)) = (rest.next(), rest.next()) {
+            let size: u64 = redis::from_redis_value(&size).unwrap_or(0);
+            let bytes: Vec<u8> = redis::from_redis_value(&bytes).unwrap_or_default();
+            jobs.push(listed(index, size, bytes, cap));
+            index += 1;
+        }
+        let returned = jobs.len() as u64;
         Ok(Page {
             jobs,
             queue_name: key,
             start,
-            limit,
+            limit: if budget_reached { returned } else { limit },
+            requested_limit: limit,
+            byte_budget_reached: budget_reached.then_some(budget as u64),
             total,
         })
     }
@@ -532,7 +699,7 @@ impl Queues {
     pub async fn requeue_all(&self, queue: &str) -> Result<RequeueReport, DlqError> {
         let _busy = self.claim(queue)?;
         let key = self.dlq_key(queue);
-        let script = redis::Script::new(REQUEUE_LUA);
+        self.check_lists(&[&key, queue]).await?;
         let start_len: u64 = self.run(redis::cmd("LLEN").arg(&key)).await?;
         let mut left = start_len;
         let (mut requeued, mut skipped) = (0u64, 0u64);
@@ -574,7 +741,8 @@ impl Queues {
                 }
             }
             let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-            let (r, s, stopped): (u64, u64, u64) = self.script(&script, &[&key, queue], &arg_refs).await?;
+            let reply = self.script(REQUEUE_LUA, &[&key, queue], &arg_refs).await?;
+            let (r, s, stopped) = (int_at(&reply, 1), int_at(&reply, 2), int_at(&reply, 3));
             requeued += r;
             skipped += s;
             counter.inc_by(r);
@@ -615,24 +783,21 @@ impl Queues {
         let now = Utc::now();
         let archive = format!("{key}:cleared:{}", now.timestamp());
         let ttl = self.config.clear_archive_ttl.as_secs().max(1);
-        let n: i64 = self
-            .script(
-                &redis::Script::new(CLEAR_LUA),
-                &[&key, &archive],
-                &[ttl.to_string().as_bytes()],
-            )
+        let reply = self
+            .script(CLEAR_LUA, &[&key, &archive], &[ttl.to_string().as_bytes()])
             .await?;
-        if n < 0 {
+        let n = int_at(&reply, 1);
+        if int_at(&reply, 0) == 2 {
             return Err(DlqError::Conflict(format!(
                 "{archive} already exists (cleared within the same second); retry in a second"
             )));
         }
-        self.metrics.cleared.with_label_values(&[queue]).inc_by(n as u64);
+        self.metrics.cleared.with_label_values(&[queue]).inc_by(n);
         self.registry.invalidate();
         let expires = now + chrono::Duration::seconds(ttl as i64);
         Ok(ClearReport {
             queue_name: key,
-            cleared: n as u64,
+            cleared: n,
             archive_key: (n > 0).then_some(archive),
             expires_at: (n > 0).then(|| crate::history::format_time(&expires)),
         })
@@ -650,20 +815,21 @@ impl Queues {
     /// Moves an archive back into its DLQ.
     pub async fn restore(&self, queue: &str, archive: &str) -> Result<RestoreReport, DlqError> {
         let key = self.dlq_key(queue);
+        self.check_lists(&[archive, &key]).await?;
         let total: u64 = self.run(redis::cmd("LLEN").arg(archive)).await?;
         if total == 0 {
             return Err(DlqError::NotFound(format!(
                 "no archive {archive}: it expired, was restored already, or never existed"
             )));
         }
-        let script = redis::Script::new(RESTORE_LUA);
         let side = if self.pop_end() == "RIGHT" { "LEFT" } else { "RIGHT" };
         let batch = self.config.requeue_batch.to_string();
         let mut restored = 0;
         loop {
-            let (moved, left): (u64, u64) = self
-                .script(&script, &[archive, &key], &[batch.as_bytes(), side.as_bytes()])
+            let reply = self
+                .script(RESTORE_LUA, &[archive, &key], &[batch.as_bytes(), side.as_bytes()])
                 .await?;
+            let (moved, left) = (int_at(&reply, 1), int_at(&reply, 2));
             restored += moved;
             self.metrics.restored.with_label_values(&[queue]).inc_by(moved);
             if left == 0 || moved == 0 {

@@ -24,6 +24,8 @@
 //!   the OpenMetrics encoder.
 //! - [`events`]: the internal event bus (GPU polls and crossings, service
 //!   status changes, built-in alerts).
+//! - [`server`]: the accept loop: header timeout, connection cap with
+//!   idle eviction, shutdown deadline, `RLIMIT_NOFILE`.
 //! - [`api`]: `router(state)`, `/metrics`, the probes, the REST routes
 //!   (system, DLQ with its auth, pipeline ingest, storage), the
 //!   `/ws/system` hub, and the `http_*` request metrics middleware.
@@ -46,6 +48,7 @@ pub mod nvml;
 pub mod pipeline;
 pub mod redis_conn;
 pub mod restart;
+pub mod server;
 pub mod store;
 
 use std::future::Future;
@@ -85,6 +88,17 @@ pub enum RunError {
     Serve(#[from] std::io::Error),
 }
 
+/// Warns when anyone who can reach the port may write: a non-loopback
+/// listen address with no token.
+fn warn_if_open(state: &AppState, addr: std::net::SocketAddr) {
+    if !addr.ip().is_loopback() && !state.auth.has_token() {
+        tracing::warn!(
+            address = %addr,
+            "Listening beyond loopback with no api.token: writes (DLQ moves, pipeline ingest) are open to api.trusted_networks only, and a local proxy or tunnel makes every client look like loopback. Set api.token."
+        );
+    }
+}
+
 /// Builds the shared state for `config` (no tasks are started).
 pub fn build_state(config: Config) -> Result<AppState, RunError> {
     let metrics = Arc::new(Metrics::new());
@@ -103,6 +117,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
     let auth = Arc::new(Auth::load(&config.api)?);
     let pipeline = Arc::new(Pipeline::new(&config.pipeline, &metrics));
     let http = api::http_metrics::HttpMetrics::new(&metrics);
+    let server = server::ServerMetrics::new(&metrics);
     Ok(AppState {
         config: Arc::new(config),
         metrics,
@@ -116,6 +131,8 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         auth,
         pipeline,
         http,
+        server,
+        preview: Default::default(),
         started_at: chrono::Utc::now(),
     })
 }
@@ -220,18 +237,15 @@ pub async fn run_with_state(
 
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, "Listening.");
+    warn_if_open(&state, addr);
+    let limits = server::Limits::from_config(&state.config.web, server::raise_nofile_limit());
+    let server_metrics = state.server.clone();
     // 5xx answers are already logged once, with their cause, by `AppError`;
     // the trace layer's own failure line would repeat them at ERROR.
     let trace = tower_http::trace::TraceLayer::new_for_http()
         .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
     let app = api::router(state).layer(trace);
-    // The peer address feeds the trusted-network check of mutating endpoints.
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let served = server::serve(listener, app, limits, server_metrics, shutdown).await;
 
     tracing::info!("Shutting down: stopping collectors and flushing history.");
     collectors_stop.cancel();

@@ -46,7 +46,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CheckConfig { path }) = &cli.command {
-        return match Config::load(Some(path), |k| std::env::var(k).ok()) {
+        let loaded = Config::load(Some(path), |k| std::env::var(k).ok()).map_err(anyhow::Error::from);
+        // The token files are part of the config: read and check them too.
+        let checked = loaded.and_then(|c| {
+            inferwatch::api::auth::Auth::load(&c.api)?;
+            Ok(c)
+        });
+        return match checked {
             Ok(_) => {
                 println!("SUCCESS: {} is valid inferwatch config", path.display());
                 ExitCode::SUCCESS

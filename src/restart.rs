@@ -230,6 +230,30 @@ impl Machine {
         AlertKind::RestartFailed
     }
 
+    /// The restart command itself failed (non-zero exit, killed at its
+    /// timeout, or could not start): the attempt is decided now, without
+    /// waiting `grace_period` for a check. Nothing happens outside a restart.
+    pub fn on_restart_failed(&mut self, now: Instant) -> Step {
+        let from = self.status;
+        if from != Status::Restarting {
+            return Step {
+                from,
+                to: from,
+                changed: false,
+                alert: None,
+                restart_result: None,
+            };
+        }
+        let alert = Some(self.fail_after_restart(now));
+        Step {
+            from,
+            to: self.status,
+            changed: true,
+            alert,
+            restart_result: Some(false),
+        }
+    }
+
     /// Starts the scheduled restart if it is due at `now`; returns its
     /// attempt number (1-based).
     pub fn start_restart(&mut self, now: Instant) -> Option<Step> {
@@ -457,6 +481,38 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Status::RestartFailed).unwrap(),
             "\"restart_failed\""
+        );
+    }
+
+    #[test]
+    fn a_failed_restart_command_decides_the_attempt_at_once() {
+        let mut m = Machine::new(Policy {
+            restartable: true,
+            max_retries: 2,
+            backoff_base: BASE,
+            reset_after: Duration::from_secs(600),
+        });
+        let t0 = Instant::now();
+        m.on_check(false, t0);
+        assert!(m.start_restart(t0 + BASE).is_some());
+        let s = m.on_restart_failed(t0 + BASE);
+        assert_eq!(
+            (s.from, s.to, s.restart_result),
+            (Status::Restarting, Status::RestartFailed, Some(false))
+        );
+        assert_eq!(s.alert, Some(AlertKind::RestartFailed));
+        assert_eq!(
+            m.restart_due(),
+            Some(t0 + BASE + BASE * 2),
+            "the next attempt backs off"
+        );
+        assert!(m.start_restart(t0 + BASE * 3).is_some());
+        let s = m.on_restart_failed(t0 + BASE * 3);
+        assert_eq!(s.to, Status::Failed, "the last attempt gives up");
+        let s = m.on_restart_failed(t0 + BASE * 4);
+        assert!(
+            !s.changed && s.restart_result.is_none(),
+            "outside a restart nothing happens"
         );
     }
 }

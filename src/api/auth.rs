@@ -21,35 +21,92 @@ use crate::config::ApiConfig;
 /// Why the auth settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("failed to read api.token_file ({path}): {source}")]
+    #[error("failed to read {key} ({path}): {source}")]
     TokenFile {
+        key: &'static str,
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid value for api.token_file: {0} is empty; allowed: a file holding the token")]
-    EmptyTokenFile(std::path::PathBuf),
+    #[error("invalid value for {key}: {path} is empty; allowed: a file holding the token")]
+    EmptyTokenFile {
+        key: &'static str,
+        path: std::path::PathBuf,
+    },
+    #[error("invalid value for {key}: {path} has mode {mode:04o}, readable by group or others; allowed: a file only its owner can read (chmod 600)")]
+    TokenFileMode {
+        key: &'static str,
+        path: std::path::PathBuf,
+        mode: u32,
+    },
 }
 
 /// The loaded auth settings.
 #[derive(Debug, Clone)]
 pub struct Auth {
     token: Option<String>,
+    ingest_token: Option<String>,
     trusted: Vec<IpNet>,
+}
+
+/// Which rule a route follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// DLQ moves: `api.token`, or trusted networks without one.
+    Admin,
+    /// Pipeline ingest: `api.token` or `api.ingest_token`, or trusted
+    /// networks when neither is set.
+    Ingest,
+}
+
+/// A token from `inline` or, winning over it, from `file` (which only its
+/// owner may read).
+fn load_token(inline: &str, file: Option<&std::path::Path>, key: &'static str) -> Result<Option<String>, AuthError> {
+    let mut token = (!inline.trim().is_empty()).then(|| inline.trim().to_string());
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::TokenFile {
+            key,
+            path: path.to_path_buf(),
+            source,
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|source| AuthError::TokenFile {
+                    key,
+                    path: path.to_path_buf(),
+                    source,
+                })?
+                .permissions()
+                .mode()
+                & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(AuthError::TokenFileMode {
+                    key,
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+        }
+        if text.trim().is_empty() {
+            return Err(AuthError::EmptyTokenFile {
+                key,
+                path: path.to_path_buf(),
+            });
+        }
+        token = Some(text.trim().to_string());
+    }
+    Ok(token)
 }
 
 impl Auth {
     pub fn load(config: &ApiConfig) -> Result<Auth, AuthError> {
-        let mut token = (!config.token.trim().is_empty()).then(|| config.token.trim().to_string());
-        if let Some(path) = &config.token_file {
-            let text = std::fs::read_to_string(path).map_err(|source| AuthError::TokenFile {
-                path: path.clone(),
-                source,
-            })?;
-            if text.trim().is_empty() {
-                return Err(AuthError::EmptyTokenFile(path.clone()));
-            }
-            token = Some(text.trim().to_string());
-        }
+        let token = load_token(&config.token, config.token_file.as_deref(), "api.token_file")?;
+        let ingest_token = load_token(
+            &config.ingest_token,
+            config.ingest_token_file.as_deref(),
+            "api.ingest_token_file",
+        )?;
         // Validated in config: every entry is a CIDR or a single address.
         let trusted = config
             .trusted_networks
@@ -60,23 +117,45 @@ impl Auth {
                     .or_else(|| n.parse::<IpAddr>().ok().map(IpNet::from))
             })
             .collect();
-        Ok(Auth { token, trusted })
+        Ok(Auth {
+            token,
+            ingest_token,
+            trusted,
+        })
     }
 
-    /// Decides one request.
+    /// True when writes need a token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Decides one admin request.
     pub fn check(&self, authorization: Option<&str>, peer: Option<IpAddr>) -> Result<(), AppError> {
-        if let Some(token) = &self.token {
-            let Some(given) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+        self.check_scope(Scope::Admin, authorization, peer)
+    }
+
+    /// Decides one request for `scope`.
+    pub fn check_scope(&self, scope: Scope, authorization: Option<&str>, peer: Option<IpAddr>) -> Result<(), AppError> {
+        let accepted: Vec<&String> = match scope {
+            Scope::Admin => self.token.iter().collect(),
+            Scope::Ingest => self.token.iter().chain(self.ingest_token.iter()).collect(),
+        };
+        if !accepted.is_empty() {
+            let Some(given) = authorization.and_then(bearer) else {
                 return Err(AppError::status(
                     StatusCode::UNAUTHORIZED,
-                    "this endpoint needs Authorization: Bearer <api.token>",
+                    "this endpoint needs Authorization: Bearer <token>",
                     json!({ "scheme": "Bearer" }),
                 ));
             };
-            if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+            // Every candidate is compared, so timing does not say which matched.
+            let ok = accepted
+                .iter()
+                .fold(false, |ok, t| constant_time_eq(given.as_bytes(), t.as_bytes()) | ok);
+            if !ok {
                 return Err(AppError::status(
                     StatusCode::FORBIDDEN,
-                    "the bearer token is not valid",
+                    "the bearer token is not valid for this endpoint",
                     serde_json::Value::Null,
                 ));
             }
@@ -88,13 +167,18 @@ impl Auth {
         }
         Err(AppError::status(
             StatusCode::FORBIDDEN,
-            format!(
-                "mutating endpoints are open only to api.trusted_networks when no api.token is set; {} is not in them",
-                peer.map_or("this client".to_string(), |ip| ip.to_string())
-            ),
-            json!({ "trusted_networks": self.trusted.iter().map(|n| n.to_string()).collect::<Vec<_>>() }),
+            "writes are open only to api.trusted_networks when no token is set, and this client is not in them",
+            json!({ "hint": "set api.token and send Authorization: Bearer <token>" }),
         ))
     }
+}
+
+/// The credentials of a `Bearer` authorization; the scheme is
+/// case-insensitive (RFC 7235).
+fn bearer(header: &str) -> Option<&str> {
+    let header = header.trim_start();
+    let (scheme, rest) = header.split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
 /// `::ffff:127.0.0.1` is 127.0.0.1.
@@ -112,11 +196,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Middleware for the mutating routes.
+/// Middleware for the DLQ moves.
 pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    require_scope(Scope::Admin, state, req, next).await
+}
+
+/// Middleware for pipeline ingest.
+pub async fn require_ingest(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    require_scope(Scope::Ingest, state, req, next).await
+}
+
+async fn require_scope(scope: Scope, state: AppState, req: Request, next: Next) -> Response {
     let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    match state.auth.check(authorization, peer) {
+    match state.auth.check_scope(scope, authorization, peer) {
         Ok(()) => next.run(req).await,
         Err(e) => {
             let mut resp = e.into_response();
@@ -136,8 +229,8 @@ mod tests {
     fn auth(token: &str, nets: &[&str]) -> Auth {
         Auth::load(&ApiConfig {
             token: token.into(),
-            token_file: None,
             trusted_networks: nets.iter().map(|s| s.to_string()).collect(),
+            ..ApiConfig::default()
         })
         .unwrap()
     }
@@ -158,6 +251,13 @@ mod tests {
         assert_eq!(status(a.check(Some("Bearer nope"), lo)), 403);
         assert_eq!(status(a.check(Some("Basic s3cret"), lo)), 401);
         assert_eq!(
+            status(a.check(Some("bearer s3cret"), lo)),
+            200,
+            "the scheme is case-insensitive"
+        );
+        assert_eq!(status(a.check(Some("BEARER  s3cret"), lo)), 200);
+        assert_eq!(status(a.check(Some("Bearers3cret"), lo)), 401);
+        assert_eq!(
             status(a.check(Some("Bearer s3cret"), Some("10.1.2.3".parse().unwrap()))),
             200
         );
@@ -172,5 +272,52 @@ mod tests {
         assert_eq!(status(a.check(None, Some("10.0.0.5".parse().unwrap()))), 200);
         assert_eq!(status(a.check(None, Some("10.0.0.6".parse().unwrap()))), 403);
         assert_eq!(status(a.check(None, None)), 403, "unknown peer is not trusted");
+        let Err(e) = a.check(None, Some("10.0.0.6".parse().unwrap())) else {
+            panic!()
+        };
+        let text = format!("{e} {:?}", e);
+        assert!(!text.contains("127.0.0.0/8") && !text.contains("10.0.0.5"), "{text}");
+    }
+
+    #[test]
+    fn ingest_takes_either_token_and_admin_only_its_own() {
+        let a = Auth::load(&ApiConfig {
+            token: "admin".into(),
+            ingest_token: "worker".into(),
+            ..ApiConfig::default()
+        })
+        .unwrap();
+        let lo = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(status(a.check_scope(Scope::Ingest, Some("Bearer worker"), lo)), 200);
+        assert_eq!(status(a.check_scope(Scope::Ingest, Some("Bearer admin"), lo)), 200);
+        assert_eq!(status(a.check_scope(Scope::Ingest, None, lo)), 401);
+        assert_eq!(status(a.check_scope(Scope::Admin, Some("Bearer worker"), lo)), 403);
+        let only_ingest = Auth::load(&ApiConfig {
+            ingest_token: "worker".into(),
+            ..ApiConfig::default()
+        })
+        .unwrap();
+        assert_eq!(status(only_ingest.check_scope(Scope::Ingest, None, lo)), 401);
+        assert_eq!(status(only_ingest.check_scope(Scope::Admin, None, lo)), 200);
+    }
+
+    #[test]
+    fn token_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = ApiConfig {
+            token_file: Some(path.clone()),
+            ..ApiConfig::default()
+        };
+        let e = Auth::load(&cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("api.token_file") && e.contains("0644") && e.contains("token"),
+            "{e}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Auth::load(&cfg).unwrap().has_token());
     }
 }

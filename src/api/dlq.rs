@@ -41,6 +41,12 @@ impl From<DlqError> for AppError {
             },
             DlqError::Conflict(m) => AppError::status(StatusCode::CONFLICT, m, Value::Null),
             DlqError::NotFound(m) => AppError::NotFound(m),
+            DlqError::WrongType { key, found } => AppError::status(
+                StatusCode::CONFLICT,
+                format!("{key} holds a {found}, not a list; nothing was moved or changed"),
+                json!({ "key": key, "type": found, "expected": "list (or no key)" }),
+            )
+            .with_code("wrong_type"),
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod dlq;
 pub mod http_metrics;
+pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod storage;
@@ -49,6 +50,9 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
     pub http: http_metrics::HttpMetrics,
+    pub server: crate::server::ServerMetrics,
+    /// The last cleanup preview (see [`storage::PreviewCache`]).
+    pub preview: Arc<storage::PreviewCache>,
     /// When the daemon started, for `uptime_seconds`.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }
@@ -62,9 +66,15 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/system", get(ws::upgrade))
         .merge(system::routes())
         .merge(dlq::routes(&state))
-        .merge(pipeline::routes())
+        .merge(pipeline::routes(&state))
         .merge(storage::routes())
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.web.request_timeout,
+            limits::deadline,
+        ))
+        .layer(axum::middleware::from_fn(limits::json_errors))
+        .layer(axum::middleware::from_fn(limits::head_limits))
         .layer(axum::middleware::from_fn_with_state(
             state.http.clone(),
             http_metrics::track,
@@ -76,16 +86,21 @@ async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> R
     if state.readiness.is_ready() {
         (StatusCode::OK, "Ready.\n").into_response()
     } else {
-        let waiting = state.readiness.waiting().join(", ");
-        (
+        let waiting = state.readiness.waiting();
+        AppError::status(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("Not ready: waiting for the first collection of: {waiting}.\n"),
+            format!("Not ready: waiting for the first collection of: {}", waiting.join(", ")),
+            json!({ "waiting_for": waiting }),
         )
-            .into_response()
+        .with_code("not_ready")
+        .into_response()
     }
 }
 
-/// The one error type of the API.
+/// The one error type of the API. Every error answer is
+/// `{"error": message, "detail": ..., "code": short_code}`; what a client
+/// sees is written for it, and the cause (Redis or store text, paths) goes
+/// to the log only.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// A query parameter or body was wrong; the text says what is allowed.
@@ -93,13 +108,15 @@ pub enum AppError {
     BadRequest { message: String, detail: serde_json::Value },
     #[error("{0}")]
     NotFound(String),
-    /// A dependency (the history store) could not answer.
+    /// A dependency (Redis, the history store) could not answer. `detail`
+    /// is logged, never sent.
     #[error("{message}")]
     Unavailable { message: String, detail: String },
     /// Any other 4xx, with what is allowed in `detail`.
     #[error("{message}")]
     Status {
         status: StatusCode,
+        code: &'static str,
         message: String,
         detail: serde_json::Value,
     },
@@ -112,29 +129,88 @@ impl AppError {
             detail,
         }
     }
-}
 
-impl AppError {
     pub fn status(status: StatusCode, message: impl Into<String>, detail: serde_json::Value) -> AppError {
         AppError::Status {
             status,
+            code: code_for(status),
             message: message.into(),
             detail,
         }
+    }
+
+    /// The same error with a more specific short code.
+    pub fn with_code(self, new: &'static str) -> AppError {
+        match self {
+            AppError::BadRequest { message, detail } => AppError::Status {
+                status: StatusCode::BAD_REQUEST,
+                code: new,
+                message,
+                detail,
+            },
+            AppError::Status {
+                status,
+                message,
+                detail,
+                ..
+            } => AppError::Status {
+                status,
+                code: new,
+                message,
+                detail,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The short code clients can match on, per status.
+pub fn code_for(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        409 => "conflict",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        422 => "unprocessable",
+        429 => "too_many_requests",
+        431 => "headers_too_large",
+        503 => "unavailable",
+        504 => "timeout",
+        s if s >= 500 => "internal",
+        _ => "error",
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let (status, detail) = match &self {
-            AppError::Status { status, detail, .. } => (*status, detail.clone()),
-            AppError::BadRequest { detail, .. } => (StatusCode::BAD_REQUEST, detail.clone()),
-            AppError::NotFound(_) => (StatusCode::NOT_FOUND, serde_json::Value::Null),
+        let (status, code, detail) = match &self {
+            AppError::Status {
+                status, code, detail, ..
+            } => (*status, *code, detail.clone()),
+            AppError::BadRequest { detail, .. } => (StatusCode::BAD_REQUEST, "bad_request", detail.clone()),
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", serde_json::Value::Null),
             AppError::Unavailable { detail, .. } => {
                 tracing::warn!(error = %self, detail = %detail, "Request failed: dependency unavailable.");
-                (StatusCode::SERVICE_UNAVAILABLE, json!(detail))
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable", serde_json::Value::Null)
             }
         };
-        (status, Json(json!({ "error": self.to_string(), "detail": detail }))).into_response()
+        let mut resp = (
+            status,
+            Json(json!({ "error": self.to_string(), "detail": detail, "code": code })),
+        )
+            .into_response();
+        resp.extensions_mut().insert(JsonError);
+        resp
     }
 }
+
+/// Marks a response whose body is already the JSON error shape, so the
+/// outer error layer leaves it alone.
+#[derive(Clone, Copy)]
+pub struct JsonError;

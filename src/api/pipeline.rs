@@ -6,6 +6,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::{header, HeaderMap};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
@@ -20,36 +21,91 @@ pub const MAX_BODY: usize = 1024 * 1024;
 /// Most events in one request.
 pub const MAX_EVENTS: usize = 10_000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/pipeline/events", post(ingest))
+/// Ingest is a write: it follows `api.token` / `api.ingest_token`, or the
+/// trusted networks when neither is set (see [`super::auth`]).
+pub fn routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/pipeline/events", post(ingest))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::auth::require_ingest,
+        ))
 }
 
 async fn ingest(
     State(state): State<AppState>,
     q: RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
-    let result = ingest_body(&state, q, body).await;
+    let result = ingest_body(&state, q, &headers, body).await;
     // Accepted or refused, the counters moved: the next scrape shows it.
     state.metrics.invalidate();
     result
 }
 
+fn too_large() -> AppError {
+    AppError::status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than {MAX_BODY} bytes (1 MiB); send smaller batches"),
+        json!({ "max_bytes": MAX_BODY, "max_events": MAX_EVENTS }),
+    )
+}
+
+/// True when a body-read error is the size limit, not a broken or slow
+/// client.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 async fn ingest_body(
     state: &AppState,
     q: RawQuery,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
     params(q, &[])?;
     let pipeline = &state.pipeline;
-    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+    // A declared length over the limit is refused before any byte is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
         pipeline.reject_batch(Reason::BodyTooLarge);
-        AppError::status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {MAX_BODY} bytes (1 MiB); send smaller batches"),
-            json!({ "max_bytes": MAX_BODY, "max_events": MAX_EVENTS }),
-        )
-    })?;
+        return Err(too_large());
+    }
+    let timeout = state.config.web.body_read_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await;
+    let bytes = match read {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if is_length_limit(&e) => {
+            pipeline.reject_batch(Reason::BodyTooLarge);
+            return Err(too_large());
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "Pipeline ingest: the request body could not be read.");
+            return Err(AppError::bad_request(
+                "the request body could not be read (the connection broke or the body was malformed)",
+                serde_json::Value::Null,
+            )
+            .with_code("body_read_error"));
+        }
+        Err(_) => {
+            return Err(AppError::status(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within web.body_read_timeout ({timeout:?})"),
+                json!({ "timeout_seconds": timeout.as_secs_f64() }),
+            ));
+        }
+    };
     let events: Vec<&RawValue> = serde_json::from_slice(&bytes).map_err(|e| {
         pipeline.reject_batch(Reason::InvalidJson);
         AppError::bad_request(

@@ -44,9 +44,28 @@ async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>
     })))
 }
 
-/// `GET /api/system/cleanup/preview`: counts only.
+/// The last cleanup preview, reused for `storage.poll_interval`. The lock is
+/// held while one is computed, so concurrent requests wait for that one
+/// instead of each walking the files and counting rows again.
+#[derive(Default)]
+pub struct PreviewCache(tokio::sync::Mutex<Option<(std::time::Instant, Value)>>);
+
+/// `GET /api/system/cleanup/preview`: counts only, computed at most once per
+/// `storage.poll_interval`.
 async fn preview(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     params(q, &[])?;
+    let mut cached = state.preview.0.lock().await;
+    if let Some((at, body)) = cached.as_ref() {
+        if at.elapsed() < state.config.storage.poll_interval {
+            return Ok(Json(body.clone()));
+        }
+    }
+    let body = compute_preview(&state).await?;
+    *cached = Some((std::time::Instant::now(), body.clone()));
+    Ok(Json(body))
+}
+
+async fn compute_preview(state: &AppState) -> Result<Value, AppError> {
     let now = Utc::now();
     let history = match &state.store {
         Some(store) => match store.retention_preview(now).await {
@@ -55,7 +74,10 @@ async fn preview(State(state): State<AppState>, q: RawQuery) -> Result<Json<Valu
                 "rows": rows,
                 "oldest": oldest.as_ref().map(format_time),
             }),
-            Err(e) => json!({ "retention_days": store.retention_days(), "error": e.to_string() }),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cleanup preview: the history store could not be read.");
+                json!({ "retention_days": store.retention_days(), "error": "the history store is unavailable" })
+            }
         },
         None => Value::Null,
     };
@@ -71,10 +93,11 @@ async fn preview(State(state): State<AppState>, q: RawQuery) -> Result<Json<Valu
         message: "the file scan failed".into(),
         detail: e.to_string(),
     })?;
-    Ok(Json(json!({
+    Ok(json!({
         "dry_run": true,
         "gpu_history": history,
         "files": files,
         "timestamp": format_time(&now),
-    })))
+        "cached_for_seconds": state.config.storage.poll_interval.as_secs_f64(),
+    }))
 }

@@ -6,8 +6,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -32,16 +31,26 @@ pub fn routes() -> Router<AppState> {
         .route("/api/system/stats", get(stats))
 }
 
-pub(crate) type RawQuery = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(crate) type RawQuery = axum::extract::RawQuery;
 
-/// Parses the query string, refusing parameters the endpoint does not know.
+/// Parses the query string, refusing parameters the endpoint does not know
+/// and parameters given twice (`?queue=A&queue=B` has no one meaning).
 pub(crate) fn params(q: RawQuery, allowed: &[&str]) -> Result<HashMap<String, String>, AppError> {
-    let Query(map) = q.map_err(|e| AppError::bad_request("malformed query string", json!(e.body_text())))?;
-    if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(AppError::bad_request(
-            format!("unknown query parameter {unknown:?}"),
-            json!({ "allowed": allowed }),
-        ));
+    let mut map = HashMap::new();
+    let raw = q.0.unwrap_or_default();
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            return Err(AppError::bad_request(
+                format!("unknown query parameter {key:?}"),
+                json!({ "allowed": allowed }),
+            ));
+        }
+        if map.insert(key.to_string(), value.into_owned()).is_some() {
+            return Err(AppError::bad_request(
+                format!("query parameter {key:?} is given more than once"),
+                json!({ "parameter": key, "allowed": "each parameter at most once" }),
+            ));
+        }
     }
     Ok(map)
 }

@@ -206,6 +206,8 @@ impl WsMetrics {
 /// The fan-out point for every connected client.
 pub struct Hub {
     clients: Mutex<HashMap<u64, Client>>,
+    /// Clients admitted: connected, or between handshake and upgrade.
+    slots: std::sync::atomic::AtomicUsize,
     next_id: AtomicU64,
     metrics: WsMetrics,
     config: WebSocketConfig,
@@ -215,6 +217,7 @@ impl Hub {
     pub fn new(config: WebSocketConfig, metrics: &Metrics) -> Arc<Hub> {
         Arc::new(Hub {
             clients: Mutex::new(HashMap::new()),
+            slots: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
             metrics: WsMetrics::register(metrics),
             config,
@@ -229,8 +232,16 @@ impl Hub {
         )
     }
 
-    fn len(&self) -> usize {
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).len()
+    /// Admits one more client if fewer than `websocket.max_clients` hold a
+    /// slot. Checked and taken in one step, so simultaneous handshakes
+    /// cannot overshoot; the slot is freed when the [`Slot`] drops (the
+    /// client left, or its upgrade never happened).
+    fn reserve(self: &Arc<Hub>) -> Option<Slot> {
+        let max = self.config.max_clients;
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(self.clone()))
     }
 
     /// Hands `batch` to every client without waiting; a client whose queue
@@ -281,6 +292,15 @@ impl Hub {
 
     fn unregister(&self, id: u64) {
         self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+}
+
+/// One admitted client's place in the hub.
+struct Slot(Arc<Hub>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -420,22 +440,27 @@ pub async fn upgrade(
         )
     })?;
     let hub = state.hub.clone();
-    if hub.len() >= hub.config.max_clients {
-        return Err(AppError::Unavailable {
-            message: format!(
+    let Some(slot) = hub.reserve() else {
+        return Err(AppError::status(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
                 "too many WebSocket clients (websocket.max_clients = {})",
                 hub.config.max_clients
             ),
-            detail: "retry later or raise websocket.max_clients".into(),
-        });
-    }
+            json!({ "max_clients": hub.config.max_clients, "hint": "retry later or raise websocket.max_clients" }),
+        )
+        .with_code("too_many_clients"));
+    };
     // Clients only send pongs and close frames: a small read buffer (the
     // default is 128 KiB per connection) keeps memory per client low.
     Ok(ws
         .read_buffer_size(4 * 1024)
         .max_message_size(64 * 1024)
         .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| serve(state, socket, client_type)))
+        .on_upgrade(move |socket| async move {
+            serve(state, socket, client_type).await;
+            drop(slot);
+        }))
 }
 
 /// Writes `msgs` with one flush, unless `cancel` fires first; counts what
