@@ -252,7 +252,7 @@ pub struct QueueDepth {
 /// first key that exists and is not a list. Each script calls it on every
 /// key it will write (or read) before its first pop, because Redis does not
 /// undo a pop when a later command in the script raises.
-const CHECK_LUA: &str = r#"
+pub const CHECK_LUA: &str = r#"
 local function wrong_type(keys)
   for _, k in ipairs(keys) do
     local t = redis.call('TYPE', k).ok
@@ -267,7 +267,7 @@ end
 /// entry, back onto the DLQ's newest end). Stops at the first entry that is
 /// not the expected one and puts it back.
 /// Returns {0, requeued, skipped, stopped} or {1, key, type}.
-const REQUEUE_LUA: &str = r#"
+pub const REQUEUE_LUA: &str = r#"
 local bad = wrong_type({KEYS[1], KEYS[2]})
 if bad then return bad end
 local pop_left = ARGV[1] == 'LEFT'
@@ -292,7 +292,7 @@ return {0, requeued, skipped, 0}
 /// Renames a non-empty DLQ to its archive key with a TTL.
 /// Returns {0, entries} (0 when empty), {2} when the archive key exists,
 /// or {1, key, type}.
-const CLEAR_LUA: &str = r#"
+pub const CLEAR_LUA: &str = r#"
 local bad = wrong_type({KEYS[1]})
 if bad then return bad end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
@@ -306,7 +306,7 @@ return {0, n}
 /// Moves up to ARGV[1] archive entries back into the DLQ, on the DLQ's
 /// oldest side and in their order; a missing DLQ gets the archive renamed.
 /// Returns {0, moved, left in the archive} or {1, key, type}.
-const RESTORE_LUA: &str = r#"
+pub const RESTORE_LUA: &str = r#"
 local bad = wrong_type({KEYS[1], KEYS[2]})
 if bad then return bad end
 local n = redis.call('LLEN', KEYS[1])

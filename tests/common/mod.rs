@@ -391,12 +391,33 @@ impl Daemon {
 
     /// As [`Daemon::start`], with extra flags. Its log goes to `log()`.
     pub async fn start_with_args(config: &str, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        Self::start_limited(config, env, args, None).await
+    }
+
+    /// As [`Daemon::start_with_args`], with `RLIMIT_NOFILE` (soft and hard)
+    /// set to `nofile` for the daemon, as `ulimit -n` would.
+    pub async fn start_limited(config: &str, env: &[(&str, &str)], args: &[&str], nofile: Option<u64>) -> Daemon {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inferwatch.yml");
         std::fs::write(&path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("inferwatch.log")).unwrap();
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inferwatch"));
+        if let Some(n) = nofile {
+            let limit = rustix::process::Rlimit {
+                current: Some(n),
+                maximum: Some(n),
+            };
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit.clone())
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(&path)
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
