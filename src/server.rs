@@ -47,6 +47,9 @@ const FD_RESERVE: u64 = 64;
 /// get the API's JSON 414/431; only a head past this gets hyper's bare 431.
 pub const MAX_HEAD_BYTES: usize = 128 * 1024;
 
+/// hyper's own cap on header lines, likewise above the API's.
+pub const MAX_HEADER_LINES: usize = 1000;
+
 /// The server's limits, from `web.*`.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -300,6 +303,7 @@ async fn serve_connection(
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADER_LINES)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
