@@ -267,3 +267,66 @@ fn daemon_refuses_to_start_on_a_bad_env_value() {
         "{stderr}"
     );
 }
+
+#[test]
+fn token_files_are_read_by_check_config_and_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(&cfg, format!("api:\n  token_file: {}\n", token.display())).unwrap();
+    let (code, text) = check_config(&cfg);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("api.token_file") && text.contains("0644") && text.contains("chmod 600"),
+        "{text}"
+    );
+
+    // The daemon refuses to start on it too, naming the file and its mode.
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--web.listen-address=127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&token.display().to_string()) && stderr.contains("0644"),
+        "{stderr}"
+    );
+
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, text) = check_config(&cfg);
+    assert_eq!(code, 0, "{text}");
+
+    std::fs::remove_file(&token).unwrap();
+    let (code, text) = check_config(&cfg);
+    assert_eq!(code, 1, "a missing token file is an error: {text}");
+    assert!(text.contains("api.token_file"), "{text}");
+}
+
+#[test]
+fn config_errors_never_echo_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    for (yaml, key) in [
+        (
+            "queues:\n  redis_url: 'rediss://:hunter2@cache:6379/0'\n",
+            "queues.redis_url",
+        ),
+        ("store:\n  url: 'mysql://app:hunter2@db/history'\n", "store.url"),
+        (
+            "health:\n  services:\n    - name: a\n      kind: redis\n      url: 'http://:hunter2@cache:6379'\n",
+            "health.services[0].url",
+        ),
+    ] {
+        let cfg = dir.path().join("c.yml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let (code, text) = check_config(&cfg);
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains(key), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

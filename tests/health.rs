@@ -319,3 +319,99 @@ async fn redis_and_postgres_outages_and_recovery() {
     assert_eq!(transitions(&d, "redis"), ["healthy", "unhealthy", "healthy"]);
     assert_eq!(transitions(&d, "postgres"), ["healthy", "unhealthy", "healthy"]);
 }
+
+/// True while `pid` is a live (not zombie) process.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_timed_out_restart_command_takes_its_children_with_it_and_no_argv_leaks() {
+    let target = HealthTarget::new(); // not started: connection refused
+    let pids = target.dir.path().join("children.txt");
+    // `sh -c SCRIPT NAME`: the secret-looking argument is the script's $0.
+    let command = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        format!(
+            "sleep 300 & echo $! >> {p}; sleep 300 & echo $! >> {p}; wait",
+            p = pids.display()
+        ),
+        "--token=hunter2".to_string(),
+    ];
+    let extra = format!(
+        "    max_retries: 2\n    backoff_base: 50ms\n    restart:\n      command: {}\n      timeout: 300ms\n      grace_period: 1h\n",
+        serde_json::to_string(&command).unwrap()
+    );
+    let d = daemon(&[service_yaml("embedder", "http", &target.url(), &extra)]).await;
+    let mut ws = WsClient::connect(&d.url("/ws/system").replace("http://", "ws://")).await;
+    let mut seen = Vec::new();
+    ws.wait_for("the service to give up after two killed attempts", LIMIT, |m| {
+        seen.push(m.to_string());
+        m["type"] == "service_status" && m["data"]["status"] == "failed"
+    })
+    .await;
+    let children: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(children.len(), 4, "two attempts, two children each");
+    for pid in children {
+        eventually(
+            &format!("child {pid} of a killed restart command to be gone"),
+            LIMIT,
+            || async move { (!alive(pid)).then_some(()) },
+        )
+        .await;
+    }
+    let log = d.log();
+    assert!(log.contains("killed after"), "{log}");
+    assert!(!log.contains("hunter2"), "the argv is never logged: {log}");
+    assert!(seen.iter().all(|m| !m.contains("hunter2")), "nor sent: {seen:?}");
+}
+
+#[tokio::test]
+async fn a_restart_command_that_exits_non_zero_fails_at_once_with_its_stderr_in_the_log() {
+    let target = HealthTarget::new(); // not started: connection refused
+    let command = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        "echo 'first line' >&2; echo 'cannot reach the docker socket' >&2; exit 3".to_string(),
+        "--token=hunter2".to_string(),
+    ];
+    // A one-hour grace period: only an immediate decision gets past
+    // `restarting` within the test's limit.
+    let extra = format!(
+        "    max_retries: 3\n    backoff_base: 50ms\n    restart:\n      command: {}\n      grace_period: 1h\n",
+        serde_json::to_string(&command).unwrap()
+    );
+    let d = daemon(&[service_yaml("whisper", "http", &target.url(), &extra)]).await;
+    wait_status(&d, "whisper", "restart_failed").await;
+    let log = eventually("the failure in the log", LIMIT, || async {
+        let log = d.log();
+        log.contains("Restart command failed.").then_some(log)
+    })
+    .await;
+    let line = log.lines().find(|l| l.contains("Restart command failed.")).unwrap();
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert!(
+        v["fields"]["error"].as_str().unwrap().contains("exit status: 3"),
+        "{line}"
+    );
+    assert!(
+        v["fields"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach the docker socket"),
+        "{line}"
+    );
+    assert!(!log.contains("hunter2"), "{log}");
+    let failures = metric(&d, "service_restarts_total{result=\"failure\",service=\"whisper\"}")
+        .await
+        .unwrap();
+    assert!(failures >= 1.0, "the failed attempt is counted: {failures}");
+}

@@ -262,3 +262,65 @@ async fn stream_events_are_counted_including_those_written_while_stopped() {
         Some(300.0)
     );
 }
+
+/// Ingest is a write: with tokens set it needs one (the admin token or the
+/// narrower ingest token), and without tokens only trusted networks may
+/// post. A refused request uses up no stage name.
+#[tokio::test]
+async fn ingest_needs_a_token_or_a_trusted_network() {
+    let redis = Redis::start().await;
+    let tokens = Daemon::start(
+        &config(&redis, "api:\n  token: admin-s3cret\n  ingest_token: worker-s3cret\n"),
+        &[],
+    )
+    .await;
+    let untrusted = Daemon::start(&config(&redis, "api:\n  trusted_networks: ['127.0.0.2/32']\n"), &[]).await;
+    let body = serde_json::to_string(&[stage("forged", 0.1, true)]).unwrap();
+    let post = |d: &Daemon, auth: Option<&str>| {
+        let mut req = reqwest::Client::new()
+            .post(d.url("/api/pipeline/events"))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    for (d, auth, want) in [
+        (&tokens, None, 401),
+        (&tokens, Some("Bearer nope"), 403),
+        (&tokens, Some("Basic d29ya2Vy"), 401),
+        (&untrusted, None, 403),
+        (&untrusted, Some("Bearer anything"), 403),
+    ] {
+        let resp = post(d, auth).await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{auth:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"].is_string() && body["code"].is_string(), "{body}");
+        assert!(
+            !body.to_string().contains("127.0.0.2"),
+            "a 403 does not echo the trusted networks: {body}"
+        );
+    }
+    for d in [&tokens, &untrusted] {
+        assert_eq!(
+            metric(d, "pipeline_stage_duration_seconds_count{stage=\"forged\"}").await,
+            None,
+            "a refused batch creates no series"
+        );
+    }
+    // The ingest token, the admin token, and a lower-case scheme all work.
+    for auth in ["Bearer worker-s3cret", "Bearer admin-s3cret", "bearer worker-s3cret"] {
+        let resp = post(&tokens, Some(auth)).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{auth}");
+    }
+    wait_metric(&tokens, "pipeline_stage_duration_seconds_count{stage=\"forged\"}", 3.0).await;
+    // The ingest token cannot move DLQ jobs.
+    let resp = reqwest::Client::new()
+        .post(tokens.url("/api/system/dlq/requeue-all?queue=dlq:detection_queue"))
+        .header("authorization", "Bearer worker-s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+}

@@ -191,4 +191,68 @@ async fn cleanup_preview_reports_what_retention_would_delete_and_deletes_nothing
             .len(),
         8
     );
+
+    // Within storage.poll_interval (30 s) the preview is served from its
+    // cache: two more old rows do not show until it expires.
+    store.push((10..12).map(|i| sample(9, i)));
+    assert_eq!(store.flush().await.unwrap(), 2);
+    let again = preview(&state).await;
+    assert_eq!(again["gpu_history"]["rows"], 5);
+    assert_eq!(again["timestamp"], body["timestamp"], "the same computation");
+
+    // The history part uses the recorded_at_ms index, not a table scan.
+    let db = data.path().join("inferwatch.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT COUNT(*), MIN(recorded_at_ms) FROM gpu_samples WHERE recorded_at_ms < 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let plan: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+    assert!(plan.iter().any(|d| d.contains("gpu_samples_recorded_at")), "{plan:?}");
+}
+
+async fn preview(state: &inferwatch::api::AppState) -> Value {
+    let resp = inferwatch::api::router(state.clone())
+        .oneshot(Request::get("/api/system/cleanup/preview").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn the_cleanup_preview_cache_expires_after_the_poll_interval() {
+    let data = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "data_dir: {}\nstore:\n  retention_days: 1\nstorage:\n  poll_interval: 1s\n",
+        data.path().display()
+    );
+    let config = Config::from_yaml(&yaml).unwrap();
+    config.validate().unwrap();
+    let state = inferwatch::build_state(config).unwrap();
+    let store = state.store.clone().unwrap();
+    let first = preview(&state).await;
+    assert_eq!(first["gpu_history"]["rows"], 0);
+    store.push([GpuSample {
+        gpu: Some(0),
+        uuid: Some("GPU-x".into()),
+        gpu_name: "Fake".into(),
+        gpu_utilization: None,
+        memory_used: None,
+        memory_total: None,
+        temperature: None,
+        power_usage: None,
+        inference_fps: None,
+        recorded_at: Utc::now() - chrono::Duration::days(3),
+    }]);
+    assert_eq!(store.flush().await.unwrap(), 1);
+    eventually("the preview to be computed afresh", Duration::from_secs(30), || {
+        let state = state.clone();
+        async move { (preview(&state).await["gpu_history"]["rows"] == 1).then_some(()) }
+    })
+    .await;
 }

@@ -377,3 +377,43 @@ async fn bad_websocket_requests_get_json_errors() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_clients_is_exact_under_simultaneous_handshakes() {
+    let server = Server::start(|c| c.websocket.max_clients = 5).await;
+    let url = server.ws("?client=api");
+    let attempts = (0..100).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { tokio_tungstenite::connect_async(url).await })
+    });
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for a in futures_util::future::join_all(attempts).await {
+        match a.unwrap() {
+            Ok((socket, _)) => admitted.push(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 503);
+                let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["code"], "too_many_clients", "{body}");
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected handshake error: {other}"),
+        }
+    }
+    assert_eq!(admitted.len(), 5, "exactly websocket.max_clients are admitted");
+    assert_eq!(refused, 95);
+    server
+        .wait_metric("websocket_connections_active{client_type=\"api\"}", 5.0)
+        .await;
+    // A slot comes back when a client leaves.
+    drop(admitted.pop());
+    server
+        .wait_metric("websocket_connections_active{client_type=\"api\"}", 4.0)
+        .await;
+    let _again = eventually("a freed slot to admit a new client", LIMIT, || {
+        let url = url.clone();
+        async move { tokio_tungstenite::connect_async(url).await.ok() }
+    })
+    .await;
+    server.shutdown().await;
+}
