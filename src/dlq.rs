@@ -524,27 +524,26 @@ impl Queues {
 
     /// A read: on a dropped connection it is sent once more on a fresh one
     /// (a read is safe to repeat; a move never is, see [`Queues::script`]).
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, DlqError> {
-        for attempt in 0..2 {
-            let mut con = self.conn().await?;
-            match self.redis.check(cmd.query_async(&mut con).await) {
-                Err(e) if attempt == 0 && is_connection_error(&e) => continue,
-                r => return Ok(r?),
-            }
+    async fn read<T, F, Fut>(&self, send: F) -> Result<T, DlqError>
+    where
+        F: Fn(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let first = self.redis.check(send(self.conn().await?).await);
+        match first {
+            Err(e) if is_connection_error(&e) => Ok(self.redis.check(send(self.conn().await?).await)?),
+            r => Ok(r?),
         }
-        unreachable!("the second attempt returns")
     }
 
-    /// A read pipeline, retried once like [`Queues::run`].
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, DlqError> {
+        self.read(|mut con| async move { cmd.query_async(&mut con).await })
+            .await
+    }
+
     async fn run_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, DlqError> {
-        for attempt in 0..2 {
-            let mut con = self.conn().await?;
-            match self.redis.check(pipe.query_async(&mut con).await) {
-                Err(e) if attempt == 0 && is_connection_error(&e) => continue,
-                r => return Ok(r?),
-            }
-        }
-        unreachable!("the second attempt returns")
+        self.read(|mut con| async move { pipe.query_async(&mut con).await })
+            .await
     }
 
     /// Runs one of the scripts above (with the type-check prelude), never

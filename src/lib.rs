@@ -91,12 +91,17 @@ pub enum RunError {
 /// Warns when anyone who can reach the port may write: a non-loopback
 /// listen address with no token.
 fn warn_if_open(state: &AppState, addr: std::net::SocketAddr) {
-    if !addr.ip().is_loopback() && !state.auth.has_token() {
+    if writes_open_beyond_loopback(addr, state.auth.has_token()) {
         tracing::warn!(
             address = %addr,
             "Listening beyond loopback with no api.token: writes (DLQ moves, pipeline ingest) are open to api.trusted_networks only, and a local proxy or tunnel makes every client look like loopback. Set api.token."
         );
     }
+}
+
+/// True when the daemon listens beyond loopback and no token guards writes.
+fn writes_open_beyond_loopback(addr: std::net::SocketAddr, has_token: bool) -> bool {
+    !addr.ip().is_loopback() && !has_token
 }
 
 /// Builds the shared state for `config` (no tasks are started).
@@ -258,4 +263,18 @@ pub async fn run_with_state(
     }
     served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn open_listeners_without_a_token_are_flagged() {
+        let f = super::writes_open_beyond_loopback;
+        assert!(f("0.0.0.0:8790".parse().unwrap(), false));
+        assert!(f("[::]:8790".parse().unwrap(), false));
+        assert!(f("10.0.0.5:8790".parse().unwrap(), false));
+        assert!(!f("0.0.0.0:8790".parse().unwrap(), true));
+        assert!(!f("127.0.0.1:8790".parse().unwrap(), false));
+        assert!(!f("[::1]:8790".parse().unwrap(), false));
+    }
 }

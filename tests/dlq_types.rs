@@ -18,6 +18,11 @@ fn failure(i: usize) -> String {
     )
 }
 
+/// A failure whose error text is `error` (to make entries of any size).
+fn failure_with_error(i: usize, error: &str) -> String {
+    failure(i).replace(r#""error":"boom""#, &format!(r#""error":"{error}""#))
+}
+
 async fn daemon(r: &Redis, extra: &str) -> Daemon {
     daemon_polling(r, "100ms", extra).await
 }
@@ -242,8 +247,7 @@ async fn huge_entries_are_listed_truncated_within_the_memory_budget() {
     // 100 entries of 1 MiB each: valid JSON failures with a huge error text.
     let big = "x".repeat(1024 * 1024);
     for i in 0..100 {
-        let entry = failure(i).replace(r#""error":"boom""#, &format!(r#""error":"{big}""#));
-        let _: () = c.lpush(DLQ, entry).await.unwrap();
+        let _: () = c.lpush(DLQ, failure_with_error(i, &big)).await.unwrap();
     }
     let d = daemon(&redis, "").await;
     let (code, page) = call(
@@ -280,8 +284,7 @@ async fn a_page_stops_at_its_byte_budget_and_says_so() {
     let mut c = redis.connection().await;
     let mid = "y".repeat(30 * 1024);
     for i in 0..10 {
-        let entry = failure(i).replace(r#""error":"boom""#, &format!(r#""error":"{mid}""#));
-        let _: () = c.rpush(DLQ, entry).await.unwrap();
+        let _: () = c.rpush(DLQ, failure_with_error(i, &mid)).await.unwrap();
     }
     let d = daemon(&redis, "  list_entry_max_bytes: 65536\n  list_page_max_bytes: 65536\n").await;
     let (code, page) = call(
