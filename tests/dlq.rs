@@ -514,14 +514,7 @@ async fn bad_requests_get_4xx_and_change_nothing_in_redis() {
             400,
             "more than once",
         ),
-        (
-            &open,
-            M::GET,
-            "/api/dlq/jobs/%FF",
-            None,
-            400,
-            "bad_request",
-        ),
+        (&open, M::GET, "/api/dlq/jobs/%FF", None, 400, "bad_request"),
         (
             &open,
             M::GET,

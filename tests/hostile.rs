@@ -140,6 +140,18 @@ async fn a_declared_huge_body_is_refused_at_once_and_a_stalled_one_times_out() {
     assert_eq!(status, 408, "{body}");
     assert_eq!(body["code"], "request_timeout");
 
+    // A body that breaks mid-way (a bad chunk) is a read error: a 400 of
+    // its own, not "too large".
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"POST /api/pipeline/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[{\"k\"\r\nzz\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "body_read_error");
+
     // Neither was a "too large" batch in the ingest counters but the first.
     let page = d.get_text("/metrics").await;
     assert_eq!(
