@@ -134,8 +134,8 @@ overview = dashboard(
     [
         stat("inferwatch up", "1 when Prometheus scraped the daemon at the last scrape (up).", "none",
              f"up{{{SEL}}}", "{{instance}}", mappings=UP_DOWN, thresholds=threshold((None, "red"), (1, "green"))),
-        stat("GPUs", "GPUs that answered the last NVML poll (gpu_count), summed over the selected instances.", "none",
-             f"sum(gpu_count{{{SEL}}})"),
+        stat("GPUs", "GPUs that answered the last NVML poll (gpu_devices), summed over the selected instances.", "none",
+             f"sum(gpu_devices{{{SEL}}})"),
         stat("Average GPU utilisation", "Mean fraction of time a kernel ran, over all selected GPUs.", "percentunit",
              f"avg(gpu_utilization_ratio{{{SEL}}})", thresholds=threshold((None, "green"), (0.8, "orange"), (0.95, "red"))),
         stat("Hottest GPU", "Highest core temperature among the selected GPUs; GpuTemperatureHigh fires above 85 °C.",
@@ -180,8 +180,8 @@ gpu = dashboard(
            min=0, max=1),
         ts("Temperature", "Core temperature (gpu_temperature_celsius); the alert threshold is 85 °C.", "celsius",
            (f"gpu_temperature_celsius{{{GPU}}}", "{{instance}} GPU {{gpu}}")),
-        ts("Fan speed", "Intended fan speed as a fraction of maximum (gpu_fan_speed_ratio); absent on passively "
-           "cooled GPUs.", "percentunit", (f"gpu_fan_speed_ratio{{{GPU}}}", "{{instance}} GPU {{gpu}}"), min=0, max=1),
+        ts("Fan speed", "Intended speed of each fan as a fraction of maximum (gpu_fan_speed_ratio, one series per fan); absent on passively "
+           "cooled GPUs.", "percentunit", (f"gpu_fan_speed_ratio{{{GPU}}}", "{{instance}} GPU {{gpu}} fan {{fan}}"), min=0, max=1),
         ts("Power", "Power draw and the enforced limit (gpu_power_usage_watts, gpu_power_limit_watts).", "watt",
            (f"gpu_power_usage_watts{{{GPU}}}", "{{instance}} GPU {{gpu}} draw"),
            (f"gpu_power_limit_watts{{{GPU}}}", "{{instance}} GPU {{gpu}} limit")),

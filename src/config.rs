@@ -129,6 +129,20 @@ pub struct GpuConfig {
     pub per_process: bool,
     /// Temperature above which one WARNING is logged per crossing, 1–150 °C.
     pub temperature_warning_celsius: f64,
+    /// Seconds between reads of the expensive ("slow") fields such as the
+    /// energy counter, 1–3600 and at least `poll_interval`.
+    #[serde(deserialize_with = "de_seconds")]
+    pub slow_interval: Duration,
+    /// Field selection.
+    pub fields: GpuFieldsConfig,
+}
+
+/// Which GPU fields are read.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuFieldsConfig {
+    /// Field names never to read (see `inferwatch doctor` for the list).
+    pub exclude: Vec<String>,
 }
 
 impl Default for GpuConfig {
@@ -141,6 +155,8 @@ impl Default for GpuConfig {
             timeout: Duration::from_secs(3),
             per_process: false,
             temperature_warning_celsius: 85.0,
+            slow_interval: Duration::from_secs(15),
+            fields: GpuFieldsConfig::default(),
         }
     }
 }
@@ -549,6 +565,24 @@ impl Config {
             150.0,
             "°C",
         )?;
+        check_range(
+            "gpu.slow_interval",
+            g.slow_interval.as_secs_f64(),
+            g.poll_interval.as_secs_f64().max(1.0),
+            3600.0,
+            "seconds (and at least gpu.poll_interval)",
+        )?;
+        for (i, name) in g.fields.exclude.iter().enumerate() {
+            if crate::nvml::fields::Field::from_name(name).is_none() {
+                let valid: Vec<&str> = crate::nvml::fields::Field::ALL.iter().map(|f| f.name()).collect();
+                return Err(invalid(
+                    &format!("gpu.fields.exclude[{i}]"),
+                    name,
+                    "not a known field",
+                    &valid.join(", "),
+                ));
+            }
+        }
         if g.nvml_library.trim().is_empty() {
             return Err(invalid("gpu.nvml_library", "", "empty", "a library path or soname"));
         }

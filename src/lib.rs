@@ -107,7 +107,7 @@ fn writes_open_beyond_loopback(addr: std::net::SocketAddr, has_token: bool) -> b
 /// Builds the shared state for `config` (no tasks are started).
 pub fn build_state(config: Config) -> Result<AppState, RunError> {
     let metrics = Arc::new(Metrics::new());
-    let gpu = GpuState::new(&config.gpu);
+    let gpu = GpuState::new(&config.gpu, Some(&metrics));
     metrics
         .register(Box::new(GpuFamilies::new(gpu.clone())))
         .expect("GPU families register once");

@@ -85,6 +85,11 @@ fn series(name: &str, gpu: u32, uuid: &str) -> String {
     format!("{name}{{gpu=\"{gpu}\",uuid=\"{uuid}\"}}")
 }
 
+/// Fan 0 of a GPU.
+fn fan(gpu: u32, uuid: &str) -> String {
+    format!("gpu_fan_speed_ratio{{gpu=\"{gpu}\",uuid=\"{uuid}\",fan=\"0\"}}")
+}
+
 #[tokio::test]
 async fn two_gpus_are_exported_in_base_units() {
     let fake = FakeGpus::new(Driver::Current, &gpus_state(2));
@@ -93,7 +98,7 @@ async fn two_gpus_are_exported_in_base_units() {
     let page = h.metrics().await;
 
     assert_eq!(sample_value(&page, "gpu_available"), Some(1.0));
-    assert_eq!(sample_value(&page, "gpu_count"), Some(2.0));
+    assert_eq!(sample_value(&page, "gpu_devices"), Some(2.0));
     assert_eq!(
         sample_value(&page, &series("gpu_utilization_ratio", 0, UUID0)),
         Some(0.40)
@@ -118,10 +123,7 @@ async fn two_gpus_are_exported_in_base_units() {
         sample_value(&page, &series("gpu_power_limit_watts", 0, UUID0)),
         Some(700.0)
     );
-    assert_eq!(
-        sample_value(&page, &series("gpu_fan_speed_ratio", 0, UUID0)),
-        Some(0.30)
-    );
+    assert_eq!(sample_value(&page, &fan(0, UUID0)), Some(0.30));
     assert_eq!(
         sample_value(&page, &series("gpu_energy_joules_total", 0, UUID0)),
         Some(123456.789)
@@ -222,14 +224,11 @@ async fn not_supported_fields_are_skipped_per_gpu() {
     let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
     h.round().await.unwrap();
     let page = h.metrics().await;
-    assert_eq!(sample_value(&page, &series("gpu_fan_speed_ratio", 0, UUID0)), None);
+    assert_eq!(sample_value(&page, &fan(0, UUID0)), None);
     assert_eq!(sample_value(&page, &series("gpu_power_usage_watts", 0, UUID0)), None);
     assert!(!page.contains("gpu_ecc_errors_total{gpu=\"0\""));
     // GPU 1 still reports all of them.
-    assert_eq!(
-        sample_value(&page, &series("gpu_fan_speed_ratio", 1, UUID1)),
-        Some(0.30)
-    );
+    assert_eq!(sample_value(&page, &fan(1, UUID1)), Some(0.30));
     assert_eq!(
         sample_value(&page, &series("gpu_power_usage_watts", 1, UUID1)),
         Some(250.5)
@@ -246,13 +245,13 @@ async fn lost_gpu_loses_its_series_and_the_daemon_keeps_going() {
     let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
     let mut events = h.state.events.subscribe();
     h.round().await.unwrap();
-    assert_eq!(sample_value(&h.metrics().await, "gpu_count"), Some(2.0));
+    assert_eq!(sample_value(&h.metrics().await, "gpu_devices"), Some(2.0));
 
     fake.set(&format!("{}1.lost 1\n", gpus_state(2)));
     let err = h.round().await.unwrap_err();
     assert!(err.contains("lost"), "{err}");
     let page = h.metrics().await;
-    assert_eq!(sample_value(&page, "gpu_count"), Some(1.0));
+    assert_eq!(sample_value(&page, "gpu_devices"), Some(1.0));
     assert_eq!(
         sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
         Some(0.0)
@@ -280,7 +279,7 @@ async fn lost_gpu_loses_its_series_and_the_daemon_keeps_going() {
     fake.set(&gpus_state(2));
     h.round().await.unwrap();
     let page = h.metrics().await;
-    assert_eq!(sample_value(&page, "gpu_count"), Some(2.0));
+    assert_eq!(sample_value(&page, "gpu_devices"), Some(2.0));
     assert_eq!(
         sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
         Some(1.0)
@@ -294,10 +293,10 @@ async fn bad_library_path_gives_mock_mode() {
     h.round().await.unwrap();
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
-    assert_eq!(sample_value(&page, "gpu_count"), Some(0.0));
+    assert_eq!(sample_value(&page, "gpu_devices"), Some(0.0));
     let per_gpu: Vec<&str> = page
         .lines()
-        .filter(|l| l.starts_with("gpu_") && !l.starts_with("gpu_available") && !l.starts_with("gpu_count"))
+        .filter(|l| l.starts_with("gpu_") && !l.starts_with("gpu_available") && !l.starts_with("gpu_devices"))
         .collect();
     assert!(per_gpu.is_empty(), "no per-GPU series in mock mode: {per_gpu:?}");
     let (status, mock) = h.json("/api/system/gpu").await;

@@ -20,7 +20,8 @@ use super::{CollectError, Collector};
 use crate::config::GpuConfig;
 use crate::events::{Event, EventBus};
 use crate::history::{GpuSample, History};
-use crate::nvml::{GpuReading, NvmlHandle, THROTTLE_REASONS};
+use crate::nvml::fields::{Field, NvmlMetrics};
+use crate::nvml::{GpuReading, NvmlHandle, PollerOptions, THROTTLE_REASONS};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 
@@ -43,14 +44,17 @@ pub struct GpuState {
     snapshot: RwLock<Arc<GpuSnapshot>>,
     history: Mutex<History>,
     per_process: bool,
+    /// The NVML call meters, written by the NVML thread.
+    pub nvml_metrics: Option<NvmlMetrics>,
 }
 
 impl GpuState {
-    pub fn new(config: &GpuConfig) -> Arc<GpuState> {
+    pub fn new(config: &GpuConfig, metrics: Option<&crate::metrics::Metrics>) -> Arc<GpuState> {
         Arc::new(GpuState {
             snapshot: RwLock::new(Arc::new(GpuSnapshot::default())),
             history: Mutex::new(History::new(config.history_minutes)),
             per_process: config.per_process,
+            nvml_metrics: metrics.map(NvmlMetrics::new),
         })
     }
 
@@ -95,7 +99,18 @@ impl GpuCollector {
         events: EventBus,
         store: Option<Arc<Store>>,
     ) -> GpuCollector {
-        let nvml = match NvmlHandle::start(&config.nvml_library, config.per_process).await {
+        let options = PollerOptions {
+            per_process: config.per_process,
+            exclude: config
+                .fields
+                .exclude
+                .iter()
+                .filter_map(|n| Field::from_name(n))
+                .collect(),
+            poll_interval: config.poll_interval,
+            slow_interval: config.slow_interval,
+        };
+        let nvml = match NvmlHandle::start(&config.nvml_library, options, state.nvml_metrics.clone()).await {
             Ok(h) => {
                 tracing::info!(library = %config.nvml_library, driver_version = %h.driver_version, "NVML loaded.");
                 Some(h)
@@ -257,7 +272,7 @@ macro_rules! families {
 
 families! {
     Available = "gpu_available", GAUGE, &[], "1 if NVML is loaded and GPUs can be read, 0 in mock mode.";
-    Count = "gpu_count", GAUGE, &[], "Number of GPUs that answered the last poll.";
+    Devices = "gpu_devices", GAUGE, &[], "Number of GPUs that answered the last poll.";
     Info = "gpu_info", GAUGE, &["gpu", "uuid", "name", "driver_version", "pci_bus_id"], "Always 1; carries the GPU's identity for joins.";
     Util = "gpu_utilization_ratio", GAUGE, GPU, "Fraction of the last sample period a kernel was running (0-1).";
     MemUtil = "gpu_memory_utilization_ratio", GAUGE, GPU, "Fraction of the last sample period device memory was being read or written (0-1).";
@@ -267,7 +282,7 @@ families! {
     Temp = "gpu_temperature_celsius", GAUGE, GPU, "GPU core temperature.";
     Power = "gpu_power_usage_watts", GAUGE, GPU, "Current power draw.";
     PowerLimit = "gpu_power_limit_watts", GAUGE, GPU, "Enforced power limit.";
-    Fan = "gpu_fan_speed_ratio", GAUGE, GPU, "Intended fan speed as a fraction of maximum (0-1).";
+    Fan = "gpu_fan_speed_ratio", GAUGE, &["gpu", "uuid", "fan"], "Intended speed of each fan as a fraction of maximum (0-1); no series on a GPU without fans.";
     Clock = "gpu_clock_hz", GAUGE, &["gpu", "uuid", "clock"], "Current clock speed by clock domain.";
     Enc = "gpu_encoder_utilization_ratio", GAUGE, GPU, "Video encoder utilization (0-1).";
     Dec = "gpu_decoder_utilization_ratio", GAUGE, GPU, "Video decoder utilization (0-1).";
@@ -352,7 +367,7 @@ impl PromCollector for GpuFamilies {
             metrics: vec![Vec::new(); FAMILIES.len()],
         };
         b.add(F::Available, &[], if snap.available { 1.0 } else { 0.0 });
-        b.add(F::Count, &[], snap.readings.len() as f64);
+        b.add(F::Devices, &[], snap.readings.len() as f64);
         for r in &snap.readings {
             let idx = r.index.to_string();
             let l = [idx.as_str(), r.uuid.as_str()];
@@ -369,7 +384,9 @@ impl PromCollector for GpuFamilies {
             b.opt(F::Temp, &l, r.temperature_celsius);
             b.opt(F::Power, &l, r.power_usage_watts);
             b.opt(F::PowerLimit, &l, r.power_limit_watts);
-            b.opt(F::Fan, &l, r.fan_speed_ratio);
+            for (fan, ratio) in &r.fans {
+                b.add(F::Fan, &[l[0], l[1], &fan.to_string()], *ratio);
+            }
             for (clock, hz) in ["graphics", "sm", "memory"].iter().zip(r.clocks_hz) {
                 b.opt(F::Clock, &[l[0], l[1], clock], hz);
             }

@@ -113,6 +113,28 @@ impl FakeGpus {
     pub fn lib_str(&self) -> String {
         self.lib.to_str().unwrap().to_string()
     }
+
+    /// `state` with the driver profile `name` (tests/fake_nvml/profiles).
+    pub fn with_profile(driver: Driver, state: &str, name: &str) -> FakeGpus {
+        FakeGpus::new(driver, &format!("profile {}\n{state}", profile_path(name).display()))
+    }
+
+    /// NVML calls made so far, by function, as of the last poll's start.
+    pub fn calls(&self) -> std::collections::HashMap<String, u64> {
+        std::fs::read_to_string(self.dir.path().join("nvml_calls.txt"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// Path of a shipped driver profile.
+pub fn profile_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fake_nvml/profiles/{name}.json"))
 }
 
 /// State text for `n` identical-looking GPUs with distinct identities.

@@ -20,7 +20,8 @@
  *   <i>.mem_total N <i>.mem_used N <i>.mem_free N   bytes
  *   <i>.temp N                                 degrees C
  *   <i>.power_mw N  <i>.power_limit_mw N       milliwatts
- *   <i>.fan N                                  percent
+ *   <i>.fan N                                  percent (every fan)
+ *   <i>.fans N                                 fans (nvmlDeviceGetNumFans), default 1
  *   <i>.clock_graphics N <i>.clock_sm N <i>.clock_mem N   MHz
  *   <i>.enc N <i>.dec N                        percent
  *   <i>.energy_mj N                            millijoules since driver load
@@ -36,9 +37,29 @@
  *                                              nvmlEventSetWait_v2
  *   <i>.procs pid:bytes:name;pid:bytes:name    running compute processes
  *
+ *   profile PATH                               a driver profile (also $FAKE_NVML_PROFILE)
+ *
+ * Driver profiles (tests/fake_nvml/profiles/NAME.json) make the fake answer
+ * like a measured card: per NVML function, the return code (`rc`, e.g. 2 =
+ * INVALID_ARGUMENT), a value where one is fixed by the card (`value`, e.g.
+ * nvmlDeviceGetNumFans = 0) and the cost (`cost_us`, a busy-wait of that
+ * many microseconds, so CPU figures taken with the fake mean something):
+ *
+ *   {"driver_version": "580.159.04",
+ *    "calls": {"nvmlDeviceGetFanSpeed_v2": {"rc": 2, "cost_us": 0.3}, ...}}
+ *
+ * The parser only understands that shape. Values a test changes at run time
+ * (temperature, lost GPUs, XIDs, processes) stay in the state file.
+ *
+ * Every call is counted; the counts are written as `NAME COUNT` lines to
+ * `nvml_calls.txt` beside the state file whenever the device count is read
+ * (the start of each daemon poll) and at nvmlShutdown, so tests can assert
+ * cadences.
+ *
  * Built with -DOLD_DRIVER it leaves out nvmlDeviceGetMemoryInfo_v2,
- * nvmlDeviceGetFanSpeed_v2 and nvmlDeviceGetTotalEnergyConsumption, which is
- * how a pre-Volta-era driver looks to nvml-wrapper (FailedToLoadSymbol).
+ * nvmlDeviceGetFanSpeed_v2, nvmlDeviceGetNumFans and
+ * nvmlDeviceGetTotalEnergyConsumption, which is how a pre-Volta-era driver
+ * looks to nvml-wrapper (FailedToLoadSymbol).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -61,6 +82,7 @@ typedef void *nvmlEventSet_t;
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_TIMEOUT 10
 #define NVML_ERROR_GPU_IS_LOST 15
+#define NVML_ERROR_FUNCTION_NOT_FOUND 13
 #define NVML_ERROR_UNKNOWN 999
 
 #define MAX_GPUS 16
@@ -74,9 +96,53 @@ typedef struct {
     char name[64];
 } proc_t;
 
+/* Every NVML function the fake answers, for profiles and call counts. */
+#define CALLS(X)                                                  \
+    X(C_INIT, "nvmlInit_v2")                                      \
+    X(C_DRIVER_VERSION, "nvmlSystemGetDriverVersion")             \
+    X(C_COUNT, "nvmlDeviceGetCount_v2")                           \
+    X(C_HANDLE, "nvmlDeviceGetHandleByIndex_v2")                  \
+    X(C_NAME, "nvmlDeviceGetName")                                \
+    X(C_UUID, "nvmlDeviceGetUUID")                                \
+    X(C_PCI, "nvmlDeviceGetPciInfo_v3")                           \
+    X(C_UTIL, "nvmlDeviceGetUtilizationRates")                    \
+    X(C_MEM, "nvmlDeviceGetMemoryInfo_v2")                        \
+    X(C_NUM_FANS, "nvmlDeviceGetNumFans")                         \
+    X(C_FAN, "nvmlDeviceGetFanSpeed_v2")                          \
+    X(C_ENERGY, "nvmlDeviceGetTotalEnergyConsumption")            \
+    X(C_TEMP, "nvmlDeviceGetTemperature")                         \
+    X(C_POWER, "nvmlDeviceGetPowerUsage")                         \
+    X(C_POWER_LIMIT, "nvmlDeviceGetEnforcedPowerLimit")           \
+    X(C_CLOCK, "nvmlDeviceGetClockInfo")                          \
+    X(C_ENC, "nvmlDeviceGetEncoderUtilization")                   \
+    X(C_DEC, "nvmlDeviceGetDecoderUtilization")                   \
+    X(C_ECC, "nvmlDeviceGetTotalEccErrors")                       \
+    X(C_THROTTLE, "nvmlDeviceGetCurrentClocksThrottleReasons")    \
+    X(C_PROCS, "nvmlDeviceGetComputeRunningProcesses_v3")         \
+    X(C_PROC_NAME, "nvmlSystemGetProcessName")                    \
+    X(C_REGISTER, "nvmlDeviceRegisterEvents")                     \
+    X(C_EVENT_WAIT, "nvmlEventSetWait_v2")
+
+#define AS_ENUM(id, name) id,
+#define AS_NAME(id, name) name,
+enum { CALLS(AS_ENUM) C_COUNT_OF };
+static const char *call_names[] = {CALLS(AS_NAME)};
+
+typedef struct {
+    int rc;
+    double cost_us;
+    int has_value;
+    double value;
+} prof_t;
+
+static prof_t prof[C_COUNT_OF];
+static unsigned long long calls[C_COUNT_OF];
+static char prof_path[4096];
+static char prof_driver_version[80];
+
 typedef struct {
     char name[96], uuid[96], pci_bus_id[32];
-    unsigned int util_gpu, util_mem, temp, fan, enc, dec;
+    unsigned int util_gpu, util_mem, temp, fan, fans, enc, dec;
     unsigned long long mem_total, mem_used, mem_free;
     unsigned int power_mw, power_limit_mw;
     unsigned int clock_graphics, clock_sm, clock_mem;
@@ -147,6 +213,59 @@ static void parse_xids(gpu_t *g, char *v) {
         g->xid[g->xid_count++] = num(tok);
 }
 
+/* Loads a driver profile (see the header). Called with `lock` held. */
+static void load_profile(const char *path) {
+    memset(prof, 0, sizeof prof);
+    prof_driver_version[0] = 0;
+    snprintf(prof_path, sizeof prof_path, "%s", path);
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *dv = strstr(buf, "\"driver_version\"");
+    if (dv && (dv = strchr(dv + 16, ':')) && (dv = strchr(dv, '"'))) {
+        char *end = strchr(dv + 1, '"');
+        if (end) snprintf(prof_driver_version, sizeof prof_driver_version, "%.*s", (int)(end - dv - 1), dv + 1);
+    }
+    char *from = strstr(buf, "\"calls\"");
+    if (!from) from = buf;
+    for (int c = 0; c < C_COUNT_OF; c++) {
+        char key[128];
+        snprintf(key, sizeof key, "\"%s\"", call_names[c]);
+        char *p = strstr(from, key);
+        if (!p) continue;
+        char *open = strchr(p + strlen(key), '{');
+        char *close = open ? strchr(open, '}') : NULL;
+        if (!close) continue;
+        *close = 0;
+        char *v;
+        if ((v = strstr(open, "\"rc\"")) && (v = strchr(v, ':'))) prof[c].rc = (int)strtol(v + 1, NULL, 10);
+        if ((v = strstr(open, "\"cost_us\"")) && (v = strchr(v, ':'))) prof[c].cost_us = strtod(v + 1, NULL);
+        if ((v = strstr(open, "\"value\"")) && (v = strchr(v, ':'))) {
+            prof[c].has_value = 1;
+            prof[c].value = strtod(v + 1, NULL);
+        }
+        *close = '}';
+    }
+}
+
+/* Counts a call and spends its profiled cost on the CPU. */
+static void spend(int c) {
+    __atomic_add_fetch(&calls[c], 1, __ATOMIC_RELAXED);
+    double us = prof[c].cost_us;
+    if (us <= 0) return;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1e6 + (t.tv_nsec - t0.tv_nsec) / 1e3 < us);
+}
+
+/* Writes the call counts beside the state file. Called with `lock` held. */
+static void write_counts(void);
+
 /* Re-reads the state file when it changed. Called with `lock` held. */
 static void refresh(void) {
     char path[4096];
@@ -167,7 +286,11 @@ static void refresh(void) {
     last_stat = s;
     loaded = 1;
     memset(&st, 0, sizeof st);
-    snprintf(st.driver_version, sizeof st.driver_version, "550.54.15");
+    for (int i = 0; i < MAX_GPUS; i++) st.gpu[i].fans = 1;
+    const char *env_profile = getenv("FAKE_NVML_PROFILE");
+    char want_profile[4096] = "";
+    if (env_profile) snprintf(want_profile, sizeof want_profile, "%s", env_profile);
+    int version_set = 0;
     char line[4096];
     while (fgets(line, sizeof line, f)) {
         line[strcspn(line, "\r\n")] = 0;
@@ -177,7 +300,11 @@ static void refresh(void) {
         *sp = 0;
         char *key = line, *v = sp + 1;
         if (!strcmp(key, "init_error")) st.init_error = (int)num(v);
-        else if (!strcmp(key, "driver_version")) snprintf(st.driver_version, sizeof st.driver_version, "%s", v);
+        else if (!strcmp(key, "profile")) snprintf(want_profile, sizeof want_profile, "%s", v);
+        else if (!strcmp(key, "driver_version")) {
+            snprintf(st.driver_version, sizeof st.driver_version, "%s", v);
+            version_set = 1;
+        }
         else if (!strcmp(key, "count")) st.count = (unsigned int)num(v) > MAX_GPUS ? MAX_GPUS : (unsigned int)num(v);
         else {
             char *dot = strchr(key, '.');
@@ -194,7 +321,7 @@ static void refresh(void) {
             else if (!strcmp(k, "xid")) parse_xids(g, v);
             else if (!strcmp(k, "procs")) parse_procs(g, v);
             else if (!strcmp(k, "lost")) g->lost = (int)num(v);
-            U(util_gpu); U(util_mem); U(temp); U(fan); U(enc); U(dec);
+            U(util_gpu); U(util_mem); U(temp); U(fan); U(fans); U(enc); U(dec);
             U(mem_total); U(mem_used); U(mem_free);
             U(power_mw); U(power_limit_mw);
             U(clock_graphics); U(clock_sm); U(clock_mem);
@@ -203,6 +330,26 @@ static void refresh(void) {
         }
     }
     fclose(f);
+    if (strcmp(want_profile, prof_path) != 0) load_profile(want_profile);
+    if (!version_set)
+        snprintf(st.driver_version, sizeof st.driver_version, "%s",
+                 prof_driver_version[0] ? prof_driver_version : "550.54.15");
+}
+
+static void write_counts(void) {
+    char path[4096], out[4200];
+    state_path(path, sizeof path);
+    char *slash = strrchr(path, '/');
+    if (slash) snprintf(out, sizeof out, "%.*s/nvml_calls.txt", (int)(slash - path), path);
+    else snprintf(out, sizeof out, "nvml_calls.txt");
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", out);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return;
+    for (int c = 0; c < C_COUNT_OF; c++)
+        fprintf(f, "%s %llu\n", call_names[c], __atomic_load_n(&calls[c], __ATOMIC_RELAXED));
+    fclose(f);
+    rename(tmp, out);
 }
 
 static int unsupported(const gpu_t *g, const char *field) {
@@ -224,11 +371,16 @@ static nvmlReturn_t lookup(nvmlDevice_t dev, gpu_t **out, unsigned int *idx) {
     return NVML_SUCCESS;
 }
 
-/* Opens a device call: takes the lock, resolves the handle, checks `field`. */
-#define DEVICE_CALL(field)                                      \
+/* Opens a device call: counts it and spends its profiled cost, takes the
+ * lock, resolves the handle, then applies the profile's return code and the
+ * state file's `unsupported` list. */
+#define DEVICE_CALL(field, id)                                  \
+    spend(id);                                                  \
     gpu_t *g;                                                   \
     pthread_mutex_lock(&lock);                                  \
     nvmlReturn_t rc = lookup(device, &g, NULL);                 \
+    if (rc == NVML_SUCCESS && prof[id].rc)                      \
+        rc = prof[id].rc;                                       \
     if (rc == NVML_SUCCESS && field && unsupported(g, field))   \
         rc = NVML_ERROR_NOT_SUPPORTED;                          \
     if (rc != NVML_SUCCESS) {                                   \
@@ -243,6 +395,7 @@ static void copy_str(char *dst, unsigned int len, const char *src) {
 }
 
 nvmlReturn_t nvmlInit_v2(void) {
+    spend(C_INIT);
     pthread_mutex_lock(&lock);
     refresh();
     int err = st.init_error;
@@ -255,6 +408,7 @@ nvmlReturn_t nvmlInitWithFlags(unsigned int flags) { (void)flags; return nvmlIni
 
 nvmlReturn_t nvmlShutdown(void) {
     pthread_mutex_lock(&lock);
+    write_counts();
     initialised = 0;
     pthread_mutex_unlock(&lock);
     return NVML_SUCCESS;
@@ -266,11 +420,14 @@ const char *nvmlErrorString(nvmlReturn_t r) {
     case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
     case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
     case NVML_ERROR_TIMEOUT: return "Timeout";
+    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_FUNCTION_NOT_FOUND: return "Function Not Found";
     default: return "Unknown Error";
     }
 }
 
 nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int len) {
+    spend(C_DRIVER_VERSION);
     pthread_mutex_lock(&lock);
     refresh();
     copy_str(version, len, st.driver_version);
@@ -283,14 +440,17 @@ nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int len) {
 }
 
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    spend(C_COUNT);
     pthread_mutex_lock(&lock);
     if (!initialised) { pthread_mutex_unlock(&lock); return NVML_ERROR_UNINITIALIZED; }
     refresh();
+    write_counts();
     *count = st.count;
     DONE;
 }
 
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    spend(C_HANDLE);
     pthread_mutex_lock(&lock);
     if (!initialised) { pthread_mutex_unlock(&lock); return NVML_ERROR_UNINITIALIZED; }
     refresh();
@@ -309,13 +469,13 @@ nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {
 }
 
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int len) {
-    DEVICE_CALL(NULL);
+    DEVICE_CALL(NULL, C_NAME);
     copy_str(name, len, g->name);
     DONE;
 }
 
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int len) {
-    DEVICE_CALL(NULL);
+    DEVICE_CALL(NULL, C_UUID);
     copy_str(uuid, len, g->uuid);
     DONE;
 }
@@ -327,7 +487,7 @@ typedef struct {
 } nvmlPciInfo_t;
 
 nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
-    DEVICE_CALL(NULL);
+    DEVICE_CALL(NULL, C_PCI);
     memset(pci, 0, sizeof *pci);
     copy_str(pci->busId, sizeof pci->busId, g->pci_bus_id);
     copy_str(pci->busIdLegacy, sizeof pci->busIdLegacy, g->pci_bus_id);
@@ -337,7 +497,7 @@ nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
 typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
 
 nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *u) {
-    DEVICE_CALL("util");
+    DEVICE_CALL("util", C_UTIL);
     u->gpu = g->util_gpu;
     u->memory = g->util_mem;
     DONE;
@@ -350,7 +510,7 @@ typedef struct {
 } nvmlMemory_v2_t;
 
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *m) {
-    DEVICE_CALL("mem");
+    DEVICE_CALL("mem", C_MEM);
     m->total = g->mem_total;
     m->reserved = 0;
     m->free = g->mem_free;
@@ -358,22 +518,36 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *m)
     DONE;
 }
 
+/* The number of fans: the profile's value when it fixes one, else the
+ * state file's `fans` (default 1). */
+static unsigned int fan_count(const gpu_t *g) {
+    return prof[C_NUM_FANS].has_value ? (unsigned int)prof[C_NUM_FANS].value : g->fans;
+}
+
+nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t device, unsigned int *n) {
+    DEVICE_CALL(NULL, C_NUM_FANS);
+    *n = fan_count(g);
+    DONE;
+}
+
+/* Like the real driver: a fan index the card does not have is
+ * INVALID_ARGUMENT (on a fanless H100, fan 0 is one). */
 nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t device, unsigned int fan, unsigned int *speed) {
-    DEVICE_CALL("fan");
-    if (fan != 0) { pthread_mutex_unlock(&lock); return NVML_ERROR_INVALID_ARGUMENT; }
+    DEVICE_CALL("fan", C_FAN);
+    if (fan >= fan_count(g)) { pthread_mutex_unlock(&lock); return NVML_ERROR_INVALID_ARGUMENT; }
     *speed = g->fan;
     DONE;
 }
 
 nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
-    DEVICE_CALL("energy");
+    DEVICE_CALL("energy", C_ENERGY);
     *energy = g->energy_mj;
     DONE;
 }
 #endif
 
 nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, unsigned int *temp) {
-    DEVICE_CALL("temp");
+    DEVICE_CALL("temp", C_TEMP);
     if (sensor != 0) { pthread_mutex_unlock(&lock); return NVML_ERROR_INVALID_ARGUMENT; }
     *temp = g->temp;
     unsigned int hang = g->hang_ms;
@@ -386,19 +560,19 @@ nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, unsigned 
 }
 
 nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *mw) {
-    DEVICE_CALL("power");
+    DEVICE_CALL("power", C_POWER);
     *mw = g->power_mw;
     DONE;
 }
 
 nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *mw) {
-    DEVICE_CALL("power_limit");
+    DEVICE_CALL("power_limit", C_POWER_LIMIT);
     *mw = g->power_limit_mw;
     DONE;
 }
 
 nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, int type, unsigned int *mhz) {
-    DEVICE_CALL("clocks");
+    DEVICE_CALL("clocks", C_CLOCK);
     switch (type) {
     case 0: *mhz = g->clock_graphics; break;
     case 1: *mhz = g->clock_sm; break;
@@ -409,14 +583,14 @@ nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, int type, unsigned int 
 }
 
 nvmlReturn_t nvmlDeviceGetEncoderUtilization(nvmlDevice_t device, unsigned int *util, unsigned int *period_us) {
-    DEVICE_CALL("enc");
+    DEVICE_CALL("enc", C_ENC);
     *util = g->enc;
     *period_us = 1000000;
     DONE;
 }
 
 nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t device, unsigned int *util, unsigned int *period_us) {
-    DEVICE_CALL("dec");
+    DEVICE_CALL("dec", C_DEC);
     *util = g->dec;
     *period_us = 1000000;
     DONE;
@@ -424,14 +598,14 @@ nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t device, unsigned int *
 
 nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int error_type, int counter_type,
                                          unsigned long long *count) {
-    DEVICE_CALL("ecc");
+    DEVICE_CALL("ecc", C_ECC);
     (void)counter_type;
     *count = error_type == 0 ? g->ecc_corrected : g->ecc_uncorrected;
     DONE;
 }
 
 nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
-    DEVICE_CALL("throttle");
+    DEVICE_CALL("throttle", C_THROTTLE);
     *reasons = g->throttle;
     DONE;
 }
@@ -444,7 +618,7 @@ typedef struct {
 
 nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
                                                      nvmlProcessInfo_t *infos) {
-    DEVICE_CALL("procs");
+    DEVICE_CALL("procs", C_PROCS);
     unsigned int n = (unsigned int)g->proc_count;
     if (infos == NULL || *count < n) {
         *count = n;
@@ -462,6 +636,7 @@ nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsign
 }
 
 nvmlReturn_t nvmlSystemGetProcessName(unsigned int pid, char *name, unsigned int len) {
+    spend(C_PROC_NAME);
     pthread_mutex_lock(&lock);
     refresh();
     for (unsigned int i = 0; i < st.count; i++)
@@ -491,7 +666,7 @@ nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
 }
 
 nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *types) {
-    DEVICE_CALL("events");
+    DEVICE_CALL("events", C_REGISTER);
     *types = EVENT_XID;
     DONE;
 }
@@ -500,6 +675,7 @@ nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long ty
     unsigned int idx = 0;
     gpu_t *g;
     (void)set;
+    spend(C_REGISTER);
     pthread_mutex_lock(&lock);
     nvmlReturn_t rc = lookup(device, &g, &idx);
     if (rc == NVML_SUCCESS && unsupported(g, "events")) rc = NVML_ERROR_NOT_SUPPORTED;
@@ -518,6 +694,7 @@ typedef struct {
 nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeout_ms) {
     (void)set;
     (void)timeout_ms;
+    spend(C_EVENT_WAIT);
     pthread_mutex_lock(&lock);
     refresh();
     for (unsigned int i = 0; i < st.count && i < MAX_GPUS; i++) {

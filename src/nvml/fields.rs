@@ -1,0 +1,433 @@
+//! The GPU fields inferwatch reads, each with its NVML call, its cadence
+//! class and its cost meter. The poller ([`super::Poller`]) and
+//! `inferwatch doctor` both read fields through [`Field::read`], so what
+//! doctor reports is exactly what the daemon would do.
+//!
+//! Classes (the README's metrics table repeats them per metric):
+//! - **static**: read when a GPU is first seen, and again when it comes back
+//!   after it was lost: things that cannot change without a reset.
+//! - **fast**: every `gpu.poll_interval`; each costs microseconds.
+//! - **slow**: every `gpu.slow_interval`; the expensive ones (the energy
+//!   counter costs 3–5 ms of CPU per call on an H100); the last value is
+//!   kept in between.
+//!
+//! Errors belong to fields: apart from `GpuLost`, an error skips that field
+//! for that GPU and the round goes on. Every NVML call is counted and timed
+//! in `inferwatch_nvml_calls_total` / `inferwatch_nvml_call_duration_seconds_total`,
+//! and its errors in `inferwatch_nvml_call_errors_total{call,error}`.
+
+use std::time::Instant;
+
+use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
+use prometheus::{CounterVec, IntCounterVec, Opts};
+
+use crate::metrics::Metrics;
+
+/// When a field is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Static,
+    Fast,
+    Slow,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Static => "static",
+            Class::Fast => "fast",
+            Class::Slow => "slow",
+        }
+    }
+}
+
+/// Every field, in the order a round reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    Name,
+    PciBusId,
+    MemoryTotal,
+    NumFans,
+    Utilization,
+    Memory,
+    Temperature,
+    PowerUsage,
+    PowerLimit,
+    FanSpeed,
+    Clocks,
+    Encoder,
+    Decoder,
+    Ecc,
+    ThrottleReasons,
+    Processes,
+    Energy,
+}
+
+impl Field {
+    pub const ALL: [Field; 17] = [
+        Field::Name,
+        Field::PciBusId,
+        Field::MemoryTotal,
+        Field::NumFans,
+        Field::Utilization,
+        Field::Memory,
+        Field::Temperature,
+        Field::PowerUsage,
+        Field::PowerLimit,
+        Field::FanSpeed,
+        Field::Clocks,
+        Field::Encoder,
+        Field::Decoder,
+        Field::Ecc,
+        Field::ThrottleReasons,
+        Field::Processes,
+        Field::Energy,
+    ];
+
+    /// The name used in `gpu.fields.exclude` and by doctor.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Name => "name",
+            Field::PciBusId => "pci_bus_id",
+            Field::MemoryTotal => "memory_total",
+            Field::NumFans => "num_fans",
+            Field::Utilization => "utilization",
+            Field::Memory => "memory",
+            Field::Temperature => "temperature",
+            Field::PowerUsage => "power_usage",
+            Field::PowerLimit => "power_limit",
+            Field::FanSpeed => "fan_speed",
+            Field::Clocks => "clocks",
+            Field::Encoder => "encoder",
+            Field::Decoder => "decoder",
+            Field::Ecc => "ecc",
+            Field::ThrottleReasons => "throttle_reasons",
+            Field::Processes => "processes",
+            Field::Energy => "energy",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The NVML function behind the field.
+    pub fn nvml_function(self) -> &'static str {
+        match self {
+            Field::Name => "nvmlDeviceGetName",
+            Field::PciBusId => "nvmlDeviceGetPciInfo_v3",
+            Field::MemoryTotal | Field::Memory => "nvmlDeviceGetMemoryInfo_v2",
+            Field::NumFans => "nvmlDeviceGetNumFans",
+            Field::Utilization => "nvmlDeviceGetUtilizationRates",
+            Field::Temperature => "nvmlDeviceGetTemperature",
+            Field::PowerUsage => "nvmlDeviceGetPowerUsage",
+            Field::PowerLimit => "nvmlDeviceGetEnforcedPowerLimit",
+            Field::FanSpeed => "nvmlDeviceGetFanSpeed_v2",
+            Field::Clocks => "nvmlDeviceGetClockInfo",
+            Field::Encoder => "nvmlDeviceGetEncoderUtilization",
+            Field::Decoder => "nvmlDeviceGetDecoderUtilization",
+            Field::Ecc => "nvmlDeviceGetTotalEccErrors",
+            Field::ThrottleReasons => "nvmlDeviceGetCurrentClocksThrottleReasons",
+            Field::Processes => "nvmlDeviceGetComputeRunningProcesses_v3",
+            Field::Energy => "nvmlDeviceGetTotalEnergyConsumption",
+        }
+    }
+
+    pub fn class(self) -> Class {
+        match self {
+            Field::Name | Field::PciBusId | Field::MemoryTotal | Field::NumFans => Class::Static,
+            Field::Energy => Class::Slow,
+            _ => Class::Fast,
+        }
+    }
+
+    /// Reads the field once. `fans` is how many fans to read (from
+    /// `num_fans`, or 1 when the driver cannot count them). Lists (clocks,
+    /// fans, ECC) keep the entries that answered and fail only when none did.
+    pub fn read(self, nvml: &Nvml, d: &Device, fans: u32, m: &Meter) -> Result<Value, NvmlError> {
+        Ok(match self {
+            Field::Name => Value::Text(m.call("name", || d.name())?),
+            Field::PciBusId => Value::Text(m.call("pci_info", || d.pci_info())?.bus_id),
+            Field::MemoryTotal => Value::Num(m.call("memory_info", || d.memory_info())?.total as f64),
+            Field::NumFans => Value::Num(m.call("num_fans", || d.num_fans())? as f64),
+            Field::Utilization => {
+                let u = m.call("utilization_rates", || d.utilization_rates())?;
+                Value::List(vec![
+                    ("gpu".into(), u.gpu as f64 / 100.0),
+                    ("memory".into(), u.memory as f64 / 100.0),
+                ])
+            }
+            Field::Memory => {
+                let mem = m.call("memory_info", || d.memory_info())?;
+                Value::List(vec![
+                    ("used".into(), mem.used as f64),
+                    ("free".into(), mem.free as f64),
+                    ("total".into(), mem.total as f64),
+                ])
+            }
+            Field::Temperature => Value::Num(m.call("temperature", || d.temperature(TemperatureSensor::Gpu))? as f64),
+            Field::PowerUsage => Value::Num(m.call("power_usage", || d.power_usage())? as f64 / 1000.0),
+            Field::PowerLimit => {
+                Value::Num(m.call("enforced_power_limit", || d.enforced_power_limit())? as f64 / 1000.0)
+            }
+            Field::FanSpeed => list((0..fans).map(|i| {
+                (
+                    i.to_string(),
+                    m.call("fan_speed", || d.fan_speed(i)).map(|p| p as f64 / 100.0),
+                )
+            }))?,
+            Field::Clocks => list(
+                [
+                    (Clock::Graphics, "graphics"),
+                    (Clock::SM, "sm"),
+                    (Clock::Memory, "memory"),
+                ]
+                .into_iter()
+                .map(|(c, n)| {
+                    (
+                        n.to_string(),
+                        m.call("clock_info", || d.clock_info(c)).map(|mhz| mhz as f64 * 1e6),
+                    )
+                }),
+            )?,
+            Field::Encoder => {
+                Value::Num(m.call("encoder_utilization", || d.encoder_utilization())?.utilization as f64 / 100.0)
+            }
+            Field::Decoder => {
+                Value::Num(m.call("decoder_utilization", || d.decoder_utilization())?.utilization as f64 / 100.0)
+            }
+            Field::Ecc => list(
+                [
+                    (MemoryError::Corrected, "corrected"),
+                    (MemoryError::Uncorrected, "uncorrected"),
+                ]
+                .into_iter()
+                .map(|(t, n)| {
+                    (
+                        n.to_string(),
+                        m.call("total_ecc_errors", || d.total_ecc_errors(t, EccCounter::Volatile))
+                            .map(|v| v as f64),
+                    )
+                }),
+            )?,
+            Field::ThrottleReasons => Value::Num(
+                m.call("clocks_throttle_reasons", || d.current_throttle_reasons())?
+                    .bits() as f64,
+            ),
+            Field::Processes => {
+                let procs = m.call("compute_running_processes", || d.running_compute_processes())?;
+                Value::Processes(
+                    procs
+                        .into_iter()
+                        .map(|p| {
+                            let bytes = match p.used_gpu_memory {
+                                nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => b,
+                                nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => 0,
+                            };
+                            let name = m
+                                .call("process_name", || nvml.sys_process_name(p.pid, 64))
+                                .unwrap_or_else(|_| "unknown".into());
+                            (p.pid, name, bytes)
+                        })
+                        .collect(),
+                )
+            }
+            Field::Energy => {
+                Value::Num(m.call("total_energy_consumption", || d.total_energy_consumption())? as f64 / 1000.0)
+            }
+        })
+    }
+}
+
+/// The entries of a list field that answered; the last error when none did
+/// (a lost GPU wins over any other error).
+fn list(items: impl Iterator<Item = (String, Result<f64, NvmlError>)>) -> Result<Value, NvmlError> {
+    let mut ok = Vec::new();
+    let mut last = None;
+    for (k, r) in items {
+        match r {
+            Ok(v) => ok.push((k, v)),
+            Err(NvmlError::GpuLost) => return Err(NvmlError::GpuLost),
+            Err(e) => last = Some(e),
+        }
+    }
+    match (ok.is_empty(), last) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(Value::List(ok)),
+    }
+}
+
+/// A field's value, in the units `/metrics` uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Text(String),
+    Num(f64),
+    List(Vec<(String, f64)>),
+    /// `(pid, name, bytes)`.
+    Processes(Vec<(u32, String, u64)>),
+}
+
+impl Value {
+    /// The number under `key` in a list.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        match self {
+            Value::List(l) => l.iter().find(|(k, _)| k == key).map(|(_, v)| *v),
+            _ => None,
+        }
+    }
+
+    pub fn num(&self) -> Option<f64> {
+        match self {
+            Value::Num(v) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Text(t) => write!(f, "{t}"),
+            Value::Num(v) => write!(f, "{v}"),
+            Value::List(l) if l.is_empty() => write!(f, "(none)"),
+            Value::List(l) => {
+                let parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "{}", parts.join(" "))
+            }
+            Value::Processes(p) => write!(f, "{} process(es)", p.len()),
+        }
+    }
+}
+
+/// The error's name in `error` labels and doctor's output.
+pub fn error_name(e: &NvmlError) -> &'static str {
+    match e {
+        NvmlError::NotSupported => "not_supported",
+        NvmlError::InvalidArg => "invalid_argument",
+        NvmlError::NoPermission => "no_permission",
+        NvmlError::GpuLost => "gpu_lost",
+        NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound => "function_not_found",
+        NvmlError::NotFound => "not_found",
+        NvmlError::InsufficientSize(_) => "insufficient_size",
+        NvmlError::Timeout => "timeout",
+        NvmlError::Uninitialized => "uninitialized",
+        NvmlError::Unknown => "unknown",
+        NvmlError::NoData => "no_data",
+        NvmlError::InsufficientPower => "insufficient_power",
+        NvmlError::DriverNotLoaded => "driver_not_loaded",
+        NvmlError::ResetRequired => "reset_required",
+        _ => "other",
+    }
+}
+
+/// True for the errors that mean "this driver or card has no such field":
+/// logged at debug, everything else at info.
+pub fn is_absent(e: &NvmlError) -> bool {
+    matches!(
+        e,
+        NvmlError::NotSupported
+            | NvmlError::FailedToLoadSymbol(_)
+            | NvmlError::FunctionNotFound
+            | NvmlError::InvalidArg
+    )
+}
+
+/// The three `inferwatch_nvml_*` families.
+#[derive(Clone)]
+pub struct NvmlMetrics {
+    calls: IntCounterVec,
+    seconds: CounterVec,
+    errors: IntCounterVec,
+}
+
+impl NvmlMetrics {
+    pub fn new(metrics: &Metrics) -> NvmlMetrics {
+        let calls = IntCounterVec::new(
+            Opts::new("inferwatch_nvml_calls_total", "NVML calls made, by call."),
+            &["call"],
+        )
+        .expect("valid metric");
+        let seconds = CounterVec::new(
+            Opts::new(
+                "inferwatch_nvml_call_duration_seconds_total",
+                "Wall time spent inside NVML calls, by call; divided by inferwatch_nvml_calls_total it is each call's mean cost.",
+            ),
+            &["call"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "inferwatch_nvml_call_errors_total",
+                "NVML calls that returned an error, by call and error (not_supported, invalid_argument, function_not_found, gpu_lost, ...).",
+            ),
+            &["call", "error"],
+        )
+        .expect("valid metric");
+        metrics.add(&calls);
+        metrics.add(&seconds);
+        metrics.add(&errors);
+        NvmlMetrics { calls, seconds, errors }
+    }
+}
+
+/// Counts and times NVML calls (or nothing, for doctor's own timing).
+#[derive(Clone, Default)]
+pub struct Meter {
+    metrics: Option<NvmlMetrics>,
+}
+
+impl Meter {
+    pub fn new(metrics: Option<NvmlMetrics>) -> Meter {
+        Meter { metrics }
+    }
+
+    /// Runs one NVML call, timing only the call.
+    pub fn call<T>(&self, call: &'static str, f: impl FnOnce() -> Result<T, NvmlError>) -> Result<T, NvmlError> {
+        let start = Instant::now();
+        let r = f();
+        let took = start.elapsed();
+        if let Some(m) = &self.metrics {
+            m.calls.with_label_values(&[call]).inc();
+            m.seconds.with_label_values(&[call]).inc_by(took.as_secs_f64());
+            if let Err(e) = &r {
+                m.errors.with_label_values(&[call, error_name(e)]).inc();
+            }
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_classes_are_set() {
+        for f in Field::ALL {
+            assert_eq!(Field::from_name(f.name()), Some(f));
+        }
+        assert_eq!(Field::Energy.class(), Class::Slow);
+        assert_eq!(Field::Name.class(), Class::Static);
+        assert_eq!(Field::FanSpeed.class(), Class::Fast);
+        assert_eq!(Field::from_name("fan"), None);
+    }
+
+    #[test]
+    fn a_list_fails_only_when_nothing_answered() {
+        let ok = list(
+            [
+                ("0".to_string(), Ok(0.3)),
+                ("1".to_string(), Err(NvmlError::InvalidArg)),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(ok.unwrap(), Value::List(vec![("0".into(), 0.3)]));
+        let none = list([("0".to_string(), Err(NvmlError::InvalidArg))].into_iter());
+        assert!(matches!(none, Err(NvmlError::InvalidArg)));
+        let lost = list([("0".to_string(), Ok(1.0)), ("1".to_string(), Err(NvmlError::GpuLost))].into_iter());
+        assert!(matches!(lost, Err(NvmlError::GpuLost)));
+        assert_eq!(list(std::iter::empty()).unwrap(), Value::List(vec![]));
+    }
+}
