@@ -17,7 +17,9 @@
 //! - [`pipeline`]: pipeline event parsing, the cardinality guard, the
 //!   `pipeline_*` families and `inference_fps`.
 //! - [`redis_conn`]: a lazily (re)connected Redis connection.
-//! - [`nvml`]: the blocking NVML edge, on its own thread.
+//! - [`nvml`]: the blocking NVML edge, on its own thread; [`nvml::fields`]:
+//!   every GPU field with its call, cadence class and cost meter.
+//! - [`doctor`]: `inferwatch doctor`, what each field answers and costs here.
 //! - [`history`]: the REST sample shape and the in-memory ring.
 //! - [`store`]: the SQLite/PostgreSQL history store and its batching writer.
 //! - [`metrics`]: the registry, the daemon's own metrics, the page cache and
@@ -41,6 +43,7 @@ pub mod api;
 pub mod collectors;
 pub mod config;
 pub mod dlq;
+pub mod doctor;
 pub mod events;
 pub mod history;
 pub mod metrics;

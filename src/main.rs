@@ -41,6 +41,18 @@ struct Cli {
 enum Command {
     /// Validate a config file (with env overrides) and exit 0 if it is valid, 1 if not.
     CheckConfig { path: PathBuf },
+    /// Show what NVML answers for every GPU field here, and what it costs.
+    Doctor {
+        /// NVML library to load [default: gpu.nvml_library].
+        #[arg(long = "nvml-library", value_name = "PATH")]
+        nvml_library: Option<String>,
+        /// Reads per field; the median is reported.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        samples: u32,
+        /// Print a JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,12 +75,52 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Doctor {
+        nvml_library,
+        samples,
+        json,
+    }) = &cli.command
+    {
+        return doctor(cli.config.as_deref(), nvml_library.clone(), *samples as usize, *json);
+    }
     init_logging(&cli.log_level, &cli.log_format);
     match serve(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("inferwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `inferwatch doctor`: exit 0 when NVML loaded and a GPU answered.
+fn doctor(config: Option<&std::path::Path>, library: Option<String>, samples: usize, json: bool) -> ExitCode {
+    let config = match Config::load(config, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("inferwatch doctor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = inferwatch::doctor::Options::from_config(&config.gpu, library, samples);
+    match inferwatch::doctor::run(&options) {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("the report serialises")
+                );
+            } else {
+                print!("{}", inferwatch::doctor::render(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            }
+            eprintln!("inferwatch doctor: {e}");
             ExitCode::FAILURE
         }
     }

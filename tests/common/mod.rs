@@ -115,7 +115,13 @@ impl FakeGpus {
     }
 
     /// `state` with the driver profile `name` (tests/fake_nvml/profiles).
+    /// The state's own `driver_version` line is dropped: the profile's wins.
     pub fn with_profile(driver: Driver, state: &str, name: &str) -> FakeGpus {
+        let state: String = state
+            .lines()
+            .filter(|l| !l.starts_with("driver_version "))
+            .map(|l| format!("{l}\n"))
+            .collect();
         FakeGpus::new(driver, &format!("profile {}\n{state}", profile_path(name).display()))
     }
 

@@ -1,0 +1,290 @@
+//! `inferwatch doctor`: what will inferwatch see on this box, and what will
+//! it cost? Loads NVML the way the daemon does, reads every field of every
+//! GPU through the same [`Field::read`] the poller uses, `samples` times
+//! each, and reports per field the NVML call, the result (`ok` or the
+//! error's name), the value in `/metrics` units, the median time inside
+//! NVML, and the field's cadence class. The summary turns the medians and
+//! the configured cadences into the expected share of a core per GPU.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::time::{Duration, Instant};
+
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::Nvml;
+use serde::Serialize;
+
+use crate::config::GpuConfig;
+use crate::nvml::fields::{error_name, Class, Field, Meter, Value};
+
+/// Why doctor could not look at any GPU.
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    #[error(
+        "no NVML library at {path}: {source} (install the NVIDIA driver, or set gpu.nvml_library / --nvml-library)"
+    )]
+    NoLibrary { path: String, source: NvmlError },
+    #[error("NVML failed to initialise from {path}: {source} (is the NVIDIA kernel driver loaded? try nvidia-smi)")]
+    Init { path: String, source: NvmlError },
+    #[error("NVML loaded from {path} (driver {driver}) but no GPU answered: {why}")]
+    NoDevices { path: String, driver: String, why: String },
+}
+
+/// What doctor reads and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub library: String,
+    pub samples: usize,
+    pub poll_interval: Duration,
+    pub slow_interval: Duration,
+    pub per_process: bool,
+    pub exclude: HashSet<Field>,
+}
+
+impl Options {
+    pub fn from_config(gpu: &GpuConfig, library: Option<String>, samples: usize) -> Options {
+        Options {
+            library: library.unwrap_or_else(|| gpu.nvml_library.clone()),
+            samples: samples.max(1),
+            poll_interval: gpu.poll_interval,
+            slow_interval: gpu.slow_interval,
+            per_process: gpu.per_process,
+            exclude: gpu.fields.exclude.iter().filter_map(|n| Field::from_name(n)).collect(),
+        }
+    }
+}
+
+/// One field of one GPU.
+#[derive(Debug, Serialize)]
+pub struct FieldReport {
+    pub field: &'static str,
+    pub call: &'static str,
+    pub class: &'static str,
+    /// `ok`, an error name (`invalid_argument`, `not_supported`, ...), or
+    /// `excluded` (by `gpu.fields.exclude`; never called).
+    pub result: String,
+    pub value: Option<String>,
+    /// Median time of one read of the field, in microseconds.
+    pub median_us: Option<f64>,
+    /// Whether the daemon reads it with this configuration.
+    pub read_by_daemon: bool,
+}
+
+/// One GPU.
+#[derive(Debug, Serialize)]
+pub struct GpuReport {
+    pub index: u32,
+    pub uuid: String,
+    pub fields: Vec<FieldReport>,
+    /// Expected time inside NVML per second of wall time at the configured
+    /// cadences, as a percentage of one core.
+    pub expected_cpu_percent: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub library: String,
+    pub driver_version: String,
+    pub samples: usize,
+    pub poll_interval_seconds: f64,
+    pub slow_interval_seconds: f64,
+    pub gpus: Vec<GpuReport>,
+    /// Devices that could not be opened or identified.
+    pub problems: Vec<String>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs the checks.
+pub fn run(o: &Options) -> Result<Report, DoctorError> {
+    let nvml = Nvml::builder()
+        .lib_path(OsStr::new(&o.library))
+        .init()
+        .map_err(|source| match source {
+            NvmlError::LibloadingError(_) => DoctorError::NoLibrary {
+                path: o.library.clone(),
+                source,
+            },
+            _ => DoctorError::Init {
+                path: o.library.clone(),
+                source,
+            },
+        })?;
+    let driver_version = nvml.sys_driver_version().unwrap_or_else(|_| "unknown".into());
+    let meter = Meter::default();
+    let count = nvml.device_count().map_err(|e| DoctorError::NoDevices {
+        path: o.library.clone(),
+        driver: driver_version.clone(),
+        why: format!("counting devices failed: {e}"),
+    })?;
+    let mut gpus = Vec::new();
+    let mut problems = Vec::new();
+    for index in 0..count {
+        let device = match nvml.device_by_index(index) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("GPU {index}: cannot be opened: {}", error_name(&e)));
+                continue;
+            }
+        };
+        let uuid = match device.uuid() {
+            Ok(u) => u,
+            Err(e) => {
+                problems.push(format!("GPU {index}: its UUID cannot be read: {}", error_name(&e)));
+                continue;
+            }
+        };
+        // The fan count decides how many fans are read, as in the daemon.
+        let fans = match Field::NumFans.read(&nvml, &device, 0, &meter) {
+            Ok(v) => v.num().map_or(1, |n| n as u32),
+            Err(_) => 1,
+        };
+        let mut fields = Vec::new();
+        let mut per_second = 0.0;
+        for field in Field::ALL {
+            let read_by_daemon = !o.exclude.contains(&field)
+                && !(field == Field::Processes && !o.per_process)
+                && !(field == Field::NumFans && o.exclude.contains(&Field::FanSpeed));
+            if o.exclude.contains(&field) {
+                fields.push(FieldReport {
+                    field: field.name(),
+                    call: field.nvml_function(),
+                    class: field.class().as_str(),
+                    result: "excluded".into(),
+                    value: None,
+                    median_us: None,
+                    read_by_daemon,
+                });
+                continue;
+            }
+            let mut first: Option<Result<Value, NvmlError>> = None;
+            let mut times = Vec::with_capacity(o.samples);
+            for _ in 0..o.samples {
+                let start = Instant::now();
+                let r = field.read(&nvml, &device, fans, &meter);
+                times.push(start.elapsed().as_secs_f64() * 1e6);
+                first.get_or_insert(r);
+            }
+            let med = median(times);
+            if read_by_daemon {
+                per_second += match field.class() {
+                    Class::Fast => med / o.poll_interval.as_secs_f64(),
+                    Class::Slow => med / o.slow_interval.as_secs_f64(),
+                    Class::Static => 0.0,
+                };
+            }
+            let (result, value) = match first.expect("at least one sample") {
+                Ok(v) => ("ok".to_string(), Some(v.to_string())),
+                Err(e) => (error_name(&e).to_string(), None),
+            };
+            fields.push(FieldReport {
+                field: field.name(),
+                call: field.nvml_function(),
+                class: field.class().as_str(),
+                result,
+                value,
+                median_us: Some((med * 100.0).round() / 100.0),
+                read_by_daemon,
+            });
+        }
+        gpus.push(GpuReport {
+            index,
+            uuid,
+            fields,
+            // µs per second -> share of a core, in percent.
+            expected_cpu_percent: per_second / 1e6 * 100.0,
+        });
+    }
+    if gpus.is_empty() {
+        return Err(DoctorError::NoDevices {
+            path: o.library.clone(),
+            driver: driver_version,
+            why: if count == 0 {
+                "the driver reports 0 devices".into()
+            } else {
+                problems.join("; ")
+            },
+        });
+    }
+    Ok(Report {
+        library: o.library.clone(),
+        driver_version,
+        samples: o.samples,
+        poll_interval_seconds: o.poll_interval.as_secs_f64(),
+        slow_interval_seconds: o.slow_interval.as_secs_f64(),
+        gpus,
+        problems,
+    })
+}
+
+/// The report as a table.
+pub fn render(r: &Report) -> String {
+    let mut out = format!(
+        "inferwatch doctor: NVML from {}, driver {}, {} GPU(s), median of {} reads per field\n",
+        r.library,
+        r.driver_version,
+        r.gpus.len(),
+        r.samples
+    );
+    for g in &r.gpus {
+        out += &format!("\nGPU {}  {}\n", g.index, g.uuid);
+        out += &format!(
+            "  {:<17} {:<7} {:<42} {:<19} {:>11}  {}\n",
+            "field", "class", "NVML call", "result", "median", "value"
+        );
+        for f in &g.fields {
+            let cost = f.median_us.map_or("-".to_string(), |us| {
+                if us >= 1000.0 {
+                    format!("{:.2} ms", us / 1000.0)
+                } else {
+                    format!("{us:.1} µs")
+                }
+            });
+            let class = if f.read_by_daemon || f.result == "excluded" {
+                f.class.to_string()
+            } else {
+                format!("{}*", f.class)
+            };
+            out += &format!(
+                "  {:<17} {:<7} {:<42} {:<19} {:>11}  {}\n",
+                f.field,
+                class,
+                f.call,
+                f.result,
+                cost,
+                f.value.as_deref().unwrap_or("")
+            );
+        }
+        out += &format!(
+            "  expected: {:.4} % of one core for this GPU (fast fields every {} s, slow every {} s)\n",
+            g.expected_cpu_percent, r.poll_interval_seconds, r.slow_interval_seconds
+        );
+    }
+    let total: f64 = r.gpus.iter().map(|g| g.expected_cpu_percent).sum();
+    out += &format!(
+        "\nSummary: {} GPU(s); expected time inside NVML {:.4} % of one core in all ({:.4} % per GPU). * = not read with this config.\n",
+        r.gpus.len(),
+        total,
+        total / r.gpus.len() as f64
+    );
+    for p in &r.problems {
+        out += &format!("Problem: {p}\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(median(vec![5.0]), 5.0);
+    }
+}

@@ -1,0 +1,287 @@
+//! The GPU collector against driver profiles built from real cards
+//! (`tests/fake_nvml/profiles`): a fanless H100 keeps the collector
+//! successful, fields are read at their cadences (asserted from the fake's
+//! own call counts), excluded fields are never called, and `inferwatch
+//! doctor` reports every field with its result and cost.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{eventually, gpus_state, profile_path, sample_value, Daemon, Driver, FakeGpus};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn config(fake: &FakeGpus, extra: &str) -> String {
+    format!(
+        "gpu:\n  nvml_library: {}\n  poll_interval: 1s\n{extra}queues:\n  enabled: false\n",
+        fake.lib_str()
+    )
+}
+
+/// Polls finished as of the fake's last count. The device count is read
+/// once when the NVML thread registers for events and once at the start of
+/// each poll, and the counts are written at that start: so `count - 2`
+/// polls are complete.
+fn finished(calls: &std::collections::HashMap<String, u64>) -> u64 {
+    calls
+        .get("nvmlDeviceGetCount_v2")
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(2)
+}
+
+/// Waits until the daemon has finished at least `n` polls (by the fake's
+/// own count) and returns the call counts.
+async fn polls(fake: &FakeGpus, n: u64) -> std::collections::HashMap<String, u64> {
+    eventually(&format!("{n} polls"), LIMIT, || async {
+        let calls = fake.calls();
+        (finished(&calls) >= n).then_some(calls)
+    })
+    .await
+}
+
+async fn metric(d: &Daemon, series: &str) -> Option<f64> {
+    sample_value(&d.get_text("/metrics").await, series)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fanless_h100_keeps_the_collector_successful() {
+    let fake = FakeGpus::with_profile(Driver::Current, &gpus_state(2), "h100-sxm-580");
+    let d = Daemon::start(&config(&fake, ""), &[]).await;
+    let calls = polls(&fake, 4).await;
+    let page = d.get_text("/metrics").await;
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_errors_total{collector=\"gpu\"}"),
+        Some(0.0)
+    );
+    assert_eq!(sample_value(&page, "gpu_devices"), Some(2.0));
+    assert!(
+        !page.contains("gpu_fan_speed_ratio{"),
+        "a fanless GPU has no fan series"
+    );
+    // The fan count is read once per GPU, and no fan is ever asked for.
+    assert_eq!(calls.get("nvmlDeviceGetNumFans"), Some(&2));
+    assert_eq!(calls.get("nvmlDeviceGetFanSpeed_v2"), Some(&0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_nvml_calls_total{call=\"num_fans\"}"),
+        Some(2.0)
+    );
+    let log = d.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && (l.contains("gpu") || l.contains("nvml")))
+        .collect();
+    assert!(warned.is_empty(), "{warned:?}");
+    assert!(
+        log.contains("580.159.04"),
+        "the profile's driver version is reported: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_that_cannot_count_fans_falls_back_to_fan_0_as_a_field_error() {
+    // The H100's answers, with GetNumFans failing: fan 0 is then asked for,
+    // and the card answers INVALID_ARGUMENT as the real one does.
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("h100-no-numfans.json");
+    let text = std::fs::read_to_string(profile_path("h100-sxm-580")).unwrap().replace(
+        r#""nvmlDeviceGetNumFans": {"rc": 0, "value": 0"#,
+        r#""nvmlDeviceGetNumFans": {"rc": 13"#,
+    );
+    std::fs::write(&profile, text).unwrap();
+    let fake = FakeGpus::new(
+        Driver::Current,
+        &format!("profile {}\n{}", profile.display(), gpus_state(2)),
+    );
+    let d = Daemon::start(&config(&fake, ""), &[]).await;
+    polls(&fake, 4).await;
+    let page = d.get_text("/metrics").await;
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
+    let invalid = sample_value(
+        &page,
+        "inferwatch_nvml_call_errors_total{call=\"fan_speed\",error=\"invalid_argument\"}",
+    )
+    .unwrap();
+    assert!(invalid >= 4.0, "two GPUs, at least two polls: {invalid}");
+    assert!(sample_value(
+        &page,
+        "inferwatch_nvml_call_errors_total{call=\"num_fans\",error=\"function_not_found\"}"
+    )
+    .is_some());
+    assert!(!page.contains("gpu_fan_speed_ratio{"));
+    assert_eq!(
+        sample_value(
+            &page,
+            "gpu_temperature_celsius{gpu=\"1\",uuid=\"GPU-00000001-1111-2222-3333-444444444444\"}"
+        ),
+        Some(61.0),
+        "every other field is still read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_are_read_at_their_cadences() {
+    let fake = FakeGpus::with_profile(Driver::Current, &gpus_state(2), "h100-sxm-580");
+    let _d = Daemon::start(&config(&fake, "  slow_interval: 3s\n"), &[]).await;
+    // The counts are written when poll n starts: they hold n - 1 whole polls.
+    let calls = polls(&fake, 7).await;
+    let rounds = finished(&calls);
+    let per_gpu = |name: &str| calls.get(name).copied().unwrap_or(0) as f64 / 2.0;
+    assert_eq!(
+        per_gpu("nvmlDeviceGetUtilizationRates"),
+        rounds as f64,
+        "fast: every poll"
+    );
+    assert_eq!(per_gpu("nvmlDeviceGetName"), 1.0, "static: once");
+    assert_eq!(per_gpu("nvmlDeviceGetPciInfo_v3"), 1.0, "static: once");
+    // Slow: the first poll, then every third one (polls 1, 4, 7, ...).
+    let energy = per_gpu("nvmlDeviceGetTotalEnergyConsumption");
+    let expected = (rounds as f64 / 3.0).ceil();
+    assert!(
+        (expected - 1.0..=expected).contains(&energy),
+        "slow: every 3 s over {rounds} polls, read {energy} times per GPU"
+    );
+    assert!(energy < per_gpu("nvmlDeviceGetUtilizationRates") / 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_excluded_field_is_never_called() {
+    let fake = FakeGpus::with_profile(Driver::Current, &gpus_state(1), "h100-sxm-580");
+    let d = Daemon::start(&config(&fake, "  fields:\n    exclude: [energy, ecc]\n"), &[]).await;
+    let calls = polls(&fake, 4).await;
+    assert_eq!(calls.get("nvmlDeviceGetTotalEnergyConsumption"), Some(&0));
+    assert_eq!(calls.get("nvmlDeviceGetTotalEccErrors"), Some(&0));
+    assert!(calls["nvmlDeviceGetUtilizationRates"] >= 3);
+    let page = d.get_text("/metrics").await;
+    assert!(!page.contains("gpu_energy_joules_total{"));
+    assert!(!page.contains("gpu_ecc_errors_total{"));
+    assert_eq!(
+        metric(&d, "inferwatch_collector_success{collector=\"gpu\"}").await,
+        Some(1.0)
+    );
+}
+
+#[test]
+fn an_unknown_field_name_stops_startup_naming_the_valid_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(&cfg, "gpu:\n  fields:\n    exclude: [energy, fan]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("gpu.fields.exclude[1]") && text.contains("\"fan\"") && text.contains("fan_speed, clocks"),
+        "{text}"
+    );
+}
+
+fn doctor(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("doctor")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn doctor_json(fake: &FakeGpus) -> Value {
+    let (code, out, err) = doctor(&["--nvml-library", &fake.lib_str(), "--samples", "5", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn field<'a>(report: &'a Value, gpu: usize, name: &str) -> &'a Value {
+    report["gpus"][gpu]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["field"] == name)
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[test]
+fn doctor_reports_every_field_of_the_h100_profile_with_its_cost() {
+    let fake = FakeGpus::with_profile(Driver::Current, &gpus_state(2), "h100-sxm-580");
+    let r = doctor_json(&fake);
+    assert_eq!(r["driver_version"], "580.159.04");
+    assert_eq!(r["gpus"].as_array().unwrap().len(), 2);
+    let fields = r["gpus"][0]["fields"].as_array().unwrap();
+    assert_eq!(fields.len(), 17, "every field is listed");
+    for f in fields {
+        assert!(
+            f["result"].is_string() && f["class"].is_string() && f["call"].is_string(),
+            "{f}"
+        );
+    }
+    assert_eq!(field(&r, 0, "num_fans")["value"], "0");
+    assert_eq!(field(&r, 0, "energy")["class"], "slow");
+    assert_eq!(field(&r, 0, "name")["class"], "static");
+    assert_eq!(field(&r, 0, "temperature")["value"], "60");
+    // The costs follow the profile: the energy counter's 3.7 ms busy-wait
+    // within 2x, and no field below what its profile spends.
+    let energy = field(&r, 0, "energy")["median_us"].as_f64().unwrap();
+    assert!((3700.0..=7400.0).contains(&energy), "energy median {energy} µs");
+    let memory = field(&r, 0, "memory")["median_us"].as_f64().unwrap();
+    assert!(memory >= 7.0, "memory median {memory} µs");
+    // Energy every 15 s dominates: the estimate is far below a 1 s read.
+    let pct = r["gpus"][0]["expected_cpu_percent"].as_f64().unwrap();
+    assert!(pct > 0.0 && pct < 0.37 / 5.0 * 2.0, "{pct}");
+
+    let (code, table, _) = doctor(&["--nvml-library", &fake.lib_str(), "--samples", "3"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("nvmlDeviceGetTotalEnergyConsumption") && table.contains("Summary: 2 GPU(s)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn doctor_names_the_errors_of_other_cards_and_drivers() {
+    let a5500 = FakeGpus::with_profile(Driver::Current, &gpus_state(1), "rtx-a5500-580");
+    let r = doctor_json(&a5500);
+    assert_eq!(field(&r, 0, "num_fans")["value"], "1");
+    assert_eq!(field(&r, 0, "fan_speed")["result"], "ok");
+    assert_eq!(field(&r, 0, "fan_speed")["value"], "0=0.3");
+    assert_eq!(field(&r, 0, "ecc")["result"], "not_supported");
+
+    let old = FakeGpus::new(Driver::Old, &gpus_state(1));
+    let r = doctor_json(&old);
+    for name in ["memory", "energy", "num_fans", "fan_speed"] {
+        assert_eq!(field(&r, 0, name)["result"], "function_not_found", "{name}");
+    }
+    assert_eq!(field(&r, 0, "utilization")["result"], "ok");
+
+    let (code, out, err) = doctor(&["--nvml-library", "/nonexistent/libnvidia-ml.so.1", "--json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no NVML library"), "{err}");
+    assert!(serde_json::from_str::<Value>(&out).unwrap()["error"].is_string());
+
+    let broken = FakeGpus::new(Driver::Current, "init_error 9\n");
+    let (code, _, err) = doctor(&["--nvml-library", &broken.lib_str()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("failed to initialise"), "{err}");
+
+    let empty = FakeGpus::new(Driver::Current, "count 0\n");
+    let (code, _, err) = doctor(&["--nvml-library", &empty.lib_str()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no GPU answered"), "{err}");
+}
