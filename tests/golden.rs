@@ -136,3 +136,32 @@ async fn metrics_page_matches_golden_file() {
         panic!("/metrics differs from {}:\n{}", golden_path.display(), diff.join("\n"));
     }
 }
+
+/// Every family on the golden page is in the README's metrics table (the
+/// `process_*` families as one row), and every GPU field row says its class.
+#[test]
+fn readme_metrics_table_covers_the_golden_page() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let golden = std::fs::read_to_string(root.join("tests/golden/metrics.txt")).unwrap();
+    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+    let row = |name: &str| rows.iter().find(|r| r.starts_with(&format!("| `{name}` |"))).copied();
+    let mut missing = Vec::new();
+    for name in golden.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()) {
+        if name.starts_with("process_") {
+            continue;
+        }
+        match row(name) {
+            None => missing.push(name.to_string()),
+            Some(r) if name.starts_with("gpu_") && name != "gpu_available" => {
+                let class = r.split('|').nth(4).unwrap_or("");
+                assert!(
+                    ["static", "fast", "slow", "events"].iter().any(|c| class.contains(c)),
+                    "{name} has no cadence class in the README: {r}"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(missing.is_empty(), "families missing from the README metrics table: {missing:?}");
+}
