@@ -147,7 +147,11 @@ fn readme_metrics_table_covers_the_golden_page() {
     let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
     let row = |name: &str| rows.iter().find(|r| r.starts_with(&format!("| `{name}` |"))).copied();
     let mut missing = Vec::new();
-    for name in golden.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()) {
+    for name in golden
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+    {
         if name.starts_with("process_") {
             continue;
         }
@@ -163,5 +167,8 @@ fn readme_metrics_table_covers_the_golden_page() {
             Some(_) => {}
         }
     }
-    assert!(missing.is_empty(), "families missing from the README metrics table: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "families missing from the README metrics table: {missing:?}"
+    );
 }

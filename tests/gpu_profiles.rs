@@ -285,3 +285,31 @@ fn doctor_names_the_errors_of_other_cards_and_drivers() {
     assert_eq!(code, 1);
     assert!(err.contains("no GPU answered"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_fields_are_read_again_when_a_lost_gpu_returns() {
+    let state = gpus_state(1);
+    let fake = FakeGpus::with_profile(Driver::Current, &state, "h100-sxm-580");
+    let d = Daemon::start(&config(&fake, ""), &[]).await;
+    let before = polls(&fake, 2).await;
+    assert_eq!(before["nvmlDeviceGetName"], 1, "static: once while the GPU stays");
+    let profile = format!("profile {}\n", profile_path("h100-sxm-580").display());
+    let body: String = state
+        .lines()
+        .filter(|l| !l.starts_with("driver_version "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fake.set(&format!("{profile}{body}0.lost 1\n"));
+    eventually("the GPU to be gone from /metrics", LIMIT, || async {
+        (metric(&d, "gpu_devices").await == Some(0.0)).then_some(())
+    })
+    .await;
+    fake.set(&format!("{profile}{body}"));
+    eventually("the GPU to come back", LIMIT, || async {
+        (metric(&d, "gpu_devices").await == Some(1.0)).then_some(())
+    })
+    .await;
+    let after = polls(&fake, finished(&fake.calls()) + 1).await;
+    assert_eq!(after["nvmlDeviceGetName"], 2, "read again after GpuLost");
+    assert_eq!(after["nvmlDeviceGetNumFans"], 2);
+}
