@@ -253,15 +253,22 @@ fn check_config_exit_codes() {
     assert!(text.contains("missing.yml"), "{text}");
 }
 
-#[test]
-fn daemon_refuses_to_start_on_a_bad_env_value() {
+/// Starts the daemon with `env` and `args`, expects it to refuse (exit 1),
+/// and returns its stderr.
+fn refused_start(env: &[(&str, &str)], args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .env("GPU_STATS_HISTORY_MINUTES", "0")
+        .envs(env.iter().copied())
+        .args(args)
         .arg("--web.listen-address=127.0.0.1:0")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn daemon_refuses_to_start_on_a_bad_env_value() {
+    let stderr = refused_start(&[("GPU_STATS_HISTORY_MINUTES", "0")], &[]);
     assert!(
         stderr.contains("GPU_STATS_HISTORY_MINUTES") && stderr.contains("1–1440"),
         "{stderr}"
@@ -285,14 +292,7 @@ fn token_files_are_read_by_check_config_and_must_be_private() {
     );
 
     // The daemon refuses to start on it too, naming the file and its mode.
-    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--web.listen-address=127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(&[], &["--config".as_ref(), cfg.as_os_str()]);
     assert!(
         stderr.contains(&token.display().to_string()) && stderr.contains("0644"),
         "{stderr}"

@@ -140,18 +140,6 @@ async fn cleanup_preview_reports_what_retention_would_delete_and_deletes_nothing
     config.validate().unwrap();
     let state = inferwatch::build_state(config).unwrap();
     let store = state.store.clone().unwrap();
-    let sample = |days_ago: i64, i: i64| GpuSample {
-        gpu: Some(0),
-        uuid: Some("GPU-x".into()),
-        gpu_name: "Fake".into(),
-        gpu_utilization: Some(50.0),
-        memory_used: None,
-        memory_total: None,
-        temperature: None,
-        power_usage: None,
-        inference_fps: None,
-        recorded_at: Utc::now() - chrono::Duration::days(days_ago) + chrono::Duration::seconds(i),
-    };
     let oldest = sample(9, 0).recorded_at;
     store.push((0..5).map(|i| sample(9, i)).chain((0..3).map(|i| sample(1, i))));
     assert_eq!(store.flush().await.unwrap(), 8);
@@ -215,6 +203,22 @@ async fn cleanup_preview_reports_what_retention_would_delete_and_deletes_nothing
     assert!(plan.iter().any(|d| d.contains("gpu_samples_recorded_at")), "{plan:?}");
 }
 
+/// A sample of GPU 0 taken `days_ago` days (plus `i` seconds) ago.
+fn sample(days_ago: i64, i: i64) -> GpuSample {
+    GpuSample {
+        gpu: Some(0),
+        uuid: Some("GPU-x".into()),
+        gpu_name: "Fake".into(),
+        gpu_utilization: Some(50.0),
+        memory_used: None,
+        memory_total: None,
+        temperature: None,
+        power_usage: None,
+        inference_fps: None,
+        recorded_at: Utc::now() - chrono::Duration::days(days_ago) + chrono::Duration::seconds(i),
+    }
+}
+
 async fn preview(state: &inferwatch::api::AppState) -> Value {
     let resp = inferwatch::api::router(state.clone())
         .oneshot(Request::get("/api/system/cleanup/preview").body(Body::empty()).unwrap())
@@ -237,18 +241,7 @@ async fn the_cleanup_preview_cache_expires_after_the_poll_interval() {
     let store = state.store.clone().unwrap();
     let first = preview(&state).await;
     assert_eq!(first["gpu_history"]["rows"], 0);
-    store.push([GpuSample {
-        gpu: Some(0),
-        uuid: Some("GPU-x".into()),
-        gpu_name: "Fake".into(),
-        gpu_utilization: None,
-        memory_used: None,
-        memory_total: None,
-        temperature: None,
-        power_usage: None,
-        inference_fps: None,
-        recorded_at: Utc::now() - chrono::Duration::days(3),
-    }]);
+    store.push([sample(3, 0)]);
     assert_eq!(store.flush().await.unwrap(), 1);
     eventually("the preview to be computed afresh", Duration::from_secs(30), || {
         let state = state.clone();
