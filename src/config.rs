@@ -130,11 +130,20 @@ pub struct GpuConfig {
     /// Temperature above which one WARNING is logged per crossing, 1–150 °C.
     pub temperature_warning_celsius: f64,
     /// Seconds between reads of the expensive ("slow") fields such as the
-    /// energy counter, 1–3600 and at least `poll_interval`.
-    #[serde(deserialize_with = "de_seconds")]
-    pub slow_interval: Duration,
+    /// energy counter, 1–3600 and at least `poll_interval`. Unset: 15 s, or
+    /// the poll interval when that is longer (see [`GpuConfig::slow_interval`]).
+    #[serde(deserialize_with = "de_opt_seconds")]
+    pub slow_interval: Option<Duration>,
     /// Field selection.
     pub fields: GpuFieldsConfig,
+}
+
+impl GpuConfig {
+    /// The slow fields' interval in force.
+    pub fn slow_interval(&self) -> Duration {
+        self.slow_interval
+            .unwrap_or_else(|| Duration::from_secs(15).max(self.poll_interval))
+    }
 }
 
 /// Which GPU fields are read.
@@ -155,7 +164,7 @@ impl Default for GpuConfig {
             timeout: Duration::from_secs(3),
             per_process: false,
             temperature_warning_celsius: 85.0,
-            slow_interval: Duration::from_secs(15),
+            slow_interval: None,
             fields: GpuFieldsConfig::default(),
         }
     }
@@ -565,13 +574,15 @@ impl Config {
             150.0,
             "°C",
         )?;
-        check_range(
-            "gpu.slow_interval",
-            g.slow_interval.as_secs_f64(),
-            g.poll_interval.as_secs_f64().max(1.0),
-            3600.0,
-            "seconds (and at least gpu.poll_interval)",
-        )?;
+        if let Some(slow) = g.slow_interval {
+            check_range(
+                "gpu.slow_interval",
+                slow.as_secs_f64(),
+                g.poll_interval.as_secs_f64().max(1.0),
+                3600.0,
+                "seconds (and at least gpu.poll_interval)",
+            )?;
+        }
         for (i, name) in g.fields.exclude.iter().enumerate() {
             if crate::nvml::fields::Field::from_name(name).is_none() {
                 let valid: Vec<&str> = crate::nvml::fields::Field::ALL.iter().map(|f| f.name()).collect();
@@ -1009,6 +1020,10 @@ fn format_number(v: f64) -> String {
 
 /// Accepts a duration as a number of seconds (`5`, `0.5`) or a string with a
 /// unit (`"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"7d"`).
+fn de_opt_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_seconds(d).map(Some)
+}
+
 fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -1097,6 +1112,21 @@ mod tests {
             msg.contains("GPU_POLL_INTERVAL_SECONDS") && msg.contains("0.5") && msg.contains("1–60"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn slow_interval_defaults_to_15s_or_the_poll_interval() {
+        let mut c = Config::default();
+        assert_eq!(c.gpu.slow_interval(), Duration::from_secs(15));
+        c.gpu.poll_interval = Duration::from_secs(60);
+        c.validate().unwrap();
+        assert_eq!(c.gpu.slow_interval(), Duration::from_secs(60), "never faster than the poll");
+        c.gpu.slow_interval = Some(Duration::from_secs(30));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("gpu.slow_interval") && e.contains("at least gpu.poll_interval"), "{e}");
+        c.gpu.slow_interval = Some(Duration::from_secs(120));
+        c.validate().unwrap();
+        assert_eq!(c.gpu.slow_interval(), Duration::from_secs(120));
     }
 
     #[test]

@@ -47,7 +47,7 @@ impl Options {
             library: library.unwrap_or_else(|| gpu.nvml_library.clone()),
             samples: samples.max(1),
             poll_interval: gpu.poll_interval,
-            slow_interval: gpu.slow_interval,
+            slow_interval: gpu.slow_interval(),
             per_process: gpu.per_process,
             exclude: gpu.fields.exclude.iter().filter_map(|n| Field::from_name(n)).collect(),
         }

@@ -108,7 +108,7 @@ impl GpuCollector {
                 .filter_map(|n| Field::from_name(n))
                 .collect(),
             poll_interval: config.poll_interval,
-            slow_interval: config.slow_interval,
+            slow_interval: config.slow_interval(),
         };
         let nvml = match NvmlHandle::start(&config.nvml_library, options, state.nvml_metrics.clone()).await {
             Ok(h) => {
