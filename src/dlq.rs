@@ -66,7 +66,7 @@ impl From<redis::RedisError> for DlqError {
     }
 }
 
-/// A DLQ entry in the design's `JobFailure` shape, checked.
+/// A DLQ entry in the `JobFailure` shape (README, Queues), checked.
 #[derive(Debug)]
 pub struct JobFailure<'a> {
     /// `original_job`, exactly as it appears in the entry.

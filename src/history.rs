@@ -11,12 +11,12 @@ use serde::{Serialize, Serializer};
 
 use crate::nvml::GpuReading;
 
-/// Name shown when no GPU can be read, as in the design.
+/// Name shown when no GPU can be read (the REST API's mock object).
 pub const MOCK_GPU_NAME: &str = "Mock GPU (No NVIDIA GPU Available)";
 
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// One GPU reading in the design's JSON shape (percent, MB, watts).
+/// One GPU reading in the REST API's JSON shape (percent, MB, watts).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GpuSample {
     /// GPU index; absent in the mock object.
@@ -57,7 +57,7 @@ impl GpuSample {
         }
     }
 
-    /// The design's placeholder when NVML is unavailable.
+    /// The placeholder served when NVML is unavailable.
     pub fn mock(at: DateTime<Utc>) -> GpuSample {
         GpuSample {
             gpu: None,

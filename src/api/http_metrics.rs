@@ -2,7 +2,7 @@
 //! request the API answers, so dashboards and the error-rate alert see the
 //! daemon's own HTTP side.
 //!
-//! The `route` label is the matched route template (`/api/dlq/{queue}/jobs`),
+//! The `route` label is the matched route template (`/api/dlq/jobs/{dlq}`),
 //! never the raw path, and every unmatched path shares `route="unmatched"`:
 //! a client probing random URLs cannot create new series. `code` is the
 //! numeric status, a small closed set in practice.

@@ -1,5 +1,5 @@
 //! `/api/system/gpu`, `/api/system/gpus` and `/api/system/gpu/history`:
-//! GPU readings in the design's JSON shape, served from the collector's
+//! GPU readings in the REST JSON shape (README, HTTP endpoints), served from the collector's
 //! snapshot, the in-memory ring, or (beyond the ring's window) the store.
 //! `/api/system/health` and `/api/system/stats` summarise the health
 //! monitor, the GPUs and the WebSocket from the same shared state.
