@@ -1120,10 +1120,17 @@ mod tests {
         assert_eq!(c.gpu.slow_interval(), Duration::from_secs(15));
         c.gpu.poll_interval = Duration::from_secs(60);
         c.validate().unwrap();
-        assert_eq!(c.gpu.slow_interval(), Duration::from_secs(60), "never faster than the poll");
+        assert_eq!(
+            c.gpu.slow_interval(),
+            Duration::from_secs(60),
+            "never faster than the poll"
+        );
         c.gpu.slow_interval = Some(Duration::from_secs(30));
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("gpu.slow_interval") && e.contains("at least gpu.poll_interval"), "{e}");
+        assert!(
+            e.contains("gpu.slow_interval") && e.contains("at least gpu.poll_interval"),
+            "{e}"
+        );
         c.gpu.slow_interval = Some(Duration::from_secs(120));
         c.validate().unwrap();
         assert_eq!(c.gpu.slow_interval(), Duration::from_secs(120));

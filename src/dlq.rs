@@ -434,6 +434,30 @@ impl QueueMetrics {
     }
 }
 
+/// One end of a Redis list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Left,
+    Right,
+}
+
+impl End {
+    pub fn opposite(self) -> End {
+        match self {
+            End::Left => End::Right,
+            End::Right => End::Left,
+        }
+    }
+
+    /// The word Redis commands (and the scripts' ARGV) use.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            End::Left => "LEFT",
+            End::Right => "RIGHT",
+        }
+    }
+}
+
 /// The queues and their DLQs: shared by the collector and the API.
 pub struct Queues {
     pub config: QueuesConfig,
@@ -503,17 +527,16 @@ impl Queues {
         Err(ResolveError::Unknown(dlq.to_string()))
     }
 
-    fn pop_end(&self) -> &'static str {
-        match self.config.push_side {
-            PushSide::Left => "RIGHT",
-            PushSide::Right => "LEFT",
-        }
+    /// The end workers pop, where the oldest entry sits.
+    fn pop_end(&self) -> End {
+        self.push_end().opposite()
     }
 
-    fn push_end(&self) -> &'static str {
+    /// The end producers (and requeues) push to.
+    fn push_end(&self) -> End {
         match self.config.push_side {
-            PushSide::Left => "LEFT",
-            PushSide::Right => "RIGHT",
+            PushSide::Left => End::Left,
+            PushSide::Right => End::Right,
         }
     }
 
@@ -584,7 +607,7 @@ impl Queues {
     /// Polls every queue's depth, DLQ depth and oldest DLQ entry, and
     /// publishes them as metrics. Returns the depths.
     pub async fn poll(&self) -> Result<Vec<QueueDepth>, DlqError> {
-        let oldest_index: i64 = if self.pop_end() == "RIGHT" { -1 } else { 0 };
+        let oldest_index: i64 = if self.pop_end() == End::Right { -1 } else { 0 };
         let mut pipe = redis::pipe();
         for q in &self.config.names {
             pipe.llen(q)
@@ -709,7 +732,7 @@ impl Queues {
         while left > 0 {
             let k = left.min(batch) as isize;
             // The k oldest entries, in the order they will be popped.
-            let mut entries: Vec<Vec<u8>> = if self.pop_end() == "RIGHT" {
+            let mut entries: Vec<Vec<u8>> = if self.pop_end() == End::Right {
                 let mut v: Vec<Vec<u8>> = self.run(redis::cmd("LRANGE").arg(&key).arg(-k).arg(-1)).await?;
                 v.reverse();
                 v
@@ -720,7 +743,7 @@ impl Queues {
             if entries.is_empty() {
                 break; // cleared or drained by someone else meanwhile
             }
-            let mut args: Vec<Vec<u8>> = vec![self.pop_end().into(), self.push_end().into()];
+            let mut args: Vec<Vec<u8>> = vec![self.pop_end().as_arg().into(), self.push_end().as_arg().into()];
             let mut bad_in_batch = Vec::new();
             for (i, e) in entries.iter().enumerate() {
                 let text = std::str::from_utf8(e).map_err(|_| "not UTF-8".to_string());
@@ -821,7 +844,8 @@ impl Queues {
                 "no archive {archive}: it expired, was restored already, or never existed"
             )));
         }
-        let side = if self.pop_end() == "RIGHT" { "LEFT" } else { "RIGHT" };
+        // Restored entries go to the oldest side, in their order.
+        let side = self.pop_end().opposite().as_arg();
         let batch = self.config.requeue_batch.to_string();
         let mut restored = 0;
         loop {

@@ -21,8 +21,6 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::events::Severity;
-
 /// A service's status; exactly these five.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,20 +64,46 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub fn severity(self) -> Severity {
-        match self {
-            AlertKind::Unhealthy => Severity::Warning,
-            AlertKind::RestartFailed => Severity::Error,
-            AlertKind::MaxRetriesExceeded => Severity::Critical,
-        }
-    }
-
     /// The `condition` field of the alert event.
     pub fn condition(self) -> &'static str {
         match self {
             AlertKind::Unhealthy => "service_unhealthy",
             AlertKind::RestartFailed => "service_restart_failed",
             AlertKind::MaxRetriesExceeded => "service_max_retries_exceeded",
+        }
+    }
+}
+
+/// The overall status of all services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overall {
+    Healthy,
+    /// A non-critical service is not healthy.
+    Degraded,
+    /// A critical service is not healthy.
+    Unhealthy,
+}
+
+impl Overall {
+    /// From each service's status and whether it is critical.
+    pub fn of<'a>(services: impl IntoIterator<Item = (&'a Status, bool)>) -> Overall {
+        let mut overall = Overall::Healthy;
+        for (status, critical) in services {
+            if *status != Status::Healthy {
+                if critical {
+                    return Overall::Unhealthy;
+                }
+                overall = Overall::Degraded;
+            }
+        }
+        overall
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overall::Healthy => "healthy",
+            Overall::Degraded => "degraded",
+            Overall::Unhealthy => "unhealthy",
         }
     }
 }

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{AppError, AppState};
 use crate::history::{format_time, GpuSample};
-use crate::restart::Status;
+use crate::restart::{Overall, Status};
 
 /// Range of `minutes` on the history endpoint.
 pub const HISTORY_MINUTES: (u32, u32) = (1, 1440);
@@ -178,37 +178,23 @@ async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<Hist
     }))
 }
 
-/// Overall status from each service's status and criticality.
-pub fn overall_status<'a>(services: impl IntoIterator<Item = (&'a Status, bool)>) -> &'static str {
-    let mut overall = "healthy";
-    for (status, critical) in services {
-        if *status != Status::Healthy {
-            if critical {
-                return "unhealthy";
-            }
-            overall = "degraded";
-        }
-    }
-    overall
-}
-
 /// `GET /api/system/health`: 200 when healthy or degraded, 503 when a
 /// critical service is not healthy.
 async fn health(State(state): State<AppState>, q: RawQuery) -> Result<Response, AppError> {
     params(q, &[])?;
     let services = state.health.services();
-    let overall = overall_status(services.iter().map(|s| (&s.status, s.critical)));
+    let overall = Overall::of(services.iter().map(|s| (&s.status, s.critical)));
     let map: serde_json::Map<String, serde_json::Value> = services
         .iter()
         .map(|s| (s.name.clone(), json!(s.status.as_str())))
         .collect();
-    let code = if overall == "unhealthy" {
+    let code = if overall == Overall::Unhealthy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
     let body = json!({
-        "status": overall,
+        "status": overall.as_str(),
         "services": map,
         "timestamp": format_time(&Utc::now()),
     });
@@ -251,7 +237,7 @@ async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<serde_
     let (http, stream) = state.pipeline.accepted();
     let now = Utc::now();
     Ok(Json(json!({
-        "status": overall_status(services.iter().map(|s| (&s.status, s.critical))),
+        "status": Overall::of(services.iter().map(|s| (&s.status, s.critical))).as_str(),
         "services": {
             "total": services.len(),
             "critical": services.iter().filter(|s| s.critical).count(),
@@ -287,10 +273,10 @@ mod tests {
     #[test]
     fn overall_status_follows_criticality() {
         let (h, u, f) = (Status::Healthy, Status::Unhealthy, Status::Failed);
-        assert_eq!(overall_status([]), "healthy");
-        assert_eq!(overall_status([(&h, true), (&h, false)]), "healthy");
-        assert_eq!(overall_status([(&h, true), (&u, false)]), "degraded");
-        assert_eq!(overall_status([(&f, false), (&u, true)]), "unhealthy");
-        assert_eq!(overall_status([(&u, true), (&h, false)]), "unhealthy");
+        assert_eq!(Overall::of([]), Overall::Healthy);
+        assert_eq!(Overall::of([(&h, true), (&h, false)]), Overall::Healthy);
+        assert_eq!(Overall::of([(&h, true), (&u, false)]), Overall::Degraded);
+        assert_eq!(Overall::of([(&f, false), (&u, true)]), Overall::Unhealthy);
+        assert_eq!(Overall::of([(&u, true), (&h, false)]), Overall::Unhealthy);
     }
 }

@@ -283,6 +283,17 @@ struct RestartFailure {
 /// Lines of a failed command's stderr kept for the log.
 const STDERR_LINES: usize = 20;
 
+/// How loud each service alert is: the mapping lives with the monitor that
+/// raises the alerts, so the pure policy in `restart` needs no event types.
+fn severity(kind: AlertKind) -> crate::events::Severity {
+    use crate::events::Severity;
+    match kind {
+        AlertKind::Unhealthy => Severity::Warning,
+        AlertKind::RestartFailed => Severity::Error,
+        AlertKind::MaxRetriesExceeded => Severity::Critical,
+    }
+}
+
 /// Runs a restart command directly (no shell) in its own process group, so
 /// that its children die with it when it is killed at `restart.timeout` or
 /// when the daemon stops mid-restart. Its stderr is read into a bounded
@@ -585,7 +596,7 @@ impl ServiceTask {
                 AlertKind::RestartFailed => format!("Service {name}: {message}"),
                 AlertKind::MaxRetriesExceeded => format!("Service {name} exceeded its restart attempts: {message}"),
             };
-            self.sinks.events.alert(alert.severity(), alert.condition(), text);
+            self.sinks.events.alert(severity(alert), alert.condition(), text);
         }
         self.sinks.registry.invalidate();
     }
