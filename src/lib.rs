@@ -28,9 +28,12 @@
 //!   status changes, built-in alerts).
 //! - [`server`]: the accept loop: header timeout, connection cap with
 //!   idle eviction, shutdown deadline, `RLIMIT_NOFILE`.
+//! - [`hub`]: the `/ws/system` fan-out hub and the event -> message
+//!   translation (not HTTP).
 //! - [`api`]: `router(state)`, `/metrics`, the probes, the REST routes
 //!   (system, DLQ with its auth, pipeline ingest, storage), the
-//!   `/ws/system` hub, and the `http_*` request metrics middleware.
+//!   `/ws/system` upgrade, query parsing (`api::query`), the error and limit
+//!   layers, and the `http_*` request metrics middleware.
 //!
 //! Beside the crate: `alert_rules.yml`, `alertmanager.yml`, `monitoring/`
 //! (Prometheus config, rule tests, Alertmanager template, Grafana
@@ -46,6 +49,7 @@ pub mod dlq;
 pub mod doctor;
 pub mod events;
 pub mod history;
+pub mod hub;
 pub mod metrics;
 pub mod nvml;
 pub mod pipeline;
@@ -61,7 +65,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::Auth;
-use crate::api::ws::{run_hub, Hub};
 use crate::api::AppState;
 use crate::collectors::gpu::{GpuCollector, GpuFamilies, GpuState};
 use crate::collectors::health::{HealthError, HealthMonitor, HealthState, Sinks};
@@ -72,6 +75,7 @@ use crate::collectors::Readiness;
 use crate::config::Config;
 use crate::dlq::Queues;
 use crate::events::EventBus;
+use crate::hub::{run_hub, Hub};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::store::{Store, StoreError};

@@ -175,6 +175,12 @@ impl Conns {
         }
     }
 
+    /// True while a connection asked to close has not closed yet.
+    fn closing(&self) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.values().any(|c| c.close.is_cancelled())
+    }
+
     fn remove(&self, id: u64) {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         self.freed.notify_waiters();
@@ -255,23 +261,26 @@ pub async fn serve(
     Ok(())
 }
 
-/// Past the cap: evicts the oldest idle connection, or waits up to a
-/// second for a busy one to finish. False when no room was made.
+/// Past the cap: asks the oldest idle connection to close (one at a time)
+/// and waits until the count is really below the cap, so the descriptors in
+/// use never pass it; when every connection is busy it waits for one to
+/// finish. Gives up after a second: false when no room was made.
 async fn make_room(conns: &Conns, metrics: &ServerMetrics, cap: usize) -> bool {
-    if conns.evict_oldest_idle() {
-        metrics.closed("idle_evicted", 1);
-        return true;
-    }
-    let wait = async {
+    let room = async {
         loop {
             let freed = conns.freed.notified();
-            if conns.len() < cap || conns.evict_oldest_idle() {
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if conns.len() < cap {
                 return;
+            }
+            if !conns.closing() && conns.evict_oldest_idle() {
+                metrics.closed("idle_evicted", 1);
             }
             freed.await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(1), wait).await.is_ok()
+    tokio::time::timeout(Duration::from_secs(1), room).await.is_ok()
 }
 
 /// Drives one connection until it closes, is evicted, or the server stops.

@@ -12,7 +12,7 @@ use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
 use serde_json::{json, Value};
 
-use super::system::{int_param, params, RawQuery};
+use super::query::{int_param, params, RawQuery};
 use super::{auth, AppError, AppState};
 use crate::dlq::{DlqError, Queues, ResolveError};
 

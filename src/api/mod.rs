@@ -14,6 +14,7 @@ pub mod http_metrics;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;
+pub mod query;
 pub mod storage;
 pub mod system;
 pub mod ws;
@@ -44,7 +45,7 @@ pub struct AppState {
     pub store: Option<Arc<Store>>,
     pub events: EventBus,
     pub health: Arc<HealthState>,
-    pub hub: Arc<ws::Hub>,
+    pub hub: Arc<crate::hub::Hub>,
     /// `None` when `queues.enabled` is false.
     pub queues: Option<Arc<crate::dlq::Queues>>,
     pub auth: Arc<auth::Auth>,

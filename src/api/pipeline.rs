@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::system::{params, RawQuery};
+use super::query::{params, RawQuery};
 use super::{AppError, AppState};
 use crate::pipeline::{Reason, Source};
 

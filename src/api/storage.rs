@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::system::{params, RawQuery};
+use super::query::{params, RawQuery};
 use super::{AppError, AppState};
 use crate::collectors::storage::{preview_files, usage, watched};
 use crate::history::format_time;
