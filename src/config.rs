@@ -54,6 +54,10 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Filesystem usage and the cleanup preview.
     pub storage: StorageConfig,
+    /// `--collector.<name>` (true) / `--no-collector.<name>` (false) flags,
+    /// which win over the sections' own switches.
+    #[serde(skip)]
+    pub collector_flags: std::collections::HashMap<String, bool>,
 }
 
 impl Default for Config {
@@ -69,6 +73,24 @@ impl Default for Config {
             api: ApiConfig::default(),
             pipeline: PipelineConfig::default(),
             storage: StorageConfig::default(),
+            collector_flags: Default::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Applies a `--collector.<name>` (`on`) or `--no-collector.<name>` flag:
+    /// it wins over the section's own switch, where it has one.
+    pub fn set_collector(&mut self, name: &str, on: bool) {
+        self.collector_flags.insert(name.to_string(), on);
+        match name {
+            "gpu" => self.gpu.enabled = on,
+            "queues" => self.queues.enabled = on,
+            "stream" => {
+                self.pipeline.stream.enabled = on;
+                self.queues.enabled |= on;
+            }
+            _ => {}
         }
     }
 }

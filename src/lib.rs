@@ -4,8 +4,10 @@
 //!
 //! - `main.rs`: flags, logging, config loading; calls [`run`].
 //! - [`config`]: the YAML config, its defaults, env overrides and validation.
-//! - [`collectors`]: the `Collector` trait and the runner (interval, timeout,
-//!   shutdown, readiness, `inferwatch_collector_*` self-metrics).
+//! - [`collectors`]: the `Collector` trait, the runner (interval, timeout,
+//!   shutdown, readiness, `inferwatch_collector_*` self-metrics) and
+//!   `REGISTRY`, the one list of collectors: the daemon starts them from it
+//!   and the `--collector.<name>` flags are generated from it.
 //!   - [`collectors::gpu`]: GPU snapshot, history feed, `gpu_*` families.
 //!   - [`collectors::health`]: service checks, restarts, `service_*` families.
 //!   - [`collectors::queues`]: queue and DLQ depths, the "DLQ jobs present" alert.
@@ -67,10 +69,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::Auth;
 use crate::api::AppState;
 use crate::collectors::gpu::{GpuCollector, GpuFamilies, GpuState};
-use crate::collectors::health::{HealthError, HealthMonitor, HealthState, Sinks};
-use crate::collectors::queues::QueueCollector;
-use crate::collectors::storage::{watched, StorageCollector};
-use crate::collectors::stream::StreamReader;
+use crate::collectors::health::{HealthError, HealthState};
 use crate::collectors::Readiness;
 use crate::config::Config;
 use crate::dlq::Queues;
@@ -91,6 +90,8 @@ pub enum RunError {
     Auth(#[from] crate::api::auth::AuthError),
     #[error("invalid value for queues.redis_url: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Collector(#[from] collectors::StartError),
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -195,57 +196,19 @@ pub async fn run_with_state(
         collectors_stop.clone(),
     )));
 
-    let sinks = Sinks {
-        state: state.health.clone(),
-        registry: state.metrics.clone(),
+    let shared = collectors::Shared {
+        config: state.config.clone(),
+        metrics: state.metrics.clone(),
+        readiness: state.readiness.clone(),
         events: state.events.clone(),
+        gpu: state.gpu.clone(),
+        health: state.health.clone(),
+        store: state.store.clone(),
+        queues: state.queues.clone(),
+        pipeline: state.pipeline.clone(),
+        stop: collectors_stop.clone(),
     };
-    let monitor = HealthMonitor::new(&state.config.health.services, sinks)?;
-    tasks.extend(monitor.spawn(state.readiness.clone(), collectors_stop.clone()));
-
-    if let Some(queues) = &state.queues {
-        let collector = QueueCollector::new(queues.clone(), state.events.clone());
-        tasks.push(collectors::spawn(
-            collector,
-            state.metrics.clone(),
-            state.readiness.clone(),
-            collectors_stop.clone(),
-        ));
-    }
-
-    if state.queues.is_some() && state.config.pipeline.stream.enabled {
-        let reader = StreamReader::new(
-            state.config.pipeline.stream.clone(),
-            &state.config.queues.redis_url,
-            state.pipeline.clone(),
-            state.metrics.clone(),
-        )?;
-        tasks.push(tokio::spawn(reader.run(collectors_stop.clone())));
-    }
-
-    let storage = StorageCollector::new(
-        watched(&state.config.data_dir, &state.config.storage.paths),
-        state.config.storage.poll_interval,
-        state.config.storage.alert_used_percent,
-        &state.metrics,
-        state.events.clone(),
-    );
-    tasks.push(collectors::spawn(
-        storage,
-        state.metrics.clone(),
-        state.readiness.clone(),
-        collectors_stop.clone(),
-    ));
-
-    if state.config.gpu.enabled {
-        state.readiness.expect("gpu");
-        let (st, stop) = (state.clone(), collectors_stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let collector = gpu_collector(&st).await;
-            let handle = collectors::spawn(collector, st.metrics.clone(), st.readiness.clone(), stop);
-            let _ = handle.await;
-        }));
-    }
+    tasks.extend(collectors::start_all(&shared)?);
 
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, "Listening.");

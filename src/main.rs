@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use inferwatch::collectors::REGISTRY;
 use inferwatch::config::Config;
 
 #[derive(Parser)]
@@ -27,12 +28,6 @@ struct Cli {
     /// Log format.
     #[arg(long = "log.format", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
-    /// Enable the GPU collector (overrides gpu.enabled).
-    #[arg(long = "collector.gpu", overrides_with = "no_collector_gpu")]
-    collector_gpu: bool,
-    /// Disable the GPU collector (overrides gpu.enabled).
-    #[arg(long = "no-collector.gpu", overrides_with = "collector_gpu")]
-    no_collector_gpu: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -55,8 +50,37 @@ enum Command {
     },
 }
 
+/// The flags, with `--collector.<name>` / `--no-collector.<name>` for every
+/// collector in the registry, as node_exporter has them.
+fn parse() -> (Cli, ArgMatches) {
+    let mut cmd = Cli::command();
+    for e in REGISTRY {
+        // clap keeps &'static names; ten short strings live for the process.
+        let on: &'static str = format!("collector.{}", e.name).leak();
+        let off: &'static str = format!("no-collector.{}", e.name).leak();
+        cmd = cmd
+            .arg(
+                Arg::new(on)
+                    .long(on)
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(off)
+                    .help(format!("Enable the {} collector: {}", e.name, e.about)),
+            )
+            .arg(
+                Arg::new(off)
+                    .long(off)
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(on)
+                    .help(format!("Disable the {} collector", e.name)),
+            );
+    }
+    let matches = cmd.get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (cli, matches)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, matches) = parse();
     if let Some(Command::CheckConfig { path }) = &cli.command {
         let loaded = Config::load(Some(path), |k| std::env::var(k).ok()).map_err(anyhow::Error::from);
         // The token files are part of the config: read and check them too.
@@ -84,7 +108,7 @@ fn main() -> ExitCode {
         return doctor(cli.config.as_deref(), nvml_library.clone(), *samples as usize, *json);
     }
     init_logging(&cli.log_level, &cli.log_format);
-    match serve(cli) {
+    match serve(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -139,12 +163,14 @@ fn init_logging(level: &str, format: &str) {
     }
 }
 
-fn serve(cli: Cli) -> anyhow::Result<()> {
+fn serve(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
-    if cli.collector_gpu {
-        config.gpu.enabled = true;
-    } else if cli.no_collector_gpu {
-        config.gpu.enabled = false;
+    for e in REGISTRY {
+        if matches.get_flag(&format!("collector.{}", e.name)) {
+            config.set_collector(e.name, true);
+        } else if matches.get_flag(&format!("no-collector.{}", e.name)) {
+            config.set_collector(e.name, false);
+        }
     }
     if let Some(addr) = cli.listen_address {
         config.web.listen_address = addr;

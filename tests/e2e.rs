@@ -153,3 +153,33 @@ async fn no_collector_gpu_flag_switches_the_collector_off() {
         "process metrics are exported"
     );
 }
+
+/// `--collector.<name>` / `--no-collector.<name>` exist for every collector
+/// in the registry and win over the config.
+#[tokio::test]
+async fn collector_flags_come_from_the_registry_and_win_over_the_config() {
+    let config = "gpu:\n  enabled: false\n  nvml_library: /nonexistent/libnvidia-ml.so.1\nqueues:\n  enabled: false\n";
+    let d = common::Daemon::start_with_args(config, &[], &["--no-collector.storage", "--collector.gpu"]).await;
+    let page = d.get_text("/metrics").await;
+    assert!(
+        page.contains("inferwatch_collector_success{collector=\"gpu\"} 1"),
+        "--collector.gpu starts it (mock mode here): {page}"
+    );
+    assert!(
+        !page.contains("collector=\"storage\""),
+        "--no-collector.storage stops it"
+    );
+    assert!(!page.contains("storage_filesystem_size_bytes{"));
+    assert!(!page.contains("collector=\"queues\"") && !page.contains("collector=\"stream\""));
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for name in ["gpu", "health", "queues", "stream", "storage"] {
+        assert!(
+            help.contains(&format!("--collector.{name}")) && help.contains(&format!("--no-collector.{name}")),
+            "{help}"
+        );
+    }
+}

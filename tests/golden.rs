@@ -85,6 +85,15 @@ async fn metrics_page_matches_golden_file() {
         state.events.clone(),
     );
     run_once(&mut storage, &state.metrics, &state.readiness).await.unwrap();
+    // One round of the stream collector against the same Redis (empty stream).
+    let mut stream = inferwatch::collectors::stream::StreamReader::new(
+        state.config.pipeline.stream.clone(),
+        &state.config.queues.redis_url,
+        state.pipeline.clone(),
+        state.metrics.clone(),
+    )
+    .unwrap();
+    run_once(&mut stream, &state.metrics, &state.readiness).await.unwrap();
     // Known pipeline events: two stages, an error, a job.
     let events = [
         r#"{"kind":"stage","stage":"detection","duration_seconds":0.042,"status":"ok","items":1}"#,

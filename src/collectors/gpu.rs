@@ -25,6 +25,41 @@ use crate::nvml::{GpuReading, NvmlHandle, PollerOptions, THROTTLE_REASONS};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 
+/// The registry entry: NVML is loaded in the task, so a slow driver init
+/// does not hold up the others.
+pub const ENTRY: super::Entry = super::Entry {
+    name: "gpu",
+    about: "GPUs through NVML (mock mode without a driver)",
+    enabled: enabled,
+    start: start,
+};
+
+fn enabled(c: &crate::config::Config) -> bool {
+    c.gpu.enabled
+}
+
+fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
+    sh.readiness.expect("gpu");
+    let (config, state, events, store) = (
+        sh.config.gpu.clone(),
+        sh.gpu.clone(),
+        sh.events.clone(),
+        sh.store.clone(),
+    );
+    let (pipeline, metrics, readiness, stop) = (
+        sh.pipeline.clone(),
+        sh.metrics.clone(),
+        sh.readiness.clone(),
+        sh.stop.clone(),
+    );
+    Ok(vec![tokio::spawn(async move {
+        let collector = GpuCollector::start(config, state, events, store)
+            .await
+            .with_pipeline(pipeline);
+        let _ = super::spawn(collector, metrics, readiness, stop).await;
+    })])
+}
+
 /// What the API and `/metrics` read: the last poll's result.
 #[derive(Debug, Clone, Default)]
 pub struct GpuSnapshot {

@@ -376,6 +376,31 @@ impl Drop for GroupKiller {
     }
 }
 
+/// The registry entry: one task per configured service.
+pub const ENTRY: super::Entry = super::Entry {
+    name: "health",
+    about: "service health checks and restarts (health.services)",
+    enabled: enabled,
+    start: start,
+};
+
+fn enabled(_: &crate::config::Config) -> bool {
+    true
+}
+
+fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
+    let sinks = Sinks {
+        state: sh.health.clone(),
+        registry: sh.metrics.clone(),
+        events: sh.events.clone(),
+    };
+    let monitor = HealthMonitor::new(&sh.config.health.services, sinks).map_err(|e| super::StartError {
+        collector: "health",
+        reason: e.to_string(),
+    })?;
+    Ok(monitor.spawn(sh.readiness.clone(), sh.stop.clone()))
+}
+
 /// Everything one service task writes to.
 #[derive(Clone)]
 pub struct Sinks {

@@ -1,4 +1,10 @@
-//! The collector trait and the runner that drives every collector.
+//! The collector trait, the runner that drives every collector, and the one
+//! registry of collectors ([`REGISTRY`]).
+//!
+//! The registry is the only place collectors are listed: the daemon starts
+//! them from it ([`start_all`]), and the `--collector.<name>` /
+//! `--no-collector.<name>` flags are generated from it. Adding a collector
+//! is one file with a `pub const ENTRY: Entry` plus one line here.
 //!
 //! The runner owns what all collectors share: the interval, a timeout around
 //! each round, shutdown, readiness, and the self-metrics
@@ -22,7 +28,72 @@ use tokio::time::Instant;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
+use crate::events::EventBus;
 use crate::metrics::Metrics;
+
+/// What a collector's constructor gets: the config and the shared state it
+/// writes to.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub events: EventBus,
+    pub gpu: Arc<gpu::GpuState>,
+    pub health: Arc<health::HealthState>,
+    pub store: Option<Arc<crate::store::Store>>,
+    pub queues: Option<Arc<crate::dlq::Queues>>,
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
+    /// Cancelled when the daemon stops.
+    pub stop: CancellationToken,
+}
+
+/// Why a collector could not be started (a bad setting the config check
+/// cannot see, such as a Redis URL redis-rs refuses).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to start the {collector} collector: {reason}")]
+pub struct StartError {
+    pub collector: &'static str,
+    pub reason: String,
+}
+
+/// One entry of the registry.
+pub struct Entry {
+    /// The `collector` label and the flag name.
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub about: &'static str,
+    /// Whether the config switches it on (a flag can override).
+    pub enabled: fn(&Config) -> bool,
+    /// Starts its task(s).
+    pub start: fn(&Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError>,
+}
+
+/// Every collector, in start order.
+pub const REGISTRY: &[Entry] = &[gpu::ENTRY, health::ENTRY, queues::ENTRY, stream::ENTRY, storage::ENTRY];
+
+/// Whether `entry` runs: its `--collector.<name>` / `--no-collector.<name>`
+/// flag when given, else the config.
+pub fn is_enabled(entry: &Entry, config: &Config) -> bool {
+    config
+        .collector_flags
+        .get(entry.name)
+        .copied()
+        .unwrap_or_else(|| (entry.enabled)(config))
+}
+
+/// Starts every enabled collector.
+pub fn start_all(shared: &Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    let mut tasks = Vec::new();
+    for entry in REGISTRY {
+        if is_enabled(entry, &shared.config) {
+            tasks.extend((entry.start)(shared)?);
+        } else {
+            tracing::info!(collector = entry.name, "Collector disabled.");
+        }
+    }
+    Ok(tasks)
+}
 
 /// Why one collection round failed.
 #[derive(Debug, thiserror::Error)]

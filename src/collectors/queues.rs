@@ -12,6 +12,31 @@ use super::{CollectError, Collector};
 use crate::dlq::Queues;
 use crate::events::{EventBus, Severity};
 
+/// The registry entry.
+pub const ENTRY: super::Entry = super::Entry {
+    name: "queues",
+    about: "Redis queue and DLQ depths (queues)",
+    enabled: enabled,
+    start: start,
+};
+
+fn enabled(c: &crate::config::Config) -> bool {
+    c.queues.enabled
+}
+
+fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
+    let Some(queues) = &sh.queues else {
+        return Ok(Vec::new());
+    };
+    let collector = QueueCollector::new(queues.clone(), sh.events.clone());
+    Ok(vec![super::spawn(
+        collector,
+        sh.metrics.clone(),
+        sh.readiness.clone(),
+        sh.stop.clone(),
+    )])
+}
+
 pub struct QueueCollector {
     queues: Arc<Queues>,
     events: EventBus,

@@ -67,6 +67,35 @@ pub fn watched(data_dir: &Path, paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
+/// The registry entry.
+pub const ENTRY: super::Entry = super::Entry {
+    name: "storage",
+    about: "filesystem usage of data_dir and storage.paths",
+    enabled: enabled,
+    start: start,
+};
+
+fn enabled(_: &crate::config::Config) -> bool {
+    true
+}
+
+fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
+    let c = &sh.config;
+    let collector = StorageCollector::new(
+        watched(&c.data_dir, &c.storage.paths),
+        c.storage.poll_interval,
+        c.storage.alert_used_percent,
+        &sh.metrics,
+        sh.events.clone(),
+    );
+    Ok(vec![super::spawn(
+        collector,
+        sh.metrics.clone(),
+        sh.readiness.clone(),
+        sh.stop.clone(),
+    )])
+}
+
 pub struct StorageCollector {
     paths: Vec<PathBuf>,
     interval: Duration,

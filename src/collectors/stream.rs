@@ -9,15 +9,21 @@
 //! `claim_idle` with XAUTOCLAIM, then reads new entries. The group is
 //! created at the start of the stream, so events written while no daemon
 //! ran are all counted.
+//!
+//! It is a [`Collector`] like the others: one round reads until the stream
+//! is drained or `BLOCK` has passed, so the runner's
+//! `inferwatch_collector_*{collector="stream"}` series show an outage, and
+//! the runner's interval paces reconnects.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use redis::Value;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+use super::{CollectError, Collector};
 use crate::config::StreamConfig;
 use crate::pipeline::{Pipeline, Source};
 use crate::redis_conn::RedisConn;
@@ -25,12 +31,72 @@ use crate::redis_conn::RedisConn;
 /// How long one XREADGROUP waits for new entries.
 const BLOCK: Duration = Duration::from_secs(1);
 
+/// The registry entry: needs the queues' Redis.
+pub const ENTRY: super::Entry = super::Entry {
+    name: "stream",
+    about: "pipeline events from the Redis stream (pipeline.stream)",
+    enabled: enabled,
+    start: start,
+};
+
+fn enabled(c: &crate::config::Config) -> bool {
+    c.queues.enabled && c.pipeline.stream.enabled
+}
+
+fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
+    let reader = StreamReader::new(
+        sh.config.pipeline.stream.clone(),
+        &sh.config.queues.redis_url,
+        sh.pipeline.clone(),
+        sh.metrics.clone(),
+    )
+    .map_err(|e| super::StartError {
+        collector: "stream",
+        reason: format!("invalid queues.redis_url: {e}"),
+    })?;
+    Ok(vec![super::spawn(
+        reader,
+        sh.metrics.clone(),
+        sh.readiness.clone(),
+        sh.stop.clone(),
+    )])
+}
+
 pub struct StreamReader {
     config: StreamConfig,
     consumer: String,
     redis: RedisConn,
     pipeline: Arc<Pipeline>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The connection of the current session, set up (group created, our
+    /// pending entries re-read, idle ones claimed); `None` after an error.
+    session: Option<MultiplexedConnection>,
+    next_claim: Instant,
+}
+
+impl Collector for StreamReader {
+    fn name(&self) -> &'static str {
+        "stream"
+    }
+
+    fn interval(&self) -> Duration {
+        BLOCK
+    }
+
+    /// One read can block for `BLOCK`, and Redis may take its response
+    /// timeout on top.
+    fn timeout(&self) -> Duration {
+        BLOCK * 2 + Duration::from_secs(5)
+    }
+
+    async fn collect(&mut self) -> Result<(), CollectError> {
+        let result = self.round().await;
+        if result.is_err() {
+            // The next round sets the session up again.
+            self.session = None;
+        }
+        result.map_err(|e| CollectError::Failed(format!("pipeline stream {} unavailable: {e}", self.config.key)))
+    }
 }
 
 impl StreamReader {
@@ -51,46 +117,47 @@ impl StreamReader {
             consumer,
             pipeline,
             metrics,
+            session: None,
+            next_claim: Instant::now(),
         })
     }
 
-    /// Reads until `shutdown`, reconnecting with backoff (0.25 s doubling to
-    /// 5 s) and logging one WARN per outage.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(250);
-        let mut failing = false;
-        loop {
-            let result = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.session(&shutdown) => r,
-            };
-            match result {
-                Ok(()) => break,
-                Err(e) => {
-                    if failing {
-                        tracing::debug!(stream = %self.config.key, error = %e, "Pipeline stream still unavailable.");
-                    } else {
-                        tracing::warn!(stream = %self.config.key, error = %e, "Pipeline stream unavailable; retrying.");
-                        failing = true;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-        tracing::debug!("Pipeline stream reader stopped.");
-    }
-
-    async fn con(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    async fn con(&self) -> redis::RedisResult<MultiplexedConnection> {
         let r = self.redis.get().await;
         self.redis.check(r)
     }
 
-    /// One connected session; returns `Ok` only on shutdown.
-    async fn session(&self, shutdown: &CancellationToken) -> redis::RedisResult<()> {
+    /// One round: sets the session up if needed, then reads new entries
+    /// until the stream is drained or `BLOCK` has passed, claiming idle
+    /// entries when `claim_idle` is due.
+    async fn round(&mut self) -> redis::RedisResult<()> {
+        let mut con = match self.session.clone() {
+            Some(c) => c,
+            None => {
+                let c = self.set_up().await?;
+                self.session = Some(c.clone());
+                c
+            }
+        };
+        let started = Instant::now();
+        loop {
+            let left = BLOCK.saturating_sub(started.elapsed());
+            let n = self
+                .read(&mut con, ">", Some(left.max(Duration::from_millis(1))))
+                .await?;
+            if Instant::now() >= self.next_claim {
+                self.claim(&mut con).await?;
+                self.next_claim = Instant::now() + self.config.claim_idle;
+            }
+            if n == 0 || started.elapsed() >= BLOCK {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A new session: the group exists, our own pending entries (from a run
+    /// that died mid-batch) are applied, idle ones claimed.
+    async fn set_up(&mut self) -> redis::RedisResult<MultiplexedConnection> {
         let (key, group) = (self.config.key.as_str(), self.config.group.as_str());
         let mut con = self.con().await?;
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -103,23 +170,10 @@ impl StreamReader {
             Err(e) => return self.redis.check(Err(e)),
         }
         tracing::info!(stream = key, group, consumer = %self.consumer, "Reading pipeline events from the stream.");
-        // Our own pending entries first, from a run that died mid-batch.
-        loop {
-            let n = self.read(&mut con, "0", None).await?;
-            if n == 0 {
-                break;
-            }
-        }
+        while self.read(&mut con, "0", None).await? > 0 {}
         self.claim(&mut con).await?;
-        let mut next_claim = Instant::now() + self.config.claim_idle;
-        while !shutdown.is_cancelled() {
-            self.read(&mut con, ">", Some(BLOCK)).await?;
-            if Instant::now() >= next_claim {
-                self.claim(&mut con).await?;
-                next_claim = Instant::now() + self.config.claim_idle;
-            }
-        }
-        Ok(())
+        self.next_claim = Instant::now() + self.config.claim_idle;
+        Ok(con)
     }
 
     /// One XREADGROUP; applies and acknowledges what it got.
