@@ -27,12 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use prometheus::{GaugeVec, IntCounterVec, Opts};
+use prometheus::{GaugeVec, IntCounterVec};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::config::{PushSide, QueuesConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{family, Metrics};
 use crate::redis_conn::{is_connection_error, RedisConn};
 
 /// Why a DLQ operation failed; the API maps each to a status. The texts are
@@ -395,9 +395,8 @@ struct QueueMetrics {
 
 impl QueueMetrics {
     fn register(metrics: &Metrics, names: &[String]) -> QueueMetrics {
-        let gauge = |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &["queue"]).expect("valid metric");
-        let counter =
-            |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &["queue"]).expect("valid metric");
+        let gauge = |name: &str, help: &str| family::<GaugeVec>(name, help, &["queue"]);
+        let counter = |name: &str, help: &str| family::<IntCounterVec>(name, help, &["queue"]);
         let m = QueueMetrics {
             queue_depth: gauge(
                 "job_queue_depth",

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use chrono::Utc;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
@@ -26,7 +26,7 @@ use crate::collectors::health::HealthState;
 use crate::config::WebSocketConfig;
 use crate::events::{Event, Severity};
 use crate::history::{format_time, GpuSample};
-use crate::metrics::Metrics;
+use crate::metrics::{family, histogram, Metrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -137,35 +137,28 @@ pub(crate) struct WsMetrics {
 
 impl WsMetrics {
     fn register(metrics: &Metrics) -> WsMetrics {
-        let active = IntGaugeVec::new(
-            Opts::new("websocket_connections_active", "Open /ws/system connections."),
+        let active = family::<IntGaugeVec>(
+            "websocket_connections_active",
+            "Open /ws/system connections.",
             &["client_type"],
-        )
-        .expect("valid metric");
-        let sent_vec = IntCounterVec::new(
-            Opts::new(
-                "websocket_messages_sent_total",
-                "Messages written to /ws/system clients (one per client per message).",
-            ),
+        );
+        let sent_vec = family::<IntCounterVec>(
+            "websocket_messages_sent_total",
+            "Messages written to /ws/system clients (one per client per message).",
             &["event_type"],
-        )
-        .expect("valid metric");
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "websocket_errors_total",
-                "Connections ended by an error: slow_consumer, send_failed, protocol, ping_timeout.",
-            ),
+        );
+        let errors = family::<IntCounterVec>(
+            "websocket_errors_total",
+            "Connections ended by an error: slow_consumer, send_failed, protocol, ping_timeout.",
             &["error_type"],
+        );
+        let duration = histogram(
+            "websocket_connection_duration_seconds",
+            "How long /ws/system connections lasted.",
+            &[],
+            vec![10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0],
         )
-        .expect("valid metric");
-        let duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "websocket_connection_duration_seconds",
-                "How long /ws/system connections lasted.",
-            )
-            .buckets(vec![10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0]),
-        )
-        .expect("valid metric");
+        .with_label_values::<&str>(&[]);
         metrics.add(&active);
         metrics.add(&sent_vec);
         metrics.add(&errors);

@@ -82,75 +82,100 @@ pub struct Metrics {
     pub store_written: IntCounter,
 }
 
+/// A metric type built from a name, a help text and label names. Names and
+/// labels are fixed in the code, so a bad one is a bug: [`family`] panics
+/// at startup, in this one place.
+pub trait Family: Sized {
+    fn build(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self>;
+}
+
+macro_rules! vec_family {
+    ($($t:ty),*) => {$(
+        impl Family for $t {
+            fn build(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self> {
+                <$t>::new(Opts::new(name, help), labels)
+            }
+        }
+    )*};
+}
+macro_rules! scalar_family {
+    ($($t:ty),*) => {$(
+        impl Family for $t {
+            fn build(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self> {
+                debug_assert!(labels.is_empty(), "{name} is a scalar metric");
+                <$t>::new(name, help)
+            }
+        }
+    )*};
+}
+vec_family!(GaugeVec, prometheus::IntGaugeVec, IntCounterVec, prometheus::CounterVec);
+scalar_family!(IntGauge, IntCounter, prometheus::Gauge);
+
+/// Builds a metric family (register it with [`Metrics::add`]).
+pub fn family<F: Family>(name: &str, help: &str, labels: &[&str]) -> F {
+    F::build(name, help, labels).expect("metric names and labels are fixed in the code")
+}
+
+/// Builds a histogram family with `buckets`.
+pub fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> prometheus::HistogramVec {
+    prometheus::HistogramVec::new(prometheus::HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("metric names, labels and buckets are fixed in the code")
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let collector_success = GaugeVec::new(
-            Opts::new(
-                "inferwatch_collector_success",
-                "1 if the collector's last run succeeded, 0 if it failed.",
-            ),
+        let collector_success = family::<GaugeVec>(
+            "inferwatch_collector_success",
+            "1 if the collector's last run succeeded, 0 if it failed.",
             &["collector"],
-        )
-        .expect("valid metric");
-        let collector_duration = GaugeVec::new(
-            Opts::new(
-                "inferwatch_collector_duration_seconds",
-                "How long the collector's last run took.",
-            ),
+        );
+        let collector_duration = family::<GaugeVec>(
+            "inferwatch_collector_duration_seconds",
+            "How long the collector's last run took.",
             &["collector"],
-        )
-        .expect("valid metric");
-        let collector_last_success = GaugeVec::new(
-            Opts::new(
-                "inferwatch_collector_last_success_timestamp_seconds",
-                "Unix time of the collector's last successful run.",
-            ),
+        );
+        let collector_last_success = family::<GaugeVec>(
+            "inferwatch_collector_last_success_timestamp_seconds",
+            "Unix time of the collector's last successful run.",
             &["collector"],
-        )
-        .expect("valid metric");
-        let collector_errors = IntCounterVec::new(
-            Opts::new(
-                "inferwatch_collector_errors_total",
-                "Collector rounds that failed or timed out.",
-            ),
+        );
+        let collector_errors = family::<IntCounterVec>(
+            "inferwatch_collector_errors_total",
+            "Collector rounds that failed or timed out.",
             &["collector"],
-        )
-        .expect("valid metric");
-        let collector_interval = GaugeVec::new(
-            Opts::new(
-                "inferwatch_collector_interval_seconds",
-                "Configured time between the starts of two rounds of the collector.",
-            ),
+        );
+        let collector_interval = family::<GaugeVec>(
+            "inferwatch_collector_interval_seconds",
+            "Configured time between the starts of two rounds of the collector.",
             &["collector"],
-        )
-        .expect("valid metric");
-        let build_info = GaugeVec::new(
-            Opts::new("inferwatch_build_info", "Always 1; labelled with the daemon's version."),
+        );
+        let build_info = family::<GaugeVec>(
+            "inferwatch_build_info",
+            "Always 1; labelled with the daemon's version.",
             &["version"],
-        )
-        .expect("valid metric");
+        );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
-        let store_pending = IntGauge::new(
+        let store_pending = family::<IntGauge>(
             "inferwatch_store_pending_samples",
             "GPU samples buffered in memory and not yet written to the history store.",
-        )
-        .expect("valid metric");
-        let store_write_errors = IntCounter::new(
+            &[],
+        );
+        let store_write_errors = family::<IntCounter>(
             "inferwatch_store_write_errors_total",
             "Failed attempts to write a batch of samples to the history store.",
-        )
-        .expect("valid metric");
-        let store_dropped = IntCounter::new(
+            &[],
+        );
+        let store_dropped = family::<IntCounter>(
             "inferwatch_store_dropped_samples_total",
             "Samples dropped, oldest first, because the store buffer was full.",
-        )
-        .expect("valid metric");
-        let store_written = IntCounter::new(
+            &[],
+        );
+        let store_written = family::<IntCounter>(
             "inferwatch_store_written_samples_total",
             "Samples written to the history store.",
-        )
-        .expect("valid metric");
+            &[],
+        );
 
         for c in [
             Box::new(collector_success.clone()) as Box<dyn prometheus::core::Collector>,

@@ -16,11 +16,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{valid_name, PipelineConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{family, histogram, Metrics};
 
 /// Where events came from (`source` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,57 +276,44 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(config: &PipelineConfig, metrics: &Metrics) -> Pipeline {
-        let stage_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "pipeline_stage_duration_seconds",
-                "Duration of pipeline stages, from ingested stage events.",
-            )
-            .buckets(config.buckets.clone()),
+        let stage_duration = histogram(
+            "pipeline_stage_duration_seconds",
+            "Duration of pipeline stages, from ingested stage events.",
             &["stage"],
-        )
-        .expect("valid metric");
-        let stage_errors = IntCounterVec::new(
-            Opts::new(
-                "pipeline_stage_errors_total",
-                "Stage events with status error, by stage and error type.",
-            ),
+            config.buckets.clone(),
+        );
+        let stage_errors = family::<IntCounterVec>(
+            "pipeline_stage_errors_total",
+            "Stage events with status error, by stage and error type.",
             &["stage", "error_type"],
-        )
-        .expect("valid metric");
-        let jobs = IntCounterVec::new(
-            Opts::new(
-                "pipeline_jobs_total",
-                "Finished pipeline jobs by status (completed, failed).",
-            ),
+        );
+        let jobs = family::<IntCounterVec>(
+            "pipeline_jobs_total",
+            "Finished pipeline jobs by status (completed, failed).",
             &["status"],
+        );
+        let job_duration = histogram(
+            "pipeline_job_duration_seconds",
+            "End-to-end duration of finished pipeline jobs.",
+            &[],
+            config.buckets.clone(),
         )
-        .expect("valid metric");
-        let job_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "pipeline_job_duration_seconds",
-                "End-to-end duration of finished pipeline jobs.",
-            )
-            .buckets(config.buckets.clone()),
-        )
-        .expect("valid metric");
-        let items = IntCounter::new(
+        .with_label_values::<&str>(&[]);
+        let items = family::<IntCounter>(
             "pipeline_items_processed_total",
             "Items (frames, images, meshes) reported by stage events.",
-        )
-        .expect("valid metric");
-        let events = IntCounterVec::new(
-            Opts::new("pipeline_events_total", "Pipeline events accepted, by input."),
+            &[],
+        );
+        let events = family::<IntCounterVec>(
+            "pipeline_events_total",
+            "Pipeline events accepted, by input.",
             &["source"],
-        )
-        .expect("valid metric");
-        let rejected = IntCounterVec::new(
-            Opts::new(
-                "pipeline_events_rejected_total",
-                "Pipeline events rejected, by reason (batch-level refusals count once per request).",
-            ),
+        );
+        let rejected = family::<IntCounterVec>(
+            "pipeline_events_rejected_total",
+            "Pipeline events rejected, by reason (batch-level refusals count once per request).",
             &["reason"],
-        )
-        .expect("valid metric");
+        );
         metrics.add(&stage_duration);
         metrics.add(&stage_errors);
         metrics.add(&jobs);

@@ -28,7 +28,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{IntCounterVec, IntGauge, Opts};
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::config::WebConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{family, Metrics};
 
 /// File descriptors kept free for everything that is not an HTTP
 /// connection (Redis, the store, health checks, WebSockets, logs).
@@ -113,19 +113,12 @@ pub struct ServerMetrics {
 
 impl ServerMetrics {
     pub fn new(metrics: &Metrics) -> ServerMetrics {
-        let open = IntGauge::new(
+        let open = family::<IntGauge>(
             "http_open_connections",
             "HTTP connections open now (WebSockets leave this count once upgraded).",
-        )
-        .expect("valid metric");
-        let closed = IntCounterVec::new(
-            Opts::new(
-                "http_connections_closed_by_server_total",
-                "Connections the server closed itself: idle_evicted (oldest idle one, to make room past web.max_connections), refused (every connection busy), header_timeout (no whole request head within web.header_read_timeout, idle keep-alive included), shutdown_deadline (still open at web.shutdown_timeout).",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
+            &[],
+        );
+        let closed = family::<IntCounterVec>("http_connections_closed_by_server_total", "Connections the server closed itself: idle_evicted (oldest idle one, to make room past web.max_connections), refused (every connection busy), header_timeout (no whole request head within web.header_read_timeout, idle keep-alive included), shutdown_deadline (still open at web.shutdown_timeout).", &["reason"]);
         for r in ["idle_evicted", "refused", "header_timeout", "shutdown_deadline"] {
             closed.with_label_values(&[r]);
         }

@@ -12,9 +12,9 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramVec, IntCounterVec};
 
-use crate::metrics::Metrics;
+use crate::metrics::{family, histogram, Metrics};
 
 /// Route label of requests no route matched.
 pub const UNMATCHED: &str = "unmatched";
@@ -28,25 +28,19 @@ pub struct HttpMetrics {
 
 impl HttpMetrics {
     pub fn new(metrics: &Metrics) -> HttpMetrics {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "http_requests_total",
-                "HTTP requests answered by the daemon, by method, route template and status code.",
-            ),
+        let requests = family::<IntCounterVec>(
+            "http_requests_total",
+            "HTTP requests answered by the daemon, by method, route template and status code.",
             &["method", "route", "code"],
-        )
-        .expect("valid metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "Time from receiving a request to its response headers, by method and route template.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
+        );
+        let duration = histogram(
+            "http_request_duration_seconds",
+            "Time from receiving a request to its response headers, by method and route template.",
             &["method", "route"],
-        )
-        .expect("valid metric");
+            vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        );
         metrics.add(&requests);
         metrics.add(&duration);
         HttpMetrics { requests, duration }

@@ -12,7 +12,7 @@
 //! staleness.
 
 use chrono::{DateTime, Utc};
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{GaugeVec, HistogramVec, IntCounterVec};
 use serde::Serialize;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::{unix_now, Readiness};
 use crate::config::{CheckKind, RestartConfig, ServiceConfig};
 use crate::events::{Event, EventBus};
-use crate::metrics::Metrics;
+use crate::metrics::{family, histogram, Metrics};
 use crate::restart::{AlertKind, Machine, Policy, Status, Step};
 
 /// Why a health monitor could not be built.
@@ -105,9 +105,7 @@ impl HealthMetrics {
     /// service, so each status and restart result exists from the start.
     fn register(metrics: &Metrics, services: &[ServiceConfig]) -> HealthMetrics {
         let svc = &["service"];
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            GaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
-        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| family::<GaugeVec>(name, help, labels);
         let m = HealthMetrics {
             up: gauge("service_up", "1 if the service's last check passed, else 0.", svc),
             status: gauge(
@@ -115,19 +113,8 @@ impl HealthMetrics {
                 "1 for the service's current status, 0 for the other four (healthy, unhealthy, restarting, restart_failed, failed).",
                 &["service", "status"],
             ),
-            check_duration: HistogramVec::new(
-                HistogramOpts::new("service_health_check_duration_seconds", "How long each health check took."),
-                svc,
-            )
-            .expect("valid metric"),
-            restarts: IntCounterVec::new(
-                Opts::new(
-                    "service_restarts_total",
-                    "Restart attempts, by whether the check after them passed.",
-                ),
-                &["service", "result"],
-            )
-            .expect("valid metric"),
+            check_duration: histogram("service_health_check_duration_seconds", "How long each health check took.", svc, prometheus::DEFAULT_BUCKETS.to_vec()),
+            restarts: family::<IntCounterVec>("service_restarts_total", "Restart attempts, by whether the check after them passed.", &["service", "result"]),
             restart_attempt: gauge(
                 "service_restart_attempt",
                 "Restart attempts used since the service was last healthy for reset_after.",

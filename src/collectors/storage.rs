@@ -7,12 +7,12 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use prometheus::{GaugeVec, Opts};
+use prometheus::GaugeVec;
 use serde::Serialize;
 
 use super::{CollectError, Collector};
 use crate::events::{EventBus, Severity};
-use crate::metrics::Metrics;
+use crate::metrics::{family, Metrics};
 
 /// One filesystem's usage, as `df` reports it.
 #[derive(Debug, Clone, Serialize)]
@@ -115,22 +115,16 @@ impl StorageCollector {
         metrics: &Metrics,
         events: EventBus,
     ) -> StorageCollector {
-        let size = GaugeVec::new(
-            Opts::new(
-                "storage_filesystem_size_bytes",
-                "Size of the filesystem holding the path.",
-            ),
+        let size = family::<GaugeVec>(
+            "storage_filesystem_size_bytes",
+            "Size of the filesystem holding the path.",
             &["path"],
-        )
-        .expect("valid metric");
-        let avail = GaugeVec::new(
-            Opts::new(
-                "storage_filesystem_avail_bytes",
-                "Bytes available to unprivileged users on the filesystem holding the path.",
-            ),
+        );
+        let avail = family::<GaugeVec>(
+            "storage_filesystem_avail_bytes",
+            "Bytes available to unprivileged users on the filesystem holding the path.",
             &["path"],
-        )
-        .expect("valid metric");
+        );
         metrics.add(&size);
         metrics.add(&avail);
         StorageCollector {

@@ -21,9 +21,9 @@ use std::time::Instant;
 use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
-use prometheus::{CounterVec, IntCounterVec, Opts};
+use prometheus::{CounterVec, IntCounterVec};
 
-use crate::metrics::Metrics;
+use crate::metrics::{family, Metrics};
 
 /// When a field is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,27 +344,9 @@ pub struct NvmlMetrics {
 
 impl NvmlMetrics {
     pub fn new(metrics: &Metrics) -> NvmlMetrics {
-        let calls = IntCounterVec::new(
-            Opts::new("inferwatch_nvml_calls_total", "NVML calls made, by call."),
-            &["call"],
-        )
-        .expect("valid metric");
-        let seconds = CounterVec::new(
-            Opts::new(
-                "inferwatch_nvml_call_duration_seconds_total",
-                "Wall time spent inside NVML calls, by call; divided by inferwatch_nvml_calls_total it is each call's mean cost.",
-            ),
-            &["call"],
-        )
-        .expect("valid metric");
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "inferwatch_nvml_call_errors_total",
-                "NVML calls that returned an error, by call and error (not_supported, invalid_argument, function_not_found, gpu_lost, ...).",
-            ),
-            &["call", "error"],
-        )
-        .expect("valid metric");
+        let calls = family::<IntCounterVec>("inferwatch_nvml_calls_total", "NVML calls made, by call.", &["call"]);
+        let seconds = family::<CounterVec>("inferwatch_nvml_call_duration_seconds_total", "Wall time spent inside NVML calls, by call; divided by inferwatch_nvml_calls_total it is each call's mean cost.", &["call"]);
+        let errors = family::<IntCounterVec>("inferwatch_nvml_call_errors_total", "NVML calls that returned an error, by call and error (not_supported, invalid_argument, function_not_found, gpu_lost, ...).", &["call", "error"]);
         metrics.add(&calls);
         metrics.add(&seconds);
         metrics.add(&errors);
