@@ -115,100 +115,28 @@ pub fn run(o: &Options) -> Result<Report, DoctorError> {
             },
         })?;
     let driver_version = nvml.sys_driver_version().unwrap_or_else(|_| "unknown".into());
-    let meter = Meter::default();
-    let count = nvml.device_count().map_err(|e| DoctorError::NoDevices {
+    let no_devices = |why: String| DoctorError::NoDevices {
         path: o.library.clone(),
         driver: driver_version.clone(),
-        why: format!("counting devices failed: {e}"),
-    })?;
+        why,
+    };
+    let count = nvml
+        .device_count()
+        .map_err(|e| no_devices(format!("counting devices failed: {e}")))?;
     let mut gpus = Vec::new();
     let mut problems = Vec::new();
     for index in 0..count {
-        let device = match nvml.device_by_index(index) {
-            Ok(d) => d,
-            Err(e) => {
-                problems.push(format!("GPU {index}: cannot be opened: {}", error_name(&e)));
-                continue;
-            }
-        };
-        let uuid = match device.uuid() {
-            Ok(u) => u,
-            Err(e) => {
-                problems.push(format!("GPU {index}: its UUID cannot be read: {}", error_name(&e)));
-                continue;
-            }
-        };
-        // The fan count decides how many fans are read, as in the daemon.
-        let fans = match Field::NumFans.read(&nvml, &device, 0, &meter) {
-            Ok(v) => v.num().map_or(1, |n| n as u32),
-            Err(_) => 1,
-        };
-        let mut fields = Vec::new();
-        let mut per_second = 0.0;
-        for field in Field::ALL {
-            let read_by_daemon = !o.exclude.contains(&field)
-                && !(field == Field::Processes && !o.per_process)
-                && !(field == Field::NumFans && o.exclude.contains(&Field::FanSpeed));
-            if o.exclude.contains(&field) {
-                fields.push(FieldReport {
-                    field: field.name(),
-                    call: field.nvml_function(),
-                    class: field.class().as_str(),
-                    result: "excluded".into(),
-                    value: None,
-                    median_us: None,
-                    read_by_daemon,
-                });
-                continue;
-            }
-            let mut first: Option<Result<Value, NvmlError>> = None;
-            let mut times = Vec::with_capacity(o.samples);
-            for _ in 0..o.samples {
-                let start = Instant::now();
-                let r = field.read(&nvml, &device, fans, &meter);
-                times.push(start.elapsed().as_secs_f64() * 1e6);
-                first.get_or_insert(r);
-            }
-            let med = median(times);
-            if read_by_daemon {
-                per_second += match field.class() {
-                    Class::Fast => med / o.poll_interval.as_secs_f64(),
-                    Class::Slow => med / o.slow_interval.as_secs_f64(),
-                    Class::Static => 0.0,
-                };
-            }
-            let (result, value) = match first.expect("at least one sample") {
-                Ok(v) => ("ok".to_string(), Some(v.to_string())),
-                Err(e) => (error_name(&e).to_string(), None),
-            };
-            fields.push(FieldReport {
-                field: field.name(),
-                call: field.nvml_function(),
-                class: field.class().as_str(),
-                result,
-                value,
-                median_us: Some((med * 100.0).round() / 100.0),
-                read_by_daemon,
-            });
+        match probe_gpu(&nvml, index, o) {
+            Ok(g) => gpus.push(g),
+            Err(p) => problems.push(p),
         }
-        gpus.push(GpuReport {
-            index,
-            uuid,
-            fields,
-            // µs per second -> share of a core, in percent.
-            expected_cpu_percent: per_second / 1e6 * 100.0,
-        });
     }
     if gpus.is_empty() {
-        return Err(DoctorError::NoDevices {
-            path: o.library.clone(),
-            driver: driver_version,
-            why: if count == 0 {
-                "the driver reports 0 devices".into()
-            } else {
-                problems.join("; ")
-            },
-        });
+        return Err(no_devices(if count == 0 {
+            "the driver reports 0 devices".into()
+        } else {
+            problems.join("; ")
+        }));
     }
     Ok(Report {
         library: o.library.clone(),
@@ -219,6 +147,87 @@ pub fn run(o: &Options) -> Result<Report, DoctorError> {
         gpus,
         problems,
     })
+}
+
+/// Every field of one GPU; `Err` says why the GPU could not be identified.
+fn probe_gpu(nvml: &Nvml, index: u32, o: &Options) -> Result<GpuReport, String> {
+    let meter = Meter::default();
+    let device = nvml
+        .device_by_index(index)
+        .map_err(|e| format!("GPU {index}: cannot be opened: {}", error_name(&e)))?;
+    let uuid = device
+        .uuid()
+        .map_err(|e| format!("GPU {index}: its UUID cannot be read: {}", error_name(&e)))?;
+    // The fan count decides how many fans are read, as in the daemon.
+    let fans = match Field::NumFans.read(nvml, &device, 0, &meter) {
+        Ok(v) => v.num().map_or(1, |n| n as u32),
+        Err(_) => 1,
+    };
+    let mut fields = Vec::new();
+    let mut per_second = 0.0;
+    for field in Field::ALL {
+        let read_by_daemon = !o.exclude.contains(&field)
+            && !(field == Field::Processes && !o.per_process)
+            && !(field == Field::NumFans && o.exclude.contains(&Field::FanSpeed));
+        let report = probe_field(nvml, &device, field, fans, o, read_by_daemon, &meter);
+        if let (true, Some(us)) = (read_by_daemon, report.median_us) {
+            per_second += match field.class() {
+                Class::Fast => us / o.poll_interval.as_secs_f64(),
+                Class::Slow => us / o.slow_interval.as_secs_f64(),
+                Class::Static => 0.0,
+            };
+        }
+        fields.push(report);
+    }
+    Ok(GpuReport {
+        index,
+        uuid,
+        fields,
+        // µs per second -> share of a core, in percent.
+        expected_cpu_percent: per_second / 1e6 * 100.0,
+    })
+}
+
+/// Reads one field `o.samples` times: the first result and the median time.
+fn probe_field(
+    nvml: &Nvml,
+    device: &nvml_wrapper::Device,
+    field: Field,
+    fans: u32,
+    o: &Options,
+    read_by_daemon: bool,
+    meter: &Meter,
+) -> FieldReport {
+    let mut report = FieldReport {
+        field: field.name(),
+        call: field.nvml_function(),
+        class: field.class().as_str(),
+        result: "excluded".into(),
+        value: None,
+        median_us: None,
+        read_by_daemon,
+    };
+    if o.exclude.contains(&field) {
+        return report;
+    }
+    let mut first: Option<Result<Value, NvmlError>> = None;
+    let mut times = Vec::with_capacity(o.samples);
+    for _ in 0..o.samples {
+        let start = Instant::now();
+        let r = field.read(nvml, device, fans, meter);
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+        first.get_or_insert(r);
+    }
+    let med = median(times);
+    report.median_us = Some((med * 100.0).round() / 100.0);
+    match first.expect("at least one sample") {
+        Ok(v) => {
+            report.result = "ok".into();
+            report.value = Some(v.to_string());
+        }
+        Err(e) => report.result = error_name(&e).to_string(),
+    }
+    report
 }
 
 /// The report as a table.

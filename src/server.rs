@@ -242,16 +242,21 @@ pub async fn serve(
 
     drop(listener);
     stop.cancel();
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(limits.shutdown_timeout, drain).await.is_err() {
+    drain(tasks, limits.shutdown_timeout, &metrics).await;
+    Ok(())
+}
+
+/// Waits up to `deadline` for the connections to finish, then drops the rest.
+async fn drain(mut tasks: JoinSet<()>, deadline: Duration, metrics: &ServerMetrics) {
+    let all = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(deadline, all).await.is_err() {
         let left = tasks.len();
-        tracing::warn!(connections = left, timeout = ?limits.shutdown_timeout, "Shutdown deadline reached: dropping the connections still open.");
+        tracing::warn!(connections = left, timeout = ?deadline, "Shutdown deadline reached: dropping the connections still open.");
         metrics.closed("shutdown_deadline", left as u64);
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         metrics.open.sub(left as i64);
     }
-    Ok(())
 }
 
 /// Past the cap: asks the oldest idle connection to close (one at a time)
