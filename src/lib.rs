@@ -146,6 +146,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         http,
         server,
         preview: Default::default(),
+        storage: Default::default(),
         started_at: chrono::Utc::now(),
     })
 }
@@ -206,6 +207,7 @@ pub async fn run_with_state(
         store: state.store.clone(),
         queues: state.queues.clone(),
         pipeline: state.pipeline.clone(),
+        storage: state.storage.clone(),
         stop: collectors_stop.clone(),
     };
     tasks.extend(collectors::start_all(&shared)?);

@@ -170,6 +170,12 @@ async fn collector_flags_come_from_the_registry_and_win_over_the_config() {
         "--no-collector.storage stops it"
     );
     assert!(!page.contains("storage_filesystem_size_bytes{"));
+    // The storage endpoint serves the collector's reading, so with it off
+    // it says so instead of calling statvfs itself.
+    let resp = reqwest::get(d.url("/api/system/storage/stats")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("storage collector"), "{body}");
     assert!(!page.contains("collector=\"queues\"") && !page.contains("collector=\"stream\""));
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
         .arg("--help")

@@ -55,6 +55,9 @@ async fn storage_stats_match_df_and_the_disk_alert_fires_once() {
         .unwrap();
     let fs = body["filesystems"].as_array().unwrap();
     assert_eq!(fs.len(), 2, "data_dir and the extra path: {body}");
+    // Served from the collector's last round, which says how old it is.
+    assert!(body["recorded_at"].is_string(), "{body}");
+    assert!(body["age_seconds"].as_f64().is_some_and(|a| a >= 0.0), "{body}");
     let mine = &fs[1];
     assert_eq!(mine["path"], extra.path().display().to_string());
     assert_eq!(mine["total_bytes"].as_u64(), Some(size));

@@ -54,6 +54,8 @@ pub struct AppState {
     pub server: crate::server::ServerMetrics,
     /// The last cleanup preview (see [`storage::PreviewCache`]).
     pub preview: Arc<storage::PreviewCache>,
+    /// The storage collector's last filesystem reading.
+    pub storage: Arc<crate::collectors::storage::StorageState>,
     /// When the daemon started, for `uptime_seconds`.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }

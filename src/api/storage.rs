@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::query::{params, RawQuery};
 use super::{AppError, AppState};
-use crate::collectors::storage::{preview_files, usage, watched};
+use crate::collectors::storage::preview_files;
 use crate::history::format_time;
 
 pub fn routes() -> Router<AppState> {
@@ -19,28 +19,33 @@ pub fn routes() -> Router<AppState> {
         .route("/api/system/cleanup/preview", get(preview))
 }
 
-/// `GET /api/system/storage/stats`.
+/// `GET /api/system/storage/stats`: the storage collector's last reading
+/// (no filesystem call per request), with its age.
 async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     params(q, &[])?;
-    let paths = watched(&state.config.data_dir, &state.config.storage.paths);
-    let filesystems: Vec<Value> = tokio::task::spawn_blocking(move || {
-        paths
-            .iter()
-            .map(|p| match usage(p) {
-                Ok(u) => serde_json::to_value(u).expect("serialises"),
-                Err(e) => json!({ "path": p.display().to_string(), "error": e }),
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| AppError::Unavailable {
-        message: "the filesystem scan failed".into(),
-        detail: e.to_string(),
-    })?;
+    let Some(reading) = state.storage.last() else {
+        return Err(AppError::status(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no filesystem reading yet: the storage collector has not run (or is disabled with --no-collector.storage)",
+            json!({ "poll_interval_seconds": state.config.storage.poll_interval.as_secs_f64() }),
+        )
+        .with_code("unavailable"));
+    };
+    let filesystems: Vec<Value> = reading
+        .filesystems
+        .iter()
+        .map(|f| match f {
+            Ok(u) => serde_json::to_value(u).expect("serialises"),
+            Err((path, e)) => json!({ "path": path, "error": e }),
+        })
+        .collect();
+    let now = Utc::now();
     Ok(Json(json!({
         "filesystems": filesystems,
         "alert_used_percent": state.config.storage.alert_used_percent,
-        "timestamp": format_time(&Utc::now()),
+        "recorded_at": format_time(&reading.at),
+        "age_seconds": (now - reading.at).num_milliseconds().max(0) as f64 / 1000.0,
+        "timestamp": format_time(&now),
     })))
 }
 

@@ -44,6 +44,7 @@ pub struct Shared {
     pub store: Option<Arc<crate::store::Store>>,
     pub queues: Option<Arc<crate::dlq::Queues>>,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
+    pub storage: Arc<storage::StorageState>,
     /// Cancelled when the daemon stops.
     pub stop: CancellationToken,
 }

@@ -87,7 +87,8 @@ fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::
         c.storage.alert_used_percent,
         &sh.metrics,
         sh.events.clone(),
-    );
+    )
+    .with_state(sh.storage.clone());
     Ok(vec![super::spawn(
         collector,
         sh.metrics.clone(),
@@ -96,7 +97,33 @@ fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::
     )])
 }
 
+/// The storage collector's last reading, for `/api/system/storage/stats`:
+/// the API serves it instead of calling statvfs per request.
+#[derive(Default)]
+pub struct StorageState {
+    last: std::sync::RwLock<Option<StorageReading>>,
+}
+
+/// One round's usage of every watched path.
+#[derive(Debug, Clone)]
+pub struct StorageReading {
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Per path, in `watched` order: the usage, or why it could not be read.
+    pub filesystems: Vec<Result<FsUsage, (String, String)>>,
+}
+
+impl StorageState {
+    pub fn last(&self) -> Option<StorageReading> {
+        self.last.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn publish(&self, reading: StorageReading) {
+        *self.last.write().unwrap_or_else(|e| e.into_inner()) = Some(reading);
+    }
+}
+
 pub struct StorageCollector {
+    state: Option<std::sync::Arc<StorageState>>,
     paths: Vec<PathBuf>,
     interval: Duration,
     threshold: f64,
@@ -128,6 +155,7 @@ impl StorageCollector {
         metrics.add(&size);
         metrics.add(&avail);
         StorageCollector {
+            state: None,
             paths,
             interval,
             threshold,
@@ -136,6 +164,14 @@ impl StorageCollector {
             events,
             full: HashSet::new(),
         }
+    }
+}
+
+impl StorageCollector {
+    /// Publishes each round's usage into `state`.
+    pub fn with_state(mut self, state: std::sync::Arc<StorageState>) -> StorageCollector {
+        self.state = Some(state);
+        self
     }
 }
 
@@ -154,14 +190,20 @@ impl Collector for StorageCollector {
 
     async fn collect(&mut self) -> Result<(), CollectError> {
         let mut errors = Vec::new();
+        let mut reading = StorageReading {
+            at: chrono::Utc::now(),
+            filesystems: Vec::new(),
+        };
         for p in &self.paths {
             let u = match usage(p) {
                 Ok(u) => u,
                 Err(e) => {
+                    reading.filesystems.push(Err((p.display().to_string(), e.clone())));
                     errors.push(e);
                     continue;
                 }
             };
+            reading.filesystems.push(Ok(u.clone()));
             self.size.with_label_values(&[&u.path]).set(u.total_bytes as f64);
             self.avail.with_label_values(&[&u.path]).set(u.available_bytes as f64);
             if u.used_percent > self.threshold {
@@ -178,6 +220,9 @@ impl Collector for StorageCollector {
             } else if self.full.remove(&u.path) {
                 tracing::info!(path = %u.path, used_percent = u.used_percent, "Filesystem usage is back below the alert threshold.");
             }
+        }
+        if let Some(state) = &self.state {
+            state.publish(reading);
         }
         if errors.is_empty() {
             Ok(())
