@@ -86,10 +86,7 @@ impl Config {
         match name {
             "gpu" => self.gpu.enabled = on,
             "queues" => self.queues.enabled = on,
-            "stream" => {
-                self.pipeline.stream.enabled = on;
-                self.queues.enabled |= on;
-            }
+            "stream" => self.pipeline.stream.enabled = on,
             _ => {}
         }
     }
@@ -161,6 +158,15 @@ pub struct GpuConfig {
 }
 
 impl GpuConfig {
+    /// `fields.exclude` as fields (validation has refused unknown names).
+    pub fn excluded_fields(&self) -> std::collections::HashSet<crate::nvml::fields::Field> {
+        self.fields
+            .exclude
+            .iter()
+            .filter_map(|n| crate::nvml::fields::Field::from_name(n))
+            .collect()
+    }
+
     /// The slow fields' interval in force.
     pub fn slow_interval(&self) -> Duration {
         self.slow_interval

@@ -362,6 +362,30 @@ end
 return out
 "#;
 
+/// The four scripts, each with the type-check prelude, built (text and
+/// SHA1) once per process.
+#[derive(Clone, Copy)]
+enum Scripts {
+    List,
+    Requeue,
+    Clear,
+    Restore,
+}
+
+impl Scripts {
+    fn get(self) -> &'static redis::Script {
+        use std::sync::OnceLock;
+        static CELLS: [OnceLock<redis::Script>; 4] = [const { OnceLock::new() }; 4];
+        let body = match self {
+            Scripts::List => LIST_LUA,
+            Scripts::Requeue => REQUEUE_LUA,
+            Scripts::Clear => CLEAR_LUA,
+            Scripts::Restore => RESTORE_LUA,
+        };
+        CELLS[self as usize].get_or_init(|| redis::Script::new(&format!("{CHECK_LUA}{body}")))
+    }
+}
+
 /// The script's reply past its status, or the wrong-type refusal.
 fn script_reply(reply: Vec<redis::Value>) -> Result<Vec<redis::Value>, DlqError> {
     let status: i64 = reply
@@ -570,8 +594,8 @@ impl Queues {
 
     /// Runs one of the scripts above (with the type-check prelude), never
     /// retried: a move whose reply was lost may have happened.
-    async fn script(&self, body: &str, keys: &[&str], args: &[&[u8]]) -> Result<Vec<redis::Value>, DlqError> {
-        let script = redis::Script::new(&format!("{CHECK_LUA}{body}"));
+    async fn script(&self, script: &Scripts, keys: &[&str], args: &[&[u8]]) -> Result<Vec<redis::Value>, DlqError> {
+        let script = script.get();
         let mut con = self.conn().await?;
         let mut inv = script.prepare_invoke();
         for k in keys {
@@ -670,7 +694,7 @@ impl Queues {
         let (cap, budget) = (self.config.list_entry_max_bytes, self.config.list_page_max_bytes);
         let args = [start, limit, cap as u64, budget as u64].map(|n| n.to_string());
         let arg_refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let reply = self.script(LIST_LUA, &[&key], &arg_refs).await?;
+        let reply = self.script(&Scripts::List, &[&key], &arg_refs).await?;
         let total = int_at(&reply, 1);
         let budget_reached = int_at(&reply, 2) == 1;
         let mut jobs = Vec::with_capacity((reply.len().saturating_sub(3)) / 2);
@@ -762,7 +786,7 @@ impl Queues {
                 }
             }
             let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-            let reply = self.script(REQUEUE_LUA, &[&key, queue], &arg_refs).await?;
+            let reply = self.script(&Scripts::Requeue, &[&key, queue], &arg_refs).await?;
             let (r, s, stopped) = (int_at(&reply, 1), int_at(&reply, 2), int_at(&reply, 3));
             requeued += r;
             skipped += s;
@@ -805,7 +829,7 @@ impl Queues {
         let archive = format!("{key}:cleared:{}", now.timestamp());
         let ttl = self.config.clear_archive_ttl.as_secs().max(1);
         let reply = self
-            .script(CLEAR_LUA, &[&key, &archive], &[ttl.to_string().as_bytes()])
+            .script(&Scripts::Clear, &[&key, &archive], &[ttl.to_string().as_bytes()])
             .await?;
         let n = int_at(&reply, 1);
         if int_at(&reply, 0) == 2 {
@@ -849,7 +873,11 @@ impl Queues {
         let mut restored = 0;
         loop {
             let reply = self
-                .script(RESTORE_LUA, &[archive, &key], &[batch.as_bytes(), side.as_bytes()])
+                .script(
+                    &Scripts::Restore,
+                    &[archive, &key],
+                    &[batch.as_bytes(), side.as_bytes()],
+                )
                 .await?;
             let (moved, left) = (int_at(&reply, 1), int_at(&reply, 2));
             restored += moved;

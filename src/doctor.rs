@@ -49,7 +49,7 @@ impl Options {
             poll_interval: gpu.poll_interval,
             slow_interval: gpu.slow_interval(),
             per_process: gpu.per_process,
-            exclude: gpu.fields.exclude.iter().filter_map(|n| Field::from_name(n)).collect(),
+            exclude: gpu.excluded_fields(),
         }
     }
 }

@@ -119,36 +119,37 @@ async fn idle_and_slowloris_floods_under_a_low_ulimit_do_not_stall_metrics() {
     );
 }
 
+/// Sends `raw` on a fresh connection and reads the one answer.
+async fn exchange(addr: &str, raw: &[u8]) -> (u16, String, Value) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    read_response(&mut s).await
+}
+
 #[tokio::test]
 async fn a_declared_huge_body_is_refused_at_once_and_a_stalled_one_times_out() {
     let d = Daemon::start(&base("web:\n  body_read_timeout: 500ms\n"), &[]).await;
     let addr = format!("127.0.0.1:{}", d.port);
 
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"POST /api/pipeline/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000000000\r\n\r\n[")
-        .await
-        .unwrap();
-    let (status, _, body) = read_response(&mut s).await;
+    let (status, _, body) = exchange(&addr, b"POST /api/pipeline/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2000000000\r\n\r\n[").await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["code"], "payload_too_large");
 
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"POST /api/pipeline/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[{\"kind\"")
-        .await
-        .unwrap();
-    let (status, _, body) = read_response(&mut s).await;
+    let (status, _, body) = exchange(
+        &addr,
+        b"POST /api/pipeline/events HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[{\"kind\"",
+    )
+    .await;
     assert_eq!(status, 408, "{body}");
     assert_eq!(body["code"], "request_timeout");
 
     // A body that breaks mid-way (a bad chunk) is a read error: a 400 of
     // its own, not "too large".
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(
+    let (status, _, body) = exchange(
+        &addr,
         b"POST /api/pipeline/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n[{\"k\"\r\nzz\r\n",
     )
-    .await
-    .unwrap();
-    let (status, _, body) = read_response(&mut s).await;
+    .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["code"], "body_read_error");
 

@@ -20,7 +20,7 @@ use super::{CollectError, Collector};
 use crate::config::GpuConfig;
 use crate::events::{Event, EventBus};
 use crate::history::{GpuSample, History};
-use crate::nvml::fields::{Field, NvmlMetrics};
+use crate::nvml::fields::NvmlMetrics;
 use crate::nvml::{GpuReading, NvmlHandle, PollerOptions, THROTTLE_REASONS};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
@@ -136,12 +136,7 @@ impl GpuCollector {
     ) -> GpuCollector {
         let options = PollerOptions {
             per_process: config.per_process,
-            exclude: config
-                .fields
-                .exclude
-                .iter()
-                .filter_map(|n| Field::from_name(n))
-                .collect(),
+            exclude: config.excluded_fields(),
             poll_interval: config.poll_interval,
             slow_interval: config.slow_interval(),
         };
