@@ -57,6 +57,11 @@ impl GpuSample {
         }
     }
 
+    /// This sample with `inference_fps` joined from the pipeline state.
+    pub fn with_fps(self, inference_fps: Option<f64>) -> GpuSample {
+        GpuSample { inference_fps, ..self }
+    }
+
     /// The placeholder served when NVML is unavailable.
     pub fn mock(at: DateTime<Utc>) -> GpuSample {
         GpuSample {

@@ -21,11 +21,11 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::collectors::gpu::GpuState;
-use crate::collectors::health::HealthState;
+use crate::state::{GpuState, HealthState};
 use crate::config::WebSocketConfig;
 use crate::events::{Event, Severity};
-use crate::history::{format_time, GpuSample};
+use crate::history::format_time;
+use crate::pipeline::Pipeline;
 use crate::metrics::{family, histogram, Metrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,28 +288,15 @@ impl Drop for Slot {
     }
 }
 
-/// `gpu_stats` messages for the current snapshot: one per GPU, or the mock
-/// object in mock mode; none before the first poll.
-fn gpu_messages(gpu: &GpuState) -> Vec<Outgoing> {
-    let snap = gpu.snapshot();
-    let Some(at) = snap.recorded_at else { return Vec::new() };
-    let fps = snap.inference_fps;
-    if !snap.available {
-        let mock = GpuSample {
-            inference_fps: fps,
-            ..GpuSample::mock(at)
-        };
-        return vec![Outgoing::new(EventType::GpuStats, mock)];
-    }
-    snap.readings
-        .iter()
-        .map(|r| {
-            let sample = GpuSample {
-                inference_fps: fps,
-                ..GpuSample::from_reading(r, at)
-            };
-            Outgoing::new(EventType::GpuStats, sample)
-        })
+/// `gpu_stats` messages for the current snapshot, with `inference_fps`
+/// joined in: one per GPU, or the mock object in mock mode; none before the
+/// first poll.
+fn gpu_messages(gpu: &GpuState, fps: Option<f64>) -> Vec<Outgoing> {
+    gpu.snapshot()
+        .serve(fps)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|sample| Outgoing::new(EventType::GpuStats, sample))
         .collect()
 }
 
@@ -327,8 +314,9 @@ fn alert_message(severity: Severity, condition: &str, message: &str) -> Outgoing
     )
 }
 
-pub(crate) fn snapshot(gpu: &GpuState, health: &HealthState) -> Vec<Outgoing> {
-    let mut out = gpu_messages(gpu);
+/// What a new client is sent first: the GPUs and every service's status.
+pub(crate) fn snapshot(gpu: &GpuState, health: &HealthState, fps: Option<f64>) -> Vec<Outgoing> {
+    let mut out = gpu_messages(gpu, fps);
     out.extend(
         health
             .services()
@@ -343,6 +331,7 @@ pub async fn run_hub(
     hub: Arc<Hub>,
     mut events: broadcast::Receiver<Event>,
     gpu: Arc<GpuState>,
+    pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -350,50 +339,49 @@ pub async fn run_hub(
             _ = shutdown.cancelled() => break,
             e = events.recv() => e,
         };
-        let event = match event {
-            Ok(e) => e,
+        match event {
+            Ok(e) => hub.broadcast(&messages(&e, &gpu, &pipeline)),
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(
-                    skipped = n,
-                    "WebSocket hub fell behind the event bus; events were skipped."
-                );
-                continue;
+                tracing::warn!(skipped = n, "WebSocket hub fell behind the event bus; events were skipped.");
             }
             Err(broadcast::error::RecvError::Closed) => break,
-        };
-        let messages = match &event {
-            Event::GpuPolled => gpu_messages(&gpu),
-            Event::ServiceStatus {
-                service,
-                status,
-                message,
-            } => vec![service_message(service, status.as_str(), message)],
-            Event::Alert {
-                severity,
-                condition,
-                message,
-            } => vec![alert_message(*severity, condition, message)],
-            Event::GpuTemperatureHigh {
-                gpu,
-                uuid,
-                temperature,
-                threshold,
-            } => vec![alert_message(
-                event.severity(),
-                "gpu_temperature_high",
-                &format!("GPU {gpu} ({uuid}) is at {temperature} °C, above {threshold} °C"),
-            )],
-            Event::GpuLost { gpu, uuid } => vec![alert_message(
-                event.severity(),
-                "gpu_lost",
-                &format!("GPU {gpu} ({uuid}) is lost (fell off the bus)"),
-            )],
-            Event::GpuXid { gpu, uuid, xid } => vec![alert_message(
-                event.severity(),
-                "gpu_xid_error",
-                &format!("GPU {gpu} ({uuid}) reported XID {xid}"),
-            )],
-        };
-        hub.broadcast(&messages);
+        }
+    }
+}
+
+/// The messages one internal event becomes, with the alert wording.
+fn messages(event: &Event, gpu: &GpuState, pipeline: &Pipeline) -> Vec<Outgoing> {
+    match event {
+        Event::GpuPolled => gpu_messages(gpu, pipeline.fps()),
+        Event::ServiceStatus {
+            service,
+            status,
+            message,
+        } => vec![service_message(service, status.as_str(), message)],
+        Event::Alert {
+            severity,
+            condition,
+            message,
+        } => vec![alert_message(*severity, condition, message)],
+        Event::GpuTemperatureHigh {
+            gpu,
+            uuid,
+            temperature,
+            threshold,
+        } => vec![alert_message(
+            event.severity(),
+            "gpu_temperature_high",
+            &format!("GPU {gpu} ({uuid}) is at {temperature} °C, above {threshold} °C"),
+        )],
+        Event::GpuLost { gpu, uuid } => vec![alert_message(
+            event.severity(),
+            "gpu_lost",
+            &format!("GPU {gpu} ({uuid}) is lost (fell off the bus)"),
+        )],
+        Event::GpuXid { gpu, uuid, xid } => vec![alert_message(
+            event.severity(),
+            "gpu_xid_error",
+            &format!("GPU {gpu} ({uuid}) reported XID {xid}"),
+        )],
     }
 }

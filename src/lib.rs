@@ -45,6 +45,7 @@
 //! Arrows point one way: collectors write shared state, the API reads it.
 
 pub mod api;
+pub mod cleanup;
 pub mod collectors;
 pub mod config;
 pub mod dlq;
@@ -58,6 +59,7 @@ pub mod pipeline;
 pub mod redis_conn;
 pub mod restart;
 pub mod server;
+pub mod state;
 pub mod store;
 
 use std::future::Future;
@@ -68,9 +70,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::Auth;
 use crate::api::AppState;
-use crate::collectors::gpu::{GpuCollector, GpuFamilies, GpuState};
-use crate::collectors::health::{HealthError, HealthState};
-use crate::collectors::Readiness;
+use crate::collectors::gpu::{GpuCollector, GpuFamilies};
+use crate::collectors::health::HealthError;
+use crate::state::{GpuState, HealthState, Readiness};
 use crate::config::Config;
 use crate::dlq::Queues;
 use crate::events::EventBus;
@@ -120,7 +122,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         .register(Box::new(GpuFamilies::new(gpu.clone())))
         .expect("GPU families register once");
     let store = Store::open(&config, metrics.clone())?;
-    let health = HealthState::new(&config.health.services, &metrics);
+    let health = HealthState::new(&config.health.services);
     let hub = Hub::new(config.websocket.clone(), &metrics);
     let queues = if config.queues.enabled {
         Some(Queues::new(config.queues.clone(), metrics.clone())?)
@@ -160,7 +162,24 @@ pub async fn gpu_collector(state: &AppState) -> GpuCollector {
         state.store.clone(),
     )
     .await
-    .with_pipeline(state.pipeline.clone())
+}
+
+/// What the collectors get from `state`: the config and the shared state
+/// they write to; `stop` ends their tasks.
+pub fn shared(state: &AppState, stop: CancellationToken) -> collectors::Shared {
+    collectors::Shared {
+        config: state.config.clone(),
+        metrics: state.metrics.clone(),
+        readiness: state.readiness.clone(),
+        events: state.events.clone(),
+        gpu: state.gpu.clone(),
+        health: state.health.clone(),
+        store: state.store.clone(),
+        queues: state.queues.clone(),
+        pipeline: state.pipeline.clone(),
+        storage: state.storage.clone(),
+        stop,
+    }
 }
 
 /// Runs the daemon on `listener` until `shutdown` completes, then stops the
@@ -194,23 +213,11 @@ pub async fn run_with_state(
         state.hub.clone(),
         state.events.subscribe(),
         state.gpu.clone(),
+        state.pipeline.clone(),
         collectors_stop.clone(),
     )));
 
-    let shared = collectors::Shared {
-        config: state.config.clone(),
-        metrics: state.metrics.clone(),
-        readiness: state.readiness.clone(),
-        events: state.events.clone(),
-        gpu: state.gpu.clone(),
-        health: state.health.clone(),
-        store: state.store.clone(),
-        queues: state.queues.clone(),
-        pipeline: state.pipeline.clone(),
-        storage: state.storage.clone(),
-        stop: collectors_stop.clone(),
-    };
-    tasks.extend(collectors::start_all(&shared)?);
+    tasks.extend(collectors::start_all(&shared(&state, collectors_stop.clone()))?);
 
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, "Listening.");

@@ -11,9 +11,7 @@ use axum::body::Body;
 use axum::http::Request;
 use common::{gpus_state, promtool_check_metrics, Driver, FakeGpus};
 use http_body_util::BodyExt;
-use inferwatch::collectors::queues::QueueCollector;
-use inferwatch::collectors::run_once;
-use inferwatch::collectors::storage::StorageCollector;
+use inferwatch::collectors::collect_once;
 use inferwatch::config::Config;
 use tower::ServiceExt;
 
@@ -66,34 +64,16 @@ async fn metrics_page_matches_golden_file() {
     // A real Redis with two failed jobs and one waiting job.
     let redis = common::Redis::start().await;
     config.queues.redis_url = redis.url();
-    let state = inferwatch::build_state(config).unwrap();
-    let mut collector = inferwatch::gpu_collector(&state).await;
-    run_once(&mut collector, &state.metrics, &state.readiness)
-        .await
-        .unwrap();
     redis
         .lpush("dlq:detection_queue", &[common::DLQ_ENTRY, common::DLQ_ENTRY])
         .await;
     redis.lpush("detection_queue", &["{\"id\":\"j2\"}"]).await;
-    let mut queues = QueueCollector::new(state.queues.clone().unwrap(), state.events.clone());
-    run_once(&mut queues, &state.metrics, &state.readiness).await.unwrap();
-    let mut storage = StorageCollector::new(
-        vec![data.path().to_owned()],
-        std::time::Duration::from_secs(30),
-        100.0,
-        &state.metrics,
-        state.events.clone(),
-    );
-    run_once(&mut storage, &state.metrics, &state.readiness).await.unwrap();
-    // One round of the stream collector against the same Redis (empty stream).
-    let mut stream = inferwatch::collectors::stream::StreamReader::new(
-        state.config.pipeline.stream.clone(),
-        &state.config.queues.redis_url,
-        state.pipeline.clone(),
-        state.metrics.clone(),
-    )
-    .unwrap();
-    run_once(&mut stream, &state.metrics, &state.readiness).await.unwrap();
+    // One reading of every collector, through the registry the daemon uses:
+    // GPUs from the fake driver, the queues above, the data directory, and
+    // the (empty) pipeline stream of the same Redis. Health checks nothing.
+    let state = inferwatch::build_state(config).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    collect_once(&inferwatch::shared(&state, stop)).await.unwrap();
     // Known pipeline events: two stages, an error, a job.
     let events = [
         r#"{"kind":"stage","stage":"detection","duration_seconds":0.042,"status":"ok","items":1}"#,

@@ -27,12 +27,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::collectors::gpu::GpuState;
-use crate::collectors::health::HealthState;
-use crate::collectors::Readiness;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
+use crate::state::{GpuState, HealthState, Readiness, StorageState};
 use crate::store::Store;
 
 /// Everything the handlers read.
@@ -55,7 +53,7 @@ pub struct AppState {
     /// The last cleanup preview (see [`storage::PreviewCache`]).
     pub preview: Arc<storage::PreviewCache>,
     /// The storage collector's last filesystem reading.
-    pub storage: Arc<crate::collectors::storage::StorageState>,
+    pub storage: Arc<StorageState>,
     /// When the daemon started, for `uptime_seconds`.
     pub started_at: chrono::DateTime<chrono::Utc>,
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::query::{params, RawQuery};
 use super::{AppError, AppState};
-use crate::collectors::storage::preview_files;
+use crate::cleanup::preview_files;
 use crate::history::format_time;
 
 pub fn routes() -> Router<AppState> {

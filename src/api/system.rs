@@ -34,21 +34,14 @@ pub fn routes() -> Router<AppState> {
 /// first poll has finished.
 fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
     let snap = state.gpu.snapshot();
-    let Some(at) = snap.recorded_at else {
+    let Some(_) = snap.recorded_at else {
         return Err(AppError::Unavailable {
             message: "no GPU reading yet: the first poll has not finished".into(),
             detail: "retry after the daemon is ready (GET /-/ready)".into(),
         });
     };
-    Ok(snap.available.then(|| {
-        snap.readings
-            .iter()
-            .map(|r| GpuSample {
-                inference_fps: snap.inference_fps,
-                ..GpuSample::from_reading(r, at)
-            })
-            .collect()
-    }))
+    let fps = state.pipeline.fps();
+    Ok(snap.available.then(|| snap.samples.iter().map(|s| s.clone().with_fps(fps)).collect()))
 }
 
 /// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the
@@ -58,10 +51,7 @@ async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSampl
     let wanted = int_param(&map, "gpu", (0, u32::MAX))?;
     let Some(all) = current(&state)? else {
         return match wanted {
-            None => Ok(Json(GpuSample {
-                inference_fps: state.gpu.snapshot().inference_fps,
-                ..GpuSample::mock(Utc::now())
-            })),
+            None => Ok(Json(GpuSample::mock(Utc::now()).with_fps(state.pipeline.fps()))),
             Some(n) => Err(AppError::NotFound(format!(
                 "GPU {n} not found: no GPU is available (mock mode)"
             ))),
@@ -84,10 +74,7 @@ async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSampl
 async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
     params(q, &[])?;
     Ok(Json(current(&state)?.unwrap_or_else(|| {
-        vec![GpuSample {
-            inference_fps: state.gpu.snapshot().inference_fps,
-            ..GpuSample::mock(Utc::now())
-        }]
+        vec![GpuSample::mock(Utc::now()).with_fps(state.pipeline.fps())]
     })))
 }
 
@@ -207,7 +194,7 @@ async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<serde_
         "pipeline": {
             "events_ingested": { "http": http, "redis_stream": stream, "total": http + stream },
             "events_rejected": state.pipeline.rejected_total(),
-            "inference_fps": snap.inference_fps,
+            "inference_fps": state.pipeline.fps(),
         },
         "uptime_seconds": (now - state.started_at).num_milliseconds() as f64 / 1000.0,
         "started_at": format_time(&state.started_at),

@@ -105,7 +105,7 @@ async fn send(socket: &mut WebSocket, cancel: &CancellationToken, msg: Message) 
 /// One client's connection, from snapshot to goodbye.
 async fn serve(state: AppState, mut socket: WebSocket, client_type: ClientType) {
     let hub = state.hub.clone();
-    let (id, mut rx, cancel, snap) = hub.register(|| snapshot(&state.gpu, &state.health));
+    let (id, mut rx, cancel, snap) = hub.register(|| snapshot(&state.gpu, &state.health, state.pipeline.fps()));
     let gauge = hub.metrics.gauge(client_type);
     gauge.inc();
     let started = Instant::now();

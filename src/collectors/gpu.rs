@@ -9,20 +9,19 @@
 //! events and are summed here.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use prometheus::core::{Collector as PromCollector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
 use super::{CollectError, Collector};
 use crate::config::GpuConfig;
 use crate::events::{Event, EventBus};
-use crate::history::{GpuSample, History};
-use crate::nvml::fields::NvmlMetrics;
+use crate::history::GpuSample;
 use crate::nvml::{GpuReading, NvmlHandle, PollerOptions, THROTTLE_REASONS};
-use crate::pipeline::Pipeline;
+use crate::state::{GpuSnapshot, GpuState};
 use crate::store::Store;
 
 /// The registry entry: NVML is loaded in the task, so a slow driver init
@@ -31,80 +30,23 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "gpu",
     about: "GPUs through NVML (mock mode without a driver)",
     enabled: enabled,
-    start: start,
+    build: build,
 };
 
 fn enabled(c: &crate::config::Config) -> bool {
     c.gpu.enabled
 }
 
-fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
-    sh.readiness.expect("gpu");
+fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     let (config, state, events, store) = (
         sh.config.gpu.clone(),
         sh.gpu.clone(),
         sh.events.clone(),
         sh.store.clone(),
     );
-    let (pipeline, metrics, readiness, stop) = (
-        sh.pipeline.clone(),
-        sh.metrics.clone(),
-        sh.readiness.clone(),
-        sh.stop.clone(),
-    );
-    Ok(vec![tokio::spawn(async move {
-        let collector = GpuCollector::start(config, state, events, store)
-            .await
-            .with_pipeline(pipeline);
-        let _ = super::spawn(collector, metrics, readiness, stop).await;
-    })])
-}
-
-/// What the API and `/metrics` read: the last poll's result.
-#[derive(Debug, Clone, Default)]
-pub struct GpuSnapshot {
-    /// False in mock mode (NVML could not be loaded).
-    pub available: bool,
-    pub driver_version: String,
-    pub readings: Vec<GpuReading>,
-    /// Cumulative XID counts per `(gpu, uuid, xid)`.
-    pub xid_totals: BTreeMap<(u32, String, u64), u64>,
-    pub recorded_at: Option<DateTime<Utc>>,
-    /// Items per second from pipeline events at poll time (`None` without events).
-    pub inference_fps: Option<f64>,
-}
-
-/// Shared GPU state: written by the collector, read by everything else.
-pub struct GpuState {
-    snapshot: RwLock<Arc<GpuSnapshot>>,
-    history: Mutex<History>,
-    per_process: bool,
-    /// The NVML call meters, written by the NVML thread.
-    pub nvml_metrics: Option<NvmlMetrics>,
-}
-
-impl GpuState {
-    pub fn new(config: &GpuConfig, metrics: Option<&crate::metrics::Metrics>) -> Arc<GpuState> {
-        Arc::new(GpuState {
-            snapshot: RwLock::new(Arc::new(GpuSnapshot::default())),
-            history: Mutex::new(History::new(config.history_minutes)),
-            per_process: config.per_process,
-            nvml_metrics: metrics.map(NvmlMetrics::new),
-        })
-    }
-
-    pub fn snapshot(&self) -> Arc<GpuSnapshot> {
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn publish(&self, snapshot: GpuSnapshot) {
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
-    }
-
-    /// Runs `f` with the in-memory history ring.
-    pub fn with_history<T>(&self, f: impl FnOnce(&History) -> T) -> T {
-        f(&self.history.lock().unwrap_or_else(|e| e.into_inner()))
-    }
+    Ok(super::Built::Polled(Box::pin(async move {
+        Box::new(GpuCollector::start(config, state, events, store).await) as Box<dyn super::DynCollector>
+    })))
 }
 
 /// Polls NVML, or stays in mock mode when NVML could not be loaded.
@@ -117,16 +59,9 @@ pub struct GpuCollector {
     /// UUIDs currently above the temperature threshold.
     hot: HashSet<String>,
     xid_totals: BTreeMap<(u32, String, u64), u64>,
-    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl GpuCollector {
-    /// Takes `inference_fps` from pipeline events.
-    pub fn with_pipeline(mut self, pipeline: Arc<Pipeline>) -> GpuCollector {
-        self.pipeline = Some(pipeline);
-        self
-    }
-
     /// Loads NVML; on failure logs once and starts in mock mode.
     pub async fn start(
         config: GpuConfig,
@@ -158,7 +93,6 @@ impl GpuCollector {
             store,
             hot: HashSet::new(),
             xid_totals: BTreeMap::new(),
-            pipeline: None,
         }
     }
 
@@ -200,11 +134,9 @@ impl Collector for GpuCollector {
     }
 
     async fn collect(&mut self) -> Result<(), CollectError> {
-        let inference_fps = self.pipeline.as_ref().and_then(|p| p.fps());
         let Some(nvml) = &self.nvml else {
             self.state.publish(GpuSnapshot {
                 recorded_at: Some(Utc::now()),
-                inference_fps,
                 ..Default::default()
             });
             self.events.publish(Event::GpuPolled);
@@ -242,21 +174,10 @@ impl Collector for GpuCollector {
         self.hot.retain(|u| live.contains(u.as_str()));
         self.xid_totals.retain(|(_, uuid, _), _| live.contains(uuid.as_str()));
 
-        let samples: Vec<GpuSample> = readings
-            .iter()
-            .map(|r| GpuSample {
-                inference_fps,
-                ..GpuSample::from_reading(r, now)
-            })
-            .collect();
-        {
-            let mut history = self.state.history.lock().unwrap_or_else(|e| e.into_inner());
-            for s in &samples {
-                history.push(s.clone());
-            }
-        }
+        let samples: Vec<GpuSample> = readings.iter().map(|r| GpuSample::from_reading(r, now)).collect();
+        self.state.record(&samples);
         if let Some(store) = &self.store {
-            store.push(samples);
+            store.push(samples.clone());
         }
         self.state.publish(GpuSnapshot {
             available: true,
@@ -264,7 +185,7 @@ impl Collector for GpuCollector {
             readings,
             xid_totals: self.xid_totals.clone(),
             recorded_at: Some(now),
-            inference_fps,
+            samples,
         });
         self.events.publish(Event::GpuPolled);
 
@@ -438,7 +359,7 @@ impl PromCollector for GpuFamilies {
                     );
                 }
             }
-            if self.state.per_process {
+            if self.state.per_process() {
                 for (pid, name, bytes) in r.processes.iter().flatten() {
                     b.add(F::Proc, &[l[0], l[1], &pid.to_string(), name], *bytes as f64);
                 }

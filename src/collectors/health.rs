@@ -13,18 +13,18 @@
 
 use chrono::{DateTime, Utc};
 use prometheus::{GaugeVec, HistogramVec, IntCounterVec};
-use serde::Serialize;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{unix_now, Readiness};
+use super::unix_now;
 use crate::config::{CheckKind, RestartConfig, ServiceConfig};
 use crate::events::{Event, EventBus};
 use crate::metrics::{family, histogram, Metrics};
 use crate::restart::{AlertKind, Machine, Policy, Status, Step};
+use crate::state::{HealthState, Readiness};
 
 /// Why a health monitor could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -37,60 +37,8 @@ pub enum HealthError {
     },
 }
 
-/// What the API reads about one service.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceView {
-    pub name: String,
-    pub critical: bool,
-    pub status: Status,
-    /// Why the service has this status, e.g. the last check's error.
-    pub message: String,
-    pub restart_attempts: u32,
-    pub consecutive_failures: u32,
-    pub last_check: Option<DateTime<Utc>>,
-}
-
-/// Every service's view, in config order, and the `service_*` families.
-pub struct HealthState {
-    services: RwLock<Vec<ServiceView>>,
-    metrics: HealthMetrics,
-}
-
-impl HealthState {
-    /// Creates the views and registers the `service_*` families in `registry`.
-    pub fn new(services: &[ServiceConfig], registry: &Metrics) -> Arc<HealthState> {
-        let views = services
-            .iter()
-            .map(|s| ServiceView {
-                name: s.name.clone(),
-                critical: s.critical,
-                status: Status::Unhealthy,
-                message: "not checked yet".into(),
-                restart_attempts: 0,
-                consecutive_failures: 0,
-                last_check: None,
-            })
-            .collect();
-        Arc::new(HealthState {
-            services: RwLock::new(views),
-            metrics: HealthMetrics::register(registry, services),
-        })
-    }
-
-    pub fn services(&self) -> Vec<ServiceView> {
-        self.services.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn update(&self, index: usize, f: impl FnOnce(&mut ServiceView)) {
-        let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = services.get_mut(index) {
-            f(v);
-        }
-    }
-}
-
 /// The `service_*` families.
-struct HealthMetrics {
+pub struct HealthMetrics {
     up: GaugeVec,
     status: GaugeVec,
     check_duration: HistogramVec,
@@ -103,7 +51,7 @@ struct HealthMetrics {
 impl HealthMetrics {
     /// Registers the families and creates every series of every configured
     /// service, so each status and restart result exists from the start.
-    fn register(metrics: &Metrics, services: &[ServiceConfig]) -> HealthMetrics {
+    pub fn register(metrics: &Metrics, services: &[ServiceConfig]) -> HealthMetrics {
         let svc = &["service"];
         let gauge = |name: &str, help: &str, labels: &[&str]| family::<GaugeVec>(name, help, labels);
         let m = HealthMetrics {
@@ -368,16 +316,17 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "health",
     about: "service health checks and restarts (health.services)",
     enabled: enabled,
-    start: start,
+    build: build,
 };
 
 fn enabled(_: &crate::config::Config) -> bool {
     true
 }
 
-fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
+fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     let sinks = Sinks {
         state: sh.health.clone(),
+        metrics: Arc::new(HealthMetrics::register(&sh.metrics, &sh.config.health.services)),
         registry: sh.metrics.clone(),
         events: sh.events.clone(),
     };
@@ -385,13 +334,14 @@ fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::
         collector: "health",
         reason: e.to_string(),
     })?;
-    Ok(monitor.spawn(sh.readiness.clone(), sh.stop.clone()))
+    Ok(super::Built::Own(Box::new(move |readiness, stop| monitor.spawn(readiness, stop))))
 }
 
 /// Everything one service task writes to.
 #[derive(Clone)]
 pub struct Sinks {
     pub state: Arc<HealthState>,
+    pub metrics: Arc<HealthMetrics>,
     pub registry: Arc<Metrics>,
     pub events: EventBus,
 }
@@ -514,7 +464,6 @@ impl ServiceTask {
             };
             let took = started.elapsed();
             self.sinks
-                .state
                 .metrics
                 .check_duration
                 .with_label_values(&[&self.config.name])
@@ -565,7 +514,7 @@ impl ServiceTask {
     /// Publishes a step: metrics, the API view, events and alerts.
     fn apply(&mut self, step: Step, message: String, checked_at: Option<DateTime<Utc>>) {
         let name = self.config.name.as_str();
-        let m = &self.sinks.state.metrics;
+        let m = &self.sinks.metrics;
         m.set_status(name, step.to);
         m.restart_attempt
             .with_label_values(&[name])

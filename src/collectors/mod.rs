@@ -2,7 +2,8 @@
 //! registry of collectors ([`REGISTRY`]).
 //!
 //! The registry is the only place collectors are listed: the daemon starts
-//! them from it ([`start_all`]), and the `--collector.<name>` /
+//! them from it ([`start_all`]), the golden test takes one reading of each
+//! through it ([`collect_once`]), and the `--collector.<name>` /
 //! `--no-collector.<name>` flags are generated from it. Adding a collector
 //! is one file with a `pub const ENTRY: Entry` plus one line here.
 //!
@@ -18,9 +19,9 @@ pub mod queues;
 pub mod storage;
 pub mod stream;
 
-use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::metrics::Metrics;
+use crate::state::{GpuState, HealthState, Readiness, StorageState};
 
 /// What a collector's constructor gets: the config and the shared state it
 /// writes to.
@@ -39,12 +41,12 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
     pub events: EventBus,
-    pub gpu: Arc<gpu::GpuState>,
-    pub health: Arc<health::HealthState>,
+    pub gpu: Arc<GpuState>,
+    pub health: Arc<HealthState>,
     pub store: Option<Arc<crate::store::Store>>,
     pub queues: Option<Arc<crate::dlq::Queues>>,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
-    pub storage: Arc<storage::StorageState>,
+    pub storage: Arc<StorageState>,
     /// Cancelled when the daemon stops.
     pub stop: CancellationToken,
 }
@@ -66,8 +68,30 @@ pub struct Entry {
     pub about: &'static str,
     /// Whether the config switches it on (a flag can override).
     pub enabled: fn(&Config) -> bool,
-    /// Starts its task(s).
-    pub start: fn(&Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError>,
+    /// Builds it from the config and the shared state. Errors here stop
+    /// startup; slow setup (loading NVML) goes in the returned future.
+    pub build: fn(&Shared) -> Result<Built, StartError>,
+}
+
+/// A future that yields a collector once its slow setup is done.
+pub type Setup = Pin<Box<dyn Future<Output = Box<dyn DynCollector>> + Send>>;
+
+/// What a registry entry builds.
+pub enum Built {
+    /// A collector the runner polls on its interval.
+    Polled(Setup),
+    /// Tasks on their own schedule (the health monitor: one per service);
+    /// the closure spawns them.
+    Own(Box<dyn FnOnce(Arc<Readiness>, CancellationToken) -> Vec<tokio::task::JoinHandle<()>> + Send>),
+    /// Nothing to run with this config (e.g. no queues configured).
+    Nothing,
+}
+
+impl Built {
+    /// A collector that needs no slow setup.
+    pub fn polled<C: Collector>(collector: C) -> Result<Built, StartError> {
+        Ok(Built::Polled(Box::pin(async move { Box::new(collector) as Box<dyn DynCollector> })))
+    }
 }
 
 /// Every collector, in start order.
@@ -83,17 +107,56 @@ pub fn is_enabled(entry: &Entry, config: &Config) -> bool {
         .unwrap_or_else(|| (entry.enabled)(config))
 }
 
-/// Starts every enabled collector.
-pub fn start_all(shared: &Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
-    let mut tasks = Vec::new();
+/// Builds every enabled collector, logging the disabled ones.
+fn build_enabled(shared: &Shared) -> Result<Vec<(&'static str, Built)>, StartError> {
+    let mut built = Vec::new();
     for entry in REGISTRY {
         if is_enabled(entry, &shared.config) {
-            tasks.extend((entry.start)(shared)?);
+            built.push((entry.name, (entry.build)(shared)?));
         } else {
             tracing::info!(collector = entry.name, "Collector disabled.");
         }
     }
+    Ok(built)
+}
+
+/// Starts every enabled collector. Each polled one is expected by
+/// readiness at once, and runs after its setup in its own task, so a slow
+/// setup holds up nobody else.
+pub fn start_all(shared: &Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    let mut tasks = Vec::new();
+    for (name, built) in build_enabled(shared)? {
+        match built {
+            Built::Polled(setup) => {
+                shared.readiness.expect(name);
+                let (metrics, readiness, stop) = (shared.metrics.clone(), shared.readiness.clone(), shared.stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    let collector = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        c = setup => c,
+                    };
+                    let _ = spawn(collector, metrics, readiness, stop).await;
+                }));
+            }
+            Built::Own(start) => tasks.extend(start(shared.readiness.clone(), shared.stop.clone())),
+            Built::Nothing => {}
+        }
+    }
     Ok(tasks)
+}
+
+/// Takes one reading of every enabled polled collector, in registry order,
+/// and starts nothing. The golden `/metrics` test renders from this.
+pub async fn collect_once(shared: &Shared) -> Result<(), StartError> {
+    for (name, built) in build_enabled(shared)? {
+        if let Built::Polled(setup) = built {
+            let mut collector = setup.await;
+            if let Err(e) = run_once(&mut collector, &shared.metrics, &shared.readiness).await {
+                tracing::warn!(collector = name, error = %e, "One-off collection failed.");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why one collection round failed.
@@ -117,37 +180,41 @@ pub trait Collector: Send + 'static {
     fn collect(&mut self) -> impl Future<Output = Result<(), CollectError>> + Send;
 }
 
-/// Tracks which enabled collectors have finished their first round.
-#[derive(Default)]
-pub struct Readiness {
-    waiting: Mutex<HashSet<&'static str>>,
+/// [`Collector`] in a box, so the registry can hold any of them.
+pub trait DynCollector: Send + 'static {
+    fn name(&self) -> &'static str;
+    fn interval(&self) -> Duration;
+    fn timeout(&self) -> Duration;
+    fn collect_boxed(&mut self) -> Pin<Box<dyn Future<Output = Result<(), CollectError>> + Send + '_>>;
 }
 
-impl Readiness {
-    pub fn expect(&self, name: &'static str) {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(name);
+impl<C: Collector> DynCollector for C {
+    fn name(&self) -> &'static str {
+        Collector::name(self)
     }
-
-    pub fn done(&self, name: &'static str) {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    fn interval(&self) -> Duration {
+        Collector::interval(self)
     }
-
-    /// True once every expected collector has finished one round.
-    pub fn is_ready(&self) -> bool {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    fn timeout(&self) -> Duration {
+        Collector::timeout(self)
     }
+    fn collect_boxed(&mut self) -> Pin<Box<dyn Future<Output = Result<(), CollectError>> + Send + '_>> {
+        Box::pin(Collector::collect(self))
+    }
+}
 
-    /// Collectors still waiting for their first round, sorted.
-    pub fn waiting(&self) -> Vec<&'static str> {
-        let mut v: Vec<_> = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect();
-        v.sort_unstable();
-        v
+impl Collector for Box<dyn DynCollector> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn interval(&self) -> Duration {
+        (**self).interval()
+    }
+    fn timeout(&self) -> Duration {
+        (**self).timeout()
+    }
+    fn collect(&mut self) -> impl Future<Output = Result<(), CollectError>> + Send {
+        (**self).collect_boxed()
     }
 }
 

@@ -17,24 +17,18 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "queues",
     about: "Redis queue and DLQ depths (queues)",
     enabled: enabled,
-    start: start,
+    build: build,
 };
 
 fn enabled(c: &crate::config::Config) -> bool {
     c.queues.enabled
 }
 
-fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
-    let Some(queues) = &sh.queues else {
-        return Ok(Vec::new());
-    };
-    let collector = QueueCollector::new(queues.clone(), sh.events.clone());
-    Ok(vec![super::spawn(
-        collector,
-        sh.metrics.clone(),
-        sh.readiness.clone(),
-        sh.stop.clone(),
-    )])
+fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
+    match &sh.queues {
+        Some(queues) => super::Built::polled(QueueCollector::new(queues.clone(), sh.events.clone())),
+        None => Ok(super::Built::Nothing),
+    }
 }
 
 pub struct QueueCollector {

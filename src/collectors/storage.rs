@@ -1,32 +1,17 @@
 //! Filesystem usage of `data_dir` and each `storage.paths` entry, as
-//! `storage_filesystem_*` metrics and a CRITICAL alert when one crosses
-//! `storage.alert_used_percent`; plus the dry-run file scan behind
-//! `/api/system/cleanup/preview`.
+//! `storage_filesystem_*` metrics, the reading in [`StorageState`], and a
+//! CRITICAL alert when one crosses `storage.alert_used_percent`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prometheus::GaugeVec;
-use serde::Serialize;
 
 use super::{CollectError, Collector};
 use crate::events::{EventBus, Severity};
 use crate::metrics::{family, Metrics};
-
-/// One filesystem's usage, as `df` reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct FsUsage {
-    pub path: String,
-    pub total_bytes: u64,
-    pub used_bytes: u64,
-    /// Free for root.
-    pub free_bytes: u64,
-    /// Free for unprivileged users.
-    pub available_bytes: u64,
-    /// `used / (used + available) * 100`, like `df`.
-    pub used_percent: f64,
-}
+use crate::state::{FsUsage, StorageReading, StorageState};
 
 /// `statvfs(path)`; a path that does not exist yet (a `data_dir` before
 /// its first write) reports the filesystem of its nearest existing parent.
@@ -72,14 +57,14 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "storage",
     about: "filesystem usage of data_dir and storage.paths",
     enabled: enabled,
-    start: start,
+    build: build,
 };
 
 fn enabled(_: &crate::config::Config) -> bool {
     true
 }
 
-fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
+fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     let c = &sh.config;
     let collector = StorageCollector::new(
         watched(&c.data_dir, &c.storage.paths),
@@ -89,37 +74,7 @@ fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::
         sh.events.clone(),
     )
     .with_state(sh.storage.clone());
-    Ok(vec![super::spawn(
-        collector,
-        sh.metrics.clone(),
-        sh.readiness.clone(),
-        sh.stop.clone(),
-    )])
-}
-
-/// The storage collector's last reading, for `/api/system/storage/stats`:
-/// the API serves it instead of calling statvfs per request.
-#[derive(Default)]
-pub struct StorageState {
-    last: std::sync::RwLock<Option<StorageReading>>,
-}
-
-/// One round's usage of every watched path.
-#[derive(Debug, Clone)]
-pub struct StorageReading {
-    pub at: chrono::DateTime<chrono::Utc>,
-    /// Per path, in `watched` order: the usage, or why it could not be read.
-    pub filesystems: Vec<Result<FsUsage, (String, String)>>,
-}
-
-impl StorageState {
-    pub fn last(&self) -> Option<StorageReading> {
-        self.last.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn publish(&self, reading: StorageReading) {
-        *self.last.write().unwrap_or_else(|e| e.into_inner()) = Some(reading);
-    }
+    super::Built::polled(collector)
 }
 
 pub struct StorageCollector {
@@ -230,73 +185,4 @@ impl Collector for StorageCollector {
             Err(CollectError::Failed(errors.join("; ")))
         }
     }
-}
-
-/// Files under one retention path that a cleanup would delete.
-#[derive(Debug, Serialize)]
-pub struct FilePreview {
-    pub path: String,
-    pub days: u32,
-    pub files: u64,
-    pub bytes: u64,
-    pub oldest: Option<String>,
-    /// Set when the scan could not read something (e.g. the path is missing).
-    pub error: Option<String>,
-}
-
-/// Most entries one preview scan visits.
-const MAX_SCAN: u64 = 1_000_000;
-
-/// Walks `root` (not following symlinks) and sums the regular files whose
-/// modification time is older than `days`. Reads only.
-pub fn preview_files(root: &Path, days: u32, now: SystemTime) -> FilePreview {
-    let cutoff = now - Duration::from_secs(u64::from(days) * 86_400);
-    let mut out = FilePreview {
-        path: root.display().to_string(),
-        days,
-        files: 0,
-        bytes: 0,
-        oldest: None,
-        error: None,
-    };
-    let mut oldest: Option<SystemTime> = None;
-    let mut stack = vec![root.to_path_buf()];
-    let mut visited = 0u64;
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) => {
-                out.error.get_or_insert(format!("{}: {e}", dir.display()));
-                continue;
-            }
-        };
-        for entry in entries.flatten() {
-            visited += 1;
-            if visited > MAX_SCAN {
-                out.error = Some(format!("stopped after {MAX_SCAN} entries"));
-                return finish(out, oldest);
-            }
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
-            };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                let Ok(modified) = meta.modified() else { continue };
-                if modified < cutoff {
-                    out.files += 1;
-                    out.bytes += meta.len();
-                    if oldest.map_or(true, |o| modified < o) {
-                        oldest = Some(modified);
-                    }
-                }
-            }
-        }
-    }
-    finish(out, oldest)
-}
-
-fn finish(mut out: FilePreview, oldest: Option<SystemTime>) -> FilePreview {
-    out.oldest = oldest.map(|t| crate::history::format_time(&chrono::DateTime::<chrono::Utc>::from(t)));
-    out
 }

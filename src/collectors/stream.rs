@@ -36,14 +36,14 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "stream",
     about: "pipeline events from the Redis stream (pipeline.stream)",
     enabled: enabled,
-    start: start,
+    build: build,
 };
 
 fn enabled(c: &crate::config::Config) -> bool {
     c.queues.enabled && c.pipeline.stream.enabled
 }
 
-fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::StartError> {
+fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     let reader = StreamReader::new(
         sh.config.pipeline.stream.clone(),
         &sh.config.queues.redis_url,
@@ -54,12 +54,7 @@ fn start(sh: &super::Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, super::
         collector: "stream",
         reason: format!("invalid queues.redis_url: {e}"),
     })?;
-    Ok(vec![super::spawn(
-        reader,
-        sh.metrics.clone(),
-        sh.readiness.clone(),
-        sh.stop.clone(),
-    )])
+    super::Built::polled(reader)
 }
 
 pub struct StreamReader {

@@ -1,0 +1,63 @@
+//! What the health monitor last saw of each service, for
+//! `/api/system/health` and the WebSocket snapshot. The `service_*` metric
+//! families live with the monitor, which writes them.
+
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::ServiceConfig;
+use crate::restart::Status;
+
+/// What the API reads about one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub critical: bool,
+    pub status: Status,
+    /// Why the service has this status, e.g. the last check's error.
+    pub message: String,
+    pub restart_attempts: u32,
+    pub consecutive_failures: u32,
+    pub last_check: Option<DateTime<Utc>>,
+}
+
+/// Every service's view, in config order.
+pub struct HealthState {
+    services: RwLock<Vec<ServiceView>>,
+}
+
+impl HealthState {
+    /// One "not checked yet" view per configured service.
+    pub fn new(services: &[ServiceConfig]) -> Arc<HealthState> {
+        let views = services
+            .iter()
+            .map(|s| ServiceView {
+                name: s.name.clone(),
+                critical: s.critical,
+                status: Status::Unhealthy,
+                message: "not checked yet".into(),
+                restart_attempts: 0,
+                consecutive_failures: 0,
+                last_check: None,
+            })
+            .collect();
+        Arc::new(HealthState {
+            services: RwLock::new(views),
+        })
+    }
+
+    pub fn services(&self) -> Vec<ServiceView> {
+        self.services.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes service `index`'s view (the health monitor).
+    pub fn update(&self, index: usize, f: impl FnOnce(&mut ServiceView)) {
+        let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = services.get_mut(index) {
+            f(v);
+        }
+    }
+}
+

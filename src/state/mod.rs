@@ -1,0 +1,52 @@
+//! The shared state that collectors write and the API, the hub and
+//! `/metrics` read. Nothing here polls anything: each type holds the last
+//! reading a collector published, behind a lock held only to copy it.
+//!
+//! Keeping these types out of `collectors` is what lets the arrows point
+//! one way: `collectors` → `state` ← `api`, with no path between the two.
+
+pub mod gpu;
+pub mod health;
+pub mod storage;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+pub use gpu::{GpuSnapshot, GpuState};
+pub use health::{HealthState, ServiceView};
+pub use storage::{FsUsage, StorageReading, StorageState};
+
+/// Tracks which enabled collectors have finished their first round.
+#[derive(Default)]
+pub struct Readiness {
+    waiting: Mutex<HashSet<&'static str>>,
+}
+
+impl Readiness {
+    pub fn expect(&self, name: &'static str) {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(name);
+    }
+
+    pub fn done(&self, name: &'static str) {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
+    /// True once every expected collector has finished one round.
+    pub fn is_ready(&self) -> bool {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Collectors still waiting for their first round, sorted.
+    pub fn waiting(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
