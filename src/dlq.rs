@@ -406,11 +406,8 @@ fn int_at(reply: &[redis::Value], i: usize) -> u64 {
     reply.get(i).and_then(|v| redis::from_redis_value(v).ok()).unwrap_or(0)
 }
 
-/// The `dlq_*` and `job_queue_depth` families.
+/// The families the moves write (the depths are the queue collector's).
 struct QueueMetrics {
-    queue_depth: GaugeVec,
-    dlq_depth: GaugeVec,
-    oldest_age: GaugeVec,
     requeued: IntCounterVec,
     cleared: IntCounterVec,
     restored: IntCounterVec,
@@ -422,26 +419,11 @@ impl QueueMetrics {
         let gauge = |name: &str, help: &str| family::<GaugeVec>(name, help, &["queue"]);
         let counter = |name: &str, help: &str| family::<IntCounterVec>(name, help, &["queue"]);
         let m = QueueMetrics {
-            queue_depth: gauge(
-                "job_queue_depth",
-                "Jobs waiting in the queue (LLEN), from the last poll.",
-            ),
-            dlq_depth: gauge(
-                "dlq_depth",
-                "Jobs in the queue's dead-letter queue, from the last poll.",
-            ),
-            oldest_age: gauge(
-                "dlq_oldest_job_age_seconds",
-                "Age of the oldest DLQ entry, from its first_failed_at; 0 when the DLQ is empty.",
-            ),
             requeued: counter("dlq_jobs_requeued_total", "DLQ jobs moved back onto their queue."),
             cleared: counter("dlq_jobs_cleared_total", "DLQ jobs moved to an archive key by a clear."),
             restored: counter("dlq_jobs_restored_total", "Archived jobs moved back into their DLQ."),
             in_progress: gauge("dlq_requeue_in_progress", "1 while a requeue-all of this queue runs."),
         };
-        metrics.add(&m.queue_depth);
-        metrics.add(&m.dlq_depth);
-        metrics.add(&m.oldest_age);
         metrics.add(&m.requeued);
         metrics.add(&m.cleared);
         metrics.add(&m.restored);
@@ -486,7 +468,6 @@ pub struct Queues {
     pub config: QueuesConfig,
     redis: RedisConn,
     metrics: QueueMetrics,
-    registry: Arc<Metrics>,
     /// Queues with a requeue running (one at a time per queue).
     busy: Mutex<std::collections::HashSet<String>>,
     last: Mutex<HashMap<String, QueueDepth>>,
@@ -511,17 +492,15 @@ impl Drop for BusyGuard<'_> {
             .in_progress
             .with_label_values(&[&self.queue])
             .set(0.0);
-        self.queues.registry.invalidate();
     }
 }
 
 impl Queues {
-    pub fn new(config: QueuesConfig, registry: Arc<Metrics>) -> Result<Arc<Queues>, redis::RedisError> {
-        let metrics = QueueMetrics::register(&registry, &config.names);
+    pub fn new(config: QueuesConfig, registry: &Metrics) -> Result<Arc<Queues>, redis::RedisError> {
+        let metrics = QueueMetrics::register(registry, &config.names);
         Ok(Arc::new(Queues {
             redis: RedisConn::new(&config.redis_url, Duration::from_secs(10))?,
             metrics,
-            registry,
             busy: Mutex::new(Default::default()),
             last: Mutex::new(HashMap::new()),
             config,
@@ -649,13 +628,6 @@ impl Queues {
                 None => Some(0.0),
                 Some(raw) => parse_entry(raw).ok().map(|j| (now - j.first_failed_at).max(0.0)),
             };
-            let label = [q.as_str()];
-            self.metrics.queue_depth.with_label_values(&label).set(depth as f64);
-            self.metrics.dlq_depth.with_label_values(&label).set(dlq_depth as f64);
-            // An unreadable oldest entry keeps the previous age.
-            if let Some(age) = oldest_age {
-                self.metrics.oldest_age.with_label_values(&label).set(age);
-            }
             out.push(QueueDepth {
                 queue: q.clone(),
                 depth,
@@ -732,7 +704,6 @@ impl Queues {
             )));
         }
         self.metrics.in_progress.with_label_values(&[queue]).set(1.0);
-        self.registry.invalidate();
         Ok(BusyGuard {
             queues: self,
             queue: queue.to_string(),
@@ -811,7 +782,6 @@ impl Queues {
             }
         }
         let remaining: u64 = self.run(redis::cmd("LLEN").arg(&key)).await?;
-        self.registry.invalidate();
         Ok(RequeueReport {
             queue_name: key,
             target_queue: queue.to_string(),
@@ -838,7 +808,6 @@ impl Queues {
             )));
         }
         self.metrics.cleared.with_label_values(&[queue]).inc_by(n);
-        self.registry.invalidate();
         let expires = now + chrono::Duration::seconds(ttl as i64);
         Ok(ClearReport {
             queue_name: key,
@@ -886,7 +855,6 @@ impl Queues {
                 break;
             }
         }
-        self.registry.invalidate();
         Ok(RestoreReport {
             queue_name: key,
             archive_key: archive.to_string(),

@@ -21,12 +21,12 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{GpuState, HealthState};
 use crate::config::WebSocketConfig;
 use crate::events::{Event, Severity};
 use crate::history::format_time;
-use crate::pipeline::Pipeline;
 use crate::metrics::{family, histogram, Metrics};
+use crate::pipeline::Pipeline;
+use crate::state::{GpuState, HealthState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -342,7 +342,10 @@ pub async fn run_hub(
         match event {
             Ok(e) => hub.broadcast(&messages(&e, &gpu, &pipeline)),
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(skipped = n, "WebSocket hub fell behind the event bus; events were skipped.");
+                tracing::warn!(
+                    skipped = n,
+                    "WebSocket hub fell behind the event bus; events were skipped."
+                );
             }
             Err(broadcast::error::RecvError::Closed) => break,
         }

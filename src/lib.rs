@@ -72,13 +72,13 @@ use crate::api::auth::Auth;
 use crate::api::AppState;
 use crate::collectors::gpu::{GpuCollector, GpuFamilies};
 use crate::collectors::health::HealthError;
-use crate::state::{GpuState, HealthState, Readiness};
 use crate::config::Config;
 use crate::dlq::Queues;
 use crate::events::EventBus;
 use crate::hub::{run_hub, Hub};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::state::{GpuState, HealthState, Readiness};
 use crate::store::{Store, StoreError};
 
 /// Why the daemon stopped with an error.
@@ -125,7 +125,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
     let health = HealthState::new(&config.health.services);
     let hub = Hub::new(config.websocket.clone(), &metrics);
     let queues = if config.queues.enabled {
-        Some(Queues::new(config.queues.clone(), metrics.clone())?)
+        Some(Queues::new(config.queues.clone(), &metrics)?)
     } else {
         None
     };

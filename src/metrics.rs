@@ -76,10 +76,6 @@ pub struct Metrics {
     pub collector_last_success: GaugeVec,
     pub collector_errors: IntCounterVec,
     pub collector_interval: GaugeVec,
-    pub store_pending: IntGauge,
-    pub store_write_errors: IntCounter,
-    pub store_dropped: IntCounter,
-    pub store_written: IntCounter,
 }
 
 /// A metric type built from a name, a help text and label names. Names and
@@ -156,26 +152,6 @@ impl Metrics {
             &["version"],
         );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
-        let store_pending = family::<IntGauge>(
-            "inferwatch_store_pending_samples",
-            "GPU samples buffered in memory and not yet written to the history store.",
-            &[],
-        );
-        let store_write_errors = family::<IntCounter>(
-            "inferwatch_store_write_errors_total",
-            "Failed attempts to write a batch of samples to the history store.",
-            &[],
-        );
-        let store_dropped = family::<IntCounter>(
-            "inferwatch_store_dropped_samples_total",
-            "Samples dropped, oldest first, because the store buffer was full.",
-            &[],
-        );
-        let store_written = family::<IntCounter>(
-            "inferwatch_store_written_samples_total",
-            "Samples written to the history store.",
-            &[],
-        );
 
         for c in [
             Box::new(collector_success.clone()) as Box<dyn prometheus::core::Collector>,
@@ -184,10 +160,6 @@ impl Metrics {
             Box::new(collector_errors.clone()),
             Box::new(collector_interval.clone()),
             Box::new(build_info),
-            Box::new(store_pending.clone()),
-            Box::new(store_write_errors.clone()),
-            Box::new(store_dropped.clone()),
-            Box::new(store_written.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -205,10 +177,6 @@ impl Metrics {
             collector_last_success,
             collector_errors,
             collector_interval,
-            store_pending,
-            store_write_errors,
-            store_dropped,
-            store_written,
         }
     }
 
@@ -414,25 +382,26 @@ mod tests {
     #[test]
     fn openmetrics_counter_suffix_and_eof() {
         let m = Metrics::new();
-        m.store_write_errors.inc();
+        let c: IntCounter = family("demo_write_errors_total", "Demo.", &[]);
+        m.add(&c);
+        c.inc();
         let page = String::from_utf8(m.render(Format::OpenMetrics).to_vec()).unwrap();
-        assert!(
-            page.contains("# TYPE inferwatch_store_write_errors counter\n"),
-            "{page}"
-        );
-        assert!(page.contains("\ninferwatch_store_write_errors_total 1\n"), "{page}");
+        assert!(page.contains("# TYPE demo_write_errors counter\n"), "{page}");
+        assert!(page.contains("\ndemo_write_errors_total 1\n"), "{page}");
         assert!(page.ends_with("# EOF\n"));
     }
 
     #[test]
     fn page_is_cached_until_invalidated() {
         let m = Metrics::new();
+        let c: IntCounter = family("demo_write_errors_total", "Demo.", &[]);
+        m.add(&c);
         let a = m.render(Format::Text);
-        m.store_write_errors.inc();
+        c.inc();
         let b = m.render(Format::Text);
         assert_eq!(a, b, "a page within its age and generation is reused");
         m.invalidate();
         let c = m.render(Format::Text);
-        assert!(String::from_utf8_lossy(&c).contains("inferwatch_store_write_errors_total 1"));
+        assert!(String::from_utf8_lossy(&c).contains("demo_write_errors_total 1"));
     }
 }

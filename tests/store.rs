@@ -28,10 +28,11 @@ async fn postgres_outage_of_60s_loses_no_sample() {
     let daemon = tokio::spawn(inferwatch::run_with_state(state.clone(), listener, async {
         let _ = stop_rx.await;
     }));
-    let m = state.metrics.clone();
+    let store = state.store.clone().unwrap();
+    let m = store.metrics();
 
     eventually("the first samples to reach PostgreSQL", Duration::from_secs(30), || {
-        let n = m.store_written.get();
+        let n = m.written.get();
         async move { (n >= 4).then_some(()) }
     })
     .await;
@@ -41,14 +42,14 @@ async fn postgres_outage_of_60s_loses_no_sample() {
         "a failed write while PostgreSQL is down",
         Duration::from_secs(30),
         || {
-            let e = m.store_write_errors.get();
+            let e = m.write_errors.get();
             async move { (e > 0).then_some(()) }
         },
     )
     .await;
     // The outage itself: 60 s of polling at 1 s with the database gone.
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let pending_during_outage = m.store_pending.get();
+    let pending_during_outage = m.pending.get();
     assert!(
         pending_during_outage >= 100,
         "about 2 GPUs × 60 polls are buffered, got {pending_during_outage}"
@@ -59,7 +60,7 @@ async fn postgres_outage_of_60s_loses_no_sample() {
         "the buffer to drain after PostgreSQL is back",
         Duration::from_secs(60),
         || {
-            let p = m.store_pending.get();
+            let p = m.pending.get();
             async move { (p == 0).then_some(()) }
         },
     )
@@ -67,7 +68,7 @@ async fn postgres_outage_of_60s_loses_no_sample() {
     stop_tx.send(()).unwrap();
     daemon.await.unwrap().unwrap();
 
-    assert_eq!(m.store_dropped.get(), 0);
+    assert_eq!(m.dropped.get(), 0);
     let epoch = Utc.timestamp_opt(0, 0).unwrap();
     let taken: Vec<_> = (0..2).map(|g| state.gpu.with_history(|h| h.since(g, epoch))).collect();
     let total: usize = taken.iter().map(Vec::len).sum();

@@ -1,12 +1,29 @@
 //! `GET /metrics`: the cached page, in the format the `Accept` header asks
-//! for (Prometheus text 0.0.4 by default, OpenMetrics 1.0.0 on request).
+//! for (Prometheus text 0.0.4 by default, OpenMetrics 1.0.0 on request);
+//! and the layer that marks the page stale after a write request.
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap};
-use axum::response::IntoResponse;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::metrics::Format;
+use crate::metrics::{Format, Metrics};
+
+/// After a request that can write (anything but GET and HEAD: DLQ moves,
+/// pipeline ingest), marks the cached page stale so that the next scrape
+/// shows what it changed. Besides the collector runner, this is the one
+/// place the page is invalidated; reads and scrapes never do.
+pub async fn fresh_after_writes(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD);
+    let response = next.run(req).await;
+    if writes {
+        metrics.invalidate();
+    }
+    response
+}
 
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());

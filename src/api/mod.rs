@@ -74,6 +74,10 @@ pub fn router(state: AppState) -> Router {
             state.config.web.request_timeout,
             limits::deadline,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::fresh_after_writes,
+        ))
         .layer(axum::middleware::from_fn(limits::json_errors))
         .layer(axum::middleware::from_fn(limits::head_limits))
         .layer(axum::middleware::from_fn_with_state(

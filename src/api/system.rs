@@ -41,7 +41,9 @@ fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
         });
     };
     let fps = state.pipeline.fps();
-    Ok(snap.available.then(|| snap.samples.iter().map(|s| s.clone().with_fps(fps)).collect()))
+    Ok(snap
+        .available
+        .then(|| snap.samples.iter().map(|s| s.clone().with_fps(fps)).collect()))
 }
 
 /// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the

@@ -334,7 +334,9 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
         collector: "health",
         reason: e.to_string(),
     })?;
-    Ok(super::Built::Own(Box::new(move |readiness, stop| monitor.spawn(readiness, stop))))
+    Ok(super::Built::Own(Box::new(move |readiness, stop| {
+        monitor.spawn(readiness, stop)
+    })))
 }
 
 /// Everything one service task writes to.

@@ -90,7 +90,9 @@ pub enum Built {
 impl Built {
     /// A collector that needs no slow setup.
     pub fn polled<C: Collector>(collector: C) -> Result<Built, StartError> {
-        Ok(Built::Polled(Box::pin(async move { Box::new(collector) as Box<dyn DynCollector> })))
+        Ok(Built::Polled(Box::pin(async move {
+            Box::new(collector) as Box<dyn DynCollector>
+        })))
     }
 }
 
@@ -129,7 +131,8 @@ pub fn start_all(shared: &Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, St
         match built {
             Built::Polled(setup) => {
                 shared.readiness.expect(name);
-                let (metrics, readiness, stop) = (shared.metrics.clone(), shared.readiness.clone(), shared.stop.clone());
+                let (metrics, readiness, stop) =
+                    (shared.metrics.clone(), shared.readiness.clone(), shared.stop.clone());
                 tasks.push(tokio::spawn(async move {
                     let collector = tokio::select! {
                         _ = stop.cancelled() => return,

@@ -48,7 +48,6 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
         sh.config.pipeline.stream.clone(),
         &sh.config.queues.redis_url,
         sh.pipeline.clone(),
-        sh.metrics.clone(),
     )
     .map_err(|e| super::StartError {
         collector: "stream",
@@ -62,7 +61,6 @@ pub struct StreamReader {
     consumer: String,
     redis: RedisConn,
     pipeline: Arc<Pipeline>,
-    metrics: Arc<crate::metrics::Metrics>,
     /// The connection of the current session, set up (group created, our
     /// pending entries re-read, idle ones claimed); `None` after an error.
     session: Option<MultiplexedConnection>,
@@ -99,7 +97,6 @@ impl StreamReader {
         config: StreamConfig,
         redis_url: &str,
         pipeline: Arc<Pipeline>,
-        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<StreamReader, redis::RedisError> {
         let consumer = if config.consumer.is_empty() {
             hostname()
@@ -111,7 +108,6 @@ impl StreamReader {
             config,
             consumer,
             pipeline,
-            metrics,
             session: None,
             next_claim: Instant::now(),
         })
@@ -249,7 +245,6 @@ impl StreamReader {
         if report.rejected > 0 {
             tracing::debug!(rejected = report.rejected, first = ?report.errors.first(), "Rejected pipeline events from the stream.");
         }
-        self.metrics.invalidate();
         let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
         let r: redis::RedisResult<u64> = redis::cmd("XACK")
             .arg(&self.config.key)

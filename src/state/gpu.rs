@@ -89,4 +89,3 @@ impl GpuState {
         f(&self.history.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
-

@@ -41,4 +41,3 @@ impl StorageState {
         *self.last.write().unwrap_or_else(|e| e.into_inner()) = Some(reading);
     }
 }
-

@@ -25,7 +25,49 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, StoreBackend};
 use crate::history::GpuSample;
-use crate::metrics::Metrics;
+use prometheus::{IntCounter, IntGauge};
+
+use crate::metrics::{family, Metrics};
+
+/// The `inferwatch_store_*` families, written by the buffer and the writer.
+pub struct StoreMetrics {
+    pub pending: IntGauge,
+    pub write_errors: IntCounter,
+    pub dropped: IntCounter,
+    pub written: IntCounter,
+}
+
+impl StoreMetrics {
+    fn register(registry: &Metrics) -> StoreMetrics {
+        let m = StoreMetrics {
+            pending: family(
+                "inferwatch_store_pending_samples",
+                "GPU samples buffered in memory and not yet written to the history store.",
+                &[],
+            ),
+            write_errors: family(
+                "inferwatch_store_write_errors_total",
+                "Failed attempts to write a batch of samples to the history store.",
+                &[],
+            ),
+            dropped: family(
+                "inferwatch_store_dropped_samples_total",
+                "Samples dropped, oldest first, because the store buffer was full.",
+                &[],
+            ),
+            written: family(
+                "inferwatch_store_written_samples_total",
+                "Samples written to the history store.",
+                &[],
+            ),
+        };
+        registry.add(&m.pending);
+        registry.add(&m.write_errors);
+        registry.add(&m.dropped);
+        registry.add(&m.written);
+        m
+    }
+}
 
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -80,10 +122,15 @@ pub struct Store {
     retention: chrono::Duration,
     wake: Notify,
     migrated: tokio::sync::OnceCell<()>,
-    metrics: Arc<Metrics>,
+    metrics: StoreMetrics,
 }
 
 impl Store {
+    /// The `inferwatch_store_*` counters, as the page shows them.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
     /// Prepares the pool without connecting: a database that is down at
     /// startup does not stop the daemon.
     pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Store>, StoreError> {
@@ -126,7 +173,7 @@ impl Store {
             retention: chrono::Duration::days(config.store.retention_days as i64),
             wake: Notify::new(),
             migrated: tokio::sync::OnceCell::new(),
-            metrics,
+            metrics: StoreMetrics::register(&metrics),
         }))
     }
 
@@ -151,14 +198,14 @@ impl Store {
         let len = buf.samples.len();
         drop(buf);
         if dropped > 0 {
-            self.metrics.store_dropped.inc_by(dropped);
+            self.metrics.dropped.inc_by(dropped);
             tracing::warn!(
                 dropped,
                 capacity = self.capacity,
                 "History buffer is full; dropped the oldest samples."
             );
         }
-        self.metrics.store_pending.set(len as i64);
+        self.metrics.pending.set(len as i64);
         if len >= self.batch_size {
             self.wake.notify_one();
         }
@@ -203,8 +250,8 @@ impl Store {
                 }
                 buf.samples.len()
             };
-            self.metrics.store_pending.set(len as i64);
-            self.metrics.store_written.inc_by(batch.len() as u64);
+            self.metrics.pending.set(len as i64);
+            self.metrics.written.inc_by(batch.len() as u64);
             written += batch.len();
         }
         Ok(written)
@@ -321,7 +368,7 @@ impl Store {
                     }
                 }
                 Err(e) => {
-                    self.metrics.store_write_errors.inc();
+                    self.metrics.write_errors.inc();
                     if retry.is_none() {
                         tracing::warn!(store = %self.description, error = %e, pending = self.pending(), "History store is unreachable; buffering samples and retrying.");
                     }
@@ -412,7 +459,7 @@ mod tests {
         let store = Store::open(&c, metrics.clone()).unwrap();
         store.push((0..150).map(sample));
         assert_eq!(store.pending(), 100);
-        assert_eq!(metrics.store_dropped.get(), 50);
+        assert_eq!(store.metrics.dropped.get(), 50);
         assert_eq!(store.flush().await.unwrap(), 100);
         let rows = store.history(0, Utc.timestamp_millis_opt(0).unwrap()).await.unwrap();
         assert_eq!(

@@ -1,0 +1,121 @@
+//! `queues`: the Redis job queues, their DLQs, and the listing limits.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
+
+/// Redis job queues and their DLQs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueuesConfig {
+    /// Switch the queue collector and the DLQ endpoints off.
+    pub enabled: bool,
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`.
+    pub redis_url: String,
+    /// Base queue names (1–64 of `A-Za-z0-9_.-`); each has a DLQ `<dlq_prefix><name>`.
+    pub names: Vec<String>,
+    /// Prefix of the DLQ keys, 1–32 characters.
+    pub dlq_prefix: String,
+    /// Seconds between depth polls, 0.1–3600.
+    #[serde(deserialize_with = "de_seconds")]
+    pub poll_interval: Duration,
+    /// The end producers push to: `left` (LPUSH, workers BRPOP) or `right`
+    /// (RPUSH, workers BLPOP). Requeued jobs go to the same end.
+    pub push_side: PushSide,
+    /// How long a cleared DLQ's archive key lives, 60 s–365 days.
+    #[serde(deserialize_with = "de_seconds")]
+    pub clear_archive_ttl: Duration,
+    /// Jobs moved per atomic step of a requeue, 1–10,000.
+    pub requeue_batch: usize,
+    /// A listed entry larger than this is shown truncated, 256 B–16 MiB.
+    pub list_entry_max_bytes: usize,
+    /// Bytes of entries one listing page may carry; `limit` shrinks to fit,
+    /// 64 KiB–256 MiB and at least `list_entry_max_bytes`.
+    pub list_page_max_bytes: usize,
+}
+
+impl Default for QueuesConfig {
+    fn default() -> Self {
+        QueuesConfig {
+            enabled: true,
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            names: vec!["detection_queue".into(), "analysis_queue".into()],
+            dlq_prefix: "dlq:".into(),
+            poll_interval: Duration::from_secs(5),
+            push_side: PushSide::Left,
+            clear_archive_ttl: Duration::from_secs(7 * 86_400),
+            requeue_batch: 1000,
+            list_entry_max_bytes: 64 * 1024,
+            list_page_max_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Which end of a list producers push to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushSide {
+    Left,
+    Right,
+}
+
+pub const POLL_INTERVAL: Range = Range::new("queues.poll_interval", 0.1, 3600.0, "seconds");
+pub const CLEAR_ARCHIVE_TTL: Range = Range::new("queues.clear_archive_ttl", 60.0, 365.0 * 86_400.0, "seconds");
+pub const REQUEUE_BATCH: Range = Range::new("queues.requeue_batch", 1.0, 10_000.0, "jobs");
+pub const LIST_ENTRY_MAX_BYTES: Range =
+    Range::new("queues.list_entry_max_bytes", 256.0, 16.0 * 1024.0 * 1024.0, "bytes");
+/// The lower bound is also `queues.list_entry_max_bytes`.
+pub const LIST_PAGE_MAX_BYTES: Range = Range::new(
+    "queues.list_page_max_bytes",
+    64.0 * 1024.0,
+    256.0 * 1024.0 * 1024.0,
+    "bytes (and at least queues.list_entry_max_bytes)",
+);
+
+impl QueuesConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if redis::Client::open(self.redis_url.as_str()).is_err() || !self.redis_url.starts_with("redis://") {
+            return Err(invalid(
+                "queues.redis_url",
+                &self.redis_url,
+                "not a valid Redis URL",
+                "redis://[:PASSWORD@]HOST:PORT[/DB]",
+            ));
+        }
+        self.validate_names()?;
+        if self.dlq_prefix.is_empty() || self.dlq_prefix.len() > 32 {
+            return Err(invalid(
+                "queues.dlq_prefix",
+                &self.dlq_prefix,
+                "empty or too long",
+                "1–32 characters, e.g. dlq:",
+            ));
+        }
+        POLL_INTERVAL.check(self.poll_interval.as_secs_f64())?;
+        CLEAR_ARCHIVE_TTL.check(self.clear_archive_ttl.as_secs_f64())?;
+        REQUEUE_BATCH.check(self.requeue_batch as f64)?;
+        LIST_ENTRY_MAX_BYTES.check(self.list_entry_max_bytes as f64)?;
+        LIST_PAGE_MAX_BYTES
+            .at_least(self.list_entry_max_bytes as f64)
+            .check(self.list_page_max_bytes as f64)
+    }
+
+    fn validate_names(&self) -> Result<(), ConfigError> {
+        if self.names.is_empty() {
+            return Err(invalid("queues.names", "[]", "empty", "at least one queue name"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, name) in self.names.iter().enumerate() {
+            let key = format!("queues.names[{i}]");
+            if !valid_name(name) {
+                return Err(invalid(&key, name, "not a valid name", NAME_RULE));
+            }
+            if !seen.insert(name) {
+                return Err(invalid(&key, name, "a duplicate", "a name used once"));
+            }
+        }
+        Ok(())
+    }
+}
