@@ -128,7 +128,7 @@ pub fn run(o: &Options) -> Result<Report, DoctorError> {
     for index in 0..count {
         match probe_gpu(&nvml, index, o) {
             Ok(g) => gpus.push(g),
-            Err(p) => problems.push(p),
+            Err(p) => problems.push(p.to_string()),
         }
     }
     if gpus.is_empty() {
@@ -149,15 +149,21 @@ pub fn run(o: &Options) -> Result<Report, DoctorError> {
     })
 }
 
+/// A GPU that could not be identified, so none of its fields were probed.
+#[derive(Debug, thiserror::Error)]
+#[error("GPU {index}: {what}: {error}")]
+struct ProbeError {
+    index: u32,
+    what: &'static str,
+    error: &'static str,
+}
+
 /// Every field of one GPU; `Err` says why the GPU could not be identified.
-fn probe_gpu(nvml: &Nvml, index: u32, o: &Options) -> Result<GpuReport, String> {
+fn probe_gpu(nvml: &Nvml, index: u32, o: &Options) -> Result<GpuReport, ProbeError> {
     let meter = Meter::default();
-    let device = nvml
-        .device_by_index(index)
-        .map_err(|e| format!("GPU {index}: cannot be opened: {}", error_name(&e)))?;
-    let uuid = device
-        .uuid()
-        .map_err(|e| format!("GPU {index}: its UUID cannot be read: {}", error_name(&e)))?;
+    let failed = |what: &'static str| move |e: NvmlError| ProbeError { index, what, error: error_name(&e) };
+    let device = nvml.device_by_index(index).map_err(failed("cannot be opened"))?;
+    let uuid = device.uuid().map_err(failed("its UUID cannot be read"))?;
     // The fan count decides how many fans are read, as in the daemon.
     let fans = match Field::NumFans.read(nvml, &device, 0, &meter) {
         Ok(v) => v.num().map_or(1, |n| n as u32),

@@ -1,5 +1,5 @@
 //! The `/ws/system` fan-out hub and the event -> message translation. Not
-//! HTTP: [`crate::api::ws`] upgrades connections and serves each socket from
+//! HTTP: the API's `ws` module upgrades connections and serves each socket from
 //! the queue the hub gives it.
 //!
 //! The [`Hub`] serialises each message once and hands the same bytes to

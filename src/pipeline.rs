@@ -151,9 +151,26 @@ const MAX_LISTED: usize = 100;
 /// Window of `inference_fps`.
 const FPS_WINDOW: Duration = Duration::from_secs(60);
 
+/// Why one pipeline event was refused; the text goes back to the sender.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{field} {value:?} must be 1–64 of A-Za-z0-9_.-")]
+    Name { field: &'static str, value: String },
+    #[error("duration_seconds must be from 0 to {MAX_DURATION}, got {0}")]
+    Duration(f64),
+    #[error("error_type is only allowed with status error")]
+    ErrorTypeWithOk,
+    #[error("items must be at most 1000000000, got {0}")]
+    Items(u64),
+    #[error("job_id must be at most 256 bytes")]
+    JobId,
+}
+
 /// Parses and checks one event's shape (not the cardinality guard).
-pub fn parse_event(raw: &str) -> Result<Event, String> {
-    let ev: RawEvent = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+pub fn parse_event(raw: &str) -> Result<Event, EventError> {
+    let ev: RawEvent = serde_json::from_str(raw)?;
     let duration_ok = |d: f64| d.is_finite() && (0.0..=MAX_DURATION).contains(&d);
     match ev {
         RawEvent::Stage {
@@ -165,24 +182,30 @@ pub fn parse_event(raw: &str) -> Result<Event, String> {
             job_id,
         } => {
             if !valid_name(&stage) {
-                return Err(format!("stage {stage:?} must be 1–64 of A-Za-z0-9_.-"));
+                return Err(EventError::Name {
+                    field: "stage",
+                    value: stage,
+                });
             }
             if !duration_ok(duration_seconds) {
-                return Err(format!(
-                    "duration_seconds must be from 0 to {MAX_DURATION}, got {duration_seconds}"
-                ));
+                return Err(EventError::Duration(duration_seconds));
             }
             check_job_id(job_id.as_deref())?;
             let error_type = match (status, error_type) {
                 (StageStatus::Ok, None) => None,
-                (StageStatus::Ok, Some(_)) => return Err("error_type is only allowed with status error".into()),
+                (StageStatus::Ok, Some(_)) => return Err(EventError::ErrorTypeWithOk),
                 (StageStatus::Error, None) => Some("unknown".to_string()),
                 (StageStatus::Error, Some(t)) if valid_name(&t) => Some(t),
-                (StageStatus::Error, Some(t)) => return Err(format!("error_type {t:?} must be 1–64 of A-Za-z0-9_.-")),
+                (StageStatus::Error, Some(t)) => {
+                    return Err(EventError::Name {
+                        field: "error_type",
+                        value: t,
+                    })
+                }
             };
             let items = items.unwrap_or(0);
             if items > 1_000_000_000 {
-                return Err(format!("items must be at most 1000000000, got {items}"));
+                return Err(EventError::Items(items));
             }
             Ok(Event::Stage {
                 stage,
@@ -197,9 +220,7 @@ pub fn parse_event(raw: &str) -> Result<Event, String> {
             job_id,
         } => {
             if !duration_ok(duration_seconds) {
-                return Err(format!(
-                    "duration_seconds must be from 0 to {MAX_DURATION}, got {duration_seconds}"
-                ));
+                return Err(EventError::Duration(duration_seconds));
             }
             check_job_id(job_id.as_deref())?;
             Ok(Event::Job {
@@ -210,9 +231,9 @@ pub fn parse_event(raw: &str) -> Result<Event, String> {
     }
 }
 
-fn check_job_id(id: Option<&str>) -> Result<(), String> {
+fn check_job_id(id: Option<&str>) -> Result<(), EventError> {
     match id {
-        Some(id) if id.len() > 256 => Err("job_id must be at most 256 bytes".into()),
+        Some(id) if id.len() > 256 => Err(EventError::JobId),
         _ => Ok(()),
     }
 }
@@ -366,7 +387,7 @@ impl Pipeline {
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         for (index, text) in raw.into_iter().enumerate() {
             let outcome = parse_event(text)
-                .map_err(|e| (Reason::InvalidEvent, e))
+                .map_err(|e| (Reason::InvalidEvent, e.to_string()))
                 .and_then(|ev| self.admit(&mut names, ev));
             match outcome {
                 Ok(ev) => {
@@ -559,7 +580,7 @@ mod tests {
             ("[1]", "invalid type"),
         ];
         for (raw, want) in cases {
-            let err = parse_event(raw).unwrap_err();
+            let err = parse_event(raw).unwrap_err().to_string();
             assert!(err.contains(want), "{raw}: {err}");
         }
     }

@@ -148,46 +148,66 @@ impl Checker {
         })
     }
 
-    /// One check; `Err` carries a short reason.
-    async fn check(&self) -> Result<(), String> {
+    /// One check; `Err` says what failed, in one line.
+    async fn check(&self) -> Result<(), CheckError> {
         match self {
             Checker::Http { client, url } => {
-                let resp = client.get(url.clone()).send().await.map_err(|e| error_chain(&e))?;
+                let resp = client.get(url.clone()).send().await.map_err(|e| CheckError::connect(&e))?;
                 let status = resp.status();
                 if status.is_success() {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {status}"))
+                    Err(CheckError::Status(status))
                 }
             }
             Checker::Redis(client) => {
                 let mut con = client
                     .get_multiplexed_async_connection()
                     .await
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(|e| CheckError::connect(&e))?;
                 let pong: String = redis::cmd("PING")
                     .query_async(&mut con)
                     .await
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(|e| CheckError::connect(&e))?;
                 if pong == "PONG" {
                     Ok(())
                 } else {
-                    Err(format!("PING answered {pong:?}"))
+                    Err(CheckError::Pong(pong))
                 }
             }
             Checker::Postgres(opts) => {
                 use sqlx::Connection;
                 let mut con = sqlx::PgConnection::connect_with(opts)
                     .await
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(|e| CheckError::connect(&e))?;
                 sqlx::query("SELECT 1")
                     .execute(&mut con)
                     .await
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(|e| CheckError::connect(&e))?;
                 let _ = con.close().await;
                 Ok(())
             }
         }
+    }
+}
+
+/// Why one health check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The request or connection failed: the error and its causes.
+    #[error("{0}")]
+    Connect(String),
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("PING answered {0:?}")]
+    Pong(String),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl CheckError {
+    fn connect(e: &dyn std::error::Error) -> CheckError {
+        CheckError::Connect(error_chain(e))
     }
 }
 
@@ -418,39 +438,9 @@ impl ServiceTask {
                 _ = tokio::time::sleep_until(wake) => {}
             }
             if let Some(step) = self.machine.start_restart(Instant::now()) {
-                let Some(restart) = self.config.restart.clone() else {
-                    continue;
-                };
-                let attempt = self.machine.attempts();
-                // The argv can carry secrets: name the service, never the command.
-                let message = format!(
-                    "restart attempt {attempt} of {} after {:?} backoff: running the restart command of {}",
-                    self.config.max_retries,
-                    self.policy.backoff(attempt),
-                    self.config.name
-                );
-                self.apply(step, message, None);
-                let outcome = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = run_restart(&restart) => r,
-                };
-                match outcome {
-                    Ok(()) => {
-                        tracing::info!(service = %self.config.name, attempt, "Restart command finished.");
-                        next_check = Instant::now() + restart.grace_period;
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = %self.config.name, attempt, error = %e.summary, stderr = %e.stderr, "Restart command failed.");
-                        // Decided now: no grace period for a command that failed.
-                        let step = self.machine.on_restart_failed(Instant::now());
-                        let message = format!(
-                            "restart attempt {attempt} of {} failed: {}",
-                            self.config.max_retries, e.summary
-                        );
-                        self.last_error = e.summary;
-                        self.apply(step, message, Some(Utc::now()));
-                        next_check = Instant::now() + self.config.interval;
-                    }
+                match self.restart(step, &shutdown).await {
+                    Some(next) => next_check = next.unwrap_or(next_check),
+                    None => break,
                 }
                 continue;
             }
@@ -461,30 +451,71 @@ impl ServiceTask {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = tokio::time::timeout(self.config.timeout, self.checker.check()) => {
-                    r.unwrap_or_else(|_| Err(format!("no answer within {:?}", self.config.timeout)))
+                    r.unwrap_or(Err(CheckError::Timeout(self.config.timeout)))
                 }
             };
-            let took = started.elapsed();
-            self.sinks
-                .metrics
-                .check_duration
-                .with_label_values(&[&self.config.name])
-                .observe(took.as_secs_f64());
-            let step = self.machine.on_check(result.is_ok(), Instant::now());
-            let message = self.describe(&step, result.as_ref().err());
-            self.apply(step, message, Some(Utc::now()));
-            if result.is_ok() {
-                self.last_error.clear();
-            }
+            self.record_check(started, result);
             next_check = started + self.config.interval;
-            if first {
-                first = false;
-                if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    readiness.done("health");
-                }
+            if std::mem::take(&mut first) && pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                readiness.done("health");
             }
         }
         tracing::debug!(service = %self.config.name, "Health checks stopped.");
+    }
+
+    /// Runs the restart command the policy asked for. Returns `None` on
+    /// shutdown, else when the next check is due (`None` inside: unchanged).
+    async fn restart(&mut self, step: Step, shutdown: &CancellationToken) -> Option<Option<Instant>> {
+        let Some(restart) = self.config.restart.clone() else {
+            return Some(None);
+        };
+        let attempt = self.machine.attempts();
+        // The argv can carry secrets: name the service, never the command.
+        let message = format!(
+            "restart attempt {attempt} of {} after {:?} backoff: running the restart command of {}",
+            self.config.max_retries,
+            self.policy.backoff(attempt),
+            self.config.name
+        );
+        self.apply(step, message, None);
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = run_restart(&restart) => r,
+        };
+        Some(Some(match outcome {
+            Ok(()) => {
+                tracing::info!(service = %self.config.name, attempt, "Restart command finished.");
+                Instant::now() + restart.grace_period
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.config.name, attempt, error = %e.summary, stderr = %e.stderr, "Restart command failed.");
+                // Decided now: no grace period for a command that failed.
+                let step = self.machine.on_restart_failed(Instant::now());
+                let message = format!(
+                    "restart attempt {attempt} of {} failed: {}",
+                    self.config.max_retries, e.summary
+                );
+                self.last_error = e.summary;
+                self.apply(step, message, Some(Utc::now()));
+                Instant::now() + self.config.interval
+            }
+        }))
+    }
+
+    /// Feeds one check's result to the policy and publishes the step.
+    fn record_check(&mut self, started: Instant, result: Result<(), CheckError>) {
+        self.sinks
+            .metrics
+            .check_duration
+            .with_label_values(&[&self.config.name])
+            .observe(started.elapsed().as_secs_f64());
+        let step = self.machine.on_check(result.is_ok(), Instant::now());
+        let error = result.as_ref().err().map(|e| e.to_string());
+        let message = self.describe(&step, error.as_ref());
+        self.apply(step, message, Some(Utc::now()));
+        if result.is_ok() {
+            self.last_error.clear();
+        }
     }
 
     /// The human message for a check's outcome.

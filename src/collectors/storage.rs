@@ -13,14 +13,25 @@ use crate::events::{EventBus, Severity};
 use crate::metrics::{family, Metrics};
 use crate::state::{FsUsage, StorageReading, StorageState};
 
+/// A filesystem whose usage could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("statvfs({}) failed: {source}", path.display())]
+pub struct UsageError {
+    pub path: PathBuf,
+    pub source: rustix::io::Errno,
+}
+
 /// `statvfs(path)`; a path that does not exist yet (a `data_dir` before
 /// its first write) reports the filesystem of its nearest existing parent.
-pub fn usage(path: &Path) -> Result<FsUsage, String> {
+pub fn usage(path: &Path) -> Result<FsUsage, UsageError> {
     let existing = path
         .ancestors()
         .find(|p| !p.as_os_str().is_empty() && p.exists())
         .unwrap_or(Path::new("."));
-    let st = rustix::fs::statvfs(existing).map_err(|e| format!("statvfs({}) failed: {e}", path.display()))?;
+    let st = rustix::fs::statvfs(existing).map_err(|source| UsageError {
+        path: path.to_owned(),
+        source,
+    })?;
     let frag = st.f_frsize.max(1);
     let total = st.f_blocks * frag;
     let free = st.f_bfree * frag;
@@ -153,8 +164,8 @@ impl Collector for StorageCollector {
             let u = match usage(p) {
                 Ok(u) => u,
                 Err(e) => {
-                    reading.filesystems.push(Err((p.display().to_string(), e.clone())));
-                    errors.push(e);
+                    reading.filesystems.push(Err((p.display().to_string(), e.to_string())));
+                    errors.push(e.to_string());
                     continue;
                 }
             };

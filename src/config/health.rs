@@ -136,18 +136,29 @@ impl CheckKind {
     }
 
     /// Whether the client library for this kind accepts `url`.
-    fn parse(self, url: &str) -> Result<(), String> {
+    fn parse(self, url: &str) -> Result<(), UrlError> {
         match self {
-            CheckKind::Http => reqwest::Url::parse(url).map(|_| ()).map_err(|e| e.to_string()),
-            CheckKind::Redis => redis::Client::open(url).map(|_| ()).map_err(|e| e.to_string()),
+            CheckKind::Http => reqwest::Url::parse(url).map(|_| ()).map_err(UrlError::Http),
+            CheckKind::Redis => redis::Client::open(url).map(|_| ()).map_err(UrlError::Redis),
             CheckKind::Postgres => {
                 use std::str::FromStr;
                 sqlx::postgres::PgConnectOptions::from_str(url)
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(UrlError::Postgres)
             }
         }
     }
+}
+
+/// Why a client library refused a service URL.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("{0}")]
+    Http(#[from] url::ParseError),
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("{0}")]
+    Postgres(#[from] sqlx::Error),
 }
 
 impl ServiceConfig {

@@ -324,8 +324,13 @@ fn de_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A duration that is not a number with an optional unit.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid duration {0:?}: use e.g. 500ms, 5s, 2m, 1h or 7d")]
+pub struct DurationError(pub String);
+
 /// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"7d"` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<f64, String> {
+pub fn parse_duration(text: &str) -> Result<f64, DurationError> {
     let t = text.trim();
     let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)
@@ -343,7 +348,7 @@ pub fn parse_duration(text: &str) -> Result<f64, String> {
     num.trim()
         .parse::<f64>()
         .map(|v| v * scale)
-        .map_err(|_| format!("invalid duration {text:?}: use e.g. 500ms, 5s, 2m, 1h or 7d"))
+        .map_err(|_| DurationError(text.to_string()))
 }
 
 #[cfg(test)]
