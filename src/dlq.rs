@@ -710,6 +710,45 @@ impl Queues {
         })
     }
 
+    /// The `k` oldest entries of `key`, in the order they will be popped.
+    async fn oldest(&self, key: &str, k: isize) -> Result<Vec<Vec<u8>>, DlqError> {
+        let mut entries: Vec<Vec<u8>> = if self.pop_end() == End::Right {
+            let mut v: Vec<Vec<u8>> = self.run(redis::cmd("LRANGE").arg(key).arg(-k).arg(-1)).await?;
+            v.reverse();
+            v
+        } else {
+            self.run(redis::cmd("LRANGE").arg(key).arg(0).arg(k - 1)).await?
+        };
+        entries.truncate(k as usize);
+        Ok(entries)
+    }
+
+    /// The requeue script's ARGV for `entries`: the two ends, then each
+    /// entry with its original job (empty for a malformed entry, which the
+    /// script skips). Also returns the malformed ones with their positions.
+    fn requeue_args(&self, entries: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<(usize, MalformedEntry)>) {
+        let mut args: Vec<Vec<u8>> = vec![self.pop_end().as_arg().into(), self.push_end().as_arg().into()];
+        let mut bad = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let text = std::str::from_utf8(e).map_err(|_| "not UTF-8".to_string());
+            let payload = text.and_then(|t| parse_entry(t).map(|j| j.original_job.get().as_bytes().to_vec()));
+            match payload {
+                Ok(p) => args.extend([e.clone(), p]),
+                Err(why) => {
+                    bad.push((
+                        i,
+                        MalformedEntry {
+                            raw: String::from_utf8_lossy(e).chars().take(500).collect(),
+                            parse_error: why,
+                        },
+                    ));
+                    args.extend([e.clone(), Vec::new()]);
+                }
+            }
+        }
+        (args, bad)
+    }
+
     /// Moves every job that was in the DLQ when it started back onto its
     /// queue, oldest first.
     pub async fn requeue_all(&self, queue: &str) -> Result<RequeueReport, DlqError> {
@@ -724,38 +763,11 @@ impl Queues {
         let batch = self.config.requeue_batch as u64;
         let counter = self.metrics.requeued.with_label_values(&[queue]);
         while left > 0 {
-            let k = left.min(batch) as isize;
-            // The k oldest entries, in the order they will be popped.
-            let mut entries: Vec<Vec<u8>> = if self.pop_end() == End::Right {
-                let mut v: Vec<Vec<u8>> = self.run(redis::cmd("LRANGE").arg(&key).arg(-k).arg(-1)).await?;
-                v.reverse();
-                v
-            } else {
-                self.run(redis::cmd("LRANGE").arg(&key).arg(0).arg(k - 1)).await?
-            };
-            entries.truncate(k as usize);
+            let entries = self.oldest(&key, left.min(batch) as isize).await?;
             if entries.is_empty() {
                 break; // cleared or drained by someone else meanwhile
             }
-            let mut args: Vec<Vec<u8>> = vec![self.pop_end().as_arg().into(), self.push_end().as_arg().into()];
-            let mut bad_in_batch = Vec::new();
-            for (i, e) in entries.iter().enumerate() {
-                let text = std::str::from_utf8(e).map_err(|_| "not UTF-8".to_string());
-                let payload = text.and_then(|t| parse_entry(t).map(|j| j.original_job.get().as_bytes().to_vec()));
-                match payload {
-                    Ok(p) => args.extend([e.clone(), p]),
-                    Err(why) => {
-                        bad_in_batch.push((
-                            i,
-                            MalformedEntry {
-                                raw: String::from_utf8_lossy(e).chars().take(500).collect(),
-                                parse_error: why,
-                            },
-                        ));
-                        args.extend([e.clone(), Vec::new()]);
-                    }
-                }
-            }
+            let (args, bad_in_batch) = self.requeue_args(&entries);
             let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
             let reply = self.script(&Scripts::Requeue, &[&key, queue], &arg_refs).await?;
             let (r, s, stopped) = (int_at(&reply, 1), int_at(&reply, 2), int_at(&reply, 3));

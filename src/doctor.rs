@@ -161,7 +161,13 @@ struct ProbeError {
 /// Every field of one GPU; `Err` says why the GPU could not be identified.
 fn probe_gpu(nvml: &Nvml, index: u32, o: &Options) -> Result<GpuReport, ProbeError> {
     let meter = Meter::default();
-    let failed = |what: &'static str| move |e: NvmlError| ProbeError { index, what, error: error_name(&e) };
+    let failed = |what: &'static str| {
+        move |e: NvmlError| ProbeError {
+            index,
+            what,
+            error: error_name(&e),
+        }
+    };
     let device = nvml.device_by_index(index).map_err(failed("cannot be opened"))?;
     let uuid = device.uuid().map_err(failed("its UUID cannot be read"))?;
     // The fan count decides how many fans are read, as in the daemon.

@@ -3,16 +3,22 @@
 //! # Layout
 //!
 //! - `main.rs`: flags, logging, config loading; calls [`run`].
-//! - [`config`]: the YAML config, its defaults, env overrides and validation.
+//! - [`config`]: the YAML config, its defaults and env overrides; one file
+//!   per section with its struct, its `Range` constants and its checks.
 //! - [`collectors`]: the `Collector` trait, the runner (interval, timeout,
-//!   shutdown, readiness, `inferwatch_collector_*` self-metrics) and
-//!   `REGISTRY`, the one list of collectors: the daemon starts them from it
-//!   and the `--collector.<name>` flags are generated from it.
-//!   - [`collectors::gpu`]: GPU snapshot, history feed, `gpu_*` families.
+//!   shutdown, readiness, `inferwatch_collector_*` self-metrics, page
+//!   refresh) and `REGISTRY`, the one list of collectors: the daemon starts
+//!   them from it, the golden test reads them once through it
+//!   (`collect_once`), and the `--collector.<name>` flags are generated
+//!   from it. Each collector defines the families it writes.
+//!   - [`collectors::gpu`]: NVML polling, history feed, `gpu_*` families.
 //!   - [`collectors::health`]: service checks, restarts, `service_*` families.
 //!   - [`collectors::queues`]: queue and DLQ depths, the "DLQ jobs present" alert.
 //!   - [`collectors::stream`]: the Redis stream input of pipeline events.
-//!   - [`collectors::storage`]: filesystem usage, the disk alert, the cleanup scan.
+//!   - [`collectors::storage`]: filesystem usage, the disk alert.
+//! - [`state`]: what collectors publish and readers read: the GPU snapshot
+//!   and history ring, the service views, the filesystem reading, readiness.
+//! - [`cleanup`]: the read-only file scan behind the cleanup preview.
 //! - [`restart`]: the pure restart policy (statuses, backoff, give-up, reset).
 //! - [`dlq`]: the Redis side of queues and DLQs: polling, listing, and the
 //!   atomic requeue / clear / restore scripts.
@@ -42,7 +48,9 @@
 //! provisioning), `grafana-dashboards/` and `docker-compose-monitoring.yml`
 //! query the metric names defined here.
 //!
-//! Arrows point one way: collectors write shared state, the API reads it.
+//! Arrows point one way: collectors write `state`, the API and the hub read
+//! it; no module under `api` imports `collectors`, and nothing outside `api`
+//! but this file imports `api`.
 
 pub mod api;
 pub mod cleanup;

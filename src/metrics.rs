@@ -270,58 +270,39 @@ pub fn encode_openmetrics(families: &[MetricFamily]) -> Vec<u8> {
                 MetricType::GAUGE => sample(&mut out, name, &labels, None, m.get_gauge().get_value()),
                 #[allow(deprecated)] // the crate never emits untyped; kept for completeness
                 MetricType::UNTYPED => sample(&mut out, name, &labels, None, m.get_untyped().get_value()),
-                MetricType::HISTOGRAM => {
-                    let h = m.get_histogram();
-                    let mut saw_inf = false;
-                    for b in h.get_bucket() {
-                        saw_inf |= b.upper_bound().is_infinite();
-                        let le = format_float(b.upper_bound());
-                        sample(
-                            &mut out,
-                            &format!("{name}_bucket"),
-                            &labels,
-                            Some(("le", &le)),
-                            b.cumulative_count() as f64,
-                        );
-                    }
-                    if !saw_inf {
-                        sample(
-                            &mut out,
-                            &format!("{name}_bucket"),
-                            &labels,
-                            Some(("le", "+Inf")),
-                            h.get_sample_count() as f64,
-                        );
-                    }
-                    sample(&mut out, &format!("{name}_sum"), &labels, None, h.get_sample_sum());
-                    sample(
-                        &mut out,
-                        &format!("{name}_count"),
-                        &labels,
-                        None,
-                        h.get_sample_count() as f64,
-                    );
-                }
-                MetricType::SUMMARY => {
-                    let s = m.get_summary();
-                    for q in s.get_quantile() {
-                        let qs = format_float(q.quantile());
-                        sample(&mut out, name, &labels, Some(("quantile", &qs)), q.value());
-                    }
-                    sample(&mut out, &format!("{name}_sum"), &labels, None, s.sample_sum());
-                    sample(
-                        &mut out,
-                        &format!("{name}_count"),
-                        &labels,
-                        None,
-                        s.sample_count() as f64,
-                    );
-                }
+                MetricType::HISTOGRAM => histogram_samples(&mut out, name, &labels, m.get_histogram()),
+                MetricType::SUMMARY => summary_samples(&mut out, name, &labels, m.get_summary()),
             }
         }
     }
     out.push_str("# EOF\n");
     out.into_bytes()
+}
+
+/// A histogram's buckets (with `+Inf`), `_sum` and `_count`.
+fn histogram_samples(out: &mut String, name: &str, labels: &[(String, String)], h: &prometheus::proto::Histogram) {
+    let bucket = format!("{name}_bucket");
+    let mut saw_inf = false;
+    for b in h.get_bucket() {
+        saw_inf |= b.upper_bound().is_infinite();
+        let le = format_float(b.upper_bound());
+        sample(out, &bucket, labels, Some(("le", &le)), b.cumulative_count() as f64);
+    }
+    if !saw_inf {
+        sample(out, &bucket, labels, Some(("le", "+Inf")), h.get_sample_count() as f64);
+    }
+    sample(out, &format!("{name}_sum"), labels, None, h.get_sample_sum());
+    sample(out, &format!("{name}_count"), labels, None, h.get_sample_count() as f64);
+}
+
+/// A summary's quantiles, `_sum` and `_count`.
+fn summary_samples(out: &mut String, name: &str, labels: &[(String, String)], s: &prometheus::proto::Summary) {
+    for q in s.get_quantile() {
+        let qs = format_float(q.quantile());
+        sample(out, name, labels, Some(("quantile", &qs)), q.value());
+    }
+    sample(out, &format!("{name}_sum"), labels, None, s.sample_sum());
+    sample(out, &format!("{name}_count"), labels, None, s.sample_count() as f64);
 }
 
 fn sample(out: &mut String, name: &str, labels: &[(String, String)], extra: Option<(&str, &str)>, value: f64) {

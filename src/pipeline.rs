@@ -283,6 +283,14 @@ struct Names {
 pub struct Pipeline {
     allowed_stages: HashSet<String>,
     max_names: usize,
+    m: Families,
+    names: Mutex<Names>,
+    rate: Mutex<Rate>,
+    started: Instant,
+}
+
+/// The `pipeline_*` families, registered with every fixed series created.
+struct Families {
     stage_duration: HistogramVec,
     stage_errors: IntCounterVec,
     jobs: IntCounterVec,
@@ -290,13 +298,10 @@ pub struct Pipeline {
     items: IntCounter,
     events: IntCounterVec,
     rejected: IntCounterVec,
-    names: Mutex<Names>,
-    rate: Mutex<Rate>,
-    started: Instant,
 }
 
-impl Pipeline {
-    pub fn new(config: &PipelineConfig, metrics: &Metrics) -> Pipeline {
+impl Families {
+    fn register(config: &PipelineConfig, metrics: &Metrics) -> Families {
         let stage_duration = histogram(
             "pipeline_stage_duration_seconds",
             "Duration of pipeline stages, from ingested stage events.",
@@ -351,15 +356,7 @@ impl Pipeline {
         for r in Reason::ALL {
             rejected.with_label_values(&[r.as_str()]);
         }
-        let mut names = Names::default();
-        for s in &config.stages {
-            names
-                .stages
-                .insert(s.clone(), stage_duration.with_label_values(&[s.as_str()]));
-        }
-        Pipeline {
-            allowed_stages: config.stages.iter().cloned().collect(),
-            max_names: config.max_stages,
+        Families {
             stage_duration,
             stage_errors,
             jobs,
@@ -367,6 +364,23 @@ impl Pipeline {
             items,
             events,
             rejected,
+        }
+    }
+}
+
+impl Pipeline {
+    pub fn new(config: &PipelineConfig, metrics: &Metrics) -> Pipeline {
+        let m = Families::register(config, metrics);
+        let mut names = Names::default();
+        for s in &config.stages {
+            names
+                .stages
+                .insert(s.clone(), m.stage_duration.with_label_values(&[s.as_str()]));
+        }
+        Pipeline {
+            allowed_stages: config.stages.iter().cloned().collect(),
+            max_names: config.max_stages,
+            m,
             names: Mutex::new(names),
             rate: Mutex::new(Rate::default()),
             started: Instant::now(),
@@ -375,7 +389,7 @@ impl Pipeline {
 
     /// Counts a refusal of a whole batch (too large, not JSON).
     pub fn reject_batch(&self, reason: Reason) {
-        self.rejected.with_label_values(&[reason.as_str()]).inc();
+        self.m.rejected.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// Checks and applies `raw` events (each one event's JSON); invalid
@@ -404,14 +418,15 @@ impl Pipeline {
             }
         }
         drop(names);
-        self.events
+        self.m
+            .events
             .with_label_values(&[source.as_str()])
             .inc_by(report.accepted as u64);
         for (reason, n) in rejected_by {
-            self.rejected.with_label_values(&[reason.as_str()]).inc_by(n);
+            self.m.rejected.with_label_values(&[reason.as_str()]).inc_by(n);
         }
         if items > 0 {
-            self.items.inc_by(items);
+            self.m.items.inc_by(items);
         }
         if report.accepted > 0 {
             // Any accepted event means the pipeline is reporting: the rate
@@ -444,7 +459,7 @@ impl Pipeline {
                         ),
                     ));
                 }
-                let h = self.stage_duration.with_label_values(&[stage.as_str()]);
+                let h = self.m.stage_duration.with_label_values(&[stage.as_str()]);
                 names.stages.insert(stage.clone(), h);
             }
             if let Some(t) = error_type {
@@ -479,7 +494,10 @@ impl Pipeline {
                     h.observe(duration_seconds);
                 }
                 if let Some(t) = error_type {
-                    self.stage_errors.with_label_values(&[stage.as_str(), t.as_str()]).inc();
+                    self.m
+                        .stage_errors
+                        .with_label_values(&[stage.as_str(), t.as_str()])
+                        .inc();
                 }
                 items
             }
@@ -488,8 +506,8 @@ impl Pipeline {
                 duration_seconds,
             } => {
                 let status = if completed { "completed" } else { "failed" };
-                self.jobs.with_label_values(&[status]).inc();
-                self.job_duration.observe(duration_seconds);
+                self.m.jobs.with_label_values(&[status]).inc();
+                self.m.job_duration.observe(duration_seconds);
                 0
             }
         }
@@ -504,8 +522,8 @@ impl Pipeline {
     /// Accepted events by source: `(http, redis_stream)`.
     pub fn accepted(&self) -> (u64, u64) {
         (
-            self.events.with_label_values(&[Source::Http.as_str()]).get(),
-            self.events.with_label_values(&[Source::RedisStream.as_str()]).get(),
+            self.m.events.with_label_values(&[Source::Http.as_str()]).get(),
+            self.m.events.with_label_values(&[Source::RedisStream.as_str()]).get(),
         )
     }
 
@@ -513,7 +531,7 @@ impl Pipeline {
     pub fn rejected_total(&self) -> u64 {
         Reason::ALL
             .iter()
-            .map(|r| self.rejected.with_label_values(&[r.as_str()]).get())
+            .map(|r| self.m.rejected.with_label_values(&[r.as_str()]).get())
             .sum()
     }
 }

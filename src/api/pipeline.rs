@@ -62,27 +62,13 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
-async fn ingest_body(
-    state: &AppState,
-    q: RawQuery,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
-    params(q, &[])?;
+/// Reads the body within `web.body_read_timeout` and `MAX_BODY`.
+async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, AppError> {
     let pipeline = &state.pipeline;
-    // A declared length over the limit is refused before any byte is read.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        pipeline.reject_batch(Reason::BodyTooLarge);
-        return Err(too_large());
-    }
     let timeout = state.config.web.body_read_timeout;
     let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await;
-    let bytes = match read {
-        Ok(Ok(bytes)) => bytes,
+    match read {
+        Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) if is_length_limit(&e) => {
             pipeline.reject_batch(Reason::BodyTooLarge);
             return Err(too_large());
@@ -102,7 +88,27 @@ async fn ingest_body(
                 json!({ "timeout_seconds": timeout.as_secs_f64() }),
             ));
         }
-    };
+    }
+}
+
+async fn ingest_body(
+    state: &AppState,
+    q: RawQuery,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
+    params(q, &[])?;
+    let pipeline = &state.pipeline;
+    // A declared length over the limit is refused before any byte is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        pipeline.reject_batch(Reason::BodyTooLarge);
+        return Err(too_large());
+    }
+    let bytes = read_body(state, body).await?;
     let events: Vec<&RawValue> = serde_json::from_slice(&bytes).map_err(|e| {
         pipeline.reject_batch(Reason::InvalidJson);
         AppError::bad_request(

@@ -14,12 +14,13 @@ use axum::response::Response;
 use futures_util::SinkExt;
 use prometheus::IntCounter;
 use serde_json::json;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::query::{params, RawQuery};
 use super::{AppError, AppState};
-use crate::hub::{snapshot, ClientType, Outgoing, WsError, MAX_BATCH};
+use crate::hub::{snapshot, ClientType, Hub, Outgoing, WsError, MAX_BATCH};
 
 /// `GET /ws/system[?client=browser|api]`.
 pub async fn upgrade(
@@ -102,6 +103,66 @@ async fn send(socket: &mut WebSocket, cancel: &CancellationToken, msg: Message) 
     }
 }
 
+/// Sends the snapshot, then forwards the hub's messages and pings until the
+/// client leaves, fails, goes silent or is cut off. Returns why it ended
+/// when that is an error.
+async fn pump(
+    hub: &Hub,
+    socket: &mut WebSocket,
+    cancel: &CancellationToken,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    snap: Vec<Outgoing>,
+) -> Option<WsError> {
+    let ping_every = hub.config.ping_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let mut last_heard = Instant::now();
+    let sent = &hub.metrics.sent;
+    let mut batch = snap;
+    match send_all(socket, cancel, &mut batch, sent).await {
+        Ok(()) => {}
+        Err(None) => return None,
+        Err(Some(_)) => return Some(WsError::SendFailed),
+    }
+    loop {
+        tokio::select! {
+            // The hub counted the slow consumer when it cut it off.
+            _ = cancel.cancelled() => return None,
+            m = rx.recv() => {
+                let Some(m) = m else { return None };
+                // Take whatever else is queued and write it all at once.
+                batch.push(m);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => batch.push(m),
+                        Err(_) => break,
+                    }
+                }
+                match send_all(socket, cancel, &mut batch, sent).await {
+                    Ok(()) => {}
+                    Err(None) => return None,
+                    Err(Some(_)) => return Some(WsError::SendFailed),
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Ok(Message::Close(_))) => return None,
+                // Pongs, and anything else the client says, prove it is alive.
+                Some(Ok(_)) => last_heard = Instant::now(),
+                Some(Err(_)) => return Some(WsError::Protocol),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ping_every * 2 {
+                    return Some(WsError::PingTimeout);
+                }
+                match send(socket, cancel, Message::Ping(Default::default())).await {
+                    Ok(()) => {}
+                    Err(None) => return None,
+                    Err(Some(_)) => return Some(WsError::SendFailed),
+                }
+            }
+        }
+    }
+}
+
 /// One client's connection, from snapshot to goodbye.
 async fn serve(state: AppState, mut socket: WebSocket, client_type: ClientType) {
     let hub = state.hub.clone();
@@ -109,57 +170,7 @@ async fn serve(state: AppState, mut socket: WebSocket, client_type: ClientType) 
     let gauge = hub.metrics.gauge(client_type);
     gauge.inc();
     let started = Instant::now();
-    let ping_every = hub.config.ping_interval;
-    let mut ping = tokio::time::interval_at(started + ping_every, ping_every);
-    let mut last_heard = Instant::now();
-
-    let sent = &hub.metrics.sent;
-    let mut batch = snap;
-    let ended: Option<WsError> = 'conn: {
-        match send_all(&mut socket, &cancel, &mut batch, sent).await {
-            Ok(()) => {}
-            Err(None) => break 'conn None,
-            Err(Some(_)) => break 'conn Some(WsError::SendFailed),
-        }
-        loop {
-            tokio::select! {
-                // The hub counted the slow consumer when it cut it off.
-                _ = cancel.cancelled() => break None,
-                m = rx.recv() => {
-                    let Some(m) = m else { break None };
-                    // Take whatever else is queued and write it all at once.
-                    batch.push(m);
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(m) => batch.push(m),
-                            Err(_) => break,
-                        }
-                    }
-                    match send_all(&mut socket, &cancel, &mut batch, sent).await {
-                        Ok(()) => {}
-                        Err(None) => break None,
-                        Err(Some(_)) => break Some(WsError::SendFailed),
-                    }
-                }
-                incoming = socket.recv() => match incoming {
-                    None | Some(Ok(Message::Close(_))) => break None,
-                    // Pongs, and anything else the client says, prove it is alive.
-                    Some(Ok(_)) => last_heard = Instant::now(),
-                    Some(Err(_)) => break Some(WsError::Protocol),
-                },
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > ping_every * 2 {
-                        break Some(WsError::PingTimeout);
-                    }
-                    match send(&mut socket, &cancel, Message::Ping(Default::default())).await {
-                        Ok(()) => {}
-                        Err(None) => break None,
-                        Err(Some(_)) => break Some(WsError::SendFailed),
-                    }
-                }
-            }
-        }
-    };
+    let ended = pump(&hub, &mut socket, &cancel, &mut rx, snap).await;
     hub.unregister(id);
     if let Some(e) = ended {
         hub.metrics.error(e);

@@ -96,6 +96,34 @@ impl GpuCollector {
         }
     }
 
+    /// Counts and reports the XID errors NVML delivered since the last poll.
+    fn report_xids(&mut self, xids: &[(u32, String, u64)]) {
+        for (gpu, uuid, xid) in xids {
+            *self.xid_totals.entry((*gpu, uuid.clone(), *xid)).or_default() += 1;
+            tracing::error!(gpu, uuid = %uuid, xid, "GPU reported a critical XID error.");
+            self.events.publish(Event::GpuXid {
+                gpu: *gpu,
+                uuid: uuid.clone(),
+                xid: *xid,
+            });
+        }
+    }
+
+    /// Reports GPUs that fell off the bus. The previous snapshot says which
+    /// GPU sat at a now-lost index.
+    fn report_lost(&self, lost: &[u32]) {
+        let previous = self.state.snapshot();
+        for index in lost {
+            if let Some(uuid) = previous.readings.iter().find(|r| r.index == *index).map(|r| &r.uuid) {
+                tracing::error!(gpu = index, uuid = %uuid, "GPU is lost (fell off the bus); its series are removed.");
+                self.events.publish(Event::GpuLost {
+                    gpu: *index,
+                    uuid: uuid.clone(),
+                });
+            }
+        }
+    }
+
     /// True when running without NVML.
     pub fn is_mock(&self) -> bool {
         self.nvml.is_none()
@@ -146,26 +174,8 @@ impl Collector for GpuCollector {
         let driver_version = nvml.driver_version.clone();
         let now = Utc::now();
 
-        for (gpu, uuid, xid) in &outcome.xids {
-            *self.xid_totals.entry((*gpu, uuid.clone(), *xid)).or_default() += 1;
-            tracing::error!(gpu, uuid = %uuid, xid, "GPU reported a critical XID error.");
-            self.events.publish(Event::GpuXid {
-                gpu: *gpu,
-                uuid: uuid.clone(),
-                xid: *xid,
-            });
-        }
-        // The previous snapshot says which GPU sat at a now-lost index.
-        let previous = self.state.snapshot();
-        for index in &outcome.lost {
-            if let Some(uuid) = previous.readings.iter().find(|r| r.index == *index).map(|r| &r.uuid) {
-                tracing::error!(gpu = index, uuid = %uuid, "GPU is lost (fell off the bus); its series are removed.");
-                self.events.publish(Event::GpuLost {
-                    gpu: *index,
-                    uuid: uuid.clone(),
-                });
-            }
-        }
+        self.report_xids(&outcome.xids);
+        self.report_lost(&outcome.lost);
         let readings = outcome.readings;
         for r in &readings {
             self.check_temperature(r);
@@ -305,6 +315,50 @@ impl Builder {
             self.add(f, labels, v);
         }
     }
+
+    /// Every series of one GPU's reading.
+    fn reading(&mut self, r: &GpuReading, driver_version: &str, per_process: bool) {
+        let idx = r.index.to_string();
+        let l = [idx.as_str(), r.uuid.as_str()];
+        self.add(F::Info, &[&idx, &r.uuid, &r.name, driver_version, &r.pci_bus_id], 1.0);
+        self.opt(F::Util, &l, r.utilization);
+        self.opt(F::MemUtil, &l, r.memory_utilization);
+        self.opt(F::MemUsed, &l, r.memory_used_bytes.map(|v| v as f64));
+        self.opt(F::MemTotal, &l, r.memory_total_bytes.map(|v| v as f64));
+        self.opt(F::MemFree, &l, r.memory_free_bytes.map(|v| v as f64));
+        self.opt(F::Temp, &l, r.temperature_celsius);
+        self.opt(F::Power, &l, r.power_usage_watts);
+        self.opt(F::PowerLimit, &l, r.power_limit_watts);
+        for (fan, ratio) in &r.fans {
+            self.add(F::Fan, &[l[0], l[1], &fan.to_string()], *ratio);
+        }
+        for (clock, hz) in ["graphics", "sm", "memory"].iter().zip(r.clocks_hz) {
+            self.opt(F::Clock, &[l[0], l[1], clock], hz);
+        }
+        self.opt(F::Enc, &l, r.encoder_utilization);
+        self.opt(F::Dec, &l, r.decoder_utilization);
+        self.opt(F::Energy, &l, r.energy_joules);
+        self.opt(F::Ecc, &[l[0], l[1], "corrected"], r.ecc_corrected.map(|v| v as f64));
+        self.opt(
+            F::Ecc,
+            &[l[0], l[1], "uncorrected"],
+            r.ecc_uncorrected.map(|v| v as f64),
+        );
+        if let Some(bits) = r.throttle_reasons {
+            for (bit, reason) in THROTTLE_REASONS {
+                self.add(
+                    F::Throttle,
+                    &[l[0], l[1], reason],
+                    if bits & bit != 0 { 1.0 } else { 0.0 },
+                );
+            }
+        }
+        if per_process {
+            for (pid, name, bytes) in r.processes.iter().flatten() {
+                self.add(F::Proc, &[l[0], l[1], &pid.to_string(), name], *bytes as f64);
+            }
+        }
+    }
 }
 
 impl PromCollector for GpuFamilies {
@@ -320,50 +374,7 @@ impl PromCollector for GpuFamilies {
         b.add(F::Available, &[], if snap.available { 1.0 } else { 0.0 });
         b.add(F::Devices, &[], snap.readings.len() as f64);
         for r in &snap.readings {
-            let idx = r.index.to_string();
-            let l = [idx.as_str(), r.uuid.as_str()];
-            b.add(
-                F::Info,
-                &[&idx, &r.uuid, &r.name, &snap.driver_version, &r.pci_bus_id],
-                1.0,
-            );
-            b.opt(F::Util, &l, r.utilization);
-            b.opt(F::MemUtil, &l, r.memory_utilization);
-            b.opt(F::MemUsed, &l, r.memory_used_bytes.map(|v| v as f64));
-            b.opt(F::MemTotal, &l, r.memory_total_bytes.map(|v| v as f64));
-            b.opt(F::MemFree, &l, r.memory_free_bytes.map(|v| v as f64));
-            b.opt(F::Temp, &l, r.temperature_celsius);
-            b.opt(F::Power, &l, r.power_usage_watts);
-            b.opt(F::PowerLimit, &l, r.power_limit_watts);
-            for (fan, ratio) in &r.fans {
-                b.add(F::Fan, &[l[0], l[1], &fan.to_string()], *ratio);
-            }
-            for (clock, hz) in ["graphics", "sm", "memory"].iter().zip(r.clocks_hz) {
-                b.opt(F::Clock, &[l[0], l[1], clock], hz);
-            }
-            b.opt(F::Enc, &l, r.encoder_utilization);
-            b.opt(F::Dec, &l, r.decoder_utilization);
-            b.opt(F::Energy, &l, r.energy_joules);
-            b.opt(F::Ecc, &[l[0], l[1], "corrected"], r.ecc_corrected.map(|v| v as f64));
-            b.opt(
-                F::Ecc,
-                &[l[0], l[1], "uncorrected"],
-                r.ecc_uncorrected.map(|v| v as f64),
-            );
-            if let Some(bits) = r.throttle_reasons {
-                for (bit, reason) in THROTTLE_REASONS {
-                    b.add(
-                        F::Throttle,
-                        &[l[0], l[1], reason],
-                        if bits & bit != 0 { 1.0 } else { 0.0 },
-                    );
-                }
-            }
-            if self.state.per_process() {
-                for (pid, name, bytes) in r.processes.iter().flatten() {
-                    b.add(F::Proc, &[l[0], l[1], &pid.to_string(), name], *bytes as f64);
-                }
-            }
+            b.reading(r, &snap.driver_version, self.state.per_process());
         }
         for ((gpu, uuid, xid), n) in &snap.xid_totals {
             b.add(F::Xid, &[&gpu.to_string(), uuid, &xid.to_string()], *n as f64);

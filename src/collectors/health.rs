@@ -152,7 +152,11 @@ impl Checker {
     async fn check(&self) -> Result<(), CheckError> {
         match self {
             Checker::Http { client, url } => {
-                let resp = client.get(url.clone()).send().await.map_err(|e| CheckError::connect(&e))?;
+                let resp = client
+                    .get(url.clone())
+                    .send()
+                    .await
+                    .map_err(|e| CheckError::connect(&e))?;
                 let status = resp.status();
                 if status.is_success() {
                     Ok(())

@@ -172,73 +172,83 @@ impl Field {
             Field::PowerLimit => {
                 Value::Num(m.call("enforced_power_limit", || d.enforced_power_limit())? as f64 / 1000.0)
             }
-            Field::FanSpeed => list((0..fans).map(|i| {
-                (
-                    i.to_string(),
-                    m.call("fan_speed", || d.fan_speed(i)).map(|p| p as f64 / 100.0),
-                )
-            }))?,
-            Field::Clocks => list(
-                [
-                    (Clock::Graphics, "graphics"),
-                    (Clock::SM, "sm"),
-                    (Clock::Memory, "memory"),
-                ]
-                .into_iter()
-                .map(|(c, n)| {
-                    (
-                        n.to_string(),
-                        m.call("clock_info", || d.clock_info(c)).map(|mhz| mhz as f64 * 1e6),
-                    )
-                }),
-            )?,
             Field::Encoder => {
                 Value::Num(m.call("encoder_utilization", || d.encoder_utilization())?.utilization as f64 / 100.0)
             }
             Field::Decoder => {
                 Value::Num(m.call("decoder_utilization", || d.decoder_utilization())?.utilization as f64 / 100.0)
             }
-            Field::Ecc => list(
-                [
-                    (MemoryError::Corrected, "corrected"),
-                    (MemoryError::Uncorrected, "uncorrected"),
-                ]
-                .into_iter()
-                .map(|(t, n)| {
-                    (
-                        n.to_string(),
-                        m.call("total_ecc_errors", || d.total_ecc_errors(t, EccCounter::Volatile))
-                            .map(|v| v as f64),
-                    )
-                }),
-            )?,
+            Field::FanSpeed => fan_speeds(d, fans, m)?,
+            Field::Clocks => clocks(d, m)?,
+            Field::Ecc => ecc_errors(d, m)?,
+            Field::Processes => processes(nvml, d, m)?,
             Field::ThrottleReasons => Value::Num(
                 m.call("clocks_throttle_reasons", || d.current_throttle_reasons())?
                     .bits() as f64,
             ),
-            Field::Processes => {
-                let procs = m.call("compute_running_processes", || d.running_compute_processes())?;
-                Value::Processes(
-                    procs
-                        .into_iter()
-                        .map(|p| {
-                            let bytes = match p.used_gpu_memory {
-                                nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => b,
-                                nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => 0,
-                            };
-                            let name = m
-                                .call("process_name", || nvml.sys_process_name(p.pid, 64))
-                                .unwrap_or_else(|_| "unknown".into());
-                            (p.pid, name, bytes)
-                        })
-                        .collect(),
-                )
-            }
             Field::Energy => {
                 Value::Num(m.call("total_energy_consumption", || d.total_energy_consumption())? as f64 / 1000.0)
             }
         })
     }
+}
+
+fn fan_speeds(d: &Device, fans: u32, m: &Meter) -> Result<Value, NvmlError> {
+    list((0..fans).map(|i| {
+        (
+            i.to_string(),
+            m.call("fan_speed", || d.fan_speed(i)).map(|p| p as f64 / 100.0),
+        )
+    }))
+}
+
+fn clocks(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    let domains = [
+        (Clock::Graphics, "graphics"),
+        (Clock::SM, "sm"),
+        (Clock::Memory, "memory"),
+    ];
+    list(domains.into_iter().map(|(c, n)| {
+        (
+            n.to_string(),
+            m.call("clock_info", || d.clock_info(c)).map(|mhz| mhz as f64 * 1e6),
+        )
+    }))
+}
+
+fn ecc_errors(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    let kinds = [
+        (MemoryError::Corrected, "corrected"),
+        (MemoryError::Uncorrected, "uncorrected"),
+    ];
+    list(kinds.into_iter().map(|(t, n)| {
+        (
+            n.to_string(),
+            m.call("total_ecc_errors", || d.total_ecc_errors(t, EccCounter::Volatile))
+                .map(|v| v as f64),
+        )
+    }))
+}
+
+/// Compute processes with their memory; a name that cannot be read is
+/// `unknown`, not a failed field.
+fn processes(nvml: &Nvml, d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    let procs = m.call("compute_running_processes", || d.running_compute_processes())?;
+    Ok(Value::Processes(
+        procs
+            .into_iter()
+            .map(|p| {
+                let bytes = match p.used_gpu_memory {
+                    nvml_wrapper::enums::device::UsedGpuMemory::Used(b) => b,
+                    nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => 0,
+                };
+                let name = m
+                    .call("process_name", || nvml.sys_process_name(p.pid, 64))
+                    .unwrap_or_else(|_| "unknown".into());
+                (p.pid, name, bytes)
+            })
+            .collect(),
+    ))
 }
 
 /// The entries of a list field that answered; the last error when none did
