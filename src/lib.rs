@@ -173,11 +173,13 @@ pub async fn gpu_collector(state: &AppState) -> GpuCollector {
 }
 
 /// What the collectors get from `state`: the config and the shared state
-/// they write to; `stop` ends their tasks.
+/// they write to; `stop` ends their tasks. Registers the runner's
+/// self-metrics, so it is called once per state.
 pub fn shared(state: &AppState, stop: CancellationToken) -> collectors::Shared {
     collectors::Shared {
         config: state.config.clone(),
         metrics: state.metrics.clone(),
+        runner: collectors::RunnerMetrics::register(state.metrics.clone()),
         readiness: state.readiness.clone(),
         events: state.events.clone(),
         gpu: state.gpu.clone(),

@@ -65,17 +65,14 @@ struct Page {
     body: Bytes,
 }
 
-/// The registry plus the self-metrics every collector shares.
+/// The registry, `inferwatch_build_info`, the process metrics and the
+/// rendered-page cache. Every other family is registered by the module that
+/// writes it.
 pub struct Metrics {
     registry: Registry,
     generation: AtomicU64,
     /// Cached pages, indexed by [`Format`]; each is rendered only when asked for.
     pages: Mutex<[Option<Page>; 2]>,
-    pub collector_success: GaugeVec,
-    pub collector_duration: GaugeVec,
-    pub collector_last_success: GaugeVec,
-    pub collector_errors: IntCounterVec,
-    pub collector_interval: GaugeVec,
 }
 
 /// A metric type built from a name, a help text and label names. Names and
@@ -121,31 +118,6 @@ pub fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let collector_success = family::<GaugeVec>(
-            "inferwatch_collector_success",
-            "1 if the collector's last run succeeded, 0 if it failed.",
-            &["collector"],
-        );
-        let collector_duration = family::<GaugeVec>(
-            "inferwatch_collector_duration_seconds",
-            "How long the collector's last run took.",
-            &["collector"],
-        );
-        let collector_last_success = family::<GaugeVec>(
-            "inferwatch_collector_last_success_timestamp_seconds",
-            "Unix time of the collector's last successful run.",
-            &["collector"],
-        );
-        let collector_errors = family::<IntCounterVec>(
-            "inferwatch_collector_errors_total",
-            "Collector rounds that failed or timed out.",
-            &["collector"],
-        );
-        let collector_interval = family::<GaugeVec>(
-            "inferwatch_collector_interval_seconds",
-            "Configured time between the starts of two rounds of the collector.",
-            &["collector"],
-        );
         let build_info = family::<GaugeVec>(
             "inferwatch_build_info",
             "Always 1; labelled with the daemon's version.",
@@ -153,16 +125,9 @@ impl Metrics {
         );
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
 
-        for c in [
-            Box::new(collector_success.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(collector_duration.clone()),
-            Box::new(collector_last_success.clone()),
-            Box::new(collector_errors.clone()),
-            Box::new(collector_interval.clone()),
-            Box::new(build_info),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
+        registry
+            .register(Box::new(build_info))
+            .expect("metric names are unique");
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
@@ -172,11 +137,6 @@ impl Metrics {
             registry,
             generation: AtomicU64::new(0),
             pages: Mutex::new([None, None]),
-            collector_success,
-            collector_duration,
-            collector_last_success,
-            collector_errors,
-            collector_interval,
         }
     }
 

@@ -613,9 +613,9 @@ mod tests {
         assert_eq!((r.accepted, r.rejected), (3, 1));
         assert_eq!(r.errors[0].index, 2);
         assert_eq!(r.errors[0].reason, Reason::StageLimit);
-        assert_eq!(p.stage_duration.with_label_values(&["a"]).get_sample_count(), 2);
-        assert_eq!(p.rejected.with_label_values(&["stage_limit"]).get(), 1);
-        assert_eq!(p.items.get(), 6);
+        assert_eq!(p.m.stage_duration.with_label_values(&["a"]).get_sample_count(), 2);
+        assert_eq!(p.m.rejected.with_label_values(&["stage_limit"]).get(), 1);
+        assert_eq!(p.m.items.get(), 6);
     }
 
     #[test]

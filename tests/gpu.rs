@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 struct Harness {
     state: AppState,
+    runner: std::sync::Arc<inferwatch::collectors::RunnerMetrics>,
     collector: GpuCollector,
     _data: tempfile::TempDir,
 }
@@ -33,6 +34,7 @@ impl Harness {
         state.readiness.expect("gpu");
         let collector = inferwatch::gpu_collector(&state).await;
         Harness {
+            runner: inferwatch::collectors::RunnerMetrics::register(state.metrics.clone()),
             state,
             collector,
             _data: data,
@@ -40,7 +42,7 @@ impl Harness {
     }
 
     async fn round(&mut self) -> Result<(), String> {
-        run_once(&mut self.collector, &self.state.metrics, &self.state.readiness)
+        run_once(&mut self.collector, &self.runner, &self.state.readiness)
             .await
             .map_err(|e| e.to_string())
     }

@@ -31,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::events::EventBus;
-use crate::metrics::Metrics;
+use prometheus::{GaugeVec, IntCounterVec};
+
+use crate::metrics::{family, Metrics};
 use crate::state::{GpuState, HealthState, Readiness, StorageState};
 
 /// What a collector's constructor gets: the config and the shared state it
@@ -39,6 +41,8 @@ use crate::state::{GpuState, HealthState, Readiness, StorageState};
 pub struct Shared {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// The runner's self-metrics.
+    pub runner: Arc<RunnerMetrics>,
     pub readiness: Arc<Readiness>,
     pub events: EventBus,
     pub gpu: Arc<GpuState>,
@@ -131,14 +135,13 @@ pub fn start_all(shared: &Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, St
         match built {
             Built::Polled(setup) => {
                 shared.readiness.expect(name);
-                let (metrics, readiness, stop) =
-                    (shared.metrics.clone(), shared.readiness.clone(), shared.stop.clone());
+                let (runner, readiness, stop) = (shared.runner.clone(), shared.readiness.clone(), shared.stop.clone());
                 tasks.push(tokio::spawn(async move {
                     let collector = tokio::select! {
                         _ = stop.cancelled() => return,
                         c = setup => c,
                     };
-                    let _ = spawn(collector, metrics, readiness, stop).await;
+                    let _ = spawn(collector, runner, readiness, stop).await;
                 }));
             }
             Built::Own(start) => tasks.extend(start(shared.readiness.clone(), shared.stop.clone())),
@@ -154,12 +157,64 @@ pub async fn collect_once(shared: &Shared) -> Result<(), StartError> {
     for (name, built) in build_enabled(shared)? {
         if let Built::Polled(setup) = built {
             let mut collector = setup.await;
-            if let Err(e) = run_once(&mut collector, &shared.metrics, &shared.readiness).await {
+            if let Err(e) = run_once(&mut collector, &shared.runner, &shared.readiness).await {
                 tracing::warn!(collector = name, error = %e, "One-off collection failed.");
             }
         }
     }
     Ok(())
+}
+
+/// The runner's self-metrics, one series per collector; set by
+/// [`run_once`] and nowhere else.
+pub struct RunnerMetrics {
+    pub success: GaugeVec,
+    pub duration: GaugeVec,
+    pub last_success: GaugeVec,
+    pub errors: IntCounterVec,
+    pub interval: GaugeVec,
+    /// The registry, whose cached page each finished round marks stale.
+    registry: Arc<Metrics>,
+}
+
+impl RunnerMetrics {
+    pub fn register(registry: Arc<Metrics>) -> Arc<RunnerMetrics> {
+        let c = &["collector"];
+        let m = RunnerMetrics {
+            success: family(
+                "inferwatch_collector_success",
+                "1 if the collector's last run succeeded, 0 if it failed.",
+                c,
+            ),
+            duration: family(
+                "inferwatch_collector_duration_seconds",
+                "How long the collector's last run took.",
+                c,
+            ),
+            last_success: family(
+                "inferwatch_collector_last_success_timestamp_seconds",
+                "Unix time of the collector's last successful run.",
+                c,
+            ),
+            errors: family(
+                "inferwatch_collector_errors_total",
+                "Collector rounds that failed or timed out.",
+                c,
+            ),
+            interval: family(
+                "inferwatch_collector_interval_seconds",
+                "Configured time between the starts of two rounds of the collector.",
+                c,
+            ),
+            registry,
+        };
+        m.registry.add(&m.success);
+        m.registry.add(&m.duration);
+        m.registry.add(&m.last_success);
+        m.registry.add(&m.errors);
+        m.registry.add(&m.interval);
+        Arc::new(m)
+    }
 }
 
 /// Why one collection round failed.
@@ -224,7 +279,7 @@ impl Collector for Box<dyn DynCollector> {
 /// Runs `collector` every interval until `shutdown` is cancelled.
 pub fn spawn<C: Collector>(
     mut collector: C,
-    metrics: Arc<Metrics>,
+    metrics: Arc<RunnerMetrics>,
     readiness: Arc<Readiness>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -251,14 +306,14 @@ pub fn spawn<C: Collector>(
 /// self-metrics, marks it ready and invalidates the cached page.
 pub async fn run_once<C: Collector>(
     collector: &mut C,
-    metrics: &Metrics,
+    metrics: &RunnerMetrics,
     readiness: &Readiness,
 ) -> Result<(), CollectError> {
     let name = collector.name();
     let timeout = collector.timeout();
     // Alerts compare the last-success age with this, per collector.
     metrics
-        .collector_interval
+        .interval
         .with_label_values(&[name])
         .set(collector.interval().as_secs_f64());
     let started = Instant::now();
@@ -267,28 +322,22 @@ pub async fn run_once<C: Collector>(
         .unwrap_or(Err(CollectError::Timeout(timeout)));
     record(metrics, name, started.elapsed(), &result);
     readiness.done(name);
-    metrics.invalidate();
+    metrics.registry.invalidate();
     result
 }
 
-fn record(metrics: &Metrics, name: &str, took: Duration, result: &Result<(), CollectError>) {
-    metrics
-        .collector_duration
-        .with_label_values(&[name])
-        .set(took.as_secs_f64());
+fn record(metrics: &RunnerMetrics, name: &str, took: Duration, result: &Result<(), CollectError>) {
+    metrics.duration.with_label_values(&[name]).set(took.as_secs_f64());
     // Touched on every round so the counter exists at 0 before any failure.
-    let errors = metrics.collector_errors.with_label_values(&[name]);
-    let success = metrics.collector_success.with_label_values(&[name]);
+    let errors = metrics.errors.with_label_values(&[name]);
+    let success = metrics.success.with_label_values(&[name]);
     // One WARN when a collector starts failing and one INFO when it
     // recovers; the rounds in between log at debug level.
     let was_failing = errors.get() > 0 && success.get() == 0.0;
     match result {
         Ok(()) => {
             success.set(1.0);
-            metrics
-                .collector_last_success
-                .with_label_values(&[name])
-                .set(unix_now());
+            metrics.last_success.with_label_values(&[name]).set(unix_now());
             if was_failing {
                 tracing::info!(collector = name, "Collection recovered.");
             }
@@ -346,10 +395,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn runner_records_success_failure_and_timeout() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = RunnerMetrics::register(Arc::new(Metrics::new()));
         let readiness = Arc::new(Readiness::default());
         let shutdown = CancellationToken::new();
-        let success = |m: &Metrics| m.collector_success.with_label_values(&["flaky"]).get();
+        let success = |m: &RunnerMetrics| m.success.with_label_values(&["flaky"]).get();
 
         let handle = spawn(
             Flaky { rounds: 0 },
@@ -366,15 +415,15 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(success(&metrics), 0.0);
         // Round 3 at t=20 sleeps 5 s against a 1 s timeout.
-        metrics.collector_success.with_label_values(&["flaky"]).set(1.0);
+        metrics.success.with_label_values(&["flaky"]).set(1.0);
         tokio::time::sleep(Duration::from_millis(11_500)).await;
         assert_eq!(success(&metrics), 0.0);
         assert_eq!(
-            metrics.collector_errors.with_label_values(&["flaky"]).get(),
+            metrics.errors.with_label_values(&["flaky"]).get(),
             2,
             "the failure and the timeout"
         );
-        let took = metrics.collector_duration.with_label_values(&["flaky"]).get();
+        let took = metrics.duration.with_label_values(&["flaky"]).get();
         assert!((took - 1.0).abs() < 0.01, "timeout round lasted {took}");
         shutdown.cancel();
         handle.await.unwrap();
