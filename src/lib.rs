@@ -129,7 +129,7 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
     metrics
         .register(Box::new(GpuFamilies::new(gpu.clone())))
         .expect("GPU families register once");
-    let store = Store::open(&config, metrics.clone())?;
+    let store = Store::open(&config, &metrics)?;
     let health = HealthState::new(&config.health.services);
     let hub = Hub::new(config.websocket.clone(), &metrics);
     let queues = if config.queues.enabled {

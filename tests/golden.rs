@@ -73,7 +73,8 @@ async fn metrics_page_matches_golden_file() {
     // the (empty) pipeline stream of the same Redis. Health checks nothing.
     let state = inferwatch::build_state(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    collect_once(&inferwatch::shared(&state, stop)).await.unwrap();
+    let failed = collect_once(&inferwatch::shared(&state, stop)).await.unwrap();
+    assert!(failed.is_empty(), "every collector's round succeeds: {failed:?}");
     // Known pipeline events: two stages, an error, a job.
     let events = [
         r#"{"kind":"stage","stage":"detection","duration_seconds":0.042,"status":"ok","items":1}"#,

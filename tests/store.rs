@@ -109,7 +109,7 @@ async fn postgres_history_beyond_the_window_and_retention() {
     config.store.url = pg.url();
     config.data_dir = data.path().to_owned();
     let metrics = std::sync::Arc::new(inferwatch::metrics::Metrics::new());
-    let store = inferwatch::store::Store::open(&config, metrics).unwrap();
+    let store = inferwatch::store::Store::open(&config, &metrics).unwrap();
     let now = Utc::now();
     let mk = |age_days: i64, gpu: u32| {
         let mut s = inferwatch::history::GpuSample::mock(now - chrono::Duration::days(age_days));

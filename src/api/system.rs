@@ -34,16 +34,11 @@ pub fn routes() -> Router<AppState> {
 /// first poll has finished.
 fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
     let snap = state.gpu.snapshot();
-    let Some(_) = snap.recorded_at else {
-        return Err(AppError::Unavailable {
-            message: "no GPU reading yet: the first poll has not finished".into(),
-            detail: "retry after the daemon is ready (GET /-/ready)".into(),
-        });
-    };
-    let fps = state.pipeline.fps();
-    Ok(snap
-        .available
-        .then(|| snap.samples.iter().map(|s| s.clone().with_fps(fps)).collect()))
+    let samples = snap.serve(state.pipeline.fps()).ok_or_else(|| AppError::Unavailable {
+        message: "no GPU reading yet: the first poll has not finished".into(),
+        detail: "retry after the daemon is ready (GET /-/ready)".into(),
+    })?;
+    Ok(snap.available.then_some(samples))
 }
 
 /// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the

@@ -152,17 +152,19 @@ pub fn start_all(shared: &Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, St
 }
 
 /// Takes one reading of every enabled polled collector, in registry order,
-/// and starts nothing. The golden `/metrics` test renders from this.
-pub async fn collect_once(shared: &Shared) -> Result<(), StartError> {
+/// and starts nothing. Returns the rounds that failed, by collector. The
+/// golden `/metrics` test renders from this.
+pub async fn collect_once(shared: &Shared) -> Result<Vec<(&'static str, CollectError)>, StartError> {
+    let mut failed = Vec::new();
     for (name, built) in build_enabled(shared)? {
         if let Built::Polled(setup) = built {
             let mut collector = setup.await;
             if let Err(e) = run_once(&mut collector, &shared.runner, &shared.readiness).await {
-                tracing::warn!(collector = name, error = %e, "One-off collection failed.");
+                failed.push((name, e));
             }
         }
     }
-    Ok(())
+    Ok(failed)
 }
 
 /// The runner's self-metrics, one series per collector; set by

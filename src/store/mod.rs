@@ -133,7 +133,7 @@ impl Store {
 
     /// Prepares the pool without connecting: a database that is down at
     /// startup does not stop the daemon.
-    pub fn open(config: &Config, metrics: Arc<Metrics>) -> Result<Arc<Store>, StoreError> {
+    pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<Store>, StoreError> {
         let (backend, description) = match config.store_backend()? {
             StoreBackend::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -173,7 +173,7 @@ impl Store {
             retention: chrono::Duration::days(config.store.retention_days as i64),
             wake: Notify::new(),
             migrated: tokio::sync::OnceCell::new(),
-            metrics: StoreMetrics::register(&metrics),
+            metrics: StoreMetrics::register(metrics),
         }))
     }
 
@@ -456,7 +456,7 @@ mod tests {
         };
         c.store.buffer_capacity = 100;
         let metrics = Arc::new(Metrics::new());
-        let store = Store::open(&c, metrics.clone()).unwrap();
+        let store = Store::open(&c, &metrics).unwrap();
         store.push((0..150).map(sample));
         assert_eq!(store.pending(), 100);
         assert_eq!(store.metrics.dropped.get(), 50);
@@ -489,7 +489,7 @@ mod tests {
             ..Default::default()
         };
         c.store.retention_days = 7;
-        let store = Store::open(&c, Arc::new(Metrics::new())).unwrap();
+        let store = Store::open(&c, &Metrics::new()).unwrap();
         let now = Utc::now();
         let old = now - chrono::Duration::days(8);
         let recent = now - chrono::Duration::days(6);
