@@ -179,8 +179,9 @@ fn probe_gpu(nvml: &Nvml, index: u32, o: &Options) -> Result<GpuReport, ProbeErr
     let mut per_second = 0.0;
     for field in Field::ALL {
         let read_by_daemon = !o.exclude.contains(&field)
-            && !(field == Field::Processes && !o.per_process)
-            && !(field == Field::NumFans && o.exclude.contains(&Field::FanSpeed));
+            && !(matches!(field, Field::Processes | Field::ProcessUtilization) && !o.per_process)
+            && !(field == Field::NumFans && o.exclude.contains(&Field::FanSpeed))
+            && !(field == Field::NvLink && o.exclude.contains(&Field::Gpm));
         let report = probe_field(nvml, &device, field, fans, o, read_by_daemon, &meter);
         if let (true, Some(us)) = (read_by_daemon, report.median_us) {
             per_second += match field.class() {
@@ -242,6 +243,22 @@ fn probe_field(
     report
 }
 
+/// What one slow field costs per GPU at the slow interval, or why it is not read.
+fn cost_line(g: &GpuReport, field: &str, what: &str, how: &str, slow_seconds: f64) -> String {
+    let Some(f) = g.fields.iter().find(|f| f.field == field) else {
+        return String::new();
+    };
+    match (f.result.as_str(), f.median_us) {
+        ("ok", Some(us)) => format!(
+            "  {what}: {:.2} ms per read every {slow_seconds} s = {:.4} % of one core ({}; {how})\n",
+            us / 1000.0,
+            us / slow_seconds / 1e6 * 100.0,
+            if f.read_by_daemon { "read" } else { "not read with this config" },
+        ),
+        (result, _) => format!("  {what}: {result}\n"),
+    }
+}
+
 /// The report as a table.
 pub fn render(r: &Report) -> String {
     let mut out = format!(
@@ -254,7 +271,7 @@ pub fn render(r: &Report) -> String {
     for g in &r.gpus {
         out += &format!("\nGPU {}  {}\n", g.index, g.uuid);
         out += &format!(
-            "  {:<17} {:<7} {:<42} {:<19} {:>11}  {}\n",
+            "  {:<22} {:<7} {:<42} {:<19} {:>11}  {}\n",
             "field", "class", "NVML call", "result", "median", "value"
         );
         for f in &g.fields {
@@ -271,7 +288,7 @@ pub fn render(r: &Report) -> String {
                 format!("{}*", f.class)
             };
             out += &format!(
-                "  {:<17} {:<7} {:<42} {:<19} {:>11}  {}\n",
+                "  {:<22} {:<7} {:<42} {:<19} {:>11}  {}\n",
                 f.field,
                 class,
                 f.call,
@@ -279,6 +296,12 @@ pub fn render(r: &Report) -> String {
                 cost,
                 f.value.as_deref().unwrap_or("")
             );
+        }
+        for (field, what, how) in [
+            ("gpm", "GPM profiling", "exclude `gpm` to save it"),
+            ("process_utilization", "per-process utilization", "gpu.per_process"),
+        ] {
+            out += &cost_line(g, field, what, how, r.slow_interval_seconds);
         }
         out += &format!(
             "  expected: {:.4} % of one core for this GPU (fast fields every {} s, slow every {} s)\n",

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::Request;
 use common::{gpus_state, promtool_check_metrics, Driver, FakeGpus};
 use http_body_util::BodyExt;
-use inferwatch::collectors::collect_once;
+use inferwatch::collectors::collect_rounds;
 use inferwatch::config::Config;
 use tower::ServiceExt;
 
@@ -46,7 +46,10 @@ fn stable(page: &str) -> String {
 #[tokio::test]
 async fn metrics_page_matches_golden_file() {
     let state_text = format!(
-        "{}1.xid 79\n0.procs 4242:1073741824:python3\n1.unsupported fan\n",
+        // No clock-event reason active (their counters grow with time) and
+        // one process with a utilization sample.
+        "{}1.xid 79\n0.procs 4242:1073741824:python3\n0.proc_util 4242:96:25\n1.unsupported fan\n\
+         0.throttle 0x1\n1.throttle 0x0\n",
         gpus_state(2)
     );
     let fake = FakeGpus::new(Driver::Current, &state_text);
@@ -73,7 +76,8 @@ async fn metrics_page_matches_golden_file() {
     // the (empty) pipeline stream of the same Redis. Health checks nothing.
     let state = inferwatch::build_state(config).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let failed = collect_once(&inferwatch::shared(&state, stop)).await.unwrap();
+    // Two rounds: GPM metrics come from two samples.
+    let failed = collect_rounds(&inferwatch::shared(&state, stop), 2).await.unwrap();
     assert!(failed.is_empty(), "every collector's round succeeds: {failed:?}");
     // Known pipeline events: two stages, an error, a job.
     let events = [

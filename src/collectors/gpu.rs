@@ -20,6 +20,7 @@ use super::{CollectError, Collector};
 use crate::config::GpuConfig;
 use crate::events::{Event, EventBus};
 use crate::history::GpuSample;
+use crate::nvml::profiling::PIPES;
 use crate::nvml::{GpuReading, NvmlHandle, PollerOptions, THROTTLE_REASONS};
 use crate::state::{GpuSnapshot, GpuState};
 use crate::store::Store;
@@ -252,6 +253,26 @@ families! {
     Throttle = "gpu_throttle_reason_active", GAUGE, &["gpu", "uuid", "reason"], "1 if this clock throttle reason is active.";
     Xid = "gpu_xid_errors_total", COUNTER, &["gpu", "uuid", "xid"], "Critical XID errors reported by NVML events since the daemon started.";
     Proc = "gpu_process_memory_used_bytes", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Device memory used by a compute process (only with gpu.per_process).";
+    ProcSm = "gpu_process_sm_utilization_ratio", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Fraction of the GPU's SMs a compute process kept busy in its latest driver sample (0-1; only with gpu.per_process).";
+    ProcMemUtil = "gpu_process_memory_utilization_ratio", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Fraction of time a compute process was reading or writing device memory in its latest driver sample (0-1; only with gpu.per_process).";
+    GraphicsActive = "gpu_graphics_engine_active_ratio", GAUGE, GPU, "GPM: fraction of the slow interval the graphics or compute engine was active (0-1).";
+    SmActive = "gpu_sm_active_ratio", GAUGE, GPU, "GPM: fraction of the slow interval an SM had at least one warp assigned, averaged over SMs (0-1).";
+    SmOccupancy = "gpu_sm_occupancy_ratio", GAUGE, GPU, "GPM: resident warps as a fraction of the theoretical maximum, averaged over SMs (0-1).";
+    TensorActive = "gpu_tensor_active_ratio", GAUGE, GPU, "GPM: fraction of the slow interval any tensor pipe was active (0-1).";
+    DramActive = "gpu_dram_active_ratio", GAUGE, GPU, "GPM: fraction of peak DRAM bandwidth used over the slow interval (0-1).";
+    Pipe = "gpu_pipe_active_ratio", GAUGE, &["gpu", "uuid", "pipe"], "GPM: fraction of the slow interval each pipe was active (0-1): fp16, fp32, fp64, integer, tensor_hmma, tensor_imma, tensor_dfma.";
+    PcieThroughput = "gpu_pcie_throughput_bytes_per_second", GAUGE, &["gpu", "uuid", "direction"], "GPM: PCIe traffic over the slow interval, tx (from the GPU) and rx.";
+    NvlinkThroughput = "gpu_nvlink_throughput_bytes_per_second", GAUGE, &["gpu", "uuid", "direction"], "GPM: NVLink traffic over all links over the slow interval (only on GPUs with NVLink).";
+    ClockEvent = "gpu_clock_event_seconds_total", COUNTER, &["gpu", "uuid", "reason"], "Time the clocks were held down for each reason since the driver loaded: sw_power_cap, sync_boost, sw_thermal_slowdown, hw_thermal_slowdown, hw_power_brake_slowdown.";
+    MemTemp = "gpu_memory_temperature_celsius", GAUGE, GPU, "Device memory (HBM) temperature.";
+    Threshold = "gpu_temperature_threshold_celsius", GAUGE, &["gpu", "uuid", "threshold"], "The card's temperature thresholds: slowdown, shutdown, gpu_max, memory_max.";
+    MaxClock = "gpu_clock_max_hz", GAUGE, &["gpu", "uuid", "clock"], "Highest clock speed by clock domain.";
+    PcieGen = "gpu_pcie_link_generation", GAUGE, GPU, "Current PCIe link generation (a link that trained below its usual generation is a hardware problem).";
+    PcieWidth = "gpu_pcie_link_width", GAUGE, GPU, "Current PCIe link width in lanes.";
+    PcieReplay = "gpu_pcie_replay_total", COUNTER, GPU, "PCIe replays (retransmissions) since the driver loaded.";
+    Remapped = "gpu_remapped_rows", GAUGE, &["gpu", "uuid", "type"], "Memory rows remapped for correctable and uncorrectable errors.";
+    RemappedPending = "gpu_remapped_rows_pending", GAUGE, GPU, "1 if a row remap is pending (needs a GPU reset).";
+    RemappedFailed = "gpu_remapped_rows_failed", GAUGE, GPU, "1 if a row remap has failed (the card should be replaced).";
 }
 
 /// Exposes the snapshot as Prometheus families.
@@ -356,6 +377,70 @@ impl Builder {
         if per_process {
             for (pid, name, bytes) in r.processes.iter().flatten() {
                 self.add(F::Proc, &[l[0], l[1], &pid.to_string(), name], *bytes as f64);
+            }
+            self.process_utilization(r, &l);
+        }
+        self.health(r, &l);
+        self.gpm(r, &l);
+    }
+
+    /// Per-process SM and memory utilization. The samples are a slow
+    /// field; a process that has exited since (it is no longer among the
+    /// compute processes of this poll) has no series.
+    fn process_utilization(&mut self, r: &GpuReading, l: &[&str; 2]) {
+        let running: Option<HashSet<u32>> = r.processes.as_ref().map(|p| p.iter().map(|x| x.0).collect());
+        for (pid, name, sm, mem) in r.process_utilization.iter().flatten() {
+            if running.as_ref().is_some_and(|live| !live.contains(pid)) {
+                continue;
+            }
+            let labels = [l[0], l[1], &pid.to_string(), name.as_str()];
+            self.add(F::ProcSm, &labels, *sm);
+            self.add(F::ProcMemUtil, &labels, *mem);
+        }
+    }
+
+    /// Throttle time, memory temperature, thresholds, PCIe link, remapping.
+    fn health(&mut self, r: &GpuReading, l: &[&str; 2]) {
+        for (reason, seconds) in &r.clock_event_seconds {
+            self.add(F::ClockEvent, &[l[0], l[1], reason], *seconds);
+        }
+        self.opt(F::MemTemp, l, r.memory_temperature_celsius);
+        for (threshold, celsius) in &r.temperature_thresholds {
+            self.add(F::Threshold, &[l[0], l[1], threshold], *celsius);
+        }
+        for (clock, hz) in &r.max_clocks_hz {
+            self.add(F::MaxClock, &[l[0], l[1], clock], *hz);
+        }
+        let get = |list: &[(String, f64)], key: &str| list.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        self.opt(F::PcieGen, l, get(&r.pcie_link, "generation"));
+        self.opt(F::PcieWidth, l, get(&r.pcie_link, "width"));
+        self.opt(F::PcieReplay, l, r.pcie_replay);
+        for kind in ["correctable", "uncorrectable"] {
+            self.opt(F::Remapped, &[l[0], l[1], kind], get(&r.remapped_rows, kind));
+        }
+        self.opt(F::RemappedPending, l, get(&r.remapped_rows, "pending"));
+        self.opt(F::RemappedFailed, l, get(&r.remapped_rows, "failed"));
+    }
+
+    /// The GPM metrics, where the GPU has them.
+    fn gpm(&mut self, r: &GpuReading, l: &[&str; 2]) {
+        for (key, v) in &r.gpm {
+            let (family, label) = match key.as_str() {
+                "graphics" => (F::GraphicsActive, None),
+                "sm" => (F::SmActive, None),
+                "occupancy" => (F::SmOccupancy, None),
+                "tensor" => (F::TensorActive, None),
+                "dram" => (F::DramActive, None),
+                "pcie_tx" => (F::PcieThroughput, Some("tx")),
+                "pcie_rx" => (F::PcieThroughput, Some("rx")),
+                "nvlink_tx" => (F::NvlinkThroughput, Some("tx")),
+                "nvlink_rx" => (F::NvlinkThroughput, Some("rx")),
+                pipe if PIPES.contains(&pipe) => (F::Pipe, Some(pipe)),
+                _ => continue,
+            };
+            match label {
+                Some(label) => self.add(family, &[l[0], l[1], label], *v),
+                None => self.add(family, l, *v),
             }
         }
     }

@@ -2,8 +2,8 @@
 //! registry of collectors ([`REGISTRY`]).
 //!
 //! The registry is the only place collectors are listed: the daemon starts
-//! them from it ([`start_all`]), the golden test takes one reading of each
-//! through it ([`collect_once`]), and the `--collector.<name>` /
+//! them from it ([`start_all`]), the golden test takes readings of each
+//! through it ([`collect_rounds`]), and the `--collector.<name>` /
 //! `--no-collector.<name>` flags are generated from it. Adding a collector
 //! is one file with a `pub const ENTRY: Entry` plus one line here.
 //!
@@ -151,16 +151,19 @@ pub fn start_all(shared: &Shared) -> Result<Vec<tokio::task::JoinHandle<()>>, St
     Ok(tasks)
 }
 
-/// Takes one reading of every enabled polled collector, in registry order,
-/// and starts nothing. Returns the rounds that failed, by collector. The
-/// golden `/metrics` test renders from this.
-pub async fn collect_once(shared: &Shared) -> Result<Vec<(&'static str, CollectError)>, StartError> {
+/// Takes `rounds` readings, back to back, of every enabled polled
+/// collector, in registry order, and starts nothing. Returns the rounds that
+/// failed, by collector. The golden `/metrics` test renders from two (GPM
+/// metrics need two samples).
+pub async fn collect_rounds(shared: &Shared, rounds: usize) -> Result<Vec<(&'static str, CollectError)>, StartError> {
     let mut failed = Vec::new();
     for (name, built) in build_enabled(shared)? {
         if let Built::Polled(setup) = built {
             let mut collector = setup.await;
-            if let Err(e) = run_once(&mut collector, &shared.runner, &shared.readiness).await {
-                failed.push((name, e));
+            for _ in 0..rounds {
+                if let Err(e) = run_once(&mut collector, &shared.runner, &shared.readiness).await {
+                    failed.push((name, e));
+                }
             }
         }
     }

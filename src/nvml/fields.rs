@@ -18,11 +18,12 @@
 
 use std::time::Instant;
 
-use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor, TemperatureThreshold};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 use prometheus::{CounterVec, IntCounterVec};
 
+use super::profiling;
 use crate::metrics::{family, Metrics};
 
 /// When a field is read.
@@ -63,10 +64,20 @@ pub enum Field {
     ThrottleReasons,
     Processes,
     Energy,
+    TemperatureThresholds,
+    MaxClocks,
+    NvLink,
+    ClockEvents,
+    MemoryTemperature,
+    PcieLink,
+    PcieReplay,
+    RemappedRows,
+    Gpm,
+    ProcessUtilization,
 }
 
 impl Field {
-    pub const ALL: [Field; 17] = [
+    pub const ALL: [Field; 27] = [
         Field::Name,
         Field::PciBusId,
         Field::MemoryTotal,
@@ -84,6 +95,16 @@ impl Field {
         Field::ThrottleReasons,
         Field::Processes,
         Field::Energy,
+        Field::TemperatureThresholds,
+        Field::MaxClocks,
+        Field::NvLink,
+        Field::ClockEvents,
+        Field::MemoryTemperature,
+        Field::PcieLink,
+        Field::PcieReplay,
+        Field::RemappedRows,
+        Field::Gpm,
+        Field::ProcessUtilization,
     ];
 
     /// The name used in `gpu.fields.exclude` and by doctor.
@@ -106,6 +127,16 @@ impl Field {
             Field::ThrottleReasons => "throttle_reasons",
             Field::Processes => "processes",
             Field::Energy => "energy",
+            Field::TemperatureThresholds => "temperature_thresholds",
+            Field::MaxClocks => "max_clocks",
+            Field::NvLink => "nvlink",
+            Field::ClockEvents => "clock_events",
+            Field::MemoryTemperature => "memory_temperature",
+            Field::PcieLink => "pcie_link",
+            Field::PcieReplay => "pcie_replay",
+            Field::RemappedRows => "remapped_rows",
+            Field::Gpm => "gpm",
+            Field::ProcessUtilization => "process_utilization",
         }
     }
 
@@ -132,13 +163,32 @@ impl Field {
             Field::ThrottleReasons => "nvmlDeviceGetCurrentClocksThrottleReasons",
             Field::Processes => "nvmlDeviceGetComputeRunningProcesses_v3",
             Field::Energy => "nvmlDeviceGetTotalEnergyConsumption",
+            Field::TemperatureThresholds => "nvmlDeviceGetTemperatureThreshold",
+            Field::MaxClocks => "nvmlDeviceGetMaxClockInfo",
+            Field::NvLink => "nvmlDeviceGetNvLinkState",
+            Field::ClockEvents | Field::MemoryTemperature | Field::RemappedRows => "nvmlDeviceGetFieldValues",
+            Field::PcieLink => "nvmlDeviceGetCurrPcieLinkGeneration/Width",
+            Field::PcieReplay => "nvmlDeviceGetPcieReplayCounter",
+            Field::Gpm => "nvmlGpmSampleGet + nvmlGpmMetricsGet",
+            Field::ProcessUtilization => "nvmlDeviceGetProcessesUtilizationInfo",
         }
     }
 
     pub fn class(self) -> Class {
         match self {
-            Field::Name | Field::PciBusId | Field::MemoryTotal | Field::NumFans => Class::Static,
-            Field::Energy => Class::Slow,
+            Field::Name
+            | Field::PciBusId
+            | Field::MemoryTotal
+            | Field::NumFans
+            | Field::TemperatureThresholds
+            | Field::MaxClocks
+            | Field::NvLink => Class::Static,
+            Field::Energy
+            | Field::PcieLink
+            | Field::PcieReplay
+            | Field::RemappedRows
+            | Field::Gpm
+            | Field::ProcessUtilization => Class::Slow,
             _ => Class::Fast,
         }
     }
@@ -189,6 +239,31 @@ impl Field {
             Field::Energy => {
                 Value::Num(m.call("total_energy_consumption", || d.total_energy_consumption())? as f64 / 1000.0)
             }
+            Field::TemperatureThresholds => thresholds(d, m)?,
+            Field::MaxClocks => max_clocks(d, m)?,
+            Field::NvLink => {
+                let active = m.call("nvlink_state", || d.link_wrapper_for(0).is_active())?;
+                Value::Num(if active { 1.0 } else { 0.0 })
+            }
+            Field::ClockEvents => profiling::clock_events(d, m)?,
+            Field::MemoryTemperature => profiling::memory_temperature(d, m)?,
+            Field::PcieLink => list(
+                [
+                    (
+                        "generation".to_string(),
+                        m.call("pcie_link_generation", || d.current_pcie_link_gen()).map(f64::from),
+                    ),
+                    (
+                        "width".to_string(),
+                        m.call("pcie_link_width", || d.current_pcie_link_width()).map(f64::from),
+                    ),
+                ]
+                .into_iter(),
+            )?,
+            Field::PcieReplay => Value::Num(m.call("pcie_replay_counter", || d.pcie_replay_counter())? as f64),
+            Field::RemappedRows => profiling::remapped_rows(d, m)?,
+            Field::Gpm => profiling::gpm_probe(nvml, d, m)?,
+            Field::ProcessUtilization => profiling::process_utilization(nvml, d, m)?,
         })
     }
 }
@@ -230,6 +305,37 @@ fn ecc_errors(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
     }))
 }
 
+/// The temperature thresholds the card reports, in °C.
+fn thresholds(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    let kinds = [
+        (TemperatureThreshold::Slowdown, "slowdown"),
+        (TemperatureThreshold::Shutdown, "shutdown"),
+        (TemperatureThreshold::GpuMax, "gpu_max"),
+        (TemperatureThreshold::MemoryMax, "memory_max"),
+    ];
+    list(kinds.into_iter().map(|(t, n)| {
+        (
+            n.to_string(),
+            m.call("temperature_threshold", || d.temperature_threshold(t)).map(f64::from),
+        )
+    }))
+}
+
+/// The highest clock of each domain, in Hz.
+fn max_clocks(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    let domains = [
+        (Clock::Graphics, "graphics"),
+        (Clock::SM, "sm"),
+        (Clock::Memory, "memory"),
+    ];
+    list(domains.into_iter().map(|(c, n)| {
+        (
+            n.to_string(),
+            m.call("max_clock_info", || d.max_clock_info(c)).map(|mhz| mhz as f64 * 1e6),
+        )
+    }))
+}
+
 /// Compute processes with their memory; a name that cannot be read is
 /// `unknown`, not a failed field.
 fn processes(nvml: &Nvml, d: &Device, m: &Meter) -> Result<Value, NvmlError> {
@@ -253,7 +359,7 @@ fn processes(nvml: &Nvml, d: &Device, m: &Meter) -> Result<Value, NvmlError> {
 
 /// The entries of a list field that answered; the last error when none did
 /// (a lost GPU wins over any other error).
-fn list(items: impl Iterator<Item = (String, Result<f64, NvmlError>)>) -> Result<Value, NvmlError> {
+pub(crate) fn list(items: impl Iterator<Item = (String, Result<f64, NvmlError>)>) -> Result<Value, NvmlError> {
     let mut ok = Vec::new();
     let mut last = None;
     for (k, r) in items {
@@ -277,6 +383,8 @@ pub enum Value {
     List(Vec<(String, f64)>),
     /// `(pid, name, bytes)`.
     Processes(Vec<(u32, String, u64)>),
+    /// `(pid, name, SM 0-1, memory 0-1)`.
+    ProcessUtilization(Vec<(u32, String, f64, f64)>),
 }
 
 impl Value {
@@ -285,6 +393,14 @@ impl Value {
         match self {
             Value::List(l) => l.iter().find(|(k, _)| k == key).map(|(_, v)| *v),
             _ => None,
+        }
+    }
+
+    /// The entries of a list; empty for any other value.
+    pub fn into_list(self) -> Vec<(String, f64)> {
+        match self {
+            Value::List(l) => l,
+            _ => Vec::new(),
         }
     }
 
@@ -307,6 +423,11 @@ impl std::fmt::Display for Value {
                 write!(f, "{}", parts.join(" "))
             }
             Value::Processes(p) => write!(f, "{} process(es)", p.len()),
+            Value::ProcessUtilization(p) if p.is_empty() => write!(f, "idle (NOT_FOUND)"),
+            Value::ProcessUtilization(p) => {
+                let parts: Vec<String> = p.iter().map(|(pid, _, sm, _)| format!("{pid}:sm={sm}")).collect();
+                write!(f, "{}", parts.join(" "))
+            }
         }
     }
 }

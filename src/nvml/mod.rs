@@ -13,6 +13,7 @@
 //! takes the device out of the round.
 
 pub mod fields;
+pub mod profiling;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -66,6 +67,27 @@ pub struct GpuReading {
     pub throttle_reasons: Option<u64>,
     /// `(pid, process name, bytes)`; only read when per-process is on.
     pub processes: Option<Vec<(u32, String, u64)>>,
+    /// HBM temperature (fast, field value).
+    pub memory_temperature_celsius: Option<f64>,
+    /// Seconds with clocks held down since the driver loaded, per reason
+    /// (fast, field values).
+    pub clock_event_seconds: Vec<(String, f64)>,
+    /// `slowdown`, `shutdown`, `gpu_max`, `memory_max` in °C (static).
+    pub temperature_thresholds: Vec<(String, f64)>,
+    /// Highest `graphics`, `sm`, `memory` clocks in Hz (static).
+    pub max_clocks_hz: Vec<(String, f64)>,
+    /// PCIe link `generation` and `width` (slow).
+    pub pcie_link: Vec<(String, f64)>,
+    /// PCIe replays since the driver loaded (slow).
+    pub pcie_replay: Option<f64>,
+    /// `correctable`, `uncorrectable` row counts and the `pending`,
+    /// `failed` flags (slow).
+    pub remapped_rows: Vec<(String, f64)>,
+    /// GPM metrics over the last slow interval, keyed as
+    /// [`profiling::GPM_METRICS`], in ratios and bytes per second (slow).
+    pub gpm: Vec<(String, f64)>,
+    /// `(pid, name, SM 0-1, memory 0-1)`; only read when per-process is on (slow).
+    pub process_utilization: Option<Vec<(u32, String, f64, f64)>>,
 }
 
 /// The result of one poll of every device.
@@ -186,6 +208,7 @@ fn worker(
         logged: HashSet::new(),
         statics: HashMap::new(),
         slow: HashMap::new(),
+        gpm: profiling::GpmSampler::default(),
     };
     poller.events = poller.register_xid_events();
     // `recv` fails once the handle is dropped, which ends the thread.
@@ -210,6 +233,8 @@ struct Poller<'n> {
     statics: HashMap<String, Statics>,
     /// Slow fields' last values per UUID.
     slow: HashMap<String, Slow>,
+    /// The GPM sample each GPU took at the last slow tick.
+    gpm: profiling::GpmSampler<'n>,
 }
 
 /// The static fields of one GPU.
@@ -221,12 +246,18 @@ struct Statics {
     /// Fans to read: `nvmlDeviceGetNumFans`, or 1 (fan 0) when the driver
     /// cannot count them.
     fans: u32,
+    /// Whether link 0 answers `nvmlDeviceGetNvLinkState`.
+    nvlink: bool,
+    /// Whether `nvmlGpmQueryDeviceSupport` says yes (and GPM is not excluded).
+    gpm: bool,
+    /// Thresholds and max clocks, put into every reading.
+    values: Vec<(Field, Value)>,
 }
 
 /// The slow fields' last values of one GPU.
 #[derive(Debug, Clone, Default)]
 struct Slow {
-    energy_joules: Option<f64>,
+    values: Vec<(Field, Value)>,
 }
 
 /// Why a device is out of this round.
@@ -298,6 +329,7 @@ impl<'n> Poller<'n> {
         // A GPU that is gone has its static fields read again when it returns.
         self.statics.retain(|uuid, _| seen.contains(uuid));
         self.slow.retain(|uuid, _| seen.contains(uuid));
+        self.gpm.retain(|uuid| seen.contains(uuid));
         self.drain_events(&mut out);
         out
     }
@@ -362,7 +394,53 @@ impl<'n> Poller<'n> {
                 s.fans = n as u32;
             }
         }
+        for field in [Field::TemperatureThresholds, Field::MaxClocks] {
+            if let Some(v) = self.field(index, uuid, d, field, 0)? {
+                s.values.push((field, v));
+            }
+        }
+        if !self.options.exclude.contains(&Field::Gpm) {
+            s.gpm = match profiling::gpm_supported(d, &self.meter) {
+                Ok(yes) => yes,
+                Err(NvmlError::GpuLost) => return Err(Out::Lost),
+                Err(e) => {
+                    self.field_error(index, uuid, Field::Gpm, &e);
+                    false
+                }
+            };
+            if !s.gpm {
+                self.field_error(index, uuid, Field::Gpm, &NvmlError::NotSupported);
+            }
+            // NVLink only decides whether GPM is asked for NVLink traffic.
+            s.nvlink = s.gpm && self.field(index, uuid, d, Field::NvLink, 0)?.and_then(|v| v.num()) == Some(1.0);
+        }
         Ok(s)
+    }
+
+    /// Reads the slow fields (or only GPM): GPM from the sampler,
+    /// per-process utilization only when per-process is on.
+    fn read_slow(&mut self, index: u32, uuid: &str, d: &Device<'n>, statics: &Statics, only_gpm: bool) -> Result<Slow, Out> {
+        let mut slow = Slow::default();
+        let due = |f: &Field| f.class() == Class::Slow && (!only_gpm || *f == Field::Gpm);
+        for field in Field::ALL.into_iter().filter(due) {
+            let value = match field {
+                Field::ProcessUtilization if !self.options.per_process => None,
+                Field::Gpm if !statics.gpm => None,
+                Field::Gpm => match self.gpm.tick(self.nvml, uuid, d, statics.nvlink, &self.meter) {
+                    Ok(v) => v,
+                    Err(NvmlError::GpuLost) => return Err(Out::Lost),
+                    Err(e) => {
+                        self.field_error(index, uuid, field, &e);
+                        None
+                    }
+                },
+                _ => self.field(index, uuid, d, field, 0)?,
+            };
+            if let Some(v) = value {
+                slow.values.push((field, v));
+            }
+        }
+        Ok(slow)
     }
 
     fn read(&mut self, index: u32, d: &Device<'n>, read_slow: bool) -> Result<GpuReading, Out> {
@@ -396,12 +474,22 @@ impl<'n> Poller<'n> {
                 apply(&mut r, field, v);
             }
         }
+        // GPM's first metrics come at the poll after its first sample, not
+        // a whole slow interval later; from then on, every slow tick.
+        let gpm_warm_up = !read_slow
+            && statics.gpm
+            && self.gpm.has_sample(u)
+            && self.slow.get(u).is_some_and(|s| !s.values.iter().any(|(f, _)| *f == Field::Gpm));
         if read_slow {
-            let energy = self.field(index, u, d, Field::Energy, 0)?.and_then(|v| v.num());
-            self.slow.insert(uuid.clone(), Slow { energy_joules: energy });
+            let slow = self.read_slow(index, u, d, &statics, false)?;
+            self.slow.insert(uuid.clone(), slow);
+        } else if gpm_warm_up {
+            let gpm = self.read_slow(index, u, d, &statics, true)?;
+            self.slow.entry(uuid.clone()).or_default().values.extend(gpm.values);
         }
-        if let Some(slow) = self.slow.get(u) {
-            r.energy_joules = slow.energy_joules;
+        let kept = self.slow.get(u).map(|s| s.values.iter()).into_iter().flatten();
+        for (field, v) in statics.values.iter().chain(kept) {
+            apply(&mut r, *field, v.clone());
         }
         Ok(r)
     }
@@ -466,6 +554,19 @@ fn apply(r: &mut GpuReading, field: Field, v: Value) {
             }
         }
         Field::Energy => r.energy_joules = v.num(),
-        Field::Name | Field::PciBusId | Field::MemoryTotal | Field::NumFans => {}
+        Field::MemoryTemperature => r.memory_temperature_celsius = v.num(),
+        Field::PcieReplay => r.pcie_replay = v.num(),
+        Field::ClockEvents => r.clock_event_seconds = v.into_list(),
+        Field::TemperatureThresholds => r.temperature_thresholds = v.into_list(),
+        Field::MaxClocks => r.max_clocks_hz = v.into_list(),
+        Field::PcieLink => r.pcie_link = v.into_list(),
+        Field::RemappedRows => r.remapped_rows = v.into_list(),
+        Field::Gpm => r.gpm = v.into_list(),
+        Field::ProcessUtilization => {
+            if let Value::ProcessUtilization(p) = v {
+                r.process_utilization = Some(p);
+            }
+        }
+        Field::Name | Field::PciBusId | Field::MemoryTotal | Field::NumFans | Field::NvLink => {}
     }
 }

@@ -152,6 +152,11 @@ pub fn gpus_state(n: u32) -> String {
     s
 }
 
+/// GPM values an H100 answered under a bf16 matmul (shared/gpu/README.md),
+/// as the driver gives them: percent, and MiB/s for PCIe.
+pub const GPM_UNDER_LOAD: &str = "graphics:99.6,sm:96.3,occupancy:14.2,tensor:93.4,hmma:93.4,dram:25.7,\
+     integer:1.4,fp16:0,fp32:0,fp64:0,imma:0,dfma:0,pcie_tx:8.8,pcie_rx:19.6";
+
 /// Lines for GPU `i` with utilization `util` % and temperature `temp` °C.
 pub fn gpu_lines(i: u32, util: u32, temp: u32) -> String {
     format!(
@@ -160,7 +165,11 @@ pub fn gpu_lines(i: u32, util: u32, temp: u32) -> String {
          {i}.mem_total 85899345920\n{i}.mem_used 21474836480\n{i}.mem_free 64424509440\n\
          {i}.temp {temp}\n{i}.power_mw 250500\n{i}.power_limit_mw 700000\n{i}.fan 30\n\
          {i}.clock_graphics 1755\n{i}.clock_sm 1755\n{i}.clock_mem 2619\n{i}.enc 5\n{i}.dec 10\n\
-         {i}.energy_mj 123456789\n{i}.ecc_corrected 2\n{i}.ecc_uncorrected 0\n{i}.throttle 0x4\n"
+         {i}.energy_mj 123456789\n{i}.ecc_corrected 2\n{i}.ecc_uncorrected 0\n{i}.throttle 0x4\n\
+         {i}.mem_temp 51\n{i}.temp_slowdown 89\n{i}.temp_shutdown 95\n{i}.temp_gpu_max 87\n\
+         {i}.temp_mem_max 95\n{i}.max_clock_graphics 1980\n{i}.max_clock_sm 1980\n{i}.max_clock_mem 2619\n\
+         {i}.pcie_gen 5\n{i}.pcie_width 16\n{i}.pcie_replay 3\n{i}.remapped_cor 1\n{i}.remapped_unc 0\n\
+         {i}.gpm {GPM_UNDER_LOAD}\n"
     )
 }
 
