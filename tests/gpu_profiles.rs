@@ -7,40 +7,15 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
-use common::{eventually, gpus_state, profile_path, sample_value, Daemon, Driver, FakeGpus};
+use common::{eventually, finished, gpus_state, polls, profile_path, sample_value, Daemon, Driver, FakeGpus, LIMIT};
 use serde_json::Value;
-
-const LIMIT: Duration = Duration::from_secs(30);
 
 fn config(fake: &FakeGpus, extra: &str) -> String {
     format!(
         "gpu:\n  nvml_library: {}\n  poll_interval: 1s\n{extra}queues:\n  enabled: false\n",
         fake.lib_str()
     )
-}
-
-/// Polls finished as of the fake's last count. The device count is read
-/// once when the NVML thread registers for events and once at the start of
-/// each poll, and the counts are written at that start: so `count - 2`
-/// polls are complete.
-fn finished(calls: &std::collections::HashMap<String, u64>) -> u64 {
-    calls
-        .get("nvmlDeviceGetCount_v2")
-        .copied()
-        .unwrap_or(0)
-        .saturating_sub(2)
-}
-
-/// Waits until the daemon has finished at least `n` polls (by the fake's
-/// own count) and returns the call counts.
-async fn polls(fake: &FakeGpus, n: u64) -> std::collections::HashMap<String, u64> {
-    eventually(&format!("{n} polls"), LIMIT, || async {
-        let calls = fake.calls();
-        (finished(&calls) >= n).then_some(calls)
-    })
-    .await
 }
 
 async fn metric(d: &Daemon, series: &str) -> Option<f64> {
@@ -225,7 +200,7 @@ fn doctor_reports_every_field_of_the_h100_profile_with_its_cost() {
     assert_eq!(r["driver_version"], "580.159.04");
     assert_eq!(r["gpus"].as_array().unwrap().len(), 2);
     let fields = r["gpus"][0]["fields"].as_array().unwrap();
-    assert_eq!(fields.len(), 17, "every field is listed");
+    assert_eq!(fields.len(), 27, "every field is listed");
     for f in fields {
         assert!(
             f["result"].is_string() && f["class"].is_string() && f["call"].is_string(),
@@ -246,10 +221,29 @@ fn doctor_reports_every_field_of_the_h100_profile_with_its_cost() {
     let pct = r["gpus"][0]["expected_cpu_percent"].as_f64().unwrap();
     assert!(pct > 0.0 && pct < 0.37 / 5.0 * 2.0, "{pct}");
 
+    // GPM: supported on the H100, one sample and 14 metrics per read
+    // (1190 + 110 per metric, plus two 88 µs samples and the support query).
+    assert_eq!(field(&r, 0, "gpm")["result"], "ok");
+    let gpm = field(&r, 0, "gpm")["median_us"].as_f64().unwrap();
+    assert!((2900.0..=6000.0).contains(&gpm), "gpm median {gpm} µs");
+    assert_eq!(field(&r, 0, "nvlink")["result"], "not_supported");
+    assert_eq!(field(&r, 0, "memory_temperature")["value"], "51");
+    assert_eq!(
+        field(&r, 0, "temperature_thresholds")["value"],
+        "slowdown=89 shutdown=95 gpu_max=87 memory_max=95"
+    );
+    assert_eq!(field(&r, 0, "process_utilization")["read_by_daemon"], false);
+    assert_eq!(field(&r, 0, "process_utilization")["value"], "idle (NOT_FOUND)");
+
     let (code, table, _) = doctor(&["--nvml-library", &fake.lib_str(), "--samples", "3"]);
     assert_eq!(code, 0);
     assert!(
         table.contains("nvmlDeviceGetTotalEnergyConsumption") && table.contains("Summary: 2 GPU(s)"),
+        "{table}"
+    );
+    assert!(table.contains("GPM profiling: ") && table.contains("% of one core (read; exclude `gpm`"), "{table}");
+    assert!(
+        table.contains("per-process utilization: ") && table.contains("(not read with this config; gpu.per_process)"),
         "{table}"
     );
 }
@@ -262,6 +256,12 @@ fn doctor_names_the_errors_of_other_cards_and_drivers() {
     assert_eq!(field(&r, 0, "fan_speed")["result"], "ok");
     assert_eq!(field(&r, 0, "fan_speed")["value"], "0=0.3");
     assert_eq!(field(&r, 0, "ecc")["result"], "not_supported");
+    // An Ampere card: no GPM, no HBM temperature, no row remapping.
+    assert_eq!(field(&r, 0, "gpm")["result"], "not_supported");
+    assert_eq!(field(&r, 0, "memory_temperature")["result"], "not_supported");
+    assert_eq!(field(&r, 0, "remapped_rows")["result"], "not_supported");
+    let (_, table, _) = doctor(&["--nvml-library", &a5500.lib_str()]);
+    assert!(table.contains("GPM profiling: not_supported"), "{table}");
 
     let old = FakeGpus::new(Driver::Old, &gpus_state(1));
     let r = doctor_json(&old);

@@ -143,6 +143,31 @@ pub fn profile_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fake_nvml/profiles/{name}.json"))
 }
 
+/// How long a test waits for the daemon to get somewhere.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// Polls finished as of the fake's last count. The device count is read
+/// once when the NVML thread registers for events and once at the start of
+/// each poll, and the counts are written at that start: so `count - 2`
+/// polls are complete.
+pub fn finished(calls: &std::collections::HashMap<String, u64>) -> u64 {
+    calls
+        .get("nvmlDeviceGetCount_v2")
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(2)
+}
+
+/// Waits until the daemon has finished at least `n` polls (by the fake's
+/// own count) and returns the call counts.
+pub async fn polls(fake: &FakeGpus, n: u64) -> std::collections::HashMap<String, u64> {
+    eventually(&format!("{n} polls"), LIMIT, || async {
+        let calls = fake.calls();
+        (finished(&calls) >= n).then_some(calls)
+    })
+    .await
+}
+
 /// State text for `n` identical-looking GPUs with distinct identities.
 pub fn gpus_state(n: u32) -> String {
     let mut s = format!("driver_version 550.54.15\ncount {n}\n");
