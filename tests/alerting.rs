@@ -16,9 +16,11 @@ const USER: &str = "inferwatch@example.com";
 const PASSWORD: &str = "s3cret-from-a-file";
 const HOT_UUID: &str = "GPU-00000001-1111-2222-3333-444444444444";
 
+/// GPU 1 does not report its slowdown threshold, so the fixed 85 °C rule
+/// (GpuTemperatureHigh) is the one that watches it.
 fn state(temp1: u32) -> String {
     format!(
-        "driver_version 550.54.15\ncount 2\n{}{}",
+        "driver_version 550.54.15\ncount 2\n{}{}1.temp_slowdown 0\n",
         gpu_lines(0, 40, 60),
         gpu_lines(1, 41, temp1)
     )
