@@ -105,7 +105,7 @@ def layout(panels):
     return panels
 
 
-def dashboard(uid, title, description, panels, extra_vars=()):
+def dashboard(uid, title, description, panels, extra_vars=(), links=()):
     return {
         "uid": uid,
         "title": title,
@@ -121,8 +121,8 @@ def dashboard(uid, title, description, panels, extra_vars=()):
         "annotations": {"list": [{
             "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
             "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}]},
-        "links": [{"type": "dashboards", "tags": ["inferwatch"], "asDropdown": True, "title": "inferwatch",
-                   "includeVars": True, "keepTime": True}],
+        "links": [*links, {"type": "dashboards", "tags": ["inferwatch"], "asDropdown": True, "title": "inferwatch",
+                             "includeVars": True, "keepTime": True}],
         "templating": {"list": variables(list(extra_vars))},
         "panels": layout(panels),
     }
@@ -133,18 +133,22 @@ overview = dashboard(
     "One screen for the GPU box: daemon, GPUs, services, queues and pipeline throughput.",
     [
         stat("inferwatch up", "1 when Prometheus scraped the daemon at the last scrape (up).", "none",
-             f"up{{{SEL}}}", "{{instance}}", mappings=UP_DOWN, thresholds=threshold((None, "red"), (1, "green"))),
+             f"up{{{SEL}}}", "{{instance}}", mappings=UP_DOWN, thresholds=threshold((None, "red"), (1, "green")), w=3),
         stat("GPUs", "GPUs that answered the last NVML poll (gpu_devices), summed over the selected instances.", "none",
-             f"sum(gpu_devices{{{SEL}}})"),
+             f"sum(gpu_devices{{{SEL}}})", w=3),
         stat("Average GPU utilisation", "Mean fraction of time a kernel ran, over all selected GPUs.", "percentunit",
              f"avg(gpu_utilization_ratio{{{SEL}}})", thresholds=threshold((None, "green"), (0.8, "orange"), (0.95, "red"))),
-        stat("Hottest GPU", "Highest core temperature among the selected GPUs; GpuTemperatureHigh fires above 85 °C.",
+        stat("Real utilisation", "Mean SM active over the GPUs with GPM (gpu_sm_active_ratio): how much of the GPU "
+             "the kernels kept busy, which utilisation does not say. See the GPU efficiency dashboard.", "percentunit",
+             f"avg(gpu_sm_active_ratio{{{SEL}}})", thresholds=threshold((None, "blue"), (0.5, "green"))),
+        stat("Hottest GPU", "Highest core temperature among the selected GPUs; GpuTemperatureHigh fires above 85 °C "
+             "on GPUs without a reported slowdown threshold, GpuNearSlowdownTemperature within 5 °C of it.",
              "celsius", f"max(gpu_temperature_celsius{{{SEL}}})",
              thresholds=threshold((None, "green"), (75, "orange"), (85, "red"))),
         stat("Services down", "Monitored services whose last health check failed (service_up == 0).", "none",
-             f"sum(service_up{{{SEL}}} == bool 0)", thresholds=threshold((None, "green"), (1, "red"))),
+             f"sum(service_up{{{SEL}}} == bool 0)", thresholds=threshold((None, "green"), (1, "red")), w=3),
         stat("Jobs in DLQs", "Jobs that failed all retries, over every dead-letter queue.", "none",
-             f"sum(dlq_depth{{{SEL}}})", thresholds=threshold((None, "green"), (1, "orange"))),
+             f"sum(dlq_depth{{{SEL}}})", thresholds=threshold((None, "green"), (1, "orange")), w=3),
         ts("GPU utilisation", "Fraction of time a kernel ran, per GPU (gpu_utilization_ratio).", "percentunit",
            (f"gpu_utilization_ratio{{{SEL}}}", "{{instance}} GPU {{gpu}}"), min=0, max=1),
         ts("GPU temperature", "Core temperature per GPU (gpu_temperature_celsius).", "celsius",
@@ -178,7 +182,8 @@ gpu = dashboard(
         ts("Memory used (share)", "Used over total device memory.", "percentunit",
            (f"gpu_memory_used_bytes{{{GPU}}} / gpu_memory_total_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}}"),
            min=0, max=1),
-        ts("Temperature", "Core temperature (gpu_temperature_celsius); the alert threshold is 85 °C.", "celsius",
+        ts("Temperature", "Core temperature (gpu_temperature_celsius); GpuNearSlowdownTemperature fires within 5 °C "
+           "of the card's slowdown threshold (85 °C where it reports none).", "celsius",
            (f"gpu_temperature_celsius{{{GPU}}}", "{{instance}} GPU {{gpu}}")),
         ts("Fan speed", "Intended speed of each fan as a fraction of maximum (gpu_fan_speed_ratio, one series per fan); absent on passively "
            "cooled GPUs.", "percentunit", (f"gpu_fan_speed_ratio{{{GPU}}}", "{{instance}} GPU {{gpu}} fan {{fan}}"), min=0, max=1),
@@ -208,6 +213,79 @@ gpu = dashboard(
            (f"gpu_process_memory_used_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}} {{process_name}} ({{pid}})"), w=24),
     ],
     [query_var("gpu", "GPU", 'label_values(gpu_info{job=~"$job", instance=~"$instance"}, gpu)')],
+    [{"type": "link", "title": "GPU efficiency", "url": "/d/inferwatch-gpu-efficiency", "icon": "dashboard",
+      "tooltip": "SM active and occupancy, tensor and DRAM use, throttle time, memory health",
+      "includeVars": True, "keepTime": True, "asDropdown": False, "targetBlank": False, "tags": []}],
+)
+
+PER_GPU = "{{instance}} GPU {{gpu}}"
+
+efficiency = dashboard(
+    "inferwatch-gpu-efficiency", "inferwatch / GPU efficiency",
+    "What utilisation hides: GPM profiling counters (Hopper and newer, read from NVML without DCGM), per-process SM "
+    "use, time spent throttled, and memory and PCIe health.",
+    [
+        stat("Real utilisation", "Mean SM active (gpu_sm_active_ratio) over the selected GPUs: utilisation says a "
+             "kernel ran, this says how much of the GPU it kept busy.", "percentunit",
+             f"avg(gpu_sm_active_ratio{{{GPU}}})", w=6, thresholds=threshold((None, "blue"), (0.5, "green"))),
+        stat("Tensor active", "Mean share of time any tensor pipe was active (gpu_tensor_active_ratio); near 0 on a "
+             "busy GPU means a model without tensor cores (GpuLowTensorUse).", "percentunit",
+             f"avg(gpu_tensor_active_ratio{{{GPU}}})", w=6, thresholds=threshold((None, "orange"), (0.05, "green"))),
+        stat("DRAM bandwidth", "Mean share of peak DRAM bandwidth used (gpu_dram_active_ratio); high with low SM "
+             "active means memory-bound.", "percentunit", f"avg(gpu_dram_active_ratio{{{GPU}}})", w=6),
+        stat("Time throttled", "Share of the last interval the clocks were held down for any tracked reason, on the "
+             "most throttled GPU (rate of gpu_clock_event_seconds_total).", "percentunit",
+             f"max(sum by (instance, gpu) (rate(gpu_clock_event_seconds_total{{{GPU}}}[{RI}])))", w=6,
+             thresholds=threshold((None, "green"), (0.1, "orange"), (0.5, "red"))),
+        ts("SM active vs occupancy", "SM active: share of time an SM had a warp (gpu_sm_active_ratio); occupancy: "
+           "resident warps against the maximum (gpu_sm_occupancy_ratio). High active with low occupancy is a kernel "
+           "that keeps every SM busy with few warps.", "percentunit",
+           (f"gpu_sm_active_ratio{{{GPU}}}", PER_GPU + " SM active"),
+           (f"gpu_sm_occupancy_ratio{{{GPU}}}", PER_GPU + " occupancy"), min=0, max=1),
+        ts("Tensor active", "Share of time any tensor pipe was active (gpu_tensor_active_ratio), against the "
+           "graphics engine (gpu_graphics_engine_active_ratio).", "percentunit",
+           (f"gpu_tensor_active_ratio{{{GPU}}}", PER_GPU + " tensor"),
+           (f"gpu_graphics_engine_active_ratio{{{GPU}}}", PER_GPU + " engine"), min=0, max=1),
+        ts("DRAM active", "Share of peak DRAM bandwidth used (gpu_dram_active_ratio).", "percentunit",
+           (f"gpu_dram_active_ratio{{{GPU}}}", PER_GPU), min=0, max=1),
+        ts("Pipe mix", "Share of time each pipe was active (gpu_pipe_active_ratio): fp16, fp32, fp64, integer and the "
+           "HMMA / IMMA / DFMA tensor pipes.", "percentunit",
+           (f"gpu_pipe_active_ratio{{{GPU}}}", PER_GPU + " {{pipe}}"), min=0, max=1),
+        ts("PCIe / NVLink throughput", "Bytes per second over PCIe and, on GPUs with NVLink, over all NVLinks "
+           "(gpu_pcie_throughput_bytes_per_second, gpu_nvlink_throughput_bytes_per_second), tx and rx.", "Bps",
+           (f'label_replace(gpu_pcie_throughput_bytes_per_second{{{GPU}}}, "bus", "PCIe", "", "") or '
+            f'label_replace(gpu_nvlink_throughput_bytes_per_second{{{GPU}}}, "bus", "NVLink", "", "")',
+            PER_GPU + " {{bus}} {{direction}}")),
+        ts("Throttle time per reason", "Share of time the clocks were held down, per reason (rate of "
+           "gpu_clock_event_seconds_total): power cap, sync boost, thermal and power-brake slowdowns.", "percentunit",
+           (f"rate(gpu_clock_event_seconds_total{{{GPU}}}[{RI}])", PER_GPU + " {{reason}}"), min=0, max=1),
+        ts("Memory temperature against its limit", "HBM temperature (gpu_memory_temperature_celsius) and the "
+           "card's memory limit (gpu_temperature_threshold_celsius{threshold=\"memory_max\"}).", "celsius",
+           (f"gpu_memory_temperature_celsius{{{GPU}}}", PER_GPU + " memory"),
+           (f'gpu_temperature_threshold_celsius{{{GPU}, threshold="memory_max"}}', PER_GPU + " limit")),
+        ts("Core temperature against slowdown", "Core temperature (gpu_temperature_celsius) and the card's slowdown "
+           "threshold; GpuNearSlowdownTemperature fires within 5 °C of it.", "celsius",
+           (f"gpu_temperature_celsius{{{GPU}}}", PER_GPU + " core"),
+           (f'gpu_temperature_threshold_celsius{{{GPU}, threshold="slowdown"}}', PER_GPU + " slowdown")),
+        ts("Remapped rows", "Memory rows remapped per error type (gpu_remapped_rows), and the pending / failed flags "
+           "(gpu_remapped_rows_pending: reset needed; gpu_remapped_rows_failed: replace the card).", "short",
+           (f"gpu_remapped_rows{{{GPU}}}", PER_GPU + " {{type}}"),
+           (f"gpu_remapped_rows_pending{{{GPU}}}", PER_GPU + " pending"),
+           (f"gpu_remapped_rows_failed{{{GPU}}}", PER_GPU + " failed")),
+        ts("PCIe link", "Current PCIe generation and width (gpu_pcie_link_generation, gpu_pcie_link_width) and "
+           "replays per second (rate of gpu_pcie_replay_total); GpuPcieLinkDegraded fires when the link trains down.",
+           "short",
+           (f"gpu_pcie_link_generation{{{GPU}}}", PER_GPU + " gen"),
+           (f"gpu_pcie_link_width{{{GPU}}}", PER_GPU + " width"),
+           (f"rate(gpu_pcie_replay_total{{{GPU}}}[{RI}])", PER_GPU + " replays/s")),
+        table("SM use per process", "SM and memory utilisation of each compute process in its latest driver sample "
+              "(gpu_process_sm_utilization_ratio); needs gpu.per_process: true.", "percentunit",
+              f"gpu_process_sm_utilization_ratio{{{GPU}}}"),
+    ],
+    [query_var("gpu", "GPU", 'label_values(gpu_info{job=~"$job", instance=~"$instance"}, gpu)')],
+    [{"type": "link", "title": "GPU", "url": "/d/inferwatch-gpu", "icon": "dashboard",
+      "tooltip": "Every NVML reading per GPU", "includeVars": True, "keepTime": True, "asDropdown": False,
+      "targetBlank": False, "tags": []}],
 )
 
 services = dashboard(
@@ -329,7 +407,8 @@ def main():
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "grafana-dashboards")
     check = "--check" in sys.argv
     stale = []
-    for name, d in [("overview", overview), ("gpu", gpu), ("services-dlq", services), ("pipeline-ws-http", pipeline)]:
+    for name, d in [("overview", overview), ("gpu", gpu), ("gpu-efficiency", efficiency), ("services-dlq", services),
+                    ("pipeline-ws-http", pipeline)]:
         text = json.dumps(d, indent=2, ensure_ascii=False) + "\n"
         path = os.path.join(root, f"inferwatch-{name}.json")
         if check:

@@ -65,7 +65,7 @@ fn dashboards_follow_the_house_rules() {
     let all = dashboards();
     assert!(all.len() >= 4, "{} dashboards", all.len());
     let titles: Vec<&str> = all.iter().map(|(_, d)| d["title"].as_str().unwrap()).collect();
-    for want in ["Overview", "GPU", "Services & DLQ", "Pipeline, WebSocket & HTTP"] {
+    for want in ["Overview", "GPU", "GPU efficiency", "Services & DLQ", "Pipeline, WebSocket & HTTP"] {
         assert!(
             titles.iter().any(|t| t.ends_with(want)),
             "no {want} dashboard in {titles:?}"
@@ -92,7 +92,7 @@ fn dashboards_follow_the_house_rules() {
             names.contains(&"job") && names.contains(&"instance"),
             "{file}: {names:?}"
         );
-        if d["title"].as_str().unwrap().ends_with("GPU") {
+        if d["title"].as_str().unwrap().contains("GPU") {
             assert!(names.contains(&"gpu"), "{file}: gpu variable");
         }
         for v in vars.iter().filter(|v| v["type"] == "query") {
@@ -127,6 +127,46 @@ fn dashboards_follow_the_house_rules() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn the_gpu_dashboards_link_to_each_other_and_overview_shows_real_utilisation() {
+    let all: BTreeMap<String, Value> = dashboards()
+        .into_iter()
+        .map(|(_, d)| (d["uid"].as_str().unwrap().to_string(), d))
+        .collect();
+    let links_to = |from: &str, to: &str| {
+        all[from]["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["type"] == "link" && l["url"] == format!("/d/{to}").as_str() && l["includeVars"] == true)
+    };
+    assert!(links_to("inferwatch-gpu", "inferwatch-gpu-efficiency"));
+    assert!(links_to("inferwatch-gpu-efficiency", "inferwatch-gpu"));
+    let real = panels(&all["inferwatch-overview"])
+        .into_iter()
+        .find(|p| p["title"] == "Real utilisation")
+        .expect("a Real utilisation stat on the Overview");
+    assert_eq!(real["type"], "stat");
+    assert!(real["targets"][0]["expr"].as_str().unwrap().starts_with("avg(gpu_sm_active_ratio{"));
+    let efficiency: Vec<String> = panels(&all["inferwatch-gpu-efficiency"])
+        .into_iter()
+        .map(|p| p["title"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "SM active vs occupancy",
+        "Tensor active",
+        "DRAM active",
+        "Pipe mix",
+        "PCIe / NVLink throughput",
+        "SM use per process",
+        "Throttle time per reason",
+        "Memory temperature against its limit",
+        "Remapped rows",
+    ] {
+        assert!(efficiency.iter().any(|t| t == want), "no {want} panel in {efficiency:?}");
     }
 }
 
@@ -203,10 +243,16 @@ async fn label_values(prom: &Prometheus, selector: Option<&str>, label: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_panel_query_returns_data_from_the_real_daemon() {
-    // Two GPUs, one with an XID, one compute process.
-    let fake = FakeGpus::new(
+    // Two H100s (the measured driver profile: GPM, no NVLink), one with an
+    // XID, one compute process with a utilization sample, GPU 0 held at its
+    // power cap (clock-event time grows).
+    let fake = FakeGpus::with_profile(
         Driver::Current,
-        &format!("{}1.xid 79\n0.procs 4242:1073741824:python3\n", gpus_state(2)),
+        &format!(
+            "{}1.xid 79\n0.procs 4242:1073741824:python3\n0.proc_util 4242:96:25\n",
+            gpus_state(2)
+        ),
+        "h100-sxm-580",
     );
     // Jobs waiting and failed jobs in DLQs.
     let redis = Redis::start().await;
@@ -236,6 +282,17 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
     );
     let daemon = Daemon::start(&config, &[]).await;
     let _ws = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/system", daemon.port)).await;
+    // A second box: a fan-cooled workstation card (no GPM, one fan), so the
+    // panels for what an H100 does not have (fans) have data too.
+    let workstation = FakeGpus::with_profile(Driver::Current, &gpus_state(1), "rtx-a5500-580");
+    let second = Daemon::start(
+        &format!(
+            "gpu:\n  nvml_library: {}\n  poll_interval: 1s\nqueues:\n  enabled: false\n",
+            workstation.lib_str()
+        ),
+        &[],
+    )
+    .await;
 
     // Pipeline events keep arriving while Prometheus scrapes.
     let events_url = daemon.url("/api/pipeline/events");
@@ -258,14 +315,14 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
     std::fs::copy(repo().join("alert_rules.yml"), dir.path().join("alert_rules.yml")).unwrap();
     let prom_config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alert_rules.yml]\n\
-         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-        daemon.port
+         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}', '127.0.0.1:{}']\n",
+        daemon.port, second.port
     );
     let prom = Prometheus::start_with_config(dir, &prom_config).await;
     eventually("10 s of scrapes", Duration::from_secs(90), || {
         let prom = &prom;
         async move {
-            let r = prom.query("count_over_time(up{job=\"inferwatch\"}[10s]) >= 8").await;
+            let r = prom.query("count(count_over_time(up{job=\"inferwatch\"}[10s]) >= 8) == 2").await;
             (!r.is_empty()).then_some(())
         }
     })
@@ -291,7 +348,12 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
             vars.insert(name, regex_value(&values));
         }
         assert_eq!(vars["job"], "inferwatch");
-        assert_eq!(vars["instance"], regex_value(&[format!("127.0.0.1:{}", daemon.port)]));
+        let mut instances = vec![
+            format!("127.0.0.1:{}", daemon.port),
+            format!("127.0.0.1:{}", second.port),
+        ];
+        instances.sort();
+        assert_eq!(vars["instance"], regex_value(&instances));
 
         for p in panels(&d) {
             for t in p["targets"].as_array().unwrap() {
