@@ -253,7 +253,11 @@ fn cost_line(g: &GpuReport, field: &str, what: &str, how: &str, slow_seconds: f6
             "  {what}: {:.2} ms per read every {slow_seconds} s = {:.4} % of one core ({}; {how})\n",
             us / 1000.0,
             us / slow_seconds / 1e6 * 100.0,
-            if f.read_by_daemon { "read" } else { "not read with this config" },
+            if f.read_by_daemon {
+                "read"
+            } else {
+                "not read with this config"
+            },
         ),
         (result, _) => format!("  {what}: {result}\n"),
     }

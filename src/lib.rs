@@ -9,7 +9,7 @@
 //!   shutdown, readiness, `inferwatch_collector_*` self-metrics, page
 //!   refresh) and `REGISTRY`, the one list of collectors: the daemon starts
 //!   them from it, the golden test reads them once through it
-//!   (`collect_once`), and the `--collector.<name>` flags are generated
+//!   (`collect_rounds`), and the `--collector.<name>` flags are generated
 //!   from it. Each collector defines the families it writes.
 //!   - [`collectors::gpu`]: NVML polling, history feed, `gpu_*` families.
 //!   - [`collectors::health`]: service checks, restarts, `service_*` families.
@@ -26,7 +26,9 @@
 //!   `pipeline_*` families and `inference_fps`.
 //! - [`redis_conn`]: a lazily (re)connected Redis connection.
 //! - [`nvml`]: the blocking NVML edge, on its own thread; [`nvml::fields`]:
-//!   every GPU field with its call, cadence class and cost meter.
+//!   every GPU field with its call, cadence class and cost meter;
+//!   [`nvml::profiling`]: GPM samples and metrics, per-process utilization,
+//!   and the field-value reads (clock-event time, HBM temperature, remapped rows).
 //! - [`doctor`]: `inferwatch doctor`, what each field answers and costs here.
 //! - [`history`]: the REST sample shape and the in-memory ring.
 //! - [`store`]: the SQLite/PostgreSQL history store and its batching writer.

@@ -65,7 +65,13 @@ fn dashboards_follow_the_house_rules() {
     let all = dashboards();
     assert!(all.len() >= 4, "{} dashboards", all.len());
     let titles: Vec<&str> = all.iter().map(|(_, d)| d["title"].as_str().unwrap()).collect();
-    for want in ["Overview", "GPU", "GPU efficiency", "Services & DLQ", "Pipeline, WebSocket & HTTP"] {
+    for want in [
+        "Overview",
+        "GPU",
+        "GPU efficiency",
+        "Services & DLQ",
+        "Pipeline, WebSocket & HTTP",
+    ] {
         assert!(
             titles.iter().any(|t| t.ends_with(want)),
             "no {want} dashboard in {titles:?}"
@@ -150,7 +156,10 @@ fn the_gpu_dashboards_link_to_each_other_and_overview_shows_real_utilisation() {
         .find(|p| p["title"] == "Real utilisation")
         .expect("a Real utilisation stat on the Overview");
     assert_eq!(real["type"], "stat");
-    assert!(real["targets"][0]["expr"].as_str().unwrap().starts_with("avg(gpu_sm_active_ratio{"));
+    assert!(real["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .starts_with("avg(gpu_sm_active_ratio{"));
     let efficiency: Vec<String> = panels(&all["inferwatch-gpu-efficiency"])
         .into_iter()
         .map(|p| p["title"].as_str().unwrap().to_string())
@@ -166,7 +175,10 @@ fn the_gpu_dashboards_link_to_each_other_and_overview_shows_real_utilisation() {
         "Memory temperature against its limit",
         "Remapped rows",
     ] {
-        assert!(efficiency.iter().any(|t| t == want), "no {want} panel in {efficiency:?}");
+        assert!(
+            efficiency.iter().any(|t| t == want),
+            "no {want} panel in {efficiency:?}"
+        );
     }
 }
 
@@ -322,7 +334,9 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
     eventually("10 s of scrapes", Duration::from_secs(90), || {
         let prom = &prom;
         async move {
-            let r = prom.query("count(count_over_time(up{job=\"inferwatch\"}[10s]) >= 8) == 2").await;
+            let r = prom
+                .query("count(count_over_time(up{job=\"inferwatch\"}[10s]) >= 8) == 2")
+                .await;
             (!r.is_empty()).then_some(())
         }
     })

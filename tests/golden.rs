@@ -46,10 +46,10 @@ fn stable(page: &str) -> String {
 #[tokio::test]
 async fn metrics_page_matches_golden_file() {
     let state_text = format!(
-        // No clock-event reason active (their counters grow with time) and
-        // one process with a utilization sample.
+        // No clock-event reason active (their counters grow with time), one
+        // process with a utilization sample, and NVLink on GPU 1 only.
         "{}1.xid 79\n0.procs 4242:1073741824:python3\n0.proc_util 4242:96:25\n1.unsupported fan\n\
-         0.throttle 0x1\n1.throttle 0x0\n",
+         0.throttle 0x1\n1.throttle 0x0\n1.nvlinks 18\n1.gpm nvlink_tx:1024,nvlink_rx:2048\n",
         gpus_state(2)
     );
     let fake = FakeGpus::new(Driver::Current, &state_text);

@@ -241,7 +241,10 @@ fn doctor_reports_every_field_of_the_h100_profile_with_its_cost() {
         table.contains("nvmlDeviceGetTotalEnergyConsumption") && table.contains("Summary: 2 GPU(s)"),
         "{table}"
     );
-    assert!(table.contains("GPM profiling: ") && table.contains("% of one core (read; exclude `gpm`"), "{table}");
+    assert!(
+        table.contains("GPM profiling: ") && table.contains("% of one core (read; exclude `gpm`"),
+        "{table}"
+    );
     assert!(
         table.contains("per-process utilization: ") && table.contains("(not read with this config; gpu.per_process)"),
         "{table}"

@@ -51,9 +51,7 @@ async fn gpm_values_appear_as_ratios_and_bytes_once_per_slow_tick() {
     .await;
     // The fake answers like the H100 under a bf16 matmul, in the driver's
     // units (percent, MiB/s); ours are ratios and bytes per second.
-    let v = |name: &str, extra: &str| {
-        sample_value(&page, &series(name, 0, extra)).map(|x| (x * 1e6).round() / 1e6)
-    };
+    let v = |name: &str, extra: &str| sample_value(&page, &series(name, 0, extra)).map(|x| (x * 1e6).round() / 1e6);
     assert_eq!(v("gpu_sm_active_ratio", ""), Some(0.963));
     assert_eq!(v("gpu_sm_occupancy_ratio", ""), Some(0.142));
     assert_eq!(v("gpu_tensor_active_ratio", ""), Some(0.934));
@@ -70,7 +68,10 @@ async fn gpm_values_appear_as_ratios_and_bytes_once_per_slow_tick() {
     // asked for NVLink traffic.
     assert!(!page.contains("gpu_nvlink_throughput_bytes_per_second{"), "{page}");
     // Measured facts from the profile and the state.
-    assert_eq!(v("gpu_temperature_threshold_celsius", ",threshold=\"slowdown\""), Some(89.0));
+    assert_eq!(
+        v("gpu_temperature_threshold_celsius", ",threshold=\"slowdown\""),
+        Some(89.0)
+    );
     assert_eq!(v("gpu_clock_max_hz", ",clock=\"sm\""), Some(1.98e9));
     assert_eq!(v("gpu_memory_temperature_celsius", ""), Some(51.0));
     assert_eq!(v("gpu_pcie_link_generation", ""), Some(5.0));
@@ -89,7 +90,10 @@ async fn gpm_values_appear_as_ratios_and_bytes_once_per_slow_tick() {
     let energy = per_gpu(&calls, "nvmlDeviceGetTotalEnergyConsumption", 2);
     let metrics = per_gpu(&calls, "nvmlGpmMetricsGet", 2);
     assert!(energy >= 3, "{calls:?}");
-    assert!(metrics == energy || metrics + 1 == energy, "GPM {metrics} vs energy {energy}");
+    assert!(
+        metrics == energy || metrics + 1 == energy,
+        "GPM {metrics} vs energy {energy}"
+    );
     assert!(metrics < finished(&calls) / 2, "GPM is not read every poll: {calls:?}");
     assert_eq!(per_gpu(&calls, "nvmlGpmSampleGet", 2), metrics + 1);
     let live = calls["nvmlGpmSampleAlloc"] - calls["nvmlGpmSampleFree"];
@@ -103,7 +107,10 @@ async fn a_gpu_lost_between_samples_starts_over_and_frees_its_sample() {
     let fake = FakeGpus::new(Driver::Current, &state);
     let d = Daemon::start(&config(&fake, "  slow_interval: 1s\n"), &[]).await;
     let has_gpm = |page: &str| sample_value(page, &series("gpu_sm_active_ratio", 0, "")).is_some();
-    eventually("GPM series", LIMIT, || async { has_gpm(&d.get_text("/metrics").await).then_some(()) }).await;
+    eventually("GPM series", LIMIT, || async {
+        has_gpm(&d.get_text("/metrics").await).then_some(())
+    })
+    .await;
     fake.set(&format!("{state}0.lost 1\n"));
     eventually("the GPU to be gone", LIMIT, || async {
         let page = d.get_text("/metrics").await;
@@ -151,9 +158,15 @@ async fn a_card_without_gpm_has_no_gpm_series_and_no_warning() {
         Some(1.0)
     );
     // Everything else is there.
-    assert_eq!(sample_value(&page, &series("gpu_pcie_link_generation", 0, "")), Some(5.0));
+    assert_eq!(
+        sample_value(&page, &series("gpu_pcie_link_generation", 0, "")),
+        Some(5.0)
+    );
     let log = d.log();
-    let warned: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
     assert!(warned.is_empty(), "{warned:?}");
 }
 
@@ -167,7 +180,11 @@ async fn per_process_sm_follows_the_process_list_and_exited_processes_disappear(
     let sm = |page: &str, pid: u32, name: &str| {
         sample_value(
             page,
-            &series("gpu_process_sm_utilization_ratio", 0, &format!(",pid=\"{pid}\",process_name=\"{name}\"")),
+            &series(
+                "gpu_process_sm_utilization_ratio",
+                0,
+                &format!(",pid=\"{pid}\",process_name=\"{name}\""),
+            ),
         )
     };
     let page = eventually("per-process SM series", LIMIT, || async {
@@ -180,7 +197,11 @@ async fn per_process_sm_follows_the_process_list_and_exited_processes_disappear(
     assert_eq!(
         sample_value(
             &page,
-            &series("gpu_process_memory_utilization_ratio", 0, ",pid=\"4242\",process_name=\"python3\"")
+            &series(
+                "gpu_process_memory_utilization_ratio",
+                0,
+                ",pid=\"4242\",process_name=\"python3\""
+            )
         ),
         Some(0.25)
     );
@@ -222,7 +243,11 @@ async fn a_driver_without_the_newer_call_falls_back_to_process_utilization() {
     );
     let fake = FakeGpus::new(Driver::Old, &state);
     let d = Daemon::start(&config(&fake, "  per_process: true\n  slow_interval: 1s\n"), &[]).await;
-    let key = series("gpu_process_sm_utilization_ratio", 0, ",pid=\"4242\",process_name=\"python3\"");
+    let key = series(
+        "gpu_process_sm_utilization_ratio",
+        0,
+        ",pid=\"4242\",process_name=\"python3\"",
+    );
     let v = eventually("per-process SM from the older call", LIMIT, || async {
         sample_value(&d.get_text("/metrics").await, &key)
     })
@@ -292,7 +317,11 @@ async fn clock_events_follow_the_throttle_mask(profile: Option<&str>, reason: &s
     let rate = (last - start) / (at - started);
     assert!((0.7..=1.3).contains(&rate), "{reason} grew {rate} s per s");
     // The other reasons stay still.
-    let other = if reason == "sw_power_cap" { "sync_boost" } else { "sw_power_cap" };
+    let other = if reason == "sw_power_cap" {
+        "sync_boost"
+    } else {
+        "sw_power_cap"
+    };
     assert_eq!(clock_event(&d, other).await.0, 0.0);
 }
 

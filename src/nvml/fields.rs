@@ -251,7 +251,8 @@ impl Field {
                 [
                     (
                         "generation".to_string(),
-                        m.call("pcie_link_generation", || d.current_pcie_link_gen()).map(f64::from),
+                        m.call("pcie_link_generation", || d.current_pcie_link_gen())
+                            .map(f64::from),
                     ),
                     (
                         "width".to_string(),
@@ -316,7 +317,8 @@ fn thresholds(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
     list(kinds.into_iter().map(|(t, n)| {
         (
             n.to_string(),
-            m.call("temperature_threshold", || d.temperature_threshold(t)).map(f64::from),
+            m.call("temperature_threshold", || d.temperature_threshold(t))
+                .map(f64::from),
         )
     }))
 }
@@ -331,7 +333,8 @@ fn max_clocks(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
     list(domains.into_iter().map(|(c, n)| {
         (
             n.to_string(),
-            m.call("max_clock_info", || d.max_clock_info(c)).map(|mhz| mhz as f64 * 1e6),
+            m.call("max_clock_info", || d.max_clock_info(c))
+                .map(|mhz| mhz as f64 * 1e6),
         )
     }))
 }

@@ -419,7 +419,14 @@ impl<'n> Poller<'n> {
 
     /// Reads the slow fields (or only GPM): GPM from the sampler,
     /// per-process utilization only when per-process is on.
-    fn read_slow(&mut self, index: u32, uuid: &str, d: &Device<'n>, statics: &Statics, only_gpm: bool) -> Result<Slow, Out> {
+    fn read_slow(
+        &mut self,
+        index: u32,
+        uuid: &str,
+        d: &Device<'n>,
+        statics: &Statics,
+        only_gpm: bool,
+    ) -> Result<Slow, Out> {
         let mut slow = Slow::default();
         let due = |f: &Field| f.class() == Class::Slow && (!only_gpm || *f == Field::Gpm);
         for field in Field::ALL.into_iter().filter(due) {
@@ -479,7 +486,10 @@ impl<'n> Poller<'n> {
         let gpm_warm_up = !read_slow
             && statics.gpm
             && self.gpm.has_sample(u)
-            && self.slow.get(u).is_some_and(|s| !s.values.iter().any(|(f, _)| *f == Field::Gpm));
+            && self
+                .slow
+                .get(u)
+                .is_some_and(|s| !s.values.iter().any(|(f, _)| *f == Field::Gpm));
         if read_slow {
             let slow = self.read_slow(index, u, d, &statics, false)?;
             self.slow.insert(uuid.clone(), slow);

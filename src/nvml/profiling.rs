@@ -68,7 +68,15 @@ pub const GPM_NVLINK_METRICS: [(GpmMetricId, &str, GpmUnit); 2] = [
 ];
 
 /// The pipes of `gpu_pipe_active_ratio{pipe}`, by GPM key.
-pub const PIPES: [&str; 7] = ["fp16", "fp32", "fp64", "integer", "tensor_hmma", "tensor_imma", "tensor_dfma"];
+pub const PIPES: [&str; 7] = [
+    "fp16",
+    "fp32",
+    "fp64",
+    "integer",
+    "tensor_hmma",
+    "tensor_imma",
+    "tensor_dfma",
+];
 
 /// Clock-event-reason duration fields (nanoseconds), with their `reason`.
 /// nvml-wrapper renumbers the thermal and power-brake IDs for drivers from
@@ -78,7 +86,10 @@ const CLOCK_EVENTS: [(u32, &str); 5] = [
     (NVML_FI_DEV_CLOCKS_EVENT_REASON_SYNC_BOOST, "sync_boost"),
     (NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_THERM_SLOWDOWN, "sw_thermal_slowdown"),
     (NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_THERM_SLOWDOWN, "hw_thermal_slowdown"),
-    (NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN, "hw_power_brake_slowdown"),
+    (
+        NVML_FI_DEV_CLOCKS_EVENT_REASON_HW_POWER_BRAKE_SLOWDOWN,
+        "hw_power_brake_slowdown",
+    ),
 ];
 
 const REMAPPED: [(u32, &str); 4] = [
@@ -122,7 +133,13 @@ pub fn clock_events(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
 
 /// HBM temperature.
 pub fn memory_temperature(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
-    let v = field_list(d, &[(NVML_FI_DEV_MEMORY_TEMP, "memory")], 1.0, "field_values_memory_temperature", m)?;
+    let v = field_list(
+        d,
+        &[(NVML_FI_DEV_MEMORY_TEMP, "memory")],
+        1.0,
+        "field_values_memory_temperature",
+        m,
+    )?;
     v.get("memory").map(Value::Num).ok_or(NvmlError::NotSupported)
 }
 
@@ -137,8 +154,8 @@ pub fn remapped_rows(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
 /// `nvmlDeviceGetProcessUtilization`.
 pub fn process_utilization(nvml: &Nvml, d: &Device, m: &Meter) -> Result<Value, NvmlError> {
     let samples = match processes_utilization_info(nvml, d, m) {
-        Err(NvmlError::FailedToLoadSymbol(_)) | Err(NvmlError::FunctionNotFound) => {
-            m.call("process_utilization", || match d.process_utilization_stats(None) {
+        Err(NvmlError::FailedToLoadSymbol(_)) | Err(NvmlError::FunctionNotFound) => m
+            .call("process_utilization", || match d.process_utilization_stats(None) {
                 Err(NvmlError::NotFound) => Ok(Vec::new()),
                 r => r,
             })
@@ -146,8 +163,7 @@ pub fn process_utilization(nvml: &Nvml, d: &Device, m: &Meter) -> Result<Value, 
                 v.into_iter()
                     .map(|s| (s.pid, s.timestamp, s.sm_util, s.mem_util))
                     .collect()
-            })
-        }
+            }),
         r => r,
     };
     let samples = samples?;
@@ -209,7 +225,9 @@ fn processes_utilization_info(nvml: &Nvml, d: &Device, m: &Meter) -> Result<Vec<
                 buf.truncate((info.processSamplesCount as usize).min(room));
                 return Ok(buf.iter().map(|s| (s.pid, s.timeStamp, s.smUtil, s.memUtil)).collect());
             }
-            Err(NvmlError::InsufficientSize(_)) if (info.processSamplesCount as usize) > room && room == PROCESS_ROOM => {
+            Err(NvmlError::InsufficientSize(_))
+                if (info.processSamplesCount as usize) > room && room == PROCESS_ROOM =>
+            {
                 room = info.processSamplesCount as usize;
             }
             Err(e) => return Err(e),
@@ -233,7 +251,9 @@ fn gpm_metrics(nvml: &Nvml, a: &GpmSample, b: &GpmSample, nvlink: bool, m: &Mete
         .cloned()
         .collect();
     let ids: Vec<GpmMetricId> = wanted.iter().map(|w| w.0).collect();
-    let results = m.call("gpm_metrics_get", || nvml_wrapper::gpm::gpm_metrics_get(nvml, a, b, &ids))?;
+    let results = m.call("gpm_metrics_get", || {
+        nvml_wrapper::gpm::gpm_metrics_get(nvml, a, b, &ids)
+    })?;
     list(
         wanted
             .iter()
