@@ -30,6 +30,8 @@
 //!   [`nvml::profiling`]: GPM samples and metrics, per-process utilization,
 //!   and the field-value reads (clock-event time, HBM temperature, remapped rows).
 //! - [`doctor`]: `inferwatch doctor`, what each field answers and costs here.
+//! - [`webconf`]: `--web.config.file` (exporter-toolkit format): TLS, client
+//!   certificates, bcrypt basic auth and headers, re-read when it changes.
 //! - [`history`]: the REST sample shape and the in-memory ring.
 //! - [`store`]: the SQLite/PostgreSQL history store and its batching writer.
 //! - [`metrics`]: the registry, the daemon's own metrics, the page cache and
@@ -65,6 +67,7 @@ pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod nvml;
+pub mod webconf;
 pub mod pipeline;
 pub mod redis_conn;
 pub mod restart;
@@ -106,6 +109,8 @@ pub enum RunError {
     Collector(#[from] collectors::StartError),
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error(transparent)]
+    WebConfig(#[from] webconf::WebConfigError),
 }
 
 /// Warns when anyone who can reach the port may write: a non-loopback
@@ -143,6 +148,14 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
     let pipeline = Arc::new(Pipeline::new(&config.pipeline, &metrics));
     let http = api::http_metrics::HttpMetrics::new(&metrics);
     let server = server::ServerMetrics::new(&metrics);
+    let web = match &config.web.config_file {
+        Some(path) => webconf::WebRuntime::load(path)?,
+        None => webconf::WebRuntime::none(),
+    };
+    let collectors = collectors::REGISTRY
+        .iter()
+        .map(|e| (e.name, e.about, collectors::is_enabled(e, &config)))
+        .collect();
     Ok(AppState {
         config: Arc::new(config),
         metrics,
@@ -160,6 +173,8 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         preview: Default::default(),
         storage: Default::default(),
         started_at: chrono::Utc::now(),
+        collectors: Arc::new(collectors),
+        web,
     })
 }
 
@@ -236,12 +251,13 @@ pub async fn run_with_state(
     warn_if_open(&state, addr);
     let limits = server::Limits::from_config(&state.config.web, server::raise_nofile_limit());
     let server_metrics = state.server.clone();
+    let web = state.web.clone();
     // 5xx answers are already logged once, with their cause, by `AppError`;
     // the trace layer's own failure line would repeat them at ERROR.
     let trace = tower_http::trace::TraceLayer::new_for_http()
         .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG));
     let app = api::router(state).layer(trace);
-    let served = server::serve(listener, app, limits, server_metrics, shutdown).await;
+    let served = server::serve(listener, app, limits, server_metrics, web, shutdown).await;
 
     tracing::info!("Shutting down: stopping collectors and flushing history.");
     collectors_stop.cancel();

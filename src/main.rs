@@ -22,6 +22,10 @@ struct Cli {
     /// Address to serve /metrics and the API on [default: 0.0.0.0:8790, or web.listen_address].
     #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
     listen_address: Option<String>,
+    /// Web config file (exporter-toolkit format): TLS, client certificates,
+    /// basic auth, response headers [default: web.config_file, or plain HTTP].
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
     /// Log level.
     #[arg(long = "log.level", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     log_level: String,
@@ -36,6 +40,8 @@ struct Cli {
 enum Command {
     /// Validate a config file (with env overrides) and exit 0 if it is valid, 1 if not.
     CheckConfig { path: PathBuf },
+    /// Validate a web config file (TLS, basic auth, headers) and exit 0 if it is valid, 1 if not.
+    CheckWebConfig { path: PathBuf },
     /// Show what NVML answers for every GPU field here, and what it costs.
     Doctor {
         /// NVML library to load [default: gpu.nvml_library].
@@ -91,6 +97,21 @@ fn main() -> ExitCode {
         return match checked {
             Ok(_) => {
                 println!("SUCCESS: {} is valid inferwatch config", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::CheckWebConfig { path }) = &cli.command {
+        return match inferwatch::webconf::load(path) {
+            Ok(loaded) => {
+                for i in &loaded.ignored {
+                    println!("NOTE: not honoured: {i}");
+                }
+                println!("SUCCESS: {} is valid web config", path.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -171,6 +192,9 @@ fn serve(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         } else if matches.get_flag(&format!("no-collector.{}", e.name)) {
             config.set_collector(e.name, false);
         }
+    }
+    if let Some(path) = cli.web_config_file {
+        config.web.config_file = Some(path);
     }
     if let Some(addr) = cli.listen_address {
         config.web.listen_address = addr;

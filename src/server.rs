@@ -14,6 +14,11 @@
 //!   its request and close; after `web.shutdown_timeout` the rest are
 //!   dropped, so the caller always gets to flush history.
 //!
+//! - **TLS.** With `--web.config.file` naming a certificate, each accepted
+//!   connection does its rustls handshake first, within the header timeout;
+//!   the config in force when the connection arrives is used, so a changed
+//!   file applies to new connections without a restart.
+//!
 //! Upgraded connections (WebSockets) leave this loop once upgraded; the hub
 //! caps and closes those.
 
@@ -29,7 +34,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{IntCounterVec, IntGauge};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +42,7 @@ use tower::ServiceExt;
 
 use crate::config::WebConfig;
 use crate::metrics::{family, Metrics};
+use crate::webconf::WebRuntime;
 
 /// File descriptors kept free for everything that is not an HTTP
 /// connection (Redis, the store, health checks, WebSockets, logs).
@@ -118,8 +124,8 @@ impl ServerMetrics {
             "HTTP connections open now (WebSockets leave this count once upgraded).",
             &[],
         );
-        let closed = family::<IntCounterVec>("http_connections_closed_by_server_total", "Connections the server closed itself: idle_evicted (oldest idle one, to make room past web.max_connections), refused (every connection busy), header_timeout (no whole request head within web.header_read_timeout, idle keep-alive included), shutdown_deadline (still open at web.shutdown_timeout).", &["reason"]);
-        for r in ["idle_evicted", "refused", "header_timeout", "shutdown_deadline"] {
+        let closed = family::<IntCounterVec>("http_connections_closed_by_server_total", "Connections the server closed itself: idle_evicted (oldest idle one, to make room past web.max_connections), refused (every connection busy), header_timeout (no whole request head within web.header_read_timeout, idle keep-alive included), tls_handshake (TLS handshake failed or timed out), shutdown_deadline (still open at web.shutdown_timeout).", &["reason"]);
+        for r in ["idle_evicted", "refused", "header_timeout", "tls_handshake", "shutdown_deadline"] {
             closed.with_label_values(&[r]);
         }
         metrics.add(&open);
@@ -187,6 +193,7 @@ pub async fn serve(
     app: Router,
     limits: Limits,
     metrics: ServerMetrics,
+    web: Arc<WebRuntime>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let conns = Arc::new(Conns::default());
@@ -233,8 +240,33 @@ pub async fn serve(
             metrics.clone(),
             limits.clone(),
         );
+        let tls = web.current().tls.clone();
         tasks.spawn(async move {
-            serve_connection(stream, peer, app, &limits, busy, close, stop, &metrics).await;
+            let _ = stream.set_nodelay(true);
+            let conn = Connection {
+                peer,
+                app,
+                busy,
+                close,
+                stop,
+            };
+            match tls {
+                None => conn.serve(stream, &limits, &metrics).await,
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, accept).await {
+                        Ok(Ok(tls_stream)) => conn.serve(tls_stream, &limits, &metrics).await,
+                        Ok(Err(e)) => {
+                            metrics.closed("tls_handshake", 1);
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
+                        }
+                        Err(_) => {
+                            metrics.closed("tls_handshake", 1);
+                            tracing::debug!(peer = %peer, "TLS handshake timed out.");
+                        }
+                    }
+                }
+            }
             conns.remove(id);
             metrics.open.dec();
         });
@@ -281,55 +313,66 @@ async fn make_room(conns: &Conns, metrics: &ServerMetrics, cap: usize) -> bool {
     tokio::time::timeout(Duration::from_secs(1), room).await.is_ok()
 }
 
-/// Drives one connection until it closes, is evicted, or the server stops.
-#[allow(clippy::too_many_arguments)]
-async fn serve_connection(
-    stream: TcpStream,
+/// One accepted connection and what serving it needs.
+struct Connection {
     peer: SocketAddr,
     app: Router,
-    limits: &Limits,
     busy: Arc<AtomicUsize>,
     close: CancellationToken,
     stop: CancellationToken,
-    metrics: &ServerMetrics,
-) {
-    let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        // The peer address feeds the trusted-network check of writes.
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let guard = BusyGuard::new(busy.clone());
-        let app = app.clone();
-        async move {
-            let resp = app.oneshot(req.map(axum::body::Body::new)).await;
-            drop(guard);
-            resp
+}
+
+impl Connection {
+    /// Drives the connection (plain or TLS) until it closes, is evicted,
+    /// or the server stops.
+    async fn serve<S>(self, stream: S, limits: &Limits, metrics: &ServerMetrics)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            peer,
+            app,
+            busy,
+            close,
+            stop,
+        } = self;
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            // The peer address feeds the trusted-network check of writes.
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let guard = BusyGuard::new(busy.clone());
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req.map(axum::body::Body::new)).await;
+                drop(guard);
+                resp
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADER_LINES)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = close.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            }
+            _ = stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            }
+        };
+        if let Err(e) = result {
+            if e.is_timeout() {
+                metrics.closed("header_timeout", 1);
+            }
+            tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
         }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .max_headers(MAX_HEADER_LINES)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = close.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
-    };
-    if let Err(e) = result {
-        if e.is_timeout() {
-            metrics.closed("header_timeout", 1);
-        }
-        tracing::debug!(peer = %peer, error = %e, "Connection ended with an error.");
     }
 }
 

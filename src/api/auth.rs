@@ -1,7 +1,9 @@
 //! Who may call the mutating endpoints (requeue, clear, restore).
 //!
 //! With `api.token` (or `api.token_file`) set, a request needs
-//! `Authorization: Bearer <token>`: none gives 401, a wrong one 403. With no
+//! `Authorization: Bearer <token>` (or `X-Inferwatch-Token: <token>`, for
+//! clients whose `Authorization` carries basic auth): none gives 401, a
+//! wrong one 403. With no
 //! token, only clients whose address is in `api.trusted_networks` (loopback
 //! by default) may mutate; others get 403. Read endpoints stay open, as is
 //! usual for exporters.
@@ -144,7 +146,7 @@ impl Auth {
             let Some(given) = authorization.and_then(bearer) else {
                 return Err(AppError::status(
                     StatusCode::UNAUTHORIZED,
-                    "this endpoint needs Authorization: Bearer <token>",
+                    "this endpoint needs Authorization: Bearer <token> (or X-Inferwatch-Token: <token>)",
                     json!({ "scheme": "Bearer" }),
                 ));
             };
@@ -206,8 +208,23 @@ pub async fn require_ingest(State(state): State<AppState>, req: Request, next: N
     require_scope(Scope::Ingest, state, req, next).await
 }
 
+/// The header that carries the token when `Authorization` carries basic
+/// auth (`--web.config.file` with `basic_auth_users`).
+pub const TOKEN_HEADER: &str = "x-inferwatch-token";
+
 async fn require_scope(scope: Scope, state: AppState, req: Request, next: Next) -> Response {
     let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let from_header = req
+        .headers()
+        .get(TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| format!("Bearer {t}"));
+    // A bearer token in Authorization wins; else the token header.
+    let authorization = match (authorization, &from_header) {
+        (Some(a), _) if bearer(a).is_some() => Some(a),
+        (_, Some(h)) => Some(h.as_str()),
+        (a, None) => a,
+    };
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     match state.auth.check_scope(scope, authorization, peer) {
         Ok(()) => next.run(req).await,

@@ -1,4 +1,4 @@
-//! The HTTP surface: `/metrics`, the `/-/healthy` and `/-/ready` probes,
+//! The HTTP surface: the `/` landing page, `/metrics`, the `/-/healthy` and `/-/ready` probes,
 //! the thin REST side router under `/api/system`, and the `/ws/system`
 //! WebSocket.
 //!
@@ -9,8 +9,10 @@
 //! [`AppError`].
 
 pub mod auth;
+pub mod basic_auth;
 pub mod dlq;
 pub mod http_metrics;
+pub mod landing;
 pub mod limits;
 pub mod metrics;
 pub mod pipeline;
@@ -56,11 +58,17 @@ pub struct AppState {
     pub storage: Arc<StorageState>,
     /// When the daemon started, for `uptime_seconds`.
     pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Every registered collector: name, what it reads, whether it runs
+    /// (for the landing page).
+    pub collectors: Arc<Vec<(&'static str, &'static str, bool)>>,
+    /// `--web.config.file`: basic auth and headers (TLS is the server's).
+    pub web: Arc<crate::webconf::WebRuntime>,
 }
 
 /// Builds the application.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(landing::landing))
         .route("/metrics", get(metrics::metrics))
         .route("/-/healthy", get(|| async { "Healthy.\n" }))
         .route("/-/ready", get(ready))
@@ -80,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(limits::json_errors))
         .layer(axum::middleware::from_fn(limits::head_limits))
+        .layer(axum::middleware::from_fn_with_state(state.web.clone(), basic_auth::check))
         .layer(axum::middleware::from_fn_with_state(
             state.http.clone(),
             http_metrics::track,

@@ -27,6 +27,9 @@ pub struct WebConfig {
     /// How long graceful shutdown waits for open requests, 0–3600 s.
     #[serde(deserialize_with = "de_seconds")]
     pub shutdown_timeout: Duration,
+    /// An exporter-toolkit web config file (TLS, client certificates, basic
+    /// auth, headers); `--web.config.file` overrides it. Unset: plain HTTP.
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WebConfig {
@@ -38,6 +41,7 @@ impl Default for WebConfig {
             request_timeout: Duration::from_secs(60),
             max_connections: 1024,
             shutdown_timeout: Duration::from_secs(10),
+            config_file: None,
         }
     }
 }

@@ -459,6 +459,14 @@ impl Daemon {
     /// As [`Daemon::start_with_args`], with `RLIMIT_NOFILE` (soft and hard)
     /// set to `nofile` for the daemon, as `ulimit -n` would.
     pub async fn start_limited(config: &str, env: &[(&str, &str)], args: &[&str], nofile: Option<u64>) -> Daemon {
+        let d = Self::spawn(config, env, args, nofile);
+        wait_for_2xx("inferwatch to be ready", &d.url("/-/ready")).await;
+        d
+    }
+
+    /// Starts the binary and returns at once, without waiting for it to be
+    /// ready (for a daemon behind TLS or auth, or one expected to fail).
+    pub fn spawn(config: &str, env: &[(&str, &str)], args: &[&str], nofile: Option<u64>) -> Daemon {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inferwatch.yml");
@@ -491,16 +499,14 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .unwrap();
-        let d = Daemon {
+        Daemon {
             dir,
             port,
             proc: Proc {
                 child,
                 name: "inferwatch",
             },
-        };
-        wait_for_2xx("inferwatch to be ready", &d.url("/-/ready")).await;
-        d
+        }
     }
 
     /// Everything the daemon has logged so far.

@@ -1,0 +1,409 @@
+//! `--web.config.file` against real clients: certificates made here with
+//! `openssl`, curl over HTTPS (basic auth, client certificates), a config
+//! rewritten while the daemon runs, a real Prometheus scraping over TLS
+//! with basic auth, and a WebSocket over `wss://`. Also the landing page,
+//! the HTTP size and in-flight metrics, and the systemd unit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, repo, run_tool, sample_value, Daemon, Prometheus, LIMIT};
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let sh = |script: &str| {
+            let out = Command::new("bash").arg("-ec").arg(script).current_dir(d).output().unwrap();
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        sh(&format!("openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=inferwatch-test-ca"));
+        for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+            sh(&format!(
+                "openssl req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}\n\
+                 printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nkeyUsage=digitalSignature\\nextendedKeyUsage={usage}\\n' > {name}.ext\n\
+                 openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"
+            ));
+        }
+        // A second CA that signed nothing here.
+        sh(&format!("openssl req -x509 {ec} -keyout other.key -out other-ca.pem -days 2 -subj /CN=other-ca"));
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn s(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+}
+
+fn hash(password: &str) -> String {
+    bcrypt::hash(password, 4).unwrap()
+}
+
+/// Writes the web config atomically (a new inode, as editors and config
+/// management do).
+fn write_web(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// curl's status code for `url` (`000` when no HTTP answer came), and its
+/// headers and body.
+fn curl(args: &[&str], url: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let code = text.lines().last().unwrap_or("000").to_string();
+    (code, text)
+}
+
+fn https(d: &Daemon, path: &str) -> String {
+    format!("https://127.0.0.1:{}{path}", d.port)
+}
+
+/// Starts the daemon with `web` as its web config and waits until
+/// `ready_args` get a 200 from `/-/ready` over HTTPS.
+async fn tls_daemon(web: &str, web_path: &Path, ready_args: &[&str]) -> Daemon {
+    write_web(web_path, web);
+    // Mock GPU mode: the WebSocket snapshot has a gpu_stats to send.
+    let cfg = format!(
+        "web:\n  config_file: {}\nqueues:\n  enabled: false\ngpu:\n  nvml_library: /nonexistent/libnvidia-ml.so.1\n",
+        web_path.display()
+    );
+    let d = Daemon::spawn(&cfg, &[], &[], None);
+    let url = https(&d, "/-/ready");
+    let args: Vec<String> = ready_args.iter().map(|s| s.to_string()).collect();
+    eventually("the daemon to answer over HTTPS", LIMIT, || {
+        let (url, args) = (url.clone(), args.clone());
+        async move {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            (curl(&a, &url).0 == "200").then_some(())
+        }
+    })
+    .await;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_basic_auth_and_headers() {
+    let c = Certs::new();
+    let web_path = c.path("web.yml");
+    let web = format!(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
+         basic_auth_users:\n  alice: '{}'\n\
+         http_server_config:\n  headers:\n    X-Frame-Options: deny\n",
+        hash("wonderland")
+    );
+    let ca = c.s("ca.pem");
+    let d = tls_daemon(&web, &web_path, &["--cacert", &ca, "-u", "alice:wonderland"]).await;
+
+    let (code, text) = curl(&["--cacert", &ca, "-u", "alice:wonderland"], &https(&d, "/metrics"));
+    assert_eq!(code, "200", "{text}");
+    assert!(text.contains("gpu_available 0"), "{text}");
+    assert!(text.to_lowercase().contains("x-frame-options: deny"), "{text}");
+
+    let (code, text) = curl(&["--cacert", &ca], &https(&d, "/metrics"));
+    assert_eq!(code, "401", "no credentials: {text}");
+    assert!(text.to_lowercase().contains("www-authenticate: basic"), "{text}");
+    assert!(text.contains("\"code\":\"unauthorized\""), "{text}");
+    let (code, _) = curl(&["--cacert", &ca, "-u", "alice:wrong"], &https(&d, "/metrics"));
+    assert_eq!(code, "401", "wrong password");
+    let (code, _) = curl(&["--cacert", &ca, "-u", "bob:wonderland"], &https(&d, "/-/healthy"));
+    assert_eq!(code, "401", "unknown user, and the probes are covered too");
+    // The CA decides: another CA's client does not trust the server.
+    let (code, _) = curl(&["--cacert", &c.s("other-ca.pem"), "-u", "alice:wonderland"], &https(&d, "/metrics"));
+    assert_eq!(code, "000", "a client that does not trust the CA gets no answer");
+    // Plain HTTP on the TLS port gets no HTTP answer either.
+    let (code, _) = curl(&[], &format!("http://127.0.0.1:{}/metrics", d.port));
+    assert_ne!(code, "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_and_verified() {
+    let c = Certs::new();
+    let web_path = c.path("web.yml");
+    let web = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
+               \x20 client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n";
+    let ca = c.s("ca.pem");
+    let (cert, key) = (c.s("client.pem"), c.s("client.key"));
+    let with_cert = ["--cacert", ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()];
+    let d = tls_daemon(web, &web_path, &with_cert).await;
+    let (code, _) = curl(&with_cert, &https(&d, "/metrics"));
+    assert_eq!(code, "200");
+    let (code, text) = curl(&["--cacert", &ca], &https(&d, "/metrics"));
+    assert_eq!(code, "000", "no client certificate: the handshake is refused: {text}");
+    // A certificate from a CA the server does not trust is refused too.
+    let (code, _) = curl(
+        &["--cacert", &ca, "--cert", &c.s("other-ca.pem"), "--key", &c.s("other.key")],
+        &https(&d, "/metrics"),
+    );
+    assert_eq!(code, "000");
+    eventually("the refused handshakes to be counted", LIMIT, || async {
+        let page = curl(&with_cert, &https(&d, "/metrics")).1;
+        let refused = sample_value(&page, "http_connections_closed_by_server_total{reason=\"tls_handshake\"}");
+        (refused >= Some(2.0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_config_is_reloaded_when_it_changes() {
+    let c = Certs::new();
+    let web_path = c.path("web.yml");
+    let tls = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n";
+    let ca = c.s("ca.pem");
+    let d = tls_daemon(
+        &format!("{tls}basic_auth_users:\n  alice: '{}'\n", hash("old")),
+        &web_path,
+        &["--cacert", &ca, "-u", "alice:old"],
+    )
+    .await;
+    write_web(&web_path, &format!("{tls}basic_auth_users:\n  alice: '{}'\n", hash("new")));
+    let (code, _) = curl(&["--cacert", &ca, "-u", "alice:new"], &https(&d, "/metrics"));
+    assert_eq!(code, "200", "the new password works without a restart");
+    let (code, _) = curl(&["--cacert", &ca, "-u", "alice:old"], &https(&d, "/metrics"));
+    assert_eq!(code, "401", "the old one no longer does");
+    // A broken file keeps the last good config, and says so.
+    write_web(&web_path, "basic_auth_users:\n  alice: not-a-hash\n");
+    let (code, _) = curl(&["--cacert", &ca, "-u", "alice:new"], &https(&d, "/metrics"));
+    assert_eq!(code, "200");
+    let log = d.log();
+    assert!(
+        log.contains("Web config could not be reloaded") && log.contains("basic_auth_users.alice"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_broken_web_config_stops_startup_and_check_web_config_names_the_key() {
+    let c = Certs::new();
+    let bad = c.path("bad.yml");
+    std::fs::write(&bad, "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: Sometimes\n").unwrap();
+    let good = c.path("good.yml");
+    std::fs::write(
+        &good,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  min_version: TLS11\n  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]\n",
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_inferwatch");
+    let out = Command::new(bin).args(["check-web-config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls_server_config.client_auth_type") && err.contains("RequireAndVerifyClientCert"), "{err}");
+    let out = Command::new(bin).args(["check-web-config"]).arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("TLS_RSA_WITH_AES_128_CBC_SHA is not implemented by rustls") && said.contains("TLS 1.2 is the minimum"),
+        "what is not honoured is said: {said}"
+    );
+    // The daemon refuses to start on the bad file.
+    let out = Command::new(bin)
+        .args(["--web.listen-address=127.0.0.1:0", "--web.config.file"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls_server_config.client_auth_type"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_over_tls_with_basic_auth() {
+    let c = Certs::new();
+    let web_path = c.path("web.yml");
+    let ca = c.s("ca.pem");
+    let web = format!(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\nbasic_auth_users:\n  prometheus: '{}'\n",
+        hash("scrape-secret")
+    );
+    let d = tls_daemon(&web, &web_path, &["--cacert", &ca, "-u", "prometheus:scrape-secret"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("password"), "scrape-secret").unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: inferwatch\n    scheme: https\n\
+         \x20   basic_auth:\n      username: prometheus\n      password_file: {}\n\
+         \x20   tls_config:\n      ca_file: {ca}\n\
+         \x20   static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        dir.path().join("password").display(),
+        d.port
+    );
+    let prom = Prometheus::start_with_config(dir, &config).await;
+    eventually("up == 1 over TLS", LIMIT, || {
+        let prom = &prom;
+        async move { (!prom.query("up{job=\"inferwatch\"} == 1").await.is_empty()).then_some(()) }
+    })
+    .await;
+    let series = prom.query("inferwatch_build_info{job=\"inferwatch\"}").await;
+    assert_eq!(series.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_wss_with_basic_auth_gets_the_snapshot() {
+    use base64::Engine;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let c = Certs::new();
+    let web_path = c.path("web.yml");
+    let ca = c.s("ca.pem");
+    let web = format!(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\nbasic_auth_users:\n  ops: '{}'\n",
+        hash("pw")
+    );
+    let d = tls_daemon(&web, &web_path, &["--cacert", &ca, "-u", "ops:pw"]).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(c.path("ca.pem")).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connect = |auth: Option<&'static str>| {
+        let client = client.clone();
+        let port = d.port;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.unwrap();
+            let mut req = format!("wss://127.0.0.1:{port}/ws/system").into_client_request().unwrap();
+            if let Some(creds) = auth {
+                let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds));
+                req.headers_mut().insert("authorization", v.parse().unwrap());
+            }
+            tokio_tungstenite::client_async(req, tls).await
+        }
+    };
+    // Without credentials the upgrade is refused with 401.
+    match connect(None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+    }
+    let (mut ws, _) = connect(Some("ops:pw")).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str::<serde_json::Value>(&t).unwrap(),
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(first["type"].is_string(), "{first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landing_page_and_http_size_and_in_flight_metrics() {
+    let d = Daemon::start("queues:\n  enabled: false\ngpu:\n  enabled: false\n", &[]).await;
+    let page = reqwest::get(d.url("/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    for link in ["/metrics", "/-/healthy", "/-/ready", "/api/system/gpus"] {
+        assert!(html.contains(&format!("href=\"{link}\"")), "{link}: {html}");
+    }
+    assert!(html.contains(env!("CARGO_PKG_VERSION")));
+    assert!(html.contains("<td>gpu</td><td>off</td>") && html.contains("<td>storage</td><td>running</td>"), "{html}");
+
+    // Sizes: three known bodies in, three known bodies out.
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let body = client.get(d.url("/-/healthy")).send().await.unwrap().text().await.unwrap();
+        assert_eq!(body, "Healthy.\n");
+    }
+    let event = r#"[{"kind":"stage","stage":"detection","duration_seconds":0.5,"status":"ok"}]"#;
+    for _ in 0..2 {
+        let r = client
+            .post(d.url("/api/pipeline/events"))
+            .header("content-type", "application/json")
+            .body(event)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let m = d.get_text("/metrics").await;
+    let v = |s: &str| sample_value(&m, s).unwrap_or_else(|| panic!("{s}: {m}"));
+    assert_eq!(v("http_response_size_bytes_sum{method=\"GET\",route=\"/-/healthy\"}"), 27.0);
+    assert_eq!(v("http_response_size_bytes_count{method=\"GET\",route=\"/-/healthy\"}"), 3.0);
+    assert_eq!(v("http_request_size_bytes_sum{method=\"GET\",route=\"/-/healthy\"}"), 0.0);
+    assert_eq!(
+        v("http_request_size_bytes_sum{method=\"POST\",route=\"/api/pipeline/events\"}"),
+        2.0 * event.len() as f64
+    );
+    // The scrape itself is in flight while the page is rendered.
+    assert_eq!(v("http_requests_in_flight"), 1.0);
+
+    // A slow request: headers sent, the body held back.
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", d.port)).await.unwrap();
+    slow.write_all(
+        b"POST /api/pipeline/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\":",
+    )
+    .await
+    .unwrap();
+    eventually("the slow request to be in flight", LIMIT, || async {
+        let m = d.get_text("/metrics").await;
+        (sample_value(&m, "http_requests_in_flight") == Some(2.0)).then_some(())
+    })
+    .await;
+    drop(slow);
+    eventually("the slow request to leave", LIMIT, || async {
+        let m = d.get_text("/metrics").await;
+        (sample_value(&m, "http_requests_in_flight") == Some(1.0)).then_some(())
+    })
+    .await;
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(repo().join("packaging/systemd/inferwatch.service")).unwrap();
+    for want in [
+        "User=inferwatch",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=",
+        "SystemCallFilter=@system-service",
+        "DeviceAllow=/dev/nvidiactl rw",
+        "StateDirectory=inferwatch",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.contains(want), "{want}");
+    }
+    // systemd-analyze checks that ExecStart is executable: point it at the
+    // binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inferwatch.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/inferwatch", env!("CARGO_BIN_EXE_inferwatch"))).unwrap();
+    let (ok, out) = run_tool("systemd-analyze", &["verify", path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.trim().is_empty(), "no warnings either: {out}");
+}
