@@ -31,7 +31,7 @@ impl Certs {
         for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
             sh(&format!(
                 "openssl req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}\n\
-                 printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nkeyUsage=digitalSignature\\nextendedKeyUsage={usage}\\n' > {name}.ext\n\
+                 printf 'subjectAltName=IP:127.0.0.1,DNS:model.internal\\nbasicConstraints=CA:FALSE\\nkeyUsage=digitalSignature\\nextendedKeyUsage={usage}\\n' > {name}.ext\n\
                  openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"
             ));
         }
@@ -406,4 +406,67 @@ fn the_systemd_unit_verifies() {
     let (ok, out) = run_tool("systemd-analyze", &["verify", path.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(out.trim().is_empty(), "no warnings either: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_health_checks_trust_the_configured_ca() {
+    let c = Certs::new();
+    let target_dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let _target = common::Proc {
+        child: Command::new(common::python())
+            .arg(common::HealthTarget::script())
+            .arg(port.to_string())
+            .arg(target_dir.path().join("mode"))
+            .env("HEALTH_TARGET_TLS", format!("{}:{}", c.s("server.pem"), c.s("server.key")))
+            .spawn()
+            .unwrap(),
+        name: "https health target",
+    };
+    let ca = c.s("ca.pem");
+    let url = format!("https://127.0.0.1:{port}/health");
+    eventually("the HTTPS target", LIMIT, || {
+        let (ca, url) = (ca.clone(), url.clone());
+        async move { (curl(&["--cacert", &ca], &url).0 == "200").then_some(()) }
+    })
+    .await;
+    let svc = |name: &str, tls: &str| {
+        format!("    - {{name: {name}, kind: http, url: \"{url}\", interval: 200ms, timeout: 2s, tls: {{{tls}}}}}\n")
+    };
+    let config = format!(
+        "gpu:\n  enabled: false\nqueues:\n  enabled: false\nhealth:\n  services:\n{}{}{}{}",
+        svc("with_ca", &format!("ca_file: {ca}")),
+        svc("wrong_ca", &format!("ca_file: {}", c.s("other-ca.pem"))),
+        svc("skip_verify", "insecure_skip_verify: true"),
+        svc("by_name", &format!("ca_file: {ca}, server_name: localhost")),
+    ) + &svc("by_other_name", &format!("ca_file: {ca}, server_name: model.internal"));
+    let d = Daemon::start(&config, &[]).await;
+    let health = eventually("every service checked", LIMIT, || async {
+        let body: serde_json::Value = reqwest::get(d.url("/api/system/health")).await.unwrap().json().await.unwrap();
+        let s = &body["services"];
+        ["with_ca", "wrong_ca", "skip_verify", "by_name", "by_other_name"]
+            .iter()
+            .all(|n| s[n] == "healthy" || s[n] == "unhealthy")
+            .then_some(body)
+    })
+    .await;
+    let s = &health["services"];
+    assert_eq!(s["with_ca"], "healthy", "{health}");
+    assert_eq!(s["skip_verify"], "healthy", "{health}");
+    assert_eq!(s["wrong_ca"], "unhealthy", "{health}");
+    // The server certificate is for 127.0.0.1 and model.internal, not
+    // localhost: the name verified is server_name, while the check still
+    // connects to the URL's address.
+    assert_eq!(s["by_name"], "unhealthy", "{health}");
+    assert_eq!(s["by_other_name"], "healthy", "{health}");
+    let log = d.log();
+    let wrong: Vec<&str> = log.lines().filter(|l| l.contains("wrong_ca") && l.contains("Service status changed")).collect();
+    assert!(
+        wrong.iter().any(|l| l.to_lowercase().contains("certificate")),
+        "the reason names the certificate: {wrong:?}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("WARN") && l.contains("skip_verify") && l.contains("insecure_skip_verify")),
+        "{log}"
+    );
 }

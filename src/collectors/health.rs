@@ -132,14 +132,11 @@ impl Checker {
         };
         Ok(match svc.kind {
             CheckKind::Http => Checker::Http {
-                url: reqwest::Url::parse(&svc.url).map_err(|e| bad(e.to_string()))?,
+                url: check_url(svc).map_err(bad)?,
                 // A fresh connection per check: a pooled socket could hide a
                 // server that has just been restarted or died. The task's own
                 // timeout bounds the check, with one message for every kind.
-                client: reqwest::Client::builder()
-                    .pool_max_idle_per_host(0)
-                    .build()
-                    .map_err(|e| bad(e.to_string()))?,
+                client: http_client(svc).map_err(bad)?,
             },
             CheckKind::Redis => Checker::Redis(redis::Client::open(svc.url.as_str()).map_err(|e| bad(e.to_string()))?),
             CheckKind::Postgres => Checker::Postgres(Box::new(
@@ -193,6 +190,54 @@ impl Checker {
             }
         }
     }
+}
+
+/// The HTTP(S) client of one service: the system and webpki roots, or
+/// only `tls.ca_file`; a client certificate for mutual TLS; a different
+/// name to verify (the URL's address is still where it connects).
+fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder().pool_max_idle_per_host(0).use_rustls_tls();
+    let Some(tls) = &svc.tls else {
+        return b.build().map_err(|e| e.to_string());
+    };
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    if let Some(ca) = &tls.ca_file {
+        b = b.tls_built_in_root_certs(false);
+        for cert in reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| format!("tls.ca_file: {e}"))? {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        let mut pem = read(cert)?;
+        pem.push(b'\n');
+        pem.extend(read(key)?);
+        b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| format!("tls.cert_file/key_file: {e}"))?);
+    }
+    if tls.insecure_skip_verify {
+        tracing::warn!(service = %svc.name, "health.services[].tls.insecure_skip_verify is on: any certificate is accepted for this check.");
+        b = b.danger_accept_invalid_certs(true);
+    }
+    if let Some(name) = &tls.server_name {
+        // Verify `name`, connect where the URL points.
+        let url = reqwest::Url::parse(&svc.url).map_err(|e| e.to_string())?;
+        let port = url.port_or_known_default().unwrap_or(443);
+        let host = url.host_str().unwrap_or_default().trim_matches(|c| c == '[' || c == ']').to_string();
+        let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .map_err(|e| format!("{host}: {e}"))?
+            .collect();
+        b = b.resolve_to_addrs(name, &addrs);
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// The URL a check requests: the URL's host replaced by `tls.server_name`
+/// (resolved to the URL's address by the client).
+fn check_url(svc: &ServiceConfig) -> Result<reqwest::Url, String> {
+    let mut url = reqwest::Url::parse(&svc.url).map_err(|e| e.to_string())?;
+    if let Some(name) = svc.tls.as_ref().and_then(|t| t.server_name.as_ref()) {
+        url.set_host(Some(name)).map_err(|e| format!("tls.server_name: {e}"))?;
+    }
+    Ok(url)
 }
 
 /// Why one health check failed.

@@ -58,6 +58,27 @@ pub struct ServiceConfig {
     /// `unhealthy` (HTTP 503); any other makes it `degraded`.
     #[serde(default)]
     pub critical: bool,
+    /// TLS settings of an `https://` check.
+    #[serde(default)]
+    pub tls: Option<ServiceTls>,
+}
+
+/// How an `https://` health check trusts the service and proves itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTls {
+    /// PEM CAs to trust instead of the system and webpki roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs `key_file`.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    pub key_file: Option<std::path::PathBuf>,
+    /// The name to verify the certificate against (and send as SNI) when it
+    /// differs from the URL's host.
+    pub server_name: Option<String>,
+    /// Accept any certificate (a warning is logged at startup).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 fn default_check_interval() -> Duration {
@@ -129,7 +150,7 @@ impl CheckKind {
     /// The URL schemes this kind of check takes.
     fn schemes(self) -> &'static [&'static str] {
         match self {
-            CheckKind::Http => &["http://"],
+            CheckKind::Http => &["http://", "https://"],
             CheckKind::Redis => &["redis://"],
             CheckKind::Postgres => &["postgres://", "postgresql://"],
         }
@@ -184,6 +205,26 @@ impl ServiceConfig {
                 "not a valid URL",
                 &format!("a URL of the form {}HOST:PORT/… ({e})", schemes[0]),
             ));
+        }
+        if let Some(tls) = &self.tls {
+            if !self.url.starts_with("https://") {
+                return Err(invalid(&key("tls"), "set", "only for https:// checks", "an https:// url, or no tls"));
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(invalid(&key("tls.cert_file"), "only one of cert_file and key_file", "incomplete", "both cert_file and key_file, or neither"));
+            }
+            for (field, file) in [("ca_file", &tls.ca_file), ("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if let Some(f) = file {
+                    if let Err(e) = std::fs::File::open(f) {
+                        return Err(invalid(
+                            &key(&format!("tls.{field}")),
+                            &f.display().to_string(),
+                            "cannot be read",
+                            &format!("a readable PEM file ({e})"),
+                        ));
+                    }
+                }
+            }
         }
         INTERVAL.check_at(&key("interval"), self.interval.as_secs_f64())?;
         TIMEOUT.check_at(&key("timeout"), self.timeout.as_secs_f64())?;

@@ -8,12 +8,16 @@ read from STATE_FILE on every request:
 
 Usage: health_target.py PORT STATE_FILE [--daemon PID_FILE]
 
+With HEALTH_TARGET_TLS=CERT_FILE:KEY_FILE in the environment it serves
+HTTPS with that certificate.
+
 With --daemon the port is bound first, then the process forks: the child
 serves, the parent writes the child's pid and exits 0. A restart command
 can therefore return as soon as the server is reachable.
 """
 import http.server
 import os
+import ssl
 import sys
 import time
 
@@ -48,6 +52,12 @@ class Server(http.server.ThreadingHTTPServer):
 if __name__ == "__main__":
     port, STATE_FILE = int(sys.argv[1]), sys.argv[2]
     server = Server(("127.0.0.1", port), Handler)
+    tls = os.environ.get("HEALTH_TARGET_TLS")
+    if tls:
+        cert, key = tls.split(":")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     if len(sys.argv) > 4 and sys.argv[3] == "--daemon":
         pid = os.fork()
         if pid:
