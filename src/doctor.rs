@@ -179,7 +179,7 @@ fn probe_gpu(nvml: &Nvml, index: u32, o: &Options) -> Result<GpuReport, ProbeErr
     let mut per_second = 0.0;
     for field in Field::ALL {
         let read_by_daemon = !o.exclude.contains(&field)
-            && !(matches!(field, Field::Processes | Field::ProcessUtilization) && !o.per_process)
+            && (o.per_process || !matches!(field, Field::Processes | Field::ProcessUtilization))
             && !(field == Field::NumFans && o.exclude.contains(&Field::FanSpeed))
             && !(field == Field::NvLink && o.exclude.contains(&Field::Gpm));
         let report = probe_field(nvml, &device, field, fans, o, read_by_daemon, &meter);

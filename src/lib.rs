@@ -67,13 +67,13 @@ pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod nvml;
-pub mod webconf;
 pub mod pipeline;
 pub mod redis_conn;
 pub mod restart;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod webconf;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -125,7 +125,13 @@ impl ServerMetrics {
             &[],
         );
         let closed = family::<IntCounterVec>("http_connections_closed_by_server_total", "Connections the server closed itself: idle_evicted (oldest idle one, to make room past web.max_connections), refused (every connection busy), header_timeout (no whole request head within web.header_read_timeout, idle keep-alive included), tls_handshake (TLS handshake failed or timed out), shutdown_deadline (still open at web.shutdown_timeout).", &["reason"]);
-        for r in ["idle_evicted", "refused", "header_timeout", "tls_handshake", "shutdown_deadline"] {
+        for r in [
+            "idle_evicted",
+            "refused",
+            "header_timeout",
+            "tls_handshake",
+            "shutdown_deadline",
+        ] {
             closed.with_label_values(&[r]);
         }
         metrics.add(&open);

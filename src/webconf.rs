@@ -176,7 +176,11 @@ impl Builder<'_> {
     fn users(&mut self, users: &BTreeMap<String, String>) -> Result<(), WebConfigError> {
         for (user, hash) in users {
             if user.is_empty() || user.contains(':') {
-                return Err(self.invalid("basic_auth_users", format!("user name {user:?}"), "a non-empty name without ':'"));
+                return Err(self.invalid(
+                    "basic_auth_users",
+                    format!("user name {user:?}"),
+                    "a non-empty name without ':'",
+                ));
             }
             if hash.parse::<bcrypt::HashParts>().is_err() {
                 return Err(self.invalid(
@@ -212,15 +216,26 @@ impl Builder<'_> {
 
     fn file(&mut self, key: &str, p: &Path) -> Result<Vec<u8>, WebConfigError> {
         let full = self.base.join(p);
-        let bytes = std::fs::read(&full).map_err(|e| self.invalid(key, format!("{}: {e}", full.display()), "a readable PEM file"))?;
+        let bytes = std::fs::read(&full)
+            .map_err(|e| self.invalid(key, format!("{}: {e}", full.display()), "a readable PEM file"))?;
         self.loaded.files.push(full);
         Ok(bytes)
     }
 
     /// PEM from `file_key` (a path) or `inline_key` (the text), exactly one.
-    fn pem(&mut self, file_key: &str, file: &Option<PathBuf>, inline_key: &str, inline: &Option<String>) -> Result<Option<Vec<u8>>, WebConfigError> {
+    fn pem(
+        &mut self,
+        file_key: &str,
+        file: &Option<PathBuf>,
+        inline_key: &str,
+        inline: &Option<String>,
+    ) -> Result<Option<Vec<u8>>, WebConfigError> {
         match (file, inline) {
-            (Some(_), Some(_)) => Err(self.invalid(file_key, format!("both {file_key} and {inline_key} are set"), "one of them")),
+            (Some(_), Some(_)) => Err(self.invalid(
+                file_key,
+                format!("both {file_key} and {inline_key} are set"),
+                "one of them",
+            )),
             (Some(p), None) => self.file(file_key, p).map(Some),
             (None, Some(text)) => Ok(Some(text.as_bytes().to_vec())),
             (None, None) => Ok(None),
@@ -228,8 +243,18 @@ impl Builder<'_> {
     }
 
     fn tls(&mut self, t: &TlsServerConfig) -> Result<ServerConfig, WebConfigError> {
-        let cert = self.pem("tls_server_config.cert_file", &t.cert_file, "tls_server_config.cert", &t.cert)?;
-        let key = self.pem("tls_server_config.key_file", &t.key_file, "tls_server_config.key", &t.key)?;
+        let cert = self.pem(
+            "tls_server_config.cert_file",
+            &t.cert_file,
+            "tls_server_config.cert",
+            &t.cert,
+        )?;
+        let key = self.pem(
+            "tls_server_config.key_file",
+            &t.key_file,
+            "tls_server_config.key",
+            &t.key,
+        )?;
         let (Some(cert), Some(key)) = (cert, key) else {
             return Err(self.invalid(
                 "tls_server_config",
@@ -239,12 +264,27 @@ impl Builder<'_> {
         };
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
             .collect::<Result<_, _>>()
-            .map_err(|e| self.invalid("tls_server_config.cert_file", format!("not PEM certificates: {e}"), "a PEM certificate chain"))?;
+            .map_err(|e| {
+                self.invalid(
+                    "tls_server_config.cert_file",
+                    format!("not PEM certificates: {e}"),
+                    "a PEM certificate chain",
+                )
+            })?;
         if chain.is_empty() {
-            return Err(self.invalid("tls_server_config.cert_file", "no certificate in it", "a PEM certificate chain"));
+            return Err(self.invalid(
+                "tls_server_config.cert_file",
+                "no certificate in it",
+                "a PEM certificate chain",
+            ));
         }
-        let key = PrivateKeyDer::from_pem_slice(&key)
-            .map_err(|e| self.invalid("tls_server_config.key_file", format!("no private key: {e}"), "a PEM private key (PKCS#8, PKCS#1 or SEC1)"))?;
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+            self.invalid(
+                "tls_server_config.key_file",
+                format!("no private key: {e}"),
+                "a PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            )
+        })?;
         if t.client_allowed_sans.is_some() {
             return Err(self.invalid(
                 "tls_server_config.client_allowed_sans",
@@ -256,18 +296,33 @@ impl Builder<'_> {
         let versions = self.versions(t)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
-            .map_err(|e| self.invalid("tls_server_config.cipher_suites", e.to_string(), "suites that fit the TLS versions"))?;
+            .map_err(|e| {
+                self.invalid(
+                    "tls_server_config.cipher_suites",
+                    e.to_string(),
+                    "suites that fit the TLS versions",
+                )
+            })?;
         let verifier = self.client_verifier(t, provider)?;
         let mut config = builder
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
-            .map_err(|e| self.invalid("tls_server_config.key_file", format!("does not fit the certificate: {e}"), "the key of cert_file"))?;
+            .map_err(|e| {
+                self.invalid(
+                    "tls_server_config.key_file",
+                    format!("does not fit the certificate: {e}"),
+                    "the key of cert_file",
+                )
+            })?;
         config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(false);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
 
-    fn versions(&mut self, t: &TlsServerConfig) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, WebConfigError> {
+    fn versions(
+        &mut self,
+        t: &TlsServerConfig,
+    ) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, WebConfigError> {
         let rank = |key: &str, v: &Option<String>, default: u8, this: &mut Self| -> Result<u8, WebConfigError> {
             match v.as_deref() {
                 None => Ok(default),
@@ -281,10 +336,18 @@ impl Builder<'_> {
         let min = rank("tls_server_config.min_version", &t.min_version, 12, self)?;
         let max = rank("tls_server_config.max_version", &t.max_version, 13, self)?;
         if min > max {
-            return Err(self.invalid("tls_server_config.min_version", "above max_version", "a min_version at or below max_version"));
+            return Err(self.invalid(
+                "tls_server_config.min_version",
+                "above max_version",
+                "a min_version at or below max_version",
+            ));
         }
         if max < 12 {
-            return Err(self.invalid("tls_server_config.max_version", "below TLS12", "TLS12 or TLS13 (rustls has no TLS 1.0/1.1)"));
+            return Err(self.invalid(
+                "tls_server_config.max_version",
+                "below TLS12",
+                "TLS12 or TLS13 (rustls has no TLS 1.0/1.1)",
+            ));
         }
         if min < 12 {
             self.loaded
@@ -314,10 +377,9 @@ impl Builder<'_> {
                 });
                 match found {
                     Some(s) => kept.push(*s),
-                    None => self
-                        .loaded
-                        .ignored
-                        .push(format!("tls_server_config.cipher_suites: {name} is not implemented by rustls")),
+                    None => self.loaded.ignored.push(format!(
+                        "tls_server_config.cipher_suites: {name} is not implemented by rustls"
+                    )),
                 }
             }
             if kept.is_empty() {
@@ -328,7 +390,8 @@ impl Builder<'_> {
                 ));
             }
             // TLS 1.3 suites are not configurable in Go either.
-            p.cipher_suites.retain(|s| s.version() == &rustls::version::TLS13 || kept.iter().any(|k| k.suite() == s.suite()));
+            p.cipher_suites
+                .retain(|s| s.version() == &rustls::version::TLS13 || kept.iter().any(|k| k.suite() == s.suite()));
         }
         if let Some(curves) = &t.curve_preferences {
             let mut groups = Vec::new();
@@ -348,14 +411,17 @@ impl Builder<'_> {
                 };
                 match want.and_then(|w| p.kx_groups.iter().find(|g| g.name() == w)) {
                     Some(g) => groups.push(*g),
-                    None => self
-                        .loaded
-                        .ignored
-                        .push(format!("tls_server_config.curve_preferences: {c} is not implemented by rustls (ring)")),
+                    None => self.loaded.ignored.push(format!(
+                        "tls_server_config.curve_preferences: {c} is not implemented by rustls (ring)"
+                    )),
                 }
             }
             if groups.is_empty() {
-                return Err(self.invalid("tls_server_config.curve_preferences", "none is implemented", "X25519, CurveP256, CurveP384"));
+                return Err(self.invalid(
+                    "tls_server_config.curve_preferences",
+                    "none is implemented",
+                    "X25519, CurveP256, CurveP384",
+                ));
             }
             p.kx_groups = groups;
         }
@@ -369,17 +435,32 @@ impl Builder<'_> {
     ) -> Result<Arc<dyn ClientCertVerifier>, WebConfigError> {
         let kind = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
         if !CLIENT_AUTH_TYPES.contains(&kind) {
-            return Err(self.invalid("tls_server_config.client_auth_type", format!("{kind:?}"), CLIENT_AUTH_TYPES.join(", ")));
+            return Err(self.invalid(
+                "tls_server_config.client_auth_type",
+                format!("{kind:?}"),
+                CLIENT_AUTH_TYPES.join(", "),
+            ));
         }
-        let ca = self.pem("tls_server_config.client_ca_file", &t.client_ca_file, "tls_server_config.client_ca", &t.client_ca)?;
+        let ca = self.pem(
+            "tls_server_config.client_ca_file",
+            &t.client_ca_file,
+            "tls_server_config.client_ca",
+            &t.client_ca,
+        )?;
         let roots = match &ca {
             Some(pem) => {
                 let mut roots = RootCertStore::empty();
                 for c in CertificateDer::pem_slice_iter(pem) {
-                    let c = c.map_err(|e| self.invalid("tls_server_config.client_ca_file", format!("not PEM: {e}"), "PEM CA certificates"))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| self.invalid("tls_server_config.client_ca_file", e.to_string(), "PEM CA certificates"))?;
+                    let c = c.map_err(|e| {
+                        self.invalid(
+                            "tls_server_config.client_ca_file",
+                            format!("not PEM: {e}"),
+                            "PEM CA certificates",
+                        )
+                    })?;
+                    roots.add(c).map_err(|e| {
+                        self.invalid("tls_server_config.client_ca_file", e.to_string(), "PEM CA certificates")
+                    })?;
                 }
                 Some(Arc::new(roots))
             }
@@ -531,7 +612,9 @@ impl WebRuntime {
                         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
                         self.verified.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     }
-                    Err(e) => tracing::error!(error = %e, "Web config could not be reloaded; keeping the last good one."),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Web config could not be reloaded; keeping the last good one.")
+                    }
                 }
             }
         }
@@ -583,8 +666,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let cases = [
             ("basic_auth_users:\n  alice: plain\n", "basic_auth_users.alice"),
-            ("http_server_config:\n  headers:\n    Server: x\n", "http_server_config.headers.Server"),
-            ("tls_server_config:\n  cert_file: nope.pem\n  key_file: nope.key\n", "tls_server_config.cert_file"),
+            (
+                "http_server_config:\n  headers:\n    Server: x\n",
+                "http_server_config.headers.Server",
+            ),
+            (
+                "tls_server_config:\n  cert_file: nope.pem\n  key_file: nope.key\n",
+                "tls_server_config.cert_file",
+            ),
             ("tls_server_config:\n  cert: x\n", "tls_server_config"),
             ("nonsense: 1\n", "unknown field `nonsense`"),
         ];
@@ -602,7 +691,9 @@ mod tests {
         let p = write(
             d.path(),
             "web.yml",
-            &format!("basic_auth_users:\n  alice: '{hash}'\nhttp_server_config:\n  headers:\n    x-frame-options: deny\n"),
+            &format!(
+                "basic_auth_users:\n  alice: '{hash}'\nhttp_server_config:\n  headers:\n    x-frame-options: deny\n"
+            ),
         );
         let rt = WebRuntime::load(&p).unwrap();
         let l = rt.current();

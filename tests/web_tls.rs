@@ -23,11 +23,22 @@ impl Certs {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let sh = |script: &str| {
-            let out = Command::new("bash").arg("-ec").arg(script).current_dir(d).output().unwrap();
-            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = Command::new("bash")
+                .arg("-ec")
+                .arg(script)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-        sh(&format!("openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=inferwatch-test-ca"));
+        sh(&format!(
+            "openssl req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN=inferwatch-test-ca"
+        ));
         for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
             sh(&format!(
                 "openssl req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}\n\
@@ -36,7 +47,9 @@ impl Certs {
             ));
         }
         // A second CA that signed nothing here.
-        sh(&format!("openssl req -x509 {ec} -keyout other.key -out other-ca.pem -days 2 -subj /CN=other-ca"));
+        sh(&format!(
+            "openssl req -x509 {ec} -keyout other.key -out other-ca.pem -days 2 -subj /CN=other-ca"
+        ));
         Certs { dir }
     }
 
@@ -129,7 +142,10 @@ async fn tls_with_basic_auth_and_headers() {
     let (code, _) = curl(&["--cacert", &ca, "-u", "bob:wonderland"], &https(&d, "/-/healthy"));
     assert_eq!(code, "401", "unknown user, and the probes are covered too");
     // The CA decides: another CA's client does not trust the server.
-    let (code, _) = curl(&["--cacert", &c.s("other-ca.pem"), "-u", "alice:wonderland"], &https(&d, "/metrics"));
+    let (code, _) = curl(
+        &["--cacert", &c.s("other-ca.pem"), "-u", "alice:wonderland"],
+        &https(&d, "/metrics"),
+    );
     assert_eq!(code, "000", "a client that does not trust the CA gets no answer");
     // Plain HTTP on the TLS port gets no HTTP answer either.
     let (code, _) = curl(&[], &format!("http://127.0.0.1:{}/metrics", d.port));
@@ -152,13 +168,23 @@ async fn client_certificates_are_required_and_verified() {
     assert_eq!(code, "000", "no client certificate: the handshake is refused: {text}");
     // A certificate from a CA the server does not trust is refused too.
     let (code, _) = curl(
-        &["--cacert", &ca, "--cert", &c.s("other-ca.pem"), "--key", &c.s("other.key")],
+        &[
+            "--cacert",
+            &ca,
+            "--cert",
+            &c.s("other-ca.pem"),
+            "--key",
+            &c.s("other.key"),
+        ],
         &https(&d, "/metrics"),
     );
     assert_eq!(code, "000");
     eventually("the refused handshakes to be counted", LIMIT, || async {
         let page = curl(&with_cert, &https(&d, "/metrics")).1;
-        let refused = sample_value(&page, "http_connections_closed_by_server_total{reason=\"tls_handshake\"}");
+        let refused = sample_value(
+            &page,
+            "http_connections_closed_by_server_total{reason=\"tls_handshake\"}",
+        );
         (refused >= Some(2.0)).then_some(())
     })
     .await;
@@ -176,7 +202,10 @@ async fn the_web_config_is_reloaded_when_it_changes() {
         &["--cacert", &ca, "-u", "alice:old"],
     )
     .await;
-    write_web(&web_path, &format!("{tls}basic_auth_users:\n  alice: '{}'\n", hash("new")));
+    write_web(
+        &web_path,
+        &format!("{tls}basic_auth_users:\n  alice: '{}'\n", hash("new")),
+    );
     let (code, _) = curl(&["--cacert", &ca, "-u", "alice:new"], &https(&d, "/metrics"));
     assert_eq!(code, "200", "the new password works without a restart");
     let (code, _) = curl(&["--cacert", &ca, "-u", "alice:old"], &https(&d, "/metrics"));
@@ -196,7 +225,11 @@ async fn the_web_config_is_reloaded_when_it_changes() {
 fn a_broken_web_config_stops_startup_and_check_web_config_names_the_key() {
     let c = Certs::new();
     let bad = c.path("bad.yml");
-    std::fs::write(&bad, "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: Sometimes\n").unwrap();
+    std::fs::write(
+        &bad,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: Sometimes\n",
+    )
+    .unwrap();
     let good = c.path("good.yml");
     std::fs::write(
         &good,
@@ -207,12 +240,20 @@ fn a_broken_web_config_stops_startup_and_check_web_config_names_the_key() {
     let out = Command::new(bin).args(["check-web-config"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tls_server_config.client_auth_type") && err.contains("RequireAndVerifyClientCert"), "{err}");
-    let out = Command::new(bin).args(["check-web-config"]).arg(&good).output().unwrap();
+    assert!(
+        err.contains("tls_server_config.client_auth_type") && err.contains("RequireAndVerifyClientCert"),
+        "{err}"
+    );
+    let out = Command::new(bin)
+        .args(["check-web-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains("TLS_RSA_WITH_AES_128_CBC_SHA is not implemented by rustls") && said.contains("TLS 1.2 is the minimum"),
+        said.contains("TLS_RSA_WITH_AES_128_CBC_SHA is not implemented by rustls")
+            && said.contains("TLS 1.2 is the minimum"),
         "what is not honoured is said: {said}"
     );
     // The daemon refuses to start on the bad file.
@@ -289,8 +330,13 @@ async fn a_websocket_over_wss_with_basic_auth_gets_the_snapshot() {
         async move {
             let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.unwrap();
-            let mut req = format!("wss://127.0.0.1:{port}/ws/system").into_client_request().unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let mut req = format!("wss://127.0.0.1:{port}/ws/system")
+                .into_client_request()
+                .unwrap();
             if let Some(creds) = auth {
                 let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(creds));
                 req.headers_mut().insert("authorization", v.parse().unwrap());
@@ -323,18 +369,31 @@ async fn landing_page_and_http_size_and_in_flight_metrics() {
     let d = Daemon::start("queues:\n  enabled: false\ngpu:\n  enabled: false\n", &[]).await;
     let page = reqwest::get(d.url("/")).await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let html = page.text().await.unwrap();
     for link in ["/metrics", "/-/healthy", "/-/ready", "/api/system/gpus"] {
         assert!(html.contains(&format!("href=\"{link}\"")), "{link}: {html}");
     }
     assert!(html.contains(env!("CARGO_PKG_VERSION")));
-    assert!(html.contains("<td>gpu</td><td>off</td>") && html.contains("<td>storage</td><td>running</td>"), "{html}");
+    assert!(
+        html.contains("<td>gpu</td><td>off</td>") && html.contains("<td>storage</td><td>running</td>"),
+        "{html}"
+    );
 
     // Sizes: three known bodies in, three known bodies out.
     let client = reqwest::Client::new();
     for _ in 0..3 {
-        let body = client.get(d.url("/-/healthy")).send().await.unwrap().text().await.unwrap();
+        let body = client
+            .get(d.url("/-/healthy"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert_eq!(body, "Healthy.\n");
     }
     let event = r#"[{"kind":"stage","stage":"detection","duration_seconds":0.5,"status":"ok"}]"#;
@@ -350,9 +409,18 @@ async fn landing_page_and_http_size_and_in_flight_metrics() {
     }
     let m = d.get_text("/metrics").await;
     let v = |s: &str| sample_value(&m, s).unwrap_or_else(|| panic!("{s}: {m}"));
-    assert_eq!(v("http_response_size_bytes_sum{method=\"GET\",route=\"/-/healthy\"}"), 27.0);
-    assert_eq!(v("http_response_size_bytes_count{method=\"GET\",route=\"/-/healthy\"}"), 3.0);
-    assert_eq!(v("http_request_size_bytes_sum{method=\"GET\",route=\"/-/healthy\"}"), 0.0);
+    assert_eq!(
+        v("http_response_size_bytes_sum{method=\"GET\",route=\"/-/healthy\"}"),
+        27.0
+    );
+    assert_eq!(
+        v("http_response_size_bytes_count{method=\"GET\",route=\"/-/healthy\"}"),
+        3.0
+    );
+    assert_eq!(
+        v("http_request_size_bytes_sum{method=\"GET\",route=\"/-/healthy\"}"),
+        0.0
+    );
     assert_eq!(
         v("http_request_size_bytes_sum{method=\"POST\",route=\"/api/pipeline/events\"}"),
         2.0 * event.len() as f64
@@ -402,7 +470,11 @@ fn the_systemd_unit_verifies() {
     // binary under test.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("inferwatch.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/inferwatch", env!("CARGO_BIN_EXE_inferwatch"))).unwrap();
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/inferwatch", env!("CARGO_BIN_EXE_inferwatch")),
+    )
+    .unwrap();
     let (ok, out) = run_tool("systemd-analyze", &["verify", path.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(out.trim().is_empty(), "no warnings either: {out}");
@@ -418,7 +490,10 @@ async fn https_health_checks_trust_the_configured_ca() {
             .arg(common::HealthTarget::script())
             .arg(port.to_string())
             .arg(target_dir.path().join("mode"))
-            .env("HEALTH_TARGET_TLS", format!("{}:{}", c.s("server.pem"), c.s("server.key")))
+            .env(
+                "HEALTH_TARGET_TLS",
+                format!("{}:{}", c.s("server.pem"), c.s("server.key")),
+            )
             .spawn()
             .unwrap(),
         name: "https health target",
@@ -442,7 +517,12 @@ async fn https_health_checks_trust_the_configured_ca() {
     ) + &svc("by_other_name", &format!("ca_file: {ca}, server_name: model.internal"));
     let d = Daemon::start(&config, &[]).await;
     let health = eventually("every service checked", LIMIT, || async {
-        let body: serde_json::Value = reqwest::get(d.url("/api/system/health")).await.unwrap().json().await.unwrap();
+        let body: serde_json::Value = reqwest::get(d.url("/api/system/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let s = &body["services"];
         ["with_ca", "wrong_ca", "skip_verify", "by_name", "by_other_name"]
             .iter()
@@ -460,13 +540,17 @@ async fn https_health_checks_trust_the_configured_ca() {
     assert_eq!(s["by_name"], "unhealthy", "{health}");
     assert_eq!(s["by_other_name"], "healthy", "{health}");
     let log = d.log();
-    let wrong: Vec<&str> = log.lines().filter(|l| l.contains("wrong_ca") && l.contains("Service status changed")).collect();
+    let wrong: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("wrong_ca") && l.contains("Service status changed"))
+        .collect();
     assert!(
         wrong.iter().any(|l| l.to_lowercase().contains("certificate")),
         "the reason names the certificate: {wrong:?}"
     );
     assert!(
-        log.lines().any(|l| l.contains("WARN") && l.contains("skip_verify") && l.contains("insecure_skip_verify")),
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("skip_verify") && l.contains("insecure_skip_verify")),
         "{log}"
     );
 }

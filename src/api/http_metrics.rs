@@ -15,10 +15,10 @@
 
 use std::time::Instant;
 
+use axum::body::HttpBody;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::body::HttpBody;
 use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 
 use crate::metrics::{family, histogram, Metrics};
@@ -37,9 +37,7 @@ pub struct HttpMetrics {
 }
 
 /// Body-size buckets: 100 B to 100 MB, by factors of 10 with midpoints.
-const SIZE_BUCKETS: [f64; 13] = [
-    100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7, 1e8,
-];
+const SIZE_BUCKETS: [f64; 13] = [100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7, 1e8];
 
 impl HttpMetrics {
     pub fn new(metrics: &Metrics) -> HttpMetrics {
@@ -130,9 +128,17 @@ pub async fn track(State(http): State<HttpMetrics>, req: Request, next: Next) ->
         .with_label_values(&[method, route, response.status().as_str()])
         .inc();
     http.duration.with_label_values(&labels).observe(seconds);
-    http.request_size.with_label_values(&labels).observe(request_bytes as f64);
-    let response_bytes = response.body().size_hint().exact().unwrap_or_else(|| response.body().size_hint().lower());
-    http.response_size.with_label_values(&labels).observe(response_bytes as f64);
+    http.request_size
+        .with_label_values(&labels)
+        .observe(request_bytes as f64);
+    let response_bytes = response
+        .body()
+        .size_hint()
+        .exact()
+        .unwrap_or_else(|| response.body().size_hint().lower());
+    http.response_size
+        .with_label_values(&labels)
+        .observe(response_bytes as f64);
     response
 }
 

@@ -88,7 +88,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(limits::json_errors))
         .layer(axum::middleware::from_fn(limits::head_limits))
-        .layer(axum::middleware::from_fn_with_state(state.web.clone(), basic_auth::check))
+        .layer(axum::middleware::from_fn_with_state(
+            state.web.clone(),
+            basic_auth::check,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.http.clone(),
             http_metrics::track,

@@ -30,8 +30,8 @@ use crate::store::Store;
 pub const ENTRY: super::Entry = super::Entry {
     name: "gpu",
     about: "GPUs through NVML (mock mode without a driver)",
-    enabled: enabled,
-    build: build,
+    enabled,
+    build,
 };
 
 fn enabled(c: &crate::config::Config) -> bool {

@@ -221,7 +221,11 @@ fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
         // Verify `name`, connect where the URL points.
         let url = reqwest::Url::parse(&svc.url).map_err(|e| e.to_string())?;
         let port = url.port_or_known_default().unwrap_or(443);
-        let host = url.host_str().unwrap_or_default().trim_matches(|c| c == '[' || c == ']').to_string();
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
         let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
             .map_err(|e| format!("{host}: {e}"))?
             .collect();
@@ -384,8 +388,8 @@ impl Drop for GroupKiller {
 pub const ENTRY: super::Entry = super::Entry {
     name: "health",
     about: "service health checks and restarts (health.services)",
-    enabled: enabled,
-    build: build,
+    enabled,
+    build,
 };
 
 fn enabled(_: &crate::config::Config) -> bool {

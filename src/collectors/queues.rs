@@ -19,8 +19,8 @@ use crate::metrics::{family, Metrics};
 pub const ENTRY: super::Entry = super::Entry {
     name: "queues",
     about: "Redis queue and DLQ depths (queues)",
-    enabled: enabled,
-    build: build,
+    enabled,
+    build,
 };
 
 fn enabled(c: &crate::config::Config) -> bool {

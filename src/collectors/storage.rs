@@ -67,8 +67,8 @@ pub fn watched(data_dir: &Path, paths: &[PathBuf]) -> Vec<PathBuf> {
 pub const ENTRY: super::Entry = super::Entry {
     name: "storage",
     about: "filesystem usage of data_dir and storage.paths",
-    enabled: enabled,
-    build: build,
+    enabled,
+    build,
 };
 
 fn enabled(_: &crate::config::Config) -> bool {

@@ -35,8 +35,8 @@ const BLOCK: Duration = Duration::from_secs(1);
 pub const ENTRY: super::Entry = super::Entry {
     name: "stream",
     about: "pipeline events from the Redis stream (pipeline.stream)",
-    enabled: enabled,
-    build: build,
+    enabled,
+    build,
 };
 
 fn enabled(c: &crate::config::Config) -> bool {

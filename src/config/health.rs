@@ -208,12 +208,26 @@ impl ServiceConfig {
         }
         if let Some(tls) = &self.tls {
             if !self.url.starts_with("https://") {
-                return Err(invalid(&key("tls"), "set", "only for https:// checks", "an https:// url, or no tls"));
+                return Err(invalid(
+                    &key("tls"),
+                    "set",
+                    "only for https:// checks",
+                    "an https:// url, or no tls",
+                ));
             }
             if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return Err(invalid(&key("tls.cert_file"), "only one of cert_file and key_file", "incomplete", "both cert_file and key_file, or neither"));
+                return Err(invalid(
+                    &key("tls.cert_file"),
+                    "only one of cert_file and key_file",
+                    "incomplete",
+                    "both cert_file and key_file, or neither",
+                ));
             }
-            for (field, file) in [("ca_file", &tls.ca_file), ("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+            for (field, file) in [
+                ("ca_file", &tls.ca_file),
+                ("cert_file", &tls.cert_file),
+                ("key_file", &tls.key_file),
+            ] {
                 if let Some(f) = file {
                     if let Err(e) = std::fs::File::open(f) {
                         return Err(invalid(

@@ -278,18 +278,26 @@ fn fan_speeds(d: &Device, fans: u32, m: &Meter) -> Result<Value, NvmlError> {
     }))
 }
 
-fn clocks(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+/// One reading per clock domain (`graphics`, `sm`, `memory`), MHz to Hz.
+fn per_clock(
+    m: &Meter,
+    call: &'static str,
+    read: impl Fn(Clock) -> Result<u32, NvmlError>,
+) -> Result<Value, NvmlError> {
     let domains = [
         (Clock::Graphics, "graphics"),
         (Clock::SM, "sm"),
         (Clock::Memory, "memory"),
     ];
-    list(domains.into_iter().map(|(c, n)| {
-        (
-            n.to_string(),
-            m.call("clock_info", || d.clock_info(c)).map(|mhz| mhz as f64 * 1e6),
-        )
-    }))
+    list(
+        domains
+            .into_iter()
+            .map(|(c, n)| (n.to_string(), m.call(call, || read(c)).map(|mhz| mhz as f64 * 1e6))),
+    )
+}
+
+fn clocks(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    per_clock(m, "clock_info", |c| d.clock_info(c))
 }
 
 fn ecc_errors(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
@@ -325,18 +333,7 @@ fn thresholds(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
 
 /// The highest clock of each domain, in Hz.
 fn max_clocks(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
-    let domains = [
-        (Clock::Graphics, "graphics"),
-        (Clock::SM, "sm"),
-        (Clock::Memory, "memory"),
-    ];
-    list(domains.into_iter().map(|(c, n)| {
-        (
-            n.to_string(),
-            m.call("max_clock_info", || d.max_clock_info(c))
-                .map(|mhz| mhz as f64 * 1e6),
-        )
-    }))
+    per_clock(m, "max_clock_info", |c| d.max_clock_info(c))
 }
 
 /// Compute processes with their memory; a name that cannot be read is

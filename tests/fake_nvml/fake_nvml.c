@@ -1058,36 +1058,42 @@ typedef struct {
 #define PROCS_UTIL_INFO_V1 ((unsigned int)(sizeof(nvmlProcessesUtilizationInfo_t) | (1u << 24)))
 #define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
 
-/* Processes with a non-zero sample: the driver only reports those. */
-static unsigned int busy_procs(const gpu_t *g) {
+/* Processes with a non-zero sample, copied to `out`: the driver only
+ * reports those. */
+static unsigned int busy_procs(const gpu_t *g, putil_t *out) {
     unsigned int n = 0;
-    for (int i = 0; i < g->putil_count; i++) n += g->putil[i].sm || g->putil[i].mem;
+    for (int i = 0; i < g->putil_count; i++)
+        if (g->putil[i].sm || g->putil[i].mem) out[n++] = g->putil[i];
     return n;
+}
+
+/* The driver's sizing rules for per-process samples: none is NOT_FOUND
+ * (idle), no buffer or one too small is INSUFFICIENT_SIZE with the count
+ * needed; else the count is set and the caller fills the buffer. */
+static nvmlReturn_t sized(unsigned int n, int have_buffer, unsigned int *room) {
+    if (n == 0) return NVML_ERROR_NOT_FOUND;
+    int fits = have_buffer && *room >= n;
+    *room = n;
+    return fits ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
 }
 
 #ifndef OLD_DRIVER
 nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t device, nvmlProcessesUtilizationInfo_t *info) {
     DEVICE_CALL("procs_util", C_PROCS_UTIL_INFO);
     if (info->version != PROCS_UTIL_INFO_V1) { pthread_mutex_unlock(&lock); return NVML_ERROR_ARGUMENT_VERSION_MISMATCH; }
-    unsigned int n = busy_procs(g);
-    if (n == 0) { pthread_mutex_unlock(&lock); return NVML_ERROR_NOT_FOUND; }
-    if (!info->procUtilArray || info->processSamplesCount < n) {
-        info->processSamplesCount = n;
-        pthread_mutex_unlock(&lock);
-        return NVML_ERROR_INSUFFICIENT_SIZE;
-    }
+    putil_t busy[MAX_PROCS];
+    unsigned int n = busy_procs(g, busy);
+    rc = sized(n, info->procUtilArray != NULL, &info->processSamplesCount);
+    if (rc != NVML_SUCCESS) { pthread_mutex_unlock(&lock); return rc; }
     unsigned long long now = mono_ns() / 1000;
-    unsigned int k = 0;
-    for (int i = 0; i < g->putil_count; i++) {
-        if (!g->putil[i].sm && !g->putil[i].mem) continue;
-        nvmlProcessUtilizationInfo_v1_t *p = &info->procUtilArray[k++];
+    for (unsigned int k = 0; k < n; k++) {
+        nvmlProcessUtilizationInfo_v1_t *p = &info->procUtilArray[k];
         memset(p, 0, sizeof *p);
         p->timeStamp = now;
-        p->pid = g->putil[i].pid;
-        p->smUtil = g->putil[i].sm;
-        p->memUtil = g->putil[i].mem;
+        p->pid = busy[k].pid;
+        p->smUtil = busy[k].sm;
+        p->memUtil = busy[k].mem;
     }
-    info->processSamplesCount = n;
     DONE;
 }
 #endif
@@ -1102,25 +1108,19 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUti
                                              unsigned int *count, unsigned long long last_seen) {
     (void)last_seen;
     DEVICE_CALL("procs_util", C_PROC_UTIL);
-    unsigned int n = busy_procs(g);
-    if (n == 0) { pthread_mutex_unlock(&lock); return NVML_ERROR_NOT_FOUND; }
-    if (!samples || *count < n) {
-        *count = n;
-        pthread_mutex_unlock(&lock);
-        return NVML_ERROR_INSUFFICIENT_SIZE;
-    }
+    putil_t busy[MAX_PROCS];
+    unsigned int n = busy_procs(g, busy);
+    rc = sized(n, samples != NULL, count);
+    if (rc != NVML_SUCCESS) { pthread_mutex_unlock(&lock); return rc; }
     unsigned long long now = mono_ns() / 1000;
-    unsigned int k = 0;
-    for (int i = 0; i < g->putil_count; i++) {
-        if (!g->putil[i].sm && !g->putil[i].mem) continue;
-        nvmlProcessUtilizationSample_t *p = &samples[k++];
+    for (unsigned int k = 0; k < n; k++) {
+        nvmlProcessUtilizationSample_t *p = &samples[k];
         memset(p, 0, sizeof *p);
-        p->pid = g->putil[i].pid;
+        p->pid = busy[k].pid;
         p->timeStamp = now;
-        p->smUtil = g->putil[i].sm;
-        p->memUtil = g->putil[i].mem;
+        p->smUtil = busy[k].sm;
+        p->memUtil = busy[k].mem;
     }
-    *count = n;
     DONE;
 }
 
