@@ -38,14 +38,16 @@
 //!   the OpenMetrics encoder.
 //! - [`events`]: the internal event bus (GPU polls and crossings, service
 //!   status changes, built-in alerts).
-//! - [`server`]: the accept loop: header timeout, connection cap with
-//!   idle eviction, shutdown deadline, `RLIMIT_NOFILE`.
+//! - [`server`]: the accept loop: TLS handshake (from [`webconf`]), header
+//!   timeout, connection cap with idle eviction, shutdown deadline,
+//!   `RLIMIT_NOFILE`.
 //! - [`hub`]: the `/ws/system` fan-out hub and the event -> message
 //!   translation (not HTTP).
-//! - [`api`]: `router(state)`, `/metrics`, the probes, the REST routes
+//! - [`api`]: `router(state)`, the `/` landing page, `/metrics`, the probes, the REST routes
 //!   (system, DLQ with its auth, pipeline ingest, storage), the
 //!   `/ws/system` upgrade, query parsing (`api::query`), the error and limit
-//!   layers, and the `http_*` request metrics middleware.
+//!   layers, basic auth and headers from the web config (`api::basic_auth`),
+//!   and the `http_*` request metrics middleware.
 //!
 //! Beside the crate: `alert_rules.yml`, `alertmanager.yml`, `monitoring/`
 //! (Prometheus config, rule tests, Alertmanager template, Grafana
