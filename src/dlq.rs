@@ -145,8 +145,11 @@ pub enum Listed {
 }
 
 /// A page of a DLQ.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page {
+    /// Each entry: the JobFailure as stored, or `{index, malformed, raw,
+    /// parse_error}`, or `{index, truncated, size, raw}`.
+    #[schema(value_type = Vec<Object>)]
     pub jobs: Vec<Listed>,
     pub queue_name: String,
     pub start: u64,
@@ -201,7 +204,7 @@ fn listed(index: u64, size: u64, bytes: Vec<u8>, cap: usize) -> Listed {
 }
 
 /// What a requeue did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RequeueReport {
     pub queue_name: String,
     pub target_queue: String,
@@ -213,14 +216,14 @@ pub struct RequeueReport {
     pub remaining: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MalformedEntry {
     pub raw: String,
     pub parse_error: String,
 }
 
 /// What a clear did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClearReport {
     pub queue_name: String,
     pub cleared: u64,
@@ -230,7 +233,7 @@ pub struct ClearReport {
 }
 
 /// What a restore did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RestoreReport {
     pub queue_name: String,
     pub archive_key: String,

@@ -17,7 +17,7 @@ pub const MOCK_GPU_NAME: &str = "Mock GPU (No NVIDIA GPU Available)";
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// One GPU reading in the REST API's JSON shape (percent, MB, watts).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GpuSample {
     /// GPU index; absent in the mock object.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,7 @@ use axum::{middleware, Json, Router};
 use serde_json::{json, Value};
 
 use super::query::{int_param, params, RawQuery};
-use super::{auth, AppError, AppState};
+use super::{auth, AppError, AppState, ErrorBody};
 use crate::dlq::{DlqError, Queues, ResolveError};
 
 /// Range of `limit` on the listing endpoints.
@@ -97,7 +97,15 @@ fn page_params(map: &HashMap<String, String>) -> Result<(u64, u64), AppError> {
 }
 
 /// `GET /api/system/dlq/stats`: `{"<queue>_count": n, ..., "total_count": N}`.
-async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+#[utoipa::path(get, path = "/api/system/dlq/stats", tag = "dlq",
+    responses(
+        (status = 200, description = "<queue>_count per configured queue, and total_count", body = std::collections::HashMap<String, u64>),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
+        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+    ))]
+pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     params(q, &[])?;
     let queues = queues(&state)?;
     let counts = queues.dlq_counts().await?;
@@ -118,7 +126,18 @@ async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Res
 }
 
 /// `GET /api/dlq/jobs/{dlq}?start=&limit=`.
-async fn jobs_by_path(
+#[utoipa::path(get, path = "/api/dlq/jobs/{dlq}", tag = "dlq",
+    params(("dlq" = String, Path, description = "A configured DLQ, e.g. dlq:detection_queue"),
+           ("start" = Option<u64>, Query, description = "Index of the first job; 0 by default", minimum = 0, maximum = 4611686018427387903.0),
+           ("limit" = Option<u64>, Query, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
+    responses(
+        (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
+        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+    ))]
+pub async fn jobs_by_path(
     State(state): State<AppState>,
     Path(dlq): Path<String>,
     q: RawQuery,
@@ -130,7 +149,18 @@ async fn jobs_by_path(
 }
 
 /// `GET /api/system/dlq/jobs?queue=dlq:…&start=&limit=`.
-async fn jobs_by_query(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+#[utoipa::path(get, path = "/api/system/dlq/jobs", tag = "dlq",
+    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
+           ("start" = Option<u64>, Query, description = "Index of the first job; 0 by default", minimum = 0, maximum = 4611686018427387903.0),
+           ("limit" = Option<u64>, Query, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
+    responses(
+        (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
+        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+    ))]
+pub async fn jobs_by_query(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     let map = params(q, &["queue", "start", "limit"])?;
     let queues = queues(&state)?;
     let base = queue_param(&map, queues)?;
@@ -139,7 +169,19 @@ async fn jobs_by_query(State(state): State<AppState>, q: RawQuery) -> Result<Jso
 
 /// `POST /api/system/dlq/requeue-all?queue=dlq:…`. Runs to the end even if
 /// the client goes away.
-async fn requeue_all(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+#[utoipa::path(post, path = "/api/system/dlq/requeue-all", tag = "dlq",
+    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue")),
+    security(("api_token" = []), ("api_token_header" = []), ()),
+    responses(
+        (status = 200, description = "What was requeued; malformed entries stay", body = crate::dlq::RequeueReport),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
+        (status = 403, description = "Wrong token, or a client outside api.trusted_networks", body = ErrorBody),
+        (status = 409, description = "A key holds the wrong type, or another move runs; nothing was moved", body = ErrorBody),
+        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+    ))]
+pub async fn requeue_all(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     let map = params(q, &["queue"])?;
     let queues = queues(&state)?.clone();
     let base = queue_param(&map, &queues)?;
@@ -154,7 +196,19 @@ async fn requeue_all(State(state): State<AppState>, q: RawQuery) -> Result<Json<
 }
 
 /// `DELETE /api/system/dlq/clear?queue=dlq:…`: archives, never deletes.
-async fn clear(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+#[utoipa::path(delete, path = "/api/system/dlq/clear", tag = "dlq",
+    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue")),
+    security(("api_token" = []), ("api_token_header" = []), ()),
+    responses(
+        (status = 200, description = "The DLQ moved into an archive (never deleted)", body = crate::dlq::ClearReport),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
+        (status = 403, description = "Wrong token, or a client outside api.trusted_networks", body = ErrorBody),
+        (status = 409, description = "A key holds the wrong type, or another move runs; nothing was moved", body = ErrorBody),
+        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+    ))]
+pub async fn clear(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     let map = params(q, &["queue"])?;
     let queues = queues(&state)?;
     let base = queue_param(&map, queues)?;
@@ -164,7 +218,19 @@ async fn clear(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>
 }
 
 /// `POST /api/system/dlq/restore?archive=dlq:…:cleared:TS`.
-async fn restore(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+#[utoipa::path(post, path = "/api/system/dlq/restore", tag = "dlq",
+    params(("archive" = String, Query, description = "An archive key as returned by clear: <dlq>:cleared:<unix_ts>")),
+    security(("api_token" = []), ("api_token_header" = []), ()),
+    responses(
+        (status = 200, description = "The archive moved back into its DLQ", body = crate::dlq::RestoreReport),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
+        (status = 403, description = "Wrong token, or a client outside api.trusted_networks", body = ErrorBody),
+        (status = 409, description = "A key holds the wrong type, or another move runs; nothing was moved", body = ErrorBody),
+        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+    ))]
+pub async fn restore(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     let map = params(q, &["archive"])?;
     let queues = queues(&state)?;
     let archive = map.get("archive").ok_or_else(|| {

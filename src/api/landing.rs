@@ -10,8 +10,9 @@ use axum::response::IntoResponse;
 use super::AppState;
 
 /// The links on the page: path and what it serves.
-pub const LINKS: [(&str, &str); 8] = [
+pub const LINKS: [(&str, &str); 9] = [
     ("/metrics", "Prometheus metrics"),
+    ("/api/openapi.json", "the OpenAPI 3.1 document of this API"),
     ("/-/healthy", "liveness probe"),
     ("/-/ready", "readiness probe (503 until every collector has run once)"),
     ("/api/system/gpus", "every GPU's latest reading (JSON)"),
@@ -58,6 +59,9 @@ pub fn page(version: &str, collectors: &[(&str, &str, bool)]) -> String {
     )
 }
 
+/// `GET /`.
+#[utoipa::path(get, path = "/", tag = "probes",
+    responses((status = 200, description = "The landing page", content_type = "text/html; charset=utf-8", body = String)))]
 pub async fn landing(State(state): State<AppState>) -> impl IntoResponse {
     let collectors: Vec<(&str, &str, bool)> = state.collectors.iter().map(|c| (c.0, c.1, c.2)).collect();
     (

@@ -15,6 +15,7 @@ pub mod http_metrics;
 pub mod landing;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod pipeline;
 pub mod query;
 pub mod storage;
@@ -70,7 +71,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(landing::landing))
         .route("/metrics", get(metrics::metrics))
-        .route("/-/healthy", get(|| async { "Healthy.\n" }))
+        .route("/-/healthy", get(healthy))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/-/ready", get(ready))
         .route("/ws/system", get(ws::upgrade))
         .merge(system::routes())
@@ -99,7 +101,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+/// `GET /-/healthy`: 200 while the process serves.
+#[utoipa::path(get, path = "/-/healthy", tag = "probes",
+    responses((status = 200, description = "The process serves", content_type = "text/plain", body = String)))]
+pub async fn healthy() -> &'static str {
+    "Healthy.\n"
+}
+
+/// `GET /-/ready`.
+#[utoipa::path(get, path = "/-/ready", tag = "probes",
+    responses(
+        (status = 200, description = "Every enabled collector has finished its first round", content_type = "text/plain", body = String),
+        (status = 503, description = "Waiting for collectors; detail.waiting_for names them", body = ErrorBody)
+    ))]
+pub async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     if state.readiness.is_ready() {
         (StatusCode::OK, "Ready.\n").into_response()
     } else {
@@ -219,12 +234,29 @@ impl IntoResponse for AppError {
         };
         let mut resp = (
             status,
-            Json(json!({ "error": self.to_string(), "detail": detail, "code": code })),
+            Json(ErrorBody {
+                error: self.to_string(),
+                code: code.to_string(),
+                detail,
+            }),
         )
             .into_response();
         resp.extensions_mut().insert(JsonError);
         resp
     }
+}
+
+/// The JSON error body every error answer has.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and what is allowed, for people.
+    pub error: String,
+    /// A short code to match on: bad_request, unauthorized, forbidden,
+    /// not_found, conflict, wrong_type, payload_too_large, unavailable, ...
+    pub code: String,
+    /// Details: the allowed values, the known DLQs, ...; null when none.
+    #[schema(value_type = Object, nullable)]
+    pub detail: serde_json::Value,
 }
 
 /// Marks a response whose body is already the JSON error shape, so the

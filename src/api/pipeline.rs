@@ -32,7 +32,20 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         ))
 }
 
-async fn ingest(
+/// `POST /api/pipeline/events`.
+#[utoipa::path(post, path = "/api/pipeline/events", tag = "pipeline",
+    request_body(content = Object, description = "One event or an array of up to 10,000: {kind: stage|job, ...} (README, Pipeline ingest)", content_type = "application/json"),
+    security(("api_token" = []), ("api_token_header" = []), ()),
+    responses(
+        (status = 200, description = "Events recorded; rejected ones are listed in errors", body = Object),
+        (status = 400, description = "Malformed JSON, a bad parameter, or every event of the batch rejected; the body says why", body = Object),
+        (status = 401, description = "Basic auth, or the token, is missing", body = super::ErrorBody),
+        (status = 403, description = "Wrong token, or a client outside api.trusted_networks", body = super::ErrorBody),
+        (status = 408, description = "The body did not arrive within web.body_read_timeout", body = super::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = super::ErrorBody),
+        (status = 415, description = "Not application/json", body = super::ErrorBody)
+    ))]
+pub async fn ingest(
     State(state): State<AppState>,
     q: RawQuery,
     headers: HeaderMap,

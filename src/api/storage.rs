@@ -21,7 +21,14 @@ pub fn routes() -> Router<AppState> {
 
 /// `GET /api/system/storage/stats`: the storage collector's last reading
 /// (no filesystem call per request), with its age.
-async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+#[utoipa::path(get, path = "/api/system/storage/stats", tag = "storage",
+    responses(
+        (status = 200, description = "The storage collector's last filesystem reading and its age", body = Object),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = super::ErrorBody),
+        (status = 401, description = "Basic auth, or the token, is missing", body = super::ErrorBody),
+        (status = 503, description = "No reading yet", body = super::ErrorBody)
+    ))]
+pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     params(q, &[])?;
     let Some(reading) = state.storage.last() else {
         return Err(AppError::status(
@@ -57,7 +64,14 @@ pub struct PreviewCache(tokio::sync::Mutex<Option<(std::time::Instant, Value)>>)
 
 /// `GET /api/system/cleanup/preview`: counts only, computed at most once per
 /// `storage.poll_interval`.
-async fn preview(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+#[utoipa::path(get, path = "/api/system/cleanup/preview", tag = "storage",
+    responses(
+        (status = 200, description = "What retention would delete (counts only; nothing is deleted)", body = Object),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = super::ErrorBody),
+        (status = 401, description = "Basic auth, or the token, is missing", body = super::ErrorBody),
+        (status = 503, description = "The file scan failed", body = super::ErrorBody)
+    ))]
+pub async fn preview(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     params(q, &[])?;
     let mut cached = state.preview.0.lock().await;
     if let Some((at, body)) = cached.as_ref() {

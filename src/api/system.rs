@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::query::{int_param, params, RawQuery};
-use super::{AppError, AppState};
+use super::{AppError, AppState, ErrorBody};
 use crate::history::{format_time, GpuSample};
 use crate::restart::{Overall, Status};
 
@@ -43,7 +43,16 @@ fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
 
 /// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the
 /// mock object when no GPU is available.
-async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSample>, AppError> {
+#[utoipa::path(get, path = "/api/system/gpu", tag = "system",
+    params(("gpu" = Option<u32>, Query, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
+    responses(
+        (status = 200, description = "One GPU, or the mock object in mock mode", body = GpuSample),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody),
+        (status = 404, description = "No such GPU", body = ErrorBody),
+        (status = 503, description = "No GPU reading yet", body = ErrorBody)
+    ))]
+pub async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSample>, AppError> {
     let map = params(q, &["gpu"])?;
     let wanted = int_param(&map, "gpu", (0, u32::MAX))?;
     let Some(all) = current(&state)? else {
@@ -68,24 +77,41 @@ async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSampl
 }
 
 /// `GET /api/system/gpus`: every GPU, or `[mock]` when none is available.
-async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
+#[utoipa::path(get, path = "/api/system/gpus", tag = "system",
+    responses(
+        (status = 200, description = "Every GPU ([mock] in mock mode)", body = Vec<GpuSample>),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody),
+        (status = 503, description = "No GPU reading yet", body = ErrorBody)
+    ))]
+pub async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
     params(q, &[])?;
     Ok(Json(current(&state)?.unwrap_or_else(|| {
         vec![GpuSample::mock(Utc::now()).with_fps(state.pipeline.fps())]
     })))
 }
 
-#[derive(Serialize)]
-struct HistoryBody {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HistoryBody {
     gpu: u32,
     minutes: u32,
     /// `memory` inside the in-memory window, `store` beyond it.
+    #[schema(value_type = String, pattern = "^(memory|store)$")]
     source: &'static str,
     samples: Vec<GpuSample>,
 }
 
 /// `GET /api/system/gpu/history?minutes=N[&gpu=N]`.
-async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<HistoryBody>, AppError> {
+#[utoipa::path(get, path = "/api/system/gpu/history", tag = "system",
+    params(("minutes" = Option<u32>, Query, description = "How far back; 60 by default", minimum = 1, maximum = 1440),
+           ("gpu" = Option<u32>, Query, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
+    responses(
+        (status = 200, description = "The GPU's samples, from memory or the store", body = HistoryBody),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody),
+        (status = 503, description = "The history store is unavailable", body = ErrorBody)
+    ))]
+pub async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<HistoryBody>, AppError> {
     let map = params(q, &["minutes", "gpu"])?;
     let minutes = int_param(&map, "minutes", HISTORY_MINUTES)?.unwrap_or(60);
     let gpu = int_param(&map, "gpu", (0, u32::MAX))?.unwrap_or(0);
@@ -114,25 +140,44 @@ async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<Hist
 
 /// `GET /api/system/health`: 200 when healthy or degraded, 503 when a
 /// critical service is not healthy.
-async fn health(State(state): State<AppState>, q: RawQuery) -> Result<Response, AppError> {
+#[utoipa::path(get, path = "/api/system/health", tag = "system",
+    responses(
+        (status = 200, description = "Healthy or degraded", body = HealthBody),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody),
+        (status = 503, description = "A critical service is not healthy", body = HealthBody)
+    ))]
+pub async fn health(State(state): State<AppState>, q: RawQuery) -> Result<Response, AppError> {
     params(q, &[])?;
     let services = state.health.services();
     let overall = Overall::of(services.iter().map(|s| (&s.status, s.critical)));
-    let map: serde_json::Map<String, serde_json::Value> = services
+    let services = services
         .iter()
-        .map(|s| (s.name.clone(), json!(s.status.as_str())))
+        .map(|s| (s.name.clone(), s.status.as_str().to_string()))
         .collect();
     let code = if overall == Overall::Unhealthy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    let body = json!({
-        "status": overall.as_str(),
-        "services": map,
-        "timestamp": format_time(&Utc::now()),
-    });
+    let body = HealthBody {
+        status: overall.as_str().to_string(),
+        services,
+        timestamp: format_time(&Utc::now()),
+    };
     Ok((code, Json(body)).into_response())
+}
+
+/// `/api/system/health`'s body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HealthBody {
+    /// healthy, degraded or unhealthy.
+    #[schema(pattern = "^(healthy|degraded|unhealthy)$")]
+    status: String,
+    /// Each service's status: healthy, unhealthy, restarting, restart_failed, failed, unknown.
+    services: std::collections::BTreeMap<String, String>,
+    /// RFC 3339, UTC.
+    timestamp: String,
 }
 
 /// DLQ depths from the queue collector's last poll (`null` when queues are
@@ -156,7 +201,13 @@ fn dlq_stats(state: &AppState) -> serde_json::Value {
 
 /// `GET /api/system/stats`: system counts in one object (README documents
 /// each field).
-async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<serde_json::Value>, AppError> {
+#[utoipa::path(get, path = "/api/system/stats", tag = "system",
+    responses(
+        (status = 200, description = "Services, GPUs, WebSocket, DLQ and pipeline counts in one object (the README documents each field)", body = Object),
+        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
+        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody)
+    ))]
+pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<serde_json::Value>, AppError> {
     params(q, &[])?;
     let services = state.health.services();
     let mut by_status: serde_json::Map<String, serde_json::Value> =

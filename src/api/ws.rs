@@ -23,6 +23,14 @@ use super::{AppError, AppState};
 use crate::hub::{snapshot, ClientType, Hub, Outgoing, WsError, MAX_BATCH};
 
 /// `GET /ws/system[?client=browser|api]`.
+#[utoipa::path(get, path = "/ws/system", tag = "system",
+    params(("client" = Option<String>, Query, description = "browser (default) or api", pattern = "^(browser|api)$")),
+    responses(
+        (status = 101, description = "WebSocket: a snapshot, then live events"),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad client parameter", body = super::ErrorBody),
+        (status = 401, description = "Basic auth required (--web.config.file)", body = super::ErrorBody),
+        (status = 503, description = "Too many clients (websocket.max_clients)", body = super::ErrorBody)
+    ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     q: RawQuery,
