@@ -568,7 +568,7 @@ async fn bad_requests_get_4xx_and_change_nothing_in_redis() {
             M::POST,
             "/api/system/dlq/requeue-all?queue=dlq:detection_queue",
             Some("wrong"),
-            403,
+            401,
             "not valid",
         ),
         (
@@ -584,7 +584,7 @@ async fn bad_requests_get_4xx_and_change_nothing_in_redis() {
             M::POST,
             "/api/system/dlq/restore?archive=dlq:detection_queue:cleared:1",
             Some("wrong"),
-            403,
+            401,
             "not valid",
         ),
         (

@@ -288,7 +288,7 @@ async fn ingest_needs_a_token_or_a_trusted_network() {
     };
     for (d, auth, want) in [
         (&tokens, None, 401),
-        (&tokens, Some("Bearer nope"), 403),
+        (&tokens, Some("Bearer nope"), 401),
         (&tokens, Some("Basic d29ya2Vy"), 401),
         (&untrusted, None, 403),
         (&untrusted, Some("Bearer anything"), 403),

@@ -207,7 +207,11 @@ async fn cleanup_preview_reports_what_retention_would_delete_and_deletes_nothing
 }
 
 /// A sample of GPU 0 taken `days_ago` days (plus `i` seconds) ago.
+/// A sample `days_ago` days (plus `i` seconds) before one fixed instant,
+/// so two calls with the same arguments give the same time.
 fn sample(days_ago: i64, i: i64) -> GpuSample {
+    static BASE: std::sync::OnceLock<chrono::DateTime<Utc>> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Utc::now);
     GpuSample {
         gpu: Some(0),
         uuid: Some("GPU-x".into()),
@@ -218,7 +222,7 @@ fn sample(days_ago: i64, i: i64) -> GpuSample {
         temperature: None,
         power_usage: None,
         inference_fps: None,
-        recorded_at: Utc::now() - chrono::Duration::days(days_ago) + chrono::Duration::seconds(i),
+        recorded_at: base - chrono::Duration::days(days_ago) + chrono::Duration::seconds(i),
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! With `api.token` (or `api.token_file`) set, a request needs
 //! `Authorization: Bearer <token>` (or `X-Inferwatch-Token: <token>`, for
-//! clients whose `Authorization` carries basic auth): none gives 401, a
-//! wrong one 403. With no
+//! clients whose `Authorization` carries basic auth): none or an unknown one
+//! gives 401 (RFC 6750 `invalid_token`), the ingest token on a DLQ move 403
+//! (`insufficient_scope`). With no
 //! token, only clients whose address is in `api.trusted_networks` (loopback
 //! by default) may mutate; others get 403. Read endpoints stay open, as is
 //! usual for exporters.
@@ -155,11 +156,27 @@ impl Auth {
                 .iter()
                 .fold(false, |ok, t| constant_time_eq(given.as_bytes(), t.as_bytes()) | ok);
             if !ok {
-                return Err(AppError::status(
-                    StatusCode::FORBIDDEN,
-                    "the bearer token is not valid for this endpoint",
-                    serde_json::Value::Null,
-                ));
+                // RFC 6750: an unknown token is 401 (invalid_token); a good
+                // token of another scope (the ingest token on a DLQ move) is
+                // 403 (insufficient_scope).
+                let known = self
+                    .token
+                    .iter()
+                    .chain(self.ingest_token.iter())
+                    .fold(false, |ok, t| constant_time_eq(given.as_bytes(), t.as_bytes()) | ok);
+                return Err(if known {
+                    AppError::status(
+                        StatusCode::FORBIDDEN,
+                        "this token is not allowed on this endpoint (the ingest token cannot move DLQ jobs)",
+                        json!({ "error": "insufficient_scope" }),
+                    )
+                } else {
+                    AppError::status(
+                        StatusCode::UNAUTHORIZED,
+                        "the bearer token is not valid",
+                        json!({ "scheme": "Bearer", "error": "invalid_token" }),
+                    )
+                });
             }
             return Ok(());
         }
@@ -265,7 +282,11 @@ mod tests {
         let a = auth("s3cret", &["127.0.0.0/8"]);
         let lo = Some("127.0.0.1".parse().unwrap());
         assert_eq!(status(a.check(None, lo)), 401, "a token is needed even from loopback");
-        assert_eq!(status(a.check(Some("Bearer nope"), lo)), 403);
+        assert_eq!(
+            status(a.check(Some("Bearer nope"), lo)),
+            401,
+            "an unknown token is invalid_token"
+        );
         assert_eq!(status(a.check(Some("Basic s3cret"), lo)), 401);
         assert_eq!(
             status(a.check(Some("bearer s3cret"), lo)),

@@ -27,9 +27,8 @@ pub async fn fresh_after_writes(State(metrics): State<Arc<Metrics>>, req: Reques
 
 /// `GET /metrics`.
 #[utoipa::path(get, path = "/metrics", tag = "probes",
-    params(("Accept" = Option<String>, Header, description = "application/openmetrics-text for OpenMetrics 1.0.0; anything else gets Prometheus text 0.0.4")),
     responses(
-        (status = 200, description = "Every metric family", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 200, description = "Every metric family: Prometheus text 0.0.4, or OpenMetrics 1.0.0 when Accept asks for application/openmetrics-text", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
         (status = 401, description = "Basic auth required (--web.config.file)", body = super::ErrorBody)
     ))]
 pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {

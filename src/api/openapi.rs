@@ -5,11 +5,12 @@
 //! parameters and their ranges, its responses, the JSON error shape and
 //! the auth schemes.
 
+use axum::extract::State;
 use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dlq, landing, metrics, pipeline, storage, system, ws, ErrorBody};
+use super::{dlq, landing, metrics, pipeline, storage, system, ws, AppState, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -86,9 +87,37 @@ impl Modify for Security {
     }
 }
 
-/// `GET /api/openapi.json`.
+/// `GET /api/openapi.json`: the document, with this daemon's configured
+/// DLQs as the allowed values of every `queue` and `dlq` parameter (any
+/// other name is a 4xx, so clients and fuzzers can see what works here).
 #[utoipa::path(get, path = "/api/openapi.json", tag = "probes",
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
+    let known: Vec<String> = state.queues.as_ref().map(|q| q.known_dlqs()).unwrap_or_default();
+    Json(document(&known))
+}
+
+/// The document with `known` as the values of the DLQ-name parameters.
+pub fn document(known: &[String]) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let mut doc = ApiDoc::openapi();
+    if known.is_empty() {
+        return doc;
+    }
+    for item in doc.paths.paths.values_mut() {
+        let ops = [&mut item.get, &mut item.post, &mut item.delete];
+        for op in ops.into_iter().flatten() {
+            for p in op.parameters.iter_mut().flatten() {
+                if p.name == "queue" || p.name == "dlq" {
+                    p.schema = Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(known.iter().cloned()))
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
+    doc
 }

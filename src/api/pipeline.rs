@@ -34,7 +34,9 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 
 /// `POST /api/pipeline/events`.
 #[utoipa::path(post, path = "/api/pipeline/events", tag = "pipeline",
-    request_body(content = Object, description = "One event or an array of up to 10,000: {kind: stage|job, ...} (README, Pipeline ingest)", content_type = "application/json"),
+    request_body(content = EventBatch, description = "One event or an array of up to 10,000 (README, Pipeline ingest)", content_type = "application/json",
+        example = json!([{"kind": "stage", "stage": "detection", "duration_seconds": 0.042, "status": "ok", "items": 4},
+                         {"kind": "job", "status": "completed", "duration_seconds": 42.0}])),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "Events recorded; rejected ones are listed in errors", body = Object),
@@ -53,6 +55,34 @@ pub async fn ingest(
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
     ingest_body(&state, q, &headers, body).await
 }
+
+/// The request body's schema: one event, or an array of up to
+/// [`MAX_EVENTS`]. Each event is an object whose `kind` is `stage` or
+/// `job`; the other fields depend on the kind (README, Pipeline ingest).
+pub struct EventBatch;
+
+impl utoipa::PartialSchema for EventBatch {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let event = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property(
+                    "kind",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(["stage", "job"])),
+                )
+                .required("kind")
+        };
+        OneOfBuilder::new()
+            .item(event())
+            .item(ArrayBuilder::new().items(event()).max_items(Some(MAX_EVENTS)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventBatch {}
 
 fn too_large() -> AppError {
     AppError::status(

@@ -44,7 +44,7 @@ fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
 /// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the
 /// mock object when no GPU is available.
 #[utoipa::path(get, path = "/api/system/gpu", tag = "system",
-    params(("gpu" = Option<u32>, Query, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
+    params(("gpu" = Option<i64>, Query, nullable = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
     responses(
         (status = 200, description = "One GPU, or the mock object in mock mode", body = GpuSample),
         (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
@@ -103,8 +103,8 @@ pub struct HistoryBody {
 
 /// `GET /api/system/gpu/history?minutes=N[&gpu=N]`.
 #[utoipa::path(get, path = "/api/system/gpu/history", tag = "system",
-    params(("minutes" = Option<u32>, Query, description = "How far back; 60 by default", minimum = 1, maximum = 1440),
-           ("gpu" = Option<u32>, Query, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
+    params(("minutes" = Option<i64>, Query, nullable = false, description = "How far back; 60 by default", minimum = 1, maximum = 1440),
+           ("gpu" = Option<i64>, Query, nullable = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
     responses(
         (status = 200, description = "The GPU's samples, from memory or the store", body = HistoryBody),
         (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
