@@ -161,33 +161,32 @@ async fn client_certificates_are_required_and_verified() {
     let ca = c.s("ca.pem");
     let (cert, key) = (c.s("client.pem"), c.s("client.key"));
     let with_cert = ["--cacert", ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()];
+    // A self-signed certificate no CA vouches for.
+    let (other_cert, other_key) = (c.s("other-ca.pem"), c.s("other.key"));
+    let with_other = ["--cacert", ca.as_str(), "--cert", other_cert.as_str(), "--key", other_key.as_str()];
     let d = tls_daemon(web, &web_path, &with_cert).await;
     let (code, _) = curl(&with_cert, &https(&d, "/metrics"));
     assert_eq!(code, "200");
     let (code, text) = curl(&["--cacert", &ca], &https(&d, "/metrics"));
     assert_eq!(code, "000", "no client certificate: the handshake is refused: {text}");
-    // A certificate from a CA the server does not trust is refused too.
-    let (code, _) = curl(
-        &[
-            "--cacert",
-            &ca,
-            "--cert",
-            &c.s("other-ca.pem"),
-            "--key",
-            &c.s("other.key"),
-        ],
-        &https(&d, "/metrics"),
-    );
-    assert_eq!(code, "000");
+    let (code, _) = curl(&with_other, &https(&d, "/metrics"));
+    assert_eq!(code, "000", "a certificate from a CA the server does not trust is refused");
     eventually("the refused handshakes to be counted", LIMIT, || async {
         let page = curl(&with_cert, &https(&d, "/metrics")).1;
-        let refused = sample_value(
-            &page,
-            "http_connections_closed_by_server_total{reason=\"tls_handshake\"}",
-        );
+        let refused = sample_value(&page, "http_connections_closed_by_server_total{reason=\"tls_handshake\"}");
         (refused >= Some(2.0)).then_some(())
     })
     .await;
+
+    // VerifyClientCertIfGiven: none is fine, a good one is fine, a bad one is refused.
+    write_web(&web_path, &web.replace("RequireAndVerifyClientCert", "VerifyClientCertIfGiven"));
+    assert_eq!(curl(&["--cacert", &ca], &https(&d, "/metrics")).0, "200");
+    assert_eq!(curl(&with_cert, &https(&d, "/metrics")).0, "200");
+    assert_eq!(curl(&with_other, &https(&d, "/metrics")).0, "000");
+    // RequireAnyClientCert: any certificate, checked against no CA, but one is needed.
+    write_web(&web_path, &web.replace("RequireAndVerifyClientCert", "RequireAnyClientCert"));
+    assert_eq!(curl(&with_other, &https(&d, "/metrics")).0, "200");
+    assert_eq!(curl(&["--cacert", &ca], &https(&d, "/metrics")).0, "000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,6 +497,19 @@ async fn https_health_checks_trust_the_configured_ca() {
             .unwrap(),
         name: "https health target",
     };
+    // A second target that requires a client certificate from the CA.
+    let mtls_port = common::free_port();
+    let _mtls_target = common::Proc {
+        child: Command::new(common::python())
+            .arg(common::HealthTarget::script())
+            .arg(mtls_port.to_string())
+            .arg(target_dir.path().join("mode"))
+            .env("HEALTH_TARGET_TLS", format!("{}:{}", c.s("server.pem"), c.s("server.key")))
+            .env("HEALTH_TARGET_CLIENT_CA", c.s("ca.pem"))
+            .spawn()
+            .unwrap(),
+        name: "mTLS health target",
+    };
     let ca = c.s("ca.pem");
     let url = format!("https://127.0.0.1:{port}/health");
     eventually("the HTTPS target", LIMIT, || {
@@ -505,16 +517,26 @@ async fn https_health_checks_trust_the_configured_ca() {
         async move { (curl(&["--cacert", &ca], &url).0 == "200").then_some(()) }
     })
     .await;
-    let svc = |name: &str, tls: &str| {
+    let mtls_url = format!("https://127.0.0.1:{mtls_port}/health");
+    let (cert, key) = (c.s("client.pem"), c.s("client.key"));
+    eventually("the mTLS target", LIMIT, || {
+        let (ca, url, cert, key) = (ca.clone(), mtls_url.clone(), cert.clone(), key.clone());
+        async move { (curl(&["--cacert", &ca, "--cert", &cert, "--key", &key], &url).0 == "200").then_some(()) }
+    })
+    .await;
+    let at = |url: &str, name: &str, tls: &str| {
         format!("    - {{name: {name}, kind: http, url: \"{url}\", interval: 200ms, timeout: 2s, tls: {{{tls}}}}}\n")
     };
+    let svc = |name: &str, tls: &str| at(&url, name, tls);
     let config = format!(
         "gpu:\n  enabled: false\nqueues:\n  enabled: false\nhealth:\n  services:\n{}{}{}{}",
         svc("with_ca", &format!("ca_file: {ca}")),
         svc("wrong_ca", &format!("ca_file: {}", c.s("other-ca.pem"))),
         svc("skip_verify", "insecure_skip_verify: true"),
         svc("by_name", &format!("ca_file: {ca}, server_name: localhost")),
-    ) + &svc("by_other_name", &format!("ca_file: {ca}, server_name: model.internal"));
+    ) + &svc("by_other_name", &format!("ca_file: {ca}, server_name: model.internal"))
+        + &at(&mtls_url, "mtls_with_cert", &format!("ca_file: {ca}, cert_file: {cert}, key_file: {key}"))
+        + &at(&mtls_url, "mtls_without_cert", &format!("ca_file: {ca}"));
     let d = Daemon::start(&config, &[]).await;
     let health = eventually("every service checked", LIMIT, || async {
         let body: serde_json::Value = reqwest::get(d.url("/api/system/health"))
@@ -524,7 +546,7 @@ async fn https_health_checks_trust_the_configured_ca() {
             .await
             .unwrap();
         let s = &body["services"];
-        ["with_ca", "wrong_ca", "skip_verify", "by_name", "by_other_name"]
+        ["with_ca", "wrong_ca", "skip_verify", "by_name", "by_other_name", "mtls_with_cert", "mtls_without_cert"]
             .iter()
             .all(|n| s[n] == "healthy" || s[n] == "unhealthy")
             .then_some(body)
@@ -539,6 +561,8 @@ async fn https_health_checks_trust_the_configured_ca() {
     // connects to the URL's address.
     assert_eq!(s["by_name"], "unhealthy", "{health}");
     assert_eq!(s["by_other_name"], "healthy", "{health}");
+    assert_eq!(s["mtls_with_cert"], "healthy", "{health}");
+    assert_eq!(s["mtls_without_cert"], "unhealthy", "{health}");
     let log = d.log();
     let wrong: Vec<&str> = log
         .lines()

@@ -9,7 +9,8 @@ read from STATE_FILE on every request:
 Usage: health_target.py PORT STATE_FILE [--daemon PID_FILE]
 
 With HEALTH_TARGET_TLS=CERT_FILE:KEY_FILE in the environment it serves
-HTTPS with that certificate.
+HTTPS with that certificate; with HEALTH_TARGET_CLIENT_CA=CA_FILE too, it
+requires a client certificate signed by that CA.
 
 With --daemon the port is bound first, then the process forks: the child
 serves, the parent writes the child's pid and exits 0. A restart command
@@ -57,6 +58,10 @@ if __name__ == "__main__":
         cert, key = tls.split(":")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
+        client_ca = os.environ.get("HEALTH_TARGET_CLIENT_CA")
+        if client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(client_ca)
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
     if len(sys.argv) > 4 and sys.argv[3] == "--daemon":
         pid = os.fork()
