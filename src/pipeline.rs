@@ -39,7 +39,7 @@ impl Source {
 }
 
 /// Why an event was rejected (`reason` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     InvalidJson,
@@ -128,7 +128,7 @@ pub enum Event {
 }
 
 /// One rejected event of a batch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Rejection {
     pub index: usize,
     pub reason: Reason,
@@ -136,7 +136,7 @@ pub struct Rejection {
 }
 
 /// What a batch did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct IngestReport {
     pub accepted: usize,
     pub rejected: usize,

@@ -51,10 +51,14 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         redis.url()
     );
     let d = Daemon::start(&config, &[]).await;
+    // Hypothesis keeps a cache in its working directory: a scratch one.
+    let scratch = tempfile::tempdir().unwrap();
     let out = tokio::task::spawn_blocking({
         let url = d.url("/api/openapi.json");
+        let cwd = scratch.path().to_owned();
         move || {
             Command::new(bin)
+                .current_dir(cwd)
                 .args([
                     "run",
                     &url,

@@ -163,28 +163,47 @@ async fn client_certificates_are_required_and_verified() {
     let with_cert = ["--cacert", ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()];
     // A self-signed certificate no CA vouches for.
     let (other_cert, other_key) = (c.s("other-ca.pem"), c.s("other.key"));
-    let with_other = ["--cacert", ca.as_str(), "--cert", other_cert.as_str(), "--key", other_key.as_str()];
+    let with_other = [
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        other_cert.as_str(),
+        "--key",
+        other_key.as_str(),
+    ];
     let d = tls_daemon(web, &web_path, &with_cert).await;
     let (code, _) = curl(&with_cert, &https(&d, "/metrics"));
     assert_eq!(code, "200");
     let (code, text) = curl(&["--cacert", &ca], &https(&d, "/metrics"));
     assert_eq!(code, "000", "no client certificate: the handshake is refused: {text}");
     let (code, _) = curl(&with_other, &https(&d, "/metrics"));
-    assert_eq!(code, "000", "a certificate from a CA the server does not trust is refused");
+    assert_eq!(
+        code, "000",
+        "a certificate from a CA the server does not trust is refused"
+    );
     eventually("the refused handshakes to be counted", LIMIT, || async {
         let page = curl(&with_cert, &https(&d, "/metrics")).1;
-        let refused = sample_value(&page, "http_connections_closed_by_server_total{reason=\"tls_handshake\"}");
+        let refused = sample_value(
+            &page,
+            "http_connections_closed_by_server_total{reason=\"tls_handshake\"}",
+        );
         (refused >= Some(2.0)).then_some(())
     })
     .await;
 
     // VerifyClientCertIfGiven: none is fine, a good one is fine, a bad one is refused.
-    write_web(&web_path, &web.replace("RequireAndVerifyClientCert", "VerifyClientCertIfGiven"));
+    write_web(
+        &web_path,
+        &web.replace("RequireAndVerifyClientCert", "VerifyClientCertIfGiven"),
+    );
     assert_eq!(curl(&["--cacert", &ca], &https(&d, "/metrics")).0, "200");
     assert_eq!(curl(&with_cert, &https(&d, "/metrics")).0, "200");
     assert_eq!(curl(&with_other, &https(&d, "/metrics")).0, "000");
     // RequireAnyClientCert: any certificate, checked against no CA, but one is needed.
-    write_web(&web_path, &web.replace("RequireAndVerifyClientCert", "RequireAnyClientCert"));
+    write_web(
+        &web_path,
+        &web.replace("RequireAndVerifyClientCert", "RequireAnyClientCert"),
+    );
     assert_eq!(curl(&with_other, &https(&d, "/metrics")).0, "200");
     assert_eq!(curl(&["--cacert", &ca], &https(&d, "/metrics")).0, "000");
 }
@@ -504,7 +523,10 @@ async fn https_health_checks_trust_the_configured_ca() {
             .arg(common::HealthTarget::script())
             .arg(mtls_port.to_string())
             .arg(target_dir.path().join("mode"))
-            .env("HEALTH_TARGET_TLS", format!("{}:{}", c.s("server.pem"), c.s("server.key")))
+            .env(
+                "HEALTH_TARGET_TLS",
+                format!("{}:{}", c.s("server.pem"), c.s("server.key")),
+            )
             .env("HEALTH_TARGET_CLIENT_CA", c.s("ca.pem"))
             .spawn()
             .unwrap(),
@@ -535,7 +557,11 @@ async fn https_health_checks_trust_the_configured_ca() {
         svc("skip_verify", "insecure_skip_verify: true"),
         svc("by_name", &format!("ca_file: {ca}, server_name: localhost")),
     ) + &svc("by_other_name", &format!("ca_file: {ca}, server_name: model.internal"))
-        + &at(&mtls_url, "mtls_with_cert", &format!("ca_file: {ca}, cert_file: {cert}, key_file: {key}"))
+        + &at(
+            &mtls_url,
+            "mtls_with_cert",
+            &format!("ca_file: {ca}, cert_file: {cert}, key_file: {key}"),
+        )
         + &at(&mtls_url, "mtls_without_cert", &format!("ca_file: {ca}"));
     let d = Daemon::start(&config, &[]).await;
     let health = eventually("every service checked", LIMIT, || async {
@@ -546,10 +572,18 @@ async fn https_health_checks_trust_the_configured_ca() {
             .await
             .unwrap();
         let s = &body["services"];
-        ["with_ca", "wrong_ca", "skip_verify", "by_name", "by_other_name", "mtls_with_cert", "mtls_without_cert"]
-            .iter()
-            .all(|n| s[n] == "healthy" || s[n] == "unhealthy")
-            .then_some(body)
+        [
+            "with_ca",
+            "wrong_ca",
+            "skip_verify",
+            "by_name",
+            "by_other_name",
+            "mtls_with_cert",
+            "mtls_without_cert",
+        ]
+        .iter()
+        .all(|n| s[n] == "healthy" || s[n] == "unhealthy")
+        .then_some(body)
     })
     .await;
     let s = &health["services"];

@@ -128,8 +128,8 @@ async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Res
 /// `GET /api/dlq/jobs/{dlq}?start=&limit=`.
 #[utoipa::path(get, path = "/api/dlq/jobs/{dlq}", tag = "dlq",
     params(("dlq" = String, Path, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           ("start" = Option<i64>, Query, nullable = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 4611686018427387903.0),
-           ("limit" = Option<i64>, Query, nullable = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
+           ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 4611686018427387903.0),
+           ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
     responses(
         (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),
         (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
@@ -151,8 +151,8 @@ pub async fn jobs_by_path(
 /// `GET /api/system/dlq/jobs?queue=dlq:…&start=&limit=`.
 #[utoipa::path(get, path = "/api/system/dlq/jobs", tag = "dlq",
     params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           ("start" = Option<i64>, Query, nullable = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 4611686018427387903.0),
-           ("limit" = Option<i64>, Query, nullable = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
+           ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 4611686018427387903.0),
+           ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
     responses(
         (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),
         (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),

@@ -39,7 +39,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
                          {"kind": "job", "status": "completed", "duration_seconds": 42.0}])),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
-        (status = 200, description = "Events recorded; rejected ones are listed in errors", body = Object),
+        (status = 200, description = "Events recorded; rejected ones are listed in errors", body = crate::pipeline::IngestReport),
         (status = 400, description = "Malformed JSON, a bad parameter, or every event of the batch rejected; the body says why", body = Object),
         (status = 401, description = "Basic auth, or the token, is missing", body = super::ErrorBody),
         (status = 403, description = "Wrong token, or a client outside api.trusted_networks", body = super::ErrorBody),

@@ -19,16 +19,29 @@ pub fn routes() -> Router<AppState> {
         .route("/api/system/cleanup/preview", get(preview))
 }
 
+/// `/api/system/storage/stats`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StorageStats {
+    /// Each watched path: its usage, or `{path, error}` when statvfs failed.
+    #[schema(value_type = Vec<Object>)]
+    filesystems: Vec<Value>,
+    alert_used_percent: f64,
+    /// When the storage collector read the filesystems (RFC 3339).
+    recorded_at: String,
+    age_seconds: f64,
+    timestamp: String,
+}
+
 /// `GET /api/system/storage/stats`: the storage collector's last reading
 /// (no filesystem call per request), with its age.
 #[utoipa::path(get, path = "/api/system/storage/stats", tag = "storage",
     responses(
-        (status = 200, description = "The storage collector's last filesystem reading and its age", body = Object),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = super::ErrorBody),
-        (status = 401, description = "Basic auth, or the token, is missing", body = super::ErrorBody),
+        (status = 200, description = "The storage collector's last filesystem reading and its age", body = StorageStats),
+        (status = 400, description = "A parameter is unknown; the body says what is allowed", body = super::ErrorBody),
+        (status = 401, description = "Basic auth required (--web.config.file)", body = super::ErrorBody),
         (status = 503, description = "No reading yet", body = super::ErrorBody)
     ))]
-pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<StorageStats>, AppError> {
     params(q, &[])?;
     let Some(reading) = state.storage.last() else {
         return Err(AppError::status(
@@ -47,13 +60,13 @@ pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Va
         })
         .collect();
     let now = Utc::now();
-    Ok(Json(json!({
-        "filesystems": filesystems,
-        "alert_used_percent": state.config.storage.alert_used_percent,
-        "recorded_at": format_time(&reading.at),
-        "age_seconds": (now - reading.at).num_milliseconds().max(0) as f64 / 1000.0,
-        "timestamp": format_time(&now),
-    })))
+    Ok(Json(StorageStats {
+        filesystems,
+        alert_used_percent: state.config.storage.alert_used_percent,
+        recorded_at: format_time(&reading.at),
+        age_seconds: (now - reading.at).num_milliseconds().max(0) as f64 / 1000.0,
+        timestamp: format_time(&now),
+    }))
 }
 
 /// The last cleanup preview, reused for `storage.poll_interval`. The lock is

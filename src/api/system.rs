@@ -11,7 +11,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use serde::Serialize;
-use serde_json::json;
 
 use super::query::{int_param, params, RawQuery};
 use super::{AppError, AppState, ErrorBody};
@@ -44,7 +43,7 @@ fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
 /// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the
 /// mock object when no GPU is available.
 #[utoipa::path(get, path = "/api/system/gpu", tag = "system",
-    params(("gpu" = Option<i64>, Query, nullable = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
+    params(("gpu" = Option<i64>, Query, nullable = false, explode = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
     responses(
         (status = 200, description = "One GPU, or the mock object in mock mode", body = GpuSample),
         (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
@@ -103,8 +102,8 @@ pub struct HistoryBody {
 
 /// `GET /api/system/gpu/history?minutes=N[&gpu=N]`.
 #[utoipa::path(get, path = "/api/system/gpu/history", tag = "system",
-    params(("minutes" = Option<i64>, Query, nullable = false, description = "How far back; 60 by default", minimum = 1, maximum = 1440),
-           ("gpu" = Option<i64>, Query, nullable = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
+    params(("minutes" = Option<i64>, Query, nullable = false, explode = false, description = "How far back; 60 by default", minimum = 1, maximum = 1440),
+           ("gpu" = Option<i64>, Query, nullable = false, explode = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
     responses(
         (status = 200, description = "The GPU's samples, from memory or the store", body = HistoryBody),
         (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
@@ -180,75 +179,139 @@ pub struct HealthBody {
     timestamp: String,
 }
 
-/// DLQ depths from the queue collector's last poll (`null` when queues are
+/// DLQ depths from the queue collector's last poll (`None` when queues are
 /// disabled or never polled).
-fn dlq_stats(state: &AppState) -> serde_json::Value {
-    let Some(queues) = &state.queues else {
-        return serde_json::Value::Null;
-    };
+fn dlq_stats(state: &AppState) -> Option<DlqSummary> {
+    let queues = state.queues.as_ref()?;
     let depths = queues.last_depths();
     if depths.is_empty() {
-        return serde_json::Value::Null;
+        return None;
     }
-    let by_queue: serde_json::Map<String, serde_json::Value> =
-        depths.iter().map(|d| (d.queue.clone(), json!(d.dlq_depth))).collect();
-    json!({
-        "total": depths.iter().map(|d| d.dlq_depth).sum::<u64>(),
-        "by_queue": by_queue,
-        "queued_jobs": depths.iter().map(|d| d.depth).sum::<u64>(),
+    Some(DlqSummary {
+        total: depths.iter().map(|d| d.dlq_depth).sum(),
+        by_queue: depths.iter().map(|d| (d.queue.clone(), d.dlq_depth)).collect(),
+        queued_jobs: depths.iter().map(|d| d.depth).sum(),
     })
+}
+
+/// `/api/system/stats`'s body (the README documents each field).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatsBody {
+    /// healthy, degraded or unhealthy.
+    status: String,
+    services: ServiceCounts,
+    gpus: GpuSummary,
+    websocket: WsCounts,
+    /// Null when queues are disabled or not polled yet.
+    dlq: Option<DlqSummary>,
+    pipeline: PipelineCounts,
+    uptime_seconds: f64,
+    started_at: String,
+    version: String,
+    timestamp: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ServiceCounts {
+    total: usize,
+    critical: usize,
+    /// Services per status (every status, 0 included).
+    by_status: std::collections::BTreeMap<String, usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GpuSummary {
+    available: bool,
+    count: usize,
+    /// RFC 3339; null before the first poll.
+    last_poll: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WsCounts {
+    clients: i64,
+    browser: i64,
+    api: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DlqSummary {
+    total: u64,
+    by_queue: std::collections::BTreeMap<String, u64>,
+    queued_jobs: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PipelineCounts {
+    events_ingested: IngestedCounts,
+    events_rejected: u64,
+    /// Items per second over the last minute; null without events.
+    inference_fps: Option<f64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IngestedCounts {
+    http: u64,
+    redis_stream: u64,
+    total: u64,
 }
 
 /// `GET /api/system/stats`: system counts in one object (README documents
 /// each field).
 #[utoipa::path(get, path = "/api/system/stats", tag = "system",
     responses(
-        (status = 200, description = "Services, GPUs, WebSocket, DLQ and pipeline counts in one object (the README documents each field)", body = Object),
+        (status = 200, description = "Services, GPUs, WebSocket, DLQ and pipeline counts in one object", body = StatsBody),
         (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
         (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody)
     ))]
-pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<serde_json::Value>, AppError> {
+pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<StatsBody>, AppError> {
     params(q, &[])?;
     let services = state.health.services();
-    let mut by_status: serde_json::Map<String, serde_json::Value> =
-        Status::ALL.iter().map(|s| (s.as_str().to_string(), json!(0))).collect();
+    let mut by_status: std::collections::BTreeMap<String, usize> =
+        Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
     for s in &services {
         if let Some(n) = by_status.get_mut(s.status.as_str()) {
-            *n = json!(n.as_u64().unwrap_or(0) + 1);
+            *n += 1;
         }
     }
     let snap = state.gpu.snapshot();
     let (browser, api) = state.hub.counts();
     let (http, stream) = state.pipeline.accepted();
     let now = Utc::now();
-    Ok(Json(json!({
-        "status": Overall::of(services.iter().map(|s| (&s.status, s.critical))).as_str(),
-        "services": {
-            "total": services.len(),
-            "critical": services.iter().filter(|s| s.critical).count(),
-            "by_status": by_status,
+    Ok(Json(StatsBody {
+        status: Overall::of(services.iter().map(|s| (&s.status, s.critical)))
+            .as_str()
+            .to_string(),
+        services: ServiceCounts {
+            total: services.len(),
+            critical: services.iter().filter(|s| s.critical).count(),
+            by_status,
         },
-        "gpus": {
-            "available": snap.available,
-            "count": snap.readings.len(),
-            "last_poll": snap.recorded_at.as_ref().map(format_time),
+        gpus: GpuSummary {
+            available: snap.available,
+            count: snap.readings.len(),
+            last_poll: snap.recorded_at.as_ref().map(format_time),
         },
-        "websocket": {
-            "clients": browser + api,
-            "browser": browser,
-            "api": api,
+        websocket: WsCounts {
+            clients: browser + api,
+            browser,
+            api,
         },
-        "dlq": dlq_stats(&state),
-        "pipeline": {
-            "events_ingested": { "http": http, "redis_stream": stream, "total": http + stream },
-            "events_rejected": state.pipeline.rejected_total(),
-            "inference_fps": state.pipeline.fps(),
+        dlq: dlq_stats(&state),
+        pipeline: PipelineCounts {
+            events_ingested: IngestedCounts {
+                http,
+                redis_stream: stream,
+                total: http + stream,
+            },
+            events_rejected: state.pipeline.rejected_total(),
+            inference_fps: state.pipeline.fps(),
         },
-        "uptime_seconds": (now - state.started_at).num_milliseconds() as f64 / 1000.0,
-        "started_at": format_time(&state.started_at),
-        "version": env!("CARGO_PKG_VERSION"),
-        "timestamp": format_time(&now),
-    })))
+        uptime_seconds: (now - state.started_at).num_milliseconds() as f64 / 1000.0,
+        started_at: format_time(&state.started_at),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        timestamp: format_time(&now),
+    }))
 }
 
 #[cfg(test)]

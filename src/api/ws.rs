@@ -24,7 +24,7 @@ use crate::hub::{snapshot, ClientType, Hub, Outgoing, WsError, MAX_BATCH};
 
 /// `GET /ws/system[?client=browser|api]`.
 #[utoipa::path(get, path = "/ws/system", tag = "system",
-    params(("client" = Option<String>, Query, nullable = false, description = "browser (default) or api", pattern = "^(browser|api)$")),
+    params(("client" = Option<String>, Query, nullable = false, explode = false, description = "browser (default) or api", pattern = "^(browser|api)$")),
     responses(
         (status = 101, description = "WebSocket: a snapshot, then live events"),
         (status = 400, description = "Not a WebSocket upgrade, or a bad client parameter", body = super::ErrorBody),
