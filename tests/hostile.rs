@@ -109,7 +109,8 @@ async fn idle_and_slowloris_floods_under_a_low_ulimit_do_not_stall_metrics() {
         (evicted > 0.0 && timed_out > 0.0 && evicted + timed_out >= 450.0 - 192.0).then_some((evicted, timed_out))
     })
     .await;
-    assert!(evicted + timed_out <= 450.0, "evicted {evicted}, timed out {timed_out}");
+    // The test's own /metrics connections may be closed too, idle later.
+    assert!(evicted + timed_out <= 460.0, "evicted {evicted}, timed out {timed_out}");
     let log = d.log();
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(
