@@ -13,7 +13,7 @@ use axum::{middleware, Json, Router};
 use serde_json::{json, Value};
 
 use super::query::{int_param, params, RawQuery};
-use super::{auth, AppError, AppState, ErrorBody};
+use super::{auth, AppError, AppState, ErrorBody, MoveErrors, QueryErrors};
 use crate::dlq::{DlqError, Queues, ResolveError};
 
 /// Range of `limit` on the listing endpoints.
@@ -100,8 +100,7 @@ fn page_params(map: &HashMap<String, String>) -> Result<(u64, u64), AppError> {
 #[utoipa::path(get, path = "/api/system/dlq/stats", tag = "dlq",
     responses(
         (status = 200, description = "<queue>_count per configured queue, and total_count", body = std::collections::HashMap<String, u64>),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
+        QueryErrors,
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody)
     ))]
@@ -132,8 +131,7 @@ async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Res
            ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
     responses(
         (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
+        QueryErrors,
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody)
     ))]
@@ -155,8 +153,7 @@ pub async fn jobs_by_path(
            ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
     responses(
         (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
+        QueryErrors,
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody)
     ))]
@@ -174,12 +171,8 @@ pub async fn jobs_by_query(State(state): State<AppState>, q: RawQuery) -> Result
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "What was requeued; malformed entries stay", body = crate::dlq::RequeueReport),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
-        (status = 403, description = "Wrong token, or a client outside api.trusted_networks", body = ErrorBody),
-        (status = 409, description = "A key holds the wrong type, or another move runs; nothing was moved", body = ErrorBody),
-        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+        QueryErrors,
+        MoveErrors
     ))]
 pub async fn requeue_all(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     let map = params(q, &["queue"])?;
@@ -201,12 +194,8 @@ pub async fn requeue_all(State(state): State<AppState>, q: RawQuery) -> Result<J
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "The DLQ moved into an archive (never deleted)", body = crate::dlq::ClearReport),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
-        (status = 403, description = "Wrong token, or a client outside api.trusted_networks", body = ErrorBody),
-        (status = 409, description = "A key holds the wrong type, or another move runs; nothing was moved", body = ErrorBody),
-        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+        QueryErrors,
+        MoveErrors
     ))]
 pub async fn clear(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     let map = params(q, &["queue"])?;
@@ -223,12 +212,8 @@ pub async fn clear(State(state): State<AppState>, q: RawQuery) -> Result<Json<Va
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "The archive moved back into its DLQ", body = crate::dlq::RestoreReport),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth, or the token, is missing", body = ErrorBody),
-        (status = 403, description = "Wrong token, or a client outside api.trusted_networks", body = ErrorBody),
-        (status = 409, description = "A key holds the wrong type, or another move runs; nothing was moved", body = ErrorBody),
-        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
-        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+        QueryErrors,
+        MoveErrors
     ))]
 pub async fn restore(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
     let map = params(q, &["archive"])?;

@@ -259,6 +259,36 @@ pub struct ErrorBody {
     pub detail: serde_json::Value,
 }
 
+/// The error answers of every query-taking route, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum QueryErrors {
+    /// A parameter is unknown, malformed or out of range; the body says what is allowed.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// Basic auth (--web.config.file), or the API token, is missing or unknown.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+}
+
+/// The further error answers of the DLQ moves.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum MoveErrors {
+    /// The ingest token, or a client outside api.trusted_networks.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// Unknown DLQ, or queue monitoring is disabled.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// A key holds the wrong type, or another move runs; nothing was moved.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// Redis is unavailable.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
 /// Marks a response whose body is already the JSON error shape, so the
 /// outer error layer leaves it alone.
 #[derive(Clone, Copy)]

@@ -37,8 +37,7 @@ pub struct StorageStats {
 #[utoipa::path(get, path = "/api/system/storage/stats", tag = "storage",
     responses(
         (status = 200, description = "The storage collector's last filesystem reading and its age", body = StorageStats),
-        (status = 400, description = "A parameter is unknown; the body says what is allowed", body = super::ErrorBody),
-        (status = 401, description = "Basic auth required (--web.config.file)", body = super::ErrorBody),
+        super::QueryErrors,
         (status = 503, description = "No reading yet", body = super::ErrorBody)
     ))]
 pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<StorageStats>, AppError> {

@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::query::{int_param, params, RawQuery};
-use super::{AppError, AppState, ErrorBody};
+use super::{AppError, AppState, ErrorBody, QueryErrors};
 use crate::history::{format_time, GpuSample};
 use crate::restart::{Overall, Status};
 
@@ -46,8 +46,7 @@ fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
     params(("gpu" = Option<i64>, Query, nullable = false, explode = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
     responses(
         (status = 200, description = "One GPU, or the mock object in mock mode", body = GpuSample),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody),
+        QueryErrors,
         (status = 404, description = "No such GPU", body = ErrorBody),
         (status = 503, description = "No GPU reading yet", body = ErrorBody)
     ))]
@@ -79,8 +78,7 @@ pub async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuS
 #[utoipa::path(get, path = "/api/system/gpus", tag = "system",
     responses(
         (status = 200, description = "Every GPU ([mock] in mock mode)", body = Vec<GpuSample>),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody),
+        QueryErrors,
         (status = 503, description = "No GPU reading yet", body = ErrorBody)
     ))]
 pub async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
@@ -106,8 +104,7 @@ pub struct HistoryBody {
            ("gpu" = Option<i64>, Query, nullable = false, explode = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
     responses(
         (status = 200, description = "The GPU's samples, from memory or the store", body = HistoryBody),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody),
+        QueryErrors,
         (status = 503, description = "The history store is unavailable", body = ErrorBody)
     ))]
 pub async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<HistoryBody>, AppError> {
@@ -142,8 +139,7 @@ pub async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<
 #[utoipa::path(get, path = "/api/system/health", tag = "system",
     responses(
         (status = 200, description = "Healthy or degraded", body = HealthBody),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody),
+        QueryErrors,
         (status = 503, description = "A critical service is not healthy", body = HealthBody)
     ))]
 pub async fn health(State(state): State<AppState>, q: RawQuery) -> Result<Response, AppError> {
@@ -261,8 +257,7 @@ pub struct IngestedCounts {
 #[utoipa::path(get, path = "/api/system/stats", tag = "system",
     responses(
         (status = 200, description = "Services, GPUs, WebSocket, DLQ and pipeline counts in one object", body = StatsBody),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = ErrorBody),
-        (status = 401, description = "Basic auth required (--web.config.file)", body = ErrorBody)
+        QueryErrors
     ))]
 pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<StatsBody>, AppError> {
     params(q, &[])?;
