@@ -178,10 +178,12 @@ fn probe_gpu(nvml: &Nvml, index: u32, o: &Options) -> Result<GpuReport, ProbeErr
     let mut fields = Vec::new();
     let mut per_second = 0.0;
     for field in Field::ALL {
-        let read_by_daemon = !o.exclude.contains(&field)
-            && (o.per_process || !matches!(field, Field::Processes | Field::ProcessUtilization))
-            && !(field == Field::NumFans && o.exclude.contains(&Field::FanSpeed))
-            && !(field == Field::NvLink && o.exclude.contains(&Field::Gpm));
+        // Excluded, off without per_process, or only read for a field that is excluded.
+        let skipped = o.exclude.contains(&field)
+            || (!o.per_process && matches!(field, Field::Processes | Field::ProcessUtilization))
+            || (field == Field::NumFans && o.exclude.contains(&Field::FanSpeed))
+            || (field == Field::NvLink && o.exclude.contains(&Field::Gpm));
+        let read_by_daemon = !skipped;
         let report = probe_field(nvml, &device, field, fans, o, read_by_daemon, &meter);
         if let (true, Some(us)) = (read_by_daemon, report.median_us) {
             per_second += match field.class() {
