@@ -72,18 +72,44 @@ pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<St
 /// held while one is computed, so concurrent requests wait for that one
 /// instead of each walking the files and counting rows again.
 #[derive(Default)]
-pub struct PreviewCache(tokio::sync::Mutex<Option<(std::time::Instant, Value)>>);
+pub struct PreviewCache(tokio::sync::Mutex<Option<(std::time::Instant, PreviewBody)>>);
+
+/// `/api/system/cleanup/preview`'s body: counts only, nothing is deleted.
+#[derive(Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct PreviewBody {
+    /// Always true: the preview never deletes.
+    dry_run: bool,
+    /// GPU history rows older than `store.retention_days`; null without a store.
+    gpu_history: Option<HistoryPreview>,
+    /// Per `storage.retention` path: the files older than its days.
+    files: Vec<crate::cleanup::FilePreview>,
+    timestamp: String,
+    cached_for_seconds: f64,
+}
+
+/// The history store's part of the preview.
+#[derive(Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum HistoryPreview {
+    Counted {
+        retention_days: i64,
+        rows: u64,
+        /// The oldest row's time (RFC 3339); null when there is none.
+        oldest: Option<String>,
+    },
+    /// The store could not be read.
+    Unavailable { retention_days: i64, error: String },
+}
 
 /// `GET /api/system/cleanup/preview`: counts only, computed at most once per
 /// `storage.poll_interval`.
 #[utoipa::path(get, path = "/api/system/cleanup/preview", tag = "storage",
     responses(
-        (status = 200, description = "What retention would delete (counts only; nothing is deleted)", body = Object),
-        (status = 400, description = "A parameter is unknown, malformed or out of range; the body says what is allowed", body = super::ErrorBody),
-        (status = 401, description = "Basic auth, or the token, is missing", body = super::ErrorBody),
+        (status = 200, description = "What retention would delete (counts only; nothing is deleted)", body = PreviewBody),
+        super::QueryErrors,
         (status = 503, description = "The file scan failed", body = super::ErrorBody)
     ))]
-pub async fn preview(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+pub async fn preview(State(state): State<AppState>, q: RawQuery) -> Result<Json<PreviewBody>, AppError> {
     params(q, &[])?;
     let mut cached = state.preview.0.lock().await;
     if let Some((at, body)) = cached.as_ref() {
@@ -96,21 +122,24 @@ pub async fn preview(State(state): State<AppState>, q: RawQuery) -> Result<Json<
     Ok(Json(body))
 }
 
-async fn compute_preview(state: &AppState) -> Result<Value, AppError> {
+async fn compute_preview(state: &AppState) -> Result<PreviewBody, AppError> {
     let now = Utc::now();
-    let history = match &state.store {
-        Some(store) => match store.retention_preview(now).await {
-            Ok((rows, oldest)) => json!({
-                "retention_days": store.retention_days(),
-                "rows": rows,
-                "oldest": oldest.as_ref().map(format_time),
-            }),
+    let gpu_history = match &state.store {
+        Some(store) => Some(match store.retention_preview(now).await {
+            Ok((rows, oldest)) => HistoryPreview::Counted {
+                retention_days: store.retention_days(),
+                rows,
+                oldest: oldest.as_ref().map(format_time),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "Cleanup preview: the history store could not be read.");
-                json!({ "retention_days": store.retention_days(), "error": "the history store is unavailable" })
+                HistoryPreview::Unavailable {
+                    retention_days: store.retention_days(),
+                    error: "the history store is unavailable".into(),
+                }
             }
-        },
-        None => Value::Null,
+        }),
+        None => None,
     };
     let retention = state.config.storage.retention.clone();
     let files = tokio::task::spawn_blocking(move || {
@@ -124,11 +153,11 @@ async fn compute_preview(state: &AppState) -> Result<Value, AppError> {
         message: "the file scan failed".into(),
         detail: e.to_string(),
     })?;
-    Ok(json!({
-        "dry_run": true,
-        "gpu_history": history,
-        "files": files,
-        "timestamp": format_time(&now),
-        "cached_for_seconds": state.config.storage.poll_interval.as_secs_f64(),
-    }))
+    Ok(PreviewBody {
+        dry_run: true,
+        gpu_history,
+        files,
+        timestamp: format_time(&now),
+        cached_for_seconds: state.config.storage.poll_interval.as_secs_f64(),
+    })
 }
