@@ -202,14 +202,16 @@ impl Builder<'_> {
         }
         for (name, value) in http.headers.iter().flatten() {
             let key = format!("http_server_config.headers.{name}");
-            let Some(allowed) = ALLOWED_HEADERS.iter().find(|h| h.eq_ignore_ascii_case(name)) else {
+            if !ALLOWED_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
                 return Err(self.invalid(&key, "this header cannot be set", ALLOWED_HEADERS.join(", ")));
-            };
+            }
             let value = axum::http::HeaderValue::from_str(value)
                 .map_err(|_| self.invalid(&key, "not a valid header value", "visible ASCII text"))?;
-            self.loaded
-                .headers
-                .push((axum::http::HeaderName::from_static(lower(allowed)), value));
+            self.loaded.headers.push((
+                axum::http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| self.invalid(&key, "not a header name", ALLOWED_HEADERS.join(", ")))?,
+                value,
+            ));
         }
         Ok(())
     }
@@ -488,16 +490,6 @@ impl Builder<'_> {
     }
 }
 
-fn lower(h: &'static str) -> &'static str {
-    match h {
-        "Content-Security-Policy" => "content-security-policy",
-        "X-Frame-Options" => "x-frame-options",
-        "X-Content-Type-Options" => "x-content-type-options",
-        "X-XSS-Protection" => "x-xss-protection",
-        _ => "strict-transport-security",
-    }
-}
-
 /// `RequireAnyClientCert`: a client must present a certificate and prove it
 /// holds its key, but the certificate is not checked against any CA.
 #[derive(Debug)]
@@ -557,6 +549,13 @@ fn stamp(files: &[PathBuf]) -> Stamp {
         .collect()
 }
 
+/// Says once per load what rustls cannot honour.
+fn warn_ignored(path: &Path, loaded: &Loaded) {
+    for i in &loaded.ignored {
+        tracing::warn!(file = %path.display(), "Web config setting not honoured: {i}.");
+    }
+}
+
 /// The web config in force, re-read when its files change.
 pub struct WebRuntime {
     path: Option<PathBuf>,
@@ -581,9 +580,7 @@ impl WebRuntime {
     /// Loads `path`; an error stops startup.
     pub fn load(path: &Path) -> Result<Arc<WebRuntime>, WebConfigError> {
         let loaded = load(path)?;
-        for i in &loaded.ignored {
-            tracing::warn!(file = %path.display(), "Web config setting not honoured: {i}.");
-        }
+        warn_ignored(path, &loaded);
         let s = stamp(&loaded.files);
         Ok(Arc::new(WebRuntime {
             path: Some(path.to_owned()),
@@ -593,32 +590,34 @@ impl WebRuntime {
         }))
     }
 
-    /// The config in force, re-read first when a file changed; a broken
-    /// file keeps the last good one (logged).
+    /// The config in force, re-read first when one of its files changed; a
+    /// broken file keeps the last good one (logged).
     pub fn current(&self) -> Arc<Loaded> {
-        if let Some(path) = &self.path {
-            let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
-            let files = self.current.read().unwrap_or_else(|e| e.into_inner()).files.clone();
-            let now = stamp(&files);
-            if now != *last {
-                *last = now;
-                match load(path) {
-                    Ok(loaded) => {
-                        tracing::info!(file = %path.display(), "Web config reloaded.");
-                        for i in &loaded.ignored {
-                            tracing::warn!(file = %path.display(), "Web config setting not honoured: {i}.");
-                        }
-                        *last = stamp(&loaded.files);
-                        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
-                        self.verified.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "Web config could not be reloaded; keeping the last good one.")
-                    }
-                }
+        let Some(path) = &self.path else {
+            return self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        };
+        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let now = stamp(&loaded.files);
+        if now == *last {
+            return loaded;
+        }
+        *last = now;
+        match load(path) {
+            Ok(fresh) => {
+                tracing::info!(file = %path.display(), "Web config reloaded.");
+                warn_ignored(path, &fresh);
+                *last = stamp(&fresh.files);
+                let fresh = Arc::new(fresh);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+                self.verified.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                fresh
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Web config could not be reloaded; keeping the last good one.");
+                loaded
             }
         }
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Whether `user:password` matches a `basic_auth_users` entry of `loaded`.

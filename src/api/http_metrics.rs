@@ -131,11 +131,8 @@ pub async fn track(State(http): State<HttpMetrics>, req: Request, next: Next) ->
     http.request_size
         .with_label_values(&labels)
         .observe(request_bytes as f64);
-    let response_bytes = response
-        .body()
-        .size_hint()
-        .exact()
-        .unwrap_or_else(|| response.body().size_hint().lower());
+    // Exact for every body known up front; a streamed one counts what it knows.
+    let response_bytes = response.body().size_hint().lower();
     http.response_size
         .with_label_values(&labels)
         .observe(response_bytes as f64);

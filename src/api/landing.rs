@@ -63,10 +63,9 @@ pub fn page(version: &str, collectors: &[(&str, &str, bool)]) -> String {
 #[utoipa::path(get, path = "/", tag = "probes",
     responses((status = 200, description = "The landing page", content_type = "text/html; charset=utf-8", body = String)))]
 pub async fn landing(State(state): State<AppState>) -> impl IntoResponse {
-    let collectors: Vec<(&str, &str, bool)> = state.collectors.iter().map(|c| (c.0, c.1, c.2)).collect();
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page(env!("CARGO_PKG_VERSION"), &collectors),
+        page(env!("CARGO_PKG_VERSION"), &state.collectors),
     )
 }
 

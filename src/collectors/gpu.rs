@@ -411,7 +411,7 @@ impl Builder {
         for (clock, hz) in &r.max_clocks_hz {
             self.add(F::MaxClock, &[l[0], l[1], clock], *hz);
         }
-        let get = |list: &[(String, f64)], key: &str| list.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        let get = crate::nvml::fields::list_get;
         self.opt(F::PcieGen, l, get(&r.pcie_link, "generation"));
         self.opt(F::PcieWidth, l, get(&r.pcie_link, "width"));
         self.opt(F::PcieReplay, l, r.pcie_replay);

@@ -375,6 +375,11 @@ pub(crate) fn list(items: impl Iterator<Item = (String, Result<f64, NvmlError>)>
     }
 }
 
+/// The number under `key` in a list of `(key, number)`.
+pub fn list_get(list: &[(String, f64)], key: &str) -> Option<f64> {
+    list.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+}
+
 /// A field's value, in the units `/metrics` uses.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -391,7 +396,7 @@ impl Value {
     /// The number under `key` in a list.
     pub fn get(&self, key: &str) -> Option<f64> {
         match self {
-            Value::List(l) => l.iter().find(|(k, _)| k == key).map(|(_, v)| *v),
+            Value::List(l) => list_get(l, key),
             _ => None,
         }
     }
