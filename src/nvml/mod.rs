@@ -400,17 +400,17 @@ impl<'n> Poller<'n> {
             }
         }
         if !self.options.exclude.contains(&Field::Gpm) {
-            s.gpm = match profiling::gpm_supported(d, &self.meter) {
-                Ok(yes) => yes,
+            // "Not supported" is an answer like any field error: logged once, at debug.
+            let answer = match profiling::gpm_supported(d, &self.meter) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(NvmlError::NotSupported),
                 Err(NvmlError::GpuLost) => return Err(Out::Lost),
-                Err(e) => {
-                    self.field_error(index, uuid, Field::Gpm, &e);
-                    false
-                }
+                Err(e) => Err(e),
             };
-            if !s.gpm {
-                self.field_error(index, uuid, Field::Gpm, &NvmlError::NotSupported);
+            if let Err(e) = &answer {
+                self.field_error(index, uuid, Field::Gpm, e);
             }
+            s.gpm = answer.is_ok();
             // NVLink only decides whether GPM is asked for NVLink traffic.
             s.nvlink = s.gpm && self.field(index, uuid, d, Field::NvLink, 0)?.and_then(|v| v.num()) == Some(1.0);
         }
