@@ -99,7 +99,7 @@ enum RawEvent {
         status: StageStatus,
         #[serde(default)]
         error_type: Option<String>,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "integral")]
         items: Option<u64>,
         #[serde(default)]
         job_id: Option<String>,
@@ -145,7 +145,11 @@ pub struct IngestReport {
 }
 
 /// Longest accepted duration: a week.
-const MAX_DURATION: f64 = 7.0 * 86_400.0;
+pub const MAX_DURATION: f64 = 7.0 * 86_400.0;
+/// Largest `items` of one stage event.
+pub const MAX_ITEMS: u64 = 1_000_000_000;
+/// Longest `job_id`, in characters.
+pub const MAX_JOB_ID: usize = 256;
 /// Rejections listed in one report.
 const MAX_LISTED: usize = 100;
 /// Window of `inference_fps`.
@@ -162,10 +166,28 @@ pub enum EventError {
     Duration(f64),
     #[error("error_type is only allowed with status error")]
     ErrorTypeWithOk,
-    #[error("items must be at most 1000000000, got {0}")]
+    #[error("items must be at most {MAX_ITEMS}, got {0}")]
     Items(u64),
-    #[error("job_id must be at most 256 bytes")]
+    #[error("job_id must be at most {MAX_JOB_ID} characters")]
     JobId,
+}
+
+/// A count given as a JSON integer, or as a number with no fraction
+/// (`3.0`), which JSON Schema counts as an integer too.
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(v) = n.as_u64() {
+        return Ok(Some(v));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(D::Error::custom(format!(
+            "items must be a whole number from 0, got {n}"
+        ))),
+    }
 }
 
 /// Parses and checks one event's shape (not the cardinality guard).
@@ -204,7 +226,7 @@ pub fn parse_event(raw: &str) -> Result<Event, EventError> {
                 }
             };
             let items = items.unwrap_or(0);
-            if items > 1_000_000_000 {
+            if items > MAX_ITEMS {
                 return Err(EventError::Items(items));
             }
             Ok(Event::Stage {
@@ -233,7 +255,7 @@ pub fn parse_event(raw: &str) -> Result<Event, EventError> {
 
 fn check_job_id(id: Option<&str>) -> Result<(), EventError> {
     match id {
-        Some(id) if id.len() > 256 => Err(EventError::JobId),
+        Some(id) if id.chars().count() > MAX_JOB_ID => Err(EventError::JobId),
         _ => Ok(()),
     }
 }
@@ -571,6 +593,15 @@ mod tests {
                 duration_seconds: 93.5
             }
         );
+        // JSON Schema's integers include 4.0; 4.5 and -1 are not counts.
+        let whole = r#"{"kind":"stage","stage":"d","duration_seconds":1,"status":"ok","items":4.0}"#;
+        assert!(matches!(parse_event(whole).unwrap(), Event::Stage { items: 4, .. }));
+        for bad in ["4.5", "-1", "\"4\""] {
+            let raw = format!(r#"{{"kind":"stage","stage":"d","duration_seconds":1,"status":"ok","items":{bad}}}"#);
+            assert!(parse_event(&raw).is_err(), "{raw}");
+        }
+        let null = r#"{"kind":"stage","stage":"d","duration_seconds":1,"status":"ok","items":null,"error_type":null}"#;
+        assert!(matches!(parse_event(null).unwrap(), Event::Stage { items: 0, .. }));
     }
 
     #[test]

@@ -161,12 +161,27 @@ async fn http_batches_feed_the_histograms_and_reject_bad_events_by_index() {
     assert!(body["error"].as_str().unwrap().contains("at most 10000 events"));
     let (code, body) = ingest(&d, "{\"kind\":").await;
     assert_eq!(code, 400);
-    assert!(body["error"].as_str().unwrap().contains("JSON array"));
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("one JSON event object or an array"));
     let page = d.get_text("/metrics").await;
     assert_eq!(
         sample_value(&page, "pipeline_jobs_total{status=\"completed\"}"),
         Some(1.0),
         "nothing of those applied"
+    );
+    // One event may come bare, without the array.
+    let (code, body) = ingest(
+        &d,
+        json!({"kind": "job", "status": "completed", "duration_seconds": 2.0}).to_string(),
+    )
+    .await;
+    assert_eq!((code, body["accepted"].as_u64()), (200, Some(1)), "{body}");
+    let page = d.get_text("/metrics").await;
+    assert_eq!(
+        sample_value(&page, "pipeline_jobs_total{status=\"completed\"}"),
+        Some(2.0)
     );
     assert_eq!(
         sample_value(&page, "pipeline_events_rejected_total{reason=\"body_too_large\"}"),
@@ -191,7 +206,7 @@ async fn http_batches_feed_the_histograms_and_reject_bad_events_by_index() {
         .json()
         .await
         .unwrap();
-    assert_eq!(stats["pipeline"]["events_ingested"]["http"], 10_006);
+    assert_eq!(stats["pipeline"]["events_ingested"]["http"], 10_007);
 }
 
 async fn xadd(c: &mut redis::aio::MultiplexedConnection, events: impl IntoIterator<Item = Value>) {

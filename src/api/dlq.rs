@@ -16,6 +16,10 @@ use super::query::{int_param, params, RawQuery};
 use super::{auth, AppError, AppState, ErrorBody, MoveErrors, QueryErrors};
 use crate::dlq::{DlqError, Queues, ResolveError};
 
+/// Largest `start` index: 2^53 - 1, exact in JSON numbers and far past
+/// any list Redis can hold.
+const START_MAX: u64 = 9_007_199_254_740_991;
+
 /// Range of `limit` on the listing endpoints.
 pub const LIMIT: (u64, u64) = (1, 1000);
 
@@ -91,7 +95,7 @@ fn queue_param(map: &HashMap<String, String>, q: &Queues) -> Result<String, AppE
 /// `start` (≥ 0, default 0) and `limit` (1–1000, default 100).
 fn page_params(map: &HashMap<String, String>) -> Result<(u64, u64), AppError> {
     Ok((
-        int_param(map, "start", (0, i64::MAX as u64 / 2))?.unwrap_or(0),
+        int_param(map, "start", (0, START_MAX))?.unwrap_or(0),
         int_param(map, "limit", LIMIT)?.unwrap_or(100),
     ))
 }
@@ -127,7 +131,7 @@ async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Res
 /// `GET /api/dlq/jobs/{dlq}?start=&limit=`.
 #[utoipa::path(get, path = "/api/dlq/jobs/{dlq}", tag = "dlq",
     params(("dlq" = String, Path, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 4611686018427387903.0),
+           ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 9007199254740991.0),
            ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
     responses(
         (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),
@@ -149,7 +153,7 @@ pub async fn jobs_by_path(
 /// `GET /api/system/dlq/jobs?queue=dlq:…&start=&limit=`.
 #[utoipa::path(get, path = "/api/system/dlq/jobs", tag = "dlq",
     params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 4611686018427387903.0),
+           ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 9007199254740991.0),
            ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
     responses(
         (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),

@@ -97,6 +97,24 @@ pub async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi
     Json(document(&known))
 }
 
+/// The archive keys of the configured DLQs: `<dlq>:cleared:<unix_ts>`.
+fn archive_pattern(known: &[String]) -> String {
+    let names: Vec<String> = known.iter().map(|k| regex_escape(k)).collect();
+    format!("^({}):cleared:[0-9]{{1,19}}$", names.join("|"))
+}
+
+/// `s` with the ECMA-262 regex metacharacters escaped.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\^$.|?*+()[]{}/".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The document with `known` as the values of the DLQ-name parameters.
 pub fn document(known: &[String]) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
@@ -113,6 +131,13 @@ pub fn document(known: &[String]) -> utoipa::openapi::OpenApi {
                         ObjectBuilder::new()
                             .schema_type(Type::String)
                             .enum_values(Some(known.iter().cloned()))
+                            .into(),
+                    );
+                } else if p.name == "archive" {
+                    p.schema = Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .pattern(Some(archive_pattern(known)))
                             .into(),
                     );
                 }

@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::http::{header, HeaderMap};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::json;
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use super::query::{params, RawQuery};
 use super::{AppError, AppState};
@@ -63,23 +63,50 @@ pub struct EventBatch;
 
 impl utoipa::PartialSchema for EventBatch {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
-        let event = || {
-            ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .property(
-                    "kind",
-                    ObjectBuilder::new()
-                        .schema_type(Type::String)
-                        .enum_values(Some(["stage", "job"])),
-                )
-                .required("kind")
-        };
-        OneOfBuilder::new()
-            .item(event())
-            .item(ArrayBuilder::new().items(event()).max_items(Some(MAX_EVENTS)))
-            .into()
+        serde_json::from_value(event_batch_schema()).expect("the event schema is valid OpenAPI")
     }
+}
+
+/// Exactly what `pipeline::parse_event` accepts, so that a fuzzer's
+/// schema-valid events are accepted (the cardinality guard aside).
+fn event_batch_schema() -> Value {
+    let name = json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"});
+    let duration = json!({"type": "number", "minimum": 0, "maximum": crate::pipeline::MAX_DURATION as u64});
+    let job_id = json!({"type": ["string", "null"], "maxLength": crate::pipeline::MAX_JOB_ID});
+    let items = json!({"type": ["integer", "null"], "minimum": 0, "maximum": crate::pipeline::MAX_ITEMS});
+    let stage = |status: &str, error_type: Value| {
+        json!({
+            "type": "object",
+            "required": ["kind", "stage", "duration_seconds", "status"],
+            "properties": {
+                "kind": {"type": "string", "enum": ["stage"]},
+                "stage": name,
+                "duration_seconds": duration,
+                "status": {"type": "string", "enum": [status]},
+                "error_type": error_type,
+                "items": items,
+                "job_id": job_id,
+            }
+        })
+    };
+    let event = json!({"oneOf": [
+        stage("ok", json!({"type": "null"})),
+        stage("error", json!({"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]{1,64}$"})),
+        {
+            "type": "object",
+            "required": ["kind", "status", "duration_seconds"],
+            "properties": {
+                "kind": {"type": "string", "enum": ["job"]},
+                "status": {"type": "string", "enum": ["completed", "failed"]},
+                "duration_seconds": duration,
+                "job_id": job_id,
+            }
+        }
+    ]});
+    json!({"oneOf": [
+        event,
+        {"type": "array", "items": event, "maxItems": MAX_EVENTS}
+    ]})
 }
 
 impl utoipa::ToSchema for EventBatch {}
@@ -152,10 +179,17 @@ async fn ingest_body(
         return Err(too_large());
     }
     let bytes = read_body(state, body).await?;
-    let events: Vec<&RawValue> = serde_json::from_slice(&bytes).map_err(|e| {
+    // One event object, or an array of them.
+    let single = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = if single {
+        serde_json::from_slice::<&RawValue>(&bytes).map(|e| vec![e])
+    } else {
+        serde_json::from_slice::<Vec<&RawValue>>(&bytes)
+    };
+    let events = parsed.map_err(|e| {
         pipeline.reject_batch(Reason::InvalidJson);
         AppError::bad_request(
-            format!("the body must be a JSON array of events: {e}"),
+            format!("the body must be one JSON event object or an array of them: {e}"),
             json!({ "example": [{"kind": "stage", "stage": "detection", "duration_seconds": 0.042, "status": "ok"}] }),
         )
     })?;
@@ -178,4 +212,15 @@ async fn ingest_body(
         body["error"] = json!("every event in the batch was rejected; see errors");
     }
     Ok((status, Json(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    /// utoipa drops JSON Schema keywords it has no field for (`const`):
+    /// the document must say every rule the JSON states.
+    #[test]
+    fn the_event_schema_keeps_every_keyword() {
+        let built = <super::EventBatch as utoipa::PartialSchema>::schema();
+        assert_eq!(serde_json::to_value(built).unwrap(), super::event_batch_schema());
+    }
 }
