@@ -141,22 +141,22 @@ async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, Ap
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) if is_length_limit(&e) => {
             pipeline.reject_batch(Reason::BodyTooLarge);
-            return Err(too_large());
+            Err(too_large())
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "Pipeline ingest: the request body could not be read.");
-            return Err(AppError::bad_request(
+            Err(AppError::bad_request(
                 "the request body could not be read (the connection broke or the body was malformed)",
                 serde_json::Value::Null,
             )
-            .with_code("body_read_error"));
+            .with_code("body_read_error"))
         }
         Err(_) => {
-            return Err(AppError::status(
+            Err(AppError::status(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the request body did not arrive within web.body_read_timeout ({timeout:?})"),
                 json!({ "timeout_seconds": timeout.as_secs_f64() }),
-            ));
+            ))
         }
     }
 }
