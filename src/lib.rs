@@ -237,6 +237,16 @@ pub async fn run_with_state(
         tokio::spawn(store.run_writer(store_stop.clone()))
     });
 
+    // Move tasks an earlier run left `running` were cut off by its stop.
+    if let Some(store) = state.store.clone() {
+        let started = state.started_at;
+        tokio::spawn(async move {
+            if let Err(e) = store.interrupt_tasks(started).await {
+                tracing::warn!(error = %e, "Could not check the history store for interrupted DLQ tasks.");
+            }
+        });
+    }
+
     // The hub subscribes before any collector can publish.
     tasks.push(tokio::spawn(run_hub(
         state.hub.clone(),

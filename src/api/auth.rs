@@ -229,7 +229,44 @@ pub async fn require_ingest(State(state): State<AppState>, req: Request, next: N
 /// auth (`--web.config.file` with `basic_auth_users`).
 pub const TOKEN_HEADER: &str = "x-inferwatch-token";
 
-async fn require_scope(scope: Scope, state: AppState, req: Request, next: Next) -> Response {
+/// Who made a request, for the DLQ audit trail: `token:<first 8 hex of the
+/// token's SHA-256>`, `basic:<user>` (web config basic auth), or
+/// `ip:<address>`.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+impl Actor {
+    fn of(authorization: Option<&str>, basic: Option<&str>, peer: Option<IpAddr>) -> Actor {
+        use sha2::{Digest, Sha256};
+        if let Some(token) = authorization.and_then(bearer) {
+            let digest = Sha256::digest(token.as_bytes());
+            let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            return Actor(format!("token:{hex}"));
+        }
+        if let Some(user) = basic {
+            return Actor(format!("basic:{user}"));
+        }
+        Actor(format!(
+            "ip:{}",
+            peer.map(canonical).map(|p| p.to_string()).unwrap_or_default()
+        ))
+    }
+}
+
+/// The user of a `Basic` authorization header.
+fn basic_user(header: Option<&str>) -> Option<String> {
+    use base64::Engine;
+    let header = header?.trim_start();
+    let (scheme, rest) = header.split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':').map(|(u, _)| u.to_string())
+}
+
+async fn require_scope(scope: Scope, state: AppState, mut req: Request, next: Next) -> Response {
     let authorization = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let from_header = req
         .headers()
@@ -244,7 +281,15 @@ async fn require_scope(scope: Scope, state: AppState, req: Request, next: Next) 
     };
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     match state.auth.check_scope(scope, authorization, peer) {
-        Ok(()) => next.run(req).await,
+        Ok(()) => {
+            let raw = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let basic = (!state.web.current().users.is_empty())
+                .then(|| basic_user(raw))
+                .flatten();
+            let actor = Actor::of(authorization, basic.as_deref(), peer);
+            req.extensions_mut().insert(actor);
+            next.run(req).await
+        }
         Err(e) => {
             let mut resp = e.into_response();
             if resp.status() == StatusCode::UNAUTHORIZED {

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
-use axum::{middleware, Json, Router};
+use axum::{middleware, Extension, Json, Router};
 use serde_json::{json, Value};
 
+use super::auth::Actor;
 use super::query::{int_param, params, RawQuery};
-use super::{auth, AppError, AppState, ErrorBody, MoveErrors, QueryErrors};
+use super::{auth, dlq_console, AppError, AppState, ErrorBody, MoveErrors, QueryErrors};
 use crate::dlq::{DlqError, Queues, ResolveError};
 
 /// Largest `start` index: 2^53 - 1, exact in JSON numbers and far past
@@ -28,11 +29,19 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/system/dlq/requeue-all", post(requeue_all))
         .route("/api/system/dlq/clear", delete(clear))
         .route("/api/system/dlq/restore", post(restore))
+        .route("/api/system/dlq/jobs/{id}/requeue", post(dlq_console::requeue_job))
+        .route("/api/system/dlq/jobs/{id}/delete", post(dlq_console::delete_job))
+        .route("/api/system/dlq/requeue", post(dlq_console::requeue_filtered))
+        .route("/api/system/dlq/tasks/{task_id}", delete(dlq_console::cancel_task))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
         .route("/api/system/dlq/stats", get(stats))
         .route("/api/system/dlq/jobs", get(jobs_by_query))
         .route("/api/dlq/jobs/{dlq}", get(jobs_by_path))
+        .route("/api/system/dlq/tasks", get(dlq_console::tasks))
+        .route("/api/system/dlq/tasks/{task_id}", get(dlq_console::task))
+        .route("/api/system/dlq/archives", get(dlq_console::archives))
+        .route("/api/system/dlq/audit", get(dlq_console::audit_log))
         .merge(mutating)
 }
 
@@ -45,6 +54,7 @@ impl From<DlqError> for AppError {
             },
             DlqError::Conflict(m) => AppError::status(StatusCode::CONFLICT, m, Value::Null),
             DlqError::NotFound(m) => AppError::NotFound(m),
+            DlqError::Unprocessable(m) => AppError::status(StatusCode::UNPROCESSABLE_ENTITY, m, Value::Null),
             DlqError::WrongType { key, found } => AppError::status(
                 StatusCode::CONFLICT,
                 format!("{key} holds a {found}, not a list; nothing was moved or changed"),
@@ -55,7 +65,7 @@ impl From<DlqError> for AppError {
     }
 }
 
-fn queues(state: &AppState) -> Result<&Arc<Queues>, AppError> {
+pub(crate) fn queues(state: &AppState) -> Result<&Arc<Queues>, AppError> {
     state.queues.as_ref().ok_or_else(|| {
         AppError::status(
             StatusCode::NOT_FOUND,
@@ -82,7 +92,7 @@ fn resolve(q: &Queues, dlq: &str) -> Result<String, AppError> {
 }
 
 /// The `queue` parameter of the mutating and listing endpoints.
-fn queue_param(map: &HashMap<String, String>, q: &Queues) -> Result<String, AppError> {
+pub(crate) fn queue_param(map: &HashMap<String, String>, q: &Queues) -> Result<String, AppError> {
     let dlq = map.get("queue").ok_or_else(|| {
         AppError::bad_request(
             "missing query parameter queue",
@@ -122,9 +132,32 @@ pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Va
     Ok(Json(Value::Object(body)))
 }
 
+/// A listing page, or a search page when a filter or `cursor` is given.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Listing {
+    Page(crate::dlq::Page),
+    Search(crate::dlq::SearchPage),
+}
+
+/// The listing endpoints' parameters: paging, the filters and the cursor.
+fn listing_keys(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut keys = vec!["start", "limit", "cursor"];
+    keys.extend(dlq_console::FILTER_KEYS);
+    keys.extend(extra);
+    keys
+}
+
 async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Result<Json<Value>, AppError> {
     let (start, limit) = page_params(map)?;
-    let page = queues.list(base, start, limit).await?;
+    let filter = dlq_console::filter_params(map)?;
+    let cursor = int_param(map, "cursor", (0, START_MAX))?;
+    if filter.is_empty() && cursor.is_none() {
+        let page = queues.list(base, start, limit).await?;
+        return Ok(Json(serde_json::to_value(page).expect("pages serialise")));
+    }
+    let page = queues.search(base, &filter, cursor.unwrap_or(start), limit).await?;
     Ok(Json(serde_json::to_value(page).expect("pages serialise")))
 }
 
@@ -132,9 +165,11 @@ async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Res
 #[utoipa::path(get, path = "/api/dlq/jobs/{dlq}", tag = "dlq",
     params(("dlq" = String, Path, description = "A configured DLQ, e.g. dlq:detection_queue"),
            ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 9007199254740991.0),
-           ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
+           ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page (matches, with filters); 100 by default", minimum = 1, maximum = 1000),
+           ("cursor" = Option<i64>, Query, nullable = false, explode = false, description = "Where a filtered scan continues: a page's next_cursor", minimum = 0, maximum = 9007199254740991.0),
+           dlq_console::FilterParams),
     responses(
-        (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),
+        (status = 200, description = "One page of the DLQ in list order; with a filter or cursor, the matches of one bounded scan", body = Listing),
         QueryErrors,
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody)
@@ -144,7 +179,7 @@ pub async fn jobs_by_path(
     Path(dlq): Path<String>,
     q: RawQuery,
 ) -> Result<Json<Value>, AppError> {
-    let map = params(q, &["start", "limit"])?;
+    let map = params(q, &listing_keys(&[]))?;
     let queues = queues(&state)?;
     let base = resolve(queues, &dlq)?;
     list(queues, &base, &map).await
@@ -154,42 +189,85 @@ pub async fn jobs_by_path(
 #[utoipa::path(get, path = "/api/system/dlq/jobs", tag = "dlq",
     params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
            ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 9007199254740991.0),
-           ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page; 100 by default", minimum = 1, maximum = 1000)),
+           ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page (matches, with filters); 100 by default", minimum = 1, maximum = 1000),
+           ("cursor" = Option<i64>, Query, nullable = false, explode = false, description = "Where a filtered scan continues: a page's next_cursor", minimum = 0, maximum = 9007199254740991.0),
+           dlq_console::FilterParams),
     responses(
-        (status = 200, description = "One page of the DLQ, oldest first", body = crate::dlq::Page),
+        (status = 200, description = "One page of the DLQ in list order; with a filter or cursor, the matches of one bounded scan", body = Listing),
         QueryErrors,
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody)
     ))]
 pub async fn jobs_by_query(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
-    let map = params(q, &["queue", "start", "limit"])?;
+    let map = params(q, &listing_keys(&["queue"]))?;
     let queues = queues(&state)?;
     let base = queue_param(&map, queues)?;
     list(queues, &base, &map).await
 }
 
-/// `POST /api/system/dlq/requeue-all?queue=dlq:…`. Runs to the end even if
-/// the client goes away.
+/// `POST /api/system/dlq/requeue-all?queue=dlq:…[&async=true][&rate=N]`.
+/// Runs to the end even if the client goes away; with `async` or `rate` it
+/// runs as a task.
 #[utoipa::path(post, path = "/api/system/dlq/requeue-all", tag = "dlq",
-    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue")),
+    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
+           ("async" = Option<bool>, Query, explode = false, description = "Run as a background task (202)"),
+           ("rate" = Option<f64>, Query, explode = false, description = "Jobs per second; runs as a task", minimum = 0.1, maximum = 100000)),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "What was requeued; malformed entries stay", body = crate::dlq::RequeueReport),
+        (status = 202, description = "Started as a task: task_id and status_url", body = Object),
         QueryErrors,
         MoveErrors
     ))]
-pub async fn requeue_all(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
-    let map = params(q, &["queue"])?;
+pub async fn requeue_all(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    q: RawQuery,
+) -> Result<axum::response::Response, AppError> {
+    use axum::response::IntoResponse;
+    let map = params(q, &["queue", "async", "rate"])?;
     let queues = queues(&state)?.clone();
     let base = queue_param(&map, &queues)?;
-    let report = tokio::spawn(async move { queues.requeue_all(&base).await })
-        .await
-        .map_err(|e| AppError::Unavailable {
-            message: "the requeue task failed".into(),
-            detail: e.to_string(),
-        })??;
-    tracing::info!(queue = %report.queue_name, requeued = report.requeued, skipped_malformed = report.skipped_malformed, remaining = report.remaining, "DLQ requeued.");
-    Ok(Json(serde_json::to_value(report).expect("reports serialise")))
+    let background = match map.get("async").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(AppError::bad_request(
+                format!("async must be true or false, got {v:?}"),
+                json!({ "parameter": "async", "allowed": ["true", "false"] }),
+            ))
+        }
+    };
+    let rate = dlq_console::rate_param(&map)?;
+    if background || rate.is_some() {
+        let spec = crate::dlq::MoveSpec {
+            filter: crate::dlq::Filter::default(),
+            max: None,
+            rate,
+        };
+        return Ok(dlq_console::start_task(&state, &actor, &queues, &base, spec, "requeue_all")?.into_response());
+    }
+    let slot = dlq_console::reserve(&state)?;
+    let joined = tokio::spawn(async move { queues.requeue_all(&base).await }).await;
+    let result = joined.map_err(|e| AppError::Unavailable {
+        message: "the requeue task failed".into(),
+        detail: e.to_string(),
+    });
+    let report = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            dlq_console::release(&state, slot);
+            return Err(e.into());
+        }
+        Err(e) => {
+            dlq_console::release(&state, slot);
+            return Err(e);
+        }
+    };
+    let mut row = crate::store::AuditRow::new(&actor.0, "requeue_all", &report.queue_name);
+    row.counts = json!({ "moved": report.requeued, "skipped_malformed": report.skipped_malformed, "remaining": report.remaining });
+    dlq_console::audit(&state, slot, row);
+    Ok(Json(serde_json::to_value(report).expect("reports serialise")).into_response())
 }
 
 /// `DELETE /api/system/dlq/clear?queue=dlq:…`: archives, never deletes.
@@ -201,25 +279,44 @@ pub async fn requeue_all(State(state): State<AppState>, q: RawQuery) -> Result<J
         QueryErrors,
         MoveErrors
     ))]
-pub async fn clear(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+pub async fn clear(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    q: RawQuery,
+) -> Result<Json<Value>, AppError> {
     let map = params(q, &["queue"])?;
     let queues = queues(&state)?;
     let base = queue_param(&map, queues)?;
-    let report = queues.clear(&base).await?;
+    let slot = dlq_console::reserve(&state)?;
+    let report = match queues.clear(&base).await {
+        Ok(r) => r,
+        Err(e) => {
+            dlq_console::release(&state, slot);
+            return Err(e.into());
+        }
+    };
+    let mut row = crate::store::AuditRow::new(&actor.0, "clear", &report.queue_name);
+    row.counts = json!({ "moved": report.cleared });
+    row.archive_key = report.archive_key.clone();
+    dlq_console::audit(&state, slot, row);
     tracing::info!(queue = %report.queue_name, cleared = report.cleared, archive = ?report.archive_key, "DLQ cleared into an archive.");
     Ok(Json(serde_json::to_value(report).expect("reports serialise")))
 }
 
 /// `POST /api/system/dlq/restore?archive=dlq:…:cleared:TS`.
 #[utoipa::path(post, path = "/api/system/dlq/restore", tag = "dlq",
-    params(("archive" = String, Query, description = "An archive key as returned by clear: <dlq>:cleared:<unix_ts>")),
+    params(("archive" = String, Query, description = "An archive key as returned by clear (<dlq>:cleared:<unix_ts>) or by a job delete (<dlq>:deleted:<unix_ts>)")),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "The archive moved back into its DLQ", body = crate::dlq::RestoreReport),
         QueryErrors,
         MoveErrors
     ))]
-pub async fn restore(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+pub async fn restore(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    q: RawQuery,
+) -> Result<Json<Value>, AppError> {
     let map = params(q, &["archive"])?;
     let queues = queues(&state)?;
     let archive = map.get("archive").ok_or_else(|| {
@@ -234,7 +331,18 @@ pub async fn restore(State(state): State<AppState>, q: RawQuery) -> Result<Json<
             json!({ "form": "<dlq>:cleared:<unix_ts>", "known": queues.known_dlqs() }),
         )
     })?;
-    let report = queues.restore(&base, archive).await?;
+    let slot = dlq_console::reserve(&state)?;
+    let report = match queues.restore(&base, archive).await {
+        Ok(r) => r,
+        Err(e) => {
+            dlq_console::release(&state, slot);
+            return Err(e.into());
+        }
+    };
+    let mut row = crate::store::AuditRow::new(&actor.0, "restore", &report.queue_name);
+    row.counts = json!({ "moved": report.restored, "total": report.total });
+    row.archive_key = Some(report.archive_key.clone());
+    dlq_console::audit(&state, slot, row);
     tracing::info!(queue = %report.queue_name, restored = report.restored, archive = %report.archive_key, "DLQ archive restored.");
     Ok(Json(serde_json::to_value(report).expect("reports serialise")))
 }

@@ -10,7 +10,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dlq, landing, metrics, pipeline, storage, system, ws, AppState, ErrorBody};
+use super::{dlq, dlq_console, landing, metrics, pipeline, storage, system, ws, AppState, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -36,6 +36,14 @@ use super::{dlq, landing, metrics, pipeline, storage, system, ws, AppState, Erro
         dlq::requeue_all,
         dlq::clear,
         dlq::restore,
+        dlq_console::requeue_job,
+        dlq_console::delete_job,
+        dlq_console::requeue_filtered,
+        dlq_console::tasks,
+        dlq_console::task,
+        dlq_console::cancel_task,
+        dlq_console::archives,
+        dlq_console::audit_log,
         pipeline::ingest,
         storage::stats,
         storage::preview,
@@ -100,7 +108,7 @@ pub async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi
 /// The archive keys of the configured DLQs: `<dlq>:cleared:<unix_ts>`.
 fn archive_pattern(known: &[String]) -> String {
     let names: Vec<String> = known.iter().map(|k| regex_escape(k)).collect();
-    format!("^({}):cleared:[0-9]{{1,19}}$", names.join("|"))
+    format!("^({}):(cleared|deleted):[0-9]{{1,19}}$", names.join("|"))
 }
 
 /// `s` with the ECMA-262 regex metacharacters escaped.

@@ -151,13 +151,11 @@ async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, Ap
             )
             .with_code("body_read_error"))
         }
-        Err(_) => {
-            Err(AppError::status(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the request body did not arrive within web.body_read_timeout ({timeout:?})"),
-                json!({ "timeout_seconds": timeout.as_secs_f64() }),
-            ))
-        }
+        Err(_) => Err(AppError::status(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within web.body_read_timeout ({timeout:?})"),
+            json!({ "timeout_seconds": timeout.as_secs_f64() }),
+        )),
     }
 }
 

@@ -34,6 +34,9 @@ pub struct QueuesConfig {
     /// Bytes of entries one listing page may carry; `limit` shrinks to fit,
     /// 64 KiB–256 MiB and at least `list_entry_max_bytes`.
     pub list_page_max_bytes: usize,
+    /// Entries one search request (or an id lookup) reads at most,
+    /// 1,000–10,000,000.
+    pub search_scan_max: u64,
 }
 
 impl Default for QueuesConfig {
@@ -49,6 +52,7 @@ impl Default for QueuesConfig {
             requeue_batch: 1000,
             list_entry_max_bytes: 64 * 1024,
             list_page_max_bytes: 8 * 1024 * 1024,
+            search_scan_max: 50_000,
         }
     }
 }
@@ -66,6 +70,7 @@ pub const CLEAR_ARCHIVE_TTL: Range = Range::new("queues.clear_archive_ttl", 60.0
 pub const REQUEUE_BATCH: Range = Range::new("queues.requeue_batch", 1.0, 10_000.0, "jobs");
 pub const LIST_ENTRY_MAX_BYTES: Range =
     Range::new("queues.list_entry_max_bytes", 256.0, 16.0 * 1024.0 * 1024.0, "bytes");
+pub const SEARCH_SCAN_MAX: Range = Range::new("queues.search_scan_max", 1000.0, 10_000_000.0, "entries");
 /// The lower bound is also `queues.list_entry_max_bytes`.
 pub const LIST_PAGE_MAX_BYTES: Range = Range::new(
     "queues.list_page_max_bytes",
@@ -97,6 +102,7 @@ impl QueuesConfig {
         CLEAR_ARCHIVE_TTL.check(self.clear_archive_ttl.as_secs_f64())?;
         REQUEUE_BATCH.check(self.requeue_batch as f64)?;
         LIST_ENTRY_MAX_BYTES.check(self.list_entry_max_bytes as f64)?;
+        SEARCH_SCAN_MAX.check(self.search_scan_max as f64)?;
         LIST_PAGE_MAX_BYTES
             .at_least(self.list_entry_max_bytes as f64)
             .check(self.list_page_max_bytes as f64)

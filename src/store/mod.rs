@@ -106,6 +106,9 @@ macro_rules! on_pool {
     };
 }
 
+mod dlq;
+pub use dlq::{AuditFull, AuditRow, AuditSlot};
+
 struct Buffer {
     next_seq: u64,
     samples: VecDeque<(u64, GpuSample)>,
@@ -123,6 +126,8 @@ pub struct Store {
     wake: Notify,
     migrated: tokio::sync::OnceCell<()>,
     metrics: StoreMetrics,
+    /// DLQ audit rows waiting for the database.
+    audit: Mutex<dlq::AuditBuffer>,
 }
 
 impl Store {
@@ -174,6 +179,7 @@ impl Store {
             wake: Notify::new(),
             migrated: tokio::sync::OnceCell::new(),
             metrics: StoreMetrics::register(metrics),
+            audit: Mutex::default(),
         }))
     }
 
@@ -254,6 +260,7 @@ impl Store {
             self.metrics.written.inc_by(batch.len() as u64);
             written += batch.len();
         }
+        self.flush_audit().await?;
         Ok(written)
     }
 

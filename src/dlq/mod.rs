@@ -35,6 +35,12 @@ use crate::config::{PushSide, QueuesConfig};
 use crate::metrics::{family, Metrics};
 use crate::redis_conn::{is_connection_error, RedisConn};
 
+pub mod search;
+pub mod tasks;
+pub use search::{job_id, Filter, SearchPage, SingleAction, SingleReport};
+
+pub use tasks::{MoveReport, MoveSpec, Task, TaskState, TaskView};
+
 /// Why a DLQ operation failed; the API maps each to a status. The texts are
 /// for clients: Redis's own error text stays in `Unavailable`'s log detail.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +53,10 @@ pub enum DlqError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request is well-formed but cannot apply to this job (a malformed
+    /// entry has nothing to requeue).
+    #[error("{0}")]
+    Unprocessable(String),
     /// A key the operation reads or writes holds another type; nothing moved.
     #[error("{key} holds a {found}, not a list; nothing was moved")]
     WrongType { key: String, found: String },
@@ -73,6 +83,10 @@ pub struct JobFailure<'a> {
     pub original_job: &'a RawValue,
     /// `first_failed_at` as Unix seconds.
     pub first_failed_at: f64,
+    /// `last_failed_at` as Unix seconds.
+    pub last_failed_at: f64,
+    pub error: String,
+    pub attempt_count: u64,
 }
 
 /// Parses a DLQ entry; `Err` says what is wrong with it.
@@ -92,20 +106,25 @@ pub fn parse_entry(raw: &str) -> Result<JobFailure<'_>, String> {
     if !original_job.get().starts_with('{') {
         return Err("original_job is not a JSON object".into());
     }
-    if !shape.error.as_ref().is_some_and(|v| v.is_string()) {
+    let Some(serde_json::Value::String(error)) = shape.error else {
         return Err("missing or non-string field error".into());
-    }
-    if !shape.attempt_count.as_ref().is_some_and(|v| v.is_u64()) {
-        return Err("missing field attempt_count (a whole number)".into());
-    }
+    };
+    let attempt_count = shape
+        .attempt_count
+        .as_ref()
+        .and_then(|v| v.as_u64())
+        .ok_or("missing field attempt_count (a whole number)")?;
     if !shape.queue_name.as_ref().is_some_and(|v| v.is_string()) {
         return Err("missing or non-string field queue_name".into());
     }
     let first_failed_at = timestamp(shape.first_failed_at.as_ref()).ok_or("missing or unreadable first_failed_at")?;
-    timestamp(shape.last_failed_at.as_ref()).ok_or("missing or unreadable last_failed_at")?;
+    let last_failed_at = timestamp(shape.last_failed_at.as_ref()).ok_or("missing or unreadable last_failed_at")?;
     Ok(JobFailure {
         original_job,
         first_failed_at,
+        last_failed_at,
+        error,
+        attempt_count,
     })
 }
 
@@ -127,9 +146,11 @@ fn timestamp(v: Option<&serde_json::Value>) -> Option<f64> {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Listed {
+    /// The entry with `"id"` and `"index"` added at its end.
     Job(Box<RawValue>),
     Malformed {
         index: u64,
+        id: String,
         malformed: bool,
         raw: String,
         parse_error: String,
@@ -137,6 +158,7 @@ pub enum Listed {
     /// Larger than `queues.list_entry_max_bytes`: the first bytes of it.
     Truncated {
         index: u64,
+        id: String,
         truncated: bool,
         /// The entry's full size in bytes.
         size: u64,
@@ -164,10 +186,11 @@ pub struct Page {
 
 /// Turns one stored entry (at most `cap` of its `size` bytes) into its
 /// listed form without copying it.
-fn listed(index: u64, size: u64, bytes: Vec<u8>, cap: usize) -> Listed {
+fn listed(index: u64, size: u64, bytes: Vec<u8>, cap: usize, id: String) -> Listed {
     if size > cap as u64 {
         return Listed::Truncated {
             index,
+            id,
             truncated: true,
             size,
             raw: String::from_utf8_lossy(&bytes).into_owned(),
@@ -178,6 +201,7 @@ fn listed(index: u64, size: u64, bytes: Vec<u8>, cap: usize) -> Listed {
         Err(e) => {
             return Listed::Malformed {
                 index,
+                id,
                 malformed: true,
                 raw: String::from_utf8_lossy(e.as_bytes()).into_owned(),
                 parse_error: "not UTF-8".into(),
@@ -185,17 +209,26 @@ fn listed(index: u64, size: u64, bytes: Vec<u8>, cap: usize) -> Listed {
         }
     };
     match parse_entry(&text).map(|_| ()) {
-        Ok(()) => match RawValue::from_string(text) {
-            Ok(raw) => Listed::Job(raw),
-            Err(e) => Listed::Malformed {
-                index,
-                malformed: true,
-                raw: String::new(),
-                parse_error: e.to_string(),
-            },
-        },
+        Ok(()) => {
+            // A JobFailure is a non-empty object: the added keys go last, so
+            // they win over any same-named key of the entry.
+            let body = text.trim_end();
+            let body = body.strip_suffix('}').unwrap_or(body);
+            let with_id = format!("{body},\"id\":\"{id}\",\"index\":{index}}}");
+            match RawValue::from_string(with_id) {
+                Ok(raw) => Listed::Job(raw),
+                Err(e) => Listed::Malformed {
+                    index,
+                    id,
+                    malformed: true,
+                    raw: String::new(),
+                    parse_error: e.to_string(),
+                },
+            }
+        }
         Err(parse_error) => Listed::Malformed {
             index,
+            id,
             malformed: true,
             raw: text,
             parse_error,
@@ -365,7 +398,22 @@ end
 return out
 "#;
 
-/// The four scripts, each with the type-check prelude, built (text and
+/// One job, by exact value: removes one copy of ARGV[1] from the DLQ
+/// (LREM with count ARGV[4], 1 from the head or -1 from the tail) and, only
+/// if it was there, pushes ARGV[2] onto KEYS[2] at end ARGV[3], with a TTL
+/// of ARGV[5] seconds when that is not 0.
+/// Returns {0, 1}, {3} when the entry was not there, or {1, key, type}.
+pub const SINGLE_LUA: &str = r#"
+local bad = wrong_type({KEYS[1], KEYS[2]})
+if bad then return bad end
+if redis.call('LREM', KEYS[1], tonumber(ARGV[4]), ARGV[1]) == 0 then return {3} end
+if ARGV[3] == 'LEFT' then redis.call('LPUSH', KEYS[2], ARGV[2]) else redis.call('RPUSH', KEYS[2], ARGV[2]) end
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+return {0, 1}
+"#;
+
+/// The scripts, each with the type-check prelude, built (text and
 /// SHA1) once per process.
 #[derive(Clone, Copy)]
 enum Scripts {
@@ -373,17 +421,19 @@ enum Scripts {
     Requeue,
     Clear,
     Restore,
+    Single,
 }
 
 impl Scripts {
     fn get(self) -> &'static redis::Script {
         use std::sync::OnceLock;
-        static CELLS: [OnceLock<redis::Script>; 4] = [const { OnceLock::new() }; 4];
+        static CELLS: [OnceLock<redis::Script>; 5] = [const { OnceLock::new() }; 5];
         let body = match self {
             Scripts::List => LIST_LUA,
             Scripts::Requeue => REQUEUE_LUA,
             Scripts::Clear => CLEAR_LUA,
             Scripts::Restore => RESTORE_LUA,
+            Scripts::Single => SINGLE_LUA,
         };
         CELLS[self as usize].get_or_init(|| redis::Script::new(&format!("{CHECK_LUA}{body}")))
     }
@@ -396,7 +446,7 @@ fn script_reply(reply: Vec<redis::Value>) -> Result<Vec<redis::Value>, DlqError>
         .and_then(|v| redis::from_redis_value(v).ok())
         .unwrap_or(-1);
     match status {
-        0 | 2 => Ok(reply),
+        0 | 2 | 3 => Ok(reply),
         1 if reply.len() == 3 => Err(DlqError::WrongType {
             key: redis::from_redis_value(&reply[1]).unwrap_or_default(),
             found: redis::from_redis_value(&reply[2]).unwrap_or_default(),
@@ -414,7 +464,9 @@ struct QueueMetrics {
     requeued: IntCounterVec,
     cleared: IntCounterVec,
     restored: IntCounterVec,
+    deleted: IntCounterVec,
     in_progress: GaugeVec,
+    task_in_progress: GaugeVec,
 }
 
 impl QueueMetrics {
@@ -425,18 +477,30 @@ impl QueueMetrics {
             requeued: counter("dlq_jobs_requeued_total", "DLQ jobs moved back onto their queue."),
             cleared: counter("dlq_jobs_cleared_total", "DLQ jobs moved to an archive key by a clear."),
             restored: counter("dlq_jobs_restored_total", "Archived jobs moved back into their DLQ."),
+            deleted: counter(
+                "dlq_jobs_deleted_total",
+                "Single DLQ jobs moved to a deleted-jobs archive key.",
+            ),
             in_progress: gauge("dlq_requeue_in_progress", "1 while a requeue-all of this queue runs."),
+            task_in_progress: gauge(
+                "dlq_task_in_progress",
+                "1 while a background move task (filtered or rate-limited requeue) of this queue runs.",
+            ),
         };
         metrics.add(&m.requeued);
         metrics.add(&m.cleared);
         metrics.add(&m.restored);
+        metrics.add(&m.deleted);
         metrics.add(&m.in_progress);
+        metrics.add(&m.task_in_progress);
         for q in names {
             let q = [q.as_str()];
             m.requeued.with_label_values(&q);
             m.cleared.with_label_values(&q);
             m.restored.with_label_values(&q);
+            m.deleted.with_label_values(&q);
             m.in_progress.with_label_values(&q).set(0.0);
+            m.task_in_progress.with_label_values(&q).set(0.0);
         }
         m
     }
@@ -473,6 +537,8 @@ pub struct Queues {
     metrics: QueueMetrics,
     /// Queues with a requeue running (one at a time per queue).
     busy: Mutex<std::collections::HashSet<String>>,
+    /// This process's background move tasks.
+    pub tasks: tasks::Registry,
     last: Mutex<HashMap<String, QueueDepth>>,
 }
 
@@ -505,6 +571,7 @@ impl Queues {
             redis: RedisConn::new(&config.redis_url, Duration::from_secs(10))?,
             metrics,
             busy: Mutex::new(Default::default()),
+            tasks: Default::default(),
             last: Mutex::new(HashMap::new()),
             config,
         }))
@@ -678,7 +745,14 @@ impl Queues {
         while let (Some(size), Some(bytes)) = (rest.next(), rest.next()) {
             let size: u64 = redis::from_redis_value(&size).unwrap_or(0);
             let bytes: Vec<u8> = redis::from_redis_value(&bytes).unwrap_or_default();
-            jobs.push(listed(index, size, bytes, cap));
+            let id = if size > cap as u64 {
+                // The id is of the whole entry: read it once, here.
+                let full: Option<Vec<u8>> = self.run(redis::cmd("LINDEX").arg(&key).arg(index)).await?;
+                full.map(|b| job_id(&b)).unwrap_or_default()
+            } else {
+                job_id(&bytes)
+            };
+            jobs.push(listed(index, size, bytes, cap, id));
             index += 1;
         }
         let returned = jobs.len() as u64;
@@ -693,8 +767,8 @@ impl Queues {
         })
     }
 
-    /// Marks `queue` busy, or says a requeue is already running.
-    fn claim(&self, queue: &str) -> Result<BusyGuard<'_>, DlqError> {
+    /// Marks `queue` busy, or says a move is already running.
+    fn mark_busy(&self, queue: &str) -> Result<(), DlqError> {
         if !self
             .busy
             .lock()
@@ -702,10 +776,16 @@ impl Queues {
             .insert(queue.to_string())
         {
             return Err(DlqError::Conflict(format!(
-                "a requeue of {} is already running; retry when it has finished",
+                "a requeue of {} is already running; retry when it has finished (GET /api/system/dlq/tasks)",
                 self.dlq_key(queue)
             )));
         }
+        Ok(())
+    }
+
+    /// Marks `queue` busy for a requeue-all; the guard clears it.
+    fn claim(&self, queue: &str) -> Result<BusyGuard<'_>, DlqError> {
+        self.mark_busy(queue)?;
         self.metrics.in_progress.with_label_values(&[queue]).set(1.0);
         Ok(BusyGuard {
             queues: self,
@@ -832,9 +912,12 @@ impl Queues {
         })
     }
 
-    /// Maps an archive key to its base queue name.
+    /// Maps an archive key (of a clear or of single-job deletes) to its
+    /// base queue name.
     pub fn resolve_archive(&self, archive: &str) -> Option<String> {
-        let (dlq, ts) = archive.rsplit_once(":cleared:")?;
+        let (dlq, ts) = archive
+            .rsplit_once(":cleared:")
+            .or_else(|| archive.rsplit_once(":deleted:"))?;
         if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -876,6 +959,98 @@ impl Queues {
             restored,
             total,
         })
+    }
+}
+
+/// One archive of a DLQ: a clear's, or the single-job deletes of a second.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ArchiveInfo {
+    pub archive_key: String,
+    /// `cleared` or `deleted`.
+    pub kind: &'static str,
+    pub jobs: u64,
+    /// Seconds until it expires; null when it has no TTL.
+    pub ttl_seconds: Option<i64>,
+}
+
+/// `s` with Redis glob metacharacters escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "*?[]\\^-".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Queues {
+    /// The archives of `queue`'s DLQ, newest first. SCAN matches only the
+    /// archive key patterns, so no other key is read.
+    pub async fn archives(&self, queue: &str) -> Result<Vec<ArchiveInfo>, DlqError> {
+        let dlq = glob_escape(&self.dlq_key(queue));
+        let mut keys: Vec<String> = Vec::new();
+        for kind in ["cleared", "deleted"] {
+            let pattern = format!("{dlq}:{kind}:*");
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = self
+                    .run(
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1000),
+                    )
+                    .await?;
+                keys.extend(
+                    batch
+                        .into_iter()
+                        .filter(|k| self.resolve_archive(k).as_deref() == Some(queue)),
+                );
+                if next == 0 || keys.len() > 10_000 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        // LLEN on a non-list would fail the whole pipeline: ask TYPE first.
+        let types: Vec<String> = {
+            let mut p = redis::pipe();
+            for k in &keys {
+                p.cmd("TYPE").arg(k);
+            }
+            self.run_pipe(&p).await?
+        };
+        let lists: Vec<&String> = keys
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| *t == "list")
+            .map(|(k, _)| k)
+            .collect();
+        let mut p = redis::pipe();
+        for k in &lists {
+            p.cmd("LLEN").arg(*k).cmd("TTL").arg(*k);
+        }
+        let sizes: Vec<i64> = self.run_pipe(&p).await?;
+        let mut out: Vec<ArchiveInfo> = lists
+            .iter()
+            .zip(sizes.chunks(2))
+            .map(|(k, c)| ArchiveInfo {
+                archive_key: k.to_string(),
+                kind: if k.contains(":deleted:") { "deleted" } else { "cleared" },
+                jobs: c[0].max(0) as u64,
+                ttl_seconds: (c[1] >= 0).then_some(c[1]),
+            })
+            .filter(|a| a.jobs > 0)
+            .collect();
+        let ts = |k: &str| k.rsplit(':').next().and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+        out.sort_by(|a, b| ts(&b.archive_key).cmp(&ts(&a.archive_key)));
+        Ok(out)
     }
 }
 
