@@ -95,13 +95,17 @@ async fn post(d: &Daemon, path: &str) -> (u16, Value) {
     call(reqwest::Method::POST, d.url(path)).await
 }
 
-fn ids(page: &Value) -> Vec<String> {
-    page["jobs"]
-        .as_array()
+/// `key` of each object of `list`.
+fn strings(list: &Value, key: &str) -> Vec<String> {
+    list.as_array()
         .unwrap()
         .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
+        .map(|j| j[key].as_str().unwrap().to_string())
         .collect()
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    strings(&page["jobs"], "id")
 }
 
 #[tokio::test]
@@ -459,12 +463,7 @@ async fn audit(d: &Daemon) -> Value {
 }
 
 fn actions(body: &Value) -> Vec<String> {
-    body["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["action"].as_str().unwrap().to_string())
-        .collect()
+    strings(&body["rows"], "action")
 }
 
 #[tokio::test]

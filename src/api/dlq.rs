@@ -228,16 +228,7 @@ pub async fn requeue_all(
     let map = params(q, &["queue", "async", "rate"])?;
     let queues = queues(&state)?.clone();
     let base = queue_param(&map, &queues)?;
-    let background = match map.get("async").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(v) => {
-            return Err(AppError::bad_request(
-                format!("async must be true or false, got {v:?}"),
-                json!({ "parameter": "async", "allowed": ["true", "false"] }),
-            ))
-        }
-    };
+    let background = dlq_console::bool_param(&map, "async")?;
     let rate = dlq_console::rate_param(&map)?;
     if background || rate.is_some() {
         let spec = crate::dlq::MoveSpec {

@@ -102,7 +102,7 @@ pub fn filter_params(map: &HashMap<String, String>) -> Result<Filter, AppError> 
     })
 }
 
-fn bool_param(map: &HashMap<String, String>, key: &str) -> Result<bool, AppError> {
+pub fn bool_param(map: &HashMap<String, String>, key: &str) -> Result<bool, AppError> {
     match map.get(key).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),

@@ -1049,7 +1049,7 @@ impl Queues {
             .filter(|a| a.jobs > 0)
             .collect();
         let ts = |k: &str| k.rsplit(':').next().and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
-        out.sort_by(|a, b| ts(&b.archive_key).cmp(&ts(&a.archive_key)));
+        out.sort_by_key(|a| std::cmp::Reverse(ts(&a.archive_key)));
         Ok(out)
     }
 }

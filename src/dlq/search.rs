@@ -81,10 +81,10 @@ impl Filter {
         let age = now - job.last_failed_at;
         self.error
             .as_ref()
-            .is_none_or(|e| job.error.to_lowercase().contains(e.as_str()))
-            && self.older_than.is_none_or(|t| age >= t)
-            && self.newer_than.is_none_or(|t| age <= t)
-            && self.min_attempts.is_none_or(|n| job.attempt_count >= n)
+            .map_or(true, |e| job.error.to_lowercase().contains(e.as_str()))
+            && self.older_than.map_or(true, |t| age >= t)
+            && self.newer_than.map_or(true, |t| age <= t)
+            && self.min_attempts.map_or(true, |n| job.attempt_count >= n)
     }
 }
 

@@ -214,7 +214,7 @@ impl Store {
                 rows.push(r);
             }
         }
-        rows.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.at_ms));
         rows.truncate(limit as usize);
         Ok(rows)
     }
@@ -225,7 +225,7 @@ impl Store {
         buf.rows
             .iter()
             .rev()
-            .filter(|r| queue.is_none_or(|q| r.queue == q))
+            .filter(|r| queue.map_or(true, |q| r.queue == q))
             .take(limit as usize)
             .cloned()
             .collect()
