@@ -21,7 +21,9 @@
 //! - [`cleanup`]: the read-only file scan behind the cleanup preview.
 //! - [`restart`]: the pure restart policy (statuses, backoff, give-up, reset).
 //! - [`dlq`]: the Redis side of queues and DLQs: polling, listing, and the
-//!   atomic requeue / clear / restore scripts.
+//!   atomic requeue / clear / restore scripts; `dlq::search` (job ids,
+//!   filters, cursor scans, single-job moves) and `dlq::tasks` (filtered
+//!   and rate-limited requeues as background tasks).
 //! - [`pipeline`]: pipeline event parsing, the cardinality guard, the
 //!   `pipeline_*` families and `inference_fps`.
 //! - [`redis_conn`]: a lazily (re)connected Redis connection.
@@ -33,7 +35,8 @@
 //! - [`webconf`]: `--web.config.file` (exporter-toolkit format): TLS, client
 //!   certificates, bcrypt basic auth and headers, re-read when it changes.
 //! - [`history`]: the REST sample shape and the in-memory ring.
-//! - [`store`]: the SQLite/PostgreSQL history store and its batching writer.
+//! - [`store`]: the SQLite/PostgreSQL history store and its batching writer;
+//!   `store::dlq` keeps the DLQ audit trail and the move tasks there.
 //! - [`metrics`]: the registry, the daemon's own metrics, the page cache and
 //!   the OpenMetrics encoder.
 //! - [`events`]: the internal event bus (GPU polls and crossings, service
