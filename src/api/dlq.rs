@@ -278,18 +278,17 @@ pub async fn clear(
     let map = params(q, &["queue"])?;
     let queues = queues(&state)?;
     let base = queue_param(&map, queues)?;
-    let slot = dlq_console::reserve(&state)?;
-    let report = match queues.clear(&base).await {
-        Ok(r) => r,
-        Err(e) => {
-            dlq_console::release(&state, slot);
-            return Err(e.into());
-        }
-    };
-    let mut row = crate::store::AuditRow::new(&actor.0, "clear", &report.queue_name);
-    row.counts = json!({ "moved": report.cleared });
-    row.archive_key = report.archive_key.clone();
-    dlq_console::audit(&state, slot, row);
+    let report = dlq_console::audited(
+        &state,
+        |r: &crate::dlq::ClearReport| {
+            let mut row = crate::store::AuditRow::new(&actor.0, "clear", &r.queue_name);
+            row.counts = json!({ "moved": r.cleared });
+            row.archive_key = r.archive_key.clone();
+            row
+        },
+        || async { Ok(queues.clear(&base).await?) },
+    )
+    .await?;
     tracing::info!(queue = %report.queue_name, cleared = report.cleared, archive = ?report.archive_key, "DLQ cleared into an archive.");
     Ok(Json(serde_json::to_value(report).expect("reports serialise")))
 }
@@ -322,18 +321,17 @@ pub async fn restore(
             json!({ "form": "<dlq>:cleared:<unix_ts>", "known": queues.known_dlqs() }),
         )
     })?;
-    let slot = dlq_console::reserve(&state)?;
-    let report = match queues.restore(&base, archive).await {
-        Ok(r) => r,
-        Err(e) => {
-            dlq_console::release(&state, slot);
-            return Err(e.into());
-        }
-    };
-    let mut row = crate::store::AuditRow::new(&actor.0, "restore", &report.queue_name);
-    row.counts = json!({ "moved": report.restored, "total": report.total });
-    row.archive_key = Some(report.archive_key.clone());
-    dlq_console::audit(&state, slot, row);
+    let report = dlq_console::audited(
+        &state,
+        |r: &crate::dlq::RestoreReport| {
+            let mut row = crate::store::AuditRow::new(&actor.0, "restore", &r.queue_name);
+            row.counts = json!({ "moved": r.restored, "total": r.total });
+            row.archive_key = Some(r.archive_key.clone());
+            row
+        },
+        || async { Ok(queues.restore(&base, archive).await?) },
+    )
+    .await?;
     tracing::info!(queue = %report.queue_name, restored = report.restored, archive = %report.archive_key, "DLQ archive restored.");
     Ok(Json(serde_json::to_value(report).expect("reports serialise")))
 }

@@ -158,7 +158,7 @@ pub fn release(state: &AppState, slot: AuditSlot) {
 
 /// Runs `act` with its audit row reserved first; the row is written with
 /// what `describe` says of the result, and given back on an error.
-async fn audited<T, F, Fut>(state: &AppState, describe: impl FnOnce(&T) -> AuditRow, act: F) -> Result<T, AppError>
+pub async fn audited<T, F, Fut>(state: &AppState, describe: impl FnOnce(&T) -> AuditRow, act: F) -> Result<T, AppError>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<T, AppError>>,
