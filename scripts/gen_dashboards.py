@@ -312,6 +312,10 @@ services = dashboard(
             "{{service}} {{result}}")),
         ts("Queue depth", "Jobs waiting per queue (job_queue_depth).", "short",
            (f'job_queue_depth{{{SEL}, queue=~"$queue"}}', "{{queue}}")),
+        ts("Jobs in flight", "Jobs in each queue's processing list (job_queue_active) and those stuck there longer "
+           "than queues.processing_stuck_after (job_queue_stuck); empty without queues.processing_suffix.", "short",
+           (f'job_queue_active{{{SEL}, queue=~"$queue"}}', "{{queue}} active"),
+           (f'job_queue_stuck{{{SEL}, queue=~"$queue"}}', "{{queue}} stuck")),
         ts("DLQ depth", "Jobs in each dead-letter queue (dlq_depth); DlqNotEmpty fires on any.", "short",
            (f'dlq_depth{{{SEL}, queue=~"$queue"}}', "dlq:{{queue}}")),
         ts("Oldest DLQ job", "Age of the oldest job in each DLQ, from its first failure (dlq_oldest_job_age_seconds).",

@@ -283,7 +283,7 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
     let down_port = common::free_port();
     let config = format!(
         "gpu:\n  nvml_library: {}\n  poll_interval: 1s\n  per_process: true\n\
-         queues:\n  redis_url: {}\n  poll_interval: 1s\n\
+         queues:\n  redis_url: {}\n  poll_interval: 1s\n  processing_suffix: \":processing\"\n\
          storage:\n  poll_interval: 1s\n\
          health:\n  services:\n\
          \x20   - {{name: rtdetr, kind: http, url: \"{}\", interval: 1s}}\n\

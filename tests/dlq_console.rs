@@ -685,3 +685,116 @@ async fn bad_console_input_gets_a_json_4xx_and_changes_nothing() {
     assert_eq!(resp.status().as_u16(), 401);
     assert_eq!(dump(&redis).await, before);
 }
+
+const PROCESSING: &str = "detection_queue:processing";
+
+async fn gauge(d: &Daemon, series: &str) -> Option<f64> {
+    sample_value(&d.get_text("/metrics").await, series)
+}
+
+#[tokio::test]
+async fn stuck_jobs_are_counted_listed_and_returned_once() {
+    let redis = Redis::start().await;
+    let extra = "  processing_suffix: \":processing\"\n  processing_stuck_after: 10s\n";
+    let d = Daemon::start(&config(&redis, extra), &[]).await;
+    let mut c = redis.connection().await;
+    let (a, b, cc) = (original(1), original(2), original(3));
+    let _: () = c.rpush(PROCESSING, &[&a, &b]).await.unwrap();
+    let active = r#"job_queue_active{queue="detection_queue"}"#;
+    let stuck = r#"job_queue_stuck{queue="detection_queue"}"#;
+    eventually("two jobs active", LIMIT, || async {
+        (gauge(&d, active).await == Some(2.0)).then_some(())
+    })
+    .await;
+    // Both become stuck once they have been seen for 10 s.
+    eventually("two jobs stuck", LIMIT, || async {
+        (gauge(&d, stuck).await == Some(2.0)).then_some(())
+    })
+    .await;
+    // A third job arrives: active, not stuck.
+    let _: () = c.rpush(PROCESSING, &cc).await.unwrap();
+    eventually("three jobs active", LIMIT, || async {
+        (gauge(&d, active).await == Some(3.0)).then_some(())
+    })
+    .await;
+    let (code, list) = get(&d, "/api/system/queues/detection_queue/stuck").await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["active"], 3);
+    assert_eq!(list["processing_key"], PROCESSING);
+    assert_eq!(strings(&list["stuck"], "id"), vec![id_of(&a), id_of(&b)], "{list}");
+    assert_eq!(list["stuck"][0]["raw"], a.as_str());
+    assert!(list["stuck"][0]["age_seconds"].as_f64().unwrap() >= 10.0, "{list}");
+    let (code, stats) = get(&d, "/api/system/stats").await;
+    assert_eq!(code, 200);
+    assert_eq!(stats["dlq"]["active_jobs"], 3, "{stats}");
+    assert_eq!(stats["dlq"]["queues"][0]["active"], 3, "{stats}");
+
+    // The new job is not stuck: 409, nothing moves.
+    let (code, body) = post(
+        &d,
+        &format!("/api/system/queues/detection_queue/stuck/{}/return", id_of(&cc)),
+    )
+    .await;
+    assert_eq!((code, body["code"].as_str()), (409, Some("conflict")), "{body}");
+    // Return a: it leaves the processing list and is on the queue, once.
+    let path = format!("/api/system/queues/detection_queue/stuck/{}/return", id_of(&a));
+    let (code, body) = post(&d, &path).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["to"], QUEUE);
+    assert_eq!(lrange(&redis, PROCESSING).await, vec![b.clone(), cc.clone()]);
+    assert_eq!(lrange(&redis, QUEUE).await, vec![a.clone()]);
+    let (code, body) = post(&d, &path).await;
+    assert_eq!(code, 404, "a second return finds nothing: {body}");
+    // b's worker finishes it before the operator acts: nothing is pushed.
+    let _: i64 = c.lrem(PROCESSING, 1, &b).await.unwrap();
+    let (code, _) = post(
+        &d,
+        &format!("/api/system/queues/detection_queue/stuck/{}/return", id_of(&b)),
+    )
+    .await;
+    assert_eq!(code, 404);
+    assert_eq!(lrange(&redis, QUEUE).await, vec![a.clone()]);
+    assert_eq!(lrange(&redis, PROCESSING).await, vec![cc.clone()]);
+    let rows = audit(&d).await;
+    assert_eq!(actions(&rows), vec!["return_stuck".to_string()], "{rows}");
+    assert_eq!(rows["rows"][0]["queue"], PROCESSING);
+
+    // A wrong-typed processing list is that queue's problem: 409 naming
+    // it, and the collector keeps polling the other queue.
+    let _: () = c.set("analysis_queue:processing", "x").await.unwrap();
+    let (code, body) = get(&d, "/api/system/queues/analysis_queue/stuck").await;
+    assert_eq!((code, body["code"].as_str()), (409, Some("wrong_type")), "{body}");
+    let _: () = c.rpush(PROCESSING, &b).await.unwrap();
+    eventually("polling goes on", LIMIT, || async {
+        (gauge(&d, active).await == Some(2.0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        gauge(&d, r#"inferwatch_collector_success{collector="queues"}"#).await,
+        Some(1.0)
+    );
+    // Bad input.
+    for (path, want) in [
+        ("/api/system/queues/nope/stuck", 404),
+        ("/api/system/queues/detection_queue/stuck?x=1", 400),
+    ] {
+        let (code, body) = get(&d, path).await;
+        assert_eq!(code, want, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    let (code, body) = post(&d, "/api/system/queues/detection_queue/stuck/XYZ/return").await;
+    assert_eq!(code, 400, "{body}");
+    drop(d);
+
+    // Without a suffix none of it exists.
+    let plain = Daemon::start(&config(&redis, ""), &[]).await;
+    let (code, body) = get(&plain, "/api/system/queues/detection_queue/stuck").await;
+    assert_eq!(code, 404, "{body}");
+    let page = plain.get_text("/metrics").await;
+    assert!(!page.contains("job_queue_active") && !page.contains("job_queue_stuck"));
+    let (_, stats) = get(&plain, "/api/system/stats").await;
+    assert!(
+        stats["dlq"].is_null() || stats["dlq"]["active_jobs"].is_null(),
+        "{stats}"
+    );
+}

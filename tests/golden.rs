@@ -67,6 +67,9 @@ async fn metrics_page_matches_golden_file() {
     // A real Redis with two failed jobs and one waiting job.
     let redis = common::Redis::start().await;
     config.queues.redis_url = redis.url();
+    // Workers' processing lists are watched: one job in flight.
+    config.queues.processing_suffix = Some(":processing".into());
+    redis.lpush("detection_queue:processing", &["{\"id\":\"j1\"}"]).await;
     redis
         .lpush("dlq:detection_queue", &[common::DLQ_ENTRY, common::DLQ_ENTRY])
         .await;

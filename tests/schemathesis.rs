@@ -25,6 +25,16 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 [[operations]]
 include-path = "/api/system/dlq/restore"
 parameters = { archive = "dlq:detection_queue:cleared:1700000000" }
+
+# A configured queue, so that the stuck routes reach Redis (the id keeps
+# its pattern: an override would turn the negative cases into valid ones).
+[[operations]]
+include-path = "/api/system/queues/{queue}/stuck"
+parameters = { queue = "detection_queue" }
+
+[[operations]]
+include-path = "/api/system/queues/{queue}/stuck/{id}/return"
+parameters = { queue = "detection_queue" }
 "#;
 const ARCHIVE: &str = "dlq:detection_queue:cleared:1700000000";
 
@@ -57,12 +67,15 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .await;
     redis.lpush("dlq:analysis_queue", &[DLQ_ENTRY]).await;
     redis.lpush("detection_queue", &["{\"id\":\"waiting\"}"]).await;
+    redis
+        .lpush("detection_queue:processing", &["{\"id\":\"in-flight\"}"])
+        .await;
     // An archive of an earlier clear, so that restore reaches its move.
     redis.lpush(ARCHIVE, &[DLQ_ENTRY, "archived too"]).await;
     let before = jobs_in_lists(&redis).await;
-    assert_eq!(before, 8);
+    assert_eq!(before, 9);
     let config = format!(
-        "api:\n  token: {TOKEN}\nqueues:\n  redis_url: {}\n  poll_interval: 1s\n\
+        "api:\n  token: {TOKEN}\nqueues:\n  redis_url: {}\n  poll_interval: 1s\n  processing_suffix: \":processing\"\n  processing_stuck_after: 1s\n\
          gpu:\n  nvml_library: /nonexistent/libnvidia-ml.so.1\n\
          pipeline:\n  max_stages: 1000\n",
         redis.url()

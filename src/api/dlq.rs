@@ -33,6 +33,10 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/system/dlq/jobs/{id}/delete", post(dlq_console::delete_job))
         .route("/api/system/dlq/requeue", post(dlq_console::requeue_filtered))
         .route("/api/system/dlq/tasks/{task_id}", delete(dlq_console::cancel_task))
+        .route(
+            "/api/system/queues/{queue}/stuck/{id}/return",
+            post(dlq_console::return_stuck),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
     Router::new()
         .route("/api/system/dlq/stats", get(stats))
@@ -42,6 +46,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/system/dlq/tasks/{task_id}", get(dlq_console::task))
         .route("/api/system/dlq/archives", get(dlq_console::archives))
         .route("/api/system/dlq/audit", get(dlq_console::audit_log))
+        .route("/api/system/queues/{queue}/stuck", get(dlq_console::stuck))
         .merge(mutating)
 }
 

@@ -44,6 +44,8 @@ use super::{dlq, dlq_console, landing, metrics, pipeline, storage, system, ws, A
         dlq_console::cancel_task,
         dlq_console::archives,
         dlq_console::audit_log,
+        dlq_console::stuck,
+        dlq_console::return_stuck,
         pipeline::ingest,
         storage::stats,
         storage::preview,
@@ -102,7 +104,12 @@ impl Modify for Security {
     responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
 pub async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
     let known: Vec<String> = state.queues.as_ref().map(|q| q.known_dlqs()).unwrap_or_default();
-    Json(document(&known))
+    let names: Vec<String> = state
+        .queues
+        .as_ref()
+        .map(|q| q.config.names.clone())
+        .unwrap_or_default();
+    Json(document(&known, &names))
 }
 
 /// The archive keys of the configured DLQs: `<dlq>:cleared:<unix_ts>`.
@@ -123,14 +130,20 @@ fn regex_escape(s: &str) -> String {
     out
 }
 
-/// The document with `known` as the values of the DLQ-name parameters.
-pub fn document(known: &[String]) -> utoipa::openapi::OpenApi {
+/// The document with `known` as the values of the DLQ-name parameters,
+/// and `names` (the base queues) as those of `/api/system/queues/{queue}`.
+pub fn document(known: &[String], names: &[String]) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     let mut doc = ApiDoc::openapi();
     if known.is_empty() {
         return doc;
     }
-    for item in doc.paths.paths.values_mut() {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let values = if path.starts_with("/api/system/queues/") {
+            names
+        } else {
+            known
+        };
         let ops = [&mut item.get, &mut item.post, &mut item.delete];
         for op in ops.into_iter().flatten() {
             for p in op.parameters.iter_mut().flatten() {
@@ -138,7 +151,7 @@ pub fn document(known: &[String]) -> utoipa::openapi::OpenApi {
                     p.schema = Some(
                         ObjectBuilder::new()
                             .schema_type(Type::String)
-                            .enum_values(Some(known.iter().cloned()))
+                            .enum_values(Some(values.iter().cloned()))
                             .into(),
                     );
                 } else if p.name == "archive" {

@@ -187,6 +187,27 @@ fn dlq_stats(state: &AppState) -> Option<DlqSummary> {
         total: depths.iter().map(|d| d.dlq_depth).sum(),
         by_queue: depths.iter().map(|d| (d.queue.clone(), d.dlq_depth)).collect(),
         queued_jobs: depths.iter().map(|d| d.depth).sum(),
+        active_jobs: queues
+            .config
+            .processing_suffix
+            .is_some()
+            .then(|| depths.iter().filter_map(|d| d.active.as_ref()).map(|a| a.active).sum()),
+        stuck_jobs: queues
+            .config
+            .processing_suffix
+            .is_some()
+            .then(|| depths.iter().filter_map(|d| d.active.as_ref()).map(|a| a.stuck).sum()),
+        queues: depths
+            .iter()
+            .map(|d| QueueView {
+                queue: d.queue.clone(),
+                depth: d.depth,
+                dlq_depth: d.dlq_depth,
+                oldest_age_seconds: d.oldest_age_seconds,
+                active: d.active.as_ref().map(|a| a.active),
+                stuck: d.active.as_ref().map(|a| a.stuck),
+            })
+            .collect(),
     })
 }
 
@@ -235,6 +256,27 @@ pub struct DlqSummary {
     total: u64,
     by_queue: std::collections::BTreeMap<String, u64>,
     queued_jobs: u64,
+    /// Jobs in the processing lists; null without queues.processing_suffix.
+    active_jobs: Option<u64>,
+    /// Of those, how many are stuck; null without queues.processing_suffix.
+    stuck_jobs: Option<u64>,
+    /// Each queue from the last poll, in config order.
+    queues: Vec<QueueView>,
+}
+
+/// One queue from the last poll.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QueueView {
+    queue: String,
+    /// Jobs waiting (LLEN).
+    depth: u64,
+    dlq_depth: u64,
+    /// Age of the oldest DLQ entry; null when the DLQ is empty or the entry unreadable.
+    oldest_age_seconds: Option<f64>,
+    /// Jobs in the processing list; null without queues.processing_suffix (or unreadable).
+    active: Option<u64>,
+    /// Stuck jobs in the processing list; null as active.
+    stuck: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

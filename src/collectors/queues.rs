@@ -39,10 +39,17 @@ struct DepthMetrics {
     queue: GaugeVec,
     dlq: GaugeVec,
     oldest_age: GaugeVec,
+    /// Registered only with `queues.processing_suffix`.
+    in_flight: Option<InFlight>,
+}
+
+struct InFlight {
+    active: GaugeVec,
+    stuck: GaugeVec,
 }
 
 impl DepthMetrics {
-    fn register(registry: &Metrics) -> DepthMetrics {
+    fn register(registry: &Metrics, processing: bool) -> DepthMetrics {
         let gauge = |name: &str, help: &str| family::<GaugeVec>(name, help, &["queue"]);
         let m = DepthMetrics {
             queue: gauge(
@@ -57,7 +64,21 @@ impl DepthMetrics {
                 "dlq_oldest_job_age_seconds",
                 "Age of the oldest DLQ entry, from its first_failed_at; 0 when the DLQ is empty.",
             ),
+            in_flight: processing.then(|| InFlight {
+                active: gauge(
+                    "job_queue_active",
+                    "Jobs in the queue's processing list (LLEN of <queue><processing_suffix>), from the last poll.",
+                ),
+                stuck: gauge(
+                    "job_queue_stuck",
+                    "Jobs in the processing list for longer than queues.processing_stuck_after (judged from when the daemon first saw them).",
+                ),
+            }),
         };
+        if let Some(f) = &m.in_flight {
+            registry.add(&f.active);
+            registry.add(&f.stuck);
+        }
         registry.add(&m.queue);
         registry.add(&m.dlq);
         registry.add(&m.oldest_age);
@@ -74,6 +95,11 @@ impl DepthMetrics {
         } else if let Some(age) = d.oldest_age_seconds {
             self.oldest_age.with_label_values(&label).set(age);
         }
+        // An unreadable processing list keeps the previous values.
+        if let (Some(f), Some(a)) = (&self.in_flight, &d.active) {
+            f.active.with_label_values(&label).set(a.active as f64);
+            f.stuck.with_label_values(&label).set(a.stuck as f64);
+        }
     }
 }
 
@@ -82,16 +108,20 @@ pub struct QueueCollector {
     events: EventBus,
     /// DLQ depth at the last poll, per queue.
     previous: HashMap<String, u64>,
+    /// The processing-list error last logged, per queue (logged on change).
+    active_errors: HashMap<String, String>,
     metrics: DepthMetrics,
 }
 
 impl QueueCollector {
     pub fn new(queues: Arc<Queues>, events: EventBus, registry: &Metrics) -> QueueCollector {
+        let processing = queues.config.processing_suffix.is_some();
         QueueCollector {
             queues,
             events,
             previous: HashMap::new(),
-            metrics: DepthMetrics::register(registry),
+            active_errors: HashMap::new(),
+            metrics: DepthMetrics::register(registry, processing),
         }
     }
 }
@@ -117,6 +147,16 @@ impl Collector for QueueCollector {
             .map_err(|e| CollectError::Failed(e.to_string()))?;
         for d in depths {
             self.metrics.set(&d);
+            match &d.active_error {
+                Some(e) if self.active_errors.get(&d.queue) != Some(e) => {
+                    tracing::warn!(queue = %d.queue, error = %e, "Could not read the queue's processing list; job_queue_active and job_queue_stuck keep their last values.");
+                    self.active_errors.insert(d.queue.clone(), e.clone());
+                }
+                Some(_) => {}
+                None => {
+                    self.active_errors.remove(&d.queue);
+                }
+            }
             let was = self.previous.insert(d.queue.clone(), d.dlq_depth);
             if d.dlq_depth > 0 && was.unwrap_or(0) == 0 {
                 self.events.alert(

@@ -37,6 +37,13 @@ pub struct QueuesConfig {
     /// Entries one search request (or an id lookup) reads at most,
     /// 1,000–10,000,000.
     pub search_scan_max: u64,
+    /// Suffix of each queue's processing list (reliable-queue workers
+    /// `BLMOVE <queue> <queue><suffix>`), 1–32 characters; unset, jobs in
+    /// flight are not watched.
+    pub processing_suffix: Option<String>,
+    /// A job in the processing list longer than this is stuck, 1 s–30 days.
+    #[serde(deserialize_with = "de_seconds")]
+    pub processing_stuck_after: Duration,
 }
 
 impl Default for QueuesConfig {
@@ -53,6 +60,8 @@ impl Default for QueuesConfig {
             list_entry_max_bytes: 64 * 1024,
             list_page_max_bytes: 8 * 1024 * 1024,
             search_scan_max: 50_000,
+            processing_suffix: None,
+            processing_stuck_after: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -70,6 +79,7 @@ pub const CLEAR_ARCHIVE_TTL: Range = Range::new("queues.clear_archive_ttl", 60.0
 pub const REQUEUE_BATCH: Range = Range::new("queues.requeue_batch", 1.0, 10_000.0, "jobs");
 pub const LIST_ENTRY_MAX_BYTES: Range =
     Range::new("queues.list_entry_max_bytes", 256.0, 16.0 * 1024.0 * 1024.0, "bytes");
+pub const PROCESSING_STUCK_AFTER: Range = Range::new("queues.processing_stuck_after", 1.0, 30.0 * 86_400.0, "seconds");
 pub const SEARCH_SCAN_MAX: Range = Range::new("queues.search_scan_max", 1000.0, 10_000_000.0, "entries");
 /// The lower bound is also `queues.list_entry_max_bytes`.
 pub const LIST_PAGE_MAX_BYTES: Range = Range::new(
@@ -103,9 +113,38 @@ impl QueuesConfig {
         REQUEUE_BATCH.check(self.requeue_batch as f64)?;
         LIST_ENTRY_MAX_BYTES.check(self.list_entry_max_bytes as f64)?;
         SEARCH_SCAN_MAX.check(self.search_scan_max as f64)?;
+        PROCESSING_STUCK_AFTER.check(self.processing_stuck_after.as_secs_f64())?;
+        if let Some(suffix) = &self.processing_suffix {
+            self.validate_suffix(suffix)?;
+        }
         LIST_PAGE_MAX_BYTES
             .at_least(self.list_entry_max_bytes as f64)
             .check(self.list_page_max_bytes as f64)
+    }
+
+    /// The suffix must give keys of their own: not empty, not a DLQ or
+    /// archive key, and no processing list that is another queue.
+    fn validate_suffix(&self, suffix: &str) -> Result<(), ConfigError> {
+        let key = "queues.processing_suffix";
+        let rule = "1–32 characters, no whitespace, e.g. :processing";
+        if suffix.is_empty()
+            || suffix.chars().count() > 32
+            || suffix.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(key, suffix, "empty, too long or holding whitespace", rule));
+        }
+        for name in &self.names {
+            let list = format!("{name}{suffix}");
+            if self.names.contains(&list) || list.starts_with(&self.dlq_prefix) {
+                return Err(invalid(
+                    key,
+                    suffix,
+                    "names a processing list that is a queue or DLQ key",
+                    &format!("a suffix whose lists are not queues or DLQs ({list} is)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_names(&self) -> Result<(), ConfigError> {

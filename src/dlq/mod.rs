@@ -35,10 +35,12 @@ use crate::config::{PushSide, QueuesConfig};
 use crate::metrics::{family, Metrics};
 use crate::redis_conn::{is_connection_error, RedisConn};
 
+pub mod processing;
 pub mod search;
 pub mod tasks;
 pub use search::{job_id, Filter, SearchPage, SingleAction, SingleReport};
 
+pub use processing::{Active, Returned, StuckList};
 pub use tasks::{MoveReport, MoveSpec, Task, TaskState, TaskView};
 
 /// Why a DLQ operation failed; the API maps each to a status. The texts are
@@ -282,6 +284,11 @@ pub struct QueueDepth {
     pub dlq_depth: u64,
     /// Age of the oldest DLQ entry; `None` when empty or unreadable.
     pub oldest_age_seconds: Option<f64>,
+    /// Jobs in the processing list and how many are stuck; `None` without
+    /// `queues.processing_suffix` or when the list could not be read.
+    pub active: Option<processing::Active>,
+    /// Why the processing list could not be read (a wrong-typed key).
+    pub active_error: Option<String>,
 }
 
 /// Shared by every script: `wrong_type(keys)` returns `{key, type}` for the
@@ -422,18 +429,20 @@ enum Scripts {
     Clear,
     Restore,
     Single,
+    Processing,
 }
 
 impl Scripts {
     fn get(self) -> &'static redis::Script {
         use std::sync::OnceLock;
-        static CELLS: [OnceLock<redis::Script>; 5] = [const { OnceLock::new() }; 5];
+        static CELLS: [OnceLock<redis::Script>; 6] = [const { OnceLock::new() }; 6];
         let body = match self {
             Scripts::List => LIST_LUA,
             Scripts::Requeue => REQUEUE_LUA,
             Scripts::Clear => CLEAR_LUA,
             Scripts::Restore => RESTORE_LUA,
             Scripts::Single => SINGLE_LUA,
+            Scripts::Processing => processing::PROCESSING_LUA,
         };
         CELLS[self as usize].get_or_init(|| redis::Script::new(&format!("{CHECK_LUA}{body}")))
     }
@@ -540,6 +549,8 @@ pub struct Queues {
     /// This process's background move tasks.
     pub tasks: tasks::Registry,
     last: Mutex<HashMap<String, QueueDepth>>,
+    /// First-seen times of the jobs in the processing lists.
+    first_seen: Mutex<processing::FirstSeen>,
 }
 
 /// Clears the busy flag and the in-progress gauge when a requeue ends,
@@ -573,6 +584,7 @@ impl Queues {
             busy: Mutex::new(Default::default()),
             tasks: Default::default(),
             last: Mutex::new(HashMap::new()),
+            first_seen: Mutex::new(Default::default()),
             config,
         }))
     }
@@ -703,7 +715,19 @@ impl Queues {
                 depth,
                 dlq_depth,
                 oldest_age_seconds: oldest_age.filter(|_| dlq_depth > 0),
+                active: None,
+                active_error: None,
             });
+        }
+        for d in &mut out {
+            match self.poll_active(&d.queue).await {
+                None => {}
+                Some(Ok(a)) => d.active = Some(a),
+                // A key of another type is this queue's problem, not the
+                // poll's; Redis being down fails the poll as the depths do.
+                Some(Err(DlqError::Unavailable(e))) => return Err(DlqError::Unavailable(e)),
+                Some(Err(e)) => d.active_error = Some(e.to_string()),
+            }
         }
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         for d in &out {
