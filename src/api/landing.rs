@@ -10,7 +10,11 @@ use axum::response::IntoResponse;
 use super::AppState;
 
 /// The links on the page: path and what it serves.
-pub const LINKS: [(&str, &str); 9] = [
+pub const LINKS: [(&str, &str); 10] = [
+    (
+        "/ui/dlq",
+        "the DLQ monitor: failed jobs, requeue, clear and undo, in the browser",
+    ),
     ("/metrics", "Prometheus metrics"),
     ("/api/openapi.json", "the OpenAPI 3.1 document of this API"),
     ("/-/healthy", "liveness probe"),

@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod query;
 pub mod storage;
 pub mod system;
+pub mod ui;
 pub mod ws;
 
 use std::sync::Arc;
@@ -76,6 +77,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/-/ready", get(ready))
         .route("/ws/system", get(ws::upgrade))
+        .route("/ui/dlq", get(ui::page))
+        .route("/ui/dlq.js", get(ui::script))
+        .route("/ui/dlq.css", get(ui::style))
         .merge(system::routes())
         .merge(dlq::routes(&state))
         .merge(pipeline::routes(&state))

@@ -10,7 +10,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dlq, dlq_console, landing, metrics, pipeline, storage, system, ws, AppState, ErrorBody};
+use super::{dlq, dlq_console, landing, metrics, pipeline, storage, system, ui, ws, AppState, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,6 +46,9 @@ use super::{dlq, dlq_console, landing, metrics, pipeline, storage, system, ws, A
         dlq_console::audit_log,
         dlq_console::stuck,
         dlq_console::return_stuck,
+        ui::page,
+        ui::script,
+        ui::style,
         pipeline::ingest,
         storage::stats,
         storage::preview,

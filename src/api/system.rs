@@ -200,6 +200,7 @@ fn dlq_stats(state: &AppState) -> Option<DlqSummary> {
         queues: depths
             .iter()
             .map(|d| QueueView {
+                dlq: queues.dlq_key(&d.queue),
                 queue: d.queue.clone(),
                 depth: d.depth,
                 dlq_depth: d.dlq_depth,
@@ -268,6 +269,8 @@ pub struct DlqSummary {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct QueueView {
     queue: String,
+    /// Its DLQ's key.
+    dlq: String,
     /// Jobs waiting (LLEN).
     depth: u64,
     dlq_depth: u64,

@@ -1,0 +1,57 @@
+//! The DLQ monitor page (`/ui/dlq`) in a real browser: headless Chromium
+//! from Debian's `chromium` and `chromium-driver`, driven by
+//! `python3-selenium` (all installed by scripts/test), against the real
+//! daemon and a real `redis-server`. The browser steps and their checks in
+//! Redis are in `tests/ui/dlq_page.py`; screenshots go to `target/ui/`.
+
+mod common;
+
+use common::{repo, Daemon, Redis};
+
+const TOKEN: &str = "page-token-1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlq_page_shows_and_moves_jobs_in_headless_chromium() {
+    let redis = Redis::start().await;
+    let config = format!(
+        "gpu:\n  enabled: false\napi:\n  token: {TOKEN}\nqueues:\n  redis_url: {}\n  poll_interval: 200ms\n  \
+         push_side: right\n  processing_suffix: \":processing\"\n",
+        redis.url()
+    );
+    let d = Daemon::start(&config, &[]).await;
+    let shots = repo().join("target/ui");
+    std::fs::create_dir_all(&shots).unwrap();
+    for old in [
+        "dlq-1280x800.png",
+        "dlq-390x844.png",
+        "dlq-after-actions.png",
+        "dlq-failure.png",
+    ] {
+        let _ = std::fs::remove_file(shots.join(old));
+    }
+    let out = tokio::process::Command::new("/usr/bin/python3")
+        .arg(repo().join("tests/ui/dlq_page.py"))
+        .env("BASE", d.url(""))
+        .env("REDIS_PORT", redis.port.to_string())
+        .env("TOKEN", TOKEN)
+        .env("SHOTS", &shots)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("/usr/bin/python3 runs (scripts/test installs python3-selenium)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the browser checks failed:\n{text}");
+    assert!(text.contains("ui: all checks passed"), "{text}");
+    for shot in ["dlq-1280x800.png", "dlq-390x844.png", "dlq-after-actions.png"] {
+        let bytes = std::fs::read(shots.join(shot)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "{shot}: {} bytes",
+            bytes.len()
+        );
+    }
+}
