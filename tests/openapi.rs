@@ -14,6 +14,9 @@ use serde_json::Value;
 fn router_routes() -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for entry in std::fs::read_dir(repo().join("src/api")).unwrap().flatten() {
+        if entry.path().extension().and_then(|e| e.to_str()) != Some("rs") {
+            continue;
+        }
         let text = std::fs::read_to_string(entry.path()).unwrap();
         for (i, _) in text.match_indices(".route(\"") {
             let rest = &text[i + 8..];
