@@ -18,10 +18,13 @@ fn router_routes() -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).unwrap();
-        for (i, _) in text.match_indices(".route(\"") {
-            let rest = &text[i + 8..];
+        // `.route("path", get(..))`, on one line or as rustfmt splits it.
+        for (i, _) in text.match_indices(".route(") {
+            let rest = text[i + 7..].trim_start();
+            let Some(rest) = rest.strip_prefix('"') else { continue };
             let path = &rest[..rest.find('"').unwrap()];
-            let call = &rest[..rest.find('\n').unwrap_or(rest.len())];
+            let after = &rest[path.len() + 1..];
+            let call = &after[..after.find(")\n").unwrap_or(after.len())];
             let methods = out.entry(path.to_string()).or_default();
             for m in ["get", "post", "delete", "put", "patch"] {
                 if call.contains(&format!(" {m}(")) || call.contains(&format!(".{m}(")) {
