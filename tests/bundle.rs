@@ -55,7 +55,7 @@ fn promtool_checks_config_rules_and_unit_tests() {
     let (ok, out) = run_tool("promtool", &["check", "config", "monitoring/prometheus.yml"]);
     assert!(ok, "{out}");
     assert!(!out.contains("WARNING"), "promtool warned:\n{out}");
-    let (ok, out) = run_tool("promtool", &["check", "rules", "alert_rules.yml"]);
+    let (ok, out) = run_tool("promtool", &["check", "rules", "alert_rules.yml", "monitoring/recording_rules.yml"]);
     assert!(ok, "{out}");
     let mut args = vec!["test", "rules"];
     let files = test_files();
@@ -82,9 +82,17 @@ fn prometheus_config_has_the_expected_jobs() {
     let fleet = serde_yaml_ng::to_string(&jobs["inferwatch-fleet"]["file_sd_configs"]).unwrap();
     assert!(fleet.contains("targets/*.yml"), "{fleet}");
     assert_eq!(p["rule_files"][0], Value::from("../alert_rules.yml"));
-    assert!(serde_yaml_ng::to_string(&p["alerting"])
-        .unwrap()
-        .contains("alertmanager:9093"));
+    assert_eq!(p["rule_files"][1], Value::from("recording_rules.yml"));
+    let alerting = serde_yaml_ng::to_string(&p["alerting"]).unwrap();
+    assert!(alerting.contains("alertmanager:9093") && alerting.contains("alertmanager-2:9093"), "{alerting}");
+    // One misbehaving node cannot flood Prometheus.
+    for job in ["inferwatch", "inferwatch-fleet"] {
+        assert_eq!(jobs[job]["sample_limit"], Value::from(20000), "{job}");
+        assert_eq!(jobs[job]["label_limit"], Value::from(16), "{job}");
+    }
+    // The long-term storage example is there, commented out.
+    let text = std::fs::read_to_string(repo().join("monitoring/prometheus.yml")).unwrap();
+    assert!(text.contains("# remote_write:") && text.contains("/api/v1/write"));
     // The fleet file is valid file_sd content (a list of target groups).
     assert!(yaml("monitoring/targets/fleet.yml").is_sequence());
 }
@@ -376,6 +384,23 @@ fn compose_file_validates_with_docker_compose() {
         .find(|l| l.starts_with("USER "))
         .expect("a USER line");
     assert!(!user.contains("root") && user.trim() != "USER 0", "{user}");
+}
+
+#[test]
+fn the_ha_profile_clusters_two_alertmanagers() {
+    let (ok, out) = run_tool(
+        "docker-compose",
+        &["-f", "docker-compose-monitoring.yml", "--profile", "ha", "config"],
+    );
+    assert!(ok, "docker-compose --profile ha config:\n{out}");
+    let c: Value = serde_yaml_ng::from_str(&out).unwrap();
+    let args = |s: &str| serde_yaml_ng::to_string(&c["services"][s]["command"]).unwrap();
+    assert!(args("alertmanager").contains("--cluster.listen-address=0.0.0.0:9094"));
+    let second = args("alertmanager-2");
+    assert!(second.contains("--cluster.peer=alertmanager:9094"), "{second}");
+    assert!(second.contains("--cluster.listen-address"), "{second}");
+    // Only the ha profile starts the second one.
+    assert_eq!(c["services"]["alertmanager-2"]["profiles"][0], Value::from("ha"));
 }
 
 #[test]
