@@ -55,7 +55,10 @@ fn promtool_checks_config_rules_and_unit_tests() {
     let (ok, out) = run_tool("promtool", &["check", "config", "monitoring/prometheus.yml"]);
     assert!(ok, "{out}");
     assert!(!out.contains("WARNING"), "promtool warned:\n{out}");
-    let (ok, out) = run_tool("promtool", &["check", "rules", "alert_rules.yml", "monitoring/recording_rules.yml"]);
+    let (ok, out) = run_tool(
+        "promtool",
+        &["check", "rules", "alert_rules.yml", "monitoring/recording_rules.yml"],
+    );
     assert!(ok, "{out}");
     let mut args = vec!["test", "rules"];
     let files = test_files();
@@ -84,7 +87,10 @@ fn prometheus_config_has_the_expected_jobs() {
     assert_eq!(p["rule_files"][0], Value::from("../alert_rules.yml"));
     assert_eq!(p["rule_files"][1], Value::from("recording_rules.yml"));
     let alerting = serde_yaml_ng::to_string(&p["alerting"]).unwrap();
-    assert!(alerting.contains("alertmanager:9093") && alerting.contains("alertmanager-2:9093"), "{alerting}");
+    assert!(
+        alerting.contains("alertmanager:9093") && alerting.contains("alertmanager-2:9093"),
+        "{alerting}"
+    );
     // One misbehaving node cannot flood Prometheus.
     for job in ["inferwatch", "inferwatch-fleet"] {
         assert_eq!(jobs[job]["sample_limit"], Value::from(20000), "{job}");
