@@ -420,19 +420,25 @@ impl Prometheus {
 
     /// Runs an instant query and returns `data.result`.
     pub async fn query(&self, q: &str) -> Vec<serde_json::Value> {
-        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
-        let body: serde_json::Value = reqwest::Client::new()
-            .get(url)
-            .query(&[("query", q)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(body["status"], "success", "query {q} failed: {body}");
-        body["data"]["result"].as_array().cloned().unwrap_or_default()
+        instant_query(self.port, q).await
     }
+}
+
+/// An instant query through the Prometheus HTTP API on `port` (Prometheus
+/// or VictoriaMetrics): `data.result`.
+pub async fn instant_query(port: u16, q: &str) -> Vec<serde_json::Value> {
+    let url = format!("http://127.0.0.1:{port}/api/v1/query");
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(url)
+        .query(&[("query", q)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "success", "query {q} failed: {body}");
+    body["data"]["result"].as_array().cloned().unwrap_or_default()
 }
 
 /// A DLQ entry in the shape workers write: the failed job plus its history.
@@ -930,18 +936,7 @@ impl VictoriaMetrics {
 
     /// An instant query through its Prometheus API: `data.result`.
     pub async fn query(&self, q: &str) -> Vec<serde_json::Value> {
-        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
-        let body: serde_json::Value = reqwest::Client::new()
-            .get(url)
-            .query(&[("query", q)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(body["status"], "success", "query {q} failed: {body}");
         let _ = &self.proc;
-        body["data"]["result"].as_array().cloned().unwrap_or_default()
+        instant_query(self.port, q).await
     }
 }
