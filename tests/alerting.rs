@@ -9,91 +9,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, gpu_lines, repo, Alertmanager, Daemon, Driver, FakeGpus, Prometheus, SmtpSink};
-use serde_yaml_ng::Value;
+use common::alerting::{fast_rules, smtp_secret, state, test_alertmanager, USER};
+use common::{eventually, Alertmanager, Daemon, Driver, FakeGpus, Prometheus, SmtpSink};
 
-const USER: &str = "inferwatch@example.com";
-const PASSWORD: &str = "s3cret-from-a-file";
 const HOT_UUID: &str = "GPU-00000001-1111-2222-3333-444444444444";
-
-/// GPU 1 does not report its slowdown threshold, so the fixed 85 °C rule
-/// (GpuTemperatureHigh) is the one that watches it.
-fn state(temp1: u32) -> String {
-    format!(
-        "driver_version 550.54.15\ncount 2\n{}{}1.temp_slowdown 0\n",
-        gpu_lines(0, 40, 60),
-        gpu_lines(1, 41, temp1)
-    )
-}
-
-/// The group whose alerts follow the host's real disk, which the test does
-/// not control: a build machine near 80 % full fires DiskUsageHigh.
-const HOST_GROUP: &str = "inferwatch-storage";
-
-/// alert_rules.yml with every `for:` cut to 1 s and the host-disk group left
-/// out; every other rule is as shipped.
-fn fast_rules() -> String {
-    let text = std::fs::read_to_string(repo().join("alert_rules.yml")).unwrap();
-    let mut rules: Value = serde_yaml_ng::from_str(&text).unwrap();
-    let groups = rules["groups"].as_sequence_mut().unwrap();
-    let before = groups.len();
-    groups.retain(|g| g["name"].as_str() != Some(HOST_GROUP));
-    assert_eq!(groups.len(), before - 1, "alert_rules.yml has a {HOST_GROUP} group");
-    let mut shortened = 0;
-    for group in groups.iter_mut() {
-        for rule in group["rules"].as_sequence_mut().unwrap() {
-            if let Some(m) = rule.as_mapping_mut().filter(|m| m.contains_key("for")) {
-                m.insert("for".into(), "1s".into());
-                shortened += 1;
-            }
-        }
-    }
-    assert!(shortened > 10, "expected the rules to have for: durations");
-    serde_yaml_ng::to_string(&rules).unwrap()
-}
-
-/// Sets `key` on every route of the tree that has it, and on the root.
-fn shorten_routes(route: &mut Value, key: &str, to: &str) {
-    let Value::Mapping(m) = route else { return };
-    if m.contains_key(key) || m.contains_key("receiver") {
-        m.insert(key.into(), to.into());
-    }
-    if let Some(Value::Sequence(children)) = m.get_mut("routes") {
-        for c in children {
-            shorten_routes(c, key, to);
-        }
-    }
-}
-
-/// alertmanager.yml pointed at the sink, with 1 s grouping waits.
-fn test_alertmanager(smtp_port: u16, password_file: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(repo().join("alertmanager.yml")).unwrap();
-    let mut am: Value = serde_yaml_ng::from_str(&text).unwrap();
-    let global = am.get_mut("global").unwrap();
-    assert_eq!(global["smtp_auth_username"], Value::from(USER));
-    assert!(global.get("smtp_auth_password").is_none(), "no password in the file");
-    global["smtp_smarthost"] = format!("127.0.0.1:{smtp_port}").into();
-    global["smtp_require_tls"] = false.into();
-    global["smtp_auth_password_file"] = password_file.display().to_string().into();
-    am["templates"] = Value::Sequence(vec![repo()
-        .join("monitoring/alertmanager/templates/*.tmpl")
-        .display()
-        .to_string()
-        .into()]);
-    let route = am.get_mut("route").unwrap();
-    shorten_routes(route, "group_wait", "1s");
-    shorten_routes(route, "group_interval", "1s");
-    serde_yaml_ng::to_string(&am).unwrap()
-}
 
 /// The SMTP server, its password file and an Alertmanager sending to it.
 async fn mail_path() -> (SmtpSink, Alertmanager, tempfile::TempDir) {
-    let sink = SmtpSink::start(USER, PASSWORD).await;
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("smtp_password");
-    // Alertmanager 0.25 sends the file's bytes as they are, so the file
-    // has no trailing newline (the README says to write it with printf).
-    std::fs::write(&password_file, PASSWORD).unwrap();
+    let (sink, secrets, password_file) = smtp_secret().await;
     let am = Alertmanager::start(&test_alertmanager(sink.port, &password_file)).await;
     (sink, am, secrets)
 }
