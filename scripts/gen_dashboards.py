@@ -16,7 +16,7 @@ import sys
 
 DATASOURCE_UID = "inferwatch-prometheus"
 DS = {"type": "prometheus", "uid": "${datasource}"}
-SEL = 'job=~"$job", instance=~"$instance"'
+SEL = 'job=~"$job", cluster=~"$cluster", instance=~"$instance"'
 GPU = SEL + ', gpu=~"$gpu"'
 RI = "$__rate_interval"
 
@@ -67,6 +67,19 @@ def table(title, description, unit, expr, w=24):
     return panel("table", title, description, unit, [(expr, "")], w, 6)
 
 
+def merged_table(title, description, unit, columns, w=24, h=8):
+    """One row per instance from several instant queries (Grafana's merge
+    transformation joins them on their labels); columns are (expr, name)."""
+    p = panel("table", title, description, unit, [(expr, "") for expr, _ in columns], w, h)
+    renames = {f"Value #{chr(ord('A') + i)}": name for i, (_, name) in enumerate(columns)}
+    p["transformations"] = [
+        {"id": "merge", "options": {}},
+        {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True, "job": True},
+                                       "renameByName": renames}},
+    ]
+    return p
+
+
 def threshold(*pairs):
     return [{"color": c, "value": v} for v, c in pairs]
 
@@ -76,7 +89,10 @@ def variables(extra):
         {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
          "current": {"text": "Prometheus", "value": DATASOURCE_UID}, "hide": 0, "refresh": 1, "regex": ""},
         query_var("job", "Job", "label_values(inferwatch_build_info, job)", multi=False),
-        query_var("instance", "Instance", 'label_values(inferwatch_build_info{job=~"$job"}, instance)'),
+        # The label monitoring/targets/*.yml gives a group of nodes; All
+        # (.*) also matches nodes without one.
+        query_var("cluster", "Cluster", 'label_values(inferwatch_build_info{job=~"$job"}, cluster)'),
+        query_var("instance", "Instance", 'label_values(inferwatch_build_info{job=~"$job", cluster=~"$cluster"}, instance)'),
     ]
     return v + extra
 
@@ -407,12 +423,65 @@ pipeline = dashboard(
 )
 
 
+FSEL = 'job=~"$job", cluster=~"$cluster", instance=~"$instance"'
+CSEL = 'job=~"$job", cluster=~"$cluster"'
+
+fleet = dashboard(
+    "inferwatch-fleet", "inferwatch / Fleet",
+    "Every node at once, from the recording rules of monitoring/recording_rules.yml (instance: and cluster: "
+    "aggregates), so it stays fast with thousands of GPUs.",
+    [
+        stat("Nodes up", "Nodes Prometheus scraped at the last scrape (sum of up) over the selected clusters.", "none",
+             f"sum(up{{{FSEL}}})", w=4),
+        stat("GPUs", "GPUs that answered their node's last NVML poll (instance:gpu_devices:sum).", "none",
+             f"sum(instance:gpu_devices:sum{{{FSEL}}})", w=4),
+        stat("Hottest GPU", "Highest core temperature in the selection (instance:gpu_temperature_celsius:max).",
+             "celsius", f"max(instance:gpu_temperature_celsius:max{{{FSEL}}})", w=4,
+             thresholds=threshold((None, "green"), (75, "orange"), (85, "red"))),
+        stat("Services down", "Monitored services whose last check failed (instance:service_down:count).", "none",
+             f"sum(instance:service_down:count{{{FSEL}}})", w=4, thresholds=threshold((None, "green"), (1, "red"))),
+        stat("Jobs in DLQs", "Jobs that failed all retries, over every node (instance:dlq_depth:sum).", "none",
+             f"sum(instance:dlq_depth:sum{{{FSEL}}})", w=4, thresholds=threshold((None, "green"), (1, "orange"))),
+        stat("Power", "Power drawn by every selected GPU (instance:gpu_power_usage_watts:sum).", "watt",
+             f"sum(instance:gpu_power_usage_watts:sum{{{FSEL}}})", w=4),
+        merged_table("Instances", "One row per node: up, GPUs, hottest GPU, services down, DLQ jobs, failing "
+                     "collectors and the inferwatch version (from inferwatch_build_info).", "none", [
+                         (f"up{{{FSEL}}}", "up"),
+                         (f"instance:gpu_devices:sum{{{FSEL}}}", "GPUs"),
+                         (f"instance:gpu_temperature_celsius:max{{{FSEL}}}", "hottest °C"),
+                         (f"instance:service_down:count{{{FSEL}}}", "services down"),
+                         (f"instance:dlq_depth:sum{{{FSEL}}}", "DLQ jobs"),
+                         (f"instance:inferwatch_collector_failing:count{{{FSEL}}}", "collectors failing"),
+                         (f"inferwatch_build_info{{{FSEL}}}", "build"),
+                     ], h=10),
+        table("Hottest GPUs (top 10)", "The ten hottest GPUs of the selection, with their node and UUID "
+              "(topk over gpu_temperature_celsius).", "celsius", f"topk(10, gpu_temperature_celsius{{{FSEL}}})"),
+        ts("GPU utilisation per cluster", "Mean GPU utilisation per cluster (cluster:gpu_utilization_ratio:avg) and "
+           "mean SM active where GPM answers (cluster:gpu_sm_active_ratio:avg).", "percentunit",
+           (f"cluster:gpu_utilization_ratio:avg{{{CSEL}}}", "{{cluster}} utilisation"),
+           (f"cluster:gpu_sm_active_ratio:avg{{{CSEL}}}", "{{cluster}} SM active"), min=0, max=1),
+        ts("Memory used per cluster", "Device memory used over total per cluster (cluster:gpu_memory_used_bytes:ratio).",
+           "percentunit", (f"cluster:gpu_memory_used_bytes:ratio{{{CSEL}}}", "{{cluster}}"), min=0, max=1),
+        ts("Power per cluster", "Power drawn per cluster (cluster:gpu_power_usage_watts:sum).", "watt",
+           (f"cluster:gpu_power_usage_watts:sum{{{CSEL}}}", "{{cluster}}")),
+        ts("DLQ jobs per cluster", "Jobs in dead-letter queues per cluster (cluster:dlq_depth:sum).", "short",
+           (f"cluster:dlq_depth:sum{{{CSEL}}}", "{{cluster}}")),
+        ts("Nodes up and services down per cluster", "Nodes scraped (cluster:up:sum) and failed services "
+           "(cluster:service_down:count) per cluster.", "short",
+           (f"cluster:up:sum{{{CSEL}}}", "{{cluster}} nodes up"),
+           (f"cluster:service_down:count{{{CSEL}}}", "{{cluster}} services down")),
+        ts("Firing alerts by instance", "Alerts firing now per node (ALERTS), by severity.", "short",
+           (f'sum by (instance, severity) (ALERTS{{alertstate="firing", {FSEL}}})', "{{instance}} {{severity}}")),
+    ],
+)
+
+
 def main():
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "grafana-dashboards")
     check = "--check" in sys.argv
     stale = []
     for name, d in [("overview", overview), ("gpu", gpu), ("gpu-efficiency", efficiency), ("services-dlq", services),
-                    ("pipeline-ws-http", pipeline)]:
+                    ("pipeline-ws-http", pipeline), ("fleet", fleet)]:
         text = json.dumps(d, indent=2, ensure_ascii=False) + "\n"
         path = os.path.join(root, f"inferwatch-{name}.json")
         if check:

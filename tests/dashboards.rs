@@ -71,12 +71,22 @@ fn dashboards_follow_the_house_rules() {
         "GPU efficiency",
         "Services & DLQ",
         "Pipeline, WebSocket & HTTP",
+        "Fleet",
     ] {
         assert!(
             titles.iter().any(|t| t.ends_with(want)),
             "no {want} dashboard in {titles:?}"
         );
     }
+    // Every dashboard can be narrowed to a cluster (all by default), and
+    // the Fleet dashboard has its fixed uid.
+    for (file, d) in &all {
+        let cluster = variables(d).into_iter().find(|v| v["name"] == "cluster");
+        let cluster = cluster.unwrap_or_else(|| panic!("{file}: no cluster variable"));
+        assert_eq!(cluster["current"]["value"], "$__all", "{file}");
+        assert_eq!(cluster["allValue"], ".*", "{file}");
+    }
+    assert!(all.iter().any(|(_, d)| d["uid"] == "inferwatch-fleet"));
     let mut uids = std::collections::BTreeSet::new();
     for (file, d) in &all {
         let uid = d["uid"].as_str().unwrap_or("");
@@ -322,12 +332,20 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
         }
     });
 
-    // A real Prometheus with the real rules (for the ALERTS panel).
+    // A real Prometheus with the real rules (for the ALERTS panels) and the
+    // fleet recording rules, the two nodes in clusters a and b.
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(repo().join("alert_rules.yml"), dir.path().join("alert_rules.yml")).unwrap();
+    std::fs::copy(
+        repo().join("monitoring/recording_rules.yml"),
+        dir.path().join("recording_rules.yml"),
+    )
+    .unwrap();
     let prom_config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alert_rules.yml]\n\
-         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}', '127.0.0.1:{}']\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alert_rules.yml, recording_rules.yml]\n\
+         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n\
+         \x20     - {{targets: ['127.0.0.1:{}'], labels: {{cluster: a}}}}\n\
+         \x20     - {{targets: ['127.0.0.1:{}'], labels: {{cluster: b}}}}\n",
         daemon.port, second.port
     );
     let prom = Prometheus::start_with_config(dir, &prom_config).await;
@@ -368,6 +386,7 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
         ];
         instances.sort();
         assert_eq!(vars["instance"], regex_value(&instances));
+        assert_eq!(vars["cluster"], regex_value(&["a".to_string(), "b".to_string()]));
 
         for p in panels(&d) {
             for t in p["targets"].as_array().unwrap() {
