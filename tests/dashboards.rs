@@ -9,50 +9,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::dashboards::{
+    dashboards, every_query_returns_data, panels, regex_value, resolve_variables, variables, DATASOURCE_UID,
+};
 use common::{
     eventually, gpus_state, repo, run_tool, Daemon, Driver, FakeGpus, HealthTarget, Prometheus, Redis, WsClient,
 };
 use serde_json::Value;
-
-const DATASOURCE_UID: &str = "inferwatch-prometheus";
-
-fn dashboards() -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = std::fs::read_dir(repo().join("grafana-dashboards"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            assert!(
-                !text.contains("__inputs"),
-                "{}: __inputs breaks file provisioning",
-                p.display()
-            );
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, serde_json::from_str(&text).unwrap())
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn panels(d: &Value) -> Vec<&Value> {
-    // Rows may nest panels; flatten them.
-    let mut out = Vec::new();
-    for p in d["panels"].as_array().unwrap() {
-        if p["type"] == "row" {
-            out.extend(p["panels"].as_array().into_iter().flatten());
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn variables(d: &Value) -> Vec<&Value> {
-    d["templating"]["list"].as_array().unwrap().iter().collect()
-}
 
 /// Every `[...]` range in a query must be `$__rate_interval` (or a
 /// subquery/offset that the dashboard does not use).
@@ -198,71 +161,6 @@ fn committed_dashboards_match_their_generator() {
     assert!(ok, "{out}");
 }
 
-/// `label_values(selector, label)` or `label_values(label)`.
-fn parse_label_values(q: &str) -> (Option<String>, String) {
-    let inner = q
-        .trim()
-        .strip_prefix("label_values(")
-        .and_then(|s| s.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("unsupported variable query {q}"));
-    match inner.rsplit_once(',') {
-        Some((sel, label)) => (Some(sel.trim().to_string()), label.trim().to_string()),
-        None => (None, inner.trim().to_string()),
-    }
-}
-
-/// As Grafana formats a multi-value variable inside `=~"..."`.
-fn regex_value(values: &[String]) -> String {
-    let esc: Vec<String> = values
-        .iter()
-        .map(|v| {
-            v.chars()
-                .map(|c| {
-                    if ".+*?^$()[]{}|\\".contains(c) {
-                        format!("\\\\{c}")
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    if esc.len() == 1 {
-        esc[0].clone()
-    } else {
-        format!("({})", esc.join("|"))
-    }
-}
-
-fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {
-    let mut out = expr.replace("$__rate_interval", "10s");
-    // Longest names first, so $gpu never eats part of a longer name.
-    let mut names: Vec<&String> = vars.keys().collect();
-    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
-    for n in names {
-        out = out
-            .replace(&format!("${{{n}}}"), &vars[n])
-            .replace(&format!("${n}"), &vars[n]);
-    }
-    assert!(!out.contains('$'), "unsubstituted variable in {out}");
-    out
-}
-
-async fn label_values(prom: &Prometheus, selector: Option<&str>, label: &str) -> Vec<String> {
-    let mut req = reqwest::Client::new().get(format!("http://127.0.0.1:{}/api/v1/label/{label}/values", prom.port));
-    if let Some(s) = selector {
-        req = req.query(&[("match[]", s)]);
-    }
-    let body: Value = req.send().await.unwrap().json().await.unwrap();
-    assert_eq!(body["status"], "success", "{body}");
-    body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_panel_query_returns_data_from_the_real_daemon() {
     // Two H100s (the measured driver profile: GPM, no NVLink), one with an
@@ -362,23 +260,7 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
 
     let mut queried = 0;
     for (file, d) in dashboards() {
-        // Resolve the variables in order, as Grafana does.
-        let mut vars: BTreeMap<String, String> = BTreeMap::new();
-        for v in variables(&d) {
-            let name = v["name"].as_str().unwrap().to_string();
-            if v["type"] == "datasource" {
-                vars.insert(name, DATASOURCE_UID.into());
-                continue;
-            }
-            let (selector, label) = parse_label_values(v["query"]["query"].as_str().unwrap());
-            let selector = selector.map(|s| substitute(&s, &vars));
-            let values = label_values(&prom, selector.as_deref(), &label).await;
-            assert!(
-                !values.is_empty(),
-                "{file}: variable {name} ({selector:?}, {label}) has no values"
-            );
-            vars.insert(name, regex_value(&values));
-        }
+        let vars = resolve_variables(&prom, &file, &d).await;
         assert_eq!(vars["job"], "inferwatch");
         let mut instances = vec![
             format!("127.0.0.1:{}", daemon.port),
@@ -387,25 +269,7 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
         instances.sort();
         assert_eq!(vars["instance"], regex_value(&instances));
         assert_eq!(vars["cluster"], regex_value(&["a".to_string(), "b".to_string()]));
-
-        for p in panels(&d) {
-            for t in p["targets"].as_array().unwrap() {
-                let expr = substitute(t["expr"].as_str().unwrap(), &vars);
-                let title = p["title"].as_str().unwrap();
-                // Some series appear a little later (ALERTS after the first
-                // evaluation, rates after two samples): wait, bounded.
-                let series = eventually(&format!("{file}: {title}: {expr}"), Duration::from_secs(30), || {
-                    let (prom, expr) = (&prom, &expr);
-                    async move {
-                        let r = prom.query(expr).await;
-                        (!r.is_empty()).then_some(r)
-                    }
-                })
-                .await;
-                assert!(!series.is_empty());
-                queried += 1;
-            }
-        }
+        queried += every_query_returns_data(&prom, &file, &d, &vars).await;
     }
     sender.abort();
     assert!(queried >= 50, "only {queried} queries");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod alerting;
+pub mod dashboards;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
