@@ -8,7 +8,7 @@
 //! And two Alertmanagers clustered over gossip that email each alert group
 //! once, also after one of them is killed.
 //!
-//! (The 50-node run and the Fleet dashboard of issue 16 are not built yet.)
+//! And the fleet at size: 50 nodes under one Prometheus.
 
 mod common;
 
@@ -330,4 +330,139 @@ async fn clustered_alertmanagers_email_each_group_once_even_with_one_killed() {
         6.0,
         "the survivor sent each group's repeat and resolution"
     );
+}
+
+/// The fleet at size: 50 daemons, each on its own port with 8 fake H100s
+/// (the measured profile, so NVML costs what the real driver costs), one
+/// real Prometheus finding them through file_sd and scraping every 2 s for
+/// 60 s with the shipped recording and alert rules. Every node is up with
+/// no missed scrape, every recording rule has one series per node, every
+/// Fleet dashboard query answers with its variables resolved, and a 51st
+/// node added to the file is scraped without a restart. CPU and memory of
+/// the daemons and Prometheus are printed as a figure (README, Fleet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_nodes_under_one_prometheus() {
+    const FLEET: usize = 50;
+    const WINDOW_S: u64 = 60;
+    const SCRAPE_S: u64 = 2;
+    // One XID on GPU 1, so an alert with node labels fires everywhere.
+    let fake = FakeGpus::with_profile(Driver::Current, &format!("{}1.xid 79\n", gpus_state(8)), "h100-sxm-580");
+    let redis = Redis::start().await;
+    let config = format!(
+        "gpu:\n  nvml_library: {}\n  poll_interval: 2s\nqueues:\n  redis_url: {}\n  poll_interval: 5s\n\
+         pipeline:\n  stream:\n    enabled: false\n",
+        fake.lib_str(),
+        redis.url()
+    );
+    // Start them all at once, then wait for each.
+    let daemons: Vec<Daemon> = (0..=FLEET).map(|_| Daemon::spawn(&config, &[], &[], None)).collect();
+    for d in &daemons {
+        common::wait_for_2xx("a fleet daemon to be ready", &d.url("/-/ready")).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["alert_rules.yml", "monitoring/recording_rules.yml"] {
+        let name = std::path::Path::new(f).file_name().unwrap();
+        std::fs::copy(repo().join(f), dir.path().join(name)).unwrap();
+    }
+    let fleet: Vec<&Daemon> = daemons.iter().take(FLEET).collect();
+    let targets_file = dir.path().join("targets.yml");
+    std::fs::write(&targets_file, targets(&fleet)).unwrap();
+    let prom_config = format!(
+        "global:\n  scrape_interval: {SCRAPE_S}s\n  scrape_timeout: {SCRAPE_S}s\n  evaluation_interval: {SCRAPE_S}s\n\
+         rule_files: [alert_rules.yml, recording_rules.yml]\n\
+         scrape_configs:\n  - job_name: inferwatch-fleet\n    sample_limit: 20000\n    label_limit: 16\n\
+         \x20   file_sd_configs:\n      - files: [{}]\n        refresh_interval: 2s\n\
+         \x20   relabel_configs:\n      - {{target_label: job, replacement: inferwatch}}\n",
+        targets_file.display()
+    );
+    let prom = Prometheus::start_with_config(dir, &prom_config).await;
+    let started = std::time::Instant::now();
+    let cpu_before: Vec<f64> = daemons.iter().map(|d| common::cpu_and_rss(d.proc.pid()).0).collect();
+    let prom_cpu_before = common::cpu_and_rss(prom.pid()).0;
+
+    eventually("all 50 nodes up", LIMIT, || async {
+        let r = prom.query("count(up{job=\"inferwatch\"} == 1)").await;
+        (r.first().map(|s| s["value"][1].clone()) == Some(FLEET.to_string().into())).then_some(())
+    })
+    .await;
+    // A full window of scrapes, then no target may have missed more than one.
+    let expected = WINDOW_S / SCRAPE_S;
+    let window = eventually(
+        "a full window of scrapes",
+        Duration::from_secs(WINDOW_S + 60),
+        || async {
+            let r = prom
+                .query(&format!("count_over_time(up{{job=\"inferwatch\"}}[{WINDOW_S}s])"))
+                .await;
+            let full = r.len() == FLEET
+                && r.iter()
+                    .all(|s| s["value"][1].as_str().unwrap().parse::<u64>().unwrap() >= expected - 1);
+            full.then_some(r)
+        },
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    for s in &window {
+        let n: u64 = s["value"][1].as_str().unwrap().parse().unwrap();
+        assert!(
+            n.abs_diff(expected) <= 1,
+            "{}: {n} scrapes in {WINDOW_S}s, expected {expected}",
+            s["metric"]["instance"]
+        );
+    }
+    let up = prom.query("count(up{job=\"inferwatch\"} == 1)").await;
+    assert_eq!(up[0]["value"][1], FLEET.to_string(), "every node still up");
+
+    // Every recording rule: one series per node, or one per cluster.
+    for name in recorded() {
+        let (want, label) = if name.starts_with("instance:") {
+            (FLEET, "instance")
+        } else {
+            (2, "cluster")
+        };
+        let r = prom.query(&name).await;
+        let keys: BTreeSet<&str> = r.iter().map(|s| s["metric"][label].as_str().unwrap_or("")).collect();
+        assert_eq!((r.len(), keys.len()), (want, want), "{name}: one series per {label}");
+    }
+    // Every Fleet dashboard query answers, its variables resolved.
+    let (file, d) = common::dashboards::dashboards()
+        .into_iter()
+        .find(|(_, d)| d["uid"] == "inferwatch-fleet")
+        .expect("the Fleet dashboard");
+    let vars = common::dashboards::resolve_variables(&prom, &file, &d).await;
+    assert_eq!(vars["cluster"], "(a|b)");
+    assert_eq!(vars["instance"].matches('|').count() + 1, FLEET);
+    assert!(common::dashboards::every_query_returns_data(&prom, &file, &d, &vars).await >= 10);
+
+    // The figure: CPU over the window and memory, daemons and Prometheus.
+    let mut daemon_cpu = 0.0;
+    let mut daemon_rss = Vec::new();
+    for (d, before) in daemons.iter().zip(&cpu_before) {
+        let (cpu, rss) = common::cpu_and_rss(d.proc.pid());
+        daemon_cpu += cpu - before;
+        daemon_rss.push(rss);
+    }
+    let (prom_cpu, prom_rss) = common::cpu_and_rss(prom.pid());
+    daemon_rss.sort();
+    let mib = |b: u64| b as f64 / 1048576.0;
+    eprintln!(
+        "fleet figure: {} daemons x 8 GPUs over {elapsed:.0} s: daemons {:.1} % of a core in all ({:.2} % each), \
+         RSS median {:.1} MiB (max {:.1}); Prometheus {:.1} % of a core, RSS {:.0} MiB",
+        FLEET + 1,
+        daemon_cpu / elapsed * 100.0,
+        daemon_cpu / elapsed * 100.0 / (FLEET + 1) as f64,
+        mib(daemon_rss[daemon_rss.len() / 2]),
+        mib(*daemon_rss.last().unwrap()),
+        (prom_cpu - prom_cpu_before) / elapsed * 100.0,
+        mib(prom_rss)
+    );
+
+    // A 51st node added to the file is scraped without a restart.
+    let all: Vec<&Daemon> = daemons.iter().collect();
+    std::fs::write(&targets_file, targets(&all)).unwrap();
+    eventually("the 51st node", LIMIT, || async {
+        let r = prom.query("count(instance:gpu_devices:sum)").await;
+        (r.first().map(|s| s["value"][1].clone()) == Some((FLEET + 1).to_string().into())).then_some(())
+    })
+    .await;
 }

@@ -425,6 +425,10 @@ impl Prometheus {
     pub async fn query(&self, q: &str) -> Vec<serde_json::Value> {
         instant_query(self.port, q).await
     }
+
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
 }
 
 /// An instant query through the Prometheus HTTP API on `port` (Prometheus
@@ -984,4 +988,23 @@ impl VictoriaMetrics {
         let _ = &self.proc;
         instant_query(self.port, q).await
     }
+}
+
+/// CPU seconds (user + system) and resident memory in bytes of `pid`, from
+/// /proc (for figures, not assertions).
+pub fn cpu_and_rss(pid: i32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    (cpu / ticks, rss_kb * 1024)
 }
