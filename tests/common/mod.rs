@@ -822,7 +822,12 @@ pub struct Alertmanager {
 }
 
 impl Alertmanager {
+    /// A lone Alertmanager (clustering off).
     pub async fn start(config: &str) -> Alertmanager {
+        Self::launch(config, &["--cluster.listen-address="]).await
+    }
+
+    async fn launch(config: &str, args: &[&str]) -> Alertmanager {
         let dir = tempfile::tempdir().unwrap();
         let (port, proc) = start_prometheus_family(
             &dir,
@@ -830,7 +835,7 @@ impl Alertmanager {
             "alertmanager",
             config,
             "--storage.path",
-            &["--cluster.listen-address="],
+            args,
         )
         .await;
         Alertmanager { dir, port, proc }
@@ -840,7 +845,6 @@ impl Alertmanager {
     /// `cluster_port` and joins `peers`. `peer_timeout` is how long each
     /// position in the notification order waits for the ones before it.
     pub async fn start_clustered(config: &str, cluster_port: u16, peers: &[u16], peer_timeout: &str) -> Alertmanager {
-        let dir = tempfile::tempdir().unwrap();
         let mut args = vec![
             format!("--cluster.listen-address=127.0.0.1:{cluster_port}"),
             format!("--cluster.peer-timeout={peer_timeout}"),
@@ -850,16 +854,7 @@ impl Alertmanager {
         ];
         args.extend(peers.iter().map(|p| format!("--cluster.peer=127.0.0.1:{p}")));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (port, proc) = start_prometheus_family(
-            &dir,
-            "prometheus-alertmanager",
-            "alertmanager",
-            config,
-            "--storage.path",
-            &args,
-        )
-        .await;
-        Alertmanager { dir, port, proc }
+        Self::launch(config, &args).await
     }
 
     /// Stops it with `signal`.
