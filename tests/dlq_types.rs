@@ -311,3 +311,58 @@ async fn a_page_stops_at_its_byte_budget_and_says_so() {
     .await;
     assert_eq!(next["jobs"][0]["original_job"]["id"], "job-2");
 }
+
+/// The requeue step checks before it pops: it moves only the run of
+/// expected entries at the oldest end, leaves the first unexpected entry
+/// and everything after it untouched, puts malformed entries (empty
+/// payload) back at the newest end in their order, and works from either
+/// end.
+#[tokio::test]
+async fn the_requeue_step_moves_only_the_expected_run_in_order() {
+    use inferwatch::dlq::{CHECK_LUA, REQUEUE_LUA};
+    let redis = Redis::start().await;
+    let mut c = redis.connection().await;
+    let script = redis::Script::new(&format!("{CHECK_LUA}{REQUEUE_LUA}"));
+    for (pop, push) in [("LEFT", "RIGHT"), ("RIGHT", "LEFT")] {
+        let _: () = c.del(&[DLQ, QUEUE]).await.unwrap();
+        // Oldest first in list order for LPOP, reversed for RPOP.
+        let mut stored = vec![
+            failure(0),
+            "bad entry".to_string(),
+            failure(2),
+            "intruder".to_string(),
+            failure(4),
+        ];
+        if pop == "RIGHT" {
+            stored.reverse();
+        }
+        let _: () = c.rpush(DLQ, &stored).await.unwrap();
+        let mut inv = script.key(DLQ);
+        inv.key(QUEUE).arg(pop).arg(push);
+        // Expected: job 0, the malformed entry, job 2, then job 3 (but the
+        // list holds "intruder" there), then job 4.
+        for (entry, payload) in [
+            (failure(0), r#"{"id":"job-0"}"#.to_string()),
+            ("bad entry".to_string(), String::new()),
+            (failure(2), r#"{"id":"job-2"}"#.to_string()),
+            (failure(3), r#"{"id":"job-3"}"#.to_string()),
+            (failure(4), r#"{"id":"job-4"}"#.to_string()),
+        ] {
+            inv.arg(entry).arg(payload);
+        }
+        let reply: Vec<i64> = inv.invoke_async(&mut c).await.unwrap();
+        assert_eq!(reply, vec![0, 2, 1, 1], "{pop}: 2 requeued, 1 kept, stopped");
+        let queue = lrange(&redis, QUEUE).await;
+        let dlq = lrange(&redis, DLQ).await;
+        // The queue gets the payloads in order on the push side; the DLQ
+        // keeps the intruder and job 4 at the oldest end and the malformed
+        // entry at the newest.
+        if push == "RIGHT" {
+            assert_eq!(queue, vec![r#"{"id":"job-0"}"#, r#"{"id":"job-2"}"#]);
+            assert_eq!(dlq, vec!["intruder".to_string(), failure(4), "bad entry".to_string()]);
+        } else {
+            assert_eq!(queue, vec![r#"{"id":"job-2"}"#, r#"{"id":"job-0"}"#]);
+            assert_eq!(dlq, vec!["bad entry".to_string(), failure(4), "intruder".to_string()]);
+        }
+    }
+}

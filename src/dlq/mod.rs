@@ -305,31 +305,48 @@ local function wrong_type(keys)
 end
 "#;
 
-/// Compare-and-move: pops the expected entries one by one from the DLQ's
-/// oldest end and pushes each payload onto the queue (or, for a malformed
-/// entry, back onto the DLQ's newest end). Stops at the first entry that is
-/// not the expected one and puts it back.
+/// Compare-and-move, checked before it pops: reads the DLQ's oldest
+/// entries (one `LRANGE`), counts how many in a row are the expected ones,
+/// pops exactly those (one `LPOP`/`RPOP` with a count), and pushes their
+/// payloads onto the queue and the malformed ones (empty payload) back onto
+/// the DLQ's newest end, in order, in multi-value pushes. An entry that is
+/// not the expected one ends the step untouched, with everything after it.
 /// Returns {0, requeued, skipped, stopped} or {1, key, type}.
 pub const REQUEUE_LUA: &str = r#"
 local bad = wrong_type({KEYS[1], KEYS[2]})
 if bad then return bad end
 local pop_left = ARGV[1] == 'LEFT'
-local push_left = ARGV[2] == 'LEFT'
-local requeued, skipped = 0, 0
-for i = 3, #ARGV, 2 do
-  local entry
-  if pop_left then entry = redis.call('LPOP', KEYS[1]) else entry = redis.call('RPOP', KEYS[1]) end
-  if entry ~= ARGV[i] then
-    if entry then
-      if pop_left then redis.call('LPUSH', KEYS[1], entry) else redis.call('RPUSH', KEYS[1], entry) end
-    end
-    return {0, requeued, skipped, 1}
-  end
-  local target, value = KEYS[2], ARGV[i + 1]
-  if value == '' then target, value = KEYS[1], entry; skipped = skipped + 1 else requeued = requeued + 1 end
-  if push_left then redis.call('LPUSH', target, value) else redis.call('RPUSH', target, value) end
+local push = ARGV[2] == 'LEFT' and 'LPUSH' or 'RPUSH'
+local n = (#ARGV - 2) / 2
+if n < 1 then return {0, 0, 0, 0} end
+local oldest
+if pop_left then oldest = redis.call('LRANGE', KEYS[1], 0, n - 1)
+else oldest = redis.call('LRANGE', KEYS[1], -n, -1) end
+local k = 0
+for i = 1, n do
+  local e
+  if pop_left then e = oldest[i] else e = oldest[#oldest - i + 1] end
+  if e == nil or e ~= ARGV[1 + 2 * i] then break end
+  k = i
 end
-return {0, requeued, skipped, 0}
+if k == 0 then return {0, 0, 0, 1} end
+if pop_left then redis.call('LPOP', KEYS[1], k) else redis.call('RPOP', KEYS[1], k) end
+local moved, kept = {}, {}
+for i = 1, k do
+  local v = ARGV[2 + 2 * i]
+  if v == '' then kept[#kept + 1] = ARGV[1 + 2 * i] else moved[#moved + 1] = v end
+end
+local function push_all(key, list)
+  local from = 1
+  while from <= #list do
+    local to = math.min(from + 999, #list)
+    redis.call(push, key, unpack(list, from, to))
+    from = to + 1
+  end
+end
+push_all(KEYS[2], moved)
+push_all(KEYS[1], kept)
+return {0, #moved, #kept, (k < n) and 1 or 0}
 "#;
 
 /// Renames a non-empty DLQ to its archive key with a TTL.
