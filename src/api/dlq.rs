@@ -243,26 +243,25 @@ pub async fn requeue_all(
         };
         return Ok(dlq_console::start_task(&state, &actor, &queues, &base, spec, "requeue_all")?.into_response());
     }
-    let slot = dlq_console::reserve(&state)?;
-    let joined = tokio::spawn(async move { queues.requeue_all(&base).await }).await;
-    let result = joined.map_err(|e| AppError::Unavailable {
-        message: "the requeue task failed".into(),
-        detail: e.to_string(),
-    });
-    let report = match result {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            dlq_console::release(&state, slot);
-            return Err(e.into());
-        }
-        Err(e) => {
-            dlq_console::release(&state, slot);
-            return Err(e);
-        }
-    };
-    let mut row = crate::store::AuditRow::new(&actor.0, "requeue_all", &report.queue_name);
-    row.counts = json!({ "moved": report.requeued, "skipped_malformed": report.skipped_malformed, "remaining": report.remaining });
-    dlq_console::audit(&state, slot, row);
+    let report = dlq_console::audited(
+        &state,
+        |r: &crate::dlq::RequeueReport| {
+            let mut row = crate::store::AuditRow::new(&actor.0, "requeue_all", &r.queue_name);
+            row.counts =
+                json!({ "moved": r.requeued, "skipped_malformed": r.skipped_malformed, "remaining": r.remaining });
+            row
+        },
+        // Spawned, so that it runs to the end even if the client goes away.
+        || async move {
+            let joined = tokio::spawn(async move { queues.requeue_all(&base).await }).await;
+            let result = joined.map_err(|e| AppError::Unavailable {
+                message: "the requeue task failed".into(),
+                detail: e.to_string(),
+            })?;
+            Ok(result?)
+        },
+    )
+    .await?;
     Ok(Json(serde_json::to_value(report).expect("reports serialise")).into_response())
 }
 
