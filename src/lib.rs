@@ -20,10 +20,12 @@
 //!   and history ring, the service views, the filesystem reading, readiness.
 //! - [`cleanup`]: the read-only file scan behind the cleanup preview.
 //! - [`restart`]: the pure restart policy (statuses, backoff, give-up, reset).
-//! - [`dlq`]: the Redis side of queues and DLQs: polling, listing, and the
-//!   atomic requeue / clear / restore scripts; `dlq::search` (job ids,
-//!   filters, cursor scans, single-job moves) and `dlq::tasks` (filtered
-//!   and rate-limited requeues as background tasks).
+//! - [`dlq`]: the Redis side of queues and DLQs: polling and requeue-all;
+//!   `dlq::entry` (the JobFailure shape), `dlq::list` (pages),
+//!   `dlq::scripts` (every atomic Lua step), `dlq::archives` (clear,
+//!   restore, the archive list), `dlq::search` (job ids, filters, cursor
+//!   scans, single-job moves), `dlq::tasks` (filtered and rate-limited
+//!   requeues as background tasks) and `dlq::processing` (jobs in flight).
 //! - [`pipeline`]: pipeline event parsing, the cardinality guard, the
 //!   `pipeline_*` families and `inference_fps`.
 //! - [`redis_conn`]: a lazily (re)connected Redis connection.

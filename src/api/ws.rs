@@ -136,7 +136,7 @@ async fn pump(
             // The hub counted the slow consumer when it cut it off.
             _ = cancel.cancelled() => return None,
             m = rx.recv() => {
-                let Some(m) = m else { return None };
+                let m = m?;
                 // Take whatever else is queued and write it all at once.
                 batch.push(m);
                 while batch.len() < MAX_BATCH {

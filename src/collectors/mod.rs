@@ -80,13 +80,16 @@ pub struct Entry {
 /// A future that yields a collector once its slow setup is done.
 pub type Setup = Pin<Box<dyn Future<Output = Box<dyn DynCollector>> + Send>>;
 
+/// Spawns a collector's own tasks, given readiness and the shutdown token.
+pub type Spawner = Box<dyn FnOnce(Arc<Readiness>, CancellationToken) -> Vec<tokio::task::JoinHandle<()>> + Send>;
+
 /// What a registry entry builds.
 pub enum Built {
     /// A collector the runner polls on its interval.
     Polled(Setup),
     /// Tasks on their own schedule (the health monitor: one per service);
     /// the closure spawns them.
-    Own(Box<dyn FnOnce(Arc<Readiness>, CancellationToken) -> Vec<tokio::task::JoinHandle<()>> + Send>),
+    Own(Spawner),
     /// Nothing to run with this config (e.g. no queues configured).
     Nothing,
 }

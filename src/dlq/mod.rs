@@ -21,26 +21,41 @@
 //!   that failed since, in atomic batches.
 //!
 //! Only keys derived from the configured queue names are ever touched.
+//!
+//! Files: this one holds the shared plumbing (errors, connection, busy
+//! flags, metrics), the depth poll and requeue-all; `entry` reads the
+//! `JobFailure` shape, `list` pages a DLQ, `scripts` holds the Lua steps,
+//! `archives` clear / restore / list archives, `search` finds and moves
+//! single jobs, `tasks` runs filtered and paced requeues, `processing`
+//! watches the jobs in flight.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use prometheus::{GaugeVec, IntCounterVec};
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::config::{PushSide, QueuesConfig};
 use crate::metrics::{family, Metrics};
 use crate::redis_conn::{is_connection_error, RedisConn};
 
+mod archives;
+mod entry;
+mod list;
 pub mod processing;
+mod scripts;
 pub mod search;
 pub mod tasks;
-pub use search::{job_id, Filter, SearchPage, SingleAction, SingleReport};
 
+pub use archives::{ArchiveInfo, ClearReport, RestoreReport};
+pub use entry::{parse_entry, JobFailure};
+pub use list::{Listed, Page};
 pub use processing::{Active, Returned, StuckList};
+use scripts::{int_at, script_reply, Scripts};
+pub use scripts::{CHECK_LUA, CLEAR_LUA, REQUEUE_LUA, RESTORE_LUA, SINGLE_LUA};
+pub use search::{job_id, Filter, SearchPage, SingleAction, SingleReport};
 pub use tasks::{MoveReport, MoveSpec, Task, TaskState, TaskView};
 
 /// Why a DLQ operation failed; the API maps each to a status. The texts are
@@ -78,166 +93,6 @@ impl From<redis::RedisError> for DlqError {
     }
 }
 
-/// A DLQ entry in the `JobFailure` shape (README, Queues), checked.
-#[derive(Debug)]
-pub struct JobFailure<'a> {
-    /// `original_job`, exactly as it appears in the entry.
-    pub original_job: &'a RawValue,
-    /// `first_failed_at` as Unix seconds.
-    pub first_failed_at: f64,
-    /// `last_failed_at` as Unix seconds.
-    pub last_failed_at: f64,
-    pub error: String,
-    pub attempt_count: u64,
-}
-
-/// Parses a DLQ entry; `Err` says what is wrong with it.
-pub fn parse_entry(raw: &str) -> Result<JobFailure<'_>, String> {
-    #[derive(serde::Deserialize)]
-    struct Shape<'a> {
-        #[serde(borrow)]
-        original_job: Option<&'a RawValue>,
-        error: Option<serde_json::Value>,
-        attempt_count: Option<serde_json::Value>,
-        first_failed_at: Option<serde_json::Value>,
-        last_failed_at: Option<serde_json::Value>,
-        queue_name: Option<serde_json::Value>,
-    }
-    let shape: Shape = serde_json::from_str(raw).map_err(|e| format!("not JSON in the JobFailure shape: {e}"))?;
-    let original_job = shape.original_job.ok_or("missing field original_job")?;
-    if !original_job.get().starts_with('{') {
-        return Err("original_job is not a JSON object".into());
-    }
-    let Some(serde_json::Value::String(error)) = shape.error else {
-        return Err("missing or non-string field error".into());
-    };
-    let attempt_count = shape
-        .attempt_count
-        .as_ref()
-        .and_then(|v| v.as_u64())
-        .ok_or("missing field attempt_count (a whole number)")?;
-    if !shape.queue_name.as_ref().is_some_and(|v| v.is_string()) {
-        return Err("missing or non-string field queue_name".into());
-    }
-    let first_failed_at = timestamp(shape.first_failed_at.as_ref()).ok_or("missing or unreadable first_failed_at")?;
-    let last_failed_at = timestamp(shape.last_failed_at.as_ref()).ok_or("missing or unreadable last_failed_at")?;
-    Ok(JobFailure {
-        original_job,
-        first_failed_at,
-        last_failed_at,
-        error,
-        attempt_count,
-    })
-}
-
-/// An RFC 3339 string (a naive one is taken as UTC) or Unix seconds.
-fn timestamp(v: Option<&serde_json::Value>) -> Option<f64> {
-    match v? {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .or_else(|_| s.parse::<chrono::NaiveDateTime>().map(|t| t.and_utc()))
-            .ok()
-            .map(|t| t.timestamp_millis() as f64 / 1000.0),
-        _ => None,
-    }
-}
-
-/// One listed entry: the JobFailure as stored, or the raw text and why it
-/// could not be read.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub enum Listed {
-    /// The entry with `"id"` and `"index"` added at its end.
-    Job(Box<RawValue>),
-    Malformed {
-        index: u64,
-        id: String,
-        malformed: bool,
-        raw: String,
-        parse_error: String,
-    },
-    /// Larger than `queues.list_entry_max_bytes`: the first bytes of it.
-    Truncated {
-        index: u64,
-        id: String,
-        truncated: bool,
-        /// The entry's full size in bytes.
-        size: u64,
-        raw: String,
-    },
-}
-
-/// A page of a DLQ.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Page {
-    /// Each entry: the JobFailure as stored, or `{index, malformed, raw,
-    /// parse_error}`, or `{index, truncated, size, raw}`.
-    #[schema(value_type = Vec<Object>)]
-    pub jobs: Vec<Listed>,
-    pub queue_name: String,
-    pub start: u64,
-    /// The limit applied: the requested one, or fewer when the page's byte
-    /// budget was reached.
-    pub limit: u64,
-    pub requested_limit: u64,
-    /// `queues.list_page_max_bytes` when it cut the page short, else null.
-    pub byte_budget_reached: Option<u64>,
-    pub total: u64,
-}
-
-/// Turns one stored entry (at most `cap` of its `size` bytes) into its
-/// listed form without copying it.
-fn listed(index: u64, size: u64, bytes: Vec<u8>, cap: usize, id: String) -> Listed {
-    if size > cap as u64 {
-        return Listed::Truncated {
-            index,
-            id,
-            truncated: true,
-            size,
-            raw: String::from_utf8_lossy(&bytes).into_owned(),
-        };
-    }
-    let text = match String::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            return Listed::Malformed {
-                index,
-                id,
-                malformed: true,
-                raw: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                parse_error: "not UTF-8".into(),
-            }
-        }
-    };
-    match parse_entry(&text).map(|_| ()) {
-        Ok(()) => {
-            // A JobFailure is a non-empty object: the added keys go last, so
-            // they win over any same-named key of the entry.
-            let body = text.trim_end();
-            let body = body.strip_suffix('}').unwrap_or(body);
-            let with_id = format!("{body},\"id\":\"{id}\",\"index\":{index}}}");
-            match RawValue::from_string(with_id) {
-                Ok(raw) => Listed::Job(raw),
-                Err(e) => Listed::Malformed {
-                    index,
-                    id,
-                    malformed: true,
-                    raw: String::new(),
-                    parse_error: e.to_string(),
-                },
-            }
-        }
-        Err(parse_error) => Listed::Malformed {
-            index,
-            id,
-            malformed: true,
-            raw: text,
-            parse_error,
-        },
-    }
-}
-
 /// What a requeue did.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RequeueReport {
@@ -257,25 +112,6 @@ pub struct MalformedEntry {
     pub parse_error: String,
 }
 
-/// What a clear did.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ClearReport {
-    pub queue_name: String,
-    pub cleared: u64,
-    /// Null when the DLQ was empty (nothing to archive).
-    pub archive_key: Option<String>,
-    pub expires_at: Option<String>,
-}
-
-/// What a restore did.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct RestoreReport {
-    pub queue_name: String,
-    pub archive_key: String,
-    pub restored: u64,
-    pub total: u64,
-}
-
 /// Depths from one poll.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueDepth {
@@ -289,200 +125,6 @@ pub struct QueueDepth {
     pub active: Option<processing::Active>,
     /// Why the processing list could not be read (a wrong-typed key).
     pub active_error: Option<String>,
-}
-
-/// Shared by every script: `wrong_type(keys)` returns `{key, type}` for the
-/// first key that exists and is not a list. Each script calls it on every
-/// key it will write (or read) before its first pop, because Redis does not
-/// undo a pop when a later command in the script raises.
-pub const CHECK_LUA: &str = r#"
-local function wrong_type(keys)
-  for _, k in ipairs(keys) do
-    local t = redis.call('TYPE', k).ok
-    if t ~= 'list' and t ~= 'none' then return {1, k, t} end
-  end
-  return nil
-end
-"#;
-
-/// Compare-and-move, checked before it pops: reads the DLQ's oldest
-/// entries (one `LRANGE`), counts how many in a row are the expected ones,
-/// pops exactly those (one `LPOP`/`RPOP` with a count), and pushes their
-/// payloads onto the queue and the malformed ones (empty payload) back onto
-/// the DLQ's newest end, in order, in multi-value pushes. An entry that is
-/// not the expected one ends the step untouched, with everything after it.
-/// Returns {0, requeued, skipped, stopped} or {1, key, type}.
-pub const REQUEUE_LUA: &str = r#"
-local bad = wrong_type({KEYS[1], KEYS[2]})
-if bad then return bad end
-local pop_left = ARGV[1] == 'LEFT'
-local push = ARGV[2] == 'LEFT' and 'LPUSH' or 'RPUSH'
-local n = (#ARGV - 2) / 2
-if n < 1 then return {0, 0, 0, 0} end
-local oldest
-if pop_left then oldest = redis.call('LRANGE', KEYS[1], 0, n - 1)
-else oldest = redis.call('LRANGE', KEYS[1], -n, -1) end
-local k = 0
-for i = 1, n do
-  local e
-  if pop_left then e = oldest[i] else e = oldest[#oldest - i + 1] end
-  if e == nil or e ~= ARGV[1 + 2 * i] then break end
-  k = i
-end
-if k == 0 then return {0, 0, 0, 1} end
-if pop_left then redis.call('LPOP', KEYS[1], k) else redis.call('RPOP', KEYS[1], k) end
-local moved, kept = {}, {}
-for i = 1, k do
-  local v = ARGV[2 + 2 * i]
-  if v == '' then kept[#kept + 1] = ARGV[1 + 2 * i] else moved[#moved + 1] = v end
-end
-local function push_all(key, list)
-  local from = 1
-  while from <= #list do
-    local to = math.min(from + 999, #list)
-    redis.call(push, key, unpack(list, from, to))
-    from = to + 1
-  end
-end
-push_all(KEYS[2], moved)
-push_all(KEYS[1], kept)
-return {0, #moved, #kept, (k < n) and 1 or 0}
-"#;
-
-/// Renames a non-empty DLQ to its archive key with a TTL.
-/// Returns {0, entries} (0 when empty), {2} when the archive key exists,
-/// or {1, key, type}.
-pub const CLEAR_LUA: &str = r#"
-local bad = wrong_type({KEYS[1]})
-if bad then return bad end
-if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
-local n = redis.call('LLEN', KEYS[1])
-if n == 0 then return {0, 0} end
-redis.call('RENAME', KEYS[1], KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return {0, n}
-"#;
-
-/// Moves up to ARGV[1] archive entries back into the DLQ, on the DLQ's
-/// oldest side and in their order; a missing DLQ gets the archive renamed.
-/// Returns {0, moved, left in the archive} or {1, key, type}.
-pub const RESTORE_LUA: &str = r#"
-local bad = wrong_type({KEYS[1], KEYS[2]})
-if bad then return bad end
-local n = redis.call('LLEN', KEYS[1])
-if n == 0 then return {0, 0, 0} end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('RENAME', KEYS[1], KEYS[2])
-  redis.call('PERSIST', KEYS[2])
-  return {0, n, 0}
-end
-local moved = 0
-local limit = tonumber(ARGV[1])
-while moved < limit do
-  local v
-  if ARGV[2] == 'LEFT' then v = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  else v = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') end
-  if not v then break end
-  moved = moved + 1
-end
-return {0, moved, redis.call('LLEN', KEYS[1])}
-"#;
-
-/// One listing page without copying whole entries out of Redis: walks the
-/// range 16 entries at a time and returns each entry's full size and at
-/// most ARGV[3] of its bytes, stopping early when the shown bytes would pass
-/// ARGV[4] (at least one entry is always returned).
-/// Returns {0, total, budget_reached, size1, bytes1, size2, bytes2, ...} or
-/// {1, key, type}.
-const LIST_LUA: &str = r#"
-local bad = wrong_type({KEYS[1]})
-if bad then return bad end
-local total = redis.call('LLEN', KEYS[1])
-local start, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local cap, budget = tonumber(ARGV[3]), tonumber(ARGV[4])
-local out = {0, total, 0}
-local used, n, i = 0, 0, start
-while n < limit and i < total do
-  local chunk = redis.call('LRANGE', KEYS[1], i, math.min(i + 15, start + limit - 1))
-  if #chunk == 0 then break end
-  for _, v in ipairs(chunk) do
-    local size = #v
-    local shown = math.min(size, cap)
-    if n > 0 and used + shown > budget then
-      out[3] = 1
-      return out
-    end
-    used = used + shown
-    n = n + 1
-    out[#out + 1] = size
-    if size > cap then out[#out + 1] = string.sub(v, 1, cap) else out[#out + 1] = v end
-  end
-  i = i + #chunk
-end
-return out
-"#;
-
-/// One job, by exact value: removes one copy of ARGV[1] from the DLQ
-/// (LREM with count ARGV[4], 1 from the head or -1 from the tail) and, only
-/// if it was there, pushes ARGV[2] onto KEYS[2] at end ARGV[3], with a TTL
-/// of ARGV[5] seconds when that is not 0.
-/// Returns {0, 1}, {3} when the entry was not there, or {1, key, type}.
-pub const SINGLE_LUA: &str = r#"
-local bad = wrong_type({KEYS[1], KEYS[2]})
-if bad then return bad end
-if redis.call('LREM', KEYS[1], tonumber(ARGV[4]), ARGV[1]) == 0 then return {3} end
-if ARGV[3] == 'LEFT' then redis.call('LPUSH', KEYS[2], ARGV[2]) else redis.call('RPUSH', KEYS[2], ARGV[2]) end
-local ttl = tonumber(ARGV[5])
-if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
-return {0, 1}
-"#;
-
-/// The scripts, each with the type-check prelude, built (text and
-/// SHA1) once per process.
-#[derive(Clone, Copy)]
-enum Scripts {
-    List,
-    Requeue,
-    Clear,
-    Restore,
-    Single,
-    Processing,
-}
-
-impl Scripts {
-    fn get(self) -> &'static redis::Script {
-        use std::sync::OnceLock;
-        static CELLS: [OnceLock<redis::Script>; 6] = [const { OnceLock::new() }; 6];
-        let body = match self {
-            Scripts::List => LIST_LUA,
-            Scripts::Requeue => REQUEUE_LUA,
-            Scripts::Clear => CLEAR_LUA,
-            Scripts::Restore => RESTORE_LUA,
-            Scripts::Single => SINGLE_LUA,
-            Scripts::Processing => processing::PROCESSING_LUA,
-        };
-        CELLS[self as usize].get_or_init(|| redis::Script::new(&format!("{CHECK_LUA}{body}")))
-    }
-}
-
-/// The script's reply past its status, or the wrong-type refusal.
-fn script_reply(reply: Vec<redis::Value>) -> Result<Vec<redis::Value>, DlqError> {
-    let status: i64 = reply
-        .first()
-        .and_then(|v| redis::from_redis_value(v).ok())
-        .unwrap_or(-1);
-    match status {
-        0 | 2 | 3 => Ok(reply),
-        1 if reply.len() == 3 => Err(DlqError::WrongType {
-            key: redis::from_redis_value(&reply[1]).unwrap_or_default(),
-            found: redis::from_redis_value(&reply[2]).unwrap_or_default(),
-        }),
-        _ => Err(DlqError::Unavailable(format!("unexpected script reply: {reply:?}"))),
-    }
-}
-
-fn int_at(reply: &[redis::Value], i: usize) -> u64 {
-    reply.get(i).and_then(|v| redis::from_redis_value(v).ok()).unwrap_or(0)
 }
 
 /// The families the moves write (the depths are the queue collector's).
@@ -769,45 +411,6 @@ impl Queues {
         Ok(self.config.names.iter().cloned().zip(counts).collect())
     }
 
-    /// One page of a DLQ, newest first for LPUSH layouts (list order).
-    /// Entries over `list_entry_max_bytes` come back truncated, and the page
-    /// stops early at `list_page_max_bytes` of shown bytes.
-    pub async fn list(&self, queue: &str, start: u64, limit: u64) -> Result<Page, DlqError> {
-        let key = self.dlq_key(queue);
-        let (cap, budget) = (self.config.list_entry_max_bytes, self.config.list_page_max_bytes);
-        let args = [start, limit, cap as u64, budget as u64].map(|n| n.to_string());
-        let arg_refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let reply = self.script(&Scripts::List, &[&key], &arg_refs).await?;
-        let total = int_at(&reply, 1);
-        let budget_reached = int_at(&reply, 2) == 1;
-        let mut jobs = Vec::with_capacity((reply.len().saturating_sub(3)) / 2);
-        let mut rest = reply.into_iter().skip(3);
-        let mut index = start;
-        while let (Some(size), Some(bytes)) = (rest.next(), rest.next()) {
-            let size: u64 = redis::from_redis_value(&size).unwrap_or(0);
-            let bytes: Vec<u8> = redis::from_redis_value(&bytes).unwrap_or_default();
-            let id = if size > cap as u64 {
-                // The id is of the whole entry: read it once, here.
-                let full: Option<Vec<u8>> = self.run(redis::cmd("LINDEX").arg(&key).arg(index)).await?;
-                full.map(|b| job_id(&b)).unwrap_or_default()
-            } else {
-                job_id(&bytes)
-            };
-            jobs.push(listed(index, size, bytes, cap, id));
-            index += 1;
-        }
-        let returned = jobs.len() as u64;
-        Ok(Page {
-            jobs,
-            queue_name: key,
-            start,
-            limit: if budget_reached { returned } else { limit },
-            requested_limit: limit,
-            byte_budget_reached: budget_reached.then_some(budget as u64),
-            total,
-        })
-    }
-
     /// Marks `queue` busy, or says a move is already running.
     fn mark_busy(&self, queue: &str) -> Result<(), DlqError> {
         if !self
@@ -927,172 +530,6 @@ impl Queues {
             remaining,
         })
     }
-
-    /// Archives the DLQ under `<dlq>:cleared:<unix_ts>` with the configured TTL.
-    pub async fn clear(&self, queue: &str) -> Result<ClearReport, DlqError> {
-        let key = self.dlq_key(queue);
-        let now = Utc::now();
-        let archive = format!("{key}:cleared:{}", now.timestamp());
-        let ttl = self.config.clear_archive_ttl.as_secs().max(1);
-        let reply = self
-            .script(&Scripts::Clear, &[&key, &archive], &[ttl.to_string().as_bytes()])
-            .await?;
-        let n = int_at(&reply, 1);
-        if int_at(&reply, 0) == 2 {
-            return Err(DlqError::Conflict(format!(
-                "{archive} already exists (cleared within the same second); retry in a second"
-            )));
-        }
-        self.metrics.cleared.with_label_values(&[queue]).inc_by(n);
-        let expires = now + chrono::Duration::seconds(ttl as i64);
-        Ok(ClearReport {
-            queue_name: key,
-            cleared: n,
-            archive_key: (n > 0).then_some(archive),
-            expires_at: (n > 0).then(|| crate::history::format_time(&expires)),
-        })
-    }
-
-    /// Maps an archive key (of a clear or of single-job deletes) to its
-    /// base queue name.
-    pub fn resolve_archive(&self, archive: &str) -> Option<String> {
-        let (dlq, ts) = archive
-            .rsplit_once(":cleared:")
-            .or_else(|| archive.rsplit_once(":deleted:"))?;
-        if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        self.resolve(dlq).ok()
-    }
-
-    /// Moves an archive back into its DLQ.
-    pub async fn restore(&self, queue: &str, archive: &str) -> Result<RestoreReport, DlqError> {
-        let key = self.dlq_key(queue);
-        self.check_lists(&[archive, &key]).await?;
-        let total: u64 = self.run(redis::cmd("LLEN").arg(archive)).await?;
-        if total == 0 {
-            return Err(DlqError::NotFound(format!(
-                "no archive {archive}: it expired, was restored already, or never existed"
-            )));
-        }
-        // Restored entries go to the oldest side, in their order.
-        let side = self.pop_end().opposite().as_arg();
-        let batch = self.config.requeue_batch.to_string();
-        let mut restored = 0;
-        loop {
-            let reply = self
-                .script(
-                    &Scripts::Restore,
-                    &[archive, &key],
-                    &[batch.as_bytes(), side.as_bytes()],
-                )
-                .await?;
-            let (moved, left) = (int_at(&reply, 1), int_at(&reply, 2));
-            restored += moved;
-            self.metrics.restored.with_label_values(&[queue]).inc_by(moved);
-            if left == 0 || moved == 0 {
-                break;
-            }
-        }
-        Ok(RestoreReport {
-            queue_name: key,
-            archive_key: archive.to_string(),
-            restored,
-            total,
-        })
-    }
-}
-
-/// One archive of a DLQ: a clear's, or the single-job deletes of a second.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ArchiveInfo {
-    pub archive_key: String,
-    /// `cleared` or `deleted`.
-    pub kind: &'static str,
-    pub jobs: u64,
-    /// Seconds until it expires; null when it has no TTL.
-    pub ttl_seconds: Option<i64>,
-}
-
-/// `s` with Redis glob metacharacters escaped.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "*?[]\\^-".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-impl Queues {
-    /// The archives of `queue`'s DLQ, newest first. SCAN matches only the
-    /// archive key patterns, so no other key is read.
-    pub async fn archives(&self, queue: &str) -> Result<Vec<ArchiveInfo>, DlqError> {
-        let dlq = glob_escape(&self.dlq_key(queue));
-        let mut keys: Vec<String> = Vec::new();
-        for kind in ["cleared", "deleted"] {
-            let pattern = format!("{dlq}:{kind}:*");
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = self
-                    .run(
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(1000),
-                    )
-                    .await?;
-                keys.extend(
-                    batch
-                        .into_iter()
-                        .filter(|k| self.resolve_archive(k).as_deref() == Some(queue)),
-                );
-                if next == 0 || keys.len() > 10_000 {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        keys.sort();
-        keys.dedup();
-        // LLEN on a non-list would fail the whole pipeline: ask TYPE first.
-        let types: Vec<String> = {
-            let mut p = redis::pipe();
-            for k in &keys {
-                p.cmd("TYPE").arg(k);
-            }
-            self.run_pipe(&p).await?
-        };
-        let lists: Vec<&String> = keys
-            .iter()
-            .zip(&types)
-            .filter(|(_, t)| *t == "list")
-            .map(|(k, _)| k)
-            .collect();
-        let mut p = redis::pipe();
-        for k in &lists {
-            p.cmd("LLEN").arg(*k).cmd("TTL").arg(*k);
-        }
-        let sizes: Vec<i64> = self.run_pipe(&p).await?;
-        let mut out: Vec<ArchiveInfo> = lists
-            .iter()
-            .zip(sizes.chunks(2))
-            .map(|(k, c)| ArchiveInfo {
-                archive_key: k.to_string(),
-                kind: if k.contains(":deleted:") { "deleted" } else { "cleared" },
-                jobs: c[0].max(0) as u64,
-                ttl_seconds: (c[1] >= 0).then_some(c[1]),
-            })
-            .filter(|a| a.jobs > 0)
-            .collect();
-        let ts = |k: &str| k.rsplit(':').next().and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
-        out.sort_by_key(|a| std::cmp::Reverse(ts(&a.archive_key)));
-        Ok(out)
-    }
 }
 
 /// Why a requested DLQ name was refused.
@@ -1101,52 +538,4 @@ pub enum ResolveError {
     /// A configured job queue, not its DLQ.
     NotADlq(String),
     Unknown(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"{"original_job":{"id":"j1","image":"a.jpg","n":1.50},"error":"CUDA OOM","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"detection_queue"}"#;
-
-    #[test]
-    fn original_job_is_taken_byte_for_byte() {
-        let j = parse_entry(GOOD).unwrap();
-        assert_eq!(j.original_job.get(), r#"{"id":"j1","image":"a.jpg","n":1.50}"#);
-        assert_eq!(j.first_failed_at, 1_795_168_800.0);
-    }
-
-    #[test]
-    fn timestamps_may_be_numbers_or_naive() {
-        let t = GOOD.replace(r#""2026-11-20T10:00:00Z""#, "1795168800.5");
-        assert_eq!(parse_entry(&t).unwrap().first_failed_at, 1_795_168_800.5);
-        let t = GOOD.replace(r#""2026-11-20T10:00:00Z""#, r#""2026-11-20T10:00:00""#);
-        assert_eq!(parse_entry(&t).unwrap().first_failed_at, 1_795_168_800.0);
-    }
-
-    #[test]
-    fn malformed_entries_say_why() {
-        let cases = [
-            ("not json", "not JSON"),
-            ("[1,2]", "not JSON"),
-            (r#"{"error":"x"}"#, "original_job"),
-            (
-                &GOOD.replace(r#"{"id":"j1","image":"a.jpg","n":1.50}"#, "\"text\""),
-                "not a JSON object",
-            ),
-            (
-                &GOOD.replace(r#""attempt_count":3"#, r#""attempt_count":"3""#),
-                "attempt_count",
-            ),
-            (
-                &GOOD.replace(r#""2026-11-20T10:00:00Z""#, r#""yesterday""#),
-                "first_failed_at",
-            ),
-            (&GOOD.replace(r#","queue_name":"detection_queue""#, ""), "queue_name"),
-        ];
-        for (raw, want) in cases {
-            let err = parse_entry(raw).unwrap_err();
-            assert!(err.contains(want), "{raw}: {err}");
-        }
-    }
 }

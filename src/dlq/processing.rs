@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::{int_at, job_id, DlqError, Queues, Scripts};
+use super::scripts::{int_at, Scripts};
+use super::{job_id, DlqError, Queues};
 
 /// Entries of one processing list read per poll or request: far more than
 /// any worker pool holds at once, and a bound on what a poll costs.

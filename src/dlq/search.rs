@@ -13,7 +13,9 @@ use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{int_at, listed, parse_entry, DlqError, Listed, Queues, Scripts};
+use super::list::listed;
+use super::scripts::{int_at, Scripts};
+use super::{parse_entry, DlqError, Listed, Queues};
 
 /// Entries read per Redis round trip while scanning.
 const SCAN_BATCH: u64 = 1000;

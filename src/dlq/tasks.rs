@@ -23,8 +23,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::scripts::{int_at, Scripts};
 use super::search::{job_id, Filter};
-use super::{int_at, parse_entry, DlqError, Queues, Scripts};
+use super::{parse_entry, DlqError, Queues};
 
 /// Tasks kept for `GET /api/system/dlq/tasks`.
 const KEPT: usize = 100;

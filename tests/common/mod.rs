@@ -495,8 +495,7 @@ impl Daemon {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
             unsafe {
                 cmd.pre_exec(move || {
-                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit.clone())
-                        .map_err(std::io::Error::from)
+                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).map_err(std::io::Error::from)
                 });
             }
         }
