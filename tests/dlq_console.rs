@@ -466,11 +466,12 @@ fn actions(body: &Value) -> Vec<String> {
     strings(&body["rows"], "action")
 }
 
-#[tokio::test]
-async fn every_mutation_is_audited_through_a_postgres_outage() {
+/// `n` seeded failures and a daemon whose history store is a real
+/// PostgreSQL with a 100-row buffer, flushed every 200 ms.
+async fn with_audit_store(n: usize) -> (Redis, Postgres, Vec<String>, Daemon) {
     let redis = Redis::start().await;
-    let mut pg = Postgres::start().await;
-    let entries: Vec<String> = (0..50).map(|i| failure(i, "boom", 1, 10.0)).collect();
+    let pg = Postgres::start().await;
+    let entries: Vec<String> = (0..n).map(|i| failure(i, "boom", 1, 10.0)).collect();
     seed(&redis, &entries).await;
     let cfg = config(&redis, "")
         + &format!(
@@ -478,6 +479,12 @@ async fn every_mutation_is_audited_through_a_postgres_outage() {
             pg.url()
         );
     let d = Daemon::start(&cfg, &[]).await;
+    (redis, pg, entries, d)
+}
+
+#[tokio::test]
+async fn every_mutation_is_audited_through_a_postgres_outage() {
+    let (redis, mut pg, entries, d) = with_audit_store(50).await;
     let token_actor = format!("token:{}", &id_of(TOKEN)[..8]);
     assert_eq!(
         post(
@@ -562,16 +569,7 @@ async fn every_mutation_is_audited_through_a_postgres_outage() {
 
 #[tokio::test]
 async fn a_full_audit_buffer_refuses_the_mutation_and_changes_nothing() {
-    let redis = Redis::start().await;
-    let mut pg = Postgres::start().await;
-    let entries: Vec<String> = (0..200).map(|i| failure(i, "boom", 1, 10.0)).collect();
-    seed(&redis, &entries).await;
-    let cfg = config(&redis, "")
-        + &format!(
-            "store:\n  url: {}\n  flush_interval: 200ms\n  buffer_capacity: 100\n",
-            pg.url()
-        );
-    let d = Daemon::start(&cfg, &[]).await;
+    let (redis, mut pg, entries, d) = with_audit_store(200).await;
     pg.stop();
     // 100 single requeues fill the buffer while the database is down.
     for (i, entry) in entries.iter().take(100).enumerate() {
