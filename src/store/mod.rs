@@ -75,9 +75,6 @@ const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// How long shutdown waits for the final flush.
 const FINAL_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("failed to open history store ({what}): {source}")]
@@ -107,6 +104,7 @@ macro_rules! on_pool {
 }
 
 mod dlq;
+mod migrate;
 pub use dlq::{AuditFull, AuditRow, AuditSlot};
 
 struct Buffer {
@@ -226,8 +224,8 @@ impl Store {
         self.migrated
             .get_or_try_init(|| async {
                 match &self.backend {
-                    Backend::Sqlite(p) => SQLITE_MIGRATIONS.run(p).await,
-                    Backend::Postgres(p) => POSTGRES_MIGRATIONS.run(p).await,
+                    Backend::Sqlite(p) => migrate::SQLITE.migrator().await?.run(p).await,
+                    Backend::Postgres(p) => migrate::POSTGRES.migrator().await?.run(p).await,
                 }
                 .map_err(StoreError::from)
             })
