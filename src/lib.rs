@@ -38,7 +38,8 @@
 //!   certificates, bcrypt basic auth and headers, re-read when it changes.
 //! - [`history`]: the REST sample shape and the in-memory ring.
 //! - [`store`]: the SQLite/PostgreSQL history store and its batching writer;
-//!   `store::dlq` keeps the DLQ audit trail and the move tasks there.
+//!   `store::dlq` keeps the DLQ audit trail and the move tasks there;
+//!   `store::migrate` embeds the migrations of both backends.
 //! - [`metrics`]: the registry, the daemon's own metrics, the page cache and
 //!   the OpenMetrics encoder.
 //! - [`events`]: the internal event bus (GPU polls and crossings, service
