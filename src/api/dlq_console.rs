@@ -401,45 +401,39 @@ pub async fn requeue_filtered(
     if background || spec.rate.is_some() {
         return start_task(&state, &actor, &queues, &base, spec, "requeue_filtered");
     }
-    let slot = reserve(&state)?;
-    let guard = match queues.claim_task(&base) {
-        Ok(g) => g,
-        Err(e) => {
-            release(&state, slot);
-            return Err(e.into());
-        }
-    };
-    // Runs to the end even if the client goes away.
-    let (q2, b2, s2) = (queues.clone(), base.clone(), spec.clone());
-    let joined = tokio::spawn(async move {
-        let progress = crate::dlq::tasks::Progress::default();
-        let r = q2
-            .requeue_matching(&b2, &s2, &progress, &tokio_util::sync::CancellationToken::new())
-            .await;
-        q2.release_task(guard);
-        r
-    })
-    .await;
-    let result = joined.map_err(|e| AppError::Unavailable {
-        message: "the requeue task failed".into(),
-        detail: e.to_string(),
-    })?;
-    match result {
-        Ok(report) => {
+    let report = audited(
+        &state,
+        |report: &crate::dlq::MoveReport| {
             let mut row = AuditRow::new(&actor.0, "requeue_filtered", &report.queue_name);
             row.filter = Some(serde_json::to_value(&spec.filter).unwrap_or_default());
             row.counts = json!({ "moved": report.moved, "matched": report.matched, "skipped_malformed": report.skipped_malformed });
-            audit(&state, slot, row);
-            Ok((
-                StatusCode::OK,
-                Json(serde_json::to_value(report).expect("reports serialise")),
-            ))
-        }
-        Err(e) => {
-            release(&state, slot);
-            Err(e.into())
-        }
-    }
+            row
+        },
+        || async {
+            let guard = queues.claim_task(&base)?;
+            // Runs to the end even if the client goes away.
+            let (q2, b2, s2) = (queues.clone(), base.clone(), spec.clone());
+            let joined = tokio::spawn(async move {
+                let progress = crate::dlq::tasks::Progress::default();
+                let r = q2
+                    .requeue_matching(&b2, &s2, &progress, &tokio_util::sync::CancellationToken::new())
+                    .await;
+                q2.release_task(guard);
+                r
+            })
+            .await;
+            let result = joined.map_err(|e| AppError::Unavailable {
+                message: "the requeue task failed".into(),
+                detail: e.to_string(),
+            })?;
+            Ok(result?)
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::to_value(report).expect("reports serialise")),
+    ))
 }
 
 /// `GET /api/system/dlq/tasks`: this process's tasks and those of earlier
