@@ -49,12 +49,9 @@ async fn a_fanless_h100_keeps_the_collector_successful() {
         sample_value(&page, "inferwatch_nvml_calls_total{call=\"num_fans\"}"),
         Some(2.0)
     );
-    let log = d.log();
-    let warned: Vec<&str> = log
-        .lines()
-        .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && (l.contains("gpu") || l.contains("nvml")))
-        .collect();
+    let warned = d.gpu_warnings();
     assert!(warned.is_empty(), "{warned:?}");
+    let log = d.log();
     assert!(
         log.contains("580.159.04"),
         "the profile's driver version is reported: {log}"

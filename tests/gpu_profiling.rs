@@ -162,11 +162,7 @@ async fn a_card_without_gpm_has_no_gpm_series_and_no_warning() {
         sample_value(&page, &series("gpu_pcie_link_generation", 0, "")),
         Some(5.0)
     );
-    let log = d.log();
-    let warned: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-        .collect();
+    let warned = d.gpu_warnings();
     assert!(warned.is_empty(), "{warned:?}");
 }
 

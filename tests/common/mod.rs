@@ -526,6 +526,16 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("inferwatch.log")).unwrap()
     }
 
+    /// The WARN and ERROR lines about GPUs or NVML. Other conditions of the
+    /// host (a nearly full disk on a CI runner) are left out.
+    pub fn gpu_warnings(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| (l.contains("WARN") || l.contains("ERROR")) && (l.contains("gpu") || l.contains("nvml")))
+            .map(str::to_string)
+            .collect()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
