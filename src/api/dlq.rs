@@ -146,6 +146,20 @@ enum Listing {
     Search(crate::dlq::SearchPage),
 }
 
+/// Runs a move on its own task, so that it runs to the end even if the
+/// client goes away, and answers with its result.
+pub(crate) async fn to_the_end<T, F>(work: F) -> Result<T, AppError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, DlqError>> + Send + 'static,
+{
+    let result = tokio::spawn(work).await.map_err(|e| AppError::Unavailable {
+        message: "the requeue task failed".into(),
+        detail: e.to_string(),
+    })?;
+    Ok(result?)
+}
+
 /// The listing endpoints' parameters: paging, the filters and the cursor.
 fn listing_keys(extra: &[&'static str]) -> Vec<&'static str> {
     let mut keys = vec!["start", "limit", "cursor"];
@@ -251,15 +265,7 @@ pub async fn requeue_all(
                 json!({ "moved": r.requeued, "skipped_malformed": r.skipped_malformed, "remaining": r.remaining });
             row
         },
-        // Spawned, so that it runs to the end even if the client goes away.
-        || async move {
-            let joined = tokio::spawn(async move { queues.requeue_all(&base).await }).await;
-            let result = joined.map_err(|e| AppError::Unavailable {
-                message: "the requeue task failed".into(),
-                detail: e.to_string(),
-            })?;
-            Ok(result?)
-        },
+        || to_the_end(async move { queues.requeue_all(&base).await }),
     )
     .await?;
     Ok(Json(serde_json::to_value(report).expect("reports serialise")).into_response())

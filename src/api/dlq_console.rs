@@ -14,7 +14,7 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use super::auth::Actor;
-use super::dlq::{queue_param, queues};
+use super::dlq::{queue_param, queues, to_the_end};
 use super::query::{int_param, params, RawQuery};
 use super::{AppError, AppState, ErrorBody, MoveErrors, QueryErrors};
 use crate::dlq::{Filter, MoveSpec, Queues, SingleAction, Task, TaskState};
@@ -411,9 +411,8 @@ pub async fn requeue_filtered(
         },
         || async {
             let guard = queues.claim_task(&base)?;
-            // Runs to the end even if the client goes away.
             let (q2, b2, s2) = (queues.clone(), base.clone(), spec.clone());
-            let joined = tokio::spawn(async move {
+            to_the_end(async move {
                 let progress = crate::dlq::tasks::Progress::default();
                 let r = q2
                     .requeue_matching(&b2, &s2, &progress, &tokio_util::sync::CancellationToken::new())
@@ -421,12 +420,7 @@ pub async fn requeue_filtered(
                 q2.release_task(guard);
                 r
             })
-            .await;
-            let result = joined.map_err(|e| AppError::Unavailable {
-                message: "the requeue task failed".into(),
-                detail: e.to_string(),
-            })?;
-            Ok(result?)
+            .await
         },
     )
     .await?;
