@@ -55,6 +55,8 @@ pub enum Event {
         service: String,
         status: Status,
         message: String,
+        /// True during the service's start period.
+        starting: bool,
     },
     /// A built-in alert, already logged at its level by [`EventBus::alert`].
     Alert {

@@ -300,10 +300,10 @@ fn gpu_messages(gpu: &GpuState, fps: Option<f64>) -> Vec<Outgoing> {
         .collect()
 }
 
-fn service_message(service: &str, status: &str, message: &str) -> Outgoing {
+fn service_message(service: &str, status: &str, message: &str, starting: bool) -> Outgoing {
     Outgoing::new(
         EventType::ServiceStatus,
-        json!({ "service": service, "status": status, "message": message }),
+        json!({ "service": service, "status": status, "message": message, "starting": starting }),
     )
 }
 
@@ -321,7 +321,7 @@ pub(crate) fn snapshot(gpu: &GpuState, health: &HealthState, fps: Option<f64>) -
         health
             .services()
             .iter()
-            .map(|s| service_message(&s.name, s.status.as_str(), &s.message)),
+            .map(|s| service_message(&s.name, s.status.as_str(), &s.message, s.starting)),
     );
     out
 }
@@ -360,7 +360,8 @@ fn messages(event: &Event, gpu: &GpuState, pipeline: &Pipeline) -> Vec<Outgoing>
             service,
             status,
             message,
-        } => vec![service_message(service, status.as_str(), message)],
+            starting,
+        } => vec![service_message(service, status.as_str(), message, *starting)],
         Event::Alert {
             severity,
             condition,

@@ -4,14 +4,31 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
+use super::{de_opt_seconds, de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
 
 /// Service health monitor settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// The services to check, each on its own schedule.
     pub services: Vec<ServiceConfig>,
+    /// Restart commands that may run at once, across every service, 1–100;
+    /// a restart past it waits its turn.
+    #[serde(default = "default_max_concurrent_restarts")]
+    pub max_concurrent_restarts: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            services: Vec::new(),
+            max_concurrent_restarts: default_max_concurrent_restarts(),
+        }
+    }
+}
+
+fn default_max_concurrent_restarts() -> u32 {
+    1
 }
 
 /// How a service is checked.
@@ -24,6 +41,107 @@ pub enum CheckKind {
     Redis,
     /// Connecting to `postgres://…` and `SELECT 1` must work.
     Postgres,
+    /// The Open Inference Protocol (KServe v2: Triton, MLServer, KServe) at
+    /// the base `url`: `/v2/health/live` decides liveness,
+    /// `/v2/health/ready` and `/v2/models/{m}/ready` readiness.
+    OpenInference,
+}
+
+/// The HTTP method of an `http` check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum HttpMethod {
+    #[default]
+    #[serde(rename = "GET", alias = "get")]
+    Get,
+    #[serde(rename = "HEAD", alias = "head")]
+    Head,
+    #[serde(rename = "POST", alias = "post")]
+    Post,
+}
+
+/// One entry of `expect_status`: a code (`200`) or a class (`"2xx"`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum StatusSpec {
+    Code(u64),
+    Text(String),
+}
+
+impl StatusSpec {
+    /// The codes it covers, as an inclusive range; `None` when it is not a
+    /// code 100–599 or a class 1xx–5xx.
+    pub fn codes(&self) -> Option<(u16, u16)> {
+        let text = match self {
+            StatusSpec::Code(c) => c.to_string(),
+            StatusSpec::Text(t) => t.trim().to_ascii_lowercase(),
+        };
+        if let Some(class) = text.strip_suffix("xx") {
+            let d: u16 = class.parse().ok().filter(|d| (1..=5).contains(d) && class.len() == 1)?;
+            return Some((d * 100, d * 100 + 99));
+        }
+        let code: u16 = text.parse().ok().filter(|c| (100..=599).contains(c))?;
+        Some((code, code))
+    }
+
+    fn shown(&self) -> String {
+        match self {
+            StatusSpec::Code(c) => c.to_string(),
+            StatusSpec::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// Where a service's own Prometheus metrics say whether it makes progress.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressConfig {
+    /// The service's own `/metrics`, `http://…` or `https://…`.
+    pub metrics_url: Option<String>,
+    /// Metric names of a known server: `vllm`, `tgi`, `triton`, `llamacpp`
+    /// or `mlserver` (README, Health monitor). Or give `pending` and `done`.
+    pub preset: Option<String>,
+    /// Gauges whose sum is the work waiting or running.
+    #[serde(default)]
+    pub pending: Vec<String>,
+    /// Counters whose sum grows while work gets done.
+    #[serde(default)]
+    pub done: Vec<String>,
+    /// Work pending and no growth this long is a stall, 1 s–24 h.
+    #[serde(default = "default_stall_after", deserialize_with = "de_seconds")]
+    pub stall_after: Duration,
+}
+
+fn default_stall_after() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// The metric names of each progress preset, from each server's own source
+/// (README, Health monitor, cites the files): `(pending gauges, done counters)`.
+pub const PRESETS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "vllm",
+        &["vllm:num_requests_running", "vllm:num_requests_waiting"],
+        &["vllm:generation_tokens_total"],
+    ),
+    ("tgi", &["tgi_queue_size", "tgi_batch_current_size"], &["tgi_batch_inference_success"]),
+    ("triton", &["nv_inference_pending_request_count"], &["nv_inference_exec_count"]),
+    (
+        "llamacpp",
+        &["llamacpp:requests_processing", "llamacpp:requests_deferred"],
+        &["llamacpp:n_decode_total"],
+    ),
+    ("mlserver", &["rest_server_requests_in_progress"], &["model_infer_request_success_total"]),
+];
+
+impl ProgressConfig {
+    /// The pending gauges and done counters: the preset's, or the lists.
+    pub fn names(&self) -> (Vec<String>, Vec<String>) {
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match self.preset.as_deref().and_then(|p| PRESETS.iter().find(|(n, _, _)| *n == p)) {
+            Some((_, pending, done)) => (own(pending), own(done)),
+            None => (self.pending.clone(), self.done.clone()),
+        }
+    }
 }
 
 /// One monitored service.
@@ -32,9 +150,10 @@ pub enum CheckKind {
 pub struct ServiceConfig {
     /// The `service` label and the key in `/api/system/health`: 1–64 of `A-Za-z0-9_.-`.
     pub name: String,
-    /// `http`, `redis` or `postgres`.
+    /// `http`, `redis`, `postgres` or `open_inference`.
     pub kind: CheckKind,
-    /// `http://…/health`, `redis://…` or `postgres://…`, matching `kind`.
+    /// `http://…/health`, `redis://…`, `postgres://…`, or the base
+    /// `http://HOST:PORT` of an Open Inference server, matching `kind`.
     pub url: String,
     /// Time between checks, 0.05–3600 s.
     #[serde(default = "default_check_interval", deserialize_with = "de_seconds")]
@@ -61,6 +180,69 @@ pub struct ServiceConfig {
     /// TLS settings of an `https://` check.
     #[serde(default)]
     pub tls: Option<ServiceTls>,
+    /// Failed checks in a row before the service is `unhealthy` and a
+    /// restart is scheduled, 1–100.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Passed checks in a row before it is `healthy` again, 1–100.
+    #[serde(default = "default_success_threshold")]
+    pub success_threshold: u32,
+    /// After the daemon starts and after each restart, failures do not
+    /// count for this long, 0–24 h; the first pass ends it.
+    #[serde(default, deserialize_with = "de_seconds")]
+    pub start_period: Duration,
+    /// Time between checks during the start period (default: `interval`).
+    #[serde(default, deserialize_with = "de_opt_seconds")]
+    pub start_interval: Option<Duration>,
+    /// `GET`, `HEAD` or `POST` (`http` only).
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// The request body of a `POST` check.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Request headers (`http` and `open_inference`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Codes (`200`) or classes (`"2xx"`) that pass (`http` only).
+    #[serde(default = "default_expect_status")]
+    pub expect_status: Vec<StatusSpec>,
+    /// A substring the response body must contain (`http` only).
+    #[serde(default)]
+    pub expect_body: Option<String>,
+    /// A passing check slower than this is counted in
+    /// `service_check_slow_total`, 0.001–300 s.
+    #[serde(default, deserialize_with = "de_opt_seconds")]
+    pub slow_after: Option<Duration>,
+    /// Models whose `/v2/models/{m}/ready` decides readiness
+    /// (`open_inference` only).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Stall detection from the service's own metrics.
+    #[serde(default)]
+    pub progress: Option<ProgressConfig>,
+    /// Services that must be healthy for this one to be restarted.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+}
+
+fn default_failure_threshold() -> u32 {
+    3
+}
+fn default_success_threshold() -> u32 {
+    1
+}
+fn default_expect_status() -> Vec<StatusSpec> {
+    vec![StatusSpec::Text("2xx".into())]
+}
+
+impl ServiceConfig {
+    /// How often checks run now: `start_interval` while starting.
+    pub fn interval_while(&self, starting: bool) -> Duration {
+        match self.start_interval {
+            Some(i) if starting => i,
+            _ => self.interval,
+        }
+    }
 }
 
 /// How an `https://` health check trusts the service and proves itself.
@@ -127,6 +309,13 @@ pub const BACKOFF_BASE: Range = Range::new("health.services[].backoff_base", 0.0
 pub const RESET_AFTER: Range = Range::new("health.services[].reset_after", 0.01, 604_800.0, "seconds");
 pub const RESTART_TIMEOUT: Range = Range::new("health.services[].restart.timeout", 0.1, 3600.0, "seconds");
 pub const RESTART_GRACE: Range = Range::new("health.services[].restart.grace_period", 0.0, 3600.0, "seconds");
+pub const FAILURE_THRESHOLD: Range = Range::new("health.services[].failure_threshold", 1.0, 100.0, "checks");
+pub const SUCCESS_THRESHOLD: Range = Range::new("health.services[].success_threshold", 1.0, 100.0, "checks");
+pub const START_PERIOD: Range = Range::new("health.services[].start_period", 0.0, 86_400.0, "seconds");
+pub const START_INTERVAL: Range = Range::new("health.services[].start_interval", 0.05, 3600.0, "seconds");
+pub const SLOW_AFTER: Range = Range::new("health.services[].slow_after", 0.001, 300.0, "seconds");
+pub const STALL_AFTER: Range = Range::new("health.services[].progress.stall_after", 1.0, 86_400.0, "seconds");
+pub const MAX_CONCURRENT_RESTARTS: Range = Range::new("health.max_concurrent_restarts", 1.0, 100.0, "restarts");
 
 impl HealthConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -142,6 +331,68 @@ impl HealthConfig {
             }
             svc.validate(i)?;
         }
+        MAX_CONCURRENT_RESTARTS.check(self.max_concurrent_restarts as f64)?;
+        self.validate_dependencies()
+    }
+
+    /// `depends_on` names other configured services, and never in a cycle.
+    fn validate_dependencies(&self) -> Result<(), ConfigError> {
+        let index = |name: &str| self.services.iter().position(|s| s.name == name);
+        for (i, svc) in self.services.iter().enumerate() {
+            for (j, dep) in svc.depends_on.iter().enumerate() {
+                let key = format!("health.services[{i}].depends_on[{j}]");
+                if *dep == svc.name {
+                    return Err(invalid(&key, dep, "the service itself", "names of other services"));
+                }
+                if index(dep).is_none() {
+                    let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+                    return Err(invalid(
+                        &key,
+                        dep,
+                        "not a configured service",
+                        &format!("one of {}", names.join(", ")),
+                    ));
+                }
+            }
+        }
+        // Depth-first search from each service; a service met again on the
+        // current path closes a cycle.
+        fn visit(
+            health: &HealthConfig,
+            at: usize,
+            path: &mut Vec<usize>,
+            done: &mut [bool],
+        ) -> Result<(), ConfigError> {
+            if done[at] {
+                return Ok(());
+            }
+            if let Some(p) = path.iter().position(|&s| s == at) {
+                let cycle: Vec<&str> = path[p..]
+                    .iter()
+                    .chain(std::iter::once(&at))
+                    .map(|&s| health.services[s].name.as_str())
+                    .collect();
+                return Err(invalid(
+                    &format!("health.services[{}].depends_on", path[path.len() - 1]),
+                    &cycle.join(" -> "),
+                    "a cycle",
+                    "dependencies that never lead back to the service",
+                ));
+            }
+            path.push(at);
+            for dep in &health.services[at].depends_on {
+                if let Some(d) = health.services.iter().position(|s| s.name == *dep) {
+                    visit(health, d, path, done)?;
+                }
+            }
+            path.pop();
+            done[at] = true;
+            Ok(())
+        }
+        let mut done = vec![false; self.services.len()];
+        for i in 0..self.services.len() {
+            visit(self, i, &mut Vec::new(), &mut done)?;
+        }
         Ok(())
     }
 }
@@ -150,7 +401,7 @@ impl CheckKind {
     /// The URL schemes this kind of check takes.
     fn schemes(self) -> &'static [&'static str] {
         match self {
-            CheckKind::Http => &["http://", "https://"],
+            CheckKind::Http | CheckKind::OpenInference => &["http://", "https://"],
             CheckKind::Redis => &["redis://"],
             CheckKind::Postgres => &["postgres://", "postgresql://"],
         }
@@ -159,7 +410,7 @@ impl CheckKind {
     /// Whether the client library for this kind accepts `url`.
     fn parse(self, url: &str) -> Result<(), UrlError> {
         match self {
-            CheckKind::Http => reqwest::Url::parse(url).map(|_| ()).map_err(UrlError::Http),
+            CheckKind::Http | CheckKind::OpenInference => reqwest::Url::parse(url).map(|_| ()).map_err(UrlError::Http),
             CheckKind::Redis => redis::Client::open(url).map(|_| ()).map_err(UrlError::Redis),
             CheckKind::Postgres => {
                 use std::str::FromStr;
@@ -245,6 +496,16 @@ impl ServiceConfig {
         MAX_RETRIES.check_at(&key("max_retries"), self.max_retries as f64)?;
         BACKOFF_BASE.check_at(&key("backoff_base"), self.backoff_base.as_secs_f64())?;
         RESET_AFTER.check_at(&key("reset_after"), self.reset_after.as_secs_f64())?;
+        FAILURE_THRESHOLD.check_at(&key("failure_threshold"), self.failure_threshold as f64)?;
+        SUCCESS_THRESHOLD.check_at(&key("success_threshold"), self.success_threshold as f64)?;
+        START_PERIOD.check_at(&key("start_period"), self.start_period.as_secs_f64())?;
+        if let Some(i) = self.start_interval {
+            START_INTERVAL.check_at(&key("start_interval"), i.as_secs_f64())?;
+        }
+        if let Some(s) = self.slow_after {
+            SLOW_AFTER.check_at(&key("slow_after"), s.as_secs_f64())?;
+        }
+        self.validate_probe(i)?;
         let Some(r) = &self.restart else { return Ok(()) };
         if r.command.first().map_or(true, |p| p.trim().is_empty()) {
             return Err(invalid(
@@ -256,5 +517,118 @@ impl ServiceConfig {
         }
         RESTART_TIMEOUT.check_at(&key("restart.timeout"), r.timeout.as_secs_f64())?;
         RESTART_GRACE.check_at(&key("restart.grace_period"), r.grace_period.as_secs_f64())
+    }
+}
+
+impl ServiceConfig {
+    /// The request settings, readiness models and progress of service `i`.
+    fn validate_probe(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("health.services[{i}].{field}");
+        let http = self.kind == CheckKind::Http;
+        let only_http = |field: &str, set: bool| {
+            if set && !http {
+                Err(invalid(&key(field), "set", "only for kind http", "no such key for this kind"))
+            } else {
+                Ok(())
+            }
+        };
+        only_http("method", self.method != HttpMethod::Get)?;
+        only_http("expect_status", self.expect_status != default_expect_status())?;
+        only_http("expect_body", self.expect_body.is_some())?;
+        if self.body.is_some() && self.method != HttpMethod::Post {
+            return Err(invalid(&key("body"), "set", "only for method POST", "method: POST, or no body"));
+        }
+        if !self.headers.is_empty() && !matches!(self.kind, CheckKind::Http | CheckKind::OpenInference) {
+            return Err(invalid(
+                &key("headers"),
+                "set",
+                "only for HTTP checks",
+                "kind http or open_inference",
+            ));
+        }
+        for (name, value) in &self.headers {
+            let ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && reqwest::header::HeaderValue::from_str(value).is_ok();
+            if !ok {
+                return Err(invalid(
+                    &key(&format!("headers.{name}")),
+                    name,
+                    "not a valid HTTP header",
+                    "a token name and a visible-ASCII value",
+                ));
+            }
+        }
+        if self.expect_status.is_empty() {
+            return Err(invalid(&key("expect_status"), "[]", "empty", "codes (200) or classes (\"2xx\")"));
+        }
+        for (j, spec) in self.expect_status.iter().enumerate() {
+            if spec.codes().is_none() {
+                return Err(invalid(
+                    &key(&format!("expect_status[{j}]")),
+                    &spec.shown(),
+                    "not a status code or class",
+                    "a code 100–599 or a class 1xx–5xx",
+                ));
+            }
+        }
+        if !self.models.is_empty() && self.kind != CheckKind::OpenInference {
+            return Err(invalid(&key("models"), "set", "only for kind open_inference", "no models for this kind"));
+        }
+        for (j, m) in self.models.iter().enumerate() {
+            if m.is_empty() || m.contains(['/', '?', '#']) || m.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    &key(&format!("models[{j}]")),
+                    m,
+                    "not a model name",
+                    "a non-empty name without /, ?, # or spaces",
+                ));
+            }
+        }
+        let Some(p) = &self.progress else { return Ok(()) };
+        let Some(url) = &p.metrics_url else {
+            return Err(invalid(
+                &key("progress.metrics_url"),
+                "missing",
+                "required",
+                "the service's own metrics URL, e.g. http://127.0.0.1:8000/metrics",
+            ));
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) || reqwest::Url::parse(url).is_err() {
+            return Err(invalid(
+                &key("progress.metrics_url"),
+                url,
+                "not an HTTP URL",
+                "http://HOST:PORT/metrics or https://…",
+            ));
+        }
+        let presets: Vec<&str> = PRESETS.iter().map(|(n, _, _)| *n).collect();
+        match &p.preset {
+            Some(name) if !presets.contains(&name.as_str()) => {
+                return Err(invalid(
+                    &key("progress.preset"),
+                    name,
+                    "not a known preset",
+                    &format!("one of {}, or pending and done", presets.join(", ")),
+                ));
+            }
+            Some(_) if !p.pending.is_empty() || !p.done.is_empty() => {
+                return Err(invalid(
+                    &key("progress.preset"),
+                    "set with pending/done",
+                    "ambiguous",
+                    "either a preset or pending and done",
+                ));
+            }
+            None if p.pending.is_empty() || p.done.is_empty() => {
+                return Err(invalid(
+                    &key("progress"),
+                    "no preset",
+                    "incomplete",
+                    &format!("a preset ({}) or both pending and done", presets.join(", ")),
+                ));
+            }
+            _ => {}
+        }
+        STALL_AFTER.check_at(&key("progress.stall_after"), p.stall_after.as_secs_f64())
     }
 }

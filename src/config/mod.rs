@@ -22,7 +22,7 @@ mod websocket;
 
 pub use api::ApiConfig;
 pub use gpu::{GpuConfig, GpuFieldsConfig};
-pub use health::{CheckKind, HealthConfig, RestartConfig, ServiceConfig};
+pub use health::{CheckKind, HealthConfig, HttpMethod, RestartConfig, ServiceConfig};
 pub use pipeline::{PipelineConfig, StreamConfig};
 pub use queues::{PushSide, QueuesConfig};
 pub use storage::{RetentionConfig, StorageConfig};

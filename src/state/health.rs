@@ -16,6 +16,10 @@ pub struct ServiceView {
     pub name: String,
     pub critical: bool,
     pub status: Status,
+    /// True during a start period (after the daemon starts or a restart).
+    pub starting: bool,
+    /// Ready to serve: Open Inference readiness, or the last check.
+    pub ready: bool,
     /// Why the service has this status, e.g. the last check's error.
     pub message: String,
     pub restart_attempts: u32,
@@ -37,6 +41,8 @@ impl HealthState {
                 name: s.name.clone(),
                 critical: s.critical,
                 status: Status::Unhealthy,
+                starting: !s.start_period.is_zero(),
+                ready: false,
                 message: "not checked yet".into(),
                 restart_attempts: 0,
                 consecutive_failures: 0,
