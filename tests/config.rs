@@ -121,6 +121,101 @@ fn bad_values_name_the_key_the_value_and_the_range() {
             &["unknown field", "shell"],
         ),
         (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', expect_status: ['7xx']}\n",
+            &[],
+            &["health.services[0].expect_status[0]", "7xx", "1xx–5xx"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', expect_status: [600]}\n",
+            &[],
+            &["health.services[0].expect_status[0]", "600", "100–599"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', failure_threshold: 0}\n",
+            &[],
+            &["health.services[0].failure_threshold", "1–100"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', success_threshold: 101}\n",
+            &[],
+            &["health.services[0].success_threshold", "1–100"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', start_period: 2d}\n",
+            &[],
+            &["health.services[0].start_period", "0–86400"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', start_interval: 0s}\n",
+            &[],
+            &["health.services[0].start_interval", "0.05–3600"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', body: x}\n",
+            &[],
+            &["health.services[0].body", "only for method POST"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', method: PUT}\n",
+            &[],
+            &["method", "PUT", "GET"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', models: [m]}\n",
+            &[],
+            &["health.services[0].models", "open_inference"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', progress: {preset: vllm}}\n",
+            &[],
+            &["health.services[0].progress.metrics_url", "required"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', progress: {metrics_url: 'http://x/metrics', preset: sglang}}\n",
+            &[],
+            &["health.services[0].progress.preset", "sglang", "vllm, tgi, triton, llamacpp, mlserver"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', progress: {metrics_url: 'http://x/metrics', pending: [a]}}\n",
+            &[],
+            &["health.services[0].progress", "both pending and done"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', progress: {metrics_url: 'http://x/metrics', preset: vllm, stall_after: 0s}}\n",
+            &[],
+            &["health.services[0].progress.stall_after", "1–86400"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', depends_on: [a]}\n",
+            &[],
+            &["health.services[0].depends_on[0]", "the service itself"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', depends_on: [nope]}\n    - {name: b, kind: redis, url: 'redis://x:6379'}\n",
+            &[],
+            &["health.services[0].depends_on[0]", "nope", "one of a, b"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', depends_on: [b]}\n    - {name: b, kind: http, url: 'http://x/h', depends_on: [c]}\n    - {name: c, kind: http, url: 'http://x/h', depends_on: [a]}\n",
+            &[],
+            &["health.services[", "depends_on", "a -> b -> c -> a", "a cycle"],
+        ),
+        (
+            "health:\n  max_concurrent_restarts: 0\n",
+            &[],
+            &["health.max_concurrent_restarts", "1–100"],
+        ),
+        (
+            "health:\n  services:\n    - {name: r, kind: redis, url: 'redis://x:6379', headers: {X-A: b}}\n",
+            &[],
+            &["health.services[0].headers", "kind http or open_inference"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', headers: {'Bad Name': b}}\n",
+            &[],
+            &["health.services[0].headers.Bad Name", "not a valid HTTP header"],
+        ),
+        (
             "health:\n  services:\n    - {name: a, kind: postgres, url: 'postgres://u@h:port/db'}\n",
             &[],
             &["health.services[0].url", "not a valid URL"],
@@ -216,6 +311,18 @@ fn good_values_at_the_edges_are_accepted() {
     .unwrap();
     assert_eq!(c.gpu.poll_interval.as_secs(), 60, "env overrides the file");
     assert_eq!(c.gpu.history_minutes, 1440);
+
+    let c = check(
+        "health:\n  max_concurrent_restarts: 100\n  services:\n    - name: vllm\n      kind: http\n      url: 'http://x/health'\n      method: POST\n      body: '{}'\n      headers: {Authorization: 'Bearer t'}\n      expect_status: [200, '3xx', 204]\n      expect_body: ok\n      failure_threshold: 100\n      success_threshold: 1\n      start_period: 24h\n      start_interval: 50ms\n      slow_after: 1ms\n      progress: {metrics_url: 'http://x/metrics', preset: vllm, stall_after: 1s}\n      depends_on: [redis]\n    - {name: redis, kind: redis, url: 'redis://x:6379'}\n    - {name: triton, kind: open_inference, url: 'http://x:8000', models: [resnet, bert], depends_on: [redis, vllm]}\n",
+        &[],
+    )
+    .unwrap();
+    let s = &c.health.services[0];
+    assert_eq!((s.failure_threshold, s.start_period.as_secs()), (100, 86_400));
+    assert_eq!(s.expect_status.iter().map(|e| e.codes().unwrap()).collect::<Vec<_>>(), [(200, 200), (300, 399), (204, 204)]);
+    let defaults = &c.health.services[1];
+    assert_eq!((defaults.failure_threshold, defaults.success_threshold), (3, 1), "the documented defaults");
+    assert!(defaults.start_period.is_zero());
 }
 
 fn check_config(path: &Path) -> (i32, String) {

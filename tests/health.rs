@@ -415,3 +415,272 @@ async fn a_restart_command_that_exits_non_zero_fails_at_once_with_its_stderr_in_
         .unwrap();
     assert!(failures >= 1.0, "the failed attempt is counted: {failures}");
 }
+
+/// A restart command that appends `start END` lines (Unix times) around a
+/// `secs` long run to `runs`, then exits `code`.
+fn recording_restart(runs: &std::path::Path, secs: f64, code: i32) -> Vec<String> {
+    vec![
+        common::python(),
+        "-c".to_string(),
+        format!(
+            "import sys, time; f = open({p:?}, 'a'); s = time.time(); time.sleep({secs}); f.write('%f %f\\n' % (s, time.time())); sys.exit({code})",
+            p = runs.display().to_string()
+        ),
+    ]
+}
+
+fn runs(path: &std::path::Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn failures_under_the_threshold_are_counted_and_change_nothing() {
+    let mut target = HealthTarget::new();
+    target.start().await;
+    let runs_file = target.dir.path().join("runs.txt");
+    let extra = format!(
+        "    failure_threshold: 10\n    timeout: 300ms\n    restart:\n      command: {}\n",
+        serde_json::to_string(&recording_restart(&runs_file, 0.0, 0)).unwrap()
+    );
+    let d = daemon(&[service_yaml("rtdetr", "http", &target.url(), &extra)]).await;
+    wait_status(&d, "rtdetr", "healthy").await;
+    // 500s and hangs, each run ended by a pass long before ten in a row
+    // (a second of checks: room for a slow machine).
+    for (mode, reason) in [("500", "http_status"), ("hang", "timeout")] {
+        target.set(mode);
+        let series = format!("service_check_failures_total{{reason=\"{reason}\",service=\"rtdetr\"}}");
+        eventually(&format!("a {reason} failure"), LIMIT, || async {
+            (metric(&d, &series).await? >= 1.0).then_some(())
+        })
+        .await;
+        target.set("ok");
+        eventually("a pass after it", LIMIT, || async {
+            (metric(&d, "service_consecutive_failures{service=\"rtdetr\"}").await? == 0.0).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(transitions(&d, "rtdetr"), ["healthy"], "no status change");
+    assert!(alerts(&d).is_empty(), "no alert: {:?}", alerts(&d));
+    assert!(runs(&runs_file).is_empty(), "no restart");
+    assert_eq!(metric(&d, "service_restart_attempt{service=\"rtdetr\"}").await, Some(0.0));
+    let debug_lines = d.log().lines().filter(|l| l.contains("Health check failed.")).count();
+    assert_eq!(debug_lines, 0, "the per-failure line is DEBUG, not INFO");
+}
+
+#[tokio::test]
+async fn http_checks_take_a_method_body_expected_status_and_body() {
+    let mut target = HealthTarget::new();
+    target.start().await;
+    // The target answers GET /health with 200 and {"status":"ok"}.
+    let ok = "    expect_status: [200]\n    expect_body: '\"ok\"'\n    slow_after: 1ms\n    headers: {X-Probe: inferwatch}\n";
+    let wrong_body = "    expect_body: 'ready'\n    failure_threshold: 1\n";
+    let wrong_status = "    expect_status: ['3xx', 204]\n    failure_threshold: 1\n";
+    let d = daemon(&[
+        service_yaml("a", "http", &target.url(), ok),
+        service_yaml("b", "http", &target.url(), wrong_body),
+        service_yaml("c", "http", &target.url(), wrong_status),
+    ])
+    .await;
+    wait_status(&d, "a", "healthy").await;
+    wait_status(&d, "b", "unhealthy").await;
+    wait_status(&d, "c", "unhealthy").await;
+    eventually("failures by reason", LIMIT, || async {
+        let body = metric(&d, "service_check_failures_total{reason=\"body\",service=\"b\"}").await?;
+        let status = metric(&d, "service_check_failures_total{reason=\"http_status\",service=\"c\"}").await?;
+        (body >= 1.0 && status >= 1.0).then_some(())
+    })
+    .await;
+    assert!(d.log().contains("the body does not contain \\\"ready\\\""), "{}", d.log());
+    eventually("a slow pass counted", LIMIT, || async {
+        (metric(&d, "service_check_slow_total{service=\"a\"}").await? >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&d, "service_ready{service=\"a\"}").await, Some(1.0), "ready is the last check");
+    assert_eq!(metric(&d, "service_ready{service=\"b\"}").await, Some(0.0));
+}
+
+#[tokio::test]
+async fn a_stalled_server_is_restarted_and_a_busy_one_is_not() {
+    // nemotron: requests wait and the token counter is frozen. The restart
+    // command stands in for a restart that unsticks it: the counter moves.
+    let mut stuck = HealthTarget::new();
+    stuck.start().await;
+    stuck.set_metrics("2 1 frozen");
+    let runs_file = stuck.dir.path().join("runs.txt");
+    let unstick = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        format!(
+            "echo '0 0 moving' > {m}.tmp && mv {m}.tmp {m} && echo \"$(date +%s.%N) $(date +%s.%N)\" >> {r}",
+            m = format!("{}.metrics", stuck.state_file()),
+            r = runs_file.display()
+        ),
+    ];
+    let progress = |t: &HealthTarget| {
+        format!(
+            "    progress: {{metrics_url: '{}', preset: vllm, stall_after: 1s}}\n",
+            t.metrics_url()
+        )
+    };
+    let stuck_extra = format!(
+        "{}    backoff_base: 100ms\n    restart:\n      command: {}\n      grace_period: 100ms\n",
+        progress(&stuck),
+        serde_json::to_string(&unstick).unwrap()
+    );
+    // llama: just as busy, but it generates tokens.
+    let mut busy = HealthTarget::new();
+    busy.start().await;
+    busy.set_metrics("5 4 moving");
+    let busy_runs = busy.dir.path().join("runs.txt");
+    let busy_extra = format!(
+        "{}    backoff_base: 100ms\n    restart:\n      command: {}\n",
+        progress(&busy),
+        serde_json::to_string(&recording_restart(&busy_runs, 0.0, 0)).unwrap()
+    );
+    let d = daemon(&[
+        service_yaml("nemotron", "http", &stuck.url(), &stuck_extra),
+        service_yaml("llama", "http", &busy.url(), &busy_extra),
+    ])
+    .await;
+    eventually("the stall to be seen", LIMIT, || async {
+        (metric(&d, "service_stalled{service=\"nemotron\"}").await? == 1.0).then_some(())
+    })
+    .await;
+    eventually("the restart to bring it back", LIMIT, || async {
+        let ok = metric(&d, "service_restarts_total{result=\"success\",service=\"nemotron\"}").await?;
+        (ok == 1.0).then_some(())
+    })
+    .await;
+    wait_status(&d, "nemotron", "healthy").await;
+    assert_eq!(runs(&runs_file).len(), 1, "exactly one restart");
+    assert!(
+        metric(&d, "service_check_failures_total{reason=\"stalled\",service=\"nemotron\"}")
+            .await
+            .unwrap()
+            >= 3.0,
+        "three stalled checks reached the threshold"
+    );
+    assert_eq!(
+        metric(&d, "service_restarts_total{result=\"success\",service=\"nemotron\"}").await,
+        Some(1.0)
+    );
+    eventually("the stall to clear", LIMIT, || async {
+        (metric(&d, "service_stalled{service=\"nemotron\"}").await? == 0.0).then_some(())
+    })
+    .await;
+    assert!(d.log().contains("stalled: 3 pending"), "the reason is explained");
+
+    // The busy one was checked as long, well past stall_after, and never
+    // stalled.
+    eventually("3 s of busy checks", LIMIT, || async {
+        let n = metric(&d, "service_health_check_duration_seconds_count{service=\"llama\"}").await?;
+        (n >= 30.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&d, "service_stalled{service=\"llama\"}").await, Some(0.0));
+    assert_eq!(
+        metric(&d, "service_check_failures_total{reason=\"stalled\",service=\"llama\"}").await,
+        Some(0.0)
+    );
+    assert!(runs(&busy_runs).is_empty());
+    assert_eq!(transitions(&d, "llama"), ["healthy"]);
+}
+
+#[tokio::test]
+async fn services_whose_dependency_is_down_are_not_restarted() {
+    let mut redis = Redis::start().await;
+    let mut rtdetr = HealthTarget::new();
+    rtdetr.start().await;
+    let mut nemotron = HealthTarget::new();
+    nemotron.start().await;
+    let dependent = |t: &HealthTarget| {
+        let runs = t.dir.path().join("runs.txt");
+        format!(
+            "    depends_on: [redis]\n    backoff_base: 100ms\n    restart:\n      command: {}\n",
+            serde_json::to_string(&recording_restart(&runs, 0.0, 0)).unwrap()
+        )
+    };
+    let d = daemon(&[
+        service_yaml("redis", "redis", &redis.url(), "    failure_threshold: 1\n"),
+        service_yaml("rtdetr", "http", &rtdetr.url(), &dependent(&rtdetr)),
+        service_yaml("nemotron", "http", &nemotron.url(), &dependent(&nemotron)),
+    ])
+    .await;
+    for s in ["redis", "rtdetr", "nemotron"] {
+        wait_status(&d, s, "healthy").await;
+    }
+    // Redis goes down, and with it every AI service's check.
+    redis.kill();
+    rtdetr.set("503");
+    nemotron.set("503");
+    wait_status(&d, "redis", "unhealthy").await;
+    for s in ["rtdetr", "nemotron"] {
+        wait_status(&d, s, "unhealthy").await;
+        let series = format!("service_check_failures_total{{reason=\"dependency\",service=\"{s}\"}}");
+        eventually("many dependency failures", LIMIT, || async {
+            (metric(&d, &series).await? >= 10.0).then_some(())
+        })
+        .await;
+    }
+    assert!(d.log().contains("redis, which it depends on, is not healthy"), "the log names the dependency");
+    // Redis comes back, and so do the services, without a restart.
+    redis.resume().await;
+    rtdetr.set("ok");
+    nemotron.set("ok");
+    for s in ["redis", "rtdetr", "nemotron"] {
+        wait_status(&d, s, "healthy").await;
+    }
+    for t in [&rtdetr, &nemotron] {
+        assert!(runs(&t.dir.path().join("runs.txt")).is_empty(), "nothing was restarted");
+    }
+    assert_eq!(
+        metric(&d, "service_restart_attempt{service=\"rtdetr\"}").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&d, "service_check_failures_total{reason=\"http_status\",service=\"rtdetr\"}").await,
+        Some(0.0),
+        "every failure while redis was down has reason dependency"
+    );
+}
+
+#[tokio::test]
+async fn restarts_of_many_failing_services_never_overlap() {
+    // Three services that never come up, and restart commands that take
+    // 300 ms and fail: 2 attempts each, one at a time.
+    let targets: Vec<HealthTarget> = (0..3).map(|_| HealthTarget::new()).collect();
+    let runs_file = targets[0].dir.path().join("all_runs.txt");
+    let services: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let extra = format!(
+                "    failure_threshold: 1\n    max_retries: 2\n    backoff_base: 50ms\n    restart:\n      command: {}\n",
+                serde_json::to_string(&recording_restart(&runs_file, 0.3, 1)).unwrap()
+            );
+            service_yaml(&format!("svc{i}"), "http", &t.url(), &extra)
+        })
+        .collect();
+    let config = format!(
+        "gpu:\n  enabled: false\nhealth:\n  max_concurrent_restarts: 1\n  services:\n{}",
+        services.concat()
+    );
+    let d = Daemon::start_with_args(&config, &[], &["--log.format=json", "--log.level=info"]).await;
+    for i in 0..3 {
+        wait_status(&d, &format!("svc{i}"), "failed").await;
+    }
+    let mut spans = runs(&runs_file);
+    assert_eq!(spans.len(), 6, "two attempts for each of three services");
+    spans.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "restart commands overlapped: {spans:?}");
+    }
+    assert!(d.log().contains("Restart waits its turn"), "the wait is logged");
+}

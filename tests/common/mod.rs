@@ -699,6 +699,17 @@ impl HealthTarget {
         std::fs::rename(&tmp, self.state_file()).unwrap();
     }
 
+    /// Switches what `/metrics` serves: `"WAITING RUNNING frozen|moving"`.
+    pub fn set_metrics(&self, state: &str) {
+        let tmp = self.dir.path().join("metrics.tmp");
+        std::fs::write(&tmp, state).unwrap();
+        std::fs::rename(&tmp, format!("{}.metrics", self.state_file())).unwrap();
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.port)
+    }
+
     /// Runs the server in the foreground (as a child of the test).
     pub async fn start(&mut self) {
         let child = Command::new(python())

@@ -6,6 +6,14 @@ read from STATE_FILE on every request:
   500   -> 500 (any number: that status)
   hang  -> no answer for an hour
 
+GET /metrics serves what vLLM's own /metrics serves for stall detection,
+from STATE_FILE.metrics ("WAITING RUNNING frozen|moving", default
+"0 0 moving"): the gauges vllm:num_requests_waiting and
+vllm:num_requests_running and the counter vllm:generation_tokens_total
+(vllm/v1/metrics/loggers.py, PrometheusStatLogger, rendered by
+prometheus_client in text format 0.0.4). "frozen" keeps the token counter
+at 100; "moving" adds one per scrape, as generation does.
+
 Usage: health_target.py PORT STATE_FILE [--daemon PID_FILE]
 
 With HEALTH_TARGET_TLS=CERT_FILE:KEY_FILE in the environment it serves
@@ -23,8 +31,44 @@ import sys
 import time
 
 
+TOKENS = [100]
+
+
+def vllm_metrics():
+    try:
+        with open(STATE_FILE + ".metrics") as f:
+            waiting, running, counter = f.read().split()
+    except FileNotFoundError:
+        waiting, running, counter = "0", "0", "moving"
+    if counter == "moving":
+        TOKENS[0] += 1
+    labels = '{engine="0",model_name="nemotron"}'
+    return (
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+        "# TYPE vllm:num_requests_running gauge\n"
+        f"vllm:num_requests_running{labels} {float(running)}\n"
+        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        f"vllm:num_requests_waiting{labels} {float(waiting)}\n"
+        "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
+        "# TYPE vllm:generation_tokens_total counter\n"
+        f"vllm:generation_tokens_total{labels} {float(TOKENS[0])}\n"
+        "# HELP vllm:generation_tokens_created Number of generation tokens processed.\n"
+        "# TYPE vllm:generation_tokens_created gauge\n"
+        f"vllm:generation_tokens_created{labels} 1.7e+09\n"
+    ).encode()
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/metrics":
+            body = vllm_metrics()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         try:
             with open(STATE_FILE) as f:
                 mode = f.read().strip() or "ok"
