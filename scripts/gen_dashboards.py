@@ -309,12 +309,24 @@ services = dashboard(
     "Health checks and automatic restarts of the AI services, Redis and PostgreSQL; job queues and dead-letter "
     "queues; the daemon's own collectors.",
     [
-        stat("Service up", "1 while the service's last health check passed (service_up).", "none",
+        stat("Service up", "1 while the service is healthy (service_up).", "none",
              f'service_up{{{SEL}, service=~"$service"}}', "{{service}}", mappings=UP_DOWN,
              thresholds=threshold((None, "red"), (1, "green")), w=24),
         ts("Service status", "The service's state: healthy, unhealthy, restarting, restart_failed or failed "
            "(service_status == 1).", "none",
            (f'service_status{{{SEL}, service=~"$service"}} == 1', "{{service}}: {{status}}")),
+        ts("Ready, starting, stalled", "Ready to serve (service_ready: Open Inference readiness, or the last "
+           "check), in the start period (service_starting: failures do not count yet), and stalled (service_stalled: "
+           "work pending, no progress for stall_after).", "short",
+           (f'service_ready{{{SEL}, service=~"$service"}}', "{{service}} ready"),
+           (f'service_starting{{{SEL}, service=~"$service"}}', "{{service}} starting"),
+           (f'service_stalled{{{SEL}, service=~"$service"}}', "{{service}} stalled")),
+        ts("Models ready", "Each Open Inference model's readiness (inference_model_ready).", "short",
+           (f'inference_model_ready{{{SEL}, service=~"$service"}}', "{{service}}/{{model}}")),
+        ts("Failed checks by reason", "Failed health checks per second by reason, under the failure threshold too "
+           "(rate of service_check_failures_total).", "ops",
+           (f'sum by (instance, service, reason) (rate(service_check_failures_total{{{SEL}, service=~"$service"}}[{RI}])) > 0',
+            "{{service}} {{reason}}")),
         ts("Health check latency (p95)", "95th percentile of health check duration "
            "(service_health_check_duration_seconds).", "s",
            (f'histogram_quantile(0.95, sum by (instance, service, le) (rate(service_health_check_duration_seconds_bucket'

@@ -194,11 +194,13 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
          queues:\n  redis_url: {}\n  poll_interval: 1s\n  processing_suffix: \":processing\"\n\
          storage:\n  poll_interval: 1s\n\
          health:\n  services:\n\
-         \x20   - {{name: rtdetr, kind: http, url: \"{}\", interval: 1s}}\n\
-         \x20   - {{name: nemotron, kind: http, url: \"http://127.0.0.1:{down_port}/health\", interval: 1s, timeout: 500ms}}\n",
+         \x20   - {{name: rtdetr, kind: http, url: \"{}\", interval: 1s, progress: {{metrics_url: \"{}\", preset: vllm}}}}\n\
+         \x20   - {{name: nemotron, kind: http, url: \"http://127.0.0.1:{down_port}/health\", interval: 1s, timeout: 500ms}}\n\
+         \x20   - {{name: triton, kind: open_inference, url: \"http://127.0.0.1:{down_port}\", models: [resnet], interval: 1s, timeout: 500ms}}\n",
         fake.lib_str(),
         redis.url(),
         up.url(),
+        up.metrics_url(),
     );
     let daemon = Daemon::start(&config, &[]).await;
     let _ws = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/system", daemon.port)).await;

@@ -58,9 +58,10 @@ async fn metrics_page_matches_golden_file() {
     config.gpu.nvml_library = fake.lib_str();
     config.gpu.per_process = true;
     config.data_dir = data.path().to_owned();
-    // One service, never checked here: every service_* series at its start.
+    // Two services, never checked here: every service_* series at its
+    // start, and an Open Inference server's model and stall series.
     config.health = Config::from_yaml(
-        "health:\n  services:\n    - {name: rtdetr, kind: http, url: \"http://127.0.0.1:9/health\"}\n",
+        "health:\n  services:\n    - {name: rtdetr, kind: http, url: \"http://127.0.0.1:9/health\"}\n    - {name: triton, kind: open_inference, url: \"http://127.0.0.1:9\", models: [resnet], start_period: 5m, progress: {metrics_url: \"http://127.0.0.1:9/metrics\", preset: triton}}\n",
     )
     .unwrap()
     .health;
