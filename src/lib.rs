@@ -12,14 +12,18 @@
 //!   (`collect_rounds`), and the `--collector.<name>` flags are generated
 //!   from it. Each collector defines the families it writes.
 //!   - [`collectors::gpu`]: NVML polling, history feed, `gpu_*` families.
-//!   - [`collectors::health`]: service checks, restarts, `service_*` families.
+//!   - [`collectors::health`]: one task per service, the `service_*` and
+//!     `inference_model_ready` families; `health::check` (HTTP, Open
+//!     Inference, Redis, PostgreSQL checks, failure reasons, stall
+//!     detection) and `health::command` (restart commands).
 //!   - [`collectors::queues`]: queue and DLQ depths, the "DLQ jobs present" alert.
 //!   - [`collectors::stream`]: the Redis stream input of pipeline events.
 //!   - [`collectors::storage`]: filesystem usage, the disk alert.
 //! - [`state`]: what collectors publish and readers read: the GPU snapshot
 //!   and history ring, the service views, the filesystem reading, readiness.
 //! - [`cleanup`]: the read-only file scan behind the cleanup preview.
-//! - [`restart`]: the pure restart policy (statuses, backoff, give-up, reset).
+//! - [`restart`]: the pure restart policy (statuses, thresholds, start
+//!   period, backoff, give-up, reset, dependency hold) and the restart gate.
 //! - [`dlq`]: the Redis side of queues and DLQs: polling and requeue-all;
 //!   `dlq::entry` (the JobFailure shape), `dlq::list` (pages),
 //!   `dlq::scripts` (every atomic Lua step), `dlq::archives` (clear,

@@ -684,3 +684,29 @@ async fn restarts_of_many_failing_services_never_overlap() {
     }
     assert!(d.log().contains("Restart waits its turn"), "the wait is logged");
 }
+
+#[tokio::test]
+async fn a_service_in_its_start_period_is_starting_everywhere_and_its_failures_do_not_count() {
+    let target = HealthTarget::new(); // not started: still loading, say
+    let extra = "    failure_threshold: 1\n    start_period: 1h\n    start_interval: 100ms\n    restart:\n      command: [\"false\"]\n";
+    let d = daemon(&[service_yaml("nemotron", "http", &target.url(), extra)]).await;
+    let mut ws = WsClient::connect(&d.url("/ws/system").replace("http://", "ws://")).await;
+    let snap = ws
+        .wait_for("the snapshot", LIMIT, |m| m["type"] == "service_status")
+        .await;
+    assert_eq!(snap["data"]["starting"], true, "{snap}");
+    eventually("many connect failures", LIMIT, || async {
+        (metric(&d, "service_check_failures_total{reason=\"connect\",service=\"nemotron\"}").await? >= 10.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(metric(&d, "service_starting{service=\"nemotron\"}").await, Some(1.0));
+    assert_eq!(
+        metric(&d, "service_consecutive_failures{service=\"nemotron\"}").await,
+        Some(0.0),
+        "failures inside the start period do not count"
+    );
+    assert_eq!(metric(&d, "service_restart_attempt{service=\"nemotron\"}").await, Some(0.0));
+    assert!(alerts(&d).is_empty(), "{:?}", alerts(&d));
+    assert!(d.log().contains("starting: "), "the message says it is starting");
+}
