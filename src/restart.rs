@@ -434,7 +434,11 @@ impl RestartGate {
     /// Waits for a turn.
     pub async fn turn(&self) -> Turn {
         // The semaphore is never closed.
-        self.0.clone().acquire_owned().await.expect("the restart gate is never closed")
+        self.0
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the restart gate is never closed")
     }
 }
 
@@ -597,10 +601,13 @@ mod tests {
     #[test]
     fn failed_service_that_comes_back_is_healthy_and_attempts_reset_after_a_while() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Policy {
-            max_retries: 1,
-            ..policy(true)
-        }, Instant::now());
+        let mut m = Machine::new(
+            Policy {
+                max_retries: 1,
+                ..policy(true)
+            },
+            Instant::now(),
+        );
         m.on_check(Check::Fail, t0);
         m.start_restart(at(t0, 5), false).unwrap();
         assert_eq!(m.on_check(Check::Fail, at(t0, 6)).to, Status::Failed);
@@ -652,15 +659,18 @@ mod tests {
 
     #[test]
     fn a_failed_restart_command_decides_the_attempt_at_once() {
-        let mut m = Machine::new(Policy {
-            restartable: true,
-            max_retries: 2,
-            backoff_base: BASE,
-            reset_after: Duration::from_secs(600),
-            failure_threshold: 1,
-            success_threshold: 1,
-            start_period: Duration::ZERO,
-        }, Instant::now());
+        let mut m = Machine::new(
+            Policy {
+                restartable: true,
+                max_retries: 2,
+                backoff_base: BASE,
+                reset_after: Duration::from_secs(600),
+                failure_threshold: 1,
+                success_threshold: 1,
+                start_period: Duration::ZERO,
+            },
+            Instant::now(),
+        );
         let t0 = Instant::now();
         m.on_check(Check::Fail, t0);
         assert!(m.start_restart(t0 + BASE, false).is_some());
@@ -702,7 +712,10 @@ mod tests {
         for n in 1..=2 {
             tokio::time::advance(Duration::from_secs(10)).await;
             let s = m.on_check(Check::Fail, Instant::now());
-            assert_eq!((s.to, s.changed, s.alert, s.counted), (Status::Healthy, false, None, true));
+            assert_eq!(
+                (s.to, s.changed, s.alert, s.counted),
+                (Status::Healthy, false, None, true)
+            );
             assert_eq!(m.consecutive_failures(), n);
             assert_eq!(m.restart_due(), None);
         }
@@ -720,14 +733,22 @@ mod tests {
             (s.from, s.to, s.alert),
             (Status::Healthy, Status::Unhealthy, Some(AlertKind::Unhealthy))
         );
-        assert_eq!(m.restart_due(), Some(now + BASE), "the third failure schedules attempt 1");
+        assert_eq!(
+            m.restart_due(),
+            Some(now + BASE),
+            "the third failure schedules attempt 1"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_service_down_at_daemon_start_is_decided_by_the_threshold_too() {
         let mut m = Machine::new(judged(3, 1, 0), Instant::now());
         let s = m.on_check(Check::Fail, Instant::now());
-        assert_eq!((s.to, s.changed, s.alert), (Status::Unhealthy, true, None), "reported, not alerted");
+        assert_eq!(
+            (s.to, s.changed, s.alert),
+            (Status::Unhealthy, true, None),
+            "reported, not alerted"
+        );
         m.on_check(Check::Fail, Instant::now());
         assert_eq!(m.restart_due(), None);
         let s = m.on_check(Check::Fail, Instant::now());
@@ -823,7 +844,10 @@ mod tests {
         assert_eq!(s.to, Status::Unhealthy);
         assert_eq!(m.restart_due(), None, "a pass cancels the pending restart");
         m.on_check(Check::Fail, Instant::now());
-        assert!(m.restart_due().is_some(), "a failure at the threshold schedules it again");
+        assert!(
+            m.restart_due().is_some(),
+            "a failure at the threshold schedules it again"
+        );
         m.on_check(Check::Pass, Instant::now());
         m.on_check(Check::Pass, Instant::now());
         assert_eq!(m.status(), Status::Healthy);

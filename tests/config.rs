@@ -319,9 +319,16 @@ fn good_values_at_the_edges_are_accepted() {
     .unwrap();
     let s = &c.health.services[0];
     assert_eq!((s.failure_threshold, s.start_period.as_secs()), (100, 86_400));
-    assert_eq!(s.expect_status.iter().map(|e| e.codes().unwrap()).collect::<Vec<_>>(), [(200, 200), (300, 399), (204, 204)]);
+    assert_eq!(
+        s.expect_status.iter().map(|e| e.codes().unwrap()).collect::<Vec<_>>(),
+        [(200, 200), (300, 399), (204, 204)]
+    );
     let defaults = &c.health.services[1];
-    assert_eq!((defaults.failure_threshold, defaults.success_threshold), (3, 1), "the documented defaults");
+    assert_eq!(
+        (defaults.failure_threshold, defaults.success_threshold),
+        (3, 1),
+        "the documented defaults"
+    );
     assert!(defaults.start_period.is_zero());
 }
 

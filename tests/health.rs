@@ -469,7 +469,10 @@ async fn failures_under_the_threshold_are_counted_and_change_nothing() {
     assert_eq!(transitions(&d, "rtdetr"), ["healthy"], "no status change");
     assert!(alerts(&d).is_empty(), "no alert: {:?}", alerts(&d));
     assert!(runs(&runs_file).is_empty(), "no restart");
-    assert_eq!(metric(&d, "service_restart_attempt{service=\"rtdetr\"}").await, Some(0.0));
+    assert_eq!(
+        metric(&d, "service_restart_attempt{service=\"rtdetr\"}").await,
+        Some(0.0)
+    );
     let debug_lines = d.log().lines().filter(|l| l.contains("Health check failed.")).count();
     assert_eq!(debug_lines, 0, "the per-failure line is DEBUG, not INFO");
 }
@@ -497,12 +500,20 @@ async fn http_checks_take_a_method_body_expected_status_and_body() {
         (body >= 1.0 && status >= 1.0).then_some(())
     })
     .await;
-    assert!(d.log().contains("the body does not contain \\\"ready\\\""), "{}", d.log());
+    assert!(
+        d.log().contains("the body does not contain \\\"ready\\\""),
+        "{}",
+        d.log()
+    );
     eventually("a slow pass counted", LIMIT, || async {
         (metric(&d, "service_check_slow_total{service=\"a\"}").await? >= 1.0).then_some(())
     })
     .await;
-    assert_eq!(metric(&d, "service_ready{service=\"a\"}").await, Some(1.0), "ready is the last check");
+    assert_eq!(
+        metric(&d, "service_ready{service=\"a\"}").await,
+        Some(1.0),
+        "ready is the last check"
+    );
     assert_eq!(metric(&d, "service_ready{service=\"b\"}").await, Some(0.0));
 }
 
@@ -561,9 +572,12 @@ async fn a_stalled_server_is_restarted_and_a_busy_one_is_not() {
     wait_status(&d, "nemotron", "healthy").await;
     assert_eq!(runs(&runs_file).len(), 1, "exactly one restart");
     assert!(
-        metric(&d, "service_check_failures_total{reason=\"stalled\",service=\"nemotron\"}")
-            .await
-            .unwrap()
+        metric(
+            &d,
+            "service_check_failures_total{reason=\"stalled\",service=\"nemotron\"}"
+        )
+        .await
+        .unwrap()
             >= 3.0,
         "three stalled checks reached the threshold"
     );
@@ -629,7 +643,10 @@ async fn services_whose_dependency_is_down_are_not_restarted() {
         })
         .await;
     }
-    assert!(d.log().contains("redis, which it depends on, is not healthy"), "the log names the dependency");
+    assert!(
+        d.log().contains("redis, which it depends on, is not healthy"),
+        "the log names the dependency"
+    );
     // Redis comes back, and so do the services, without a restart.
     redis.resume().await;
     rtdetr.set("ok");
@@ -645,7 +662,11 @@ async fn services_whose_dependency_is_down_are_not_restarted() {
         Some(0.0)
     );
     assert_eq!(
-        metric(&d, "service_check_failures_total{reason=\"http_status\",service=\"rtdetr\"}").await,
+        metric(
+            &d,
+            "service_check_failures_total{reason=\"http_status\",service=\"rtdetr\"}"
+        )
+        .await,
         Some(0.0),
         "every failure while redis was down has reason dependency"
     );
@@ -696,7 +717,12 @@ async fn a_service_in_its_start_period_is_starting_everywhere_and_its_failures_d
         .await;
     assert_eq!(snap["data"]["starting"], true, "{snap}");
     eventually("many connect failures", LIMIT, || async {
-        (metric(&d, "service_check_failures_total{reason=\"connect\",service=\"nemotron\"}").await? >= 10.0)
+        (metric(
+            &d,
+            "service_check_failures_total{reason=\"connect\",service=\"nemotron\"}",
+        )
+        .await?
+            >= 10.0)
             .then_some(())
     })
     .await;
@@ -706,7 +732,10 @@ async fn a_service_in_its_start_period_is_starting_everywhere_and_its_failures_d
         Some(0.0),
         "failures inside the start period do not count"
     );
-    assert_eq!(metric(&d, "service_restart_attempt{service=\"nemotron\"}").await, Some(0.0));
+    assert_eq!(
+        metric(&d, "service_restart_attempt{service=\"nemotron\"}").await,
+        Some(0.0)
+    );
     assert!(alerts(&d).is_empty(), "{:?}", alerts(&d));
     assert!(d.log().contains("starting: "), "the message says it is starting");
 }

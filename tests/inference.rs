@@ -135,7 +135,12 @@ async fn metric(d: &Daemon, series: &str) -> Option<f64> {
 }
 
 async fn health(d: &Daemon) -> serde_json::Value {
-    reqwest::get(d.url("/api/system/health")).await.unwrap().json().await.unwrap()
+    reqwest::get(d.url("/api/system/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -160,7 +165,11 @@ async fn a_loading_a_stopped_and_an_unloaded_model_on_a_real_mlserver() {
         let up = metric(&d, "service_up{service=\"iris\"}").await?;
         let ready = metric(&d, "service_ready{service=\"iris\"}").await?;
         let model = metric(&d, "inference_model_ready{model=\"iris\",service=\"iris\"}").await?;
-        let not_ready = metric(&d, "service_check_failures_total{reason=\"not_ready\",service=\"iris\"}").await?;
+        let not_ready = metric(
+            &d,
+            "service_check_failures_total{reason=\"not_ready\",service=\"iris\"}",
+        )
+        .await?;
         (up == 1.0 && ready == 0.0 && model == 0.0 && not_ready >= 1.0).then_some(())
     })
     .await;
@@ -179,8 +188,7 @@ async fn a_loading_a_stopped_and_an_unloaded_model_on_a_real_mlserver() {
     // 2. Stopped for one check: counted, nothing else.
     server.signal("-STOP");
     eventually("a timed-out check", LIMIT, || async {
-        (metric(&d, "service_check_failures_total{reason=\"timeout\",service=\"iris\"}").await? >= 1.0)
-            .then_some(())
+        (metric(&d, "service_check_failures_total{reason=\"timeout\",service=\"iris\"}").await? >= 1.0).then_some(())
     })
     .await;
     server.signal("-CONT");
@@ -220,9 +228,12 @@ async fn a_loading_a_stopped_and_an_unloaded_model_on_a_real_mlserver() {
 
     // 4. The model is unloaded through MLServer's repository API: not
     //    ready, reason not_ready, and never restarted.
-    let before = metric(&d, "service_check_failures_total{reason=\"not_ready\",service=\"iris\"}")
-        .await
-        .unwrap();
+    let before = metric(
+        &d,
+        "service_check_failures_total{reason=\"not_ready\",service=\"iris\"}",
+    )
+    .await
+    .unwrap();
     let resp = reqwest::Client::new()
         .post(format!("{}/v2/repository/models/iris/unload", server.url()))
         .send()
@@ -232,11 +243,19 @@ async fn a_loading_a_stopped_and_an_unloaded_model_on_a_real_mlserver() {
     eventually("not ready after the unload", LIMIT, || async {
         let ready = metric(&d, "service_ready{service=\"iris\"}").await?;
         let model = metric(&d, "inference_model_ready{model=\"iris\",service=\"iris\"}").await?;
-        let n = metric(&d, "service_check_failures_total{reason=\"not_ready\",service=\"iris\"}").await?;
+        let n = metric(
+            &d,
+            "service_check_failures_total{reason=\"not_ready\",service=\"iris\"}",
+        )
+        .await?;
         (ready == 0.0 && model == 0.0 && n >= before + 5.0).then_some(())
     })
     .await;
-    assert_eq!(server.restarts(), 1, "a live server that is not ready is never restarted");
+    assert_eq!(
+        server.restarts(),
+        1,
+        "a live server that is not ready is never restarted"
+    );
     assert_eq!(health(&d).await["services"]["iris"], "healthy");
     assert!(d.log().contains("model iris not ready"), "the reason is logged");
 }

@@ -123,21 +123,37 @@ pub const PRESETS: &[(&str, &[&str], &[&str])] = &[
         &["vllm:num_requests_running", "vllm:num_requests_waiting"],
         &["vllm:generation_tokens_total"],
     ),
-    ("tgi", &["tgi_queue_size", "tgi_batch_current_size"], &["tgi_batch_inference_success"]),
-    ("triton", &["nv_inference_pending_request_count"], &["nv_inference_exec_count"]),
+    (
+        "tgi",
+        &["tgi_queue_size", "tgi_batch_current_size"],
+        &["tgi_batch_inference_success"],
+    ),
+    (
+        "triton",
+        &["nv_inference_pending_request_count"],
+        &["nv_inference_exec_count"],
+    ),
     (
         "llamacpp",
         &["llamacpp:requests_processing", "llamacpp:requests_deferred"],
         &["llamacpp:n_decode_total"],
     ),
-    ("mlserver", &["rest_server_requests_in_progress"], &["model_infer_request_success_total"]),
+    (
+        "mlserver",
+        &["rest_server_requests_in_progress"],
+        &["model_infer_request_success_total"],
+    ),
 ];
 
 impl ProgressConfig {
     /// The pending gauges and done counters: the preset's, or the lists.
     pub fn names(&self) -> (Vec<String>, Vec<String>) {
         let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        match self.preset.as_deref().and_then(|p| PRESETS.iter().find(|(n, _, _)| *n == p)) {
+        match self
+            .preset
+            .as_deref()
+            .and_then(|p| PRESETS.iter().find(|(n, _, _)| *n == p))
+        {
             Some((_, pending, done)) => (own(pending), own(done)),
             None => (self.pending.clone(), self.done.clone()),
         }
@@ -527,7 +543,12 @@ impl ServiceConfig {
         let http = self.kind == CheckKind::Http;
         let only_http = |field: &str, set: bool| {
             if set && !http {
-                Err(invalid(&key(field), "set", "only for kind http", "no such key for this kind"))
+                Err(invalid(
+                    &key(field),
+                    "set",
+                    "only for kind http",
+                    "no such key for this kind",
+                ))
             } else {
                 Ok(())
             }
@@ -536,7 +557,12 @@ impl ServiceConfig {
         only_http("expect_status", self.expect_status != default_expect_status())?;
         only_http("expect_body", self.expect_body.is_some())?;
         if self.body.is_some() && self.method != HttpMethod::Post {
-            return Err(invalid(&key("body"), "set", "only for method POST", "method: POST, or no body"));
+            return Err(invalid(
+                &key("body"),
+                "set",
+                "only for method POST",
+                "method: POST, or no body",
+            ));
         }
         if !self.headers.is_empty() && !matches!(self.kind, CheckKind::Http | CheckKind::OpenInference) {
             return Err(invalid(
@@ -559,7 +585,12 @@ impl ServiceConfig {
             }
         }
         if self.expect_status.is_empty() {
-            return Err(invalid(&key("expect_status"), "[]", "empty", "codes (200) or classes (\"2xx\")"));
+            return Err(invalid(
+                &key("expect_status"),
+                "[]",
+                "empty",
+                "codes (200) or classes (\"2xx\")",
+            ));
         }
         for (j, spec) in self.expect_status.iter().enumerate() {
             if spec.codes().is_none() {
@@ -572,7 +603,12 @@ impl ServiceConfig {
             }
         }
         if !self.models.is_empty() && self.kind != CheckKind::OpenInference {
-            return Err(invalid(&key("models"), "set", "only for kind open_inference", "no models for this kind"));
+            return Err(invalid(
+                &key("models"),
+                "set",
+                "only for kind open_inference",
+                "no models for this kind",
+            ));
         }
         for (j, m) in self.models.iter().enumerate() {
             if m.is_empty() || m.contains(['/', '?', '#']) || m.chars().any(char::is_whitespace) {

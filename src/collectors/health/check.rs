@@ -98,7 +98,10 @@ impl CheckError {
     fn http(e: &reqwest::Error) -> CheckError {
         let text = error_chain(e);
         let lower = text.to_ascii_lowercase();
-        if ["certificate", "tls", "handshake", "ssl"].iter().any(|w| lower.contains(w)) {
+        if ["certificate", "tls", "handshake", "ssl"]
+            .iter()
+            .any(|w| lower.contains(w))
+        {
             CheckError::Tls(text)
         } else {
             CheckError::Connect(text)
@@ -342,7 +345,8 @@ pub fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
     if !svc.headers.is_empty() {
         let mut headers = reqwest::header::HeaderMap::new();
         for (k, v) in &svc.headers {
-            let name = reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("headers.{k}: {e}"))?;
+            let name =
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("headers.{k}: {e}"))?;
             let value = reqwest::header::HeaderValue::from_str(v).map_err(|e| format!("headers.{k}: {e}"))?;
             headers.insert(name, value);
         }
@@ -420,7 +424,7 @@ impl StallTracker {
     /// restart resets them) is progress, and so is having nothing pending;
     /// work that arrives starts the clock at the first reading that sees it.
     pub fn observe(&mut self, pending: f64, done: f64, now: Instant) -> Option<Duration> {
-        let moved = self.last_done.map_or(true, |d| d != done);
+        let moved = self.last_done != Some(done);
         let arrived = self.last_pending <= 0.0;
         self.last_done = Some(done);
         self.last_pending = pending;
@@ -582,7 +586,12 @@ vllm:num_requests_waiting{model_name=\"m\",engine=\"1\"} 1.0\n\
         )
         .unwrap();
         assert_eq!((p, d), (6.0, 1234.0));
-        let (_, d) = sums(text, &[], &names(&["tgi_batch_inference_success", "d_count", "h_count", "h_sum"])).unwrap();
+        let (_, d) = sums(
+            text,
+            &[],
+            &names(&["tgi_batch_inference_success", "d_count", "h_count", "h_sum"]),
+        )
+        .unwrap();
         assert_eq!(d, 7.0 + 4.0 + 9.0, "NaN is skipped, buckets are not counts");
         assert!(sums("this is { not metrics\n", &[], &[]).is_err());
     }

@@ -486,7 +486,9 @@ impl ServiceTask {
         if let Err(e) = &live {
             let reason = if held.is_some() { Reason::Dependency } else { e.reason() };
             if let Some(dep) = &held {
-                error = Some(format!("{e} (not restarted: {dep}, which it depends on, is not healthy)"));
+                error = Some(format!(
+                    "{e} (not restarted: {dep}, which it depends on, is not healthy)"
+                ));
             }
             m.check_failures.with_label_values(&[&name, reason.as_str()]).inc();
             tracing::debug!(
@@ -528,7 +530,12 @@ impl ServiceTask {
         };
         m.ready.with_label_values(&[&name]).set(if ready { 1.0 } else { 0.0 });
         let message = self.describe(&step, error.as_ref());
-        let ready_changed = self.sinks.state.services().get(self.index).is_some_and(|v| v.ready != ready);
+        let ready_changed = self
+            .sinks
+            .state
+            .services()
+            .get(self.index)
+            .is_some_and(|v| v.ready != ready);
         self.sinks.state.update(self.index, |v| v.ready = ready);
         if ready_changed && step.to == Status::Healthy && !step.changed {
             // A live service whose readiness changed says why.
@@ -548,7 +555,12 @@ impl ServiceTask {
         let stalled = match reading {
             Ok((pending, done)) => {
                 self.progress_error = None;
-                let tracker = &mut self.service.progress.as_mut().expect("read only when configured").tracker;
+                let tracker = &mut self
+                    .service
+                    .progress
+                    .as_mut()
+                    .expect("read only when configured")
+                    .tracker;
                 tracker
                     .observe(pending, done, Instant::now())
                     .map(|idle| CheckError::Stalled { pending, idle })
@@ -616,7 +628,13 @@ impl ServiceTask {
         if starting != self.was_starting {
             self.was_starting = starting;
             let status = self.machine.status();
-            let message = self.sinks.state.services().get(self.index).map(|v| v.message.clone()).unwrap_or_default();
+            let message = self
+                .sinks
+                .state
+                .services()
+                .get(self.index)
+                .map(|v| v.message.clone())
+                .unwrap_or_default();
             self.sinks.events.publish(Event::ServiceStatus {
                 service: name,
                 status,
@@ -640,7 +658,9 @@ impl ServiceTask {
             .with_label_values(&[name])
             .set(self.machine.consecutive_failures() as f64);
         let starting = self.machine.is_starting();
-        m.starting.with_label_values(&[name]).set(if starting { 1.0 } else { 0.0 });
+        m.starting
+            .with_label_values(&[name])
+            .set(if starting { 1.0 } else { 0.0 });
         if checked_at.is_some() {
             m.last_check.with_label_values(&[name]).set(unix_now());
         }
