@@ -288,14 +288,54 @@ async fn lost_gpu_loses_its_series_and_the_daemon_keeps_going() {
     );
 }
 
+/// Runs rounds (100 ms apart: the first retry is due 1 s after the
+/// failure) until one succeeds, or panics after 10 s.
+async fn rounds_until_ok(h: &mut Harness) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match h.round().await {
+            Ok(()) => return,
+            Err(e) => assert!(std::time::Instant::now() < deadline, "still failing after 10 s: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts what a failing GPU collector shows for `reason`.
+async fn assert_down(h: &mut Harness, reason: &str, errors: f64) {
+    let err = h.round().await.unwrap_err();
+    assert!(err.contains(&format!("NVML is down ({reason})")), "{err}");
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(0.0));
+    assert_eq!(sample_value(&page, "inferwatch_nvml_up"), Some(0.0));
+    assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
+    assert_eq!(sample_value(&page, "gpu_devices"), Some(0.0));
+    let counted = sample_value(&page, &format!("inferwatch_nvml_init_errors_total{{reason=\"{reason}\"}}")).unwrap();
+    assert!(counted >= errors, "{reason}: {counted} < {errors}");
+    assert!(!page.contains("gpu_driver_info"), "no driver info while down");
+    let (status, body) = h.json("/api/system/gpu").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.to_string().contains(reason), "the error names the reason: {body}");
+    let (status, _) = h.json("/api/system/gpus").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no mock object while down");
+    assert!(!h.collector.is_mock());
+}
+
 #[tokio::test]
-async fn bad_library_path_gives_mock_mode() {
-    let mut h = Harness::new("/nonexistent/libnvidia-ml.so.1", |_| {}).await;
+async fn auto_mode_with_no_library_installed_is_mock_mode() {
+    // A soname the loader cannot find: no NVIDIA driver on this machine.
+    let mut h = Harness::new("libnvidia-ml-not-installed.so.1", |_| {}).await;
     assert!(h.collector.is_mock());
     h.round().await.unwrap();
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
     assert_eq!(sample_value(&page, "gpu_devices"), Some(0.0));
+    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_nvml_init_errors_total{reason=\"library_not_found\"}"),
+        Some(0.0),
+        "no driver installed is not an error"
+    );
     let per_gpu: Vec<&str> = page
         .lines()
         .filter(|l| l.starts_with("gpu_") && !l.starts_with("gpu_available") && !l.starts_with("gpu_devices"))
@@ -319,13 +359,103 @@ async fn bad_library_path_gives_mock_mode() {
 }
 
 #[tokio::test]
-async fn driver_not_loaded_gives_mock_mode() {
-    // The library loads but nvmlInit_v2 fails, as with a missing kernel module.
-    let fake = FakeGpus::new(Driver::Current, "init_error 9\n");
-    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+async fn an_explicit_path_that_does_not_exist_is_a_failing_collector_not_mock_mode() {
+    let mut h = Harness::new("/nonexistent/libnvidia-ml.so.1", |_| {}).await;
+    assert_eq!(h.collector.down_reason(), Some("library_not_found"));
+    assert_down(&mut h, "library_not_found", 1.0).await;
+    // `mock` mocks whatever the library; `nvml` never does.
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
+    let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.mode = inferwatch::config::GpuMode::Mock).await;
     assert!(h.collector.is_mock());
     h.round().await.unwrap();
-    assert_eq!(sample_value(&h.metrics().await, "gpu_available"), Some(0.0));
+    assert_eq!(sample_value(&h.metrics().await, "gpu_devices"), Some(0.0));
+    let h = Harness::new("libnvidia-ml-not-installed.so.1", |c| {
+        c.gpu.mode = inferwatch::config::GpuMode::Nvml
+    })
+    .await;
+    assert_eq!(h.collector.down_reason(), Some("library_not_found"));
+}
+
+#[tokio::test]
+async fn a_driver_that_is_not_loaded_yet_fails_then_appears_without_a_restart() {
+    // The library loads but nvmlInit_v2 answers DRIVER_NOT_LOADED (nvml.h: 9),
+    // as before the kernel module is loaded at boot.
+    let fake = FakeGpus::new(Driver::Current, &format!("init_error 9\n{}", gpus_state(2)));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    assert_eq!(h.collector.down_reason(), Some("driver_not_loaded"));
+    assert_down(&mut h, "driver_not_loaded", 1.0).await;
+    // The module is loaded: the next retry finds the GPUs.
+    fake.set(&gpus_state(2));
+    rounds_until_ok(&mut h).await;
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, "gpu_devices"), Some(2.0));
+    assert_eq!(sample_value(&page, "inferwatch_nvml_up"), Some(1.0));
+    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+    assert_eq!(
+        sample_value(
+            &page,
+            "gpu_driver_info{driver_version=\"550.54.15\",nvml_version=\"13.550.54.15\",cuda_driver_version=\"13.0\"}"
+        ),
+        Some(1.0)
+    );
+    let (status, _) = h.json("/api/system/gpu").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_driver_upgraded_under_the_daemon_is_lost_retried_and_found_again() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(2));
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    h.round().await.unwrap();
+    // 1. The old kernel module is unloaded: every device answers
+    //    UNINITIALIZED (nvml.h: 1) while the count still answers.
+    fake.set(&format!("device_error 1\n{}", gpus_state(2)));
+    let err = h.round().await.unwrap_err();
+    assert!(err.contains("NVML is down (driver_not_loaded)"), "{err}");
+    assert_eq!(h.collector.down_reason(), Some("driver_not_loaded"));
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, "inferwatch_nvml_up"), Some(0.0));
+    assert_eq!(sample_value(&page, "gpu_devices"), Some(0.0), "no stale GPU series");
+    // 2. The new library meets the old module: LIB_RM_VERSION_MISMATCH (18).
+    fake.set(&format!("init_error 18\n{}", gpus_state(2)));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.collector.down_reason() != Some("lib_rm_version_mismatch") {
+        assert!(std::time::Instant::now() < deadline, "no retry with the new reason");
+        let _ = h.round().await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_down(&mut h, "lib_rm_version_mismatch", 1.0).await;
+    // 3. After the reboot (or module reload) init works: GPUs are back.
+    fake.set(&gpus_state(2));
+    rounds_until_ok(&mut h).await;
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, "gpu_devices"), Some(2.0));
+    assert_eq!(sample_value(&page, "inferwatch_nvml_up"), Some(1.0));
+    assert!(
+        sample_value(&page, "inferwatch_nvml_init_errors_total{reason=\"driver_not_loaded\"}").unwrap() >= 1.0,
+        "the loss mid-run was counted"
+    );
+}
+
+#[tokio::test]
+async fn the_recovery_action_is_an_enum_gauge_where_the_driver_knows_the_field() {
+    let state = format!("{}0.recovery_action 2\n1.unsupported recovery\n", gpus_state(2));
+    let fake = FakeGpus::new(Driver::Current, &state);
+    let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
+    h.round().await.unwrap();
+    let page = h.metrics().await;
+    let action = |gpu: u32, uuid: &str, a: &str| {
+        sample_value(&page, &format!("gpu_recovery_action{{gpu=\"{gpu}\",uuid=\"{uuid}\",action=\"{a}\"}}"))
+    };
+    assert_eq!(action(0, UUID0, "node_reboot"), Some(1.0));
+    assert_eq!(action(0, UUID0, "none"), Some(0.0));
+    assert_eq!(action(0, UUID0, "gpu_reset"), Some(0.0));
+    assert_eq!(action(1, UUID1, "none"), None, "NOT_SUPPORTED: no series, as on older drivers");
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0),
+        "an unsupported field is skipped, not a failed round"
+    );
 }
 
 #[tokio::test]

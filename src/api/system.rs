@@ -33,6 +33,12 @@ pub fn routes() -> Router<AppState> {
 /// first poll has finished.
 fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
     let snap = state.gpu.snapshot();
+    if let Some(down) = &snap.nvml_down {
+        return Err(AppError::Unavailable {
+            message: format!("the GPU collector is failing: NVML is down ({})", down.reason),
+            detail: "inferwatch retries with backoff; see docs/runbooks.md#gpudriverdown for this reason".into(),
+        });
+    }
     let samples = snap.serve(state.pipeline.fps()).ok_or_else(|| AppError::Unavailable {
         message: "no GPU reading yet: the first poll has not finished".into(),
         detail: "retry after the daemon is ready (GET /-/ready)".into(),
@@ -48,7 +54,7 @@ fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
         (status = 200, description = "One GPU, or the mock object in mock mode", body = GpuSample),
         QueryErrors,
         (status = 404, description = "No such GPU", body = ErrorBody),
-        (status = 503, description = "No GPU reading yet", body = ErrorBody)
+        (status = 503, description = "No GPU reading yet, or NVML is down (the reason is named)", body = ErrorBody)
     ))]
 pub async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSample>, AppError> {
     let map = params(q, &["gpu"])?;
@@ -79,7 +85,7 @@ pub async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuS
     responses(
         (status = 200, description = "Every GPU ([mock] in mock mode)", body = Vec<GpuSample>),
         QueryErrors,
-        (status = 503, description = "No GPU reading yet", body = ErrorBody)
+        (status = 503, description = "No GPU reading yet, or NVML is down (the reason is named)", body = ErrorBody)
     ))]
 pub async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
     params(q, &[])?;

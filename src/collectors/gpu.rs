@@ -16,20 +16,22 @@ use chrono::Utc;
 use prometheus::core::{Collector as PromCollector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 
+use tokio::time::Instant;
+
 use super::{CollectError, Collector};
-use crate::config::GpuConfig;
+use crate::config::{GpuConfig, GpuMode};
 use crate::events::{Event, EventBus};
 use crate::history::GpuSample;
-use crate::nvml::profiling::PIPES;
-use crate::nvml::{GpuReading, NvmlHandle, PollerOptions, THROTTLE_REASONS};
-use crate::state::{GpuSnapshot, GpuState};
+use crate::nvml::profiling::{PIPES, RECOVERY_ACTIONS};
+use crate::nvml::{init_reason, DriverVersions, GpuReading, NvmlHandle, NvmlStartError, PollerOptions, INIT_REASONS, THROTTLE_REASONS};
+use crate::state::{GpuSnapshot, GpuState, NvmlDown};
 use crate::store::Store;
 
 /// The registry entry: NVML is loaded in the task, so a slow driver init
 /// does not hold up the others.
 pub const ENTRY: super::Entry = super::Entry {
     name: "gpu",
-    about: "GPUs through NVML (mock mode without a driver)",
+    about: "GPUs through NVML (gpu.mode: auto mocks only without a driver installed)",
     enabled,
     build,
 };
@@ -50,50 +52,153 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     })))
 }
 
-/// Polls NVML, or stays in mock mode when NVML could not be loaded.
+/// The retry schedule of an NVML that is down: 1 s, doubling to a
+/// 5-minute cap. Pure: time comes in as an argument.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// The init reason of the last failure.
+    pub reason: &'static str,
+    /// The last failure's error, for the log and the API.
+    pub message: String,
+    /// When NVML went down.
+    pub since: Instant,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+impl Retry {
+    pub const FIRST: Duration = Duration::from_secs(1);
+    pub const CAP: Duration = Duration::from_secs(300);
+
+    pub fn new(reason: &'static str, message: String, now: Instant) -> Retry {
+        Retry {
+            reason,
+            message,
+            since: now,
+            next_try: now + Self::FIRST,
+            backoff: Self::FIRST,
+        }
+    }
+
+    /// Whether the next try is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        now >= self.next_try
+    }
+
+    /// The try at `now` failed too: wait twice as long, up to the cap.
+    pub fn failed_again(&mut self, reason: &'static str, message: String, now: Instant) {
+        self.backoff = (self.backoff * 2).min(Self::CAP);
+        self.next_try = now + self.backoff;
+        self.reason = reason;
+        self.message = message;
+    }
+
+    /// The wait before the next try.
+    pub fn backoff(&self) -> Duration {
+        self.backoff
+    }
+}
+
+/// Where the collector stands with NVML.
+enum Link {
+    /// `gpu.mode: mock`, or `auto` on a machine with no NVML library.
+    Mock,
+    Up(NvmlHandle),
+    /// A failing collector: the library is missing where the config says it
+    /// is, does not load, or `nvmlInit` fails; retried with backoff.
+    Down(Retry),
+}
+
+/// Polls NVML; mocks only where the mode says so; says why it is blind and
+/// retries when NVML is down.
 pub struct GpuCollector {
     config: GpuConfig,
     state: Arc<GpuState>,
-    nvml: Option<NvmlHandle>,
+    link: Link,
     events: EventBus,
     store: Option<Arc<Store>>,
     /// UUIDs currently above the temperature threshold.
     hot: HashSet<String>,
     xid_totals: BTreeMap<(u32, String, u64), u64>,
+    /// `inferwatch_nvml_init_errors_total` by reason.
+    init_errors: BTreeMap<&'static str, u64>,
+    /// Reasons already logged since NVML was last up.
+    logged: HashSet<&'static str>,
+    versions: DriverVersions,
 }
 
 impl GpuCollector {
-    /// Loads NVML; on failure logs once and starts in mock mode.
+    /// Loads NVML (unless `gpu.mode` is `mock`). A failure is a failing
+    /// collector that retries, except in `auto` on a machine with no NVML
+    /// library at all, which runs in mock mode.
     pub async fn start(
         config: GpuConfig,
         state: Arc<GpuState>,
         events: EventBus,
         store: Option<Arc<Store>>,
     ) -> GpuCollector {
-        let options = PollerOptions {
-            per_process: config.per_process,
-            exclude: config.excluded_fields(),
-            poll_interval: config.poll_interval,
-            slow_interval: config.slow_interval(),
-        };
-        let nvml = match NvmlHandle::start(&config.nvml_library, options, state.nvml_metrics.clone()).await {
-            Ok(h) => {
-                tracing::info!(library = %config.nvml_library, driver_version = %h.driver_version, "NVML loaded.");
-                Some(h)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "No NVIDIA GPU available; GPU collector runs in mock mode.");
-                None
-            }
-        };
-        GpuCollector {
+        let mut c = GpuCollector {
             config,
             state,
-            nvml,
+            link: Link::Mock,
             events,
             store,
             hot: HashSet::new(),
             xid_totals: BTreeMap::new(),
+            init_errors: INIT_REASONS.iter().map(|r| (*r, 0)).collect(),
+            logged: HashSet::new(),
+            versions: DriverVersions::default(),
+        };
+        if c.config.mode == GpuMode::Mock {
+            tracing::info!("gpu.mode is mock: the GPU collector serves the mock object and loads no NVML.");
+            return c;
+        }
+        c.link = match c.init().await {
+            Ok(h) => Link::Up(h),
+            Err((reason, _)) if reason == "library_not_found" && c.config.mode == GpuMode::Auto && !c.config.nvml_library.contains('/') => {
+                tracing::warn!(library = %c.config.nvml_library, "No NVIDIA driver is installed (the NVML library is not on this machine); the GPU collector runs in mock mode.");
+                Link::Mock
+            }
+            Err((reason, message)) => {
+                c.failed(reason, &message);
+                Link::Down(Retry::new(reason, message, Instant::now()))
+            }
+        };
+        c
+    }
+
+    /// One try at loading NVML.
+    async fn init(&mut self) -> Result<NvmlHandle, (&'static str, String)> {
+        let options = PollerOptions {
+            per_process: self.config.per_process,
+            exclude: self.config.excluded_fields(),
+            poll_interval: self.config.poll_interval,
+            slow_interval: self.config.slow_interval(),
+        };
+        let path = self.config.nvml_library.clone();
+        match NvmlHandle::start(&path, options, self.state.nvml_metrics.clone()).await {
+            Ok(h) => {
+                tracing::info!(library = %path, driver_version = %h.versions.driver, nvml_version = %h.versions.nvml, cuda_driver_version = %h.versions.cuda, "NVML loaded.");
+                self.versions = h.versions.clone();
+                self.logged.clear();
+                Ok(h)
+            }
+            Err(e) => {
+                let reason = match &e {
+                    NvmlStartError::Init { source, .. } => init_reason(&path, source),
+                    NvmlStartError::Thread(_) => "unknown",
+                };
+                Err((reason, e.to_string()))
+            }
+        }
+    }
+
+    /// Counts a failed init (or a driver lost mid-run) and logs it once per
+    /// reason until NVML is up again.
+    fn failed(&mut self, reason: &'static str, message: &str) {
+        *self.init_errors.entry(reason).or_default() += 1;
+        if self.logged.insert(reason) {
+            tracing::error!(reason, error = %message, library = %self.config.nvml_library, "NVML is down: the GPU collector is failing and retries with backoff (1 s doubling to 5 min).");
         }
     }
 
@@ -125,9 +230,17 @@ impl GpuCollector {
         }
     }
 
-    /// True when running without NVML.
+    /// True when running in mock mode.
     pub fn is_mock(&self) -> bool {
-        self.nvml.is_none()
+        matches!(self.link, Link::Mock)
+    }
+
+    /// The reason NVML is down, when the collector is failing.
+    pub fn down_reason(&self) -> Option<&'static str> {
+        match &self.link {
+            Link::Down(r) => Some(r.reason),
+            _ => None,
+        }
     }
 
     fn check_temperature(&mut self, r: &GpuReading) {
@@ -147,6 +260,50 @@ impl GpuCollector {
             tracing::info!(gpu = r.index, uuid = %r.uuid, temperature = t, threshold, "GPU temperature is back below the warning threshold.");
         }
     }
+
+    /// The snapshot fields every state shares.
+    fn base_snapshot(&self, nvml_up: bool, down: Option<NvmlDown>) -> GpuSnapshot {
+        GpuSnapshot {
+            recorded_at: Some(Utc::now()),
+            nvml_up,
+            nvml_down: down,
+            init_errors: self.init_errors.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            versions: nvml_up.then(|| self.versions.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// A round while NVML is down: try again when due; else say why.
+    async fn retry(&mut self) -> Result<(), CollectError> {
+        let Link::Down(retry) = &self.link else { return Ok(()) };
+        let now = Instant::now();
+        if retry.due(now) {
+            let since = retry.since;
+            match self.init().await {
+                Ok(h) => {
+                    let down_for = since.elapsed();
+                    tracing::info!(down_seconds = down_for.as_secs_f64(), "NVML is up again; GPUs are read without a restart.");
+                    self.link = Link::Up(h);
+                    return Ok(());
+                }
+                Err((reason, message)) => {
+                    self.failed(reason, &message);
+                    if let Link::Down(r) = &mut self.link {
+                        r.failed_again(reason, message, Instant::now());
+                    }
+                }
+            }
+        }
+        let Link::Down(r) = &self.link else { return Ok(()) };
+        let down = NvmlDown {
+            reason: r.reason,
+            message: r.message.clone(),
+        };
+        let error = format!("NVML is down ({}): {}", r.reason, r.message);
+        self.state.publish(self.base_snapshot(false, Some(down)));
+        self.events.publish(Event::GpuPolled);
+        Err(CollectError::Failed(error))
+    }
 }
 
 impl Collector for GpuCollector {
@@ -163,16 +320,41 @@ impl Collector for GpuCollector {
     }
 
     async fn collect(&mut self) -> Result<(), CollectError> {
-        let Some(nvml) = &self.nvml else {
-            self.state.publish(GpuSnapshot {
-                recorded_at: Some(Utc::now()),
-                ..Default::default()
-            });
-            self.events.publish(Event::GpuPolled);
-            return Ok(());
+        if matches!(self.link, Link::Down(_)) {
+            self.retry().await?;
+        }
+        let nvml = match &self.link {
+            Link::Up(h) => h,
+            Link::Down(_) => return Ok(()),
+            Link::Mock => {
+                self.state.publish(self.base_snapshot(false, None));
+                self.events.publish(Event::GpuPolled);
+                return Ok(());
+            }
         };
         let outcome = nvml.poll().await.map_err(|e| CollectError::Failed(e.to_string()))?;
-        let driver_version = nvml.driver_version.clone();
+        if let Some(reason) = outcome.driver_gone {
+            let message = format!(
+                "every GPU answered as if the driver were gone (unloaded or upgraded): {}",
+                outcome.errors.join("; ")
+            );
+            // Dropping the handle shuts NVML down on its thread.
+            self.link = Link::Down(Retry::new(reason, message.clone(), Instant::now()));
+            self.failed(reason, &message);
+            self.hot.clear();
+            self.xid_totals.clear();
+            let error = format!("NVML is down ({reason}): {message}");
+            self.state.publish(self.base_snapshot(
+                false,
+                Some(NvmlDown {
+                    reason,
+                    message,
+                }),
+            ));
+            self.events.publish(Event::GpuPolled);
+            return Err(CollectError::Failed(error));
+        }
+        let driver_version = self.versions.driver.clone();
         let now = Utc::now();
 
         self.report_xids(&outcome.xids);
@@ -197,6 +379,7 @@ impl Collector for GpuCollector {
             xid_totals: self.xid_totals.clone(),
             recorded_at: Some(now),
             samples,
+            ..self.base_snapshot(true, None)
         });
         self.events.publish(Event::GpuPolled);
 
@@ -210,6 +393,26 @@ impl Collector for GpuCollector {
         } else {
             Err(CollectError::Failed(problems.join("; ")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_start_at_one_second_and_double_to_five_minutes() {
+        let mut r = Retry::new("driver_not_loaded", "x".into(), Instant::now());
+        let mut waits = vec![r.backoff().as_secs()];
+        for _ in 0..11 {
+            tokio::time::advance(r.backoff()).await;
+            assert!(r.due(Instant::now()));
+            r.failed_again("lib_rm_version_mismatch", "y".into(), Instant::now());
+            assert!(!r.due(Instant::now()));
+            waits.push(r.backoff().as_secs());
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(r.reason, "lib_rm_version_mismatch", "the last reason is reported");
     }
 }
 
@@ -233,7 +436,10 @@ macro_rules! families {
 }
 
 families! {
-    Available = "gpu_available", GAUGE, &[], "1 if NVML is loaded and GPUs can be read, 0 in mock mode.";
+    Available = "gpu_available", GAUGE, &[], "1 if NVML is loaded and GPUs can be read, 0 in mock mode or while NVML is down.";
+    NvmlUp = "inferwatch_nvml_up", GAUGE, &[], "1 while NVML is loaded and answering, 0 while it is down (or in mock mode).";
+    NvmlInitErrors = "inferwatch_nvml_init_errors_total", COUNTER, &["reason"], "Failed NVML inits (and drivers lost mid-run) by reason: library_not_found, library_load_failed, driver_not_loaded, lib_rm_version_mismatch, no_permission, insufficient_size, unknown.";
+    DriverInfo = "gpu_driver_info", GAUGE, &["driver_version", "nvml_version", "cuda_driver_version"], "Always 1 while NVML is up; the driver, NVML and CUDA driver versions.";
     Devices = "gpu_devices", GAUGE, &[], "Number of GPUs that answered the last poll.";
     Info = "gpu_info", GAUGE, &["gpu", "uuid", "name", "driver_version", "pci_bus_id"], "Always 1; carries the GPU's identity for joins.";
     Util = "gpu_utilization_ratio", GAUGE, GPU, "Fraction of the last sample period a kernel was running (0-1).";
@@ -273,6 +479,7 @@ families! {
     Remapped = "gpu_remapped_rows", GAUGE, &["gpu", "uuid", "type"], "Memory rows remapped for correctable and uncorrectable errors.";
     RemappedPending = "gpu_remapped_rows_pending", GAUGE, GPU, "1 if a row remap is pending (needs a GPU reset).";
     RemappedFailed = "gpu_remapped_rows_failed", GAUGE, GPU, "1 if a row remap has failed (the card should be replaced).";
+    RecoveryAction = "gpu_recovery_action", GAUGE, &["gpu", "uuid", "action"], "1 for the recovery action the driver says the GPU needs (field 230): none, gpu_reset, node_reboot, drain_p2p, drain_and_reset; no series where the driver does not know the field.";
 }
 
 /// Exposes the snapshot as Prometheus families.
@@ -420,6 +627,15 @@ impl Builder {
         }
         self.opt(F::RemappedPending, l, get(&r.remapped_rows, "pending"));
         self.opt(F::RemappedFailed, l, get(&r.remapped_rows, "failed"));
+        if let Some(current) = r.recovery_action {
+            for (i, action) in RECOVERY_ACTIONS.iter().enumerate() {
+                self.add(F::RecoveryAction, &[l[0], l[1], action], if i as u32 == current { 1.0 } else { 0.0 });
+            }
+            if current as usize >= RECOVERY_ACTIONS.len() {
+                // A value newer than this build knows: still visible.
+                self.add(F::RecoveryAction, &[l[0], l[1], &format!("unknown_{current}")], 1.0);
+            }
+        }
     }
 
     /// The GPM metrics, where the GPU has them.
@@ -457,6 +673,13 @@ impl PromCollector for GpuFamilies {
             metrics: vec![Vec::new(); FAMILIES.len()],
         };
         b.add(F::Available, &[], if snap.available { 1.0 } else { 0.0 });
+        b.add(F::NvmlUp, &[], if snap.nvml_up { 1.0 } else { 0.0 });
+        for (reason, n) in &snap.init_errors {
+            b.add(F::NvmlInitErrors, &[reason], *n as f64);
+        }
+        if let Some(v) = &snap.versions {
+            b.add(F::DriverInfo, &[&v.driver, &v.nvml, &v.cuda], 1.0);
+        }
         b.add(F::Devices, &[], snap.readings.len() as f64);
         for r in &snap.readings {
             b.reading(r, &snap.driver_version, self.state.per_process());

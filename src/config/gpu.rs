@@ -13,6 +13,9 @@ use crate::nvml::fields::Field;
 pub struct GpuConfig {
     /// Switch the collector off entirely (no NVML is loaded).
     pub enabled: bool,
+    /// `auto`: mock mode only on a machine with no NVML library at all;
+    /// `nvml`: never mock; `mock`: always mock (a demo without a GPU).
+    pub mode: GpuMode,
     /// Path or soname of the NVML library.
     pub nvml_library: String,
     /// Seconds between polls (env `GPU_POLL_INTERVAL_SECONDS`), 1.0–60.0.
@@ -53,6 +56,20 @@ impl GpuConfig {
     }
 }
 
+/// How the collector treats a missing or failing NVML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuMode {
+    /// Mock mode only when no NVML library is installed; a library that
+    /// fails is a failing collector.
+    #[default]
+    Auto,
+    /// Never mock: any NVML failure is a failing collector.
+    Nvml,
+    /// Always mock; NVML is never loaded.
+    Mock,
+}
+
 /// Which GPU fields are read.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -65,6 +82,7 @@ impl Default for GpuConfig {
     fn default() -> Self {
         GpuConfig {
             enabled: true,
+            mode: GpuMode::Auto,
             nvml_library: "libnvidia-ml.so.1".to_string(),
             poll_interval: Duration::from_secs(5),
             history_minutes: 60,

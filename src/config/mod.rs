@@ -21,7 +21,7 @@ mod web;
 mod websocket;
 
 pub use api::ApiConfig;
-pub use gpu::{GpuConfig, GpuFieldsConfig};
+pub use gpu::{GpuConfig, GpuFieldsConfig, GpuMode};
 pub use health::{CheckKind, HealthConfig, HttpMethod, RestartConfig, ServiceConfig};
 pub use pipeline::{PipelineConfig, StreamConfig};
 pub use queues::{PushSide, QueuesConfig};

@@ -72,12 +72,13 @@ pub enum Field {
     PcieLink,
     PcieReplay,
     RemappedRows,
+    RecoveryAction,
     Gpm,
     ProcessUtilization,
 }
 
 impl Field {
-    pub const ALL: [Field; 27] = [
+    pub const ALL: [Field; 28] = [
         Field::Name,
         Field::PciBusId,
         Field::MemoryTotal,
@@ -103,6 +104,7 @@ impl Field {
         Field::PcieLink,
         Field::PcieReplay,
         Field::RemappedRows,
+        Field::RecoveryAction,
         Field::Gpm,
         Field::ProcessUtilization,
     ];
@@ -135,6 +137,7 @@ impl Field {
             Field::PcieLink => "pcie_link",
             Field::PcieReplay => "pcie_replay",
             Field::RemappedRows => "remapped_rows",
+            Field::RecoveryAction => "recovery_action",
             Field::Gpm => "gpm",
             Field::ProcessUtilization => "process_utilization",
         }
@@ -166,7 +169,9 @@ impl Field {
             Field::TemperatureThresholds => "nvmlDeviceGetTemperatureThreshold",
             Field::MaxClocks => "nvmlDeviceGetMaxClockInfo",
             Field::NvLink => "nvmlDeviceGetNvLinkState",
-            Field::ClockEvents | Field::MemoryTemperature | Field::RemappedRows => "nvmlDeviceGetFieldValues",
+            Field::ClockEvents | Field::MemoryTemperature | Field::RemappedRows | Field::RecoveryAction => {
+                "nvmlDeviceGetFieldValues"
+            }
             Field::PcieLink => "nvmlDeviceGetCurrPcieLinkGeneration/Width",
             Field::PcieReplay => "nvmlDeviceGetPcieReplayCounter",
             Field::Gpm => "nvmlGpmSampleGet + nvmlGpmMetricsGet",
@@ -187,6 +192,7 @@ impl Field {
             | Field::PcieLink
             | Field::PcieReplay
             | Field::RemappedRows
+            | Field::RecoveryAction
             | Field::Gpm
             | Field::ProcessUtilization => Class::Slow,
             _ => Class::Fast,
@@ -263,6 +269,7 @@ impl Field {
             )?,
             Field::PcieReplay => Value::Num(m.call("pcie_replay_counter", || d.pcie_replay_counter())? as f64),
             Field::RemappedRows => profiling::remapped_rows(d, m)?,
+            Field::RecoveryAction => profiling::recovery_action(d, m)?,
             Field::Gpm => profiling::gpm_probe(nvml, d, m)?,
             Field::ProcessUtilization => profiling::process_utilization(nvml, d, m)?,
         })

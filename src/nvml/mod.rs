@@ -83,6 +83,9 @@ pub struct GpuReading {
     /// `correctable`, `uncorrectable` row counts and the `pending`,
     /// `failed` flags (slow).
     pub remapped_rows: Vec<(String, f64)>,
+    /// Field 230's answer (an index into `profiling::RECOVERY_ACTIONS`),
+    /// where the driver knows the field.
+    pub recovery_action: Option<u32>,
     /// GPM metrics over the last slow interval, keyed as
     /// [`profiling::GPM_METRICS`], in ratios and bytes per second (slow).
     pub gpm: Vec<(String, f64)>,
@@ -101,6 +104,67 @@ pub struct PollOutcome {
     /// Devices that could not be identified (handle or UUID), or a device
     /// count that failed: these fail the round. Field errors never do.
     pub errors: Vec<String>,
+    /// Set when the driver itself is gone (unloaded, or upgraded under the
+    /// daemon): the device count, or every device, answered
+    /// `UNINITIALIZED`, `DRIVER_NOT_LOADED` or `LIB_RM_VERSION_MISMATCH`.
+    /// The value is the init reason it maps to.
+    pub driver_gone: Option<&'static str>,
+}
+
+/// The reasons `nvmlInit` (or loading the library) fails, the `reason`
+/// label of `inferwatch_nvml_init_errors_total`.
+pub const INIT_REASONS: [&str; 7] = [
+    "library_not_found",
+    "library_load_failed",
+    "driver_not_loaded",
+    "lib_rm_version_mismatch",
+    "no_permission",
+    "insufficient_size",
+    "unknown",
+];
+
+/// Why loading the library at `path` or `nvmlInit` failed, as an init
+/// reason.
+pub fn init_reason(path: &str, e: &NvmlError) -> &'static str {
+    match e {
+        NvmlError::LibloadingError(le) => {
+            let missing = if path.contains('/') {
+                !std::path::Path::new(path).exists()
+            } else {
+                le.to_string().contains("No such file")
+            };
+            if missing {
+                "library_not_found"
+            } else {
+                "library_load_failed"
+            }
+        }
+        NvmlError::LibraryNotFound => "library_not_found",
+        NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound => "library_load_failed",
+        NvmlError::DriverNotLoaded => "driver_not_loaded",
+        NvmlError::LibRmVersionMismatch => "lib_rm_version_mismatch",
+        NvmlError::NoPermission => "no_permission",
+        NvmlError::InsufficientSize(_) => "insufficient_size",
+        _ => "unknown",
+    }
+}
+
+/// The init reason of an answer that means the driver is gone mid-run.
+fn gone_reason(e: &NvmlError) -> Option<&'static str> {
+    match e {
+        NvmlError::Uninitialized | NvmlError::DriverNotLoaded => Some("driver_not_loaded"),
+        NvmlError::LibRmVersionMismatch => Some("lib_rm_version_mismatch"),
+        _ => None,
+    }
+}
+
+/// What the driver says it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriverVersions {
+    pub driver: String,
+    pub nvml: String,
+    /// `MAJOR.MINOR` from `nvmlSystemGetCudaDriverVersion_v2`.
+    pub cuda: String,
 }
 
 /// What the poller reads and how often.
@@ -137,7 +201,7 @@ pub struct NvmlHandle {
     tx: mpsc::SyncSender<Request>,
     /// Set while a poll is with the thread; cleared by the thread when done.
     busy: Arc<AtomicBool>,
-    pub driver_version: String,
+    pub versions: DriverVersions,
 }
 
 impl NvmlHandle {
@@ -156,14 +220,10 @@ impl NvmlHandle {
             .name("nvml".into())
             .spawn(move || worker(path, options, Meter::new(metrics), init_tx, rx, worker_busy))
             .map_err(|e| NvmlStartError::Thread(e.to_string()))?;
-        let driver_version = init_rx
+        let versions = init_rx
             .await
             .map_err(|_| NvmlStartError::Thread("exited during init".into()))??;
-        Ok(NvmlHandle {
-            tx,
-            busy,
-            driver_version,
-        })
+        Ok(NvmlHandle { tx, busy, versions })
     }
 
     /// Asks the thread for one poll of every device. While an earlier poll
@@ -186,7 +246,7 @@ fn worker(
     path: String,
     options: PollerOptions,
     meter: Meter,
-    init_tx: oneshot::Sender<Result<String, NvmlStartError>>,
+    init_tx: oneshot::Sender<Result<DriverVersions, NvmlStartError>>,
     rx: mpsc::Receiver<Request>,
     busy: Arc<AtomicBool>,
 ) {
@@ -197,8 +257,15 @@ fn worker(
             return;
         }
     };
-    let driver_version = nvml.sys_driver_version().unwrap_or_default();
-    let _ = init_tx.send(Ok(driver_version));
+    let versions = DriverVersions {
+        driver: nvml.sys_driver_version().unwrap_or_default(),
+        nvml: nvml.sys_nvml_version().unwrap_or_default(),
+        cuda: nvml
+            .sys_cuda_driver_version()
+            .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10))
+            .unwrap_or_default(),
+    };
+    let _ = init_tx.send(Ok(versions));
     let mut poller = Poller {
         nvml: &nvml,
         events: None,
@@ -264,6 +331,8 @@ struct Slow {
 enum Out {
     Lost,
     Unidentified(String),
+    /// The driver answered as if it were gone: the reason, and the error.
+    DriverGone(&'static str, String),
 }
 
 impl<'n> Poller<'n> {
@@ -307,11 +376,14 @@ impl<'n> Poller<'n> {
         let count = match self.meter.call("device_count", || self.nvml.device_count()) {
             Ok(c) => c,
             Err(e) => {
+                out.driver_gone = gone_reason(&e);
                 out.errors.push(format!("failed to count devices: {e}"));
                 return out;
             }
         };
         let mut seen = HashSet::new();
+        // Devices that answered as if the driver were gone, and the reason.
+        let mut gone = (0, None);
         for i in 0..count {
             match self.meter.call("handle_by_index", || self.nvml.device_by_index(i)) {
                 Ok(device) => match self.read(i, &device, read_slow) {
@@ -321,10 +393,22 @@ impl<'n> Poller<'n> {
                     }
                     Err(Out::Lost) => out.lost.push(i),
                     Err(Out::Unidentified(e)) => out.errors.push(e),
+                    Err(Out::DriverGone(reason, e)) => {
+                        gone = (gone.0 + 1, Some(reason));
+                        out.errors.push(e);
+                    }
                 },
                 Err(NvmlError::GpuLost) => out.lost.push(i),
-                Err(e) => out.errors.push(format!("failed to open GPU {i}: {e}")),
+                Err(e) => {
+                    if let Some(reason) = gone_reason(&e) {
+                        gone = (gone.0 + 1, Some(reason));
+                    }
+                    out.errors.push(format!("failed to open GPU {i}: {e}"));
+                }
             }
+        }
+        if count > 0 && gone.0 == count {
+            out.driver_gone = gone.1;
         }
         // A GPU that is gone has its static fields read again when it returns.
         self.statics.retain(|uuid, _| seen.contains(uuid));
@@ -454,7 +538,13 @@ impl<'n> Poller<'n> {
         let uuid = match self.meter.call("uuid", || d.uuid()) {
             Ok(u) => u,
             Err(NvmlError::GpuLost) => return Err(Out::Lost),
-            Err(e) => return Err(Out::Unidentified(format!("GPU {index}: failed to read its UUID: {e}"))),
+            Err(e) => {
+                let text = format!("GPU {index}: failed to read its UUID: {e}");
+                return Err(match gone_reason(&e) {
+                    Some(reason) => Out::DriverGone(reason, text),
+                    None => Out::Unidentified(text),
+                });
+            }
         };
         let u = uuid.as_str();
         let statics = match self.statics.get(u) {
@@ -571,6 +661,7 @@ fn apply(r: &mut GpuReading, field: Field, v: Value) {
         Field::MaxClocks => r.max_clocks_hz = v.into_list(),
         Field::PcieLink => r.pcie_link = v.into_list(),
         Field::RemappedRows => r.remapped_rows = v.into_list(),
+        Field::RecoveryAction => r.recovery_action = v.num().map(|n| n as u32),
         Field::Gpm => r.gpm = v.into_list(),
         Field::ProcessUtilization => {
             if let Value::ProcessUtilization(p) = v {

@@ -143,6 +143,26 @@ pub fn memory_temperature(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
     v.get("memory").map(Value::Num).ok_or(NvmlError::NotSupported)
 }
 
+/// `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION` (nvml.h): what the driver says a
+/// failing GPU needs.
+pub const NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: u32 = 230;
+
+/// The actions of `nvmlDeviceGpuRecoveryAction_t` (nvml.h), by value.
+pub const RECOVERY_ACTIONS: [&str; 5] = ["none", "gpu_reset", "node_reboot", "drain_p2p", "drain_and_reset"];
+
+/// The GPU's recovery action (field 230). Drivers that do not know the
+/// field answer NOT_SUPPORTED for it, which skips it like any field.
+pub fn recovery_action(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    let v = field_list(
+        d,
+        &[(NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, "action")],
+        1.0,
+        "field_values_recovery_action",
+        m,
+    )?;
+    v.get("action").map(Value::Num).ok_or(NvmlError::NotSupported)
+}
+
 /// Remapped rows (counts) and the pending / failed flags.
 pub fn remapped_rows(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
     field_list(d, &REMAPPED, 1.0, "field_values_remapped_rows", m)

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::config::GpuConfig;
 use crate::history::{GpuSample, History};
 use crate::nvml::fields::NvmlMetrics;
-use crate::nvml::GpuReading;
+use crate::nvml::{DriverVersions, GpuReading};
 
 /// What the API and `/metrics` read: the last poll's result.
 #[derive(Debug, Clone, Default)]
@@ -27,13 +27,34 @@ pub struct GpuSnapshot {
     /// `readings` in the REST shape, one per reading, made when published
     /// (`inference_fps` is left `None`; see [`GpuSample::with_fps`]).
     pub samples: Vec<GpuSample>,
+    /// True while NVML is loaded and answering.
+    pub nvml_up: bool,
+    /// Set while the collector is failing because NVML is down.
+    pub nvml_down: Option<NvmlDown>,
+    /// Failed inits by reason (every reason, from 0).
+    pub init_errors: BTreeMap<String, u64>,
+    /// The driver's versions, while NVML is up.
+    pub versions: Option<DriverVersions>,
+}
+
+/// Why the GPU collector is blind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvmlDown {
+    /// One of [`crate::nvml::INIT_REASONS`].
+    pub reason: &'static str,
+    pub message: String,
 }
 
 impl GpuSnapshot {
     /// The samples to serve, with `inference_fps` joined in: one per GPU,
-    /// or the mock object in mock mode; `None` before the first poll.
+    /// or the mock object in mock mode; `None` before the first poll and
+    /// while NVML is down.
     pub fn serve(&self, inference_fps: Option<f64>) -> Option<Vec<GpuSample>> {
         let at = self.recorded_at?;
+        if self.nvml_down.is_some() {
+            // Blind, and saying so: no mock object that looks like a GPU.
+            return None;
+        }
         let samples = if self.available {
             self.samples.clone()
         } else {

@@ -12,7 +12,7 @@ pub mod storage;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-pub use gpu::{GpuSnapshot, GpuState};
+pub use gpu::{GpuSnapshot, GpuState, NvmlDown};
 pub use health::{HealthState, ServiceView};
 pub use storage::{FsUsage, StorageReading, StorageState};
 

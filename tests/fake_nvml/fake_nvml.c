@@ -12,7 +12,24 @@
  * in two temp dirs are two independent machines.
  *
  * Format: one `key value` per line, `#` starts a comment.
- *   init_error N          nvmlInit_v2 returns N (e.g. 9 = DRIVER_NOT_LOADED)
+ *   init_error N          nvmlInit_v2 returns N (nvml.h: 9 = DRIVER_NOT_LOADED,
+ *                         18 = LIB_RM_VERSION_MISMATCH, 4 = NO_PERMISSION,
+ *                         7 = INSUFFICIENT_SIZE, 999 = UNKNOWN); re-read at every
+ *                         init, so a test can fail and then fix the driver
+ *   device_error N        every device handle (nvmlDeviceGetHandleByIndex_v2 and
+ *                         each call on a handle) answers N while the count still
+ *                         answers: 1 = UNINITIALIZED, as when the driver is
+ *                         unloaded or upgraded under a running process
+ *   nvml_version S        nvmlSystemGetNVMLVersion (default "13." + driver_version,
+ *                         as the measured 580 driver's CUDA 13.0 NVML)
+ *   cuda_driver_version N nvmlSystemGetCudaDriverVersion_v2 (default 13000: the
+ *                         measured H100's `nvidia-smi -q` says CUDA Version 13.0)
+ *   <i>.recovery_action N field 230 (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION): 0 none,
+ *                         1 gpu_reset, 2 node_reboot, 3 drain_p2p, 4 drain_and_reset
+ *                         (nvml.h's nvmlDeviceGpuRecoveryAction_t); default 0, which
+ *                         the measured H100 on 580 shows as "GPU Recovery Action:
+ *                         None" in nvidia-smi -q. `unsupported recovery` answers
+ *                         NOT_SUPPORTED, as a driver that does not know the field
  *   driver_version S
  *   count N
  *   <i>.name S  <i>.uuid S  <i>.pci_bus_id S
@@ -33,7 +50,7 @@
  *   <i>.unsupported a,b,c                      fields answering NOT_SUPPORTED:
  *       util mem temp power power_limit fan clocks enc dec energy ecc throttle procs events
  *       mem_temp clock_events remapped thresholds max_clocks pcie_link pcie_replay nvlink
- *       gpm procs_util
+ *       gpm procs_util recovery
  *   <i>.xid 79,13,79                           every critical XID ever raised;
  *                                              each is delivered once by
  *                                              nvmlEventSetWait_v2
@@ -228,10 +245,14 @@ typedef struct {
     unsigned int remapped_cor, remapped_unc, remapped_pending, remapped_failure;
     int has_gpm;
     double gpm[GPM_IDS];
+    unsigned int recovery_action;
 } gpu_t;
 
 typedef struct {
     int init_error;
+    int device_error;
+    char nvml_version[80];
+    int cuda_driver_version;
     char driver_version[80];
     unsigned int count;
     gpu_t gpu[MAX_GPUS];
@@ -437,6 +458,7 @@ static void apply_gpu_key(unsigned int i, const char *k, char *v) {
     U(max_clock_graphics); U(max_clock_sm); U(max_clock_mem);
     U(pcie_gen); U(pcie_width); U(pcie_replay); U(nvlinks);
     U(remapped_cor); U(remapped_unc); U(remapped_pending); U(remapped_failure);
+    U(recovery_action);
 #undef U
 }
 
@@ -471,6 +493,9 @@ static void apply_line(char *line, int *version_set) {
     *sp = 0;
     char *key = line, *v = sp + 1;
     if (!strcmp(key, "init_error")) st.init_error = (int)num(v);
+    else if (!strcmp(key, "device_error")) st.device_error = (int)num(v);
+    else if (!strcmp(key, "nvml_version")) snprintf(st.nvml_version, sizeof st.nvml_version, "%s", v);
+    else if (!strcmp(key, "cuda_driver_version")) st.cuda_driver_version = (int)num(v);
     else if (!strcmp(key, "profile")) return;
     else if (!strcmp(key, "driver_version")) {
         snprintf(st.driver_version, sizeof st.driver_version, "%s", v);
@@ -560,6 +585,7 @@ static nvmlReturn_t lookup(nvmlDevice_t dev, gpu_t **out, unsigned int *idx) {
     uintptr_t h = (uintptr_t)dev;
     if (!initialised) return NVML_ERROR_UNINITIALIZED;
     refresh();
+    if (st.device_error) return st.device_error;
     if (h == 0 || h > st.count) return NVML_ERROR_INVALID_ARGUMENT;
     gpu_t *g = &st.gpu[h - 1];
     if (g->lost) return NVML_ERROR_GPU_IS_LOST;
@@ -619,6 +645,10 @@ const char *nvmlErrorString(nvmlReturn_t r) {
     case NVML_ERROR_TIMEOUT: return "Timeout";
     case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
     case NVML_ERROR_FUNCTION_NOT_FOUND: return "Function Not Found";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case 9: return "Driver Not Loaded";
+    case 18: return "RM has detected an NVML/RM version mismatch.";
+    case 4: return "Insufficient Permissions";
     default: return "Unknown Error";
     }
 }
@@ -632,8 +662,22 @@ nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int len) {
 }
 
 nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int len) {
-    copy_str(version, len, "12.550.54.15");
-    return NVML_SUCCESS;
+    pthread_mutex_lock(&lock);
+    refresh();
+    if (st.nvml_version[0]) copy_str(version, len, st.nvml_version);
+    else {
+        char v[100];
+        snprintf(v, sizeof v, "13.%s", st.driver_version);
+        copy_str(version, len, v);
+    }
+    DONE;
+}
+
+nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version) {
+    pthread_mutex_lock(&lock);
+    refresh();
+    *version = st.cuda_driver_version ? st.cuda_driver_version : 13000;
+    DONE;
 }
 
 nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
@@ -651,6 +695,7 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *dev
     pthread_mutex_lock(&lock);
     if (!initialised) { pthread_mutex_unlock(&lock); return NVML_ERROR_UNINITIALIZED; }
     refresh();
+    if (st.device_error) { int e = st.device_error; pthread_mutex_unlock(&lock); return e; }
     if (index >= st.count) { pthread_mutex_unlock(&lock); return NVML_ERROR_INVALID_ARGUMENT; }
     if (st.gpu[index].lost) { pthread_mutex_unlock(&lock); return NVML_ERROR_GPU_IS_LOST; }
     *device = (nvmlDevice_t)(uintptr_t)(index + 1);
@@ -1006,6 +1051,13 @@ static void field_value(gpu_t *g, unsigned int gi, nvmlFieldValue_t *f, int v13)
     if (reason >= 0) name = "clock_events";
     f->timestamp = (long long)(mono_ns() / 1000);
     f->latencyUsec = 0;
+    if (id == 230) {
+        /* GPU recovery action: not profiled (unmeasured cost). */
+        f->nvmlReturn = unsupported(g, "recovery") ? NVML_ERROR_NOT_SUPPORTED : NVML_SUCCESS;
+        f->valueType = VT_UINT;
+        f->value.ui = g->recovery_action;
+        return;
+    }
     if (entry < 0) { f->nvmlReturn = NVML_ERROR_NOT_SUPPORTED; return; }
     spend(entry);
     f->nvmlReturn = prof[entry].rc;
