@@ -21,11 +21,19 @@ use crate::nvml::fields::{error_name, Class, Field, Meter, Value};
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
     #[error(
-        "no NVML library at {path}: {source} (install the NVIDIA driver, or set gpu.nvml_library / --nvml-library)"
+        "NVML state: down ({reason}): no NVML library at {path}: {source} (install the NVIDIA driver, or set gpu.nvml_library / --nvml-library)"
     )]
-    NoLibrary { path: String, source: NvmlError },
-    #[error("NVML failed to initialise from {path}: {source} (is the NVIDIA kernel driver loaded? try nvidia-smi)")]
-    Init { path: String, source: NvmlError },
+    NoLibrary {
+        path: String,
+        reason: &'static str,
+        source: NvmlError,
+    },
+    #[error("NVML state: down ({reason}): NVML failed to initialise from {path}: {source} (see docs/runbooks.md#gpudriverdown; try nvidia-smi)")]
+    Init {
+        path: String,
+        reason: &'static str,
+        source: NvmlError,
+    },
     #[error("NVML loaded from {path} (driver {driver}) but no GPU answered: {why}")]
     NoDevices { path: String, driver: String, why: String },
 }
@@ -85,7 +93,11 @@ pub struct GpuReport {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub library: String,
+    /// `up` (doctor fails with the reason otherwise).
+    pub nvml_state: &'static str,
     pub driver_version: String,
+    pub nvml_version: String,
+    pub cuda_driver_version: String,
     pub samples: usize,
     pub poll_interval_seconds: f64,
     pub slow_interval_seconds: f64,
@@ -104,17 +116,27 @@ pub fn run(o: &Options) -> Result<Report, DoctorError> {
     let nvml = Nvml::builder()
         .lib_path(OsStr::new(&o.library))
         .init()
-        .map_err(|source| match source {
-            NvmlError::LibloadingError(_) => DoctorError::NoLibrary {
-                path: o.library.clone(),
-                source,
-            },
-            _ => DoctorError::Init {
-                path: o.library.clone(),
-                source,
-            },
+        .map_err(|source| {
+            let reason = crate::nvml::init_reason(&o.library, &source);
+            match source {
+                NvmlError::LibloadingError(_) => DoctorError::NoLibrary {
+                    path: o.library.clone(),
+                    reason,
+                    source,
+                },
+                _ => DoctorError::Init {
+                    path: o.library.clone(),
+                    reason,
+                    source,
+                },
+            }
         })?;
     let driver_version = nvml.sys_driver_version().unwrap_or_else(|_| "unknown".into());
+    let nvml_version = nvml.sys_nvml_version().unwrap_or_else(|_| "unknown".into());
+    let cuda_driver_version = nvml
+        .sys_cuda_driver_version()
+        .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10))
+        .unwrap_or_else(|_| "unknown".into());
     let no_devices = |why: String| DoctorError::NoDevices {
         path: o.library.clone(),
         driver: driver_version.clone(),
@@ -140,7 +162,10 @@ pub fn run(o: &Options) -> Result<Report, DoctorError> {
     }
     Ok(Report {
         library: o.library.clone(),
+        nvml_state: "up",
         driver_version,
+        nvml_version,
+        cuda_driver_version,
         samples: o.samples,
         poll_interval_seconds: o.poll_interval.as_secs_f64(),
         slow_interval_seconds: o.slow_interval.as_secs_f64(),
@@ -274,6 +299,24 @@ pub fn render(r: &Report) -> String {
         r.gpus.len(),
         r.samples
     );
+    out += &format!(
+        "NVML state: {}; driver {}, NVML {}, CUDA driver {}\n",
+        r.nvml_state, r.driver_version, r.nvml_version, r.cuda_driver_version
+    );
+    for g in &r.gpus {
+        let action = g
+            .fields
+            .iter()
+            .find(|f| f.field == "recovery_action")
+            .map(|f| match (f.result.as_str(), f.value.as_deref().unwrap_or("").parse::<usize>()) {
+                ("ok", Ok(i)) => crate::nvml::profiling::RECOVERY_ACTIONS
+                    .get(i)
+                    .map_or_else(|| format!("unknown ({i})"), |a| a.to_string()),
+                (result, _) => format!("{result} (the driver does not report it)"),
+            })
+            .unwrap_or_default();
+        out += &format!("GPU {} recovery action: {action}\n", g.index);
+    }
     for g in &r.gpus {
         out += &format!("\nGPU {}  {}\n", g.index, g.uuid);
         out += &format!(

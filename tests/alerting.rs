@@ -237,3 +237,56 @@ async fn routes_and_inhibition_in_a_real_alertmanager() {
         .contains("DiskUsageHigh critical description"));
     assert!(!disk["text"].as_str().unwrap().contains("warning description"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_driver_down_fires_in_prometheus_and_resolves_when_the_driver_loads() {
+    // nvmlInit answers DRIVER_NOT_LOADED (nvml.h: 9) until the test "loads
+    // the module" by rewriting the state file.
+    let fake = FakeGpus::new(Driver::Current, &format!("init_error 9\n{}", state(60)));
+    let config = format!(
+        "gpu:\n  nvml_library: {}\n  poll_interval: 1s\nqueues:\n  enabled: false\n",
+        fake.lib_str()
+    );
+    let daemon = Daemon::start_with_args(&config, &[], &["--log.format=json"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("alert_rules.yml"), fast_rules()).unwrap();
+    let prom_config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alert_rules.yml]\n\
+         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        daemon.port
+    );
+    let prom = Prometheus::start_with_config(dir, &prom_config).await;
+    let alert = "ALERTS{alertname=\"GpuDriverDown\",alertstate=\"firing\"}";
+    let firing = eventually("GpuDriverDown to fire", Duration::from_secs(60), || {
+        let prom = &prom;
+        async move { prom.query(alert).await.into_iter().next() }
+    })
+    .await;
+    assert_eq!(firing["metric"]["reason"], "driver_not_loaded", "{firing}");
+    assert_eq!(firing["metric"]["severity"], "critical");
+    let success = prom.query("inferwatch_collector_success{collector=\"gpu\"}").await;
+    assert_eq!(success[0]["value"][1], "0", "a failing collector, not mock mode");
+
+    fake.set(&state(60));
+    eventually("the GPUs to appear in Prometheus", Duration::from_secs(60), || {
+        let prom = &prom;
+        async move {
+            let r = prom.query("gpu_devices").await;
+            r.first().filter(|s| s["value"][1] == "2").map(|_| ())
+        }
+    })
+    .await;
+    eventually("GpuDriverDown to resolve", Duration::from_secs(60), || {
+        let prom = &prom;
+        async move { prom.query(alert).await.is_empty().then_some(()) }
+    })
+    .await;
+    let log = daemon.log();
+    assert!(log.contains("NVML is up again"), "recovered without a restart: {log}");
+    assert_eq!(
+        log.matches("NVML is down: the GPU collector is failing").count(),
+        1,
+        "one log line for the reason, not one per try: {log}"
+    );
+    assert_eq!(log.matches("Collection failed.").count(), 1, "{log}");
+}

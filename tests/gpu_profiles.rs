@@ -195,9 +195,13 @@ fn doctor_reports_every_field_of_the_h100_profile_with_its_cost() {
     let fake = FakeGpus::with_profile(Driver::Current, &gpus_state(2), "h100-sxm-580");
     let r = doctor_json(&fake);
     assert_eq!(r["driver_version"], "580.159.04");
+    assert_eq!(r["nvml_state"], "up");
+    assert_eq!(r["nvml_version"], "13.580.159.04");
+    assert_eq!(r["cuda_driver_version"], "13.0");
     assert_eq!(r["gpus"].as_array().unwrap().len(), 2);
+    assert_eq!(field(&r, 0, "recovery_action")["value"], "0", "none, as nvidia-smi -q showed");
     let fields = r["gpus"][0]["fields"].as_array().unwrap();
-    assert_eq!(fields.len(), 27, "every field is listed");
+    assert_eq!(fields.len(), 28, "every field is listed");
     for f in fields {
         assert!(
             f["result"].is_string() && f["class"].is_string() && f["call"].is_string(),
@@ -235,7 +239,10 @@ fn doctor_reports_every_field_of_the_h100_profile_with_its_cost() {
     let (code, table, _) = doctor(&["--nvml-library", &fake.lib_str(), "--samples", "3"]);
     assert_eq!(code, 0);
     assert!(
-        table.contains("nvmlDeviceGetTotalEnergyConsumption") && table.contains("Summary: 2 GPU(s)"),
+        table.contains("nvmlDeviceGetTotalEnergyConsumption")
+            && table.contains("Summary: 2 GPU(s)")
+            && table.contains("NVML state: up; driver 580.159.04, NVML 13.580.159.04, CUDA driver 13.0")
+            && table.contains("GPU 0 recovery action: none"),
         "{table}"
     );
     assert!(
@@ -273,12 +280,18 @@ fn doctor_names_the_errors_of_other_cards_and_drivers() {
     let (code, out, err) = doctor(&["--nvml-library", "/nonexistent/libnvidia-ml.so.1", "--json"]);
     assert_eq!(code, 1);
     assert!(err.contains("no NVML library"), "{err}");
+    assert!(err.contains("NVML state: down (library_not_found)"), "{err}");
     assert!(serde_json::from_str::<Value>(&out).unwrap()["error"].is_string());
 
     let broken = FakeGpus::new(Driver::Current, "init_error 9\n");
     let (code, _, err) = doctor(&["--nvml-library", &broken.lib_str()]);
     assert_eq!(code, 1);
     assert!(err.contains("failed to initialise"), "{err}");
+    assert!(err.contains("NVML state: down (driver_not_loaded)"), "{err}");
+    let mismatch = FakeGpus::new(Driver::Current, "init_error 18\n");
+    let (code, _, err) = doctor(&["--nvml-library", &mismatch.lib_str()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NVML state: down (lib_rm_version_mismatch)"), "{err}");
 
     let empty = FakeGpus::new(Driver::Current, "count 0\n");
     let (code, _, err) = doctor(&["--nvml-library", &empty.lib_str()]);
