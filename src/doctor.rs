@@ -308,12 +308,14 @@ pub fn render(r: &Report) -> String {
             .fields
             .iter()
             .find(|f| f.field == "recovery_action")
-            .map(|f| match (f.result.as_str(), f.value.as_deref().unwrap_or("").parse::<usize>()) {
-                ("ok", Ok(i)) => crate::nvml::profiling::RECOVERY_ACTIONS
-                    .get(i)
-                    .map_or_else(|| format!("unknown ({i})"), |a| a.to_string()),
-                (result, _) => format!("{result} (the driver does not report it)"),
-            })
+            .map(
+                |f| match (f.result.as_str(), f.value.as_deref().unwrap_or("").parse::<usize>()) {
+                    ("ok", Ok(i)) => crate::nvml::profiling::RECOVERY_ACTIONS
+                        .get(i)
+                        .map_or_else(|| format!("unknown ({i})"), |a| a.to_string()),
+                    (result, _) => format!("{result} (the driver does not report it)"),
+                },
+            )
             .unwrap_or_default();
         out += &format!("GPU {} recovery action: {action}\n", g.index);
     }

@@ -47,7 +47,8 @@ pub enum Event {
     /// A GPU that was present stopped answering (`GpuLost`).
     GpuLost { gpu: u32, uuid: String },
     /// NVML reported a critical XID error.
-    GpuXid { gpu: u32, uuid: String, xid: u64 },
+    /// `gpu` is the index, or `unknown` for a bus no GPU had.
+    GpuXid { gpu: String, uuid: String, xid: String },
     /// A GPU poll finished and published a new snapshot (also in mock mode).
     GpuPolled,
     /// A monitored service changed status (or was checked for the first time).

@@ -26,6 +26,7 @@ impl Harness {
     async fn new(lib: &str, tweak: impl FnOnce(&mut Config)) -> Harness {
         let data = tempfile::tempdir().unwrap();
         let mut config = Config::default();
+        config.gpu.kernel_log = String::new();
         config.gpu.nvml_library = lib.to_string();
         config.data_dir = data.path().to_owned();
         tweak(&mut config);
@@ -306,11 +307,18 @@ async fn assert_down(h: &mut Harness, reason: &str, errors: f64) {
     let err = h.round().await.unwrap_err();
     assert!(err.contains(&format!("NVML is down ({reason})")), "{err}");
     let page = h.metrics().await;
-    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(0.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(0.0)
+    );
     assert_eq!(sample_value(&page, "inferwatch_nvml_up"), Some(0.0));
     assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
     assert_eq!(sample_value(&page, "gpu_devices"), Some(0.0));
-    let counted = sample_value(&page, &format!("inferwatch_nvml_init_errors_total{{reason=\"{reason}\"}}")).unwrap();
+    let counted = sample_value(
+        &page,
+        &format!("inferwatch_nvml_init_errors_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap();
     assert!(counted >= errors, "{reason}: {counted} < {errors}");
     assert!(!page.contains("gpu_driver_info"), "no driver info while down");
     let (status, body) = h.json("/api/system/gpu").await;
@@ -330,7 +338,10 @@ async fn auto_mode_with_no_library_installed_is_mock_mode() {
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
     assert_eq!(sample_value(&page, "gpu_devices"), Some(0.0));
-    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
     assert_eq!(
         sample_value(&page, "inferwatch_nvml_init_errors_total{reason=\"library_not_found\"}"),
         Some(0.0),
@@ -390,7 +401,10 @@ async fn a_driver_that_is_not_loaded_yet_fails_then_appears_without_a_restart() 
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, "gpu_devices"), Some(2.0));
     assert_eq!(sample_value(&page, "inferwatch_nvml_up"), Some(1.0));
-    assert_eq!(sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"), Some(1.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
     assert_eq!(
         sample_value(
             &page,
@@ -445,12 +459,19 @@ async fn the_recovery_action_is_an_enum_gauge_where_the_driver_knows_the_field()
     h.round().await.unwrap();
     let page = h.metrics().await;
     let action = |gpu: u32, uuid: &str, a: &str| {
-        sample_value(&page, &format!("gpu_recovery_action{{gpu=\"{gpu}\",uuid=\"{uuid}\",action=\"{a}\"}}"))
+        sample_value(
+            &page,
+            &format!("gpu_recovery_action{{gpu=\"{gpu}\",uuid=\"{uuid}\",action=\"{a}\"}}"),
+        )
     };
     assert_eq!(action(0, UUID0, "node_reboot"), Some(1.0));
     assert_eq!(action(0, UUID0, "none"), Some(0.0));
     assert_eq!(action(0, UUID0, "gpu_reset"), Some(0.0));
-    assert_eq!(action(1, UUID1, "none"), None, "NOT_SUPPORTED: no series, as on older drivers");
+    assert_eq!(
+        action(1, UUID1, "none"),
+        None,
+        "NOT_SUPPORTED: no series, as on older drivers"
+    );
     assert_eq!(
         sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
         Some(1.0),
@@ -668,4 +689,163 @@ async fn history_beyond_the_window_comes_from_sqlite() {
     assert_eq!(samples.len(), 3);
     assert_eq!(samples[0]["temperature"], 61.0);
     assert_eq!(samples[0]["uuid"], UUID1);
+}
+
+/// `/dev/kmsg`-style records: `priority,seq,usec,flags;message`, each
+/// followed by the continuation lines the kernel adds for device messages.
+fn kmsg_record(seq: u64, message: &str) -> String {
+    format!("3,{seq},{},-;{message}\n SUBSYSTEM=pci\n DEVICE=+pci:0000:00:00.0\n", 1_000_000 + seq)
+}
+
+fn xid_line(bus: &str, xid: u64) -> String {
+    format!("NVRM: Xid (PCI:{bus}): {xid}, pid='<unknown>', name=<unknown>, test record")
+}
+
+fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+}
+
+/// Runs rounds until `series` reads `want` (the reader thread is its own
+/// clock), or panics after 10 s.
+async fn rounds_until(h: &mut Harness, series: &str, want: Option<f64>) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let _ = h.round().await;
+        let page = h.metrics().await;
+        if sample_value(&page, series) == want {
+            return page;
+        }
+        assert!(std::time::Instant::now() < deadline, "{series} never read {want:?}:\n{page}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn xids_from_the_kernel_log_are_counted_once_with_the_catalog_labels() {
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("kmsg");
+    // GPU 0 raises XID 119 (GSP timeout): NVML's event and the kernel line
+    // are one XID. GPU 1 falls off the bus (79: NVML events never carry it).
+    let state = format!("{}0.xid 119\n", gpus_state(2));
+    let fake = FakeGpus::new(Driver::Current, &state);
+    append(
+        &log,
+        &[
+            kmsg_record(1, "NVRM: loading NVIDIA UNIX x86_64 Kernel Module  550.54.15"),
+            kmsg_record(2, &xid_line("0000:00:00", 119)),
+            kmsg_record(3, &xid_line("0000:01:00", 79)),
+            kmsg_record(4, &xid_line("0000:3b:00", 13)),
+            kmsg_record(5, "nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 32 egress non-posted PRIV error"),
+        ]
+        .concat(),
+    );
+    let path = log.display().to_string();
+    let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.kernel_log = path.clone()).await;
+    let unknown = "gpu_xid_errors_total{gpu=\"unknown\",uuid=\"0000:3b:00\",xid=\"13\"}";
+    let page = rounds_until(&mut h, unknown, Some(1.0)).await;
+    let xid = |gpu: &str, uuid: &str, xid: &str| {
+        sample_value(&page, &format!("gpu_xid_errors_total{{gpu=\"{gpu}\",uuid=\"{uuid}\",xid=\"{xid}\"}}"))
+    };
+    assert_eq!(xid("0", UUID0, "119"), Some(1.0), "NVML and the kernel line counted once");
+    assert_eq!(xid("1", UUID1, "79"), Some(1.0), "a kernel-only XID");
+    assert_eq!(xid("nvswitch", "0000:05:00", "sxid_12028"), Some(1.0));
+    let seen = |rest: &str| page.lines().any(|l| l.starts_with("gpu_xid_last_seen_timestamp_seconds{") && l.contains(rest));
+    assert!(seen("gpu=\"1\",uuid=\"GPU-00000001-1111-2222-3333-444444444444\",xid=\"79\",severity=\"critical\",action=\"reboot_node\""), "{page}");
+    assert!(seen("xid=\"119\",severity=\"critical\",action=\"reset_gpu\""), "{page}");
+    assert!(seen("xid=\"13\",severity=\"warning\",action=\"restart_app\""), "{page}");
+    assert_eq!(sample_value(&page, "inferwatch_kernel_log_up"), Some(1.0));
+    assert_eq!(sample_value(&page, "inferwatch_kernel_log_overwritten_total"), Some(0.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
+
+    // More records while the daemon runs (a file is tailed like the device).
+    append(&log, &kmsg_record(6, &xid_line("0000:01:00", 79)));
+    rounds_until(
+        &mut h,
+        "gpu_xid_errors_total{gpu=\"1\",uuid=\"GPU-00000001-1111-2222-3333-444444444444\",xid=\"79\"}",
+        Some(2.0),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_restart_between_records_counts_nothing_twice_and_loses_nothing() {
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("kmsg");
+    let data = tempfile::tempdir().unwrap();
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(2));
+    let path = log.display().to_string();
+    let data_dir = data.path().to_owned();
+    let tweak = |c: &mut Config| {
+        c.gpu.kernel_log = path.clone();
+        c.data_dir = data_dir.clone();
+    };
+    append(&log, &[kmsg_record(10, &xid_line("0000:00:00", 13)), kmsg_record(11, &xid_line("0000:01:00", 31))].concat());
+    let mut h = Harness::new(&fake.lib_str(), tweak).await;
+    let x13 = format!("gpu_xid_errors_total{{gpu=\"0\",uuid=\"{UUID0}\",xid=\"13\"}}");
+    let x31 = format!("gpu_xid_errors_total{{gpu=\"1\",uuid=\"{UUID1}\",xid=\"31\"}}");
+    let x48 = format!("gpu_xid_errors_total{{gpu=\"0\",uuid=\"{UUID0}\",xid=\"48\"}}");
+    rounds_until(&mut h, &x31, Some(1.0)).await;
+    drop(h);
+    // Written while the daemon was down.
+    append(&log, &kmsg_record(12, &xid_line("0000:00:00", 48)));
+    let mut h = Harness::new(&fake.lib_str(), tweak).await;
+    let page = rounds_until(&mut h, &x48, Some(1.0)).await;
+    assert_eq!(sample_value(&page, &x13), None, "record 10 was counted by the first run");
+    assert_eq!(sample_value(&page, &x31), None, "record 11 too");
+}
+
+#[tokio::test]
+async fn an_unreadable_kernel_log_is_said_once_and_is_not_a_failed_round() {
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
+    let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.kernel_log = "/nonexistent/kmsg".into()).await;
+    h.round().await.unwrap();
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, "inferwatch_kernel_log_up"), Some(0.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn the_real_dev_kmsg_when_running_as_root() {
+    let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    if !root {
+        eprintln!("skipped: writing a record into /dev/kmsg needs root; the FIFO/file tests cover the reader");
+        return;
+    }
+    // A bus no other test's fake GPU has, so no other reader of this boot's
+    // kernel log maps it to a GPU.
+    let state = format!("{}0.pci_bus_id 00000000:E7:00.0\n", gpus_state(1));
+    let fake = FakeGpus::new(Driver::Current, &state);
+    let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.kernel_log = "/dev/kmsg".into()).await;
+    let series = format!("gpu_xid_errors_total{{gpu=\"0\",uuid=\"{UUID0}\",xid=\"79\"}}");
+    // Earlier runs on this boot wrote the same line: what the replay of the
+    // buffer counts first is the baseline.
+    h.round().await.unwrap();
+    let page = h.metrics().await;
+    assert_eq!(sample_value(&page, "inferwatch_kernel_log_up"), Some(1.0), "{page}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut before = sample_value(&page, &series);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        h.round().await.unwrap();
+        let now = sample_value(&h.metrics().await, &series);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    std::fs::write("/dev/kmsg", format!("<3>{}\n", xid_line("0000:e7:00", 79))).unwrap();
+    rounds_until(&mut h, &series, Some(before.unwrap_or(0.0) + 1.0)).await;
 }

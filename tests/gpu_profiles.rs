@@ -199,7 +199,11 @@ fn doctor_reports_every_field_of_the_h100_profile_with_its_cost() {
     assert_eq!(r["nvml_version"], "13.580.159.04");
     assert_eq!(r["cuda_driver_version"], "13.0");
     assert_eq!(r["gpus"].as_array().unwrap().len(), 2);
-    assert_eq!(field(&r, 0, "recovery_action")["value"], "0", "none, as nvidia-smi -q showed");
+    assert_eq!(
+        field(&r, 0, "recovery_action")["value"],
+        "0",
+        "none, as nvidia-smi -q showed"
+    );
     let fields = r["gpus"][0]["fields"].as_array().unwrap();
     assert_eq!(fields.len(), 28, "every field is listed");
     for f in fields {

@@ -26,6 +26,7 @@ async fn get(app: &axum::Router, method: &str, path: &str) -> (u16, String) {
 async fn requests_are_counted_by_route_template_and_code() {
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::default();
+    config.gpu.kernel_log = String::new();
     config.gpu.enabled = false;
     config.queues.enabled = false;
     config.data_dir = data.path().to_owned();

@@ -15,6 +15,7 @@ async fn postgres_outage_of_60s_loses_no_sample() {
     let fake = FakeGpus::new(Driver::Current, &gpus_state(2));
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::default();
+    config.gpu.kernel_log = String::new();
     config.gpu.nvml_library = fake.lib_str();
     config.gpu.poll_interval = Duration::from_secs(1);
     config.store.url = pg.url();
@@ -106,6 +107,7 @@ async fn postgres_history_beyond_the_window_and_retention() {
     let pg = Postgres::start().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::default();
+    config.gpu.kernel_log = String::new();
     config.store.url = pg.url();
     config.data_dir = data.path().to_owned();
     let metrics = std::sync::Arc::new(inferwatch::metrics::Metrics::new());

@@ -481,9 +481,14 @@ fn the_systemd_unit_verifies() {
         "DeviceAllow=/dev/nvidiactl rw",
         "StateDirectory=inferwatch",
         "Restart=on-failure",
+        // The kernel log (XIDs) and nothing more.
+        "DeviceAllow=/dev/kmsg r",
+        "CapabilityBoundingSet=CAP_SYSLOG\n",
+        "AmbientCapabilities=CAP_SYSLOG\n",
     ] {
         assert!(unit.contains(want), "{want}");
     }
+    assert!(!unit.contains("ProtectKernelLogs=yes"), "it would hide /dev/kmsg");
     // systemd-analyze checks that ExecStart is executable: point it at the
     // binary under test.
     let dir = tempfile::tempdir().unwrap();

@@ -41,6 +41,7 @@ impl Server {
         );
         let mut config = Config::from_yaml(&yaml).unwrap();
         config.data_dir = data.path().to_owned();
+        config.gpu.kernel_log = String::new();
         tweak(&mut config);
         config.validate().unwrap();
         let state = inferwatch::build_state(config).unwrap();

@@ -8,7 +8,7 @@
 //! exposed as counters with the driver's own totals; XID errors arrive as
 //! events and are summed here.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +23,14 @@ use crate::config::{GpuConfig, GpuMode};
 use crate::events::{Event, EventBus};
 use crate::history::GpuSample;
 use crate::nvml::profiling::{PIPES, RECOVERY_ACTIONS};
-use crate::nvml::{init_reason, DriverVersions, GpuReading, NvmlHandle, NvmlStartError, PollerOptions, INIT_REASONS, THROTTLE_REASONS};
+use crate::nvml::{
+    init_reason, DriverVersions, GpuReading, NvmlHandle, NvmlStartError, PollerOptions, INIT_REASONS, THROTTLE_REASONS,
+};
 use crate::state::{GpuSnapshot, GpuState, NvmlDown};
 use crate::store::Store;
+use crate::xid::kmsg::{self, Found, KernelLog};
+use crate::xid::ledger::{Ledger, Source};
+use crate::xid::{catalog, PciAddr};
 
 /// The registry entry: NVML is loaded in the task, so a slow driver init
 /// does not hold up the others.
@@ -119,7 +124,17 @@ pub struct GpuCollector {
     store: Option<Arc<Store>>,
     /// UUIDs currently above the temperature threshold.
     hot: HashSet<String>,
-    xid_totals: BTreeMap<(u32, String, u64), u64>,
+    /// XIDs from NVML events and the kernel log, each counted once.
+    xids: Ledger,
+    /// The kernel-log reader, when `gpu.kernel_log` is set and readable.
+    kernel_log: Option<KernelLog>,
+    /// `Some(readable)` when `gpu.kernel_log` is set.
+    kernel_log_up: Option<bool>,
+    kernel_log_overwritten: u64,
+    boot_id: String,
+    /// Every GPU seen this run, by PCI address: kernel lines name the bus,
+    /// also of a GPU that has just fallen off it.
+    buses: HashMap<PciAddr, (u32, String)>,
     /// `inferwatch_nvml_init_errors_total` by reason.
     init_errors: BTreeMap<&'static str, u64>,
     /// Reasons already logged since NVML was last up.
@@ -144,18 +159,30 @@ impl GpuCollector {
             events,
             store,
             hot: HashSet::new(),
-            xid_totals: BTreeMap::new(),
+            xids: Ledger::new(Duration::from_secs(5)),
+            kernel_log: None,
+            kernel_log_up: None,
+            kernel_log_overwritten: 0,
+            boot_id: String::new(),
+            buses: HashMap::new(),
             init_errors: INIT_REASONS.iter().map(|r| (*r, 0)).collect(),
             logged: HashSet::new(),
             versions: DriverVersions::default(),
         };
+        // NVML events reach us up to a poll late: the match window covers it.
+        c.xids = Ledger::new(Duration::from_secs(5) + c.config.poll_interval);
+        c.open_kernel_log().await;
         if c.config.mode == GpuMode::Mock {
             tracing::info!("gpu.mode is mock: the GPU collector serves the mock object and loads no NVML.");
             return c;
         }
         c.link = match c.init().await {
             Ok(h) => Link::Up(h),
-            Err((reason, _)) if reason == "library_not_found" && c.config.mode == GpuMode::Auto && !c.config.nvml_library.contains('/') => {
+            Err((reason, _))
+                if reason == "library_not_found"
+                    && c.config.mode == GpuMode::Auto
+                    && !c.config.nvml_library.contains('/') =>
+            {
                 tracing::warn!(library = %c.config.nvml_library, "No NVIDIA driver is installed (the NVML library is not on this machine); the GPU collector runs in mock mode.");
                 Link::Mock
             }
@@ -202,16 +229,121 @@ impl GpuCollector {
         }
     }
 
-    /// Counts and reports the XID errors NVML delivered since the last poll.
+    /// Starts the kernel-log reader after the position stored for this
+    /// boot. Not being able to read it is one WARN line and
+    /// `inferwatch_kernel_log_up 0`, never a failed round.
+    async fn open_kernel_log(&mut self) {
+        let path = self.config.kernel_log.clone();
+        if path.is_empty() {
+            return;
+        }
+        self.boot_id = kmsg::boot_id();
+        let stored = match &self.store {
+            Some(store) => match store.kernel_log_position(&path).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(path = %path, error = %e, "The stored kernel-log position could not be read; the kernel's buffer is read from its start.");
+                    None
+                }
+            },
+            None => None,
+        };
+        let resume = kmsg::resume_after(stored, &self.boot_id);
+        match KernelLog::start(&path, resume) {
+            Ok(k) => {
+                tracing::info!(path = %path, resume_after = ?resume, boot_id = %self.boot_id, "Reading XIDs from the kernel log.");
+                self.kernel_log = Some(k);
+                self.kernel_log_up = Some(true);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path, error = %e, "The kernel log cannot be read: XIDs come from NVML events only, which miss some (79, 119, 120). /dev/kmsg needs CAP_SYSLOG when kernel.dmesg_restrict is 1 (the systemd unit grants it).");
+                self.kernel_log_up = Some(false);
+            }
+        }
+    }
+
+    /// Counts one XID (once across NVML and the kernel log) and reports it
+    /// with the catalog's severity and action.
+    fn report_xid(&mut self, gpu: String, uuid: String, xid: u64, source: Source, at: Instant) {
+        let (severity, action) = catalog::classify(xid);
+        let key = (gpu.clone(), uuid.clone(), xid.to_string());
+        if !self.xids.record(key, source, at, super::unix_now()) {
+            return;
+        }
+        let cause = catalog::catalog()
+            .xids
+            .get(&xid.to_string())
+            .map(|e| e.cause.as_str())
+            .unwrap_or("not in the XID catalog");
+        let from = match source {
+            Source::Nvml => "nvml",
+            Source::Kernel => "kernel_log",
+        };
+        match severity {
+            "critical" => {
+                tracing::error!(gpu = %gpu, uuid = %uuid, xid, severity, action, from, cause, "GPU reported an XID error.")
+            }
+            "warning" => {
+                tracing::warn!(gpu = %gpu, uuid = %uuid, xid, severity, action, from, cause, "GPU reported an XID error.")
+            }
+            _ => {
+                tracing::info!(gpu = %gpu, uuid = %uuid, xid, severity, action, from, cause, "GPU reported an XID error.")
+            }
+        }
+        self.events.publish(Event::GpuXid {
+            gpu,
+            uuid,
+            xid: xid.to_string(),
+        });
+    }
+
+    /// Counts the XIDs NVML delivered since the last poll.
     fn report_xids(&mut self, xids: &[(u32, String, u64)]) {
+        let now = Instant::now();
         for (gpu, uuid, xid) in xids {
-            *self.xid_totals.entry((*gpu, uuid.clone(), *xid)).or_default() += 1;
-            tracing::error!(gpu, uuid = %uuid, xid, "GPU reported a critical XID error.");
-            self.events.publish(Event::GpuXid {
-                gpu: *gpu,
-                uuid: uuid.clone(),
-                xid: *xid,
-            });
+            self.report_xid(gpu.to_string(), uuid.clone(), *xid, Source::Nvml, now);
+        }
+    }
+
+    /// Counts what the kernel-log reader found since the last round, maps
+    /// each bus to its GPU, and stores how far it has read.
+    async fn drain_kernel_log(&mut self) {
+        let Some(k) = &self.kernel_log else { return };
+        let drained = k.drain();
+        let up = k.is_up();
+        let path = k.path.clone();
+        self.kernel_log_up = Some(up);
+        self.kernel_log_overwritten += drained.overwritten;
+        if drained.overwritten > 0 {
+            tracing::warn!(path = %path, overwritten = drained.overwritten, "The kernel log overwrote records before they were read; XIDs in them are lost.");
+        }
+        for x in drained.xids {
+            match x.found {
+                Found::Xid { pci, xid } => {
+                    let (gpu, uuid) = match self.buses.get(&pci) {
+                        Some((index, uuid)) => (index.to_string(), uuid.clone()),
+                        // A bus no GPU of this run had: its address stands in for the UUID.
+                        None => ("unknown".to_string(), pci.to_string()),
+                    };
+                    self.report_xid(gpu, uuid, xid, Source::Kernel, x.at);
+                }
+                Found::SXid { pci, sxid } => {
+                    let key = ("nvswitch".to_string(), pci.to_string(), format!("sxid_{sxid}"));
+                    if self.xids.record(key, Source::Kernel, x.at, super::unix_now()) {
+                        tracing::warn!(nvswitch = %pci, sxid, message = %x.message, "NVSwitch reported an SXid error.");
+                    }
+                }
+            }
+        }
+        if let (Some(store), Some(seq)) = (&self.store, drained.read_seq) {
+            let save = store.save_kernel_log_position(&path, &self.boot_id, seq);
+            match tokio::time::timeout(Duration::from_secs(1), save).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "Storing the kernel-log position failed; the next round stores it.")
+                }
+                Err(_) => tracing::debug!("Storing the kernel-log position timed out; the next round stores it."),
+            }
         }
     }
 
@@ -269,6 +401,10 @@ impl GpuCollector {
             nvml_down: down,
             init_errors: self.init_errors.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
             versions: nvml_up.then(|| self.versions.clone()),
+            xid_totals: self.xids.totals.clone(),
+            xid_last_seen: self.xids.last_seen.clone(),
+            kernel_log_up: self.kernel_log_up,
+            kernel_log_overwritten: self.kernel_log_overwritten,
             ..Default::default()
         }
     }
@@ -282,7 +418,10 @@ impl GpuCollector {
             match self.init().await {
                 Ok(h) => {
                     let down_for = since.elapsed();
-                    tracing::info!(down_seconds = down_for.as_secs_f64(), "NVML is up again; GPUs are read without a restart.");
+                    tracing::info!(
+                        down_seconds = down_for.as_secs_f64(),
+                        "NVML is up again; GPUs are read without a restart."
+                    );
                     self.link = Link::Up(h);
                     return Ok(());
                 }
@@ -300,6 +439,9 @@ impl GpuCollector {
             message: r.message.clone(),
         };
         let error = format!("NVML is down ({}): {}", r.reason, r.message);
+        // Kernel-log XIDs count in every state: NVML may be down because
+        // of the very fault they report.
+        self.drain_kernel_log().await;
         self.state.publish(self.base_snapshot(false, Some(down)));
         self.events.publish(Event::GpuPolled);
         Err(CollectError::Failed(error))
@@ -327,6 +469,7 @@ impl Collector for GpuCollector {
             Link::Up(h) => h,
             Link::Down(_) => return Ok(()),
             Link::Mock => {
+                self.drain_kernel_log().await;
                 self.state.publish(self.base_snapshot(false, None));
                 self.events.publish(Event::GpuPolled);
                 return Ok(());
@@ -342,30 +485,31 @@ impl Collector for GpuCollector {
             self.link = Link::Down(Retry::new(reason, message.clone(), Instant::now()));
             self.failed(reason, &message);
             self.hot.clear();
-            self.xid_totals.clear();
             let error = format!("NVML is down ({reason}): {message}");
-            self.state.publish(self.base_snapshot(
-                false,
-                Some(NvmlDown {
-                    reason,
-                    message,
-                }),
-            ));
+            self.state
+                .publish(self.base_snapshot(false, Some(NvmlDown { reason, message })));
             self.events.publish(Event::GpuPolled);
             return Err(CollectError::Failed(error));
         }
         let driver_version = self.versions.driver.clone();
         let now = Utc::now();
 
-        self.report_xids(&outcome.xids);
-        self.report_lost(&outcome.lost);
         let readings = outcome.readings;
+        for r in &readings {
+            if let Some(pci) = PciAddr::parse(&r.pci_bus_id) {
+                self.buses.insert(pci, (r.index, r.uuid.clone()));
+            }
+        }
+        self.report_xids(&outcome.xids);
+        // After the poll: the kernel lines' buses map to the GPUs just read.
+        self.drain_kernel_log().await;
+        self.report_lost(&outcome.lost);
         for r in &readings {
             self.check_temperature(r);
         }
         let live: HashSet<&str> = readings.iter().map(|r| r.uuid.as_str()).collect();
         self.hot.retain(|u| live.contains(u.as_str()));
-        self.xid_totals.retain(|(_, uuid, _), _| live.contains(uuid.as_str()));
+        self.xids.retain(&live, Instant::now());
 
         let samples: Vec<GpuSample> = readings.iter().map(|r| GpuSample::from_reading(r, now)).collect();
         self.state.record(&samples);
@@ -376,7 +520,6 @@ impl Collector for GpuCollector {
             available: true,
             driver_version,
             readings,
-            xid_totals: self.xid_totals.clone(),
             recorded_at: Some(now),
             samples,
             ..self.base_snapshot(true, None)
@@ -457,7 +600,10 @@ families! {
     Energy = "gpu_energy_joules_total", COUNTER, GPU, "Energy consumed since the driver was loaded.";
     Ecc = "gpu_ecc_errors_total", COUNTER, &["gpu", "uuid", "type"], "Volatile ECC error count since the driver was loaded.";
     Throttle = "gpu_throttle_reason_active", GAUGE, &["gpu", "uuid", "reason"], "1 if this clock throttle reason is active.";
-    Xid = "gpu_xid_errors_total", COUNTER, &["gpu", "uuid", "xid"], "Critical XID errors reported by NVML events since the daemon started.";
+    Xid = "gpu_xid_errors_total", COUNTER, &["gpu", "uuid", "xid"], "XID errors since the daemon started, from NVML events and the kernel log, each counted once (gpu unknown: a bus no GPU had, its address in uuid; gpu nvswitch: an SXid, xid sxid_N).";
+    XidLastSeen = "gpu_xid_last_seen_timestamp_seconds", GAUGE, &["gpu", "uuid", "xid", "severity", "action"], "Unix time an XID was last counted, with the XID catalog's severity (critical, warning, info) and action.";
+    KernelLogUp = "inferwatch_kernel_log_up", GAUGE, &[], "1 while gpu.kernel_log is being read, 0 when it cannot be (no series when it is off).";
+    KernelLogOverwritten = "inferwatch_kernel_log_overwritten_total", COUNTER, &[], "Times the kernel log overwrote records before they were read (EPIPE): XIDs in them are lost.";
     Proc = "gpu_process_memory_used_bytes", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Device memory used by a compute process (only with gpu.per_process).";
     ProcSm = "gpu_process_sm_utilization_ratio", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Fraction of the GPU's SMs a compute process kept busy in its latest driver sample (0-1; only with gpu.per_process).";
     ProcMemUtil = "gpu_process_memory_utilization_ratio", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Fraction of time a compute process was reading or writing device memory in its latest driver sample (0-1; only with gpu.per_process).";
@@ -629,7 +775,11 @@ impl Builder {
         self.opt(F::RemappedFailed, l, get(&r.remapped_rows, "failed"));
         if let Some(current) = r.recovery_action {
             for (i, action) in RECOVERY_ACTIONS.iter().enumerate() {
-                self.add(F::RecoveryAction, &[l[0], l[1], action], if i as u32 == current { 1.0 } else { 0.0 });
+                self.add(
+                    F::RecoveryAction,
+                    &[l[0], l[1], action],
+                    if i as u32 == current { 1.0 } else { 0.0 },
+                );
             }
             if current as usize >= RECOVERY_ACTIONS.len() {
                 // A value newer than this build knows: still visible.
@@ -685,7 +835,18 @@ impl PromCollector for GpuFamilies {
             b.reading(r, &snap.driver_version, self.state.per_process());
         }
         for ((gpu, uuid, xid), n) in &snap.xid_totals {
-            b.add(F::Xid, &[&gpu.to_string(), uuid, &xid.to_string()], *n as f64);
+            b.add(F::Xid, &[gpu, uuid, xid], *n as f64);
+        }
+        for ((gpu, uuid, xid), at) in &snap.xid_last_seen {
+            let (severity, action) = match xid.strip_prefix("sxid_") {
+                Some(_) => ("warning", "check_nvswitch"),
+                None => catalog::classify(xid.parse().unwrap_or(0)),
+            };
+            b.add(F::XidLastSeen, &[gpu, uuid, xid, severity, action], *at);
+        }
+        if let Some(up) = snap.kernel_log_up {
+            b.add(F::KernelLogUp, &[], if up { 1.0 } else { 0.0 });
+            b.add(F::KernelLogOverwritten, &[], snap.kernel_log_overwritten as f64);
         }
         FAMILIES
             .iter()

@@ -37,6 +37,8 @@ pub struct GpuConfig {
     pub slow_interval: Option<Duration>,
     /// Field selection.
     pub fields: GpuFieldsConfig,
+    /// The kernel log to read XIDs from (`/dev/kmsg`); `""` turns it off.
+    pub kernel_log: String,
 }
 
 impl GpuConfig {
@@ -91,6 +93,7 @@ impl Default for GpuConfig {
             temperature_warning_celsius: 85.0,
             slow_interval: None,
             fields: GpuFieldsConfig::default(),
+            kernel_log: "/dev/kmsg".to_string(),
         }
     }
 }

@@ -163,6 +163,11 @@ impl Config {
         )? {
             self.gpu.history_minutes = minutes;
         }
+        // A container or a test run points the reader elsewhere (or, with
+        // an empty value, turns it off) without editing the file.
+        if let Some(path) = env("GPU_KERNEL_LOG") {
+            self.gpu.kernel_log = path;
+        }
         Ok(())
     }
 

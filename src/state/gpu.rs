@@ -21,8 +21,13 @@ pub struct GpuSnapshot {
     pub available: bool,
     pub driver_version: String,
     pub readings: Vec<GpuReading>,
-    /// Cumulative XID counts per `(gpu, uuid, xid)`.
-    pub xid_totals: BTreeMap<(u32, String, u64), u64>,
+    /// Cumulative XID counts per `(gpu, uuid, xid)` labels.
+    pub xid_totals: BTreeMap<(String, String, String), u64>,
+    /// Unix time each `(gpu, uuid, xid)` was last counted.
+    pub xid_last_seen: BTreeMap<(String, String, String), f64>,
+    /// `Some(readable)` when `gpu.kernel_log` is set.
+    pub kernel_log_up: Option<bool>,
+    pub kernel_log_overwritten: u64,
     pub recorded_at: Option<DateTime<Utc>>,
     /// `readings` in the REST shape, one per reading, made when published
     /// (`inference_fps` is left `None`; see [`GpuSample::with_fps`]).

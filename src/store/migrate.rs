@@ -25,12 +25,14 @@ pub const SQLITE: Embedded = files!("sqlite":
     "20260101000000_gpu_samples.sql",
     "20261123000000_recorded_at_index.sql",
     "20261124000000_dlq_audit_and_tasks.sql",
+    "20261204000000_kernel_log_position.sql",
 );
 
 pub const POSTGRES: Embedded = files!("postgres":
     "20260101000000_gpu_samples.sql",
     "20261123000000_recorded_at_index.sql",
     "20261124000000_dlq_audit_and_tasks.sql",
+    "20261204000000_kernel_log_position.sql",
 );
 
 /// `<version>_<description>.sql` as sqlx reads it: the description has its

@@ -506,6 +506,9 @@ impl Daemon {
             .args(args)
             .current_dir(dir.path())
             .env_remove("RUST_LOG")
+            // The machine's own kernel log stays out of tests unless a test
+            // asks for it (it holds what earlier runs wrote there).
+            .env("GPU_KERNEL_LOG", "")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
