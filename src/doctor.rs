@@ -47,6 +47,28 @@ pub struct Options {
     pub slow_interval: Duration,
     pub per_process: bool,
     pub exclude: HashSet<Field>,
+    /// `gpu.kernel_log` (empty: off).
+    pub kernel_log: String,
+}
+
+/// The lines about XIDs that doctor prints whatever NVML does: whether the
+/// kernel log can be read, and the XID catalog's version.
+pub fn xid_lines(o: &Options) -> Vec<String> {
+    let kernel = if o.kernel_log.is_empty() {
+        "Kernel log: off (gpu.kernel_log is empty); XIDs come from NVML events only".to_string()
+    } else {
+        match std::fs::File::open(&o.kernel_log) {
+            Ok(_) => format!("Kernel log: {} is readable; XIDs are read from it", o.kernel_log),
+            Err(e) => format!(
+                "Kernel log: {} cannot be read ({e}); XIDs come from NVML events only, which miss some (79, 119, 120). /dev/kmsg needs CAP_SYSLOG when kernel.dmesg_restrict is 1",
+                o.kernel_log
+            ),
+        }
+    };
+    vec![
+        kernel,
+        format!("XID catalog: {}", crate::xid::catalog::catalog().version),
+    ]
 }
 
 impl Options {
@@ -58,6 +80,7 @@ impl Options {
             slow_interval: gpu.slow_interval(),
             per_process: gpu.per_process,
             exclude: gpu.excluded_fields(),
+            kernel_log: gpu.kernel_log.clone(),
         }
     }
 }

@@ -149,23 +149,29 @@ fn doctor(config: Option<&std::path::Path>, library: Option<String>, samples: us
         }
     };
     let options = inferwatch::doctor::Options::from_config(&config.gpu, library, samples);
+    let xid = inferwatch::doctor::xid_lines(&options);
     match inferwatch::doctor::run(&options) {
         Ok(report) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("the report serialises")
-                );
+                let mut value = serde_json::to_value(&report).expect("the report serialises");
+                value["xid"] = xid.into();
+                println!("{}", serde_json::to_string_pretty(&value).expect("JSON serialises"));
             } else {
                 print!("{}", inferwatch::doctor::render(&report));
+                for line in &xid {
+                    println!("{line}");
+                }
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
             if json {
-                println!("{}", serde_json::json!({ "error": e.to_string() }));
+                println!("{}", serde_json::json!({ "error": e.to_string(), "xid": xid }));
             }
             eprintln!("inferwatch doctor: {e}");
+            for line in &xid {
+                eprintln!("{line}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -26,6 +26,8 @@ const VOLATILE: &[&str] = &[
     "http_request_duration_seconds_sum{",
     // Time spent inside the (fake) driver: the counts stay, the seconds vary.
     "inferwatch_nvml_call_duration_seconds_total{",
+    // Wall-clock times of the XIDs (their labels are checked in tests/gpu.rs).
+    "gpu_xid_last_seen_timestamp_seconds{",
 ];
 
 fn stable(page: &str) -> String {
@@ -56,6 +58,19 @@ async fn metrics_page_matches_golden_file() {
     let data = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.gpu.nvml_library = fake.lib_str();
+    // A kernel log with GPU 1's XID 79 (also an NVML event above: counted
+    // once), an XID 13 from a bus no GPU has, and an NVSwitch SXid.
+    let kmsg = data.path().join("kmsg");
+    std::fs::write(
+        &kmsg,
+        "6,1,100,-;NVRM: loading NVIDIA UNIX x86_64 Kernel Module\n\
+         3,2,200,-;NVRM: Xid (PCI:0000:01:00): 79, pid='<unknown>', name=<unknown>, GPU has fallen off the bus.\n \
+         SUBSYSTEM=pci\n\
+         3,3,300,-;NVRM: Xid (PCI:0000:3b:00): 13, pid=1234, name=python3, Graphics Exception\n\
+         4,4,400,-;nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 32 egress non-posted PRIV error\n",
+    )
+    .unwrap();
+    config.gpu.kernel_log = kmsg.display().to_string();
     config.gpu.per_process = true;
     config.data_dir = data.path().to_owned();
     // Two services, never checked here: every service_* series at its

@@ -246,7 +246,8 @@ fn doctor_reports_every_field_of_the_h100_profile_with_its_cost() {
         table.contains("nvmlDeviceGetTotalEnergyConsumption")
             && table.contains("Summary: 2 GPU(s)")
             && table.contains("NVML state: up; driver 580.159.04, NVML 13.580.159.04, CUDA driver 13.0")
-            && table.contains("GPU 0 recovery action: none"),
+            && table.contains("GPU 0 recovery action: none")
+            && table.contains("XID catalog: Xid 1-161"),
         "{table}"
     );
     assert!(
@@ -296,6 +297,24 @@ fn doctor_names_the_errors_of_other_cards_and_drivers() {
     let (code, _, err) = doctor(&["--nvml-library", &mismatch.lib_str()]);
     assert_eq!(code, 1);
     assert!(err.contains("NVML state: down (lib_rm_version_mismatch)"), "{err}");
+
+    // The kernel log's state is printed whatever NVML does.
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .args(["doctor", "--nvml-library", &broken.lib_str()])
+        .env("GPU_KERNEL_LOG", "/nonexistent/kmsg")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Kernel log: /nonexistent/kmsg cannot be read"), "{err}");
+    assert!(err.contains("XID catalog: Xid 1-161"), "{err}");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .args(["doctor", "--nvml-library", &broken.lib_str()])
+        .env("GPU_KERNEL_LOG", log.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is readable; XIDs are read from it"), "{err}");
 
     let empty = FakeGpus::new(Driver::Current, "count 0\n");
     let (code, _, err) = doctor(&["--nvml-library", &empty.lib_str()]);

@@ -647,10 +647,12 @@ async fn services_whose_dependency_is_down_are_not_restarted() {
         d.log().contains("redis, which it depends on, is not healthy"),
         "the log names the dependency"
     );
-    // Redis comes back, and so do the services, without a restart.
-    redis.resume().await;
+    // The services answer again, then Redis comes back: everything is
+    // healthy without a restart. (In this order no check fails while Redis
+    // is already healthy, which would rightly count as their own failure.)
     rtdetr.set("ok");
     nemotron.set("ok");
+    redis.resume().await;
     for s in ["redis", "rtdetr", "nemotron"] {
         wait_status(&d, s, "healthy").await;
     }
