@@ -187,6 +187,13 @@ gpu = dashboard(
     [
         table("GPUs", "Identity of each GPU (gpu_info): name, UUID, PCI bus id and driver version.", "none",
               f"gpu_info{{{GPU}}}"),
+        ts("NVML and kernel log", "1 while NVML answers (inferwatch_nvml_up; 0 while it is down, GpuDriverDown) "
+           "and while the kernel log is read for XIDs (inferwatch_kernel_log_up).", "none",
+           (f"inferwatch_nvml_up{{{SEL}}}", "{{instance}} NVML"),
+           (f"inferwatch_kernel_log_up{{{SEL}}}", "{{instance}} kernel log"), mappings=UP_DOWN, min=0, max=1),
+        ts("Recovery action", "What the driver says each GPU needs (gpu_recovery_action == 1, NVML field 230): "
+           "none, gpu_reset, node_reboot, drain_p2p, drain_and_reset; GpuNeedsRecovery fires on anything but none.",
+           "none", (f"gpu_recovery_action{{{GPU}}} == 1", "{{instance}} GPU {{gpu}} {{action}}")),
         ts("Utilisation", "Fraction of time a kernel ran (gpu_utilization_ratio).", "percentunit",
            (f"gpu_utilization_ratio{{{GPU}}}", "{{instance}} GPU {{gpu}}"), min=0, max=1),
         ts("Memory controller utilisation", "Fraction of time device memory was read or written "
@@ -221,9 +228,12 @@ gpu = dashboard(
         ts("ECC errors", "ECC errors per second since the driver loaded, corrected and uncorrected "
            "(rate of gpu_ecc_errors_total); any uncorrected error pages.", "short",
            (f"rate(gpu_ecc_errors_total{{{GPU}}}[{RI}])", "{{instance}} GPU {{gpu}} {{type}}")),
-        ts("XID errors", "Critical XID events seen since the daemon started (gpu_xid_errors_total); series exist "
-           "only for XIDs that happened.", "short",
+        ts("XID errors", "XIDs counted since the daemon started, from NVML events and the kernel log, each once "
+           "(gpu_xid_errors_total); series exist only for XIDs that happened.", "short",
            (f"gpu_xid_errors_total{{{GPU}}}", "{{instance}} GPU {{gpu}} XID {{xid}}")),
+        table("Last XIDs", "Seconds since each XID was last counted, with the XID catalog's severity and action "
+              "(time() - gpu_xid_last_seen_timestamp_seconds); critical ones page (GpuXidCritical).", "s",
+              f"time() - gpu_xid_last_seen_timestamp_seconds{{{GPU}}}"),
         ts("Memory per process", "Device memory per compute process (gpu_process_memory_used_bytes); needs "
            "gpu.per_process: true.", "bytes",
            (f"gpu_process_memory_used_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}} {{process_name}} ({{pid}})"), w=24),

@@ -202,7 +202,10 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
         up.url(),
         up.metrics_url(),
     );
-    let daemon = Daemon::start(&config, &[]).await;
+    // A kernel log to read (empty: XIDs come from NVML's event here).
+    let kmsg = tempfile::NamedTempFile::new().unwrap();
+    let kmsg_path = kmsg.path().display().to_string();
+    let daemon = Daemon::start(&config, &[("GPU_KERNEL_LOG", kmsg_path.as_str())]).await;
     let _ws = WsClient::connect(&format!("ws://127.0.0.1:{}/ws/system", daemon.port)).await;
     // A second box: a fan-cooled workstation card (no GPM, one fan), so the
     // panels for what an H100 does not have (fans) have data too.

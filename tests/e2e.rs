@@ -38,7 +38,7 @@ async fn prometheus_scrapes_the_real_binary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_mode_binary_serves_without_a_gpu() {
-    let daemon = Daemon::start("gpu:\n  nvml_library: /nonexistent/libnvidia-ml.so.1\n", &[]).await;
+    let daemon = Daemon::start("gpu:\n  nvml_library: libnvidia-ml-not-installed.so.1\n", &[]).await;
     let page = daemon.get_text("/metrics").await;
     assert_eq!(sample_value(&page, "gpu_available"), Some(0.0));
     let body: serde_json::Value = reqwest::get(daemon.url("/api/system/gpu"))
@@ -158,7 +158,7 @@ async fn no_collector_gpu_flag_switches_the_collector_off() {
 /// in the registry and win over the config.
 #[tokio::test]
 async fn collector_flags_come_from_the_registry_and_win_over_the_config() {
-    let config = "gpu:\n  enabled: false\n  nvml_library: /nonexistent/libnvidia-ml.so.1\nqueues:\n  enabled: false\n";
+    let config = "gpu:\n  enabled: false\n  nvml_library: libnvidia-ml-not-installed.so.1\nqueues:\n  enabled: false\n";
     let d = common::Daemon::start_with_args(config, &[], &["--no-collector.storage", "--collector.gpu"]).await;
     let page = d.get_text("/metrics").await;
     assert!(

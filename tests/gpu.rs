@@ -694,7 +694,10 @@ async fn history_beyond_the_window_comes_from_sqlite() {
 /// `/dev/kmsg`-style records: `priority,seq,usec,flags;message`, each
 /// followed by the continuation lines the kernel adds for device messages.
 fn kmsg_record(seq: u64, message: &str) -> String {
-    format!("3,{seq},{},-;{message}\n SUBSYSTEM=pci\n DEVICE=+pci:0000:00:00.0\n", 1_000_000 + seq)
+    format!(
+        "3,{seq},{},-;{message}\n SUBSYSTEM=pci\n DEVICE=+pci:0000:00:00.0\n",
+        1_000_000 + seq
+    )
 }
 
 fn xid_line(bus: &str, xid: u64) -> String {
@@ -722,7 +725,10 @@ async fn rounds_until(h: &mut Harness, series: &str, want: Option<f64>) -> Strin
         if sample_value(&page, series) == want {
             return page;
         }
-        assert!(std::time::Instant::now() < deadline, "{series} never read {want:?}:\n{page}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} never read {want:?}:\n{page}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
@@ -742,7 +748,10 @@ async fn xids_from_the_kernel_log_are_counted_once_with_the_catalog_labels() {
             kmsg_record(2, &xid_line("0000:00:00", 119)),
             kmsg_record(3, &xid_line("0000:01:00", 79)),
             kmsg_record(4, &xid_line("0000:3b:00", 13)),
-            kmsg_record(5, "nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 32 egress non-posted PRIV error"),
+            kmsg_record(
+                5,
+                "nvidia-nvswitch0: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 32 egress non-posted PRIV error",
+            ),
         ]
         .concat(),
     );
@@ -751,17 +760,30 @@ async fn xids_from_the_kernel_log_are_counted_once_with_the_catalog_labels() {
     let unknown = "gpu_xid_errors_total{gpu=\"unknown\",uuid=\"0000:3b:00\",xid=\"13\"}";
     let page = rounds_until(&mut h, unknown, Some(1.0)).await;
     let xid = |gpu: &str, uuid: &str, xid: &str| {
-        sample_value(&page, &format!("gpu_xid_errors_total{{gpu=\"{gpu}\",uuid=\"{uuid}\",xid=\"{xid}\"}}"))
+        sample_value(
+            &page,
+            &format!("gpu_xid_errors_total{{gpu=\"{gpu}\",uuid=\"{uuid}\",xid=\"{xid}\"}}"),
+        )
     };
-    assert_eq!(xid("0", UUID0, "119"), Some(1.0), "NVML and the kernel line counted once");
+    assert_eq!(
+        xid("0", UUID0, "119"),
+        Some(1.0),
+        "NVML and the kernel line counted once"
+    );
     assert_eq!(xid("1", UUID1, "79"), Some(1.0), "a kernel-only XID");
     assert_eq!(xid("nvswitch", "0000:05:00", "sxid_12028"), Some(1.0));
-    let seen = |rest: &str| page.lines().any(|l| l.starts_with("gpu_xid_last_seen_timestamp_seconds{") && l.contains(rest));
+    let seen = |rest: &str| {
+        page.lines()
+            .any(|l| l.starts_with("gpu_xid_last_seen_timestamp_seconds{") && l.contains(rest))
+    };
     assert!(seen("gpu=\"1\",uuid=\"GPU-00000001-1111-2222-3333-444444444444\",xid=\"79\",severity=\"critical\",action=\"reboot_node\""), "{page}");
     assert!(seen("xid=\"119\",severity=\"critical\",action=\"reset_gpu\""), "{page}");
     assert!(seen("xid=\"13\",severity=\"warning\",action=\"restart_app\""), "{page}");
     assert_eq!(sample_value(&page, "inferwatch_kernel_log_up"), Some(1.0));
-    assert_eq!(sample_value(&page, "inferwatch_kernel_log_overwritten_total"), Some(0.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_kernel_log_overwritten_total"),
+        Some(0.0)
+    );
     assert_eq!(
         sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
         Some(1.0)
@@ -789,7 +811,14 @@ async fn a_restart_between_records_counts_nothing_twice_and_loses_nothing() {
         c.gpu.kernel_log = path.clone();
         c.data_dir = data_dir.clone();
     };
-    append(&log, &[kmsg_record(10, &xid_line("0000:00:00", 13)), kmsg_record(11, &xid_line("0000:01:00", 31))].concat());
+    append(
+        &log,
+        &[
+            kmsg_record(10, &xid_line("0000:00:00", 13)),
+            kmsg_record(11, &xid_line("0000:01:00", 31)),
+        ]
+        .concat(),
+    );
     let mut h = Harness::new(&fake.lib_str(), tweak).await;
     let x13 = format!("gpu_xid_errors_total{{gpu=\"0\",uuid=\"{UUID0}\",xid=\"13\"}}");
     let x31 = format!("gpu_xid_errors_total{{gpu=\"1\",uuid=\"{UUID1}\",xid=\"31\"}}");
@@ -800,7 +829,11 @@ async fn a_restart_between_records_counts_nothing_twice_and_loses_nothing() {
     append(&log, &kmsg_record(12, &xid_line("0000:00:00", 48)));
     let mut h = Harness::new(&fake.lib_str(), tweak).await;
     let page = rounds_until(&mut h, &x48, Some(1.0)).await;
-    assert_eq!(sample_value(&page, &x13), None, "record 10 was counted by the first run");
+    assert_eq!(
+        sample_value(&page, &x13),
+        None,
+        "record 10 was counted by the first run"
+    );
     assert_eq!(sample_value(&page, &x31), None, "record 11 too");
 }
 

@@ -15,7 +15,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 fn config(r: &Redis, extra: &str) -> String {
     format!(
-        "gpu:\n  nvml_library: /nonexistent/libnvidia-ml.so.1\n  poll_interval: 1s\nqueues:\n  redis_url: {}\n  poll_interval: 200ms\npipeline:\n  stream:\n    claim_idle: 1s\n{extra}",
+        "gpu:\n  nvml_library: libnvidia-ml-not-installed.so.1\n  poll_interval: 1s\nqueues:\n  redis_url: {}\n  poll_interval: 200ms\npipeline:\n  stream:\n    claim_idle: 1s\n{extra}",
         r.url()
     )
 }

@@ -76,7 +76,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     assert_eq!(before, 9);
     let config = format!(
         "api:\n  token: {TOKEN}\nqueues:\n  redis_url: {}\n  poll_interval: 1s\n  processing_suffix: \":processing\"\n  processing_stuck_after: 1s\n\
-         gpu:\n  nvml_library: /nonexistent/libnvidia-ml.so.1\n\
+         gpu:\n  nvml_library: libnvidia-ml-not-installed.so.1\n\
          pipeline:\n  max_stages: 1000\n",
         redis.url()
     );

@@ -98,7 +98,7 @@ async fn tls_daemon(web: &str, web_path: &Path, ready_args: &[&str]) -> Daemon {
     write_web(web_path, web);
     // Mock GPU mode: the WebSocket snapshot has a gpu_stats to send.
     let cfg = format!(
-        "web:\n  config_file: {}\nqueues:\n  enabled: false\ngpu:\n  nvml_library: /nonexistent/libnvidia-ml.so.1\n",
+        "web:\n  config_file: {}\nqueues:\n  enabled: false\ngpu:\n  nvml_library: libnvidia-ml-not-installed.so.1\n",
         web_path.display()
     );
     let d = Daemon::spawn(&cfg, &[], &[], None);

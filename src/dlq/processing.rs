@@ -20,14 +20,6 @@ use super::{job_id, DlqError, Queues};
 /// any worker pool holds at once, and a bound on what a poll costs.
 pub const PROCESSING_SCAN_MAX: u64 = 10_000;
 
-/// Reads a processing list's length and its first `ARGV[1]` entries, after
-/// the type check (a wrong-typed key is refused, naming it).
-pub const PROCESSING_LUA: &str = r#"
-local bad = wrong_type({KEYS[1]})
-if bad then return bad end
-return {0, redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)}
-"#;
-
 /// First-seen times (Unix seconds) per job id, per queue.
 #[derive(Default)]
 pub struct FirstSeen(HashMap<String, HashMap<String, f64>>);

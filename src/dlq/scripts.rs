@@ -3,7 +3,7 @@
 //! script that fails half-way), and each is built with that prelude once
 //! per process.
 
-use super::{processing, DlqError};
+use super::DlqError;
 
 /// Shared by every script: `wrong_type(keys)` returns `{key, type}` for the
 /// first key that exists and is not a list. Each script calls it on every
@@ -151,6 +151,14 @@ if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
 return {0, 1}
 "#;
 
+/// Reads a processing list's length and its first `ARGV[1]` entries, after
+/// the type check (a wrong-typed key is refused, naming it).
+pub const PROCESSING_LUA: &str = r#"
+local bad = wrong_type({KEYS[1]})
+if bad then return bad end
+return {0, redis.call('LLEN', KEYS[1]), redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)}
+"#;
+
 /// The scripts, each with the type-check prelude, built (text and
 /// SHA1) once per process.
 #[derive(Clone, Copy)]
@@ -173,7 +181,7 @@ impl Scripts {
             Scripts::Clear => CLEAR_LUA,
             Scripts::Restore => RESTORE_LUA,
             Scripts::Single => SINGLE_LUA,
-            Scripts::Processing => processing::PROCESSING_LUA,
+            Scripts::Processing => PROCESSING_LUA,
         };
         CELLS[self as usize].get_or_init(|| redis::Script::new(&format!("{CHECK_LUA}{body}")))
     }

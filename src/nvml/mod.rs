@@ -13,6 +13,7 @@
 //! takes the device out of the round.
 
 pub mod fields;
+pub mod meter;
 pub mod profiling;
 
 use std::collections::{HashMap, HashSet};

@@ -20,7 +20,7 @@ use nvml_wrapper::sys_exports::field_id::*;
 use nvml_wrapper::{Device, GpmSample, Nvml};
 use nvml_wrapper_sys::bindings::{nvmlProcessUtilizationInfo_v1_t, nvmlProcessesUtilizationInfo_t};
 
-use super::fields::{list, Meter, Value};
+use super::meter::{list, Meter, Value};
 
 /// The driver's unit for a GPM metric.
 #[derive(Clone, Copy)]

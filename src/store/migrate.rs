@@ -120,7 +120,7 @@ mod tests {
             };
             let a: Vec<_> = from_folder.iter().map(key).collect();
             let b: Vec<_> = ours.iter().map(key).collect();
-            assert_eq!(a.len(), 3, "{dir}");
+            assert_eq!(a.len(), 4, "{dir}");
             assert_eq!(a, b, "{dir}");
         }
     }

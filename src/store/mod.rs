@@ -423,6 +423,35 @@ fn redact(url: &str) -> String {
     }
 }
 
+impl Store {
+    /// The kernel-log position stored for `source`: `(boot_id, seq)`.
+    pub async fn kernel_log_position(&self, source: &str) -> Result<Option<(String, u64)>, StoreError> {
+        self.migrate().await?;
+        let row: Option<(String, i64)> = on_pool!(&self.backend, pool => {
+            let mut q = QueryBuilder::new("SELECT boot_id, seq FROM kernel_log_position WHERE source = ");
+            q.push_bind(source.to_string());
+            q.build_query_as::<(String, i64)>().fetch_optional(pool).await?
+        });
+        Ok(row.map(|(b, s)| (b, s.max(0) as u64)))
+    }
+
+    /// Stores how far `source` has been read and counted on `boot_id`.
+    pub async fn save_kernel_log_position(&self, source: &str, boot_id: &str, seq: u64) -> Result<(), StoreError> {
+        self.migrate().await?;
+        on_pool!(&self.backend, pool => {
+            let mut q = QueryBuilder::new("INSERT INTO kernel_log_position (source, boot_id, seq) VALUES (");
+            q.push_bind(source.to_string())
+                .push(", ")
+                .push_bind(boot_id.to_string())
+                .push(", ")
+                .push_bind(seq.min(i64::MAX as u64) as i64)
+                .push(") ON CONFLICT (source) DO UPDATE SET boot_id = excluded.boot_id, seq = excluded.seq");
+            q.build().execute(pool).await?;
+        });
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,34 +533,5 @@ mod tests {
         let left = store.history(0, old - chrono::Duration::days(1)).await.unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].recorded_at.timestamp_millis(), recent.timestamp_millis());
-    }
-}
-
-impl Store {
-    /// The kernel-log position stored for `source`: `(boot_id, seq)`.
-    pub async fn kernel_log_position(&self, source: &str) -> Result<Option<(String, u64)>, StoreError> {
-        self.migrate().await?;
-        let row: Option<(String, i64)> = on_pool!(&self.backend, pool => {
-            let mut q = QueryBuilder::new("SELECT boot_id, seq FROM kernel_log_position WHERE source = ");
-            q.push_bind(source.to_string());
-            q.build_query_as::<(String, i64)>().fetch_optional(pool).await?
-        });
-        Ok(row.map(|(b, s)| (b, s.max(0) as u64)))
-    }
-
-    /// Stores how far `source` has been read and counted on `boot_id`.
-    pub async fn save_kernel_log_position(&self, source: &str, boot_id: &str, seq: u64) -> Result<(), StoreError> {
-        self.migrate().await?;
-        on_pool!(&self.backend, pool => {
-            let mut q = QueryBuilder::new("INSERT INTO kernel_log_position (source, boot_id, seq) VALUES (");
-            q.push_bind(source.to_string())
-                .push(", ")
-                .push_bind(boot_id.to_string())
-                .push(", ")
-                .push_bind(seq.min(i64::MAX as u64) as i64)
-                .push(") ON CONFLICT (source) DO UPDATE SET boot_id = excluded.boot_id, seq = excluded.seq");
-            q.build().execute(pool).await?;
-        });
-        Ok(())
     }
 }
