@@ -5,7 +5,7 @@ The JSON files are committed and are what Grafana provisions; this script is
 how they are kept consistent (one datasource variable, the same job/instance
 variables, units, descriptions and $__rate_interval everywhere). Edit the
 lists here, run `python3 scripts/gen_dashboards.py`, and commit both.
-tests/dashboards.rs checks the JSON and runs every query against a real
+tests/it/dashboards.rs checks the JSON and runs every query against a real
 Prometheus scraping the real daemon; it also fails when the files differ
 from this script's output.
 """

@@ -1,6 +1,6 @@
 """The DLQ monitor page in headless Chromium (Debian's chromium and
 chromium-driver, driven by python3-selenium), against the real daemon and
-a real redis-server that tests/ui.rs started. Every action is done by
+a real redis-server that tests/it/ui.rs started. Every action is done by
 clicking, and every result is checked in Redis.
 
 Environment: BASE (the daemon's URL), REDIS_PORT, TOKEN (the daemon's

@@ -1,7 +1,7 @@
 """An MLServer runtime whose load() takes SLOW_LOAD_SECONDS (default 20)
 before loading a scikit-learn model with mlserver-sklearn's own runtime:
 a model that takes a while to load, as an LLM does, served by the real
-MLServer (tests/inference.rs)."""
+MLServer (tests/it/inference.rs)."""
 import asyncio
 import os
 

@@ -4,11 +4,9 @@
 //! own call counts), excluded fields are never called, and `inferwatch
 //! doctor` reports every field with its result and cost.
 
-mod common;
-
 use std::process::Command;
 
-use common::{eventually, finished, gpus_state, polls, profile_path, sample_value, Daemon, Driver, FakeGpus, LIMIT};
+use crate::common::{eventually, finished, gpus_state, polls, profile_path, sample_value, Daemon, Driver, FakeGpus, LIMIT};
 use serde_json::Value;
 
 fn config(fake: &FakeGpus, extra: &str) -> String {

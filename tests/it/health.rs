@@ -5,11 +5,9 @@
 //! `backoff_base`, so the backoff schedule is checked in fractions of a
 //! second.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, sample_value, Daemon, HealthTarget, Postgres, Redis, WsClient};
+use crate::common::{eventually, sample_value, Daemon, HealthTarget, Postgres, Redis, WsClient};
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -126,7 +124,7 @@ async fn failing_restarts_back_off_give_up_and_a_later_recovery_counts() {
     let mut target = HealthTarget::new(); // not started: connection refused
     let runs = target.dir.path().join("runs.txt");
     let command = vec![
-        common::python(),
+        crate::common::python(),
         "-c".to_string(),
         format!(
             "import sys, time; open({:?}, 'a').write('%f\\n' % time.time()); sys.exit(1)",
@@ -139,7 +137,7 @@ async fn failing_restarts_back_off_give_up_and_a_later_recovery_counts() {
     );
     let d = daemon(&[service_yaml("nemotron", "http", &target.url(), &extra)]).await;
     wait_status(&d, "nemotron", "failed").await;
-    let failed_at = common::unix_now();
+    let failed_at = crate::common::unix_now();
 
     assert_eq!(
         transitions(&d, "nemotron"),
@@ -420,7 +418,7 @@ async fn a_restart_command_that_exits_non_zero_fails_at_once_with_its_stderr_in_
 /// `secs` long run to `runs`, then exits `code`.
 fn recording_restart(runs: &std::path::Path, secs: f64, code: i32) -> Vec<String> {
     vec![
-        common::python(),
+        crate::common::python(),
         "-c".to_string(),
         format!(
             "import sys, time; f = open({p:?}, 'a'); s = time.time(); time.sleep({secs}); f.write('%f %f\\n' % (s, time.time())); sys.exit({code})",

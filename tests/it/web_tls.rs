@@ -4,14 +4,12 @@
 //! with basic auth, and a WebSocket over `wss://`. Also the landing page,
 //! the HTTP size and in-flight metrics, and the systemd unit.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, repo, run_tool, sample_value, Daemon, Prometheus, LIMIT};
+use crate::common::{eventually, repo, run_tool, sample_value, Daemon, Prometheus, LIMIT};
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
 struct Certs {
@@ -507,10 +505,10 @@ fn the_systemd_unit_verifies() {
 async fn https_health_checks_trust_the_configured_ca() {
     let c = Certs::new();
     let target_dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let _target = common::Proc {
-        child: Command::new(common::python())
-            .arg(common::HealthTarget::script())
+    let port = crate::common::free_port();
+    let _target = crate::common::Proc {
+        child: Command::new(crate::common::python())
+            .arg(crate::common::HealthTarget::script())
             .arg(port.to_string())
             .arg(target_dir.path().join("mode"))
             .env(
@@ -522,10 +520,10 @@ async fn https_health_checks_trust_the_configured_ca() {
         name: "https health target",
     };
     // A second target that requires a client certificate from the CA.
-    let mtls_port = common::free_port();
-    let _mtls_target = common::Proc {
-        child: Command::new(common::python())
-            .arg(common::HealthTarget::script())
+    let mtls_port = crate::common::free_port();
+    let _mtls_target = crate::common::Proc {
+        child: Command::new(crate::common::python())
+            .arg(crate::common::HealthTarget::script())
             .arg(mtls_port.to_string())
             .arg(target_dir.path().join("mode"))
             .env(

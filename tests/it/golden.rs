@@ -3,13 +3,11 @@
 //! `promtool check metrics` must be clean on the whole page.
 //! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the file.
 
-mod common;
-
 use std::path::Path;
 
 use axum::body::Body;
 use axum::http::Request;
-use common::{gpus_state, promtool_check_metrics, Driver, FakeGpus};
+use crate::common::{gpus_state, promtool_check_metrics, Driver, FakeGpus};
 use http_body_util::BodyExt;
 use inferwatch::collectors::collect_rounds;
 use inferwatch::config::Config;
@@ -26,7 +24,7 @@ const VOLATILE: &[&str] = &[
     "http_request_duration_seconds_sum{",
     // Time spent inside the (fake) driver: the counts stay, the seconds vary.
     "inferwatch_nvml_call_duration_seconds_total{",
-    // Wall-clock times of the XIDs (their labels are checked in tests/gpu.rs).
+    // Wall-clock times of the XIDs (their labels are checked in tests/it/gpu.rs).
     "gpu_xid_last_seen_timestamp_seconds{",
 ];
 
@@ -81,13 +79,13 @@ async fn metrics_page_matches_golden_file() {
     .unwrap()
     .health;
     // A real Redis with two failed jobs and one waiting job.
-    let redis = common::Redis::start().await;
+    let redis = crate::common::Redis::start().await;
     config.queues.redis_url = redis.url();
     // Workers' processing lists are watched: one job in flight.
     config.queues.processing_suffix = Some(":processing".into());
     redis.lpush("detection_queue:processing", &["{\"id\":\"j1\"}"]).await;
     redis
-        .lpush("dlq:detection_queue", &[common::DLQ_ENTRY, common::DLQ_ENTRY])
+        .lpush("dlq:detection_queue", &[crate::common::DLQ_ENTRY, crate::common::DLQ_ENTRY])
         .await;
     redis.lpush("detection_queue", &["{\"id\":\"j2\"}"]).await;
     // One reading of every collector, through the registry the daemon uses:

@@ -4,9 +4,7 @@
 //! daemon and a real `redis-server`. The browser steps and their checks in
 //! Redis are in `tests/ui/dlq_page.py`; screenshots go to `target/ui/`.
 
-mod common;
-
-use common::{repo, Daemon, Redis};
+use crate::common::{repo, Daemon, Redis};
 
 const TOKEN: &str = "page-token-1";
 

@@ -3,11 +3,9 @@
 //! documented path is served by the real daemon (no `unmatched` 404). The
 //! document itself is OpenAPI 3.1 with the auth schemes and the error shape.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{repo, Daemon};
+use crate::common::{repo, Daemon};
 use serde_json::Value;
 
 /// `(path, methods)` of every `.route("...", get(..).post(..))` in src/api.

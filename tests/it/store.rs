@@ -1,12 +1,10 @@
 //! History store against a real PostgreSQL (initdb in a temp dir): a
 //! 60-second outage while polling every second must lose no sample.
 
-mod common;
-
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use common::{eventually, gpus_state, Driver, FakeGpus, Postgres};
+use crate::common::{eventually, gpus_state, Driver, FakeGpus, Postgres};
 use inferwatch::config::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

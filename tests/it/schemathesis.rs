@@ -6,11 +6,9 @@
 //! the DLQ jobs still add up: none was lost to the fuzzer's requeues,
 //! clears and restores.
 
-mod common;
-
 use std::process::Command;
 
-use common::{repo, Daemon, Redis, DLQ_ENTRY};
+use crate::common::{repo, Daemon, Redis, DLQ_ENTRY};
 
 const TOKEN: &str = "schemathesis-token-0123";
 
@@ -108,7 +106,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
                 .args(["--generation-with-security-parameters", "false"])
                 .args(["--generation-allow-x00", "false", "--generation-codec", "ascii"])
                 .args(["--max-examples", "50", "--generation-deterministic"])
-                // The WebSocket upgrade is tested by tests/ws.rs.
+                // The WebSocket upgrade is tested by tests/it/ws.rs.
                 .args(["--exclude-path", "/ws/system", "--no-color"])
                 // Every request and answer, for reading after a failure.
                 .args(["--report", "vcr", "--report-vcr-path", &cassette])

@@ -3,11 +3,9 @@
 //! SIGTERM with a half-sent request, and an error walk asserting that every
 //! non-2xx answer of every route is JSON.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, gpus_state, sample_value, Daemon, Driver, FakeGpus, SIGTERM};
+use crate::common::{eventually, gpus_state, sample_value, Daemon, Driver, FakeGpus, SIGTERM};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

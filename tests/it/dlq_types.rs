@@ -3,9 +3,7 @@
 //! Redis dropped, and listings of huge entries that stay within their
 //! memory and byte budgets. Real `redis-server`, real binary.
 
-mod common;
-
-use common::{Daemon, Redis};
+use crate::common::{Daemon, Redis};
 use redis::AsyncCommands;
 use serde_json::Value;
 

@@ -2,11 +2,9 @@
 //! route template, with one shared label for unmatched paths, so request
 //! paths cannot multiply series.
 
-mod common;
-
 use axum::body::Body;
 use axum::http::Request;
-use common::sample_value;
+use crate::common::sample_value;
 use http_body_util::BodyExt;
 use inferwatch::config::Config;
 use tower::ServiceExt;
@@ -48,7 +46,7 @@ async fn requests_are_counted_by_route_template_and_code() {
 
     // The page is cached for up to a second; wait for a fresh render
     // that shows the last request rather than sleeping.
-    let page = common::eventually(
+    let page = crate::common::eventually(
         "the request counters on /metrics",
         std::time::Duration::from_secs(5),
         || {

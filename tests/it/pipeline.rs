@@ -3,11 +3,9 @@
 //! batches get clear 4xx answers; events written while the daemon is
 //! stopped, and entries a dead consumer left pending, are all counted.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, sample_value, Daemon, Redis, SIGTERM};
+use crate::common::{eventually, sample_value, Daemon, Redis, SIGTERM};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 

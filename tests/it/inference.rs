@@ -6,12 +6,10 @@
 //! are SIGSTOP (a server that stops answering) and MLServer's own
 //! repository API (a model unloaded).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, free_port, sample_value, Daemon};
+use crate::common::{eventually, free_port, sample_value, Daemon};
 
 const LOAD: Duration = Duration::from_secs(60);
 const LIMIT: Duration = Duration::from_secs(30);

@@ -1,12 +1,10 @@
 //! `examples/emit_events.py` against the real daemon: its HTTP batch and
 //! its stream entries are both counted.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, sample_value, Daemon, Redis};
+use crate::common::{eventually, sample_value, Daemon, Redis};
 
 #[tokio::test]
 async fn emit_events_example_reaches_the_daemon_both_ways() {
@@ -15,7 +13,7 @@ async fn emit_events_example_reaches_the_daemon_both_ways() {
     let d = Daemon::start(&config, &[]).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/emit_events.py");
     for args in [["--url", &d.url("")], ["--redis", &redis.url()]] {
-        let out = Command::new(common::python())
+        let out = Command::new(crate::common::python())
             .arg(script)
             .args(args)
             .args(["--jobs", "3"])

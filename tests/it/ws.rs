@@ -4,11 +4,9 @@
 //! cut off while others keep receiving, silent peers dropped after missed
 //! pings, and the four `websocket_*` metrics.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, gpus_state, sample_value, Driver, FakeGpus, HealthTarget, WsClient};
+use crate::common::{eventually, gpus_state, sample_value, Driver, FakeGpus, HealthTarget, WsClient};
 use futures_util::StreamExt;
 use inferwatch::api::AppState;
 use inferwatch::config::Config;
@@ -62,7 +60,7 @@ impl Server {
             _data: data,
             target,
         };
-        common::wait_for_2xx("the daemon to be ready", &s.http("/-/ready")).await;
+        crate::common::wait_for_2xx("the daemon to be ready", &s.http("/-/ready")).await;
         s
     }
 

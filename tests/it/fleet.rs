@@ -10,13 +10,11 @@
 //!
 //! And the fleet at size: 50 nodes under one Prometheus.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::alerting::{fast_rules, shorten_routes, smtp_secret, state, test_alertmanager};
-use common::{
+use crate::common::alerting::{fast_rules, shorten_routes, smtp_secret, state, test_alertmanager};
+use crate::common::{
     eventually, gpus_state, repo, Alertmanager, Daemon, Driver, FakeGpus, Prometheus, Redis, SmtpSink, VictoriaMetrics,
 };
 
@@ -54,7 +52,7 @@ async fn prometheus_remote_writes_fleet_and_recording_series_to_victoriametrics(
     let fake = FakeGpus::with_profile(Driver::Current, &gpus_state(8), "h100-sxm-580");
     // The nodes share one Redis; each reports its depths.
     let redis = Redis::start().await;
-    redis.lpush("dlq:detection_queue", &[common::DLQ_ENTRY]).await;
+    redis.lpush("dlq:detection_queue", &[crate::common::DLQ_ENTRY]).await;
     let config = format!(
         "gpu:\n  nvml_library: {}\n  poll_interval: 1s\nqueues:\n  redis_url: {}\n  poll_interval: 1s\n\
          health:\n  services:\n    - {{name: down, kind: http, url: \"http://127.0.0.1:9/health\", interval: 1s, timeout: 200ms}}\n",
@@ -208,7 +206,7 @@ async fn clustered_alertmanagers_email_each_group_once_even_with_one_killed() {
     shorten_routes(am.get_mut("route").unwrap(), "group_interval", "10s");
     shorten_routes(am.get_mut("route").unwrap(), "repeat_interval", "30s");
     let am_config = serde_yaml_ng::to_string(&am).unwrap();
-    let (g1, g2) = (common::free_port(), common::free_port());
+    let (g1, g2) = (crate::common::free_port(), crate::common::free_port());
     let timeout = format!("{PEER_TIMEOUT_S}s");
     let mut ams = vec![
         Alertmanager::start_clustered(&am_config, g1, &[], &timeout).await,
@@ -311,7 +309,7 @@ async fn clustered_alertmanagers_email_each_group_once_even_with_one_killed() {
         ams[0].log(),
         ams[1].log()
     );
-    ams[dead].kill(common::SIGKILL);
+    ams[dead].kill(crate::common::SIGKILL);
     let survivor_before = sent(&ams[survivor]).await;
     eventually("the repeat (30 s) from the survivor", LIMIT, || async {
         let m = mails(&sink);
@@ -367,7 +365,7 @@ async fn fifty_nodes_under_one_prometheus() {
     // Start them all at once, then wait for each.
     let daemons: Vec<Daemon> = (0..=FLEET).map(|_| Daemon::spawn(&config, &[], &[], None)).collect();
     for d in &daemons {
-        common::wait_for_2xx("a fleet daemon to be ready", &d.url("/-/ready")).await;
+        crate::common::wait_for_2xx("a fleet daemon to be ready", &d.url("/-/ready")).await;
     }
     let dir = tempfile::tempdir().unwrap();
     for f in ["alert_rules.yml", "monitoring/recording_rules.yml"] {
@@ -387,8 +385,8 @@ async fn fifty_nodes_under_one_prometheus() {
     );
     let prom = Prometheus::start_with_config(dir, &prom_config).await;
     let started = std::time::Instant::now();
-    let cpu_before: Vec<f64> = daemons.iter().map(|d| common::cpu_and_rss(d.proc.pid()).0).collect();
-    let prom_cpu_before = common::cpu_and_rss(prom.pid()).0;
+    let cpu_before: Vec<f64> = daemons.iter().map(|d| crate::common::cpu_and_rss(d.proc.pid()).0).collect();
+    let prom_cpu_before = crate::common::cpu_and_rss(prom.pid()).0;
 
     eventually("all 50 nodes up", LIMIT, || async {
         let r = prom.query("count(up{job=\"inferwatch\"} == 1)").await;
@@ -435,24 +433,24 @@ async fn fifty_nodes_under_one_prometheus() {
         assert_eq!((r.len(), keys.len()), (want, want), "{name}: one series per {label}");
     }
     // Every Fleet dashboard query answers, its variables resolved.
-    let (file, d) = common::dashboards::dashboards()
+    let (file, d) = crate::common::dashboards::dashboards()
         .into_iter()
         .find(|(_, d)| d["uid"] == "inferwatch-fleet")
         .expect("the Fleet dashboard");
-    let vars = common::dashboards::resolve_variables(&prom, &file, &d).await;
+    let vars = crate::common::dashboards::resolve_variables(&prom, &file, &d).await;
     assert_eq!(vars["cluster"], "(a|b)");
     assert_eq!(vars["instance"].matches('|').count() + 1, FLEET);
-    assert!(common::dashboards::every_query_returns_data(&prom, &file, &d, &vars).await >= 10);
+    assert!(crate::common::dashboards::every_query_returns_data(&prom, &file, &d, &vars).await >= 10);
 
     // The figure: CPU over the window and memory, daemons and Prometheus.
     let mut daemon_cpu = 0.0;
     let mut daemon_rss = Vec::new();
     for (d, before) in daemons.iter().zip(&cpu_before) {
-        let (cpu, rss) = common::cpu_and_rss(d.proc.pid());
+        let (cpu, rss) = crate::common::cpu_and_rss(d.proc.pid());
         daemon_cpu += cpu - before;
         daemon_rss.push(rss);
     }
-    let (prom_cpu, prom_rss) = common::cpu_and_rss(prom.pid());
+    let (prom_cpu, prom_rss) = crate::common::cpu_and_rss(prom.pid());
     daemon_rss.sort();
     let mib = |b: u64| b as f64 / 1048576.0;
     eprintln!(

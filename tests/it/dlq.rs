@@ -4,12 +4,10 @@
 //! jobs, jobs that fail again not looped, a table of bad requests that
 //! change nothing in Redis, and Redis going away.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::{eventually, sample_value, Daemon, Redis, SIGKILL};
+use crate::common::{eventually, sample_value, Daemon, Redis, SIGKILL};
 use redis::AsyncCommands;
 use serde_json::Value;
 
@@ -181,7 +179,7 @@ async fn list_page_and_requeue_byte_for_byte_keeping_malformed_entries() {
     let age = metric(&d, "dlq_oldest_job_age_seconds{queue=\"detection_queue\"}")
         .await
         .unwrap();
-    let expected = common::unix_now() - 1_795_168_800.0;
+    let expected = crate::common::unix_now() - 1_795_168_800.0;
     assert!((age - expected).abs() < 30.0, "age {age}, expected about {expected}");
     let alerts: Vec<Value> = d
         .log()
@@ -738,7 +736,7 @@ async fn right_push_layout_requeues_and_restores_in_order() {
 async fn dlq_alert_reaches_the_websocket_and_stats() {
     let redis = Redis::start().await;
     let d = daemon(&redis, "").await;
-    let mut ws = common::WsClient::connect(&format!("ws://127.0.0.1:{}/ws/system", d.port)).await;
+    let mut ws = crate::common::WsClient::connect(&format!("ws://127.0.0.1:{}/ws/system", d.port)).await;
     push_failures(&redis, 0..3).await;
     let alert = ws
         .wait_for("the DLQ alert", LIMIT, |m| {

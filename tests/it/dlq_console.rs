@@ -6,12 +6,10 @@
 //! the archives (undo), the audit trail through a database outage, and
 //! bad input.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use common::{eventually, sample_value, Daemon, Postgres, Redis, SIGKILL};
+use crate::common::{eventually, sample_value, Daemon, Postgres, Redis, SIGKILL};
 use redis::AsyncCommands;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -34,7 +32,7 @@ fn original(i: usize) -> String {
 
 /// A failure `age` seconds old with `attempts`, and `error`.
 fn failure(i: usize, error: &str, attempts: u64, age: f64) -> String {
-    let last = common::unix_now() - age;
+    let last = crate::common::unix_now() - age;
     format!(
         r#"{{"original_job":{},"error":"{error}","attempt_count":{attempts},"first_failed_at":{last},"last_failed_at":{last},"queue_name":"{QUEUE}"}}"#,
         original(i)

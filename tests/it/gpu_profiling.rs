@@ -6,11 +6,9 @@
 //! reason is active, at the rate time passes; and the numbering of the
 //! clock-event fields follows the driver version.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::{eventually, finished, gpus_state, polls, profile_path, sample_value, Daemon, Driver, FakeGpus, LIMIT};
+use crate::common::{eventually, finished, gpus_state, polls, profile_path, sample_value, Daemon, Driver, FakeGpus, LIMIT};
 
 const UUID0: &str = "GPU-00000000-1111-2222-3333-444444444444";
 

@@ -1,15 +1,13 @@
 //! Storage stats against real temp dirs (checked against `df`), the disk
 //! alert, and the cleanup preview, which must delete nothing.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::http::Request;
 use chrono::Utc;
-use common::{eventually, sample_value, Daemon};
+use crate::common::{eventually, sample_value, Daemon};
 use http_body_util::BodyExt;
 use inferwatch::config::Config;
 use inferwatch::history::GpuSample;

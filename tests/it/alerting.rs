@@ -5,12 +5,10 @@
 //! SMTP server and the grouping waits changed) and a real SMTP server that
 //! requires the password from `smtp_auth_password_file`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::alerting::{fast_rules, smtp_secret, state, test_alertmanager, USER};
-use common::{eventually, Alertmanager, Daemon, Driver, FakeGpus, Prometheus, SmtpSink};
+use crate::common::alerting::{fast_rules, smtp_secret, state, test_alertmanager, USER};
+use crate::common::{eventually, Alertmanager, Daemon, Driver, FakeGpus, Prometheus, SmtpSink};
 
 const HOT_UUID: &str = "GPU-00000001-1111-2222-3333-444444444444";
 

@@ -1,11 +1,9 @@
 //! The real binary end to end: fake NVML, a real Prometheus scraping it,
 //! and SIGTERM flushing pending history into SQLite.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{eventually, gpu_lines, gpus_state, sample_value, Daemon, Driver, FakeGpus, Prometheus, SIGTERM};
+use crate::common::{eventually, gpu_lines, gpus_state, sample_value, Daemon, Driver, FakeGpus, Prometheus, SIGTERM};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_real_binary() {
@@ -159,7 +157,7 @@ async fn no_collector_gpu_flag_switches_the_collector_off() {
 #[tokio::test]
 async fn collector_flags_come_from_the_registry_and_win_over_the_config() {
     let config = "gpu:\n  enabled: false\n  nvml_library: libnvidia-ml-not-installed.so.1\nqueues:\n  enabled: false\n";
-    let d = common::Daemon::start_with_args(config, &[], &["--no-collector.storage", "--collector.gpu"]).await;
+    let d = crate::common::Daemon::start_with_args(config, &[], &["--no-collector.storage", "--collector.gpu"]).await;
     let page = d.get_text("/metrics").await;
     assert!(
         page.contains("inferwatch_collector_success{collector=\"gpu\"} 1"),

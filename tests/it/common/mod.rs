@@ -1,7 +1,6 @@
 //! Test harness: builds the fake NVML library, and spawns real PostgreSQL,
 //! Prometheus and the real `inferwatch` binary on free loopback ports in
 //! temp dirs. Each helper kills its process on drop.
-#![allow(dead_code)]
 
 pub mod alerting;
 pub mod dashboards;
@@ -215,7 +214,8 @@ impl Proc {
     /// Sends `signal` and waits for the process to exit.
     pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
         unsafe_kill(self.pid(), signal);
-        self.child.wait().unwrap()
+        let name = self.name;
+        self.child.wait().unwrap_or_else(|e| panic!("waiting for {name} failed: {e}"))
     }
 }
 
@@ -907,7 +907,8 @@ impl Alertmanager {
 pub struct SmtpSink {
     pub dir: TempDir,
     pub port: u16,
-    proc: Proc,
+    /// Killed when the sink is dropped.
+    _proc: Proc,
 }
 
 impl SmtpSink {
@@ -928,7 +929,7 @@ impl SmtpSink {
         let s = SmtpSink {
             dir,
             port,
-            proc: Proc {
+            _proc: Proc {
                 child,
                 name: "smtp_sink",
             },
@@ -964,7 +965,8 @@ impl SmtpSink {
 /// A real single-node VictoriaMetrics (Debian's `victoria-metrics`) on a
 /// free port, for remote_write.
 pub struct VictoriaMetrics {
-    pub dir: TempDir,
+    /// Its data, removed when it is dropped.
+    _dir: TempDir,
     pub port: u16,
     proc: Proc,
 }
@@ -994,7 +996,7 @@ impl VictoriaMetrics {
             &format!("http://127.0.0.1:{port}/health"),
         )
         .await;
-        VictoriaMetrics { dir, port, proc }
+        VictoriaMetrics { _dir: dir, port, proc }
     }
 
     pub fn write_url(&self) -> String {

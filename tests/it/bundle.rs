@@ -4,12 +4,10 @@
 //! rule naming and annotations, a near miss for every alert, runbook
 //! sections, Alertmanager timings and inhibition, Grafana provisioning.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use common::{repo, run_tool};
+use crate::common::{repo, run_tool};
 use serde_yaml_ng::Value;
 
 fn yaml(path: &str) -> Value {

@@ -4,15 +4,13 @@
 //! that scraped the real daemon. A panel that queries a metric the daemon
 //! does not expose returns nothing and fails the test.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::dashboards::{
+use crate::common::dashboards::{
     dashboards, every_query_returns_data, panels, regex_value, resolve_variables, variables, DATASOURCE_UID,
 };
-use common::{
+use crate::common::{
     eventually, gpus_state, repo, run_tool, Daemon, Driver, FakeGpus, HealthTarget, Prometheus, Redis, WsClient,
 };
 use serde_json::Value;
@@ -177,7 +175,7 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
     // Jobs waiting and failed jobs in DLQs.
     let redis = Redis::start().await;
     redis
-        .lpush("dlq:detection_queue", &[common::DLQ_ENTRY, common::DLQ_ENTRY])
+        .lpush("dlq:detection_queue", &[crate::common::DLQ_ENTRY, crate::common::DLQ_ENTRY])
         .await;
     redis
         .lpush(
@@ -188,7 +186,7 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
     // One service up, one down.
     let mut up = HealthTarget::new();
     up.start().await;
-    let down_port = common::free_port();
+    let down_port = crate::common::free_port();
     let config = format!(
         "gpu:\n  nvml_library: {}\n  poll_interval: 1s\n  per_process: true\n\
          queues:\n  redis_url: {}\n  poll_interval: 1s\n  processing_suffix: \":processing\"\n\

@@ -1,0 +1,32 @@
+//! The integration tests: one binary with a module per area, as cargo's own
+//! `tests/testsuite` is built, so the harness in `common/` is compiled and
+//! linked once. Each test still runs in its own process under nextest.
+
+mod common;
+
+mod alerting;
+mod bundle;
+mod config;
+mod dashboards;
+mod dlq;
+mod dlq_console;
+mod dlq_types;
+mod e2e;
+mod examples;
+mod fleet;
+mod golden;
+mod gpu;
+mod gpu_profiles;
+mod gpu_profiling;
+mod health;
+mod hostile;
+mod http_metrics;
+mod inference;
+mod openapi;
+mod pipeline;
+mod schemathesis;
+mod storage;
+mod store;
+mod ui;
+mod web_tls;
+mod ws;
