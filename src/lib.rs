@@ -38,7 +38,7 @@
 //!   [`nvml::profiling`]: GPM samples and metrics, per-process utilization,
 //!   and the field-value reads (clock-event time, HBM temperature, remapped rows).
 //! - [`doctor`]: `inferwatch doctor`, what each field answers and costs here.
-//! - [`xid`]: the XID catalog (`data/xid_catalog.json`) and the kernel-log
+//! - [`xid`]: the XID catalog (`src/xid/xid_catalog.json`) and the kernel-log
 //!   (`/dev/kmsg`) reader that finds the XIDs NVML events miss.
 //! - [`webconf`]: `--web.config.file` (exporter-toolkit format): TLS, client
 //!   certificates, bcrypt basic auth and headers, re-read when it changes.

@@ -11,7 +11,6 @@
 pub mod auth;
 pub mod basic_auth;
 pub mod dlq;
-pub mod dlq_console;
 pub mod http_metrics;
 pub mod landing;
 pub mod limits;

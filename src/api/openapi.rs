@@ -10,7 +10,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dlq, dlq_console, landing, metrics, pipeline, storage, system, ui, ws, AppState, ErrorBody};
+use super::{dlq, landing, metrics, pipeline, storage, system, ui, ws, AppState, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,22 +30,22 @@ use super::{dlq, dlq_console, landing, metrics, pipeline, storage, system, ui, w
         system::history,
         system::health,
         system::stats,
-        dlq::stats,
-        dlq::jobs_by_query,
-        dlq::jobs_by_path,
-        dlq::requeue_all,
-        dlq::clear,
-        dlq::restore,
-        dlq_console::requeue_job,
-        dlq_console::delete_job,
-        dlq_console::requeue_filtered,
-        dlq_console::tasks,
-        dlq_console::task,
-        dlq_console::cancel_task,
-        dlq_console::archives,
-        dlq_console::audit_log,
-        dlq_console::stuck,
-        dlq_console::return_stuck,
+        dlq::handlers::stats,
+        dlq::handlers::jobs_by_query,
+        dlq::handlers::jobs_by_path,
+        dlq::handlers::requeue_all,
+        dlq::handlers::clear,
+        dlq::handlers::restore,
+        dlq::handlers::requeue_job,
+        dlq::handlers::delete_job,
+        dlq::handlers::requeue_filtered,
+        dlq::handlers::tasks,
+        dlq::handlers::task,
+        dlq::handlers::cancel_task,
+        dlq::handlers::archives,
+        dlq::handlers::audit_log,
+        dlq::handlers::stuck,
+        dlq::handlers::return_stuck,
         ui::page,
         ui::script,
         ui::style,

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -73,10 +74,23 @@ impl AuditRow {
 #[error("the audit buffer is full ({0} rows wait for the history store); DLQ changes are refused until it drains")]
 pub struct AuditFull(pub usize);
 
-/// A reserved place in the audit buffer, spent by [`Store::audit`].
+/// A reserved place in the audit buffer, spent by [`Store::audit`]; a slot
+/// dropped unspent (the mutation did not run, or failed) gives its place
+/// back by itself.
 #[derive(Debug)]
 #[must_use]
-pub struct AuditSlot(());
+pub struct AuditSlot {
+    buffer: Option<Arc<Mutex<AuditBuffer>>>,
+}
+
+impl Drop for AuditSlot {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            let mut buf = buffer.lock().unwrap_or_else(|e| e.into_inner());
+            buf.reserved = buf.reserved.saturating_sub(1);
+        }
+    }
+}
 
 /// The audit rows waiting for the database.
 #[derive(Debug, Default)]
@@ -93,12 +107,31 @@ impl Store {
             return Err(AuditFull(buf.rows.len()));
         }
         buf.reserved += 1;
-        Ok(AuditSlot(()))
+        Ok(AuditSlot {
+            buffer: Some(self.audit.clone()),
+        })
+    }
+
+    /// Reserves room for one audit row, waiting for the writer to flush
+    /// rows to the database when the buffer is full: for what has already
+    /// happened (the end of a task), which cannot be refused.
+    pub async fn reserve_audit_waiting(&self) -> AuditSlot {
+        loop {
+            let flushed = self.audit_flushed.notified();
+            tokio::pin!(flushed);
+            // Registered before the check, so a flush in between is not missed.
+            flushed.as_mut().enable();
+            if let Ok(slot) = self.reserve_audit() {
+                return slot;
+            }
+            flushed.await;
+        }
     }
 
     /// Buffers `row` in its reserved place and logs it.
-    pub fn audit(&self, slot: AuditSlot, row: AuditRow) {
-        let AuditSlot(()) = slot;
+    pub fn audit(&self, mut slot: AuditSlot, row: AuditRow) {
+        // Spent: the row takes the reserved place.
+        slot.buffer = None;
         tracing::info!(
             actor = %row.actor,
             action = %row.action,
@@ -114,13 +147,6 @@ impl Store {
         buf.rows.push_back(row);
         drop(buf);
         self.wake.notify_one();
-    }
-
-    /// Gives back a reserved place whose mutation did not happen.
-    pub fn release_audit(&self, slot: AuditSlot) {
-        let AuditSlot(()) = slot;
-        let mut buf = self.audit.lock().unwrap_or_else(|e| e.into_inner());
-        buf.reserved = buf.reserved.saturating_sub(1);
     }
 
     /// Audit rows not yet written.
@@ -166,6 +192,8 @@ impl Store {
                     buf.rows.pop_front();
                 }
             }
+            drop(buf);
+            self.audit_flushed.notify_waiters();
             written += batch.len();
         }
     }

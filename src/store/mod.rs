@@ -125,7 +125,9 @@ pub struct Store {
     migrated: tokio::sync::OnceCell<()>,
     metrics: StoreMetrics,
     /// DLQ audit rows waiting for the database.
-    audit: Mutex<dlq::AuditBuffer>,
+    audit: Arc<Mutex<dlq::AuditBuffer>>,
+    /// Notified whenever audit rows were written (room was made).
+    audit_flushed: Notify,
 }
 
 impl Store {
@@ -177,7 +179,8 @@ impl Store {
             wake: Notify::new(),
             migrated: tokio::sync::OnceCell::new(),
             metrics: StoreMetrics::register(metrics),
-            audit: Mutex::default(),
+            audit: Arc::default(),
+            audit_flushed: Notify::new(),
         }))
     }
 
@@ -479,6 +482,39 @@ mod tests {
         s.gpu = Some(0);
         s.uuid = Some("GPU-x".into());
         s
+    }
+
+    #[tokio::test]
+    async fn an_unspent_audit_slot_gives_its_place_back_and_a_flush_wakes_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        c.store.buffer_capacity = 100;
+        let store = Store::open(&c, &Arc::new(Metrics::new())).unwrap();
+        let slots: Vec<AuditSlot> = (0..100).map(|_| store.reserve_audit().unwrap()).collect();
+        assert!(store.reserve_audit().is_err(), "full");
+        drop(slots);
+        let slots: Vec<AuditSlot> = (0..100).map(|_| store.reserve_audit().unwrap()).collect();
+        for slot in slots {
+            store.audit(slot, AuditRow::new("test", "clear", "dlq:q"));
+        }
+        assert!(store.reserve_audit().is_err(), "100 rows wait for the database");
+        // A waiter gets its place when the writer flushes, not by polling.
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { store.reserve_audit_waiting().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert_eq!(store.flush().await.unwrap(), 0, "no GPU samples");
+        let slot = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .expect("woken by the flush")
+            .unwrap();
+        store.audit(slot, AuditRow::new("test", "restore", "dlq:q"));
+        assert_eq!(store.pending_audit(), 1);
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! The XID catalog (`data/xid_catalog.json`, embedded): for each XID a
+//! The XID catalog (`src/xid/xid_catalog.json`, embedded): for each XID a
 //! severity (`critical`, `warning`, `info`), a likely cause and an action,
 //! built from NVIDIA's published Xid Catalog; the file says which version.
 
@@ -28,12 +28,12 @@ pub struct Catalog {
     pub xids: HashMap<String, Entry>,
 }
 
-const FILE: &str = include_str!("../../data/xid_catalog.json");
+const FILE: &str = include_str!("xid_catalog.json");
 
 /// The embedded catalog (parsed once; the file is checked by a test).
 pub fn catalog() -> &'static Catalog {
     static CATALOG: OnceLock<Catalog> = OnceLock::new();
-    CATALOG.get_or_init(|| serde_json::from_str(FILE).expect("data/xid_catalog.json is valid (tested)"))
+    CATALOG.get_or_init(|| serde_json::from_str(FILE).expect("src/xid/xid_catalog.json is valid (tested)"))
 }
 
 /// The severity and action of `xid`: an XID the catalog does not know is a

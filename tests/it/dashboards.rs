@@ -175,7 +175,10 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
     // Jobs waiting and failed jobs in DLQs.
     let redis = Redis::start().await;
     redis
-        .lpush("dlq:detection_queue", &[crate::common::DLQ_ENTRY, crate::common::DLQ_ENTRY])
+        .lpush(
+            "dlq:detection_queue",
+            &[crate::common::DLQ_ENTRY, crate::common::DLQ_ENTRY],
+        )
         .await;
     redis
         .lpush(

@@ -385,7 +385,10 @@ async fn fifty_nodes_under_one_prometheus() {
     );
     let prom = Prometheus::start_with_config(dir, &prom_config).await;
     let started = std::time::Instant::now();
-    let cpu_before: Vec<f64> = daemons.iter().map(|d| crate::common::cpu_and_rss(d.proc.pid()).0).collect();
+    let cpu_before: Vec<f64> = daemons
+        .iter()
+        .map(|d| crate::common::cpu_and_rss(d.proc.pid()).0)
+        .collect();
     let prom_cpu_before = crate::common::cpu_and_rss(prom.pid()).0;
 
     eventually("all 50 nodes up", LIMIT, || async {

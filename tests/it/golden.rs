@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
+use crate::common::{gpus_state, promtool_check_metrics, Driver, FakeGpus};
 use axum::body::Body;
 use axum::http::Request;
-use crate::common::{gpus_state, promtool_check_metrics, Driver, FakeGpus};
 use http_body_util::BodyExt;
 use inferwatch::collectors::collect_rounds;
 use inferwatch::config::Config;
@@ -85,7 +85,10 @@ async fn metrics_page_matches_golden_file() {
     config.queues.processing_suffix = Some(":processing".into());
     redis.lpush("detection_queue:processing", &["{\"id\":\"j1\"}"]).await;
     redis
-        .lpush("dlq:detection_queue", &[crate::common::DLQ_ENTRY, crate::common::DLQ_ENTRY])
+        .lpush(
+            "dlq:detection_queue",
+            &[crate::common::DLQ_ENTRY, crate::common::DLQ_ENTRY],
+        )
         .await;
     redis.lpush("detection_queue", &["{\"id\":\"j2\"}"]).await;
     // One reading of every collector, through the registry the daemon uses:

@@ -2,9 +2,9 @@
 //! real dynamic loading. Each test drives collection rounds by hand
 //! (`run_once`), so nothing waits on a timer.
 
+use crate::common::{gpu_lines, gpus_state, sample_value, Driver, FakeGpus};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use crate::common::{gpu_lines, gpus_state, sample_value, Driver, FakeGpus};
 use http_body_util::BodyExt;
 use inferwatch::api::{router, AppState};
 use inferwatch::collectors::gpu::GpuCollector;

@@ -6,7 +6,9 @@
 
 use std::process::Command;
 
-use crate::common::{eventually, finished, gpus_state, polls, profile_path, sample_value, Daemon, Driver, FakeGpus, LIMIT};
+use crate::common::{
+    eventually, finished, gpus_state, polls, profile_path, sample_value, Daemon, Driver, FakeGpus, LIMIT,
+};
 use serde_json::Value;
 
 fn config(fake: &FakeGpus, extra: &str) -> String {

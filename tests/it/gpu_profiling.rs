@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use crate::common::{eventually, finished, gpus_state, polls, profile_path, sample_value, Daemon, Driver, FakeGpus, LIMIT};
+use crate::common::{
+    eventually, finished, gpus_state, polls, profile_path, sample_value, Daemon, Driver, FakeGpus, LIMIT,
+};
 
 const UUID0: &str = "GPU-00000000-1111-2222-3333-444444444444";
 

@@ -2,9 +2,9 @@
 //! route template, with one shared label for unmatched paths, so request
 //! paths cannot multiply series.
 
+use crate::common::sample_value;
 use axum::body::Body;
 use axum::http::Request;
-use crate::common::sample_value;
 use http_body_util::BodyExt;
 use inferwatch::config::Config;
 use tower::ServiceExt;

@@ -8,14 +8,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::common::{repo, Daemon};
 use serde_json::Value;
 
+/// Every `.rs` file under `dir`, in its folders too.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().and_then(|e| e.to_str()) == Some("rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// `(path, methods)` of every `.route("...", get(..).post(..))` in src/api.
 fn router_routes() -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for entry in std::fs::read_dir(repo().join("src/api")).unwrap().flatten() {
-        if entry.path().extension().and_then(|e| e.to_str()) != Some("rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(entry.path()).unwrap();
+    for file in rust_files(&repo().join("src/api")) {
+        let text = std::fs::read_to_string(&file).unwrap();
         // `.route("path", get(..))`, on one line or as rustfmt splits it.
         for (i, _) in text.match_indices(".route(") {
             let rest = text[i + 7..].trim_start();

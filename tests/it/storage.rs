@@ -4,10 +4,10 @@
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use crate::common::{eventually, sample_value, Daemon};
 use axum::body::Body;
 use axum::http::Request;
 use chrono::Utc;
-use crate::common::{eventually, sample_value, Daemon};
 use http_body_util::BodyExt;
 use inferwatch::config::Config;
 use inferwatch::history::GpuSample;

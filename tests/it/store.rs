@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
 use crate::common::{eventually, gpus_state, Driver, FakeGpus, Postgres};
+use chrono::{TimeZone, Utc};
 use inferwatch::config::Config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

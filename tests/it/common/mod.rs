@@ -215,7 +215,9 @@ impl Proc {
     pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
         unsafe_kill(self.pid(), signal);
         let name = self.name;
-        self.child.wait().unwrap_or_else(|e| panic!("waiting for {name} failed: {e}"))
+        self.child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for {name} failed: {e}"))
     }
 }
 

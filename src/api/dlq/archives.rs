@@ -1,0 +1,60 @@
+//! The undo and the record: the clear and delete archives of a DLQ, and the
+//! audit trail of every change.
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::super::query::{int_param, params, RawQuery};
+use super::audit::store;
+use super::params::queue_param;
+use super::{queues, AppError, AppState};
+use crate::api::{ErrorBody, QueryErrors};
+
+/// `GET /api/system/dlq/archives?queue=…`: the clear and delete archives.
+#[utoipa::path(get, path = "/api/system/dlq/archives", tag = "dlq",
+    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue")),
+    responses(
+        (status = 200, description = "Archives with their size and the seconds left on their TTL, newest first", body = Vec<crate::dlq::ArchiveInfo>),
+        QueryErrors,
+        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable", body = ErrorBody)
+    ))]
+pub async fn archives(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+    let map = params(q, &["queue"])?;
+    let queues = queues(&state)?;
+    let base = queue_param(&map, queues)?;
+    let list = queues.archives(&base).await?;
+    Ok(Json(serde_json::to_value(list).expect("archives serialise")))
+}
+
+/// `GET /api/system/dlq/audit?limit=&queue=`: newest first.
+#[utoipa::path(get, path = "/api/system/dlq/audit", tag = "dlq",
+    params(("limit" = Option<i64>, Query, explode = false, description = "Rows; 100 by default", minimum = 1, maximum = 1000),
+           ("queue" = Option<String>, Query, description = "Only this DLQ")),
+    responses(
+        (status = 200, description = "Audit rows, newest first; store_unavailable when only the buffered ones could be read", body = Object),
+        QueryErrors,
+        (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
+        (status = 503, description = "The history store is disabled", body = ErrorBody)
+    ))]
+pub async fn audit_log(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
+    let map = params(q, &["limit", "queue"])?;
+    let queues = queues(&state)?;
+    let limit = int_param(&map, "limit", (1u64, 1000))?.unwrap_or(100);
+    let dlq = match map.get("queue") {
+        Some(_) => Some(queues.dlq_key(&queue_param(&map, queues)?)),
+        None => None,
+    };
+    let store = store(&state)?;
+    let (rows, unavailable) = match store.audit_rows(limit, dlq.as_deref()).await {
+        Ok(rows) => (rows, false),
+        Err(e) => {
+            tracing::debug!(error = %e, "DLQ audit: the store cannot be read; showing buffered rows.");
+            (store.buffered_audit(limit, dlq.as_deref()), true)
+        }
+    };
+    Ok(Json(
+        json!({ "rows": rows, "store_unavailable": unavailable, "pending": store.pending_audit() }),
+    ))
+}
