@@ -27,11 +27,8 @@ pub fn start_task(
     action: &'static str,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let slot = reserve(state)?;
-    let guard = match queues.claim_task(base) {
-        Ok(g) => g,
-        // The unspent slot gives its place back when dropped.
-        Err(e) => return Err(e.into()),
-    };
+    // On an error the unspent slot gives its place back when dropped.
+    let guard = queues.claim_task(base)?;
     let task = Task::new(base, spec);
     queues.tasks.add(task.clone());
     let dlq = queues.dlq_key(base);
