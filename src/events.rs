@@ -12,7 +12,7 @@ use crate::restart::Status;
 /// How many events a slow receiver may lag behind before it loses some.
 const CAPACITY: usize = 1024;
 
-/// Alert severities of the built-in alerts (README, Health monitor).
+/// Alert severities of the built-in alerts (docs/health-monitor.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Severity {

@@ -33,10 +33,12 @@
 //! - [`pipeline`]: pipeline event parsing, the cardinality guard, the
 //!   `pipeline_*` families and `inference_fps`.
 //! - [`redis_conn`]: a lazily (re)connected Redis connection.
-//! - [`nvml`]: the blocking NVML edge, on its own thread; [`nvml::fields`]:
-//!   every GPU field with its call, cadence class and cost meter;
-//!   [`nvml::profiling`]: GPM samples and metrics, per-process utilization,
-//!   and the field-value reads (clock-event time, HBM temperature, remapped rows).
+//! - [`nvml`]: the blocking NVML edge, on its own thread (init reasons, a
+//!   driver gone mid-run); [`nvml::fields`]: every GPU field with its call
+//!   and cadence class; [`nvml::meter`]: the call meter and the `Value` a
+//!   read returns; [`nvml::profiling`]: GPM samples and metrics, per-process
+//!   utilization, and the field-value reads (clock-event time, HBM
+//!   temperature, remapped rows, the recovery action).
 //! - [`doctor`]: `inferwatch doctor`, what each field answers and costs here.
 //! - [`xid`]: the XID catalog (`src/xid/xid_catalog.json`) and the kernel-log
 //!   (`/dev/kmsg`) reader that finds the XIDs NVML events miss.
@@ -56,7 +58,8 @@
 //! - [`hub`]: the `/ws/system` fan-out hub and the event -> message
 //!   translation (not HTTP).
 //! - [`api`]: `router(state)`, the `/` landing page, `/metrics`, the probes, the REST routes
-//!   (system, DLQ with its auth, pipeline ingest, storage), the
+//!   (system, DLQ with its auth in `api::dlq`: params, audit, then one file
+//!   per group of handlers; pipeline ingest, storage), the
 //!   `/ws/system` upgrade, query parsing (`api::query`), the error and limit
 //!   layers, basic auth and headers from the web config (`api::basic_auth`),
 //!   and the `http_*` request metrics middleware.
@@ -68,7 +71,12 @@
 //!
 //! Arrows point one way: collectors write `state`, the API and the hub read
 //! it; no module under `api` imports `collectors`, and nothing outside `api`
-//! but this file imports `api`.
+//! but this file imports `api`. `scripts/check_cycles` finds any import
+//! cycle between top-level modules or sibling files.
+//!
+//! Tests: unit tests beside the code; the integration tests are one binary,
+//! `tests/it/main.rs` with a module per area and the harness in
+//! `tests/it/common/`; the reference docs are `docs/`, one topic a file.
 
 pub mod api;
 pub mod cleanup;

@@ -34,7 +34,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 
 /// `POST /api/pipeline/events`.
 #[utoipa::path(post, path = "/api/pipeline/events", tag = "pipeline",
-    request_body(content = EventBatch, description = "One event or an array of up to 10,000 (README, Pipeline ingest)", content_type = "application/json",
+    request_body(content = EventBatch, description = "One event or an array of up to 10,000 (docs/pipeline.md)", content_type = "application/json",
         example = json!([{"kind": "stage", "stage": "detection", "duration_seconds": 0.042, "status": "ok", "items": 4},
                          {"kind": "job", "status": "completed", "duration_seconds": 42.0}])),
     security(("api_token" = []), ("api_token_header" = []), ()),
@@ -58,7 +58,7 @@ pub async fn ingest(
 
 /// The request body's schema: one event, or an array of up to
 /// [`MAX_EVENTS`]. Each event is an object whose `kind` is `stage` or
-/// `job`; the other fields depend on the kind (README, Pipeline ingest).
+/// `job`; the other fields depend on the kind (docs/pipeline.md).
 pub struct EventBatch;
 
 impl utoipa::PartialSchema for EventBatch {

@@ -1,5 +1,5 @@
 //! `/api/system/gpu`, `/api/system/gpus` and `/api/system/gpu/history`:
-//! GPU readings in the REST JSON shape (README, HTTP endpoints), served from the collector's
+//! GPU readings in the REST JSON shape (docs/http-api.md), served from the collector's
 //! snapshot, the in-memory ring, or (beyond the ring's window) the store.
 //! `/api/system/health` and `/api/system/stats` summarise the health
 //! monitor, the GPUs and the WebSocket from the same shared state.
@@ -218,7 +218,7 @@ fn dlq_stats(state: &AppState) -> Option<DlqSummary> {
     })
 }
 
-/// `/api/system/stats`'s body (the README documents each field).
+/// `/api/system/stats`'s body (docs/http-api.md documents each field).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct StatsBody {
     /// healthy, degraded or unhealthy.
@@ -303,7 +303,7 @@ pub struct IngestedCounts {
     total: u64,
 }
 
-/// `GET /api/system/stats`: system counts in one object (README documents
+/// `GET /api/system/stats`: system counts in one object (docs/http-api.md documents
 /// each field).
 #[utoipa::path(get, path = "/api/system/stats", tag = "system",
     responses(

@@ -98,7 +98,7 @@ pub struct ProgressConfig {
     /// The service's own `/metrics`, `http://…` or `https://…`.
     pub metrics_url: Option<String>,
     /// Metric names of a known server: `vllm`, `tgi`, `triton`, `llamacpp`
-    /// or `mlserver` (README, Health monitor). Or give `pending` and `done`.
+    /// or `mlserver` (docs/health-monitor.md). Or give `pending` and `done`.
     pub preset: Option<String>,
     /// Gauges whose sum is the work waiting or running.
     #[serde(default)]
@@ -116,7 +116,7 @@ fn default_stall_after() -> Duration {
 }
 
 /// The metric names of each progress preset, from each server's own source
-/// (README, Health monitor, cites the files): `(pending gauges, done counters)`.
+/// (docs/health-monitor.md cites the files): `(pending gauges, done counters)`.
 pub const PRESETS: &[(&str, &[&str], &[&str])] = &[
     (
         "vllm",

@@ -1,10 +1,10 @@
-//! The `JobFailure` shape of a DLQ entry (README, Queues), and reading it
+//! The `JobFailure` shape of a DLQ entry (docs/dlq-console.md), and reading it
 //! without copying `original_job`: a requeue pushes those bytes exactly.
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-/// A DLQ entry in the `JobFailure` shape (README, Queues), checked.
+/// A DLQ entry in the `JobFailure` shape (docs/dlq-console.md), checked.
 #[derive(Debug)]
 pub struct JobFailure<'a> {
     /// `original_job`, exactly as it appears in the entry.

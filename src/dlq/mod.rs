@@ -2,7 +2,7 @@
 //! and the three mutations (requeue-all, clear, restore), each built so that
 //! no job is ever lost or duplicated.
 //!
-//! Layout (documented in the README): producers push jobs onto
+//! Layout (documented in docs/dlq-console.md): producers push jobs onto
 //! `<queue>` at `queues.push_side` (LPUSH by default) and workers pop the
 //! other end (BRPOP); a job that used up its retries is pushed onto
 //! `<dlq_prefix><queue>` the same way, as JSON in the `JobFailure` shape.

@@ -3,7 +3,7 @@
 //! `inferwatch doctor` both read fields through [`Field::read`], so what
 //! doctor reports is exactly what the daemon would do.
 //!
-//! Classes (the README's metrics table repeats them per metric):
+//! Classes (docs/metrics.md repeats them per metric):
 //! - **static**: read when a GPU is first seen, and again when it comes back
 //!   after it was lost: things that cannot change without a reset.
 //! - **fast**: every `gpu.poll_interval`; each costs microseconds.

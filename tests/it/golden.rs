@@ -156,7 +156,7 @@ async fn metrics_page_matches_golden_file() {
 #[test]
 fn readme_metrics_table_covers_the_golden_page() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
     let golden = std::fs::read_to_string(root.join("tests/golden/metrics.txt")).unwrap();
     let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
     let row = |name: &str| rows.iter().find(|r| r.starts_with(&format!("| `{name}` |"))).copied();
@@ -175,7 +175,7 @@ fn readme_metrics_table_covers_the_golden_page() {
                 let class = r.split('|').nth(4).unwrap_or("");
                 assert!(
                     ["static", "fast", "slow", "events"].iter().any(|c| class.contains(c)),
-                    "{name} has no cadence class in the README: {r}"
+                    "{name} has no cadence class in docs/metrics.md: {r}"
                 );
             }
             Some(_) => {}
@@ -183,6 +183,6 @@ fn readme_metrics_table_covers_the_golden_page() {
     }
     assert!(
         missing.is_empty(),
-        "families missing from the README metrics table: {missing:?}"
+        "families missing from the metrics table in docs/metrics.md: {missing:?}"
     );
 }

@@ -11,6 +11,7 @@ mod dashboards;
 mod dlq;
 mod dlq_console;
 mod dlq_types;
+mod docs;
 mod e2e;
 mod examples;
 mod fleet;
