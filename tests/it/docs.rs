@@ -101,12 +101,18 @@ fn every_relative_link_in_the_readme_and_docs_resolves() {
 fn the_readme_is_a_front_door_and_docs_has_an_index() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let lines = readme.lines().count();
-    assert!(lines <= 400, "README.md has {lines} lines; reference material goes to docs/");
+    assert!(
+        lines <= 400,
+        "README.md has {lines} lines; reference material goes to docs/"
+    );
     let index = std::fs::read_to_string(repo().join("docs/README.md")).unwrap();
     for file in markdown_files() {
         let name = file.file_name().unwrap().to_str().unwrap().to_string();
         if file.parent().unwrap().ends_with("docs") && name != "README.md" {
-            assert!(index.contains(&format!("]({name})")), "docs/README.md does not list {name}");
+            assert!(
+                index.contains(&format!("]({name})")),
+                "docs/README.md does not list {name}"
+            );
         }
     }
 }

@@ -1,0 +1,83 @@
+//! A real `redis-server` on a free port, killed and started again to
+//! inject faults; the DLQ entry shape the tests push.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::*;
+
+/// A DLQ entry in the shape workers write: the failed job plus its history.
+pub const DLQ_ENTRY: &str = r#"{"original_job":{"id":"j1"},"error":"CUDA OOM","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"detection_queue"}"#;
+
+/// A real `redis-server` on a free port, with persistence off.
+pub struct Redis {
+    pub dir: TempDir,
+    pub port: u16,
+    proc: Option<Proc>,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let mut r = Redis {
+            dir: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            proc: None,
+        };
+        r.resume().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A fresh connection to this server.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// LPUSH `values` onto `key`.
+    pub async fn lpush(&self, key: &str, values: &[&str]) {
+        use redis::AsyncCommands;
+        let _: () = self.connection().await.lpush(key, values).await.unwrap();
+    }
+
+    /// Starts the server (again) on the same port and waits for PING.
+    pub async fn resume(&mut self) {
+        let child = Command::new(find_bin("redis-server"))
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc {
+            child,
+            name: "redis-server",
+        });
+        let client = redis::Client::open(self.url()).unwrap();
+        eventually("redis to answer PING", Duration::from_secs(30), || {
+            let client = client.clone();
+            async move {
+                let mut con = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut con).await.ok()
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILL: an outage with no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop_with(SIGKILL);
+        }
+    }
+}
