@@ -261,53 +261,17 @@ impl Machine {
             }
             None => false,
         };
-        let mut alert = None;
-        let mut restart_result = None;
-        let mut counted = false;
-        if check == Check::Pass {
-            self.starting_until = None;
-            self.consecutive_failures = 0;
-            self.consecutive_successes = self.consecutive_successes.saturating_add(1);
-            // The service answers: a pending restart waits for the threshold
-            // to be reached again.
-            self.restart_due = None;
-            if from != Status::Healthy && self.consecutive_successes >= self.policy.success_threshold {
-                if from == Status::Restarting {
-                    restart_result = Some(true);
-                }
-                self.status = Status::Healthy;
-                self.decided = true;
-                self.healthy_since = Some(now);
+        let (alert, restart_result, counted) = match check {
+            Check::Pass => (None, self.on_pass(from, now), false),
+            Check::Fail | Check::Held if !in_start_period => {
+                let (alert, result) = self.on_fail(from, check == Check::Held, now);
+                (alert, result, true)
             }
-            if self.status == Status::Healthy {
-                let since = *self.healthy_since.get_or_insert(now);
-                if now.saturating_duration_since(since) >= self.policy.reset_after {
-                    self.attempts = 0;
-                }
+            Check::Fail | Check::Held => {
+                self.consecutive_successes = 0;
+                (None, None, false)
             }
-        } else if !in_start_period {
-            counted = true;
-            let held = check == Check::Held;
-            self.consecutive_successes = 0;
-            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-            let reached = self.consecutive_failures >= self.policy.failure_threshold;
-            match from {
-                // Outside its start period, the first failure after a
-                // restart decides it.
-                Status::Restarting => {
-                    restart_result = Some(false);
-                    alert = Some(self.fail_after_restart(now, held));
-                }
-                Status::Healthy if reached => alert = Some(self.fail_fresh(now, held)),
-                Status::Unhealthy if reached && !self.decided => alert = Some(self.fail_fresh(now, held)),
-                // Already known to be down: nothing new to say, but a
-                // restart held back by a dependency is scheduled now.
-                Status::Unhealthy | Status::RestartFailed if reached && !held => self.schedule(now),
-                Status::Healthy | Status::Unhealthy | Status::RestartFailed | Status::Failed => {}
-            }
-        } else {
-            self.consecutive_successes = 0;
-        }
+        };
         Step {
             from,
             to: self.status,
@@ -315,6 +279,56 @@ impl Machine {
             alert,
             restart_result,
             counted,
+        }
+    }
+
+    /// A pass: ends the start period, resets the failures, cancels a
+    /// pending restart, and makes the service healthy at the success
+    /// threshold. Returns the restart's result when this decided one.
+    fn on_pass(&mut self, from: Status, now: Instant) -> Option<bool> {
+        let mut restart_result = None;
+        self.starting_until = None;
+        self.consecutive_failures = 0;
+        self.consecutive_successes = self.consecutive_successes.saturating_add(1);
+        // The service answers: a pending restart waits for the threshold
+        // to be reached again.
+        self.restart_due = None;
+        if from != Status::Healthy && self.consecutive_successes >= self.policy.success_threshold {
+            if from == Status::Restarting {
+                restart_result = Some(true);
+            }
+            self.status = Status::Healthy;
+            self.decided = true;
+            self.healthy_since = Some(now);
+        }
+        if self.status == Status::Healthy {
+            let since = *self.healthy_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= self.policy.reset_after {
+                self.attempts = 0;
+            }
+        }
+        restart_result
+    }
+
+    /// A failure that counts (outside the start period): the threshold,
+    /// the deciding check after a restart, and a held restart's schedule.
+    fn on_fail(&mut self, from: Status, held: bool, now: Instant) -> (Option<AlertKind>, Option<bool>) {
+        self.consecutive_successes = 0;
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let reached = self.consecutive_failures >= self.policy.failure_threshold;
+        match from {
+            // Outside its start period, the first failure after a restart
+            // decides it.
+            Status::Restarting => (Some(self.fail_after_restart(now, held)), Some(false)),
+            Status::Healthy if reached => (Some(self.fail_fresh(now, held)), None),
+            Status::Unhealthy if reached && !self.decided => (Some(self.fail_fresh(now, held)), None),
+            // Already known to be down: nothing new to say, but a restart
+            // held back by a dependency is scheduled now.
+            Status::Unhealthy | Status::RestartFailed if reached && !held => {
+                self.schedule(now);
+                (None, None)
+            }
+            Status::Healthy | Status::Unhealthy | Status::RestartFailed | Status::Failed => (None, None),
         }
     }
 

@@ -448,6 +448,26 @@ impl GpuCollector {
     }
 }
 
+impl GpuCollector {
+    /// Every GPU answered as if the driver were gone (unloaded or upgraded
+    /// under the daemon): NVML is shut down and the retry loop starts.
+    fn driver_gone(&mut self, reason: &'static str, errors: &[String]) -> CollectError {
+        let message = format!(
+            "every GPU answered as if the driver were gone (unloaded or upgraded): {}",
+            errors.join("; ")
+        );
+        // Dropping the handle shuts NVML down on its thread.
+        self.link = Link::Down(Retry::new(reason, message.clone(), Instant::now()));
+        self.failed(reason, &message);
+        self.hot.clear();
+        let error = format!("NVML is down ({reason}): {message}");
+        self.state
+            .publish(self.base_snapshot(false, Some(NvmlDown { reason, message })));
+        self.events.publish(Event::GpuPolled);
+        CollectError::Failed(error)
+    }
+}
+
 impl Collector for GpuCollector {
     fn name(&self) -> &'static str {
         "gpu"
@@ -477,19 +497,7 @@ impl Collector for GpuCollector {
         };
         let outcome = nvml.poll().await.map_err(|e| CollectError::Failed(e.to_string()))?;
         if let Some(reason) = outcome.driver_gone {
-            let message = format!(
-                "every GPU answered as if the driver were gone (unloaded or upgraded): {}",
-                outcome.errors.join("; ")
-            );
-            // Dropping the handle shuts NVML down on its thread.
-            self.link = Link::Down(Retry::new(reason, message.clone(), Instant::now()));
-            self.failed(reason, &message);
-            self.hot.clear();
-            let error = format!("NVML is down ({reason}): {message}");
-            self.state
-                .publish(self.base_snapshot(false, Some(NvmlDown { reason, message })));
-            self.events.publish(Event::GpuPolled);
-            return Err(CollectError::Failed(error));
+            return Err(self.driver_gone(reason, &outcome.errors));
         }
         let driver_version = self.versions.driver.clone();
         let now = Utc::now();

@@ -371,43 +371,9 @@ impl HealthConfig {
                 }
             }
         }
-        // Depth-first search from each service; a service met again on the
-        // current path closes a cycle.
-        fn visit(
-            health: &HealthConfig,
-            at: usize,
-            path: &mut Vec<usize>,
-            done: &mut [bool],
-        ) -> Result<(), ConfigError> {
-            if done[at] {
-                return Ok(());
-            }
-            if let Some(p) = path.iter().position(|&s| s == at) {
-                let cycle: Vec<&str> = path[p..]
-                    .iter()
-                    .chain(std::iter::once(&at))
-                    .map(|&s| health.services[s].name.as_str())
-                    .collect();
-                return Err(invalid(
-                    &format!("health.services[{}].depends_on", path[path.len() - 1]),
-                    &cycle.join(" -> "),
-                    "a cycle",
-                    "dependencies that never lead back to the service",
-                ));
-            }
-            path.push(at);
-            for dep in &health.services[at].depends_on {
-                if let Some(d) = health.services.iter().position(|s| s.name == *dep) {
-                    visit(health, d, path, done)?;
-                }
-            }
-            path.pop();
-            done[at] = true;
-            Ok(())
-        }
         let mut done = vec![false; self.services.len()];
         for i in 0..self.services.len() {
-            visit(self, i, &mut Vec::new(), &mut done)?;
+            visit_dependencies(self, i, &mut Vec::new(), &mut done)?;
         }
         Ok(())
     }
@@ -572,6 +538,14 @@ impl ServiceConfig {
                 "kind http or open_inference",
             ));
         }
+        self.validate_expectations(i)?;
+        self.validate_models(i)?;
+        self.validate_progress(i)
+    }
+
+    /// `headers` and `expect_status`: valid HTTP headers, codes and classes.
+    fn validate_expectations(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("health.services[{i}].{field}");
         for (name, value) in &self.headers {
             let ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
                 && reqwest::header::HeaderValue::from_str(value).is_ok();
@@ -602,6 +576,12 @@ impl ServiceConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `models`: names only an Open Inference check takes.
+    fn validate_models(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("health.services[{i}].{field}");
         if !self.models.is_empty() && self.kind != CheckKind::OpenInference {
             return Err(invalid(
                 &key("models"),
@@ -620,6 +600,12 @@ impl ServiceConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `progress`: a metrics URL, and a known preset or both name lists.
+    fn validate_progress(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("health.services[{i}].{field}");
         let Some(p) = &self.progress else { return Ok(()) };
         let Some(url) = &p.metrics_url else {
             return Err(invalid(
@@ -667,4 +653,39 @@ impl ServiceConfig {
         }
         STALL_AFTER.check_at(&key("progress.stall_after"), p.stall_after.as_secs_f64())
     }
+}
+
+/// Depth-first search from service `at`: a service met again on the
+/// current path closes a cycle, an error naming it.
+fn visit_dependencies(
+    health: &HealthConfig,
+    at: usize,
+    path: &mut Vec<usize>,
+    done: &mut [bool],
+) -> Result<(), ConfigError> {
+    if done[at] {
+        return Ok(());
+    }
+    if let Some(p) = path.iter().position(|&s| s == at) {
+        let cycle: Vec<&str> = path[p..]
+            .iter()
+            .chain(std::iter::once(&at))
+            .map(|&s| health.services[s].name.as_str())
+            .collect();
+        return Err(invalid(
+            &format!("health.services[{}].depends_on", path[path.len() - 1]),
+            &cycle.join(" -> "),
+            "a cycle",
+            "dependencies that never lead back to the service",
+        ));
+    }
+    path.push(at);
+    for dep in &health.services[at].depends_on {
+        if let Some(d) = health.services.iter().position(|s| s.name == *dep) {
+            visit_dependencies(health, d, path, done)?;
+        }
+    }
+    path.pop();
+    done[at] = true;
+    Ok(())
 }

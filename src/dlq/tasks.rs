@@ -304,92 +304,58 @@ impl Queues {
         let key = self.dlq_key(queue);
         self.check_lists(&[&key, queue]).await?;
         let start_len: u64 = self.run(redis::cmd("LLEN").arg(&key)).await?;
-        let mut left = start_len;
-        progress.remaining_to_scan.store(left, Ordering::Relaxed);
+        progress.remaining_to_scan.store(start_len, Ordering::Relaxed);
         let max = spec.max.unwrap_or(u64::MAX);
         let batch = self.config.requeue_batch as u64;
         let counter = self.metrics.requeued.with_label_values(&[queue]);
         let started = Instant::now();
-        let (mut moved, mut matched, mut malformed, mut scanned) = (0u64, 0u64, 0u64, 0u64);
-        let mut stalls = 0;
+        let mut tally = Tally::new(start_len);
         let mut cancelled = false;
-        while left > 0 && matched < max {
+        while tally.left > 0 && tally.matched < max {
             if cancel.is_cancelled() {
                 cancelled = true;
                 break;
             }
-            let (allowed, wait) = due(spec.rate, moved, started.elapsed());
+            let (allowed, wait) = due(spec.rate, tally.moved, started.elapsed());
             if allowed == 0 {
                 tokio::select! {
                     _ = cancel.cancelled() => { cancelled = true; break; }
                     _ = tokio::time::sleep(wait) => continue,
                 }
             }
-            let entries = self.oldest(&key, left.min(batch) as isize).await?;
+            let entries = self.oldest(&key, tally.left.min(batch) as isize).await?;
             if entries.is_empty() {
                 break;
             }
             let now = Utc::now().timestamp_millis() as f64 / 1000.0;
-            // The step ends just before the first match beyond what is due
-            // (or beyond max).
-            let room = allowed.min(max - matched);
-            let mut args: Vec<Vec<u8>> = vec![self.pop_end().as_arg().into(), self.push_end().as_arg().into()];
-            let mut kinds = Vec::with_capacity(entries.len());
-            let mut taken = 0u64;
-            for e in entries {
-                let hit = spec.filter.matches(&e, now);
-                if hit && taken >= room {
-                    break;
-                }
-                let payload = if hit {
-                    taken += 1;
-                    payload(&e)
-                } else {
-                    None
-                };
-                kinds.push((hit, payload.is_some()));
-                let p = payload.unwrap_or_default();
-                args.extend([e, p]);
+            let step = plan_step(entries, &spec.filter, now, allowed.min(max - tally.matched));
+            let mut args: Vec<&[u8]> = vec![self.pop_end().as_arg().as_bytes(), self.push_end().as_arg().as_bytes()];
+            for (entry, payload) in &step.pairs {
+                args.extend([entry.as_slice(), payload.as_slice()]);
             }
-            let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-            let reply = self.script(&Scripts::Requeue, &[&key, queue], &arg_refs).await?;
+            let reply = self.script(&Scripts::Requeue, &[&key, queue], &args).await?;
             let (r, s, stopped) = (int_at(&reply, 1), int_at(&reply, 2), int_at(&reply, 3));
-            let done = (r + s) as usize;
-            for &(hit, movable) in &kinds[..done.min(kinds.len())] {
-                if hit {
-                    matched += 1;
-                    if !movable {
-                        malformed += 1;
-                    }
-                }
-            }
-            moved += r;
-            scanned += r + s;
-            left -= (r + s).min(left);
+            let stalled = tally.record(&step.kinds, r, s, stopped == 1);
             counter.inc_by(r);
-            progress.moved.store(moved, Ordering::Relaxed);
-            progress.matched.store(matched, Ordering::Relaxed);
-            progress.skipped_malformed.store(malformed, Ordering::Relaxed);
-            progress.remaining_to_scan.store(left, Ordering::Relaxed);
-            if stopped == 1 && r + s == 0 {
-                stalls += 1;
-                if stalls >= 3 {
-                    return Err(DlqError::Conflict(format!(
-                        "{key} keeps changing at its oldest end (another consumer?); requeued {moved} before stopping"
-                    )));
-                }
-            } else {
-                stalls = 0;
+            progress.moved.store(tally.moved, Ordering::Relaxed);
+            progress.matched.store(tally.matched, Ordering::Relaxed);
+            progress.skipped_malformed.store(tally.malformed, Ordering::Relaxed);
+            progress.remaining_to_scan.store(tally.left, Ordering::Relaxed);
+            if stalled {
+                return Err(DlqError::Conflict(format!(
+                    "{key} keeps changing at its oldest end (another consumer?); requeued {} before stopping",
+                    tally.moved
+                )));
             }
         }
         Ok(MoveReport {
             queue_name: key,
             target_queue: queue.to_string(),
             dry_run: false,
-            matched,
-            moved,
-            skipped_malformed: malformed,
-            scanned,
+            matched: tally.matched,
+            moved: tally.moved,
+            skipped_malformed: tally.malformed,
+            scanned: tally.scanned,
             sample_ids: Vec::new(),
             cancelled,
         })
@@ -431,9 +397,153 @@ fn payload(e: &[u8]) -> Option<Vec<u8>> {
     parse_entry(text).ok().map(|j| j.original_job.get().as_bytes().to_vec())
 }
 
+/// One requeue step, planned from the oldest entries: each entry with the
+/// payload to push (empty for a non-match or a malformed match, which stay),
+/// and whether it matched and can move. The step ends just before the first
+/// match beyond `room` (what the rate and `max` allow now). Pure.
+#[derive(Debug, PartialEq)]
+pub struct StepPlan {
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `(matched, movable)` per entry, in order.
+    pub kinds: Vec<(bool, bool)>,
+}
+
+pub fn plan_step(entries: Vec<Vec<u8>>, filter: &super::Filter, now: f64, room: u64) -> StepPlan {
+    let mut plan = StepPlan {
+        pairs: Vec::with_capacity(entries.len()),
+        kinds: Vec::with_capacity(entries.len()),
+    };
+    let mut taken = 0u64;
+    for e in entries {
+        let hit = filter.matches(&e, now);
+        if hit && taken >= room {
+            break;
+        }
+        let payload = if hit {
+            taken += 1;
+            payload(&e)
+        } else {
+            None
+        };
+        plan.kinds.push((hit, payload.is_some()));
+        plan.pairs.push((e, payload.unwrap_or_default()));
+    }
+    plan
+}
+
+/// The running totals of a filtered requeue. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub moved: u64,
+    pub matched: u64,
+    pub malformed: u64,
+    pub scanned: u64,
+    /// Entries of the starting length not scanned yet.
+    pub left: u64,
+    stalls: u32,
+}
+
+impl Tally {
+    pub fn new(start_len: u64) -> Tally {
+        Tally {
+            moved: 0,
+            matched: 0,
+            malformed: 0,
+            scanned: 0,
+            left: start_len,
+            stalls: 0,
+        }
+    }
+
+    /// Adds what one step did: `requeued` moved, `skipped` stayed, of the
+    /// first `requeued + skipped` planned entries. True when the list kept
+    /// changing under the step three times in a row (stop: someone else
+    /// consumes it).
+    pub fn record(&mut self, kinds: &[(bool, bool)], requeued: u64, skipped: u64, stopped: bool) -> bool {
+        let done = (requeued + skipped) as usize;
+        for &(hit, movable) in &kinds[..done.min(kinds.len())] {
+            if hit {
+                self.matched += 1;
+                if !movable {
+                    self.malformed += 1;
+                }
+            }
+        }
+        self.moved += requeued;
+        self.scanned += requeued + skipped;
+        self.left -= (requeued + skipped).min(self.left);
+        if stopped && requeued + skipped == 0 {
+            self.stalls += 1;
+        } else {
+            self.stalls = 0;
+        }
+        self.stalls >= 3
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(id: &str, error: &str) -> Vec<u8> {
+        format!(
+            r#"{{"original_job":{{"id":"{id}"}},"error":"{error}","attempt_count":1,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:00:00Z","queue_name":"q"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_step_plan_stops_before_the_first_match_past_its_room() {
+        let filter = super::super::Filter {
+            error: Some("oom".into()),
+            ..Default::default()
+        };
+        let entries = vec![
+            entry("a", "CUDA OOM"),
+            entry("b", "timeout"),
+            b"not json".to_vec(),
+            entry("c", "OOM again"),
+            entry("d", "OOM"),
+        ];
+        let plan = plan_step(entries, &filter, 1.8e9, 2);
+        // a (match), b (no match), garbage (no match), c (match), then d
+        // would be the third match: the step ends before it.
+        assert_eq!(plan.kinds, [(true, true), (false, false), (false, false), (true, true)]);
+        assert_eq!(plan.pairs[0].1, br#"{"id":"a"}"#.to_vec(), "the original job is pushed");
+        assert!(
+            plan.pairs[1].1.is_empty() && plan.pairs[2].1.is_empty(),
+            "non-matches stay"
+        );
+        assert!(plan_step(vec![entry("x", "OOM")], &filter, 1.8e9, 0).pairs.is_empty());
+        // A malformed entry that matches (q matches anything) cannot move.
+        let all = super::super::Filter {
+            q: Some("o".into()),
+            ..Default::default()
+        };
+        let plan = plan_step(vec![b"{broken json o".to_vec()], &all, 1.8e9, 5);
+        assert_eq!(plan.kinds, [(true, false)]);
+    }
+
+    #[test]
+    fn the_tally_counts_what_the_script_did_and_stops_after_three_stalls() {
+        let mut t = Tally::new(10);
+        let kinds = [(true, true), (false, false), (true, false), (true, true)];
+        // The script moved 1 and skipped 2 of the 4 planned entries.
+        assert!(!t.record(&kinds, 1, 2, true));
+        assert_eq!((t.moved, t.matched, t.malformed, t.scanned, t.left), (1, 2, 1, 3, 7));
+        assert!(!t.record(&kinds, 0, 0, true));
+        assert!(!t.record(&kinds, 0, 0, true));
+        assert!(
+            t.record(&kinds, 0, 0, true),
+            "three steps in a row found the list changed"
+        );
+        let mut t = Tally::new(2);
+        assert!(!t.record(&kinds, 0, 0, true));
+        assert!(!t.record(&kinds[..1], 1, 0, false), "progress resets the stalls");
+        assert!(!t.record(&kinds, 0, 0, true));
+        t.record(&kinds, 4, 0, false);
+        assert_eq!(t.left, 0, "never below zero");
+    }
 
     #[test]
     fn the_rate_paces_jobs_k_over_rate_seconds_apart() {

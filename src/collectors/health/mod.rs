@@ -66,9 +66,31 @@ impl HealthMetrics {
     /// service, so each status, reason and restart result exists from the
     /// start.
     pub fn register(metrics: &Metrics, services: &[ServiceConfig]) -> HealthMetrics {
+        let m = HealthMetrics::families();
+        metrics.add(&m.up);
+        metrics.add(&m.status);
+        metrics.add(&m.check_duration);
+        metrics.add(&m.restarts);
+        metrics.add(&m.restart_attempt);
+        metrics.add(&m.consecutive_failures);
+        metrics.add(&m.last_check);
+        metrics.add(&m.check_failures);
+        metrics.add(&m.check_slow);
+        metrics.add(&m.starting);
+        metrics.add(&m.ready);
+        metrics.add(&m.model_ready);
+        metrics.add(&m.stalled);
+        for s in services {
+            m.init(s);
+        }
+        m
+    }
+
+    /// The families, not registered yet.
+    fn families() -> HealthMetrics {
         let svc = &["service"];
         let gauge = |name: &str, help: &str, labels: &[&str]| family::<GaugeVec>(name, help, labels);
-        let m = HealthMetrics {
+        HealthMetrics {
             up: gauge("service_up", "1 if the service is healthy (its checks passed per the thresholds), else 0.", svc),
             status: gauge(
                 "service_status",
@@ -118,50 +140,40 @@ impl HealthMetrics {
                 "1 while the service has work pending and its progress counters have not grown for stall_after.",
                 svc,
             ),
-        };
-        metrics.add(&m.up);
-        metrics.add(&m.status);
-        metrics.add(&m.check_duration);
-        metrics.add(&m.restarts);
-        metrics.add(&m.restart_attempt);
-        metrics.add(&m.consecutive_failures);
-        metrics.add(&m.last_check);
-        metrics.add(&m.check_failures);
-        metrics.add(&m.check_slow);
-        metrics.add(&m.starting);
-        metrics.add(&m.ready);
-        metrics.add(&m.model_ready);
-        metrics.add(&m.stalled);
-        for s in services {
-            let name = s.name.as_str();
-            m.up.with_label_values(&[name]).set(0.0);
-            for st in Status::ALL {
-                m.status
-                    .with_label_values(&[name, st.as_str()])
-                    .set(if st == Status::Unhealthy { 1.0 } else { 0.0 });
-            }
-            m.check_duration.with_label_values(&[name]);
-            for r in ["success", "failure"] {
-                m.restarts.with_label_values(&[name, r]);
-            }
-            for r in Reason::ALL {
-                m.check_failures.with_label_values(&[name, r.as_str()]);
-            }
-            m.check_slow.with_label_values(&[name]);
-            m.restart_attempt.with_label_values(&[name]).set(0.0);
-            m.consecutive_failures.with_label_values(&[name]).set(0.0);
-            m.starting
-                .with_label_values(&[name])
-                .set(if s.start_period.is_zero() { 0.0 } else { 1.0 });
-            m.ready.with_label_values(&[name]).set(0.0);
-            for model in &s.models {
-                m.model_ready.with_label_values(&[name, model]).set(0.0);
-            }
-            if s.progress.is_some() {
-                m.stalled.with_label_values(&[name]).set(0.0);
-            }
         }
-        m
+    }
+
+    /// Creates every series of service `s`, so each status, reason and
+    /// restart result exists from the start.
+    fn init(&self, s: &ServiceConfig) {
+        let m = self;
+        let name = s.name.as_str();
+        m.up.with_label_values(&[name]).set(0.0);
+        for st in Status::ALL {
+            m.status
+                .with_label_values(&[name, st.as_str()])
+                .set(if st == Status::Unhealthy { 1.0 } else { 0.0 });
+        }
+        m.check_duration.with_label_values(&[name]);
+        for r in ["success", "failure"] {
+            m.restarts.with_label_values(&[name, r]);
+        }
+        for r in Reason::ALL {
+            m.check_failures.with_label_values(&[name, r.as_str()]);
+        }
+        m.check_slow.with_label_values(&[name]);
+        m.restart_attempt.with_label_values(&[name]).set(0.0);
+        m.consecutive_failures.with_label_values(&[name]).set(0.0);
+        m.starting
+            .with_label_values(&[name])
+            .set(if s.start_period.is_zero() { 0.0 } else { 1.0 });
+        m.ready.with_label_values(&[name]).set(0.0);
+        for model in &s.models {
+            m.model_ready.with_label_values(&[name, model]).set(0.0);
+        }
+        if s.progress.is_some() {
+            m.stalled.with_label_values(&[name]).set(0.0);
+        }
     }
 
     fn set_status(&self, service: &str, status: Status) {
@@ -482,52 +494,11 @@ impl ServiceTask {
             (Err(_), None) => Check::Fail,
         };
         let step = self.machine.on_check(check, Instant::now());
-        let mut error = live.as_ref().err().map(|e| e.to_string());
-        if let Err(e) = &live {
-            let reason = if held.is_some() { Reason::Dependency } else { e.reason() };
-            if let Some(dep) = &held {
-                error = Some(format!(
-                    "{e} (not restarted: {dep}, which it depends on, is not healthy)"
-                ));
-            }
-            m.check_failures.with_label_values(&[&name, reason.as_str()]).inc();
-            tracing::debug!(
-                service = %name,
-                reason = reason.as_str(),
-                consecutive = self.machine.consecutive_failures(),
-                threshold = self.config().failure_threshold,
-                counted = step.counted,
-                error = %error.as_deref().unwrap_or_default(),
-                "Health check failed."
-            );
-        }
-        // Readiness: the Open Inference answer, or the check itself.
-        let ready = match &outcome.readiness {
-            Some(r) if live.is_ok() => {
-                for (model, ok) in &r.models {
-                    m.model_ready
-                        .with_label_values(&[&name, model])
-                        .set(if *ok { 1.0 } else { 0.0 });
-                }
-                if !r.ready {
-                    m.check_failures
-                        .with_label_values(&[&name, Reason::NotReady.as_str()])
-                        .inc();
-                    if error.is_none() {
-                        error = Some(format!("live but not ready: {}", r.why));
-                    }
-                }
-                r.ready
-            }
-            _ => {
-                if live.is_err() {
-                    for model in &self.config().models {
-                        m.model_ready.with_label_values(&[&name, model]).set(0.0);
-                    }
-                }
-                live.is_ok()
-            }
-        };
+        let mut error = live
+            .as_ref()
+            .err()
+            .map(|e| self.count_failure(e, held.as_deref(), step.counted));
+        let ready = self.readiness(outcome.readiness.as_ref(), live.is_ok(), &mut error);
         m.ready.with_label_values(&[&name]).set(if ready { 1.0 } else { 0.0 });
         let message = self.describe(&step, error.as_ref());
         let ready_changed = self
@@ -545,6 +516,64 @@ impl ServiceTask {
         self.apply(step, message, Some(Utc::now()));
         if live.is_ok() {
             self.last_error.clear();
+        }
+    }
+
+    /// Counts a failed check by reason (`dependency` when a dependency is
+    /// down), logs it at DEBUG, and says what failed.
+    fn count_failure(&self, e: &CheckError, held: Option<&str>, counted: bool) -> String {
+        let name = self.config().name.as_str();
+        let reason = if held.is_some() { Reason::Dependency } else { e.reason() };
+        let error = match held {
+            Some(dep) => format!("{e} (not restarted: {dep}, which it depends on, is not healthy)"),
+            None => e.to_string(),
+        };
+        self.sinks
+            .metrics
+            .check_failures
+            .with_label_values(&[name, reason.as_str()])
+            .inc();
+        tracing::debug!(
+            service = %name,
+            reason = reason.as_str(),
+            consecutive = self.machine.consecutive_failures(),
+            threshold = self.config().failure_threshold,
+            counted,
+            error = %error,
+            "Health check failed."
+        );
+        error
+    }
+
+    /// Readiness: the Open Inference answer (models and server), or the
+    /// check itself for the other kinds. A live server that is not ready is
+    /// counted with reason `not_ready` and says why in `error`.
+    fn readiness(&self, readiness: Option<&check::Readiness>, live: bool, error: &mut Option<String>) -> bool {
+        let name = self.config().name.as_str();
+        let m = &self.sinks.metrics;
+        match readiness {
+            Some(r) if live => {
+                for (model, ok) in &r.models {
+                    m.model_ready
+                        .with_label_values(&[name, model])
+                        .set(if *ok { 1.0 } else { 0.0 });
+                }
+                if !r.ready {
+                    m.check_failures
+                        .with_label_values(&[name, Reason::NotReady.as_str()])
+                        .inc();
+                    error.get_or_insert_with(|| format!("live but not ready: {}", r.why));
+                }
+                r.ready
+            }
+            _ => {
+                if !live {
+                    for model in &self.config().models {
+                        m.model_ready.with_label_values(&[name, model]).set(0.0);
+                    }
+                }
+                live
+            }
         }
     }
 
