@@ -1,0 +1,304 @@
+//! The web config's `tls_server_config`: certificate and key, versions,
+//! cipher suites and curves (what rustls with ring can honour, the rest
+//! said once), and the client-certificate policies.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+
+use super::*;
+
+impl Builder<'_> {
+    pub(super) fn tls(&mut self, t: &TlsServerConfig) -> Result<ServerConfig, WebConfigError> {
+        let cert = self.pem(
+            "tls_server_config.cert_file",
+            &t.cert_file,
+            "tls_server_config.cert",
+            &t.cert,
+        )?;
+        let key = self.pem(
+            "tls_server_config.key_file",
+            &t.key_file,
+            "tls_server_config.key",
+            &t.key,
+        )?;
+        let (Some(cert), Some(key)) = (cert, key) else {
+            return Err(self.invalid(
+                "tls_server_config",
+                "a certificate and a key are both required",
+                "cert_file (or cert) and key_file (or key)",
+            ));
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                self.invalid(
+                    "tls_server_config.cert_file",
+                    format!("not PEM certificates: {e}"),
+                    "a PEM certificate chain",
+                )
+            })?;
+        if chain.is_empty() {
+            return Err(self.invalid(
+                "tls_server_config.cert_file",
+                "no certificate in it",
+                "a PEM certificate chain",
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
+            self.invalid(
+                "tls_server_config.key_file",
+                format!("no private key: {e}"),
+                "a PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            )
+        })?;
+        if t.client_allowed_sans.is_some() {
+            return Err(self.invalid(
+                "tls_server_config.client_allowed_sans",
+                "not supported by inferwatch",
+                "leave it out and restrict clients with client_ca_file",
+            ));
+        }
+        let provider = Arc::new(self.provider(t)?);
+        let versions = self.versions(t)?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)
+            .map_err(|e| {
+                self.invalid(
+                    "tls_server_config.cipher_suites",
+                    e.to_string(),
+                    "suites that fit the TLS versions",
+                )
+            })?;
+        let verifier = self.client_verifier(t, provider)?;
+        let mut config = builder
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                self.invalid(
+                    "tls_server_config.key_file",
+                    format!("does not fit the certificate: {e}"),
+                    "the key of cert_file",
+                )
+            })?;
+        config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(false);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    fn versions(
+        &mut self,
+        t: &TlsServerConfig,
+    ) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, WebConfigError> {
+        let rank = |key: &str, v: &Option<String>, default: u8, this: &mut Self| -> Result<u8, WebConfigError> {
+            match v.as_deref() {
+                None => Ok(default),
+                Some("TLS10") => Ok(10),
+                Some("TLS11") => Ok(11),
+                Some("TLS12") => Ok(12),
+                Some("TLS13") => Ok(13),
+                Some(other) => Err(this.invalid(key, format!("{other:?}"), "TLS10, TLS11, TLS12, TLS13")),
+            }
+        };
+        let min = rank("tls_server_config.min_version", &t.min_version, 12, self)?;
+        let max = rank("tls_server_config.max_version", &t.max_version, 13, self)?;
+        if min > max {
+            return Err(self.invalid(
+                "tls_server_config.min_version",
+                "above max_version",
+                "a min_version at or below max_version",
+            ));
+        }
+        if max < 12 {
+            return Err(self.invalid(
+                "tls_server_config.max_version",
+                "below TLS12",
+                "TLS12 or TLS13 (rustls has no TLS 1.0/1.1)",
+            ));
+        }
+        if min < 12 {
+            self.loaded
+                .ignored
+                .push("tls_server_config.min_version: rustls has no TLS 1.0/1.1; TLS 1.2 is the minimum".into());
+        }
+        let mut v = Vec::new();
+        if min <= 12 {
+            v.push(&rustls::version::TLS12);
+        }
+        if max >= 13 {
+            v.push(&rustls::version::TLS13);
+        }
+        Ok(v)
+    }
+
+    /// ring's suites and groups, narrowed by `cipher_suites` (TLS 1.2 only,
+    /// as in Go) and `curve_preferences`.
+    fn provider(&mut self, t: &TlsServerConfig) -> Result<rustls::crypto::CryptoProvider, WebConfigError> {
+        let mut p = rustls::crypto::ring::default_provider();
+        if let Some(wanted) = &t.cipher_suites {
+            let mut kept = Vec::new();
+            for name in wanted {
+                let found = p.cipher_suites.iter().find(|s| {
+                    let n = format!("{:?}", s.suite());
+                    n == *name || n == format!("{name}_SHA256")
+                });
+                match found {
+                    Some(s) => kept.push(*s),
+                    None => self.loaded.ignored.push(format!(
+                        "tls_server_config.cipher_suites: {name} is not implemented by rustls"
+                    )),
+                }
+            }
+            if kept.is_empty() {
+                return Err(self.invalid(
+                    "tls_server_config.cipher_suites",
+                    "none of them is implemented by rustls",
+                    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+                ));
+            }
+            // TLS 1.3 suites are not configurable in Go either.
+            p.cipher_suites
+                .retain(|s| s.version() == &rustls::version::TLS13 || kept.iter().any(|k| k.suite() == s.suite()));
+        }
+        if let Some(curves) = &t.curve_preferences {
+            let mut groups = Vec::new();
+            for c in curves {
+                let want = match c.as_str() {
+                    "X25519" => Some(rustls::NamedGroup::X25519),
+                    "CurveP256" => Some(rustls::NamedGroup::secp256r1),
+                    "CurveP384" => Some(rustls::NamedGroup::secp384r1),
+                    "CurveP521" => None,
+                    other => {
+                        return Err(self.invalid(
+                            "tls_server_config.curve_preferences",
+                            format!("{other:?}"),
+                            "X25519, CurveP256, CurveP384, CurveP521",
+                        ))
+                    }
+                };
+                match want.and_then(|w| p.kx_groups.iter().find(|g| g.name() == w)) {
+                    Some(g) => groups.push(*g),
+                    None => self.loaded.ignored.push(format!(
+                        "tls_server_config.curve_preferences: {c} is not implemented by rustls (ring)"
+                    )),
+                }
+            }
+            if groups.is_empty() {
+                return Err(self.invalid(
+                    "tls_server_config.curve_preferences",
+                    "none is implemented",
+                    "X25519, CurveP256, CurveP384",
+                ));
+            }
+            p.kx_groups = groups;
+        }
+        Ok(p)
+    }
+
+    fn client_verifier(
+        &mut self,
+        t: &TlsServerConfig,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Arc<dyn ClientCertVerifier>, WebConfigError> {
+        let kind = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
+        if !CLIENT_AUTH_TYPES.contains(&kind) {
+            return Err(self.invalid(
+                "tls_server_config.client_auth_type",
+                format!("{kind:?}"),
+                CLIENT_AUTH_TYPES.join(", "),
+            ));
+        }
+        let ca = self.pem(
+            "tls_server_config.client_ca_file",
+            &t.client_ca_file,
+            "tls_server_config.client_ca",
+            &t.client_ca,
+        )?;
+        let roots = match &ca {
+            Some(pem) => {
+                let mut roots = RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(pem) {
+                    let c = c.map_err(|e| {
+                        self.invalid(
+                            "tls_server_config.client_ca_file",
+                            format!("not PEM: {e}"),
+                            "PEM CA certificates",
+                        )
+                    })?;
+                    roots.add(c).map_err(|e| {
+                        self.invalid("tls_server_config.client_ca_file", e.to_string(), "PEM CA certificates")
+                    })?;
+                }
+                Some(Arc::new(roots))
+            }
+            None => None,
+        };
+        let need_ca = |this: &Self| {
+            this.invalid(
+                "tls_server_config.client_ca_file",
+                format!("required with client_auth_type {kind}"),
+                "a PEM file of the CAs that sign client certificates",
+            )
+        };
+        let web_pki = |roots: Arc<RootCertStore>, optional: bool, this: &Self| {
+            let b = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+            let b = if optional { b.allow_unauthenticated() } else { b };
+            b.build()
+                .map_err(|e| this.invalid("tls_server_config.client_ca_file", e.to_string(), "PEM CA certificates"))
+        };
+        Ok(match kind {
+            "NoClientCert" => WebPkiClientVerifier::no_client_auth(),
+            "RequireAnyClientCert" => Arc::new(AnyClientCert { provider }),
+            "VerifyClientCertIfGiven" => web_pki(roots.ok_or_else(|| need_ca(self))?, true, self)?,
+            _ => web_pki(roots.ok_or_else(|| need_ca(self))?, false, self)?,
+        })
+    }
+}
+
+/// `RequireAnyClientCert`: a client must present a certificate and prove it
+/// holds its key, but the certificate is not checked against any CA.
+#[derive(Debug)]
+struct AnyClientCert {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
