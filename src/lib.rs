@@ -180,21 +180,23 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         .map(|e| (e.name, e.about, collectors::is_enabled(e, &config)))
         .collect();
     Ok(AppState {
-        config: Arc::new(config),
-        metrics,
-        readiness: Arc::new(Readiness::default()),
-        gpu,
-        store: Some(store),
-        events: EventBus::new(),
-        health,
+        shared: state::Shared {
+            config: Arc::new(config),
+            metrics,
+            readiness: Arc::new(Readiness::default()),
+            gpu,
+            store: Some(store),
+            events: EventBus::new(),
+            health,
+            queues,
+            pipeline,
+            storage: Default::default(),
+        },
         hub,
-        queues,
         auth,
-        pipeline,
         http,
         server,
         preview: Default::default(),
-        storage: Default::default(),
         started_at: chrono::Utc::now(),
         collectors: Arc::new(collectors),
         web,
@@ -217,17 +219,8 @@ pub async fn gpu_collector(state: &AppState) -> GpuCollector {
 /// self-metrics, so it is called once per state.
 pub fn shared(state: &AppState, stop: CancellationToken) -> collectors::Shared {
     collectors::Shared {
-        config: state.config.clone(),
-        metrics: state.metrics.clone(),
+        state: state.shared.clone(),
         runner: collectors::RunnerMetrics::register(state.metrics.clone()),
-        readiness: state.readiness.clone(),
-        events: state.events.clone(),
-        gpu: state.gpu.clone(),
-        health: state.health.clone(),
-        store: state.store.clone(),
-        queues: state.queues.clone(),
-        pipeline: state.pipeline.clone(),
-        storage: state.storage.clone(),
         stop,
     }
 }

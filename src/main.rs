@@ -194,9 +194,9 @@ fn serve(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
     for e in REGISTRY {
         if matches.get_flag(&format!("collector.{}", e.name)) {
-            config.set_collector(e.name, true);
+            inferwatch::collectors::set_flag(&mut config, e.name, true);
         } else if matches.get_flag(&format!("no-collector.{}", e.name)) {
-            config.set_collector(e.name, false);
+            inferwatch::collectors::set_flag(&mut config, e.name, false);
         }
     }
     if let Some(path) = cli.web_config_file {

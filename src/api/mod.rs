@@ -31,33 +31,18 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::config::Config;
-use crate::events::EventBus;
-use crate::metrics::Metrics;
-use crate::state::{GpuState, HealthState, Readiness, StorageState};
-use crate::store::Store;
-
 /// Everything the handlers read.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub metrics: Arc<Metrics>,
-    pub readiness: Arc<Readiness>,
-    pub gpu: Arc<GpuState>,
-    pub store: Option<Arc<Store>>,
-    pub events: EventBus,
-    pub health: Arc<HealthState>,
+    /// What the collectors write and the API reads (`state.gpu` and the
+    /// like reach it through `Deref`).
+    pub shared: crate::state::Shared,
     pub hub: Arc<crate::hub::Hub>,
-    /// `None` when `queues.enabled` is false.
-    pub queues: Option<Arc<crate::dlq::Queues>>,
     pub auth: Arc<auth::Auth>,
-    pub pipeline: Arc<crate::pipeline::Pipeline>,
     pub http: http_metrics::HttpMetrics,
     pub server: crate::server::ServerMetrics,
     /// The last cleanup preview (see [`storage::PreviewCache`]).
     pub preview: Arc<storage::PreviewCache>,
-    /// The storage collector's last filesystem reading.
-    pub storage: Arc<StorageState>,
     /// When the daemon started, for `uptime_seconds`.
     pub started_at: chrono::DateTime<chrono::Utc>,
     /// Every registered collector: name, what it reads, whether it runs
@@ -65,6 +50,20 @@ pub struct AppState {
     pub collectors: Arc<Vec<(&'static str, &'static str, bool)>>,
     /// `--web.config.file`: basic auth and headers (TLS is the server's).
     pub web: Arc<crate::webconf::WebRuntime>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = crate::state::Shared;
+
+    fn deref(&self) -> &crate::state::Shared {
+        &self.shared
+    }
+}
+
+impl axum::extract::FromRef<AppState> for crate::state::Shared {
+    fn from_ref(state: &AppState) -> crate::state::Shared {
+        state.shared.clone()
+    }
 }
 
 /// Builds the application.

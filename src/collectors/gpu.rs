@@ -38,6 +38,7 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "gpu",
     about: "GPUs through NVML (gpu.mode: auto mocks only without a driver installed)",
     enabled,
+    switch: Some(|c, on| c.gpu.enabled = on),
     build,
 };
 

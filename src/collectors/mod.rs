@@ -30,29 +30,29 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::events::EventBus;
 use prometheus::{GaugeVec, IntCounterVec};
 
 use crate::metrics::{family, Metrics};
-use crate::state::{GpuState, HealthState, Readiness, StorageState};
+use crate::state::Readiness;
 
 /// What a collector's constructor gets: the config and the shared state it
 /// writes to.
 pub struct Shared {
-    pub config: Arc<Config>,
-    pub metrics: Arc<Metrics>,
+    /// The shared state they write (`sh.gpu` and the like reach it through
+    /// `Deref`).
+    pub state: crate::state::Shared,
     /// The runner's self-metrics.
     pub runner: Arc<RunnerMetrics>,
-    pub readiness: Arc<Readiness>,
-    pub events: EventBus,
-    pub gpu: Arc<GpuState>,
-    pub health: Arc<HealthState>,
-    pub store: Option<Arc<crate::store::Store>>,
-    pub queues: Option<Arc<crate::dlq::Queues>>,
-    pub pipeline: Arc<crate::pipeline::Pipeline>,
-    pub storage: Arc<StorageState>,
     /// Cancelled when the daemon stops.
     pub stop: CancellationToken,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = crate::state::Shared;
+
+    fn deref(&self) -> &crate::state::Shared {
+        &self.state
+    }
 }
 
 /// Why a collector could not be started (a bad setting the config check
@@ -72,6 +72,9 @@ pub struct Entry {
     pub about: &'static str,
     /// Whether the config switches it on (a flag can override).
     pub enabled: fn(&Config) -> bool,
+    /// Sets the config's own switch, for collectors whose section has one
+    /// (`gpu.enabled`): a flag then also reaches what reads the section.
+    pub switch: Option<fn(&mut Config, bool)>,
     /// Builds it from the config and the shared state. Errors here stop
     /// startup; slow setup (loading NVML) goes in the returned future.
     pub build: fn(&Shared) -> Result<Built, StartError>,
@@ -105,6 +108,16 @@ impl Built {
 
 /// Every collector, in start order.
 pub const REGISTRY: &[Entry] = &[gpu::ENTRY, health::ENTRY, queues::ENTRY, stream::ENTRY, storage::ENTRY];
+
+/// Applies a `--collector.<name>` (`on`) or `--no-collector.<name>` flag:
+/// it wins over the config, and sets the section's own switch where the
+/// registry entry has one.
+pub fn set_flag(config: &mut Config, name: &str, on: bool) {
+    config.collector_flags.insert(name.to_string(), on);
+    if let Some(switch) = REGISTRY.iter().find(|e| e.name == name).and_then(|e| e.switch) {
+        switch(config, on);
+    }
+}
 
 /// Whether `entry` runs: its `--collector.<name>` / `--no-collector.<name>`
 /// flag when given, else the config.

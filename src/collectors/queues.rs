@@ -20,6 +20,7 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "queues",
     about: "Redis queue and DLQ depths (queues)",
     enabled,
+    switch: Some(|c, on| c.queues.enabled = on),
     build,
 };
 

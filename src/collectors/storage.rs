@@ -68,6 +68,7 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "storage",
     about: "filesystem usage of data_dir and storage.paths",
     enabled,
+    switch: None,
     build,
 };
 

@@ -36,6 +36,7 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "stream",
     about: "pipeline events from the Redis stream (pipeline.stream)",
     enabled,
+    switch: Some(|c, on| c.pipeline.stream.enabled = on),
     build,
 };
 

@@ -103,20 +103,6 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Applies a `--collector.<name>` (`on`) or `--no-collector.<name>` flag:
-    /// it wins over the section's own switch, where it has one.
-    pub fn set_collector(&mut self, name: &str, on: bool) {
-        self.collector_flags.insert(name.to_string(), on);
-        match name {
-            "gpu" => self.gpu.enabled = on,
-            "queues" => self.queues.enabled = on,
-            "stream" => self.pipeline.stream.enabled = on,
-            _ => {}
-        }
-    }
-}
-
-impl Config {
     /// Loads `path` (or the defaults when `None`), applies the environment
     /// overrides from `env`, and validates the result.
     pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {

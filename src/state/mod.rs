@@ -10,11 +10,32 @@ pub mod health;
 pub mod storage;
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 pub use gpu::{GpuSnapshot, GpuState, NvmlDown};
 pub use health::{HealthState, ServiceView};
 pub use storage::{FsUsage, StorageReading, StorageState};
+
+/// Everything collectors write and readers read, built once by
+/// [`crate::build_state`]: the API's `AppState` wraps it (with the API-only
+/// fields) and the collectors' `Shared` wraps it (with their runner and stop
+/// token), so a piece of shared state is declared here and nowhere else.
+#[derive(Clone)]
+pub struct Shared {
+    pub config: Arc<crate::config::Config>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub readiness: Arc<Readiness>,
+    pub events: crate::events::EventBus,
+    pub gpu: Arc<GpuState>,
+    pub health: Arc<HealthState>,
+    /// `None` only when a caller builds state without a history store.
+    pub store: Option<Arc<crate::store::Store>>,
+    /// `None` when `queues.enabled` is false.
+    pub queues: Option<Arc<crate::dlq::Queues>>,
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
+    /// The storage collector's last filesystem reading.
+    pub storage: Arc<StorageState>,
+}
 
 /// Tracks which enabled collectors have finished their first round.
 #[derive(Default)]

@@ -204,6 +204,7 @@ pub const ENTRY: super::Entry = super::Entry {
     name: "health",
     about: "service health checks and restarts (health.services)",
     enabled,
+    switch: None,
     build,
 };
 
