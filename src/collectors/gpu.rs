@@ -535,16 +535,22 @@ impl Collector for GpuCollector {
         });
         self.events.publish(Event::GpuPolled);
 
-        let mut problems = Vec::new();
-        if !outcome.lost.is_empty() {
-            problems.push(format!("GPU(s) {:?} lost", outcome.lost));
-        }
-        problems.extend(outcome.errors);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(CollectError::Failed(problems.join("; ")))
-        }
+        round_result(&outcome.lost, outcome.errors)
+    }
+}
+
+/// A round's result: lost GPUs and unidentified devices fail it (field
+/// errors never do).
+fn round_result(lost: &[u32], errors: Vec<String>) -> Result<(), CollectError> {
+    let mut problems = Vec::new();
+    if !lost.is_empty() {
+        problems.push(format!("GPU(s) {lost:?} lost"));
+    }
+    problems.extend(errors);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CollectError::Failed(problems.join("; ")))
     }
 }
 

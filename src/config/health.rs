@@ -439,40 +439,7 @@ impl ServiceConfig {
                 &format!("a URL of the form {}HOST:PORT/… ({e})", schemes[0]),
             ));
         }
-        if let Some(tls) = &self.tls {
-            if !self.url.starts_with("https://") {
-                return Err(invalid(
-                    &key("tls"),
-                    "set",
-                    "only for https:// checks",
-                    "an https:// url, or no tls",
-                ));
-            }
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return Err(invalid(
-                    &key("tls.cert_file"),
-                    "only one of cert_file and key_file",
-                    "incomplete",
-                    "both cert_file and key_file, or neither",
-                ));
-            }
-            for (field, file) in [
-                ("ca_file", &tls.ca_file),
-                ("cert_file", &tls.cert_file),
-                ("key_file", &tls.key_file),
-            ] {
-                if let Some(f) = file {
-                    if let Err(e) = std::fs::File::open(f) {
-                        return Err(invalid(
-                            &key(&format!("tls.{field}")),
-                            &f.display().to_string(),
-                            "cannot be read",
-                            &format!("a readable PEM file ({e})"),
-                        ));
-                    }
-                }
-            }
-        }
+        self.validate_tls(i)?;
         INTERVAL.check_at(&key("interval"), self.interval.as_secs_f64())?;
         TIMEOUT.check_at(&key("timeout"), self.timeout.as_secs_f64())?;
         MAX_RETRIES.check_at(&key("max_retries"), self.max_retries as f64)?;
@@ -499,6 +466,48 @@ impl ServiceConfig {
         }
         RESTART_TIMEOUT.check_at(&key("restart.timeout"), r.timeout.as_secs_f64())?;
         RESTART_GRACE.check_at(&key("restart.grace_period"), r.grace_period.as_secs_f64())
+    }
+}
+
+impl ServiceConfig {
+    /// `tls`: only for `https://`, a client certificate with its key, and
+    /// files that can be read.
+    fn validate_tls(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("health.services[{i}].{field}");
+        let Some(tls) = &self.tls else { return Ok(()) };
+        if !self.url.starts_with("https://") {
+            return Err(invalid(
+                &key("tls"),
+                "set",
+                "only for https:// checks",
+                "an https:// url, or no tls",
+            ));
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(invalid(
+                &key("tls.cert_file"),
+                "only one of cert_file and key_file",
+                "incomplete",
+                "both cert_file and key_file, or neither",
+            ));
+        }
+        for (field, file) in [
+            ("ca_file", &tls.ca_file),
+            ("cert_file", &tls.cert_file),
+            ("key_file", &tls.key_file),
+        ] {
+            if let Some(f) = file {
+                if let Err(e) = std::fs::File::open(f) {
+                    return Err(invalid(
+                        &key(&format!("tls.{field}")),
+                        &f.display().to_string(),
+                        "cannot be read",
+                        &format!("a readable PEM file ({e})"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -42,6 +42,16 @@ pub struct Progress {
     pub remaining_to_scan: AtomicU64,
 }
 
+impl Progress {
+    /// Publishes a requeue's running totals.
+    pub fn publish(&self, tally: &Tally) {
+        self.moved.store(tally.moved, Ordering::Relaxed);
+        self.matched.store(tally.matched, Ordering::Relaxed);
+        self.skipped_malformed.store(tally.malformed, Ordering::Relaxed);
+        self.remaining_to_scan.store(tally.left, Ordering::Relaxed);
+    }
+}
+
 /// How a move ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -337,10 +347,7 @@ impl Queues {
             let (r, s, stopped) = (int_at(&reply, 1), int_at(&reply, 2), int_at(&reply, 3));
             let stalled = tally.record(&step.kinds, r, s, stopped == 1);
             counter.inc_by(r);
-            progress.moved.store(tally.moved, Ordering::Relaxed);
-            progress.matched.store(tally.matched, Ordering::Relaxed);
-            progress.skipped_malformed.store(tally.malformed, Ordering::Relaxed);
-            progress.remaining_to_scan.store(tally.left, Ordering::Relaxed);
+            progress.publish(&tally);
             if stalled {
                 return Err(DlqError::Conflict(format!(
                     "{key} keeps changing at its oldest end (another consumer?); requeued {} before stopping",
