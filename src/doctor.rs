@@ -313,6 +313,65 @@ fn cost_line(g: &GpuReport, field: &str, what: &str, how: &str, slow_seconds: f6
     }
 }
 
+/// The recovery action field 230 gave, by name.
+fn recovery_action(g: &GpuReport) -> String {
+    g.fields
+        .iter()
+        .find(|f| f.field == "recovery_action")
+        .map(
+            |f| match (f.result.as_str(), f.value.as_deref().unwrap_or("").parse::<usize>()) {
+                ("ok", Ok(i)) => crate::nvml::profiling::RECOVERY_ACTIONS
+                    .get(i)
+                    .map_or_else(|| format!("unknown ({i})"), |a| a.to_string()),
+                (result, _) => format!("{result} (the driver does not report it)"),
+            },
+        )
+        .unwrap_or_default()
+}
+
+/// One GPU's fields with their class, call, result, cost and value.
+fn gpu_table(g: &GpuReport, r: &Report) -> String {
+    let mut out = format!("\nGPU {}  {}\n", g.index, g.uuid);
+    out += &format!(
+        "  {:<22} {:<7} {:<42} {:<19} {:>11}  {}\n",
+        "field", "class", "NVML call", "result", "median", "value"
+    );
+    for f in &g.fields {
+        let cost = f.median_us.map_or("-".to_string(), |us| {
+            if us >= 1000.0 {
+                format!("{:.2} ms", us / 1000.0)
+            } else {
+                format!("{us:.1} µs")
+            }
+        });
+        let class = if f.read_by_daemon || f.result == "excluded" {
+            f.class.to_string()
+        } else {
+            format!("{}*", f.class)
+        };
+        out += &format!(
+            "  {:<22} {:<7} {:<42} {:<19} {:>11}  {}\n",
+            f.field,
+            class,
+            f.call,
+            f.result,
+            cost,
+            f.value.as_deref().unwrap_or("")
+        );
+    }
+    for (field, what, how) in [
+        ("gpm", "GPM profiling", "exclude `gpm` to save it"),
+        ("process_utilization", "per-process utilization", "gpu.per_process"),
+    ] {
+        out += &cost_line(g, field, what, how, r.slow_interval_seconds);
+    }
+    out += &format!(
+        "  expected: {:.4} % of one core for this GPU (fast fields every {} s, slow every {} s)\n",
+        g.expected_cpu_percent, r.poll_interval_seconds, r.slow_interval_seconds
+    );
+    out
+}
+
 /// The report as a table.
 pub fn render(r: &Report) -> String {
     let mut out = format!(
@@ -327,60 +386,10 @@ pub fn render(r: &Report) -> String {
         r.nvml_state, r.driver_version, r.nvml_version, r.cuda_driver_version
     );
     for g in &r.gpus {
-        let action = g
-            .fields
-            .iter()
-            .find(|f| f.field == "recovery_action")
-            .map(
-                |f| match (f.result.as_str(), f.value.as_deref().unwrap_or("").parse::<usize>()) {
-                    ("ok", Ok(i)) => crate::nvml::profiling::RECOVERY_ACTIONS
-                        .get(i)
-                        .map_or_else(|| format!("unknown ({i})"), |a| a.to_string()),
-                    (result, _) => format!("{result} (the driver does not report it)"),
-                },
-            )
-            .unwrap_or_default();
-        out += &format!("GPU {} recovery action: {action}\n", g.index);
+        out += &format!("GPU {} recovery action: {}\n", g.index, recovery_action(g));
     }
     for g in &r.gpus {
-        out += &format!("\nGPU {}  {}\n", g.index, g.uuid);
-        out += &format!(
-            "  {:<22} {:<7} {:<42} {:<19} {:>11}  {}\n",
-            "field", "class", "NVML call", "result", "median", "value"
-        );
-        for f in &g.fields {
-            let cost = f.median_us.map_or("-".to_string(), |us| {
-                if us >= 1000.0 {
-                    format!("{:.2} ms", us / 1000.0)
-                } else {
-                    format!("{us:.1} µs")
-                }
-            });
-            let class = if f.read_by_daemon || f.result == "excluded" {
-                f.class.to_string()
-            } else {
-                format!("{}*", f.class)
-            };
-            out += &format!(
-                "  {:<22} {:<7} {:<42} {:<19} {:>11}  {}\n",
-                f.field,
-                class,
-                f.call,
-                f.result,
-                cost,
-                f.value.as_deref().unwrap_or("")
-            );
-        }
-        for (field, what, how) in [
-            ("gpm", "GPM profiling", "exclude `gpm` to save it"),
-            ("process_utilization", "per-process utilization", "gpu.per_process"),
-        ] {
-            out += &cost_line(g, field, what, how, r.slow_interval_seconds);
-        }
-        out += &format!(
-            "  expected: {:.4} % of one core for this GPU (fast fields every {} s, slow every {} s)\n",
-            g.expected_cpu_percent, r.poll_interval_seconds, r.slow_interval_seconds
-        );
+        out += &gpu_table(g, r);
     }
     let total: f64 = r.gpus.iter().map(|g| g.expected_cpu_percent).sum();
     out += &format!(

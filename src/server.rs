@@ -248,7 +248,6 @@ pub async fn serve(
         );
         let tls = web.current().tls.clone();
         tasks.spawn(async move {
-            let _ = stream.set_nodelay(true);
             let conn = Connection {
                 peer,
                 app,
@@ -256,23 +255,7 @@ pub async fn serve(
                 close,
                 stop,
             };
-            match tls {
-                None => conn.serve(stream, &limits, &metrics).await,
-                Some(config) => {
-                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-                    match tokio::time::timeout(limits.header_read_timeout, accept).await {
-                        Ok(Ok(tls_stream)) => conn.serve(tls_stream, &limits, &metrics).await,
-                        Ok(Err(e)) => {
-                            metrics.closed("tls_handshake", 1);
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
-                        }
-                        Err(_) => {
-                            metrics.closed("tls_handshake", 1);
-                            tracing::debug!(peer = %peer, "TLS handshake timed out.");
-                        }
-                    }
-                }
-            }
+            handshake_and_serve(conn, stream, tls, &limits, &metrics).await;
             conns.remove(id);
             metrics.open.dec();
         });
@@ -282,6 +265,36 @@ pub async fn serve(
     stop.cancel();
     drain(tasks, limits.shutdown_timeout, &metrics).await;
     Ok(())
+}
+
+/// Serves one accepted connection: plain, or after a TLS handshake that
+/// must finish within the header timeout.
+async fn handshake_and_serve(
+    conn: Connection,
+    stream: tokio::net::TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: &Limits,
+    metrics: &ServerMetrics,
+) {
+    let _ = stream.set_nodelay(true);
+    let peer = conn.peer;
+    match tls {
+        None => conn.serve(stream, limits, metrics).await,
+        Some(config) => {
+            let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+            match tokio::time::timeout(limits.header_read_timeout, accept).await {
+                Ok(Ok(tls_stream)) => conn.serve(tls_stream, limits, metrics).await,
+                Ok(Err(e)) => {
+                    metrics.closed("tls_handshake", 1);
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed.");
+                }
+                Err(_) => {
+                    metrics.closed("tls_handshake", 1);
+                    tracing::debug!(peer = %peer, "TLS handshake timed out.");
+                }
+            }
+        }
+    }
 }
 
 /// Waits up to `deadline` for the connections to finish, then drops the rest.

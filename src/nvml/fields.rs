@@ -206,21 +206,8 @@ impl Field {
             Field::PciBusId => Value::Text(m.call("pci_info", || d.pci_info())?.bus_id),
             Field::MemoryTotal => Value::Num(m.call("memory_info", || d.memory_info())?.total as f64),
             Field::NumFans => Value::Num(m.call("num_fans", || d.num_fans())? as f64),
-            Field::Utilization => {
-                let u = m.call("utilization_rates", || d.utilization_rates())?;
-                Value::List(vec![
-                    ("gpu".into(), u.gpu as f64 / 100.0),
-                    ("memory".into(), u.memory as f64 / 100.0),
-                ])
-            }
-            Field::Memory => {
-                let mem = m.call("memory_info", || d.memory_info())?;
-                Value::List(vec![
-                    ("used".into(), mem.used as f64),
-                    ("free".into(), mem.free as f64),
-                    ("total".into(), mem.total as f64),
-                ])
-            }
+            Field::Utilization => utilization(d, m)?,
+            Field::Memory => memory(d, m)?,
             Field::Temperature => Value::Num(m.call("temperature", || d.temperature(TemperatureSensor::Gpu))? as f64),
             Field::PowerUsage => Value::Num(m.call("power_usage", || d.power_usage())? as f64 / 1000.0),
             Field::PowerLimit => {
@@ -251,20 +238,7 @@ impl Field {
             }
             Field::ClockEvents => profiling::clock_events(d, m)?,
             Field::MemoryTemperature => profiling::memory_temperature(d, m)?,
-            Field::PcieLink => list(
-                [
-                    (
-                        "generation".to_string(),
-                        m.call("pcie_link_generation", || d.current_pcie_link_gen())
-                            .map(f64::from),
-                    ),
-                    (
-                        "width".to_string(),
-                        m.call("pcie_link_width", || d.current_pcie_link_width()).map(f64::from),
-                    ),
-                ]
-                .into_iter(),
-            )?,
+            Field::PcieLink => pcie_link(d, m)?,
             Field::PcieReplay => Value::Num(m.call("pcie_replay_counter", || d.pcie_replay_counter())? as f64),
             Field::RemappedRows => profiling::remapped_rows(d, m)?,
             Field::RecoveryAction => profiling::recovery_action(d, m)?,
@@ -272,6 +246,43 @@ impl Field {
             Field::ProcessUtilization => profiling::process_utilization(nvml, d, m)?,
         })
     }
+}
+
+/// GPU and memory-controller utilization, 0-1.
+fn utilization(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    let u = m.call("utilization_rates", || d.utilization_rates())?;
+    Ok(Value::List(vec![
+        ("gpu".into(), u.gpu as f64 / 100.0),
+        ("memory".into(), u.memory as f64 / 100.0),
+    ]))
+}
+
+/// Device memory used, free and total, in bytes.
+fn memory(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    let mem = m.call("memory_info", || d.memory_info())?;
+    Ok(Value::List(vec![
+        ("used".into(), mem.used as f64),
+        ("free".into(), mem.free as f64),
+        ("total".into(), mem.total as f64),
+    ]))
+}
+
+/// The PCIe link's current generation and width.
+fn pcie_link(d: &Device, m: &Meter) -> Result<Value, NvmlError> {
+    list(
+        [
+            (
+                "generation".to_string(),
+                m.call("pcie_link_generation", || d.current_pcie_link_gen())
+                    .map(f64::from),
+            ),
+            (
+                "width".to_string(),
+                m.call("pcie_link_width", || d.current_pcie_link_width()).map(f64::from),
+            ),
+        ]
+        .into_iter(),
+    )
 }
 
 fn fan_speeds(d: &Device, fans: u32, m: &Meter) -> Result<Value, NvmlError> {

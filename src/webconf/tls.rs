@@ -14,6 +14,46 @@ use super::*;
 
 impl Builder<'_> {
     pub(super) fn tls(&mut self, t: &TlsServerConfig) -> Result<ServerConfig, WebConfigError> {
+        let (chain, key) = self.certificate_and_key(t)?;
+        if t.client_allowed_sans.is_some() {
+            return Err(self.invalid(
+                "tls_server_config.client_allowed_sans",
+                "not supported by inferwatch",
+                "leave it out and restrict clients with client_ca_file",
+            ));
+        }
+        let provider = Arc::new(self.provider(t)?);
+        let versions = self.versions(t)?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)
+            .map_err(|e| {
+                self.invalid(
+                    "tls_server_config.cipher_suites",
+                    e.to_string(),
+                    "suites that fit the TLS versions",
+                )
+            })?;
+        let verifier = self.client_verifier(t, provider)?;
+        let mut config = builder
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                self.invalid(
+                    "tls_server_config.key_file",
+                    format!("does not fit the certificate: {e}"),
+                    "the key of cert_file",
+                )
+            })?;
+        config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(false);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// The certificate chain and its key, from files or inline PEM.
+    fn certificate_and_key(
+        &mut self,
+        t: &TlsServerConfig,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), WebConfigError> {
         let cert = self.pem(
             "tls_server_config.cert_file",
             &t.cert_file,
@@ -56,38 +96,7 @@ impl Builder<'_> {
                 "a PEM private key (PKCS#8, PKCS#1 or SEC1)",
             )
         })?;
-        if t.client_allowed_sans.is_some() {
-            return Err(self.invalid(
-                "tls_server_config.client_allowed_sans",
-                "not supported by inferwatch",
-                "leave it out and restrict clients with client_ca_file",
-            ));
-        }
-        let provider = Arc::new(self.provider(t)?);
-        let versions = self.versions(t)?;
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&versions)
-            .map_err(|e| {
-                self.invalid(
-                    "tls_server_config.cipher_suites",
-                    e.to_string(),
-                    "suites that fit the TLS versions",
-                )
-            })?;
-        let verifier = self.client_verifier(t, provider)?;
-        let mut config = builder
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| {
-                self.invalid(
-                    "tls_server_config.key_file",
-                    format!("does not fit the certificate: {e}"),
-                    "the key of cert_file",
-                )
-            })?;
-        config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(false);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(config)
+        Ok((chain, key))
     }
 
     fn versions(
