@@ -209,21 +209,8 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         while tasks.try_join_next().is_some() {}
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; the
-                    // connections already open keep being served.
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    }
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await else {
+            break;
         };
         if conns.len() >= limits.max_connections && !make_room(&conns, &metrics, limits.max_connections).await {
             metrics.closed("refused", 1);
@@ -265,6 +252,30 @@ pub async fn serve(
     stop.cancel();
     drain(tasks, limits.shutdown_timeout, &metrics).await;
     Ok(())
+}
+
+/// The next connection, or `None` once `shutdown` completes. An accept
+/// error (EMFILE and friends) backs off instead of spinning; the
+/// connections already open keep being served.
+async fn next_connection<F: Future<Output = ()>>(
+    listener: &TcpListener,
+    shutdown: &mut std::pin::Pin<&mut F>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            r = listener.accept() => match r {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::select! {
+                        _ = shutdown.as_mut() => return None,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// Serves one accepted connection: plain, or after a TLS handshake that
