@@ -628,11 +628,13 @@ async fn services_whose_dependency_is_down_are_not_restarted() {
     for s in ["redis", "rtdetr", "nemotron"] {
         wait_status(&d, s, "healthy").await;
     }
-    // Redis goes down, and with it every AI service's check.
+    // Redis goes down, and with it every AI service's check. (The daemon
+    // knows Redis is down once its own check says so: a service failing
+    // before that is rightly its own failure, so the services break after.)
     redis.kill();
+    wait_status(&d, "redis", "unhealthy").await;
     rtdetr.set("503");
     nemotron.set("503");
-    wait_status(&d, "redis", "unhealthy").await;
     for s in ["rtdetr", "nemotron"] {
         wait_status(&d, s, "unhealthy").await;
         let series = format!("service_check_failures_total{{reason=\"dependency\",service=\"{s}\"}}");
