@@ -585,13 +585,12 @@ impl ServiceTask {
         let stalled = match reading {
             Ok((pending, done)) => {
                 self.progress_error = None;
-                let tracker = &mut self
-                    .service
-                    .progress
-                    .as_mut()
-                    .expect("read only when configured")
-                    .tracker;
-                tracker
+                // A reading only exists when progress is configured.
+                let Some(progress) = self.service.progress.as_mut() else {
+                    return Ok(());
+                };
+                progress
+                    .tracker
                     .observe(pending, done, Instant::now())
                     .map(|idle| CheckError::Stalled { pending, idle })
             }
