@@ -644,34 +644,26 @@ impl ServiceTask {
         }
     }
 
-    /// Publishes the start period flag alone (after a restart command).
+    /// Publishes the start period that a restart command's end began:
+    /// a step that changes no status, through the one publishing path.
     fn publish_starting(&mut self) {
-        let starting = self.machine.is_starting();
-        let name = self.config().name.clone();
-        self.sinks
-            .metrics
-            .starting
-            .with_label_values(&[&name])
-            .set(if starting { 1.0 } else { 0.0 });
-        self.sinks.state.update(self.index, |v| v.starting = starting);
-        if starting != self.was_starting {
-            self.was_starting = starting;
-            let status = self.machine.status();
-            let message = self
-                .sinks
-                .state
-                .services()
-                .get(self.index)
-                .map(|v| v.message.clone())
-                .unwrap_or_default();
-            self.sinks.events.publish(Event::ServiceStatus {
-                service: name,
-                status,
-                message,
-                starting,
-            });
-        }
-        self.sinks.registry.invalidate();
+        let status = self.machine.status();
+        let message = self
+            .sinks
+            .state
+            .services()
+            .get(self.index)
+            .map(|v| v.message.clone())
+            .unwrap_or_default();
+        let step = Step {
+            from: status,
+            to: status,
+            changed: false,
+            alert: None,
+            restart_result: None,
+            counted: false,
+        };
+        self.apply(step, message, None);
     }
 
     /// Publishes a step: metrics, the API view, events and alerts.
