@@ -27,9 +27,11 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Everything the handlers read.
 #[derive(Clone)]
@@ -66,22 +68,27 @@ impl axum::extract::FromRef<AppState> for crate::state::Shared {
     }
 }
 
-/// Builds the application.
+/// Builds the application. Each route is declared here or in its module's
+/// `routes()`, once: `routes!` takes the path and method from the
+/// handler's `#[utoipa::path]`, which also puts it in the OpenAPI document.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(landing::landing))
-        .route("/metrics", get(metrics::metrics))
-        .route("/-/healthy", get(healthy))
-        .route("/api/openapi.json", get(openapi::openapi_json))
-        .route("/-/ready", get(ready))
-        .route("/ws/system", get(ws::upgrade))
-        .route("/ui/dlq", get(ui::page))
-        .route("/ui/dlq.js", get(ui::script))
-        .route("/ui/dlq.css", get(ui::style))
+    let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(landing::landing))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(healthy))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(ready))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(ui::page))
+        .routes(routes!(ui::script))
+        .routes(routes!(ui::style))
         .merge(system::routes())
         .merge(dlq::routes(&state))
         .merge(pipeline::routes(&state))
         .merge(storage::routes())
+        .split_for_parts();
+    routes
+        .layer(axum::Extension(Arc::new(doc)))
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.config.web.request_timeout,

@@ -7,12 +7,14 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::{header, HeaderMap};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::query::{params, RawQuery};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::query::{NoParams, Query};
 use super::{AppError, AppState};
 use crate::pipeline::{Reason, Source};
 
@@ -23,9 +25,9 @@ pub const MAX_EVENTS: usize = 10_000;
 
 /// Ingest is a write: it follows `api.token` / `api.ingest_token`, or the
 /// trusted networks when neither is set (see [`super::auth`]).
-pub fn routes(state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/api/pipeline/events", post(ingest))
+pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ingest))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             super::auth::require_ingest,
@@ -49,11 +51,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     ))]
 pub async fn ingest(
     State(state): State<AppState>,
-    q: RawQuery,
+    _: Query<NoParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
-    ingest_body(&state, q, &headers, body).await
+    ingest_body(&state, &headers, body).await
 }
 
 /// The request body's schema: one event, or an array of up to
@@ -161,11 +163,9 @@ async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, Ap
 
 async fn ingest_body(
     state: &AppState,
-    q: RawQuery,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
-    params(q, &[])?;
     let pipeline = &state.pipeline;
     // A declared length over the limit is refused before any byte is read.
     let declared = headers

@@ -3,20 +3,20 @@
 //! retention would delete. Nothing here deletes anything.
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::query::{params, RawQuery};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::query::{NoParams, Query};
 use super::{AppError, AppState};
 use crate::cleanup::preview_files;
 use crate::history::format_time;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/system/storage/stats", get(stats))
-        .route("/api/system/cleanup/preview", get(preview))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stats)).routes(routes!(preview))
 }
 
 /// `/api/system/storage/stats`'s body.
@@ -40,8 +40,7 @@ pub struct StorageStats {
         super::QueryErrors,
         (status = 503, description = "No reading yet", body = super::ErrorBody)
     ))]
-pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<StorageStats>, AppError> {
-    params(q, &[])?;
+pub async fn stats(State(state): State<AppState>, _: Query<NoParams>) -> Result<Json<StorageStats>, AppError> {
     let Some(reading) = state.storage.last() else {
         return Err(AppError::status(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -109,8 +108,7 @@ pub enum HistoryPreview {
         super::QueryErrors,
         (status = 503, description = "The file scan failed", body = super::ErrorBody)
     ))]
-pub async fn preview(State(state): State<AppState>, q: RawQuery) -> Result<Json<PreviewBody>, AppError> {
-    params(q, &[])?;
+pub async fn preview(State(state): State<AppState>, _: Query<NoParams>) -> Result<Json<PreviewBody>, AppError> {
     let mut cached = state.preview.0.lock().await;
     if let Some((at, body)) = cached.as_ref() {
         if at.elapsed() < state.config.storage.poll_interval {

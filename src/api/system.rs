@@ -7,26 +7,25 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
 use serde::Serialize;
 
-use super::query::{int_param, params, RawQuery};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::query::{NoParams, Query};
 use super::{AppError, AppState, ErrorBody, QueryErrors};
 use crate::history::{format_time, GpuSample};
 use crate::restart::{Overall, Status};
 
-/// Range of `minutes` on the history endpoint.
-pub const HISTORY_MINUTES: (u32, u32) = (1, 1440);
-
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/system/gpu", get(gpu))
-        .route("/api/system/gpus", get(gpus))
-        .route("/api/system/gpu/history", get(history))
-        .route("/api/system/health", get(health))
-        .route("/api/system/stats", get(stats))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(gpu))
+        .routes(routes!(gpus))
+        .routes(routes!(history))
+        .routes(routes!(health))
+        .routes(routes!(stats))
 }
 
 /// The last poll's GPUs in REST shape, `None` in mock mode; 503 before the
@@ -46,19 +45,42 @@ fn current(state: &AppState) -> Result<Option<Vec<GpuSample>>, AppError> {
     Ok(snap.available.then_some(samples))
 }
 
+/// Which GPU.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct GpuParam {
+    /// NVML index of the GPU; the first by default
+    #[param(value_type = Option<i64>, nullable = false, explode = false, minimum = 0, maximum = 4294967295.0)]
+    gpu: Option<u32>,
+}
+
+/// How far back, for which GPU (the range of `minutes` is that of
+/// `gpu.history_minutes`).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// How far back; 60 by default
+    #[param(nullable = false, explode = false, minimum = 1, maximum = 1440)]
+    minutes: Option<u32>,
+    /// NVML index of the GPU; the first by default
+    #[param(value_type = Option<i64>, nullable = false, explode = false, minimum = 0, maximum = 4294967295.0)]
+    gpu: Option<u32>,
+}
+
 /// `GET /api/system/gpu[?gpu=N]`: one GPU (the first by default), or the
 /// mock object when no GPU is available.
 #[utoipa::path(get, path = "/api/system/gpu", tag = "system",
-    params(("gpu" = Option<i64>, Query, nullable = false, explode = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
+    params(GpuParam),
     responses(
         (status = 200, description = "One GPU, or the mock object in mock mode", body = GpuSample),
         QueryErrors,
         (status = 404, description = "No such GPU", body = ErrorBody),
         (status = 503, description = "No GPU reading yet, or NVML is down (the reason is named)", body = ErrorBody)
     ))]
-pub async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuSample>, AppError> {
-    let map = params(q, &["gpu"])?;
-    let wanted = int_param(&map, "gpu", (0, u32::MAX))?;
+pub async fn gpu(State(state): State<AppState>, Query(p): Query<GpuParam>) -> Result<Json<GpuSample>, AppError> {
+    let wanted = p.gpu;
     let Some(all) = current(&state)? else {
         return match wanted {
             None => Ok(Json(GpuSample::mock(Utc::now()).with_fps(state.pipeline.fps()))),
@@ -87,8 +109,7 @@ pub async fn gpu(State(state): State<AppState>, q: RawQuery) -> Result<Json<GpuS
         QueryErrors,
         (status = 503, description = "No GPU reading yet, or NVML is down (the reason is named)", body = ErrorBody)
     ))]
-pub async fn gpus(State(state): State<AppState>, q: RawQuery) -> Result<Json<Vec<GpuSample>>, AppError> {
-    params(q, &[])?;
+pub async fn gpus(State(state): State<AppState>, _: Query<NoParams>) -> Result<Json<Vec<GpuSample>>, AppError> {
     Ok(Json(current(&state)?.unwrap_or_else(|| {
         vec![GpuSample::mock(Utc::now()).with_fps(state.pipeline.fps())]
     })))
@@ -106,17 +127,15 @@ pub struct HistoryBody {
 
 /// `GET /api/system/gpu/history?minutes=N[&gpu=N]`.
 #[utoipa::path(get, path = "/api/system/gpu/history", tag = "system",
-    params(("minutes" = Option<i64>, Query, nullable = false, explode = false, description = "How far back; 60 by default", minimum = 1, maximum = 1440),
-           ("gpu" = Option<i64>, Query, nullable = false, explode = false, description = "NVML index of the GPU; the first by default", minimum = 0, maximum = 4294967295.0)),
+    params(HistoryParams),
     responses(
         (status = 200, description = "The GPU's samples, from memory or the store", body = HistoryBody),
         QueryErrors,
         (status = 503, description = "The history store is unavailable", body = ErrorBody)
     ))]
-pub async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<HistoryBody>, AppError> {
-    let map = params(q, &["minutes", "gpu"])?;
-    let minutes = int_param(&map, "minutes", HISTORY_MINUTES)?.unwrap_or(60);
-    let gpu = int_param(&map, "gpu", (0, u32::MAX))?.unwrap_or(0);
+pub async fn history(State(state): State<AppState>, Query(p): Query<HistoryParams>) -> Result<Json<HistoryBody>, AppError> {
+    let minutes = p.minutes.unwrap_or(60);
+    let gpu = p.gpu.unwrap_or(0);
     let since = Utc::now() - chrono::Duration::minutes(minutes as i64);
     let in_memory = state.gpu.with_history(|h| i64::from(minutes) <= h.window_minutes());
     let (source, samples) = if in_memory {
@@ -148,8 +167,7 @@ pub async fn history(State(state): State<AppState>, q: RawQuery) -> Result<Json<
         QueryErrors,
         (status = 503, description = "A critical service is not healthy", body = HealthBody)
     ))]
-pub async fn health(State(state): State<AppState>, q: RawQuery) -> Result<Response, AppError> {
-    params(q, &[])?;
+pub async fn health(State(state): State<AppState>, _: Query<NoParams>) -> Result<Response, AppError> {
     let services = state.health.services();
     let overall = Overall::of(services.iter().map(|s| (&s.status, s.critical)));
     let services = services
@@ -310,8 +328,7 @@ pub struct IngestedCounts {
         (status = 200, description = "Services, GPUs, WebSocket, DLQ and pipeline counts in one object", body = StatsBody),
         QueryErrors
     ))]
-pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<StatsBody>, AppError> {
-    params(q, &[])?;
+pub async fn stats(State(state): State<AppState>, _: Query<NoParams>) -> Result<Json<StatsBody>, AppError> {
     let services = state.health.services();
     let mut by_status: std::collections::BTreeMap<String, usize> =
         Status::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();

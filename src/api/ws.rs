@@ -18,13 +18,30 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::query::{params, RawQuery};
+use super::query::Query;
 use super::{AppError, AppState};
 use crate::hub::{snapshot, ClientType, Hub, Outgoing, WsError, MAX_BATCH};
 
+/// What kind of client connects.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WsParams {
+    /// browser (default) or api
+    #[param(nullable = false, explode = false, inline)]
+    client: Option<Client>,
+}
+
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Client {
+    Browser,
+    Api,
+}
+
 /// `GET /ws/system[?client=browser|api]`.
 #[utoipa::path(get, path = "/ws/system", tag = "system",
-    params(("client" = Option<String>, Query, nullable = false, explode = false, description = "browser (default) or api", pattern = "^(browser|api)$")),
+    params(WsParams),
     responses(
         (status = 101, description = "WebSocket: a snapshot, then live events"),
         (status = 400, description = "Not a WebSocket upgrade, or a bad client parameter", body = super::ErrorBody),
@@ -33,20 +50,13 @@ use crate::hub::{snapshot, ClientType, Hub, Outgoing, WsError, MAX_BATCH};
     ))]
 pub async fn upgrade(
     State(state): State<AppState>,
-    q: RawQuery,
+    Query(p): Query<WsParams>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
-    let map = params(q, &["client"])?;
-    let client_type = match map.get("client").map(String::as_str) {
-        Some("browser") => ClientType::Browser,
-        Some("api") => ClientType::Api,
-        Some(other) => {
-            return Err(AppError::bad_request(
-                format!("client must be browser or api, got {other:?}"),
-                json!({ "parameter": "client", "allowed": ["browser", "api"] }),
-            ))
-        }
+    let client_type = match p.client {
+        Some(Client::Browser) => ClientType::Browser,
+        Some(Client::Api) => ClientType::Api,
         None => ClientType::from_user_agent(headers.get("user-agent").and_then(|v| v.to_str().ok())),
     };
     let ws = ws.map_err(|e| {

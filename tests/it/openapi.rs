@@ -22,7 +22,43 @@ fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// `(path, methods)` of every `.route("...", get(..).post(..))` in src/api.
+/// The file a `routes!(a::b::handler)` in `file` names: `handler`'s own
+/// module, next to `file` (or in `file`'s folder for a `mod.rs`).
+fn handler_file(file: &std::path::Path, handler: &str) -> (std::path::PathBuf, String) {
+    let mut parts: Vec<&str> = handler.trim().split("::").collect();
+    let name = parts.pop().unwrap().to_string();
+    if parts.is_empty() {
+        return (file.to_path_buf(), name);
+    }
+    let mut dir = file.parent().unwrap().to_path_buf();
+    if file.file_name().unwrap() != "mod.rs" {
+        dir = dir.join(file.file_stem().unwrap());
+    }
+    let (last, folders) = parts.split_last().unwrap();
+    for f in folders {
+        dir = dir.join(f);
+    }
+    let flat = dir.join(format!("{last}.rs"));
+    let path = if flat.exists() { flat } else { dir.join(last).join("mod.rs") };
+    (path, name)
+}
+
+/// `(method, path)` of the `#[utoipa::path(method, path = "...")]` on `fn name`.
+fn annotated_route(file: &std::path::Path, name: &str) -> (String, String) {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let at = text
+        .find(&format!("async fn {name}("))
+        .unwrap_or_else(|| panic!("no fn {name} in {}", file.display()));
+    let attr_at = text[..at].rfind("#[utoipa::path(").expect("an annotated handler");
+    let attr = &text[attr_at + "#[utoipa::path(".len()..at];
+    let method = attr.split(',').next().unwrap().trim().to_string();
+    let path = attr.split("path = \"").nth(1).unwrap();
+    (method, path[..path.find('"').unwrap()].to_string())
+}
+
+/// `(path, methods)` of every route in src/api: each
+/// `.route("...", get(..).post(..))`, and each `routes!(handler)` with the
+/// path and method of the handler's annotation.
 fn router_routes() -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in rust_files(&repo().join("src/api")) {
@@ -41,6 +77,14 @@ fn router_routes() -> BTreeMap<String, BTreeSet<String>> {
                 }
             }
             assert!(!methods.is_empty(), "no method found for {path}: {call}");
+        }
+        for (i, _) in text.match_indices("routes!(") {
+            let rest = &text[i + 8..];
+            for handler in rest[..rest.find(')').unwrap()].split(',').filter(|h| !h.trim().is_empty()) {
+                let (source, name) = handler_file(&file, handler);
+                let (method, path) = annotated_route(&source, &name);
+                out.entry(path).or_default().insert(method);
+            }
         }
     }
     out
@@ -115,4 +159,36 @@ async fn every_route_is_documented_and_every_documented_path_is_served() {
         .unwrap();
     assert_eq!(minutes["schema"]["minimum"], 1);
     assert_eq!(minutes["schema"]["maximum"], 1440);
+}
+
+/// A handler's documented query parameters are the ones its `Query<T>`
+/// checks: the `params(...)` of its annotation names `T`, and a handler
+/// without a `Query<T>` documents no query struct.
+#[test]
+fn every_query_struct_is_the_documented_one() {
+    let mut checked = 0;
+    for file in rust_files(&repo().join("src/api")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (at, _) in text.match_indices("#[utoipa::path(") {
+            let sig_at = at + text[at..].find("async fn ").unwrap();
+            let attr = &text[at..sig_at];
+            let sig = &text[sig_at..sig_at + text[sig_at..].find('{').unwrap()];
+            let Some(q) = sig.find("Query<") else { continue };
+            let ty = &sig[q + 6..q + 6 + sig[q + 6..].find('>').unwrap()];
+            if ty == "NoParams" {
+                continue;
+            }
+            let params = attr.split("params(").nth(1).unwrap_or_else(|| {
+                panic!("{}: {sig} takes Query<{ty}> but documents no params", file.display())
+            });
+            let names = &params[..params.find("responses(").unwrap_or(params.len())];
+            assert!(
+                names.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == ty),
+                "{}: {sig} takes Query<{ty}> but its params(...) does not name {ty}",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "{checked}");
 }

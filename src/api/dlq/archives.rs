@@ -5,45 +5,42 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::super::query::{int_param, params, RawQuery};
+use super::super::query::Query;
 use super::audit::store;
-use super::params::queue_param;
+use super::params::{queue_param, AuditParams, DlqParam};
 use super::{queues, AppError, AppState};
 use crate::api::{ErrorBody, QueryErrors};
 
 /// `GET /api/system/dlq/archives?queue=…`: the clear and delete archives.
 #[utoipa::path(get, path = "/api/system/dlq/archives", tag = "dlq",
-    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue")),
+    params(DlqParam),
     responses(
         (status = 200, description = "Archives with their size and the seconds left on their TTL, newest first", body = Vec<crate::dlq::ArchiveInfo>),
         QueryErrors,
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody)
     ))]
-pub async fn archives(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
-    let map = params(q, &["queue"])?;
+pub async fn archives(State(state): State<AppState>, Query(p): Query<DlqParam>) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
-    let base = queue_param(&map, queues)?;
+    let base = queue_param(p.queue.as_deref(), queues)?;
     let list = queues.archives(&base).await?;
     Ok(Json(serde_json::to_value(list).expect("archives serialise")))
 }
 
 /// `GET /api/system/dlq/audit?limit=&queue=`: newest first.
 #[utoipa::path(get, path = "/api/system/dlq/audit", tag = "dlq",
-    params(("limit" = Option<i64>, Query, explode = false, description = "Rows; 100 by default", minimum = 1, maximum = 1000),
-           ("queue" = Option<String>, Query, description = "Only this DLQ")),
+    params(AuditParams),
     responses(
         (status = 200, description = "Audit rows, newest first; store_unavailable when only the buffered ones could be read", body = Object),
         QueryErrors,
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "The history store is disabled", body = ErrorBody)
     ))]
-pub async fn audit_log(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
-    let map = params(q, &["limit", "queue"])?;
+pub async fn audit_log(State(state): State<AppState>, Query(p): Query<AuditParams>) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
-    let limit = int_param(&map, "limit", (1u64, 1000))?.unwrap_or(100);
-    let dlq = match map.get("queue") {
-        Some(_) => Some(queues.dlq_key(&queue_param(&map, queues)?)),
+    let limit = p.limit.unwrap_or(100);
+    let dlq = match p.queue.as_deref() {
+        Some(q) => Some(queues.dlq_key(&queue_param(Some(q), queues)?)),
         None => None,
     };
     let store = store(&state)?;

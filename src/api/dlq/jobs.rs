@@ -1,14 +1,12 @@
 //! Reading a DLQ: the counts, one page in list order, or the matches of a
 //! filtered scan with a cursor.
 
-use std::collections::HashMap;
-
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::super::query::{int_param, params, RawQuery};
-use super::params::{filter_params, listing_keys, page_params, queue_param, resolve, FilterParams, START_MAX};
+use super::super::query::{NoParams, Query};
+use super::params::{queue_param, resolve, Listing as ListingQuery, ListingIn};
 use super::{queues, AppError, AppState};
 use crate::api::{ErrorBody, QueryErrors};
 use crate::dlq::Queues;
@@ -21,8 +19,7 @@ use crate::dlq::Queues;
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody)
     ))]
-pub async fn stats(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
-    params(q, &[])?;
+pub async fn stats(State(state): State<AppState>, _: Query<NoParams>) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
     let counts = queues.dlq_counts().await?;
     let mut body = serde_json::Map::new();
@@ -44,10 +41,9 @@ enum Listing {
     Search(crate::dlq::SearchPage),
 }
 
-async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Result<Json<Value>, AppError> {
-    let (start, limit) = page_params(map)?;
-    let filter = filter_params(map)?;
-    let cursor = int_param(map, "cursor", (0, START_MAX))?;
+async fn list(queues: &Queues, base: &str, p: &ListingQuery) -> Result<Json<Value>, AppError> {
+    let (start, limit, cursor) = (p.a.start.unwrap_or(0), p.a.limit.unwrap_or(100), p.a.cursor);
+    let filter = p.b.filter()?;
     if filter.is_empty() && cursor.is_none() {
         let page = queues.list(base, start, limit).await?;
         return Ok(Json(serde_json::to_value(page).expect("pages serialise")));
@@ -58,11 +54,7 @@ async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Res
 
 /// `GET /api/dlq/jobs/{dlq}?start=&limit=`.
 #[utoipa::path(get, path = "/api/dlq/jobs/{dlq}", tag = "dlq",
-    params(("dlq" = String, Path, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 9007199254740991.0),
-           ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page (matches, with filters); 100 by default", minimum = 1, maximum = 1000),
-           ("cursor" = Option<i64>, Query, nullable = false, explode = false, description = "Where a filtered scan continues: a page's next_cursor", minimum = 0, maximum = 9007199254740991.0),
-           FilterParams),
+    params(("dlq" = String, Path, description = "A configured DLQ, e.g. dlq:detection_queue"), ListingQuery),
     responses(
         (status = 200, description = "One page of the DLQ in list order; with a filter or cursor, the matches of one bounded scan", body = Listing),
         QueryErrors,
@@ -72,30 +64,27 @@ async fn list(queues: &Queues, base: &str, map: &HashMap<String, String>) -> Res
 pub async fn jobs_by_path(
     State(state): State<AppState>,
     Path(dlq): Path<String>,
-    q: RawQuery,
+    Query(p): Query<ListingQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let map = params(q, &listing_keys(&[]))?;
     let queues = queues(&state)?;
     let base = resolve(queues, &dlq)?;
-    list(queues, &base, &map).await
+    list(queues, &base, &p).await
 }
 
 /// `GET /api/system/dlq/jobs?queue=dlq:…&start=&limit=`.
 #[utoipa::path(get, path = "/api/system/dlq/jobs", tag = "dlq",
-    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           ("start" = Option<i64>, Query, nullable = false, explode = false, description = "Index of the first job; 0 by default", minimum = 0, maximum = 9007199254740991.0),
-           ("limit" = Option<i64>, Query, nullable = false, explode = false, description = "Jobs on the page (matches, with filters); 100 by default", minimum = 1, maximum = 1000),
-           ("cursor" = Option<i64>, Query, nullable = false, explode = false, description = "Where a filtered scan continues: a page's next_cursor", minimum = 0, maximum = 9007199254740991.0),
-           FilterParams),
+    params(ListingIn),
     responses(
         (status = 200, description = "One page of the DLQ in list order; with a filter or cursor, the matches of one bounded scan", body = Listing),
         QueryErrors,
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody)
     ))]
-pub async fn jobs_by_query(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
-    let map = params(q, &listing_keys(&["queue"]))?;
+pub async fn jobs_by_query(
+    State(state): State<AppState>,
+    Query(p): Query<ListingIn>,
+) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
-    let base = queue_param(&map, queues)?;
-    list(queues, &base, &map).await
+    let base = queue_param(p.a.queue.as_deref(), queues)?;
+    list(queues, &base, &p.b).await
 }

@@ -18,38 +18,36 @@ mod tasks;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{middleware, Router};
+use axum::middleware;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use serde_json::{json, Value};
 
 use super::{auth, AppError, AppState};
 use crate::dlq::{DlqError, Queues};
 
-pub use params::{FilterParams, LIMIT};
 
-pub fn routes(state: &AppState) -> Router<AppState> {
-    let mutating = Router::new()
-        .route("/api/system/dlq/requeue-all", post(moves::requeue_all))
-        .route("/api/system/dlq/clear", delete(moves::clear))
-        .route("/api/system/dlq/restore", post(moves::restore))
-        .route("/api/system/dlq/jobs/{id}/requeue", post(moves::requeue_job))
-        .route("/api/system/dlq/jobs/{id}/delete", post(moves::delete_job))
-        .route("/api/system/dlq/requeue", post(moves::requeue_filtered))
-        .route("/api/system/dlq/tasks/{task_id}", delete(tasks::cancel_task))
-        .route(
-            "/api/system/queues/{queue}/stuck/{id}/return",
-            post(stuck::return_stuck),
-        )
+pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
+    // The changes need the API token (`auth::require`); the reads do not.
+    let mutating = OpenApiRouter::new()
+        .routes(routes!(moves::requeue_all))
+        .routes(routes!(moves::clear))
+        .routes(routes!(moves::restore))
+        .routes(routes!(moves::requeue_job))
+        .routes(routes!(moves::delete_job))
+        .routes(routes!(moves::requeue_filtered))
+        .routes(routes!(tasks::cancel_task))
+        .routes(routes!(stuck::return_stuck))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
-    Router::new()
-        .route("/api/system/dlq/stats", get(jobs::stats))
-        .route("/api/system/dlq/jobs", get(jobs::jobs_by_query))
-        .route("/api/dlq/jobs/{dlq}", get(jobs::jobs_by_path))
-        .route("/api/system/dlq/tasks", get(tasks::tasks))
-        .route("/api/system/dlq/tasks/{task_id}", get(tasks::task))
-        .route("/api/system/dlq/archives", get(archives::archives))
-        .route("/api/system/dlq/audit", get(archives::audit_log))
-        .route("/api/system/queues/{queue}/stuck", get(stuck::stuck))
+    OpenApiRouter::new()
+        .routes(routes!(jobs::stats))
+        .routes(routes!(jobs::jobs_by_query))
+        .routes(routes!(jobs::jobs_by_path))
+        .routes(routes!(tasks::tasks))
+        .routes(routes!(tasks::task))
+        .routes(routes!(archives::archives))
+        .routes(routes!(archives::audit_log))
+        .routes(routes!(stuck::stuck))
         .merge(mutating)
 }
 
@@ -96,18 +94,4 @@ where
         detail: e.to_string(),
     })?;
     Ok(result?)
-}
-
-/// Every handler, for the OpenAPI document.
-pub mod handlers {
-    pub use super::archives::{__path_archives, __path_audit_log, archives, audit_log};
-    pub use super::jobs::{
-        __path_jobs_by_path, __path_jobs_by_query, __path_stats, jobs_by_path, jobs_by_query, stats,
-    };
-    pub use super::moves::{
-        __path_clear, __path_delete_job, __path_requeue_all, __path_requeue_filtered, __path_requeue_job,
-        __path_restore, clear, delete_job, requeue_all, requeue_filtered, requeue_job, restore,
-    };
-    pub use super::stuck::{__path_return_stuck, __path_stuck, return_stuck, stuck};
-    pub use super::tasks::{__path_cancel_task, __path_task, __path_tasks, cancel_task, task, tasks};
 }

@@ -8,11 +8,9 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use super::super::auth::Actor;
-use super::super::query::{int_param, params, RawQuery};
+use super::super::query::Query;
 use super::audit::audited;
-use super::params::{
-    bool_param, filter_params, id_param, index_param, queue_param, rate_param, FilterParams, FILTER_KEYS,
-};
+use super::params::{id_param, index_param, queue_param, ArchiveParam, DlqParam, Filtered, JobAt, RequeueAllParams};
 use super::tasks::start_task;
 use super::{queues, to_the_end, AppError, AppState};
 use crate::api::{ErrorBody, MoveErrors, QueryErrors};
@@ -23,9 +21,7 @@ use crate::store::AuditRow;
 /// Runs to the end even if the client goes away; with `async` or `rate` it
 /// runs as a task.
 #[utoipa::path(post, path = "/api/system/dlq/requeue-all", tag = "dlq",
-    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           ("async" = Option<bool>, Query, explode = false, description = "Run as a background task (202)"),
-           ("rate" = Option<f64>, Query, explode = false, description = "Jobs per second; runs as a task", minimum = 0.1, maximum = 100000)),
+    params(RequeueAllParams),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "What was requeued; malformed entries stay", body = crate::dlq::RequeueReport),
@@ -36,15 +32,13 @@ use crate::store::AuditRow;
 pub async fn requeue_all(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    q: RawQuery,
+    Query(p): Query<RequeueAllParams>,
 ) -> Result<axum::response::Response, AppError> {
     use axum::response::IntoResponse;
-    let map = params(q, &["queue", "async", "rate"])?;
     let queues = queues(&state)?.clone();
-    let base = queue_param(&map, &queues)?;
-    let background = bool_param(&map, "async")?;
-    let rate = rate_param(&map)?;
-    if background || rate.is_some() {
+    let base = queue_param(p.queue.as_deref(), &queues)?;
+    let rate = p.rate;
+    if p.background == Some(true) || rate.is_some() {
         let spec = crate::dlq::MoveSpec {
             filter: crate::dlq::Filter::default(),
             max: None,
@@ -68,7 +62,7 @@ pub async fn requeue_all(
 
 /// `DELETE /api/system/dlq/clear?queue=dlq:…`: archives, never deletes.
 #[utoipa::path(delete, path = "/api/system/dlq/clear", tag = "dlq",
-    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue")),
+    params(DlqParam),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "The DLQ moved into an archive (never deleted)", body = crate::dlq::ClearReport),
@@ -78,11 +72,10 @@ pub async fn requeue_all(
 pub async fn clear(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    q: RawQuery,
+    Query(p): Query<DlqParam>,
 ) -> Result<Json<Value>, AppError> {
-    let map = params(q, &["queue"])?;
     let queues = queues(&state)?;
-    let base = queue_param(&map, queues)?;
+    let base = queue_param(p.queue.as_deref(), queues)?;
     let report = audited(
         &state,
         |r: &crate::dlq::ClearReport| {
@@ -100,7 +93,7 @@ pub async fn clear(
 
 /// `POST /api/system/dlq/restore?archive=dlq:…:cleared:TS`.
 #[utoipa::path(post, path = "/api/system/dlq/restore", tag = "dlq",
-    params(("archive" = String, Query, description = "An archive key as returned by clear (<dlq>:cleared:<unix_ts>) or by a job delete (<dlq>:deleted:<unix_ts>)")),
+    params(ArchiveParam),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "The archive moved back into its DLQ", body = crate::dlq::RestoreReport),
@@ -110,11 +103,10 @@ pub async fn clear(
 pub async fn restore(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    q: RawQuery,
+    Query(p): Query<ArchiveParam>,
 ) -> Result<Json<Value>, AppError> {
-    let map = params(q, &["archive"])?;
     let queues = queues(&state)?;
-    let archive = map.get("archive").ok_or_else(|| {
+    let archive = p.archive.as_deref().ok_or_else(|| {
         AppError::bad_request(
             "missing query parameter archive",
             json!({ "parameter": "archive", "form": "<dlq>:cleared:<unix_ts>, as returned by clear" }),
@@ -144,14 +136,13 @@ async fn single(
     state: AppState,
     actor: Actor,
     id: String,
-    q: RawQuery,
+    p: JobAt,
     action: SingleAction,
 ) -> Result<Json<Value>, AppError> {
-    let map = params(q, &["queue", "index"])?;
     id_param(&id)?;
     let queues = queues(&state)?.clone();
-    let base = queue_param(&map, &queues)?;
-    let index = index_param(&map)?;
+    let base = queue_param(p.queue.as_deref(), &queues)?;
+    let index = index_param(p.index)?;
     let name = match action {
         SingleAction::Requeue => "requeue_job",
         SingleAction::Delete => "delete_job",
@@ -175,9 +166,7 @@ async fn single(
 
 /// `POST /api/system/dlq/jobs/{id}/requeue?queue=…&index=N`.
 #[utoipa::path(post, path = "/api/system/dlq/jobs/{id}/requeue", tag = "dlq",
-    params(("id" = String, Path, description = "The job's id from the listing: 16 hex digits", pattern = "^[0-9a-f]{16}$"),
-           ("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           ("index" = i64, Query, explode = false, description = "The index the job was listed at; the job is looked for when it moved", minimum = 0, maximum = 9007199254740991.0)),
+    params(("id" = String, Path, description = "The job's id from the listing: 16 hex digits", pattern = "^[0-9a-f]{16}$"), JobAt),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "The job's original_job is back on its queue", body = crate::dlq::SingleReport),
@@ -189,17 +178,15 @@ pub async fn requeue_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
-    q: RawQuery,
+    Query(p): Query<JobAt>,
 ) -> Result<Json<Value>, AppError> {
-    single(state, actor, id, q, SingleAction::Requeue).await
+    single(state, actor, id, p, SingleAction::Requeue).await
 }
 
 /// `POST /api/system/dlq/jobs/{id}/delete?queue=…&index=N`: moves the job
 /// to `<dlq>:deleted:<unix_ts>` with the archive TTL, never destroys it.
 #[utoipa::path(post, path = "/api/system/dlq/jobs/{id}/delete", tag = "dlq",
-    params(("id" = String, Path, description = "The job's id from the listing: 16 hex digits", pattern = "^[0-9a-f]{16}$"),
-           ("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           ("index" = i64, Query, explode = false, description = "The index the job was listed at; the job is looked for when it moved", minimum = 0, maximum = 9007199254740991.0)),
+    params(("id" = String, Path, description = "The job's id from the listing: 16 hex digits", pattern = "^[0-9a-f]{16}$"), JobAt),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "The job moved to the deleted-jobs archive (restorable until it expires)", body = crate::dlq::SingleReport),
@@ -210,19 +197,14 @@ pub async fn delete_job(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
-    q: RawQuery,
+    Query(p): Query<JobAt>,
 ) -> Result<Json<Value>, AppError> {
-    single(state, actor, id, q, SingleAction::Delete).await
+    single(state, actor, id, p, SingleAction::Delete).await
 }
 
 /// `POST /api/system/dlq/requeue?queue=…&<filters>&dry_run&max&rate&async`.
 #[utoipa::path(post, path = "/api/system/dlq/requeue", tag = "dlq",
-    params(("queue" = String, Query, description = "A configured DLQ, e.g. dlq:detection_queue"),
-           FilterParams,
-           ("dry_run" = Option<bool>, Query, explode = false, description = "Count the matches and show up to 10 ids; change nothing"),
-           ("max" = Option<i64>, Query, explode = false, description = "Move at most this many jobs", minimum = 1, maximum = 100000000),
-           ("rate" = Option<f64>, Query, explode = false, description = "Jobs per second; runs as a task", minimum = 0.1, maximum = 100000),
-           ("async" = Option<bool>, Query, explode = false, description = "Run as a background task (202)")),
+    params(Filtered),
     security(("api_token" = []), ("api_token_header" = []), ()),
     responses(
         (status = 200, description = "What moved (or, for a dry run, would move)", body = crate::dlq::MoveReport),
@@ -233,21 +215,17 @@ pub async fn delete_job(
 pub async fn requeue_filtered(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    q: RawQuery,
+    Query(p): Query<Filtered>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    let mut allowed = vec!["queue", "dry_run", "max", "rate", "async"];
-    allowed.extend(FILTER_KEYS);
-    let map = params(q, &allowed)?;
     let queues = queues(&state)?.clone();
-    let base = queue_param(&map, &queues)?;
+    let base = queue_param(p.a.queue.as_deref(), &queues)?;
     let spec = MoveSpec {
-        filter: filter_params(&map)?,
-        max: int_param(&map, "max", (1u64, 100_000_000))?,
-        rate: rate_param(&map)?,
+        filter: p.b.filter()?,
+        max: p.a.max,
+        rate: p.a.rate,
     };
-    let dry_run = bool_param(&map, "dry_run")?;
-    let background = bool_param(&map, "async")?;
-    if dry_run {
+    let background = p.a.background == Some(true);
+    if p.a.dry_run == Some(true) {
         let report = queues.dry_run(&base, &spec).await?;
         return Ok((
             StatusCode::OK,

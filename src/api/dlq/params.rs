@@ -1,124 +1,178 @@
-//! The DLQ endpoints' parameters: queue, paging, filters, rate, job id
-//! and index. Each refusal is a 4xx whose JSON names the parameter and what
-//! is allowed.
-
-use std::collections::HashMap;
+//! The DLQ endpoints' parameters: one `IntoParams` struct per query
+//! shape (read by [`crate::api::query::Query`], which also documents them),
+//! and the checks that need the configured queues: the DLQ name, the job
+//! id and the index. Each refusal is a 4xx whose JSON names the parameter
+//! and what is allowed.
 
 use axum::http::StatusCode;
+use serde::Deserialize;
 use serde_json::json;
+use utoipa::IntoParams;
 
-use super::super::query::int_param;
+use super::super::query::Both;
 use super::AppError;
 use crate::dlq::{Filter, Queues, ResolveError};
 
-/// Largest `start` index: 2^53 - 1, exact in JSON numbers and far past
-/// any list Redis can hold.
-pub const START_MAX: u64 = 9_007_199_254_740_991;
-
-/// Range of `limit` on the listing endpoints.
-pub const LIMIT: (u64, u64) = (1, 1000);
-
-/// The filter parameters, shared by search and filtered requeue.
-pub const FILTER_KEYS: [&str; 6] = ["error", "q", "older_than", "newer_than", "min_attempts", "malformed"];
-
-/// Longest `error` or `q` filter text.
-const FILTER_TEXT_MAX: usize = 1024;
-
-/// Range of `rate` (jobs per second).
-const RATE: (f64, f64) = (0.1, 100_000.0);
-
-/// The filters, as the OpenAPI document shows them (parsed by
-/// [`filter_params`]).
-#[derive(utoipa::IntoParams)]
+/// `queue`: a configured DLQ (required; see [`queue_param`]).
+#[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct DlqParam {
+    /// A configured DLQ, e.g. dlq:detection_queue
+    #[param(required = true, nullable = false)]
+    pub queue: Option<String>,
+}
+
+/// One page of a listing.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    /// Index of the first job; 0 by default
+    #[param(nullable = false, explode = false, minimum = 0, maximum = 9007199254740991.0)]
+    pub start: Option<u64>,
+    /// Jobs on the page (matches, with filters); 100 by default
+    #[param(nullable = false, explode = false, minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+    /// Where a filtered scan continues: a page's next_cursor
+    #[param(nullable = false, explode = false, minimum = 0, maximum = 9007199254740991.0)]
+    pub cursor: Option<u64>,
+}
+
+/// The filters, shared by search and filtered requeue.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct FilterParams {
     /// Case-insensitive substring of the entry's error.
-    #[param(min_length = 1, max_length = 1024)]
-    error: Option<String>,
+    #[param(min_length = 1, max_length = 1024, nullable = false)]
+    pub error: Option<String>,
     /// Substring of the raw entry.
-    #[param(min_length = 1, max_length = 1024)]
-    q: Option<String>,
+    #[param(min_length = 1, max_length = 1024, nullable = false)]
+    pub q: Option<String>,
     /// last_failed_at at least this long ago: 90s, 30m, 2h, 7d.
-    #[param(pattern = "^[0-9]{1,9}(\\.[0-9]{1,3})?(ms|s|m|h|d)?$")]
-    older_than: Option<String>,
+    #[param(pattern = "^[0-9]{1,9}(\\.[0-9]{1,3})?(ms|s|m|h|d)?$", nullable = false)]
+    pub older_than: Option<String>,
     /// last_failed_at at most this long ago.
-    #[param(pattern = "^[0-9]{1,9}(\\.[0-9]{1,3})?(ms|s|m|h|d)?$")]
-    newer_than: Option<String>,
+    #[param(pattern = "^[0-9]{1,9}(\\.[0-9]{1,3})?(ms|s|m|h|d)?$", nullable = false)]
+    pub newer_than: Option<String>,
     /// attempt_count at least this.
-    #[param(minimum = 0, maximum = 1000000000, explode = false)]
-    min_attempts: Option<i64>,
+    #[param(minimum = 0, maximum = 1000000000, explode = false, nullable = false)]
+    pub min_attempts: Option<u64>,
     /// Only malformed entries (true) or only well-formed ones (false).
-    #[param(explode = false)]
-    malformed: Option<bool>,
+    #[param(explode = false, nullable = false)]
+    pub malformed: Option<bool>,
 }
 
-/// Reads the filters of a search or filtered requeue.
-pub fn filter_params(map: &HashMap<String, String>) -> Result<Filter, AppError> {
-    let text = |key: &str| -> Result<Option<String>, AppError> {
-        match map.get(key) {
-            None => Ok(None),
-            Some(v) if v.is_empty() || v.len() > FILTER_TEXT_MAX => Err(AppError::bad_request(
-                format!("{key} must be 1–{FILTER_TEXT_MAX} bytes"),
-                json!({ "parameter": key, "min_length": 1, "max_length": FILTER_TEXT_MAX }),
-            )),
-            Some(v) => Ok(Some(v.clone())),
-        }
-    };
-    let duration = |key: &str| -> Result<Option<f64>, AppError> {
-        let Some(v) = map.get(key) else { return Ok(None) };
-        let bad = || {
-            AppError::bad_request(
-                format!("{key} must be a duration of at least 0 such as 90s, 30m, 2h or 7d, got {v:?}"),
-                json!({ "parameter": key, "examples": ["90s", "30m", "2h", "7d"], "min_seconds": 0 }),
-            )
-        };
-        let secs = crate::config::parse_duration(v).map_err(|_| bad())?;
-        if !secs.is_finite() || secs < 0.0 {
-            return Err(bad());
-        }
-        Ok(Some(secs))
-    };
-    let malformed = match map.get("malformed").map(String::as_str) {
-        None => None,
-        Some("true") => Some(true),
-        Some("false") => Some(false),
-        Some(v) => {
-            return Err(AppError::bad_request(
-                format!("malformed must be true or false, got {v:?}"),
-                json!({ "parameter": "malformed", "allowed": ["true", "false"] }),
-            ))
-        }
-    };
-    Ok(Filter {
-        error: text("error")?.map(|e| e.to_lowercase()),
-        q: text("q")?,
-        older_than: duration("older_than")?,
-        newer_than: duration("newer_than")?,
-        min_attempts: int_param(map, "min_attempts", (0u64, 1_000_000_000))?,
-        malformed,
-    })
+/// A listing by path: paging and filters.
+pub type Listing = Both<Page, FilterParams>;
+
+/// A listing by query: the DLQ, paging and filters.
+pub type ListingIn = Both<DlqParam, Listing>;
+
+/// How a whole-DLQ move runs.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RequeueAllParams {
+    /// A configured DLQ, e.g. dlq:detection_queue
+    #[param(required = true, nullable = false)]
+    pub queue: Option<String>,
+    /// Run as a background task (202)
+    #[serde(rename = "async")]
+    #[param(explode = false, nullable = false)]
+    pub background: Option<bool>,
+    /// Jobs per second; runs as a task
+    #[param(explode = false, nullable = false, minimum = 0.1, maximum = 100000)]
+    pub rate: Option<f64>,
 }
 
-pub fn bool_param(map: &HashMap<String, String>, key: &str) -> Result<bool, AppError> {
-    match map.get(key).map(String::as_str) {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(v) => Err(AppError::bad_request(
-            format!("{key} must be true or false, got {v:?}"),
-            json!({ "parameter": key, "allowed": ["true", "false"] }),
-        )),
+/// A filtered move: the DLQ, how it runs, and (with [`FilterParams`]) what
+/// it takes.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct FilteredMove {
+    /// A configured DLQ, e.g. dlq:detection_queue
+    #[param(required = true, nullable = false)]
+    pub queue: Option<String>,
+    /// Count the matches and show up to 10 ids; change nothing
+    #[param(explode = false, nullable = false)]
+    pub dry_run: Option<bool>,
+    /// Move at most this many jobs
+    #[param(explode = false, nullable = false, minimum = 1, maximum = 100000000)]
+    pub max: Option<u64>,
+    /// Jobs per second; runs as a task
+    #[param(explode = false, nullable = false, minimum = 0.1, maximum = 100000)]
+    pub rate: Option<f64>,
+    /// Run as a background task (202)
+    #[serde(rename = "async")]
+    #[param(explode = false, nullable = false)]
+    pub background: Option<bool>,
+}
+
+/// The filtered requeue's parameters.
+pub type Filtered = Both<FilteredMove, FilterParams>;
+
+/// One job: its DLQ and the index it was listed at.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct JobAt {
+    /// A configured DLQ, e.g. dlq:detection_queue
+    #[param(required = true, nullable = false)]
+    pub queue: Option<String>,
+    /// The index the job was listed at; the job is looked for when it moved
+    #[param(required = true, nullable = false, explode = false, minimum = 0, maximum = 9007199254740991.0)]
+    pub index: Option<u64>,
+}
+
+/// The archive to restore.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveParam {
+    /// An archive key as returned by clear (<dlq>:cleared:<unix_ts>) or by a job delete (<dlq>:deleted:<unix_ts>)
+    #[param(required = true, nullable = false)]
+    pub archive: Option<String>,
+}
+
+/// The audit trail's rows.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Rows; 100 by default
+    #[param(explode = false, nullable = false, minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+    /// Only this DLQ
+    #[param(nullable = false)]
+    pub queue: Option<String>,
+}
+
+impl FilterParams {
+    /// The filter these parameters ask for (each value already passed its
+    /// documented schema).
+    pub fn filter(&self) -> Result<Filter, AppError> {
+        Ok(Filter {
+            error: self.error.as_ref().map(|e| e.to_lowercase()),
+            q: self.q.clone(),
+            older_than: duration("older_than", self.older_than.as_deref())?,
+            newer_than: duration("newer_than", self.newer_than.as_deref())?,
+            min_attempts: self.min_attempts,
+            malformed: self.malformed,
+        })
     }
 }
 
-/// `rate` in jobs per second, 0.1–100,000.
-pub fn rate_param(map: &HashMap<String, String>) -> Result<Option<f64>, AppError> {
-    let Some(v) = map.get("rate") else { return Ok(None) };
-    match v.parse::<f64>() {
-        Ok(r) if r.is_finite() && (RATE.0..=RATE.1).contains(&r) => Ok(Some(r)),
+/// A duration filter in seconds.
+fn duration(key: &str, v: Option<&str>) -> Result<Option<f64>, AppError> {
+    let Some(v) = v else { return Ok(None) };
+    match crate::config::parse_duration(v) {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Some(secs)),
         _ => Err(AppError::bad_request(
-            format!("rate must be {} to {} jobs per second, got {v:?}", RATE.0, RATE.1),
-            json!({ "parameter": "rate", "min": RATE.0, "max": RATE.1 }),
+            format!("{key} must be a duration of at least 0 such as 90s, 30m, 2h or 7d, got {v:?}"),
+            json!({ "parameter": key, "examples": ["90s", "30m", "2h", "7d"], "min_seconds": 0 }),
         )),
     }
 }
@@ -139,31 +193,15 @@ pub fn resolve(q: &Queues, dlq: &str) -> Result<String, AppError> {
     })
 }
 
-/// The `queue` parameter of the mutating and listing endpoints.
-pub fn queue_param(map: &HashMap<String, String>, q: &Queues) -> Result<String, AppError> {
-    let dlq = map.get("queue").ok_or_else(|| {
+/// The required `queue` parameter, resolved to its base queue.
+pub fn queue_param(queue: Option<&str>, q: &Queues) -> Result<String, AppError> {
+    let dlq = queue.ok_or_else(|| {
         AppError::bad_request(
             "missing query parameter queue",
             json!({ "parameter": "queue", "known": q.known_dlqs() }),
         )
     })?;
     resolve(q, dlq)
-}
-
-/// `start` (≥ 0, default 0) and `limit` (1–1000, default 100).
-pub fn page_params(map: &HashMap<String, String>) -> Result<(u64, u64), AppError> {
-    Ok((
-        int_param(map, "start", (0, START_MAX))?.unwrap_or(0),
-        int_param(map, "limit", LIMIT)?.unwrap_or(100),
-    ))
-}
-
-/// The listing endpoints' parameters: paging, the filters and the cursor.
-pub fn listing_keys(extra: &[&'static str]) -> Vec<&'static str> {
-    let mut keys = vec!["start", "limit", "cursor"];
-    keys.extend(FILTER_KEYS);
-    keys.extend(extra);
-    keys
 }
 
 pub fn id_param(id: &str) -> Result<(), AppError> {
@@ -177,8 +215,8 @@ pub fn id_param(id: &str) -> Result<(), AppError> {
     }
 }
 
-pub fn index_param(map: &HashMap<String, String>) -> Result<u64, AppError> {
-    int_param(map, "index", (0u64, 9_007_199_254_740_991))?.ok_or_else(|| {
+pub fn index_param(index: Option<u64>) -> Result<u64, AppError> {
+    index.ok_or_else(|| {
         AppError::bad_request(
             "missing query parameter index (the job's index in the listing)",
             json!({ "parameter": "index", "min": 0 }),

@@ -6,7 +6,7 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use super::super::auth::Actor;
-use super::super::query::{params, RawQuery};
+use super::super::query::{NoParams, Query};
 use super::audit::audited;
 use super::params::{base_queue, id_param};
 use super::{queues, AppError, AppState};
@@ -27,9 +27,8 @@ use crate::store::AuditRow;
 pub async fn stuck(
     State(state): State<AppState>,
     Path(queue): Path<String>,
-    q: RawQuery,
+    _: Query<NoParams>,
 ) -> Result<Json<Value>, AppError> {
-    params(q, &[])?;
     let queues = queues(&state)?;
     let base = base_queue(queues, &queue)?;
     let list = queues.stuck(&base).await?;
@@ -54,9 +53,8 @@ pub async fn return_stuck(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path((queue, id)): Path<(String, String)>,
-    q: RawQuery,
+    _: Query<NoParams>,
 ) -> Result<Json<Value>, AppError> {
-    params(q, &[])?;
     let queues = queues(&state)?.clone();
     let base = base_queue(&queues, &queue)?;
     id_param(&id)?;

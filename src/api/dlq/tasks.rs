@@ -10,7 +10,7 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 
 use super::super::auth::Actor;
-use super::super::query::{params, RawQuery};
+use super::super::query::{NoParams, Query};
 use super::audit::{audit, reserve};
 use super::{queues, AppError, AppState};
 use crate::api::{ErrorBody, MoveErrors, QueryErrors};
@@ -101,8 +101,7 @@ async fn save_task(state: &AppState, queues: &Queues, task: &Task) {
         QueryErrors,
         (status = 404, description = "Queue monitoring is disabled", body = ErrorBody)
     ))]
-pub async fn tasks(State(state): State<AppState>, q: RawQuery) -> Result<Json<Value>, AppError> {
-    params(q, &[])?;
+pub async fn tasks(State(state): State<AppState>, _: Query<NoParams>) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
     let mut out: Vec<Value> = queues
         .tasks
@@ -146,8 +145,7 @@ async fn find_task(state: &AppState, id: &str) -> Result<Value, AppError> {
         QueryErrors,
         (status = 404, description = "No such task, or queue monitoring is disabled", body = ErrorBody)
     ))]
-pub async fn task(State(state): State<AppState>, Path(id): Path<String>, q: RawQuery) -> Result<Json<Value>, AppError> {
-    params(q, &[])?;
+pub async fn task(State(state): State<AppState>, Path(id): Path<String>, _: Query<NoParams>) -> Result<Json<Value>, AppError> {
     Ok(Json(find_task(&state, &id).await?))
 }
 
@@ -165,9 +163,8 @@ pub async fn cancel_task(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
-    q: RawQuery,
+    _: Query<NoParams>,
 ) -> Result<Json<Value>, AppError> {
-    params(q, &[])?;
     let queues = queues(&state)?;
     let Some(task) = queues.tasks.get(&id) else {
         // An earlier run's task has ended: show it, there is nothing to cancel.
