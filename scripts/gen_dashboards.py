@@ -234,9 +234,18 @@ gpu = dashboard(
         table("Last XIDs", "Seconds since each XID was last counted, with the XID catalog's severity and action "
               "(time() - gpu_xid_last_seen_timestamp_seconds); critical ones page (GpuXidCritical).", "s",
               f"time() - gpu_xid_last_seen_timestamp_seconds{{{GPU}}}"),
-        ts("Memory per process", "Device memory per compute process (gpu_process_memory_used_bytes); needs "
-           "gpu.per_process: true.", "bytes",
-           (f"gpu_process_memory_used_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}} {{process_name}} ({{pid}})"), w=24),
+        ts("GPU memory by service", "Device memory each service's compute processes hold, stacked per GPU "
+           "(gpu_service_memory_used_bytes; unattributed: processes no health.services[].match names), and the "
+           "used memory no running process accounts for (gpu_unattributed_memory_bytes: dead or foreign contexts). "
+           "ServiceGpuMemoryGrowing and GpuMemoryUnattributed watch them; needs gpu.per_process: true.", "bytes",
+           (f"gpu_service_memory_used_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}} {{service}}"),
+           (f"gpu_unattributed_memory_bytes{{{GPU}}}", "{{instance}} GPU {{gpu}} held by no process"), w=24,
+           fieldConfig={"defaults": {"unit": "bytes", "custom": {"stacking": {"mode": "normal", "group": "A"},
+                                                               "fillOpacity": 30}}, "overrides": []}),
+        table("GPU processes", "Each compute process with who holds it: the matched service, the systemd unit, the "
+              "container and its compose service (gpu_process_memory_used_bytes); past gpu.per_process_max the "
+              "smallest are summed into _other.", "bytes",
+              f"gpu_process_memory_used_bytes{{{GPU}}}"),
     ],
     [query_var("gpu", "GPU", 'label_values(gpu_info{job=~"$job", instance=~"$instance"}, gpu)')],
     [{"type": "link", "title": "GPU efficiency", "url": "/d/inferwatch-gpu-efficiency", "icon": "dashboard",

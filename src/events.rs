@@ -59,6 +59,15 @@ pub enum Event {
         /// True during the service's start period.
         starting: bool,
     },
+    /// The start period after a restart ended: whether the service's old
+    /// processes gave their GPU memory back.
+    GpuMemoryAfterRestart {
+        service: String,
+        returned: bool,
+        before_bytes: u64,
+        after_bytes: u64,
+        leftover_bytes: u64,
+    },
     /// A built-in alert, already logged at its level by [`EventBus::alert`].
     Alert {
         severity: Severity,
@@ -73,6 +82,13 @@ impl Event {
             Event::GpuTemperatureHigh { .. } => Severity::Warning,
             Event::GpuLost { .. } | Event::GpuXid { .. } => Severity::Error,
             Event::GpuPolled | Event::ServiceStatus { .. } => Severity::Info,
+            Event::GpuMemoryAfterRestart { returned, .. } => {
+                if *returned {
+                    Severity::Info
+                } else {
+                    Severity::Warning
+                }
+            }
             Event::Alert { severity, .. } => *severity,
         }
     }

@@ -15,7 +15,8 @@
 //!   - [`collectors::health`]: one task per service, the `service_*` and
 //!     `inference_model_ready` families; `health::check` (HTTP, Open
 //!     Inference, Redis, PostgreSQL checks, failure reasons, stall
-//!     detection) and `health::command` (restart commands).
+//!     detection), `health::command` (restart commands) and
+//!     `health::gpu_memory` (whether a restart gave the GPU memory back).
 //!   - [`collectors::queues`]: queue and DLQ depths, the "DLQ jobs present" alert.
 //!   - [`collectors::stream`]: the Redis stream input of pipeline events.
 //!   - [`collectors::storage`]: filesystem usage, the disk alert.
@@ -39,6 +40,12 @@
 //!   read returns; [`nvml::profiling`]: GPM samples and metrics, per-process
 //!   utilization, and the field-value reads (clock-event time, HBM
 //!   temperature, remapped rows, the recovery action).
+//! - [`attribution`]: who holds each GPU process: `/proc/<pid>/cgroup`
+//!   (systemd unit, container in every runtime's form; `attribution::cgroup`),
+//!   container names and compose labels from the Docker Engine API, cached
+//!   (`attribution::docker`), `health.services[].match`, and the per-GPU
+//!   process table with the `_other` fold and per-service sums
+//!   (`attribution::table`). The GPU collector calls it once per poll.
 //! - [`doctor`]: `inferwatch doctor`, what each field answers and costs here.
 //! - [`xid`]: the XID catalog (`src/xid/xid_catalog.json`) and the kernel-log
 //!   (`/dev/kmsg`) reader that finds the XIDs NVML events miss.
@@ -79,6 +86,7 @@
 //! `tests/it/common/`; the reference docs are `docs/`, one topic a file.
 
 pub mod api;
+pub mod attribution;
 pub mod cleanup;
 pub mod collectors;
 pub mod config;
@@ -205,11 +213,17 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
 
 /// Starts the GPU collector (loading NVML, or mock mode) wired to `state`.
 pub async fn gpu_collector(state: &AppState) -> GpuCollector {
+    let attributor = state
+        .config
+        .gpu
+        .per_process
+        .then(|| attribution::Attributor::new(&state.config, Some(&state.metrics)));
     GpuCollector::start(
         state.config.gpu.clone(),
         state.gpu.clone(),
         state.events.clone(),
         state.store.clone(),
+        attributor,
     )
     .await
 }

@@ -91,7 +91,10 @@ pub(crate) fn parse<T: DeserializeOwned + IntoParams>(raw: &str) -> Result<T, Ap
         // Every value passed its schema, so this is a schema that says less
         // than the type it feeds: a bug, answered as a 400 all the same.
         tracing::warn!(error = %e, "A query that passed its schema did not deserialise.");
-        AppError::bad_request("the query string does not fit this endpoint", json!({ "allowed": allowed }))
+        AppError::bad_request(
+            "the query string does not fit this endpoint",
+            json!({ "allowed": allowed }),
+        )
     })
 }
 
@@ -216,7 +219,10 @@ fn check_string(key: &str, o: &Object, raw: &str) -> Result<(), AppError> {
     }
     let Some(pattern) = &o.pattern else { return Ok(()) };
     let matches = regex_lite::Regex::new(pattern).map(|re| re.is_match(raw));
-    debug_assert!(matches.is_ok(), "{key}: the documented pattern {pattern} does not compile");
+    debug_assert!(
+        matches.is_ok(),
+        "{key}: the documented pattern {pattern} does not compile"
+    );
     if matches == Ok(false) {
         let about = o.description.as_deref().or(param_hint(o)).unwrap_or_default();
         return Err(AppError::bad_request(
@@ -287,8 +293,12 @@ mod tests {
         let (m, d) = error("limit=0");
         assert_eq!(m, "limit must be from 1 to 1000, got 0");
         assert_eq!((d["min"].as_f64(), d["max"].as_f64()), (Some(1.0), Some(1000.0)));
-        assert!(error("limit=abc").0.starts_with("limit must be a whole number from 1 to 1000"));
-        assert!(error("limit=-1").0.starts_with("limit must be a whole number from 1 to 1000"));
+        assert!(error("limit=abc")
+            .0
+            .starts_with("limit must be a whole number from 1 to 1000"));
+        assert!(error("limit=-1")
+            .0
+            .starts_with("limit must be a whole number from 1 to 1000"));
         assert_eq!(error("dry_run=yes").0, "dry_run must be true or false, got \"yes\"");
         assert_eq!(error("q=").0, "q must be 1–4 bytes");
         assert_eq!(error("q=abcde").1["max_length"], 4);

@@ -133,7 +133,10 @@ pub struct HistoryBody {
         QueryErrors,
         (status = 503, description = "The history store is unavailable", body = ErrorBody)
     ))]
-pub async fn history(State(state): State<AppState>, Query(p): Query<HistoryParams>) -> Result<Json<HistoryBody>, AppError> {
+pub async fn history(
+    State(state): State<AppState>,
+    Query(p): Query<HistoryParams>,
+) -> Result<Json<HistoryBody>, AppError> {
     let minutes = p.minutes.unwrap_or(60);
     let gpu = p.gpu.unwrap_or(0);
     let since = Utc::now() - chrono::Duration::minutes(minutes as i64);
@@ -170,6 +173,23 @@ pub async fn history(State(state): State<AppState>, Query(p): Query<HistoryParam
 pub async fn health(State(state): State<AppState>, _: Query<NoParams>) -> Result<Response, AppError> {
     let services = state.health.services();
     let overall = Overall::of(services.iter().map(|s| (&s.status, s.critical)));
+    let tables = state.gpu.snapshot().processes.clone();
+    let gpu_memory = services
+        .iter()
+        .map(|s| {
+            let held = tables
+                .iter()
+                .filter_map(|t| {
+                    t.services.get(&s.name).map(|u| ServiceGpuMemory {
+                        gpu: t.gpu,
+                        uuid: t.uuid.clone(),
+                        memory_used_bytes: u.bytes,
+                    })
+                })
+                .collect();
+            (s.name.clone(), held)
+        })
+        .collect();
     let services = services
         .iter()
         .map(|s| (s.name.clone(), s.status.as_str().to_string()))
@@ -182,6 +202,7 @@ pub async fn health(State(state): State<AppState>, _: Query<NoParams>) -> Result
     let body = HealthBody {
         status: overall.as_str().to_string(),
         services,
+        gpu_memory,
         timestamp: format_time(&Utc::now()),
     };
     Ok((code, Json(body)).into_response())
@@ -195,8 +216,19 @@ pub struct HealthBody {
     status: String,
     /// Each service's status: healthy, unhealthy, restarting, restart_failed, failed, unknown.
     services: std::collections::BTreeMap<String, String>,
+    /// Each service's GPU memory per GPU, from its processes in the last GPU
+    /// poll (`health.services[].match`; empty without gpu.per_process).
+    gpu_memory: std::collections::BTreeMap<String, Vec<ServiceGpuMemory>>,
     /// RFC 3339, UTC.
     timestamp: String,
+}
+
+/// What a service's processes hold on one GPU.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ServiceGpuMemory {
+    gpu: u32,
+    uuid: String,
+    memory_used_bytes: u64,
 }
 
 /// DLQ depths from the queue collector's last poll (`None` when queues are

@@ -19,6 +19,7 @@ use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use tokio::time::Instant;
 
 use super::{CollectError, Collector};
+use crate::attribution::{table, Attributor, GpuProcesses};
 use crate::config::{GpuConfig, GpuMode};
 use crate::events::{Event, EventBus};
 use crate::history::GpuSample;
@@ -53,8 +54,11 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
         sh.events.clone(),
         sh.store.clone(),
     );
+    let attributor = config
+        .per_process
+        .then(|| Attributor::new(&sh.config, Some(&sh.metrics)));
     Ok(super::Built::Polled(Box::pin(async move {
-        Box::new(GpuCollector::start(config, state, events, store).await) as Box<dyn super::DynCollector>
+        Box::new(GpuCollector::start(config, state, events, store, attributor).await) as Box<dyn super::DynCollector>
     })))
 }
 
@@ -141,6 +145,10 @@ pub struct GpuCollector {
     /// Reasons already logged since NVML was last up.
     logged: HashSet<&'static str>,
     versions: DriverVersions,
+    /// Who holds each GPU process (only with `gpu.per_process`).
+    attributor: Option<Attributor>,
+    /// What the last attribution took.
+    attribution_seconds: Option<f64>,
 }
 
 impl GpuCollector {
@@ -152,9 +160,12 @@ impl GpuCollector {
         state: Arc<GpuState>,
         events: EventBus,
         store: Option<Arc<Store>>,
+        attributor: Option<Attributor>,
     ) -> GpuCollector {
         let mut c = GpuCollector {
             config,
+            attributor,
+            attribution_seconds: None,
             state,
             link: Link::Mock,
             events,
@@ -394,6 +405,23 @@ impl GpuCollector {
         }
     }
 
+    /// Each GPU's process table, with owners (only with `gpu.per_process`).
+    async fn attribute(&mut self, readings: &[GpuReading]) -> Vec<GpuProcesses> {
+        let Some(attributor) = &mut self.attributor else {
+            return Vec::new();
+        };
+        let started = std::time::Instant::now();
+        let pids: HashSet<u32> = readings
+            .iter()
+            .flat_map(|r| r.processes.iter().flatten().map(|p| p.0))
+            .collect();
+        let owners = attributor.owners(&pids).await;
+        let max = self.config.per_process_max as usize;
+        let tables = readings.iter().filter_map(|r| table::build(r, &owners, max)).collect();
+        self.attribution_seconds = Some(started.elapsed().as_secs_f64());
+        tables
+    }
+
     /// The snapshot fields every state shares.
     fn base_snapshot(&self, nvml_up: bool, down: Option<NvmlDown>) -> GpuSnapshot {
         GpuSnapshot {
@@ -406,6 +434,7 @@ impl GpuCollector {
             xid_last_seen: self.xids.last_seen.clone(),
             kernel_log_up: self.kernel_log_up,
             kernel_log_overwritten: self.kernel_log_overwritten,
+            attribution_seconds: self.attribution_seconds,
             ..Default::default()
         }
     }
@@ -520,6 +549,7 @@ impl Collector for GpuCollector {
         self.hot.retain(|u| live.contains(u.as_str()));
         self.xids.retain(&live, Instant::now());
 
+        let processes = self.attribute(&readings).await;
         let samples: Vec<GpuSample> = readings.iter().map(|r| GpuSample::from_reading(r, now)).collect();
         self.state.record(&samples);
         if let Some(store) = &self.store {
@@ -529,6 +559,7 @@ impl Collector for GpuCollector {
             available: true,
             driver_version,
             readings,
+            processes,
             recorded_at: Some(now),
             samples,
             ..self.base_snapshot(true, None)
@@ -583,6 +614,17 @@ struct Family {
 }
 
 const GPU: &[&str] = &["gpu", "uuid"];
+const PROC: &[&str] = &[
+    "gpu",
+    "uuid",
+    "pid",
+    "process_name",
+    "service",
+    "unit",
+    "container",
+    "compose_project",
+    "compose_service",
+];
 
 macro_rules! families {
     ($($id:ident = $name:literal, $kind:ident, $labels:expr, $help:literal;)*) => {
@@ -619,9 +661,14 @@ families! {
     XidLastSeen = "gpu_xid_last_seen_timestamp_seconds", GAUGE, &["gpu", "uuid", "xid", "severity", "action"], "Unix time an XID was last counted, with the XID catalog's severity (critical, warning, info) and action.";
     KernelLogUp = "inferwatch_kernel_log_up", GAUGE, &[], "1 while gpu.kernel_log is being read, 0 when it cannot be (no series when it is off).";
     KernelLogOverwritten = "inferwatch_kernel_log_overwritten_total", COUNTER, &[], "Times the kernel log overwrote records before they were read (EPIPE): XIDs in them are lost.";
-    Proc = "gpu_process_memory_used_bytes", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Device memory used by a compute process (only with gpu.per_process).";
-    ProcSm = "gpu_process_sm_utilization_ratio", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Fraction of the GPU's SMs a compute process kept busy in its latest driver sample (0-1; only with gpu.per_process).";
-    ProcMemUtil = "gpu_process_memory_utilization_ratio", GAUGE, &["gpu", "uuid", "pid", "process_name"], "Fraction of time a compute process was reading or writing device memory in its latest driver sample (0-1; only with gpu.per_process).";
+    Proc = "gpu_process_memory_used_bytes", GAUGE, PROC, "Device memory used by a compute process, with who holds it: service (a health.services match), systemd unit, container and compose labels, empty when unknown (only with gpu.per_process; past gpu.per_process_max the smallest are summed into process_name=\"_other\").";
+    ProcSm = "gpu_process_sm_utilization_ratio", GAUGE, PROC, "Fraction of the GPU's SMs a compute process kept busy in its latest driver sample (0-1; only with gpu.per_process).";
+    ProcMemUtil = "gpu_process_memory_utilization_ratio", GAUGE, PROC, "Fraction of time a compute process was reading or writing device memory in its latest driver sample (0-1; only with gpu.per_process).";
+    ServiceMem = "gpu_service_memory_used_bytes", GAUGE, &["gpu", "uuid", "service"], "Device memory held by a service's compute processes; service=\"unattributed\" for processes no health.services match names (only with gpu.per_process).";
+    ServiceSm = "gpu_service_sm_utilization_ratio", GAUGE, &["gpu", "uuid", "service"], "Summed SM use of a service's compute processes in their latest driver samples (0-1 per process; only with gpu.per_process).";
+    Unattributed = "gpu_unattributed_memory_bytes", GAUGE, GPU, "Used device memory that no running compute process accounts for: memory held by dead or foreign contexts (only with gpu.per_process).";
+    AttributionSeconds = "inferwatch_gpu_attribution_duration_seconds", GAUGE, &[], "Seconds the last poll spent finding who holds each GPU process (/proc reads, Docker calls on a cache miss, service matching; only with gpu.per_process).";
+    Folded = "gpu_processes_folded", GAUGE, GPU, "Compute processes past gpu.per_process_max summed into process_name=\"_other\" in the last poll.";
     GraphicsActive = "gpu_graphics_engine_active_ratio", GAUGE, GPU, "GPM: fraction of the slow interval the graphics or compute engine was active (0-1).";
     SmActive = "gpu_sm_active_ratio", GAUGE, GPU, "GPM: fraction of the slow interval an SM had at least one warp assigned, averaged over SMs (0-1).";
     SmOccupancy = "gpu_sm_occupancy_ratio", GAUGE, GPU, "GPM: resident warps as a fraction of the theoretical maximum, averaged over SMs (0-1).";
@@ -706,7 +753,7 @@ impl Builder {
     }
 
     /// Every series of one GPU's reading.
-    fn reading(&mut self, r: &GpuReading, driver_version: &str, per_process: bool) {
+    fn reading(&mut self, r: &GpuReading, driver_version: &str) {
         let idx = r.index.to_string();
         let l = [idx.as_str(), r.uuid.as_str()];
         self.add(F::Info, &[&idx, &r.uuid, &r.name, driver_version, &r.pci_bus_id], 1.0);
@@ -742,29 +789,40 @@ impl Builder {
                 );
             }
         }
-        if per_process {
-            for (pid, name, bytes) in r.processes.iter().flatten() {
-                self.add(F::Proc, &[l[0], l[1], &pid.to_string(), name], *bytes as f64);
-            }
-            self.process_utilization(r, &l);
-        }
         self.health(r, &l);
         self.gpm(r, &l);
     }
 
-    /// Per-process SM and memory utilization. The samples are a slow
-    /// field; a process that has exited since (it is no longer among the
-    /// compute processes of this poll) has no series.
-    fn process_utilization(&mut self, r: &GpuReading, l: &[&str; 2]) {
-        let running: Option<HashSet<u32>> = r.processes.as_ref().map(|p| p.iter().map(|x| x.0).collect());
-        for (pid, name, sm, mem) in r.process_utilization.iter().flatten() {
-            if running.as_ref().is_some_and(|live| !live.contains(pid)) {
-                continue;
-            }
-            let labels = [l[0], l[1], &pid.to_string(), name.as_str()];
-            self.add(F::ProcSm, &labels, *sm);
-            self.add(F::ProcMemUtil, &labels, *mem);
+    /// One GPU's process table: each process with its owner (the SM and
+    /// memory-utilization samples are a slow field; a process that has
+    /// exited since has no series), the per-service sums, the memory no
+    /// process accounts for, and how many were folded into `_other`.
+    fn processes(&mut self, t: &GpuProcesses) {
+        let idx = t.gpu.to_string();
+        let l = [idx.as_str(), t.uuid.as_str()];
+        for row in &t.rows {
+            let o = &row.owner;
+            let labels = [
+                l[0],
+                l[1],
+                &row.pid,
+                &row.name,
+                &o.service,
+                &o.unit,
+                &o.container,
+                &o.compose_project,
+                &o.compose_service,
+            ];
+            self.add(F::Proc, &labels, row.bytes as f64);
+            self.opt(F::ProcSm, &labels, row.sm);
+            self.opt(F::ProcMemUtil, &labels, row.memory_utilization);
         }
+        for (service, used) in &t.services {
+            self.add(F::ServiceMem, &[l[0], l[1], service], used.bytes as f64);
+            self.opt(F::ServiceSm, &[l[0], l[1], service], used.sm);
+        }
+        self.opt(F::Unattributed, &l, t.unattributed_bytes.map(|b| b as f64));
+        self.add(F::Folded, &l, t.folded as f64);
     }
 
     /// Throttle time, memory temperature, thresholds, PCIe link, remapping.
@@ -847,8 +905,12 @@ impl PromCollector for GpuFamilies {
         }
         b.add(F::Devices, &[], snap.readings.len() as f64);
         for r in &snap.readings {
-            b.reading(r, &snap.driver_version, self.state.per_process());
+            b.reading(r, &snap.driver_version);
         }
+        for t in &snap.processes {
+            b.processes(t);
+        }
+        b.opt(F::AttributionSeconds, &[], snap.attribution_seconds);
         for ((gpu, uuid, xid), n) in &snap.xid_totals {
             b.add(F::Xid, &[gpu, uuid, xid], *n as f64);
         }

@@ -26,8 +26,12 @@ pub struct GpuConfig {
     /// Longest one poll of all GPUs may take before it counts as failed, 0.1–60 s.
     #[serde(deserialize_with = "de_seconds")]
     pub timeout: Duration,
-    /// Export `gpu_process_memory_used_bytes` per compute process.
+    /// Export `gpu_process_memory_used_bytes` per compute process, each
+    /// attributed to its unit, container and service (see `attribution`).
     pub per_process: bool,
+    /// Per-process series per GPU, 1–10000; the smallest processes beyond
+    /// it are summed into `process_name="_other"`.
+    pub per_process_max: u32,
     /// Temperature above which one WARNING is logged per crossing, 1–150 °C.
     pub temperature_warning_celsius: f64,
     /// Seconds between reads of the expensive ("slow") fields such as the
@@ -94,6 +98,7 @@ impl Default for GpuConfig {
             slow_interval: None,
             fields: GpuFieldsConfig::default(),
             kernel_log: "/dev/kmsg".to_string(),
+            per_process_max: 64,
         }
     }
 }
@@ -101,6 +106,7 @@ impl Default for GpuConfig {
 pub const POLL_INTERVAL: Range = Range::new("gpu.poll_interval", 1.0, 60.0, "seconds");
 pub const HISTORY_MINUTES: Range = Range::new("gpu.history_minutes", 1.0, 1440.0, "minutes");
 pub const TIMEOUT: Range = Range::new("gpu.timeout", 0.1, 60.0, "seconds");
+pub const PER_PROCESS_MAX: Range = Range::new("gpu.per_process_max", 1.0, 10000.0, "series per GPU");
 pub const TEMPERATURE_WARNING: Range = Range::new("gpu.temperature_warning_celsius", 1.0, 150.0, "°C");
 /// The lower bound is also `gpu.poll_interval`.
 pub const SLOW_INTERVAL: Range = Range::new(
@@ -116,6 +122,7 @@ impl GpuConfig {
         HISTORY_MINUTES.check(self.history_minutes as f64)?;
         TIMEOUT.check(self.timeout.as_secs_f64())?;
         TEMPERATURE_WARNING.check(self.temperature_warning_celsius)?;
+        PER_PROCESS_MAX.check(self.per_process_max as f64)?;
         if let Some(slow) = self.slow_interval {
             SLOW_INTERVAL
                 .at_least(self.poll_interval.as_secs_f64())

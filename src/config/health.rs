@@ -239,6 +239,61 @@ pub struct ServiceConfig {
     /// Services that must be healthy for this one to be restarted.
     #[serde(default)]
     pub depends_on: Vec<String>,
+    /// How to recognise this service's GPU processes (docs/attribution.md).
+    #[serde(default, rename = "match")]
+    pub matcher: Option<ServiceMatch>,
+}
+
+/// How a GPU process is recognised as a service's: every key given must
+/// match (at least one is given).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceMatch {
+    /// The systemd unit, e.g. `vllm.service`.
+    pub unit: Option<String>,
+    /// The container's name (as `docker ps` shows it) or its id, full or a
+    /// prefix of at least 12 hex digits.
+    pub container: Option<String>,
+    /// The compose service (`com.docker.compose.service`).
+    pub compose_service: Option<String>,
+    /// A file holding the pid of the service's main process; that process
+    /// and its descendants match.
+    pub pid_file: Option<std::path::PathBuf>,
+    /// A regular expression searched in the process's command line (its
+    /// arguments joined by spaces).
+    pub cmdline: Option<String>,
+}
+
+impl ServiceMatch {
+    /// At least one key; the `cmdline` regex compiles.
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let given = [
+            self.unit.is_some(),
+            self.container.is_some(),
+            self.compose_service.is_some(),
+            self.pid_file.is_some(),
+            self.cmdline.is_some(),
+        ];
+        if !given.contains(&true) {
+            return Err(invalid(
+                key,
+                "{}",
+                "names nothing to match",
+                "one or more of unit, container, compose_service, pid_file, cmdline",
+            ));
+        }
+        if let Some(re) = &self.cmdline {
+            if let Err(e) = regex_lite::Regex::new(re) {
+                return Err(invalid(
+                    &format!("{key}.cmdline"),
+                    re,
+                    "not a regular expression",
+                    &format!("a regular expression ({e})"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_failure_threshold() -> u32 {
@@ -455,6 +510,9 @@ impl ServiceConfig {
             SLOW_AFTER.check_at(&key("slow_after"), s.as_secs_f64())?;
         }
         self.validate_probe(i)?;
+        if let Some(m) = &self.matcher {
+            m.validate(&key("match"))?;
+        }
         let Some(r) = &self.restart else { return Ok(()) };
         if r.command.first().map_or(true, |p| p.trim().is_empty()) {
             return Err(invalid(

@@ -11,6 +11,7 @@
 //! and its `validate`.
 
 mod api;
+mod attribution;
 mod gpu;
 mod health;
 mod pipeline;
@@ -21,6 +22,7 @@ mod web;
 mod websocket;
 
 pub use api::ApiConfig;
+pub use attribution::AttributionConfig;
 pub use gpu::{GpuConfig, GpuFieldsConfig, GpuMode};
 pub use health::{CheckKind, HealthConfig, HttpMethod, RestartConfig, ServiceConfig};
 pub use pipeline::{PipelineConfig, StreamConfig};
@@ -78,6 +80,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Filesystem usage and the cleanup preview.
     pub storage: StorageConfig,
+    /// Who holds each GPU process: the host's `/proc` and the Docker socket.
+    pub attribution: AttributionConfig,
     /// `--collector.<name>` (true) / `--no-collector.<name>` (false) flags,
     /// which win over the sections' own switches.
     #[serde(skip)]
@@ -97,6 +101,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             pipeline: PipelineConfig::default(),
             storage: StorageConfig::default(),
+            attribution: AttributionConfig::default(),
             collector_flags: Default::default(),
         }
     }
@@ -166,6 +171,7 @@ impl Config {
         self.api.validate()?;
         self.pipeline.validate()?;
         self.storage.validate()?;
+        self.attribution.validate()?;
         self.websocket.validate()?;
         self.web.validate()
     }

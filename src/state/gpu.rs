@@ -21,6 +21,10 @@ pub struct GpuSnapshot {
     pub available: bool,
     pub driver_version: String,
     pub readings: Vec<GpuReading>,
+    /// Each GPU's processes with who holds them (only with `gpu.per_process`).
+    pub processes: Vec<crate::attribution::GpuProcesses>,
+    /// Seconds the last attribution took.
+    pub attribution_seconds: Option<f64>,
     /// Cumulative XID counts per `(gpu, uuid, xid)` labels.
     pub xid_totals: BTreeMap<(String, String, String), u64>,
     /// Unix time each `(gpu, uuid, xid)` was last counted.

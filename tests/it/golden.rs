@@ -24,6 +24,7 @@ const VOLATILE: &[&str] = &[
     "http_request_duration_seconds_sum{",
     // Time spent inside the (fake) driver: the counts stay, the seconds vary.
     "inferwatch_nvml_call_duration_seconds_total{",
+    "inferwatch_gpu_attribution_duration_seconds",
     // Wall-clock times of the XIDs (their labels are checked in tests/it/gpu.rs).
     "gpu_xid_last_seen_timestamp_seconds{",
 ];
@@ -48,7 +49,7 @@ async fn metrics_page_matches_golden_file() {
     let state_text = format!(
         // No clock-event reason active (their counters grow with time), one
         // process with a utilization sample, and NVLink on GPU 1 only.
-        "{}1.xid 79\n0.procs 4242:1073741824:python3\n0.proc_util 4242:96:25\n1.unsupported fan\n\
+        "{}1.xid 79\n0.procs 4242:1073741824:python3\n0.proc_util 4242:96:25\n1.procs 5151:536870912:tritonserver\n1.unsupported fan\n\
          0.throttle 0x1\n1.throttle 0x0\n1.nvlinks 18\n1.gpm nvlink_tx:1024,nvlink_rx:2048\n",
         gpus_state(2)
     );
@@ -71,10 +72,29 @@ async fn metrics_page_matches_golden_file() {
     config.gpu.kernel_log = kmsg.display().to_string();
     config.gpu.per_process = true;
     config.data_dir = data.path().to_owned();
+    // A /proc of its own, so the owners do not depend on this machine's
+    // pids: 4242 in the unit rtdetr.service (matched by the service below),
+    // 5151 in a Docker container no service names (no Docker socket).
+    let proc_root = data.path().join("proc");
+    std::fs::create_dir_all(proc_root.join("self")).unwrap();
+    for (pid, cgroup) in [
+        (4242, "0::/system.slice/rtdetr.service\n".to_string()),
+        (
+            5151,
+            format!("0::/system.slice/docker-{}.scope\n", "c0ffee".repeat(10) + "c0ff"),
+        ),
+    ] {
+        let dir = proc_root.join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stat"), format!("{pid} (p) S 1 {}\n", "0 ".repeat(17) + "777")).unwrap();
+        std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+    }
+    config.attribution.proc_root = proc_root;
+    config.attribution.docker_socket = Some(std::path::PathBuf::new());
     // Two services, never checked here: every service_* series at its
     // start, and an Open Inference server's model and stall series.
     config.health = Config::from_yaml(
-        "health:\n  services:\n    - {name: rtdetr, kind: http, url: \"http://127.0.0.1:9/health\"}\n    - {name: triton, kind: open_inference, url: \"http://127.0.0.1:9\", models: [resnet], start_period: 5m, progress: {metrics_url: \"http://127.0.0.1:9/metrics\", preset: triton}}\n",
+        "health:\n  services:\n    - {name: rtdetr, kind: http, url: \"http://127.0.0.1:9/health\", match: {unit: rtdetr.service}}\n    - {name: triton, kind: open_inference, url: \"http://127.0.0.1:9\", models: [resnet], start_period: 5m, progress: {metrics_url: \"http://127.0.0.1:9/metrics\", preset: triton}}\n",
     )
     .unwrap()
     .health;

@@ -5,6 +5,7 @@
 mod common;
 
 mod alerting;
+mod attribution;
 mod bundle;
 mod config;
 mod dashboards;

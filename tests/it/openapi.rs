@@ -39,7 +39,11 @@ fn handler_file(file: &std::path::Path, handler: &str) -> (std::path::PathBuf, S
         dir = dir.join(f);
     }
     let flat = dir.join(format!("{last}.rs"));
-    let path = if flat.exists() { flat } else { dir.join(last).join("mod.rs") };
+    let path = if flat.exists() {
+        flat
+    } else {
+        dir.join(last).join("mod.rs")
+    };
     (path, name)
 }
 
@@ -80,7 +84,10 @@ fn router_routes() -> BTreeMap<String, BTreeSet<String>> {
         }
         for (i, _) in text.match_indices("routes!(") {
             let rest = &text[i + 8..];
-            for handler in rest[..rest.find(')').unwrap()].split(',').filter(|h| !h.trim().is_empty()) {
+            for handler in rest[..rest.find(')').unwrap()]
+                .split(',')
+                .filter(|h| !h.trim().is_empty())
+            {
                 let (source, name) = handler_file(&file, handler);
                 let (method, path) = annotated_route(&source, &name);
                 out.entry(path).or_default().insert(method);
@@ -178,9 +185,10 @@ fn every_query_struct_is_the_documented_one() {
             if ty == "NoParams" {
                 continue;
             }
-            let params = attr.split("params(").nth(1).unwrap_or_else(|| {
-                panic!("{}: {sig} takes Query<{ty}> but documents no params", file.display())
-            });
+            let params = attr
+                .split("params(")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{}: {sig} takes Query<{ty}> but documents no params", file.display()));
             let names = &params[..params.find("responses(").unwrap_or(params.len())];
             assert!(
                 names.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == ty),

@@ -80,10 +80,7 @@ pub async fn jobs_by_path(
         (status = 404, description = "Unknown DLQ, or queue monitoring is disabled", body = ErrorBody),
         (status = 503, description = "Redis is unavailable", body = ErrorBody)
     ))]
-pub async fn jobs_by_query(
-    State(state): State<AppState>,
-    Query(p): Query<ListingIn>,
-) -> Result<Json<Value>, AppError> {
+pub async fn jobs_by_query(State(state): State<AppState>, Query(p): Query<ListingIn>) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
     let base = queue_param(p.a.queue.as_deref(), queues)?;
     list(queues, &base, &p.b).await

@@ -19,13 +19,12 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::middleware;
+use serde_json::{json, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use serde_json::{json, Value};
 
 use super::{auth, AppError, AppState};
 use crate::dlq::{DlqError, Queues};
-
 
 pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     // The changes need the API token (`auth::require`); the reads do not.

@@ -123,7 +123,13 @@ pub struct JobAt {
     #[param(required = true, nullable = false)]
     pub queue: Option<String>,
     /// The index the job was listed at; the job is looked for when it moved
-    #[param(required = true, nullable = false, explode = false, minimum = 0, maximum = 9007199254740991.0)]
+    #[param(
+        required = true,
+        nullable = false,
+        explode = false,
+        minimum = 0,
+        maximum = 9007199254740991.0
+    )]
     pub index: Option<u64>,
 }
 

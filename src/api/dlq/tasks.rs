@@ -145,7 +145,11 @@ async fn find_task(state: &AppState, id: &str) -> Result<Value, AppError> {
         QueryErrors,
         (status = 404, description = "No such task, or queue monitoring is disabled", body = ErrorBody)
     ))]
-pub async fn task(State(state): State<AppState>, Path(id): Path<String>, _: Query<NoParams>) -> Result<Json<Value>, AppError> {
+pub async fn task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    _: Query<NoParams>,
+) -> Result<Json<Value>, AppError> {
     Ok(Json(find_task(&state, &id).await?))
 }
 

@@ -16,6 +16,7 @@
 
 mod check;
 mod command;
+mod gpu_memory;
 
 use chrono::{DateTime, Utc};
 use prometheus::{GaugeVec, HistogramVec, IntCounterVec};
@@ -32,6 +33,7 @@ use crate::restart::{AlertKind, Check, Machine, Policy, RestartGate, Status, Ste
 use crate::state::{HealthState, Readiness};
 use check::{CheckError, Checker, Outcome, Progress, ProgressError, Reason};
 use command::run_restart;
+use gpu_memory::Held;
 
 /// Why a health monitor could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +217,7 @@ fn enabled(_: &crate::config::Config) -> bool {
 fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     let sinks = Sinks {
         state: sh.health.clone(),
+        gpu: sh.gpu.clone(),
         metrics: Arc::new(HealthMetrics::register(&sh.metrics, &sh.config.health.services)),
         registry: sh.metrics.clone(),
         events: sh.events.clone(),
@@ -232,6 +235,8 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
 #[derive(Clone)]
 pub struct Sinks {
     pub state: Arc<HealthState>,
+    /// The GPU snapshot, for what a service holds when it is restarted.
+    pub gpu: Arc<crate::state::GpuState>,
     pub metrics: Arc<HealthMetrics>,
     pub registry: Arc<Metrics>,
     pub events: EventBus,
@@ -308,6 +313,7 @@ impl HealthMonitor {
                     sinks: self.sinks.clone(),
                     last_error: String::new(),
                     progress_error: None,
+                    gpu_before: None,
                 };
                 let (readiness, pending, shutdown) = (readiness.clone(), pending.clone(), shutdown.clone());
                 tokio::spawn(task.run(readiness, pending, shutdown))
@@ -328,6 +334,10 @@ struct ServiceTask {
     was_starting: bool,
     /// The last progress read error, logged once until it changes.
     progress_error: Option<String>,
+    /// What the service held on the GPUs when it was last restarted, and
+    /// when the start period after the restart ended (then it is compared
+    /// with the first GPU reading taken after that).
+    gpu_before: Option<(Held, Option<DateTime<Utc>>)>,
 }
 
 /// What one probe read: the check, and the progress metrics if configured.
@@ -434,6 +444,7 @@ impl ServiceTask {
             self.policy.backoff(attempt),
         );
         self.apply(step, message, None);
+        self.note_gpu_memory(&name);
         let turn = match self.gate.try_turn() {
             Some(turn) => turn,
             None => {
@@ -518,6 +529,48 @@ impl ServiceTask {
         if live.is_ok() {
             self.last_error.clear();
         }
+        if !self.machine.is_starting() {
+            self.judge_gpu_memory(&name);
+        }
+    }
+
+    /// Before a restart: logs how much GPU memory the service holds, and
+    /// keeps it for the comparison after the start period.
+    fn note_gpu_memory(&mut self, name: &str) {
+        let held = Held::of(&self.sinks.gpu.snapshot().processes, name);
+        if held.total() == 0 {
+            self.gpu_before = None;
+            return;
+        }
+        tracing::info!(service = %name, gpu_memory_bytes = held.total(), per_gpu = ?held.per_gpu, "Restarting a service that holds GPU memory.");
+        self.gpu_before = Some((held, None));
+    }
+
+    /// Once the start period after a restart has ended: says on the log and
+    /// the WebSocket whether the old processes gave their memory back.
+    fn judge_gpu_memory(&mut self, name: &str) {
+        let Some((_, ended)) = &mut self.gpu_before else { return };
+        let ended = *ended.get_or_insert_with(Utc::now);
+        let snapshot = self.sinks.gpu.snapshot();
+        if snapshot.recorded_at.map_or(true, |at| at <= ended) {
+            return;
+        }
+        let Some((before, _)) = self.gpu_before.take() else {
+            return;
+        };
+        let v = gpu_memory::judge(&before, &snapshot.processes, name);
+        if v.returned {
+            tracing::info!(service = %name, before_bytes = v.before_bytes, after_bytes = v.after_bytes, leftover_bytes = v.leftover_bytes, "The restart returned the service's GPU memory.");
+        } else {
+            tracing::warn!(service = %name, before_bytes = v.before_bytes, after_bytes = v.after_bytes, leftover_bytes = v.leftover_bytes, "The restart did not return the service's GPU memory: its old processes, or a context no process holds, still have it.");
+        }
+        self.sinks.events.publish(crate::events::Event::GpuMemoryAfterRestart {
+            service: name.to_string(),
+            returned: v.returned,
+            before_bytes: v.before_bytes,
+            after_bytes: v.after_bytes,
+            leftover_bytes: v.leftover_bytes,
+        });
     }
 
     /// Counts a failed check by reason (`dependency` when a dependency is

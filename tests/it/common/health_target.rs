@@ -89,6 +89,11 @@ impl HealthTarget {
         ]
     }
 
+    /// The foreground server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.pid() as u32)
+    }
+
     pub fn pid_file(&self) -> String {
         self.dir.path().join("daemon.pid").display().to_string()
     }

@@ -1,12 +1,14 @@
 //! Test harness, split by what it starts: the fake NVML (`fake_gpu`), the
 //! real daemon (`daemon`), PostgreSQL, Prometheus, Redis, Alertmanager, the
-//! SMTP sink, VictoriaMetrics, the health target and a WebSocket client.
+//! SMTP sink, VictoriaMetrics, the health target, a WebSocket client and
+//! Docker containers.
 //! Each helper kills its process on drop. What every part shares is here.
 
 pub mod alerting;
 pub mod alertmanager;
 pub mod daemon;
 pub mod dashboards;
+pub mod docker;
 pub mod fake_gpu;
 pub mod health_target;
 pub mod postgres;

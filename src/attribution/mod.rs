@@ -1,0 +1,274 @@
+//! Who holds each GPU process: its systemd unit, its container (with the
+//! name and compose labels the Docker Engine API gives) and the inferwatch
+//! service whose `match` it fits. The GPU collector asks once per poll for
+//! the pids NVML reported; `/metrics` and the API read the published
+//! result, never `/proc` or the Docker socket.
+//!
+//! Cost: two small `/proc` reads per new process (`stat` for its start time,
+//! `cgroup`), a `cmdline` read when a service matches on it, and a Docker
+//! call per new container. A process already seen (same pid, same start
+//! time) costs one `stat` read.
+
+pub mod cgroup;
+pub mod docker;
+pub mod table;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ServiceConfig};
+
+pub use table::{GpuProcesses, ProcessRow, OTHER, UNATTRIBUTED};
+
+/// Who holds one process. Empty strings where unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Owner {
+    /// The configured service it matched, or "".
+    pub service: String,
+    /// The systemd service unit.
+    pub unit: String,
+    /// The container's name, or its 12-digit short id when the engine
+    /// cannot be asked.
+    pub container: String,
+    pub compose_service: String,
+    pub compose_project: String,
+}
+
+/// One service's `match`, ready to test.
+struct Matcher {
+    service: String,
+    unit: Option<String>,
+    container: Option<String>,
+    compose_service: Option<String>,
+    pid_file: Option<PathBuf>,
+    cmdline: Option<regex_lite::Regex>,
+}
+
+/// What a process is, before services are matched.
+#[derive(Debug, Clone, Default)]
+struct Facts {
+    start_time: u64,
+    unit: String,
+    container_id: String,
+    container: String,
+    compose_service: String,
+    compose_project: String,
+    /// Read once, when a service matches on it.
+    cmdline: Option<String>,
+}
+
+/// Resolves pids to owners, caching per (pid, start time).
+pub struct Attributor {
+    proc_root: PathBuf,
+    docker: Option<docker::Docker>,
+    matchers: Vec<Matcher>,
+    known: HashMap<u32, Facts>,
+}
+
+impl Attributor {
+    pub fn new(config: &Config, metrics: Option<&crate::metrics::Metrics>) -> Attributor {
+        let matchers = config.health.services.iter().filter_map(matcher).collect();
+        Attributor {
+            proc_root: config.attribution.proc_root.clone(),
+            docker: config
+                .attribution
+                .docker_socket()
+                .map(|s| docker::Docker::new(s, metrics)),
+            matchers,
+            known: HashMap::new(),
+        }
+    }
+
+    /// The owner of each of `pids`; processes that are gone are forgotten.
+    pub async fn owners(&mut self, pids: &HashSet<u32>) -> HashMap<u32, Owner> {
+        self.known.retain(|pid, _| pids.contains(pid));
+        let mut out = HashMap::with_capacity(pids.len());
+        for &pid in pids {
+            let Some(start_time) = start_time(&self.proc_root, pid) else {
+                // Not visible here (another PID namespace, or exited).
+                self.known.remove(&pid);
+                out.insert(pid, Owner::default());
+                continue;
+            };
+            if self.known.get(&pid).map(|f| f.start_time) != Some(start_time) {
+                let facts = self.facts(pid, start_time).await;
+                self.known.insert(pid, facts);
+            }
+            let facts = &self.known[&pid];
+            let service = self.service_of(pid, facts);
+            out.insert(
+                pid,
+                Owner {
+                    service,
+                    unit: facts.unit.clone(),
+                    container: facts.container.clone(),
+                    compose_service: facts.compose_service.clone(),
+                    compose_project: facts.compose_project.clone(),
+                },
+            );
+        }
+        if let Some(d) = &mut self.docker {
+            let live: HashSet<String> = self.known.values().map(|f| f.container_id.clone()).collect();
+            d.retain(&live);
+        }
+        out
+    }
+
+    /// Reads the cgroup of a process first seen, and names its container.
+    async fn facts(&mut self, pid: u32, start_time: u64) -> Facts {
+        let text = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).unwrap_or_default();
+        let info = cgroup::parse(&text);
+        let mut facts = Facts {
+            start_time,
+            unit: info.unit.unwrap_or_default(),
+            cmdline: self
+                .matchers
+                .iter()
+                .any(|m| m.cmdline.is_some())
+                .then(|| cmdline(&self.proc_root, pid))
+                .flatten(),
+            ..Facts::default()
+        };
+        if let Some((runtime, id)) = info.container {
+            facts.container = id[..12].to_string();
+            if runtime == cgroup::Runtime::Docker {
+                if let Some(c) = match &mut self.docker {
+                    Some(d) => d.lookup(&id).await,
+                    None => None,
+                } {
+                    facts.container = c.name;
+                    facts.compose_service = c.compose_service.unwrap_or_default();
+                    facts.compose_project = c.compose_project.unwrap_or_default();
+                }
+            }
+            facts.container_id = id;
+        }
+        facts
+    }
+
+    /// The first service whose every given key matches.
+    fn service_of(&self, pid: u32, facts: &Facts) -> String {
+        for m in &self.matchers {
+            let fits = m.unit.as_ref().map_or(true, |u| *u == facts.unit)
+                && m.container.as_ref().map_or(true, |c| {
+                    !facts.container_id.is_empty()
+                        && (*c == facts.container || (c.len() >= 12 && facts.container_id.starts_with(c.as_str())))
+                })
+                && m.compose_service
+                    .as_ref()
+                    .map_or(true, |s| !s.is_empty() && *s == facts.compose_service)
+                && m.pid_file
+                    .as_ref()
+                    .map_or(true, |f| descends_from_pid_file(&self.proc_root, pid, f))
+                && m.cmdline
+                    .as_ref()
+                    .map_or(true, |re| facts.cmdline.as_ref().is_some_and(|line| re.is_match(line)));
+            if fits {
+                return m.service.clone();
+            }
+        }
+        String::new()
+    }
+}
+
+fn matcher(s: &ServiceConfig) -> Option<Matcher> {
+    let m = s.matcher.as_ref()?;
+    Some(Matcher {
+        service: s.name.clone(),
+        unit: m.unit.clone(),
+        container: m.container.clone(),
+        compose_service: m.compose_service.clone(),
+        pid_file: m.pid_file.clone(),
+        // Validation compiled it already.
+        cmdline: m.cmdline.as_ref().and_then(|re| regex_lite::Regex::new(re).ok()),
+    })
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name (which may hold
+/// spaces and parentheses): index 0 is the state, 1 the parent pid, 19 the
+/// start time.
+fn stat_fields(proc_root: &Path, pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let after = &text[text.rfind(')')? + 1..];
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
+/// The process's start time in clock ticks since boot: with the pid, it
+/// names one process even after the pid is reused.
+fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    stat_fields(proc_root, pid)?.get(19)?.parse().ok()
+}
+
+fn parent(proc_root: &Path, pid: u32) -> Option<u32> {
+    stat_fields(proc_root, pid)?.get(1)?.parse().ok()
+}
+
+/// The command line, its arguments joined by spaces.
+fn cmdline(proc_root: &Path, pid: u32) -> Option<String> {
+    let raw = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    Some(args.join(" "))
+}
+
+/// Whether `pid` is the pid in `file`, or a descendant of it (a server's
+/// GPU workers are often its children).
+fn descends_from_pid_file(proc_root: &Path, pid: u32, file: &Path) -> bool {
+    let Some(main) = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    let mut at = pid;
+    // Bounded: a process tree is far shallower than this.
+    for _ in 0..64 {
+        if at == main {
+            return true;
+        }
+        match parent(proc_root, at) {
+            Some(p) if p > 1 && p != at => at = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_is_read_past_a_command_name_with_spaces_and_parens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("42");
+        std::fs::create_dir(&p).unwrap();
+        let mut fields = vec!["S", "7"];
+        fields.extend(std::iter::repeat("0").take(17));
+        fields.push("123456");
+        std::fs::write(p.join("stat"), format!("42 (my (odd) name) {}\n", fields.join(" "))).unwrap();
+        assert_eq!(start_time(dir.path(), 42), Some(123456));
+        assert_eq!(parent(dir.path(), 42), Some(7));
+        assert_eq!(start_time(dir.path(), 43), None);
+    }
+
+    #[test]
+    fn this_process_descends_from_its_parent_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("parent.pid");
+        let me = std::process::id();
+        let parent_pid = parent(Path::new("/proc"), me).unwrap();
+        std::fs::write(&file, format!("{parent_pid}\n")).unwrap();
+        assert!(descends_from_pid_file(Path::new("/proc"), me, &file));
+        std::fs::write(&file, "999999999\n").unwrap();
+        assert!(!descends_from_pid_file(Path::new("/proc"), me, &file));
+        assert!(!descends_from_pid_file(
+            Path::new("/proc"),
+            me,
+            &dir.path().join("none")
+        ));
+    }
+}
