@@ -55,6 +55,9 @@ struct Facts {
     compose_project: String,
     /// Read once, when a service matches on it.
     cmdline: Option<String>,
+    /// The pid and its ancestors below init, read once when a service
+    /// matches on a pid file.
+    lineage: Vec<u32>,
 }
 
 /// Resolves pids to owners, caching per (pid, start time).
@@ -82,6 +85,16 @@ impl Attributor {
     /// The owner of each of `pids`; processes that are gone are forgotten.
     pub async fn owners(&mut self, pids: &HashSet<u32>) -> HashMap<u32, Owner> {
         self.known.retain(|pid, _| pids.contains(pid));
+        // Each pid file once per poll, not once per process.
+        let mains: HashMap<PathBuf, Option<u32>> = self
+            .matchers
+            .iter()
+            .filter_map(|m| m.pid_file.clone())
+            .map(|f| {
+                let pid = std::fs::read_to_string(&f).ok().and_then(|t| t.trim().parse().ok());
+                (f, pid)
+            })
+            .collect();
         let mut out = HashMap::with_capacity(pids.len());
         for &pid in pids {
             let Some(start_time) = start_time(&self.proc_root, pid) else {
@@ -95,7 +108,7 @@ impl Attributor {
                 self.known.insert(pid, facts);
             }
             let facts = &self.known[&pid];
-            let service = self.service_of(pid, facts);
+            let service = self.service_of(facts, &mains);
             out.insert(
                 pid,
                 Owner {
@@ -127,6 +140,11 @@ impl Attributor {
                 .any(|m| m.cmdline.is_some())
                 .then(|| cmdline(&self.proc_root, pid))
                 .flatten(),
+            lineage: if self.matchers.iter().any(|m| m.pid_file.is_some()) {
+                lineage(&self.proc_root, pid)
+            } else {
+                Vec::new()
+            },
             ..Facts::default()
         };
         if let Some((runtime, id)) = info.container {
@@ -146,8 +164,9 @@ impl Attributor {
         facts
     }
 
-    /// The first service whose every given key matches.
-    fn service_of(&self, pid: u32, facts: &Facts) -> String {
+    /// The first service whose every given key matches; `mains` holds each
+    /// pid file's pid, read this poll.
+    fn service_of(&self, facts: &Facts, mains: &HashMap<PathBuf, Option<u32>>) -> String {
         for m in &self.matchers {
             let fits = m.unit.as_ref().map_or(true, |u| *u == facts.unit)
                 && m.container.as_ref().map_or(true, |c| {
@@ -157,9 +176,13 @@ impl Attributor {
                 && m.compose_service
                     .as_ref()
                     .map_or(true, |s| !s.is_empty() && *s == facts.compose_service)
-                && m.pid_file
-                    .as_ref()
-                    .map_or(true, |f| descends_from_pid_file(&self.proc_root, pid, f))
+                && m.pid_file.as_ref().map_or(true, |f| {
+                    mains
+                        .get(f)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|main| facts.lineage.contains(&main))
+                })
                 && m.cmdline
                     .as_ref()
                     .map_or(true, |re| facts.cmdline.as_ref().is_some_and(|line| re.is_match(line)));
@@ -214,27 +237,23 @@ fn cmdline(proc_root: &Path, pid: u32) -> Option<String> {
     Some(args.join(" "))
 }
 
-/// Whether `pid` is the pid in `file`, or a descendant of it (a server's
-/// GPU workers are often its children).
-fn descends_from_pid_file(proc_root: &Path, pid: u32, file: &Path) -> bool {
-    let Some(main) = std::fs::read_to_string(file)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-    else {
-        return false;
-    };
+/// `pid` and its ancestors up to (not including) init: a pid file's
+/// process matches itself and its descendants (a server's GPU workers are
+/// often its children).
+fn lineage(proc_root: &Path, pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
     let mut at = pid;
     // Bounded: a process tree is far shallower than this.
     for _ in 0..64 {
-        if at == main {
-            return true;
-        }
         match parent(proc_root, at) {
-            Some(p) if p > 1 && p != at => at = p,
-            _ => return false,
+            Some(p) if p > 1 && p != at => {
+                out.push(p);
+                at = p;
+            }
+            _ => break,
         }
     }
-    false
+    out
 }
 
 #[cfg(test)]
@@ -256,19 +275,14 @@ mod tests {
     }
 
     #[test]
-    fn this_process_descends_from_its_parent_pid_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("parent.pid");
+    fn the_lineage_of_this_process_holds_itself_and_its_parent_not_init() {
         let me = std::process::id();
         let parent_pid = parent(Path::new("/proc"), me).unwrap();
-        std::fs::write(&file, format!("{parent_pid}\n")).unwrap();
-        assert!(descends_from_pid_file(Path::new("/proc"), me, &file));
-        std::fs::write(&file, "999999999\n").unwrap();
-        assert!(!descends_from_pid_file(Path::new("/proc"), me, &file));
-        assert!(!descends_from_pid_file(
-            Path::new("/proc"),
-            me,
-            &dir.path().join("none")
-        ));
+        let line = lineage(Path::new("/proc"), me);
+        assert_eq!(line[0], me);
+        assert!(parent_pid == 1 || line.contains(&parent_pid), "{line:?}");
+        assert!(!line.contains(&1));
+        assert_eq!(lineage(Path::new("/proc"), 999_999_999), [999_999_999]);
     }
+
 }
