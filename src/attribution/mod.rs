@@ -284,5 +284,4 @@ mod tests {
         assert!(!line.contains(&1));
         assert_eq!(lineage(Path::new("/proc"), 999_999_999), [999_999_999]);
     }
-
 }

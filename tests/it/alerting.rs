@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::common::alerting::{fast_rules, smtp_secret, state, test_alertmanager, USER};
+use crate::common::alerting::{fast_prometheus, fast_rules, firing, smtp_secret, state, test_alertmanager, USER};
 use crate::common::{eventually, Alertmanager, Daemon, Driver, FakeGpus, Prometheus, SmtpSink};
 
 const HOT_UUID: &str = "GPU-00000001-1111-2222-3333-444444444444";
@@ -246,20 +246,9 @@ async fn gpu_driver_down_fires_in_prometheus_and_resolves_when_the_driver_loads(
         fake.lib_str()
     );
     let daemon = Daemon::start_with_args(&config, &[], &["--log.format=json"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("alert_rules.yml"), fast_rules()).unwrap();
-    let prom_config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alert_rules.yml]\n\
-         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-        daemon.port
-    );
-    let prom = Prometheus::start_with_config(dir, &prom_config).await;
+    let prom = fast_prometheus(daemon.port).await;
     let alert = "ALERTS{alertname=\"GpuDriverDown\",alertstate=\"firing\"}";
-    let firing = eventually("GpuDriverDown to fire", Duration::from_secs(60), || {
-        let prom = &prom;
-        async move { prom.query(alert).await.into_iter().next() }
-    })
-    .await;
+    let firing = firing(&prom, "GpuDriverDown").await;
     assert_eq!(firing["metric"]["reason"], "driver_not_loaded", "{firing}");
     assert_eq!(firing["metric"]["severity"], "critical");
     let success = prom.query("inferwatch_collector_success{collector=\"gpu\"}").await;

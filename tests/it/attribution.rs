@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use crate::common::alerting::fast_rules;
+use crate::common::alerting::{fast_prometheus, firing};
 use crate::common::docker::{docker_socket, Container};
-use crate::common::{eventually, gpus_state, sample_value, Daemon, Driver, FakeGpus, Prometheus};
+use crate::common::{eventually, gpus_state, sample_value, Daemon, Driver, FakeGpus};
 
 const GIB: u64 = 1 << 30;
 
@@ -42,6 +42,19 @@ fn config(fake: &FakeGpus, extra: &str) -> String {
         "gpu:\n  nvml_library: {}\n  poll_interval: 1s\n  per_process: true\nqueues:\n  enabled: false\n{extra}",
         fake.lib_str()
     )
+}
+
+/// Waits (up to 30 s) until `/metrics` lists `pid`'s GPU memory; the page.
+async fn listed(d: &Daemon, pid: u32) -> String {
+    eventually(
+        &format!("process {pid} on /metrics"),
+        Duration::from_secs(30),
+        || async move {
+            let page = d.get_text("/metrics").await;
+            process(&page, "gpu_process_memory_used_bytes", pid).map(|_| page)
+        },
+    )
+    .await
 }
 
 /// GPU rounds done so far: each reads the one GPU's compute processes once.
@@ -93,14 +106,7 @@ async fn containers_are_named_with_their_compose_labels_and_the_matched_service(
         &[],
     )
     .await;
-    let page = eventually("the containers' processes", Duration::from_secs(30), || {
-        let d = &d;
-        async move {
-            let page = d.get_text("/metrics").await;
-            process(&page, "gpu_process_memory_used_bytes", plain.pid).map(|_| page)
-        }
-    })
-    .await;
+    let page = listed(&d, plain.pid).await;
     let (l, bytes) = process(&page, "gpu_process_memory_used_bytes", detector.pid).unwrap();
     assert_eq!(bytes, GIB as f64);
     assert_eq!(l["container"], detector.name, "{l:?}");
@@ -279,14 +285,7 @@ async fn a_real_unit_cgroup_a_pid_file_and_a_command_line_name_their_services_an
     let mut cfg = config(&fake, &services);
     cfg = cfg.replace("per_process: true\n", "per_process: true\n  per_process_max: 3\n");
     let d = Daemon::start(&cfg, &[]).await;
-    let page = eventually("the processes", Duration::from_secs(30), || {
-        let d = &d;
-        async move {
-            let page = d.get_text("/metrics").await;
-            process(&page, "gpu_process_memory_used_bytes", worker).map(|_| page)
-        }
-    })
-    .await;
+    let page = listed(&d, worker).await;
     let name = "gpu_process_memory_used_bytes";
     let (l, _) = process(&page, name, in_unit.pid()).unwrap();
     assert_eq!(
@@ -336,14 +335,7 @@ async fn a_refusing_docker_socket_is_one_warning_ids_without_names_and_no_failed
         &[],
     )
     .await;
-    let page = eventually("the container's process", Duration::from_secs(30), || {
-        let d = &d;
-        async move {
-            let page = d.get_text("/metrics").await;
-            process(&page, "gpu_process_memory_used_bytes", c.pid).map(|_| page)
-        }
-    })
-    .await;
+    let page = listed(&d, c.pid).await;
     let (l, _) = process(&page, "gpu_process_memory_used_bytes", c.pid).unwrap();
     assert_eq!(l["container"], c.id[..12], "the short id, without a name: {l:?}");
     more_rounds(&d, 3.0).await;
@@ -370,20 +362,9 @@ async fn memory_no_process_holds_fires_gpu_memory_unattributed_in_a_real_prometh
         &format!("{}0.procs {}:{}:it\n", gpus_state(1), std::process::id(), GIB),
     );
     let d = Daemon::start(&config(&fake, "attribution:\n  docker_socket: \"\"\n"), &[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("alert_rules.yml"), fast_rules()).unwrap();
-    let prom_config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alert_rules.yml]\n\
-         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
-        d.port
-    );
-    let prom = Prometheus::start_with_config(dir, &prom_config).await;
+    let prom = fast_prometheus(d.port).await;
     let alert = "ALERTS{alertname=\"GpuMemoryUnattributed\",alertstate=\"firing\"}";
-    let firing = eventually("GpuMemoryUnattributed to fire", Duration::from_secs(60), || {
-        let prom = &prom;
-        async move { prom.query(alert).await.into_iter().next() }
-    })
-    .await;
+    let firing = firing(&prom, "GpuMemoryUnattributed").await;
     assert_eq!(firing["metric"]["gpu"], "0", "{firing}");
     let held = prom.query("gpu_unattributed_memory_bytes").await;
     assert_eq!(held[0]["value"][1], (19 * GIB).to_string());

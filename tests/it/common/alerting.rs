@@ -44,6 +44,32 @@ pub fn fast_rules() -> String {
     serde_yaml_ng::to_string(&rules).unwrap()
 }
 
+/// A real Prometheus scraping the daemon on `port` every second and
+/// evaluating the shipped rules with their waits cut ([`fast_rules`]).
+pub async fn fast_prometheus(port: u16) -> super::Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("alert_rules.yml"), fast_rules()).unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [alert_rules.yml]\n\
+         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+    );
+    super::Prometheus::start_with_config(dir, &config).await
+}
+
+/// Waits (up to 60 s) for `alertname` to fire in `prom`; its series.
+pub async fn firing(prom: &super::Prometheus, alertname: &str) -> serde_json::Value {
+    let alert = format!("ALERTS{{alertname=\"{alertname}\",alertstate=\"firing\"}}");
+    super::eventually(
+        &format!("{alertname} to fire"),
+        std::time::Duration::from_secs(60),
+        || {
+            let alert = &alert;
+            async move { prom.query(alert).await.into_iter().next() }
+        },
+    )
+    .await
+}
+
 /// Sets `key` on every route of the tree that has it, and on the root.
 pub fn shorten_routes(route: &mut Value, key: &str, to: &str) {
     let Value::Mapping(m) = route else { return };
