@@ -481,12 +481,7 @@ async fn a_restart_logs_the_gpu_memory_it_held_and_says_it_was_returned() {
         "{restart}"
     );
     assert!(log.contains("The restart returned the service's GPU memory."), "{log}");
-    let body: serde_json::Value = reqwest::get(d.url("/api/system/health"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value = d.get_json("/api/system/health").await;
     assert_eq!(body["gpu_memory"]["detector"][0]["memory_used_bytes"], 6 * GIB);
 }
 

@@ -568,12 +568,7 @@ async fn https_health_checks_trust_the_configured_ca() {
         + &at(&mtls_url, "mtls_without_cert", &format!("ca_file: {ca}"));
     let d = Daemon::start(&config, &[]).await;
     let health = eventually("every service checked", LIMIT, || async {
-        let body: serde_json::Value = reqwest::get(d.url("/api/system/health"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: serde_json::Value = d.get_json("/api/system/health").await;
         let s = &body["services"];
         [
             "with_ca",

@@ -99,6 +99,10 @@ impl Daemon {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.url(path)).await.unwrap().json().await.unwrap()
+    }
+
     pub async fn get_text(&self, path: &str) -> String {
         reqwest::get(self.url(path)).await.unwrap().text().await.unwrap()
     }
