@@ -359,6 +359,16 @@ services = dashboard(
             "{{service}} {{result}}")),
         ts("Queue depth", "Jobs waiting per queue (job_queue_depth).", "short",
            (f'job_queue_depth{{{SEL}, queue=~"$queue"}}', "{{queue}}")),
+        ts("How long jobs wait", "Age of the job at each queue's consumer end (job_queue_oldest_age_seconds: from its "
+           "enqueued_at, created_at or timestamp field, else from when inferwatch first saw it, a lower bound within "
+           "one poll) against its queues.max_wait (job_queue_max_wait_seconds); QueueWaitTooLong fires above it.", "s",
+           (f'job_queue_oldest_age_seconds{{{SEL}, queue=~"$queue"}}', "{{queue}} waited"),
+           (f'job_queue_max_wait_seconds{{{SEL}, queue=~"$queue"}}', "{{queue}} max wait")),
+        ts("Stream consumer lag", "Entries of each watched Redis stream not yet delivered to the consumer group "
+           "(redis_stream_group_lag) and delivered but not acknowledged (redis_stream_group_pending); "
+           "StreamConsumerLagging fires on a backlog that grows for 10 minutes.", "short",
+           (f"redis_stream_group_lag{{{SEL}}}", "{{stream}} / {{group}} lag"),
+           (f"redis_stream_group_pending{{{SEL}}}", "{{stream}} / {{group}} pending")),
         ts("Jobs in flight", "Jobs in each queue's processing list (job_queue_active) and those stuck there longer "
            "than queues.processing_stuck_after (job_queue_stuck); empty without queues.processing_suffix.", "short",
            (f'job_queue_active{{{SEL}, queue=~"$queue"}}', "{{queue}} active"),

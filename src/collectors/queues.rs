@@ -30,7 +30,25 @@ fn enabled(c: &crate::config::Config) -> bool {
 
 fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     match &sh.queues {
-        Some(queues) => super::Built::polled(QueueCollector::new(queues.clone(), sh.events.clone(), &sh.metrics)),
+        Some(queues) => {
+            // The daemon's own consumer group, then the configured ones.
+            let stream = &sh.config.pipeline.stream;
+            let mut watched: Vec<(String, String)> = Vec::new();
+            if stream.enabled {
+                watched.push((stream.key.clone(), stream.group.clone()));
+            }
+            for w in &sh.config.queues.streams {
+                if !watched.contains(&(w.stream.clone(), w.group.clone())) {
+                    watched.push((w.stream.clone(), w.group.clone()));
+                }
+            }
+            super::Built::polled(QueueCollector::new(
+                queues.clone(),
+                sh.events.clone(),
+                &sh.metrics,
+                watched,
+            ))
+        }
         None => Ok(super::Built::Nothing),
     }
 }
@@ -40,6 +58,7 @@ struct DepthMetrics {
     queue: GaugeVec,
     dlq: GaugeVec,
     oldest_age: GaugeVec,
+    wait: GaugeVec,
     /// Registered only with `queues.processing_suffix`.
     in_flight: Option<InFlight>,
 }
@@ -65,6 +84,10 @@ impl DepthMetrics {
                 "dlq_oldest_job_age_seconds",
                 "Age of the oldest DLQ entry, from its first_failed_at; 0 when the DLQ is empty.",
             ),
+            wait: gauge(
+                "job_queue_oldest_age_seconds",
+                "How long the job at the queue's consumer end has waited: from its enqueued_at, created_at or timestamp field, else from when the daemon first saw it (a lower bound, within one poll); 0 when the queue is empty.",
+            ),
             in_flight: processing.then(|| InFlight {
                 active: gauge(
                     "job_queue_active",
@@ -83,6 +106,7 @@ impl DepthMetrics {
         registry.add(&m.queue);
         registry.add(&m.dlq);
         registry.add(&m.oldest_age);
+        registry.add(&m.wait);
         m
     }
 
@@ -90,6 +114,7 @@ impl DepthMetrics {
         let label = [d.queue.as_str()];
         self.queue.with_label_values(&label).set(d.depth as f64);
         self.dlq.with_label_values(&label).set(d.dlq_depth as f64);
+        self.wait.with_label_values(&label).set(d.wait_seconds);
         // An unreadable oldest entry keeps the previous age.
         if d.dlq_depth == 0 {
             self.oldest_age.with_label_values(&label).set(0.0);
@@ -104,9 +129,77 @@ impl DepthMetrics {
     }
 }
 
+/// The watched streams' families.
+struct StreamMetrics {
+    watched: Vec<(String, String)>,
+    length: GaugeVec,
+    lag: GaugeVec,
+    pending: GaugeVec,
+    /// Keys of another type, logged once each.
+    wrong_type: std::collections::HashSet<String>,
+}
+
+impl StreamMetrics {
+    fn register(registry: &Metrics, watched: Vec<(String, String)>) -> StreamMetrics {
+        let sg = &["stream", "group"];
+        let m = StreamMetrics {
+            watched,
+            length: family::<GaugeVec>("redis_stream_length", "Entries in a watched Redis stream (XLEN); 0 when it does not exist.", &["stream"]),
+            lag: family::<GaugeVec>(
+                "redis_stream_group_lag",
+                "Entries of the stream not yet delivered to the consumer group (XINFO GROUPS lag; Redis 7 and later, and only where Redis can tell).",
+                sg,
+            ),
+            pending: family::<GaugeVec>(
+                "redis_stream_group_pending",
+                "Entries delivered to the consumer group and not acknowledged yet (XINFO GROUPS pending).",
+                sg,
+            ),
+            wrong_type: Default::default(),
+        };
+        registry.add(&m.length);
+        registry.add(&m.lag);
+        registry.add(&m.pending);
+        m
+    }
+
+    fn set(&mut self, r: &crate::dlq::StreamsReading) {
+        for (stream, len) in &r.lengths {
+            self.length.with_label_values(&[stream]).set(*len as f64);
+        }
+        for (stream, group) in &self.watched {
+            let labels = [stream.as_str(), group.as_str()];
+            match r.groups.iter().find(|g| g.stream == *stream && g.group == *group) {
+                Some(g) => {
+                    self.pending.with_label_values(&labels).set(g.pending as f64);
+                    match g.lag {
+                        Some(lag) => self.lag.with_label_values(&labels).set(lag as f64),
+                        None => {
+                            let _ = self.lag.remove_label_values(&labels);
+                        }
+                    }
+                }
+                None => {
+                    // No such group (yet): no series, rather than a zero
+                    // that looks like a caught-up consumer.
+                    let _ = self.lag.remove_label_values(&labels);
+                    let _ = self.pending.remove_label_values(&labels);
+                }
+            }
+        }
+        for (key, t) in &r.wrong_type {
+            if self.wrong_type.insert(key.clone()) {
+                tracing::warn!(stream = %key, found = %t, "A watched stream key holds another type; its lag is not read.");
+            }
+        }
+    }
+}
+
 pub struct QueueCollector {
     queues: Arc<Queues>,
     events: EventBus,
+    /// `None` when no stream is watched.
+    streams: Option<StreamMetrics>,
     /// DLQ depth at the last poll, per queue.
     previous: HashMap<String, u64>,
     /// The processing-list error last logged, per queue (logged on change).
@@ -115,9 +208,25 @@ pub struct QueueCollector {
 }
 
 impl QueueCollector {
-    pub fn new(queues: Arc<Queues>, events: EventBus, registry: &Metrics) -> QueueCollector {
+    pub fn new(
+        queues: Arc<Queues>,
+        events: EventBus,
+        registry: &Metrics,
+        watched: Vec<(String, String)>,
+    ) -> QueueCollector {
         let processing = queues.config.processing_suffix.is_some();
+        let max_wait = family::<GaugeVec>(
+            "job_queue_max_wait_seconds",
+            "How long the job at the queue's consumer end may wait (queues.max_wait, or queues.max_wait_by_queue): QueueWaitTooLong compares job_queue_oldest_age_seconds with it.",
+            &["queue"],
+        );
+        registry.add(&max_wait);
+        // Validation has checked every entry.
+        for (queue, limit) in queues.config.max_wait_by_queue().unwrap_or_default() {
+            max_wait.with_label_values(&[&queue]).set(limit.as_secs_f64());
+        }
         QueueCollector {
+            streams: (!watched.is_empty()).then(|| StreamMetrics::register(registry, watched)),
             queues,
             events,
             previous: HashMap::new(),
@@ -170,6 +279,14 @@ impl Collector for QueueCollector {
                     ),
                 );
             }
+        }
+        if let Some(streams) = &mut self.streams {
+            let reading = self
+                .queues
+                .streams(&streams.watched)
+                .await
+                .map_err(|e| CollectError::Failed(e.to_string()))?;
+            streams.set(&reading);
         }
         Ok(())
     }

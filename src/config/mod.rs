@@ -26,7 +26,7 @@ pub use attribution::AttributionConfig;
 pub use gpu::{GpuConfig, GpuFieldsConfig, GpuMode};
 pub use health::{CheckKind, HealthConfig, HttpMethod, RestartConfig, ServiceConfig};
 pub use pipeline::{PipelineConfig, StreamConfig};
-pub use queues::{PushSide, QueuesConfig};
+pub use queues::{PushSide, QueuesConfig, StreamWatch};
 pub use storage::{RetentionConfig, StorageConfig};
 pub use store::{StoreBackend, StoreConfig};
 pub use web::WebConfig;

@@ -44,6 +44,24 @@ pub struct QueuesConfig {
     /// A job in the processing list longer than this is stuck, 1 s–30 days.
     #[serde(deserialize_with = "de_seconds")]
     pub processing_stuck_after: Duration,
+    /// How long the job at a queue's consumer end may wait before
+    /// `QueueWaitTooLong` fires (exported as `job_queue_max_wait_seconds`),
+    /// 1 s–30 days.
+    #[serde(deserialize_with = "de_seconds")]
+    pub max_wait: Duration,
+    /// `max_wait` per queue, for the queues named.
+    pub max_wait_by_queue: std::collections::BTreeMap<String, String>,
+    /// Redis streams whose consumer groups' lag and pending counts are
+    /// exported (besides the daemon's own `pipeline.stream`).
+    pub streams: Vec<StreamWatch>,
+}
+
+/// One watched stream and consumer group.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamWatch {
+    pub stream: String,
+    pub group: String,
 }
 
 impl Default for QueuesConfig {
@@ -62,6 +80,9 @@ impl Default for QueuesConfig {
             search_scan_max: 50_000,
             processing_suffix: None,
             processing_stuck_after: Duration::from_secs(30 * 60),
+            max_wait: Duration::from_secs(10 * 60),
+            max_wait_by_queue: Default::default(),
+            streams: Vec::new(),
         }
     }
 }
@@ -80,6 +101,7 @@ pub const REQUEUE_BATCH: Range = Range::new("queues.requeue_batch", 1.0, 10_000.
 pub const LIST_ENTRY_MAX_BYTES: Range =
     Range::new("queues.list_entry_max_bytes", 256.0, 16.0 * 1024.0 * 1024.0, "bytes");
 pub const PROCESSING_STUCK_AFTER: Range = Range::new("queues.processing_stuck_after", 1.0, 30.0 * 86_400.0, "seconds");
+pub const MAX_WAIT: Range = Range::new("queues.max_wait", 1.0, 30.0 * 86_400.0, "seconds");
 pub const SEARCH_SCAN_MAX: Range = Range::new("queues.search_scan_max", 1000.0, 10_000_000.0, "entries");
 /// The lower bound is also `queues.list_entry_max_bytes`.
 pub const LIST_PAGE_MAX_BYTES: Range = Range::new(
@@ -117,6 +139,8 @@ impl QueuesConfig {
         if let Some(suffix) = &self.processing_suffix {
             self.validate_suffix(suffix)?;
         }
+        self.max_wait_by_queue()?;
+        self.validate_streams()?;
         LIST_PAGE_MAX_BYTES
             .at_least(self.list_entry_max_bytes as f64)
             .check(self.list_page_max_bytes as f64)
@@ -142,6 +166,48 @@ impl QueuesConfig {
                     "names a processing list that is a queue or DLQ key",
                     &format!("a suffix whose lists are not queues or DLQs ({list} is)"),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The wait threshold of each configured queue.
+    pub fn max_wait_by_queue(&self) -> Result<Vec<(String, Duration)>, ConfigError> {
+        MAX_WAIT.check(self.max_wait.as_secs_f64())?;
+        for (name, text) in &self.max_wait_by_queue {
+            let key = format!("queues.max_wait_by_queue.{name}");
+            if !self.names.contains(name) {
+                return Err(invalid(&key, name, "not a configured queue", &self.names.join(", ")));
+            }
+            let secs = super::parse_duration(text)
+                .map_err(|_| invalid(&key, text, "not a duration", "a duration such as 90s, 5m or 2h"))?;
+            MAX_WAIT.check_at(&key, secs)?;
+        }
+        Ok(self
+            .names
+            .iter()
+            .map(|n| {
+                let own = self
+                    .max_wait_by_queue
+                    .get(n)
+                    .and_then(|t| super::parse_duration(t).ok());
+                (n.clone(), own.map(Duration::from_secs_f64).unwrap_or(self.max_wait))
+            })
+            .collect())
+    }
+
+    /// Stream keys and group names: 1–256 characters, no whitespace.
+    fn validate_streams(&self) -> Result<(), ConfigError> {
+        for (i, w) in self.streams.iter().enumerate() {
+            for (field, value) in [("stream", &w.stream), ("group", &w.group)] {
+                if value.is_empty() || value.len() > 256 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(invalid(
+                        &format!("queues.streams[{i}].{field}"),
+                        value,
+                        "empty, too long or holding whitespace",
+                        "1–256 characters without whitespace",
+                    ));
+                }
             }
         }
         Ok(())

@@ -48,6 +48,7 @@ pub mod processing;
 mod scripts;
 pub mod search;
 pub mod tasks;
+pub mod waiting;
 
 pub use archives::{ArchiveInfo, ClearReport, RestoreReport};
 pub use entry::{parse_entry, JobFailure};
@@ -125,6 +126,29 @@ pub struct QueueDepth {
     pub active: Option<processing::Active>,
     /// Why the processing list could not be read (a wrong-typed key).
     pub active_error: Option<String>,
+    /// Age of the job at the consumer end (see [`waiting`]); 0 when empty.
+    pub wait_seconds: f64,
+}
+
+/// One read of the watched streams.
+#[derive(Debug, Clone, Default)]
+pub struct StreamsReading {
+    /// `(stream, XLEN)`.
+    pub lengths: Vec<(String, u64)>,
+    pub groups: Vec<StreamGroupReading>,
+    /// `(key, its type)` for watched keys that are not streams.
+    pub wrong_type: Vec<(String, String)>,
+}
+
+/// One consumer group's backlog.
+#[derive(Debug, Clone)]
+pub struct StreamGroupReading {
+    pub stream: String,
+    pub group: String,
+    /// Delivered, not acknowledged.
+    pub pending: u64,
+    /// Entries not delivered to the group yet.
+    pub lag: Option<u64>,
 }
 
 /// The families the moves write (the depths are the queue collector's).
@@ -210,6 +234,8 @@ pub struct Queues {
     last: Mutex<HashMap<String, QueueDepth>>,
     /// First-seen times of the jobs in the processing lists.
     first_seen: Mutex<processing::FirstSeen>,
+    /// First-seen times of the jobs at the queues' ends.
+    waiting: Mutex<waiting::WaitAge>,
 }
 
 /// Clears the busy flag and the in-progress gauge when a requeue ends,
@@ -244,6 +270,7 @@ impl Queues {
             tasks: Default::default(),
             last: Mutex::new(HashMap::new()),
             first_seen: Mutex::new(Default::default()),
+            waiting: Mutex::new(Default::default()),
             config,
         }))
     }
@@ -351,20 +378,31 @@ impl Queues {
     /// publishes them as metrics. Returns the depths.
     pub async fn poll(&self) -> Result<Vec<QueueDepth>, DlqError> {
         let oldest_index: i64 = if self.pop_end() == End::Right { -1 } else { 0 };
+        let newest_index = -1 - oldest_index;
         let mut pipe = redis::pipe();
         for q in &self.config.names {
             pipe.llen(q)
                 .llen(self.dlq_key(q))
-                .lindex(self.dlq_key(q), oldest_index as isize);
+                .lindex(self.dlq_key(q), oldest_index as isize)
+                .lindex(q, oldest_index as isize)
+                .lindex(q, newest_index as isize);
         }
         let replies: Vec<redis::Value> = self.run_pipe(&pipe).await?;
         let now = Utc::now().timestamp_millis() as f64 / 1000.0;
         let mut out = Vec::new();
-        for (q, chunk) in self.config.names.iter().zip(replies.chunks(3)) {
+        for (q, chunk) in self.config.names.iter().zip(replies.chunks(5)) {
             let int = |v: &redis::Value| redis::from_redis_value::<u64>(v).unwrap_or(0);
+            let bytes = |v: &redis::Value| redis::from_redis_value::<Option<Vec<u8>>>(v).unwrap_or(None);
             let depth = int(&chunk[0]);
             let dlq_depth = int(&chunk[1]);
             let oldest: Option<String> = redis::from_redis_value(&chunk[2]).unwrap_or(None);
+            let (head, tail) = (bytes(&chunk[3]), bytes(&chunk[4]));
+            let wait_seconds = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).observe(
+                q,
+                head.as_deref(),
+                tail.as_deref(),
+                now,
+            );
             let oldest_age = match &oldest {
                 None => Some(0.0),
                 Some(raw) => parse_entry(raw).ok().map(|j| (now - j.first_failed_at).max(0.0)),
@@ -376,6 +414,7 @@ impl Queues {
                 oldest_age_seconds: oldest_age.filter(|_| dlq_depth > 0),
                 active: None,
                 active_error: None,
+                wait_seconds,
             });
         }
         for d in &mut out {
@@ -391,6 +430,51 @@ impl Queues {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         for d in &out {
             last.insert(d.queue.clone(), d.clone());
+        }
+        Ok(out)
+    }
+
+    /// The watched streams (`(stream, group)` pairs): each stream's length
+    /// and each group's pending count and lag (XINFO GROUPS; the lag is
+    /// `None` where Redis cannot say, and before Redis 7). A stream that
+    /// does not exist reads as empty with no groups; a key of another type
+    /// is named in `wrong_type`.
+    pub async fn streams(&self, watched: &[(String, String)]) -> Result<StreamsReading, DlqError> {
+        let mut keys: Vec<&str> = watched.iter().map(|(s, _)| s.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut types = redis::pipe();
+        for k in &keys {
+            types.cmd("TYPE").arg(*k);
+        }
+        let types: Vec<String> = self.run_pipe(&types).await?;
+        let mut out = StreamsReading::default();
+        for (key, t) in keys.iter().zip(types) {
+            match t.as_str() {
+                "stream" => {}
+                "none" => {
+                    out.lengths.push((key.to_string(), 0));
+                    continue;
+                }
+                _ => {
+                    out.wrong_type.push((key.to_string(), t));
+                    continue;
+                }
+            }
+            let mut pipe = redis::pipe();
+            pipe.cmd("XLEN").arg(*key).cmd("XINFO").arg("GROUPS").arg(*key);
+            let (len, groups): (u64, redis::streams::StreamInfoGroupsReply) = self.run_pipe(&pipe).await?;
+            out.lengths.push((key.to_string(), len));
+            for (_, group) in watched.iter().filter(|(s, _)| s == key) {
+                if let Some(g) = groups.groups.iter().find(|g| g.name == *group) {
+                    out.groups.push(StreamGroupReading {
+                        stream: key.to_string(),
+                        group: group.clone(),
+                        pending: g.pending as u64,
+                        lag: g.lag.map(|l| l as u64),
+                    });
+                }
+            }
         }
         Ok(out)
     }

@@ -19,6 +19,8 @@ const VOLATILE: &[&str] = &[
     "inferwatch_collector_duration_seconds{",
     "inferwatch_collector_last_success_timestamp_seconds{",
     "dlq_oldest_job_age_seconds{",
+    // A plain job's wait counts from when the first round saw it.
+    "job_queue_oldest_age_seconds{",
     "storage_filesystem_",
     "http_request_duration_seconds_bucket{",
     "http_request_duration_seconds_sum{",

@@ -30,5 +30,6 @@ mod schemathesis;
 mod storage;
 mod store;
 mod ui;
+mod waiting;
 mod web_tls;
 mod ws;
