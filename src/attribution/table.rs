@@ -19,7 +19,8 @@ pub struct ProcessRow {
     pub pid: String,
     pub name: String,
     pub bytes: u64,
-    /// SM use (0-1) from the latest driver sample; `None` when not read.
+    /// SM use (0-1) from the latest driver sample; `None` when not read, or
+    /// when the process had no sample (idle).
     pub sm: Option<f64>,
     pub memory_utilization: Option<f64>,
     pub owner: Owner,
@@ -58,7 +59,8 @@ pub fn build(r: &GpuReading, owners: &HashMap<u32, Owner>, max: usize) -> Option
     let mut rows: Vec<ProcessRow> = procs
         .iter()
         .map(|(pid, name, bytes)| {
-            let sample = samples.as_ref().map(|s| s.get(pid).copied().unwrap_or((0.0, 0.0)));
+            // An idle process has no sample (the driver's NOT_FOUND): no series.
+            let sample = samples.as_ref().and_then(|s| s.get(pid).copied());
             ProcessRow {
                 pid: pid.to_string(),
                 name: name.clone(),
@@ -79,7 +81,10 @@ pub fn build(r: &GpuReading, owners: &HashMap<u32, Owner>, max: usize) -> Option
         };
         let entry = services.entry(key.to_string()).or_default();
         entry.bytes += row.bytes;
-        entry.sm = row.sm.map(|s| entry.sm.unwrap_or(0.0) + s);
+        // Read samples sum (idle processes add 0); unread ones give no figure.
+        if samples.is_some() {
+            entry.sm = Some(entry.sm.unwrap_or(0.0) + row.sm.unwrap_or(0.0));
+        }
     }
     let held: u64 = rows.iter().map(|row| row.bytes).sum();
     let folded = fold(&mut rows, max);

@@ -531,10 +531,22 @@ async fn per_process_series_follow_running_processes() {
         Driver::Current,
         &format!("{base}0.procs 4242:1073741824:python3;5151:2147483648:tritonserver\n"),
     );
-    let mut h = Harness::new(&fake.lib_str(), |c| c.gpu.per_process = true).await;
+    // A /proc of its own: the pids are the fake's, not this machine's.
+    let proc_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(proc_root.path().join("self")).unwrap();
+    let root = proc_root.path().to_owned();
+    let mut h = Harness::new(&fake.lib_str(), move |c| {
+        c.gpu.per_process = true;
+        c.attribution.proc_root = root.clone();
+        c.attribution.docker_socket = Some(Default::default());
+    })
+    .await;
     h.round().await.unwrap();
     let proc = |pid: &str, name: &str| {
-        format!("gpu_process_memory_used_bytes{{gpu=\"0\",uuid=\"{UUID0}\",pid=\"{pid}\",process_name=\"{name}\"}}")
+        format!(
+            "gpu_process_memory_used_bytes{{gpu=\"0\",uuid=\"{UUID0}\",pid=\"{pid}\",process_name=\"{name}\",\
+             service=\"\",unit=\"\",container=\"\",compose_project=\"\",compose_service=\"\"}}"
+        )
     };
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, &proc("4242", "python3")), Some(1073741824.0));

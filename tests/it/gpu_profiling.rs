@@ -21,6 +21,20 @@ fn config(fake: &FakeGpus, extra: &str) -> String {
     )
 }
 
+/// The owner labels of a process no unit, container or service holds.
+const OWNERLESS: &str = ",service=\"\",unit=\"\",container=\"\",compose_project=\"\",compose_service=\"\"";
+
+/// `config` with per-process series, attributed against an empty `/proc`
+/// (the fake's pids are not this machine's) and no Docker socket.
+fn per_process_config(fake: &FakeGpus, proc_root: &tempfile::TempDir) -> String {
+    std::fs::create_dir_all(proc_root.path().join("self")).unwrap();
+    format!(
+        "{}attribution:\n  proc_root: {}\n  docker_socket: \"\"\n",
+        config(fake, "  per_process: true\n  slow_interval: 1s\n"),
+        proc_root.path().display()
+    )
+}
+
 fn series(name: &str, gpu: u32, extra: &str) -> String {
     format!("{name}{{gpu=\"{gpu}\",uuid=\"GPU-0000000{gpu}-1111-2222-3333-444444444444\"{extra}}}")
 }
@@ -172,14 +186,15 @@ async fn per_process_sm_follows_the_process_list_and_exited_processes_disappear(
                  0.proc_util 4242:96:25;5151:3:1\n";
     let state = profiled(1, "h100-sxm-580", "");
     let fake = FakeGpus::new(Driver::Current, &format!("{state}{procs}"));
-    let d = Daemon::start(&config(&fake, "  per_process: true\n  slow_interval: 1s\n"), &[]).await;
+    let proc_root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&per_process_config(&fake, &proc_root), &[]).await;
     let sm = |page: &str, pid: u32, name: &str| {
         sample_value(
             page,
             &series(
                 "gpu_process_sm_utilization_ratio",
                 0,
-                &format!(",pid=\"{pid}\",process_name=\"{name}\""),
+                &format!(",pid=\"{pid}\",process_name=\"{name}\"{OWNERLESS}"),
             ),
         )
     };
@@ -196,7 +211,7 @@ async fn per_process_sm_follows_the_process_list_and_exited_processes_disappear(
             &series(
                 "gpu_process_memory_utilization_ratio",
                 0,
-                ",pid=\"4242\",process_name=\"python3\""
+                &format!(",pid=\"4242\",process_name=\"python3\"{OWNERLESS}")
             )
         ),
         Some(0.25)
@@ -238,11 +253,12 @@ async fn a_driver_without_the_newer_call_falls_back_to_process_utilization() {
         gpus_state(1)
     );
     let fake = FakeGpus::new(Driver::Old, &state);
-    let d = Daemon::start(&config(&fake, "  per_process: true\n  slow_interval: 1s\n"), &[]).await;
+    let proc_root = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&per_process_config(&fake, &proc_root), &[]).await;
     let key = series(
         "gpu_process_sm_utilization_ratio",
         0,
-        ",pid=\"4242\",process_name=\"python3\"",
+        &format!(",pid=\"4242\",process_name=\"python3\"{OWNERLESS}"),
     );
     let v = eventually("per-process SM from the older call", LIMIT, || async {
         sample_value(&d.get_text("/metrics").await, &key)
