@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError, RedisResult};
+
+use crate::config::ServiceTls;
 
 /// A Redis client with a cached multiplexed connection.
 pub struct RedisConn {
@@ -18,17 +20,53 @@ pub struct RedisConn {
     cached: Mutex<Option<MultiplexedConnection>>,
 }
 
+/// A client for `url`: TLS settings for a `rediss://` URL (a CA to trust,
+/// a client certificate, or no verification at all), and a password that
+/// wins over the URL's (from a `password_file`).
+pub fn client(url: &str, tls: Option<&ServiceTls>, password: Option<String>) -> RedisResult<redis::Client> {
+    let mut info = url.into_connection_info()?;
+    if password.is_some() {
+        info.redis.password = password;
+    }
+    let Some(tls) = tls else {
+        return redis::Client::open(info);
+    };
+    if tls.insecure_skip_verify {
+        if let redis::ConnectionAddr::TcpTls { insecure, .. } = &mut info.addr {
+            *insecure = true;
+        }
+    }
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).map_err(|e| {
+            RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "TLS file",
+                format!("{}: {e}", p.display()),
+            ))
+        })
+    };
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = tls.ca_file.as_ref().map(read).transpose()?;
+    redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert })
+}
+
 impl RedisConn {
     /// `response_timeout` bounds every command (a blocking read needs more
     /// than its BLOCK time).
-    pub fn new(url: &str, response_timeout: Duration) -> RedisResult<RedisConn> {
-        Ok(RedisConn {
-            client: redis::Client::open(url)?,
+    pub fn new(client: redis::Client, response_timeout: Duration) -> RedisConn {
+        RedisConn {
+            client,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Duration::from_secs(2))
                 .set_response_timeout(response_timeout),
             cached: Mutex::new(None),
-        })
+        }
     }
 
     /// The cached connection, or a new one.

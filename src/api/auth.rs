@@ -64,42 +64,24 @@ pub enum Scope {
 /// A token from `inline` or, winning over it, from `file` (which only its
 /// owner may read).
 fn load_token(inline: &str, file: Option<&std::path::Path>, key: &'static str) -> Result<Option<String>, AuthError> {
-    let mut token = (!inline.trim().is_empty()).then(|| inline.trim().to_string());
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::TokenFile {
+    use crate::config::SecretFileError;
+    let Some(path) = file else {
+        return Ok((!inline.trim().is_empty()).then(|| inline.trim().to_string()));
+    };
+    let path_buf = path.to_path_buf();
+    crate::config::read_secret_file(path).map(Some).map_err(|e| match e {
+        SecretFileError::Read(source) => AuthError::TokenFile {
             key,
-            path: path.to_path_buf(),
+            path: path_buf,
             source,
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|source| AuthError::TokenFile {
-                    key,
-                    path: path.to_path_buf(),
-                    source,
-                })?
-                .permissions()
-                .mode()
-                & 0o7777;
-            if mode & 0o077 != 0 {
-                return Err(AuthError::TokenFileMode {
-                    key,
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-        }
-        if text.trim().is_empty() {
-            return Err(AuthError::EmptyTokenFile {
-                key,
-                path: path.to_path_buf(),
-            });
-        }
-        token = Some(text.trim().to_string());
-    }
-    Ok(token)
+        },
+        SecretFileError::Mode(mode) => AuthError::TokenFileMode {
+            key,
+            path: path_buf,
+            mode,
+        },
+        SecretFileError::Empty => AuthError::EmptyTokenFile { key, path: path_buf },
+    })
 }
 
 impl Auth {

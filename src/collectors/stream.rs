@@ -45,15 +45,15 @@ fn enabled(c: &crate::config::Config) -> bool {
 }
 
 fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
-    let reader = StreamReader::new(
-        sh.config.pipeline.stream.clone(),
-        &sh.config.queues.redis_url,
-        sh.pipeline.clone(),
-    )
-    .map_err(|e| super::StartError {
-        collector: "stream",
-        reason: format!("invalid queues.redis_url: {e}"),
-    })?;
+    let reader = sh
+        .config
+        .queues
+        .redis_client()
+        .and_then(|client| StreamReader::new(sh.config.pipeline.stream.clone(), client, sh.pipeline.clone()))
+        .map_err(|e| super::StartError {
+            collector: "stream",
+            reason: format!("invalid queues.redis_url: {e}"),
+        })?;
     super::Built::polled(reader)
 }
 
@@ -94,9 +94,10 @@ impl Collector for StreamReader {
 }
 
 impl StreamReader {
+    /// `client` is the queues' Redis (`QueuesConfig::redis_client`).
     pub fn new(
         config: StreamConfig,
-        redis_url: &str,
+        client: redis::Client,
         pipeline: Arc<Pipeline>,
     ) -> Result<StreamReader, redis::RedisError> {
         let consumer = if config.consumer.is_empty() {
@@ -105,7 +106,7 @@ impl StreamReader {
             config.consumer.clone()
         };
         Ok(StreamReader {
-            redis: RedisConn::new(redis_url, BLOCK + Duration::from_secs(5))?,
+            redis: RedisConn::new(client, BLOCK + Duration::from_secs(5)),
             config,
             consumer,
             pipeline,

@@ -334,6 +334,38 @@ pub struct ServiceTls {
     pub insecure_skip_verify: bool,
 }
 
+impl ServiceTls {
+    /// A client certificate comes with its key, and every file named can be
+    /// read; `prefix` is the key of this section (`queues.tls`).
+    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(invalid(
+                &format!("{prefix}.cert_file"),
+                "only one of cert_file and key_file",
+                "incomplete",
+                "both cert_file and key_file, or neither",
+            ));
+        }
+        for (field, file) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            if let Some(f) = file {
+                if let Err(e) = std::fs::File::open(f) {
+                    return Err(invalid(
+                        &format!("{prefix}.{field}"),
+                        &f.display().to_string(),
+                        "cannot be read",
+                        &format!("a readable PEM file ({e})"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn default_check_interval() -> Duration {
     Duration::from_secs(10)
 }
@@ -439,7 +471,7 @@ impl CheckKind {
     fn schemes(self) -> &'static [&'static str] {
         match self {
             CheckKind::Http | CheckKind::OpenInference => &["http://", "https://"],
-            CheckKind::Redis => &["redis://"],
+            CheckKind::Redis => &["redis://", "rediss://"],
             CheckKind::Postgres => &["postgres://", "postgresql://"],
         }
     }
@@ -533,38 +565,15 @@ impl ServiceConfig {
     fn validate_tls(&self, i: usize) -> Result<(), ConfigError> {
         let key = |field: &str| format!("health.services[{i}].{field}");
         let Some(tls) = &self.tls else { return Ok(()) };
-        if !self.url.starts_with("https://") {
+        if !self.url.starts_with("https://") && !self.url.starts_with("rediss://") {
             return Err(invalid(
                 &key("tls"),
                 "set",
-                "only for https:// checks",
-                "an https:// url, or no tls",
+                "only for https:// and rediss:// checks",
+                "an https:// or rediss:// url, or no tls",
             ));
         }
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            return Err(invalid(
-                &key("tls.cert_file"),
-                "only one of cert_file and key_file",
-                "incomplete",
-                "both cert_file and key_file, or neither",
-            ));
-        }
-        for (field, file) in [
-            ("ca_file", &tls.ca_file),
-            ("cert_file", &tls.cert_file),
-            ("key_file", &tls.key_file),
-        ] {
-            if let Some(f) = file {
-                if let Err(e) = std::fs::File::open(f) {
-                    return Err(invalid(
-                        &key(&format!("tls.{field}")),
-                        &f.display().to_string(),
-                        "cannot be read",
-                        &format!("a readable PEM file ({e})"),
-                    ));
-                }
-            }
-        }
+        tls.validate(&key("tls"))?;
         Ok(())
     }
 }

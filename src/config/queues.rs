@@ -12,8 +12,17 @@ use super::{de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
 pub struct QueuesConfig {
     /// Switch the queue collector and the DLQ endpoints off.
     pub enabled: bool,
-    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`.
+    /// `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`, or `rediss://` for TLS
+    /// (see `tls`). With ACLs, name the user in the URL and keep the
+    /// password in `password_file`.
     pub redis_url: String,
+    /// TLS for a `rediss://` URL: `ca_file` (trusted instead of the system
+    /// roots), `cert_file` and `key_file` (a client certificate), and
+    /// `insecure_skip_verify`.
+    pub tls: Option<super::health::ServiceTls>,
+    /// A file holding the Redis password (only its owner may read it); it
+    /// wins over a password in the URL.
+    pub password_file: Option<std::path::PathBuf>,
     /// Base queue names (1–64 of `A-Za-z0-9_.-`); each has a DLQ `<dlq_prefix><name>`.
     pub names: Vec<String>,
     /// Prefix of the DLQ keys, 1–32 characters.
@@ -69,6 +78,8 @@ impl Default for QueuesConfig {
         QueuesConfig {
             enabled: true,
             redis_url: "redis://127.0.0.1:6379/0".into(),
+            tls: None,
+            password_file: None,
             names: vec!["detection_queue".into(), "analysis_queue".into()],
             dlq_prefix: "dlq:".into(),
             poll_interval: Duration::from_secs(5),
@@ -113,14 +124,28 @@ pub const LIST_PAGE_MAX_BYTES: Range = Range::new(
 
 impl QueuesConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if redis::Client::open(self.redis_url.as_str()).is_err() || !self.redis_url.starts_with("redis://") {
+        let tls_url = self.redis_url.starts_with("rediss://");
+        if redis::Client::open(self.redis_url.as_str()).is_err() || !(self.redis_url.starts_with("redis://") || tls_url)
+        {
             return Err(invalid(
                 "queues.redis_url",
                 &self.redis_url,
                 "not a valid Redis URL",
-                "redis://[:PASSWORD@]HOST:PORT[/DB]",
+                "redis://[[USER]:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS",
             ));
         }
+        if let Some(tls) = &self.tls {
+            if !tls_url {
+                return Err(invalid(
+                    "queues.tls",
+                    "set",
+                    "only for a rediss:// URL",
+                    "a rediss://HOST:PORT queues.redis_url, or no tls",
+                ));
+            }
+            tls.validate("queues.tls")?;
+        }
+        self.password()?;
         self.validate_names()?;
         if self.dlq_prefix.is_empty() || self.dlq_prefix.len() > 32 {
             return Err(invalid(
@@ -169,6 +194,30 @@ impl QueuesConfig {
             }
         }
         Ok(())
+    }
+
+    /// A Redis client with the URL, TLS settings and password of this
+    /// section (validation has checked them).
+    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+        let password = self.password().map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "queues.password_file",
+                e.to_string(),
+            ))
+        })?;
+        crate::redis_conn::client(&self.redis_url, self.tls.as_ref(), password)
+    }
+
+    /// The password from `password_file`, if set.
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.password_file else {
+            return Ok(None);
+        };
+        super::read_secret_file(path).map(Some).map_err(|e| {
+            let (problem, allowed) = e.describe();
+            invalid("queues.password_file", &path.display().to_string(), problem, &allowed)
+        })
     }
 
     /// The wait threshold of each configured queue.

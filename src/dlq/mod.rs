@@ -264,7 +264,7 @@ impl Queues {
     pub fn new(config: QueuesConfig, registry: &Metrics) -> Result<Arc<Queues>, redis::RedisError> {
         let metrics = QueueMetrics::register(registry, &config.names);
         Ok(Arc::new(Queues {
-            redis: RedisConn::new(&config.redis_url, Duration::from_secs(10))?,
+            redis: RedisConn::new(config.redis_client()?, Duration::from_secs(10)),
             metrics,
             busy: Mutex::new(Default::default()),
             tasks: Default::default(),

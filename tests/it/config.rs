@@ -427,7 +427,7 @@ fn config_errors_never_echo_a_password() {
     let dir = tempfile::tempdir().unwrap();
     for (yaml, key) in [
         (
-            "queues:\n  redis_url: 'rediss://:hunter2@cache:6379/0'\n",
+            "queues:\n  redis_url: 'https://:hunter2@cache:6379/0'\n",
             "queues.redis_url",
         ),
         ("store:\n  url: 'mysql://app:hunter2@db/history'\n", "store.url"),

@@ -26,6 +26,7 @@ mod http_metrics;
 mod inference;
 mod openapi;
 mod pipeline;
+mod redis_tls_acl;
 mod schemathesis;
 mod storage;
 mod store;

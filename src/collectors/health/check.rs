@@ -199,7 +199,9 @@ impl Checker {
                     models: svc.models.clone(),
                 }
             }
-            CheckKind::Redis => Checker::Redis(redis::Client::open(svc.url.as_str()).map_err(|e| bad(e.to_string()))?),
+            CheckKind::Redis => Checker::Redis(
+                crate::redis_conn::client(&svc.url, svc.tls.as_ref(), None).map_err(|e| bad(e.to_string()))?,
+            ),
             CheckKind::Postgres => Checker::Postgres(Box::new(
                 sqlx::postgres::PgConnectOptions::from_str(&svc.url).map_err(|e| bad(e.to_string()))?,
             )),

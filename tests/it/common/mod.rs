@@ -6,6 +6,7 @@
 
 pub mod alerting;
 pub mod alertmanager;
+pub mod certs;
 pub mod daemon;
 pub mod dashboards;
 pub mod docker;
@@ -19,6 +20,7 @@ pub mod victoria_metrics;
 pub mod ws;
 
 pub use alertmanager::*;
+pub use certs::*;
 pub use daemon::*;
 pub use fake_gpu::*;
 pub use health_target::*;

@@ -16,14 +16,23 @@ pub struct Redis {
     pub dir: TempDir,
     pub port: u16,
     proc: Option<Proc>,
+    /// More server arguments (TLS, ACL), kept across restarts.
+    args: Vec<String>,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        Self::start_with(&[]).await
+    }
+
+    /// A server with more arguments; the plain `port` stays open for the
+    /// test's own (default user) connection.
+    pub async fn start_with(args: &[String]) -> Redis {
         let mut r = Redis {
             dir: tempfile::tempdir().unwrap(),
             port: free_port(),
             proc: None,
+            args: args.to_vec(),
         };
         r.resume().await;
         r
@@ -53,6 +62,7 @@ impl Redis {
         let child = Command::new(find_bin("redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.args)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
