@@ -33,7 +33,9 @@
 //!   requeues as background tasks) and `dlq::processing` (jobs in flight).
 //! - [`pipeline`]: pipeline event parsing, the cardinality guard, the
 //!   `pipeline_*` families and `inference_fps`.
-//! - [`redis_conn`]: a lazily (re)connected Redis connection.
+//! - [`redis_conn`]: a lazily (re)connected Redis connection, and the
+//!   client with TLS and a password file.
+//! - [`redis_acl`]: `inferwatch redis-acl`, the least-privilege ACL user.
 //! - [`nvml`]: the blocking NVML edge, on its own thread (init reasons, a
 //!   driver gone mid-run); [`nvml::fields`]: every GPU field with its call
 //!   and cadence class; [`nvml::meter`]: the call meter and the `Value` a
@@ -98,6 +100,7 @@ pub mod hub;
 pub mod metrics;
 pub mod nvml;
 pub mod pipeline;
+pub mod redis_acl;
 pub mod redis_conn;
 pub mod restart;
 pub mod server;

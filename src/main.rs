@@ -42,6 +42,15 @@ enum Command {
     CheckConfig { path: PathBuf },
     /// Validate a web config file (TLS, basic auth, headers) and exit 0 if it is valid, 1 if not.
     CheckWebConfig { path: PathBuf },
+    /// Print the ACL SETUSER line of the least-privilege Redis user for the config (--config): its queues, DLQs, archives and streams, and the commands inferwatch sends.
+    RedisAcl {
+        /// The user's name.
+        #[arg(long, default_value = "inferwatch")]
+        user: String,
+        /// Put this password in the line [default: the placeholder PASSWORD].
+        #[arg(long, default_value = "PASSWORD")]
+        password: String,
+    },
     /// Show what NVML answers for every GPU field here, and what it costs.
     Doctor {
         /// NVML library to load [default: gpu.nvml_library].
@@ -112,6 +121,18 @@ fn main() -> ExitCode {
                     println!("NOTE: not honoured: {i}");
                 }
                 println!("SUCCESS: {} is valid web config", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("FAILED: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::RedisAcl { user, password }) = &cli.command {
+        return match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok()) {
+            Ok(c) => {
+                println!("{}", inferwatch::redis_acl::setuser_line(&c, user, password));
                 ExitCode::SUCCESS
             }
             Err(e) => {

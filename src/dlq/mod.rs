@@ -78,11 +78,20 @@ pub enum DlqError {
     /// A key the operation reads or writes holds another type; nothing moved.
     #[error("{key} holds a {found}, not a list; nothing was moved")]
     WrongType { key: String, found: String },
+    /// The Redis ACL user may not run a command or touch a key (NOPERM):
+    /// Redis's own words, which name the command or the key.
+    #[error("{0}")]
+    NoPermission(String),
 }
 
 impl From<redis::RedisError> for DlqError {
     fn from(e: redis::RedisError) -> DlqError {
-        if e.code() == Some("WRONGTYPE") {
+        if e.code() == Some("NOPERM") {
+            let said = e.detail().unwrap_or("no permission").to_string();
+            DlqError::NoPermission(format!(
+                "the Redis user may not do this: NOPERM {said}; give it the line `inferwatch redis-acl` prints"
+            ))
+        } else if e.code() == Some("WRONGTYPE") {
             // Every move checks types first, so this is a read that raced a
             // type change; the client learns which key from a retry.
             DlqError::Conflict("a queue key does not hold a list".into())

@@ -131,3 +131,112 @@ async fn a_server_certificate_from_another_ca_is_refused_with_the_reason() {
         "{text}"
     );
 }
+
+/// The ACL SETUSER line `inferwatch redis-acl` prints for `config`.
+fn acl_line(config: &str, password: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("--config")
+        .arg(&path)
+        .args(["redis-acl", "--user", "least", "--password", password])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_least_privileged_user_reaches_its_keys_only_and_a_missing_permission_is_a_clear_403() {
+    let r = Redis::start().await;
+    let base = format!(
+        "gpu:\n  enabled: false\nqueues:\n  redis_url: redis://least@127.0.0.1:{}/0\n  poll_interval: 100ms\n",
+        r.port
+    );
+    let line = acl_line(&format!("{base}  names: [a]\n"), "pw-least");
+    assert!(line.contains("~a ~dlq:a:* ~dlq:a ~pipeline:events"), "{line}");
+    let mut admin = r.connection().await;
+    let mut words = line.split_whitespace();
+    let _: () = redis::cmd(words.next().unwrap())
+        .arg(words.collect::<Vec<_>>())
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = admin.set("secret", "not yours").await.unwrap();
+
+    // As that user: its keys, and nothing else.
+    let mut least = redis::Client::open(format!("redis://least:pw-least@127.0.0.1:{}/0", r.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = least.lpush("a", "job").await.unwrap();
+    let _: u64 = least.llen("dlq:a").await.unwrap();
+    for (what, result) in [
+        ("GET secret", least.get::<_, String>("secret").await.map(|_| ())),
+        ("SET secret", least.set::<_, _, ()>("secret", "x").await),
+        ("LPUSH b", least.lpush::<_, _, ()>("b", "x").await),
+        ("DEL a", least.del::<_, ()>("a").await),
+        ("FLUSHALL", redis::cmd("FLUSHALL").query_async::<()>(&mut least).await),
+        (
+            "CONFIG GET",
+            redis::cmd("CONFIG")
+                .arg(&["GET", "dir"])
+                .query_async::<()>(&mut least)
+                .await,
+        ),
+    ] {
+        let e = result.expect_err(what);
+        assert_eq!(e.code(), Some("NOPERM"), "{what}: {e}");
+    }
+    let secret: String = admin.get("secret").await.unwrap();
+    assert_eq!(secret, "not yours");
+
+    // A daemon whose config names a queue the user was not made for.
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("redis.password");
+    std::fs::write(&pw, "pw-least\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = Daemon::start(
+        &format!("{base}  names: [a, b]\n  password_file: {}\n", pw.display()),
+        &[],
+    )
+    .await;
+    let resp = reqwest::get(d.url("/api/dlq/jobs/dlq:a")).await.unwrap();
+    assert_eq!(resp.status(), 200, "its own DLQ is readable");
+    let resp = reqwest::get(d.url("/api/dlq/jobs/dlq:b")).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "redis_no_permission", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("NOPERM"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("redis-acl"), "{body}");
+    eventually(
+        "the queue collector to fail on the missing permission",
+        LIMIT,
+        || async {
+            (sample_value(
+                &d.get_text("/metrics").await,
+                "inferwatch_collector_success{collector=\"queues\"}",
+            ) == Some(0.0))
+            .then_some(())
+        },
+    )
+    .await;
+    // A world-readable password file stops startup, naming the key.
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(&cfg, format!("{base}  names: [a]\n  password_file: {}\n", pw.display())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("queues.password_file") && text.contains("chmod 600"),
+        "{text}"
+    );
+}

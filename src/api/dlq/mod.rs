@@ -59,6 +59,12 @@ impl From<DlqError> for AppError {
             },
             DlqError::Conflict(m) => AppError::status(StatusCode::CONFLICT, m, Value::Null),
             DlqError::NotFound(m) => AppError::NotFound(m),
+            DlqError::NoPermission(m) => AppError::status(
+                StatusCode::FORBIDDEN,
+                m,
+                json!({ "redis": "NOPERM", "fix": "ACL SETUSER with the line `inferwatch redis-acl --config <file>` prints" }),
+            )
+            .with_code("redis_no_permission"),
             DlqError::Unprocessable(m) => AppError::status(StatusCode::UNPROCESSABLE_ENTITY, m, Value::Null),
             DlqError::WrongType { key, found } => AppError::status(
                 StatusCode::CONFLICT,

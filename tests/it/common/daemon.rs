@@ -40,6 +40,9 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inferwatch.yml");
         std::fs::write(&path, config).unwrap();
+        if std::env::var_os("INFERWATCH_TEST_REDIS_ACL").is_some() {
+            least_privileged(&path);
+        }
         let log = std::fs::File::create(dir.path().join("inferwatch.log")).unwrap();
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_inferwatch"));
@@ -106,4 +109,46 @@ impl Daemon {
     pub async fn get_text(&self, path: &str) -> String {
         reqwest::get(self.url(path)).await.unwrap().text().await.unwrap()
     }
+}
+
+/// With `INFERWATCH_TEST_REDIS_ACL` set (scripts/test sets it for a second
+/// run of the DLQ suites): the daemon of `path` connects as a user made with
+/// the line `inferwatch redis-acl` prints for that config, its password in
+/// `queues.password_file`, instead of as Redis's default user. The user is
+/// saved to the server's ACL file, so a restarted Redis keeps it.
+fn least_privileged(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let Some(url) = doc["queues"]["redis_url"].as_str().map(str::to_string) else {
+        return;
+    };
+    if doc["queues"]["enabled"].as_bool() == Some(false) || !url.starts_with("redis://") || url.contains('@') {
+        return;
+    }
+    let password = "least-privileged-pw";
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("--config")
+        .arg(path)
+        .args(["redis-acl", "--user", "iw-least", "--password", password])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis-acl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).unwrap();
+    let mut con = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let mut words = line.split_whitespace();
+    let mut cmd = redis::cmd(words.next().unwrap());
+    cmd.arg(words.collect::<Vec<_>>());
+    let _: () = cmd.query(&mut con).unwrap();
+    let _: () = redis::cmd("ACL").arg("SAVE").query(&mut con).unwrap();
+    let secret = path.with_file_name("redis.password");
+    std::fs::write(&secret, password).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    doc["queues"]["redis_url"] = url.replacen("redis://", "redis://iw-least@", 1).into();
+    doc["queues"]["password_file"] = secret.display().to_string().into();
+    std::fs::write(path, serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
 }

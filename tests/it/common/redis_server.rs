@@ -59,10 +59,17 @@ impl Redis {
 
     /// Starts the server (again) on the same port and waits for PING.
     pub async fn resume(&mut self) {
+        // Users made with ACL SETUSER + ACL SAVE survive a restart.
+        let acl = self.dir.path().join("users.acl");
+        if !acl.exists() {
+            std::fs::write(&acl, "").unwrap();
+        }
         let child = Command::new(find_bin("redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(&self.args)
+            .arg("--aclfile")
+            .arg(&acl)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -1,0 +1,121 @@
+//! `inferwatch redis-acl`: the least-privilege Redis ACL user for a config.
+//! Its keys are the configured queues, their processing lists, their DLQs
+//! and the DLQs' archives (`<dlq>:cleared:<ts>`, `<dlq>:deleted:<ts>`), and
+//! the watched streams; its commands are the ones the queue collector, the
+//! DLQ moves (their Lua steps included), the stream reader and the health
+//! check's `PING` send, and nothing else.
+
+use crate::config::Config;
+
+/// Every command inferwatch sends to the queues' Redis. `EVALSHA` runs the
+/// move scripts (`EVAL` and `SCRIPT LOAD` when Redis lost them); inside
+/// them Redis checks each key and command against the same user.
+pub const COMMANDS: &[&str] = &[
+    "ping",
+    "select",
+    "type",
+    "exists",
+    "scan",
+    "llen",
+    "lindex",
+    "lrange",
+    "lpush",
+    "rpush",
+    "lpop",
+    "rpop",
+    "lrem",
+    "lmove",
+    "rename",
+    "expire",
+    "persist",
+    "ttl",
+    "evalsha",
+    "eval",
+    "script|load",
+    "xlen",
+    "xinfo|groups",
+    "xgroup|create",
+    "xreadgroup",
+    "xautoclaim",
+    "xack",
+];
+
+/// The key patterns of `config`'s queues, DLQs, archives and streams.
+pub fn key_patterns(config: &Config) -> Vec<String> {
+    let q = &config.queues;
+    let mut keys = Vec::new();
+    for name in &q.names {
+        keys.push(name.clone());
+        if let Some(suffix) = &q.processing_suffix {
+            keys.push(format!("{name}{suffix}"));
+        }
+        let dlq = format!("{}{name}", q.dlq_prefix);
+        keys.push(format!("{dlq}:*"));
+        keys.push(dlq);
+    }
+    if config.pipeline.stream.enabled {
+        keys.push(config.pipeline.stream.key.clone());
+    }
+    keys.extend(q.streams.iter().map(|s| s.stream.clone()));
+    let mut seen = std::collections::HashSet::new();
+    keys.retain(|k| seen.insert(k.clone()));
+    keys
+}
+
+/// `ACL SETUSER <user> on >PASSWORD resetkeys ~k1 ~k2 … resetchannels -@all +cmd …`.
+pub fn setuser_line(config: &Config, user: &str, password: &str) -> String {
+    let keys: Vec<String> = key_patterns(config)
+        .iter()
+        .map(|k| format!("~{}", glob_escape(k)))
+        .collect();
+    let commands: Vec<String> = COMMANDS.iter().map(|c| format!("+{c}")).collect();
+    format!(
+        "ACL SETUSER {user} on >{password} resetkeys {} resetchannels -@all {}",
+        keys.join(" "),
+        commands.join(" ")
+    )
+}
+
+/// A key as a literal in an ACL glob pattern (the archives' `:*` stays a
+/// glob).
+fn glob_escape(key: &str) -> String {
+    let (literal, glob) = match key.strip_suffix(":*") {
+        Some(base) => (base, ":*"),
+        None => (key, ""),
+    };
+    let mut out = String::with_capacity(key.len());
+    for c in literal.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out + glob
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_names_every_key_of_the_config_and_no_other() {
+        let mut c = Config::default();
+        c.queues.names = vec!["detect".into(), "odd[1]".into()];
+        c.queues.processing_suffix = Some(":processing".into());
+        let line = setuser_line(&c, "inferwatch", "s3cret");
+        assert!(
+            line.starts_with(
+                "ACL SETUSER inferwatch on >s3cret resetkeys ~detect ~detect:processing ~dlq:detect:* ~dlq:detect "
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains(r"~odd\[1\] ~odd\[1\]:processing ~dlq:odd\[1\]:* ~dlq:odd\[1\]"),
+            "{line}"
+        );
+        assert!(line.contains("~pipeline:events resetchannels -@all +ping"), "{line}");
+        assert!(!line.contains("~*"), "{line}");
+        c.pipeline.stream.enabled = false;
+        assert!(!setuser_line(&c, "u", "p").contains("pipeline:events"));
+    }
+}
