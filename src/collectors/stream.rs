@@ -48,8 +48,8 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     let reader = sh
         .config
         .queues
-        .redis_client()
-        .and_then(|client| StreamReader::new(sh.config.pipeline.stream.clone(), client, sh.pipeline.clone()))
+        .redis_target()
+        .and_then(|target| StreamReader::new(sh.config.pipeline.stream.clone(), target, sh.pipeline.clone()))
         .map_err(|e| super::StartError {
             collector: "stream",
             reason: format!("invalid queues.redis_url: {e}"),
@@ -94,10 +94,10 @@ impl Collector for StreamReader {
 }
 
 impl StreamReader {
-    /// `client` is the queues' Redis (`QueuesConfig::redis_client`).
+    /// `target` is the queues' Redis (`QueuesConfig::redis_target`).
     pub fn new(
         config: StreamConfig,
-        client: redis::Client,
+        target: crate::redis_conn::Target,
         pipeline: Arc<Pipeline>,
     ) -> Result<StreamReader, redis::RedisError> {
         let consumer = if config.consumer.is_empty() {
@@ -106,7 +106,7 @@ impl StreamReader {
             config.consumer.clone()
         };
         Ok(StreamReader {
-            redis: RedisConn::new(client, BLOCK + Duration::from_secs(5)),
+            redis: RedisConn::new(target, BLOCK + Duration::from_secs(5)),
             config,
             consumer,
             pipeline,

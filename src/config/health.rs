@@ -471,7 +471,7 @@ impl CheckKind {
     fn schemes(self) -> &'static [&'static str] {
         match self {
             CheckKind::Http | CheckKind::OpenInference => &["http://", "https://"],
-            CheckKind::Redis => &["redis://", "rediss://"],
+            CheckKind::Redis => &["redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://"],
             CheckKind::Postgres => &["postgres://", "postgresql://"],
         }
     }
@@ -480,6 +480,15 @@ impl CheckKind {
     fn parse(self, url: &str) -> Result<(), UrlError> {
         match self {
             CheckKind::Http | CheckKind::OpenInference => reqwest::Url::parse(url).map(|_| ()).map_err(UrlError::Http),
+            CheckKind::Redis if crate::redis_conn::is_sentinel_url(url) => {
+                crate::redis_conn::parse_sentinel_url(url).map(|_| ()).map_err(|e| {
+                    UrlError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "Sentinel URL",
+                        e,
+                    )))
+                })
+            }
             CheckKind::Redis => redis::Client::open(url).map(|_| ()).map_err(UrlError::Redis),
             CheckKind::Postgres => {
                 use std::str::FromStr;
@@ -565,7 +574,7 @@ impl ServiceConfig {
     fn validate_tls(&self, i: usize) -> Result<(), ConfigError> {
         let key = |field: &str| format!("health.services[{i}].{field}");
         let Some(tls) = &self.tls else { return Ok(()) };
-        if !self.url.starts_with("https://") && !self.url.starts_with("rediss://") {
+        if !self.url.starts_with("https://") && !self.url.starts_with("rediss") {
             return Err(invalid(
                 &key("tls"),
                 "set",

@@ -63,6 +63,10 @@ pub struct QueuesConfig {
     /// Redis streams whose consumer groups' lag and pending counts are
     /// exported (besides the daemon's own `pipeline.stream`).
     pub streams: Vec<StreamWatch>,
+    /// With a Sentinel URL, how long each requeue batch waits for one
+    /// replica to confirm it (`WAIT 1`), 0.01–60 s.
+    #[serde(deserialize_with = "de_seconds")]
+    pub replica_wait: Duration,
 }
 
 /// One watched stream and consumer group.
@@ -94,6 +98,7 @@ impl Default for QueuesConfig {
             max_wait: Duration::from_secs(10 * 60),
             max_wait_by_queue: Default::default(),
             streams: Vec::new(),
+            replica_wait: Duration::from_secs(1),
         }
     }
 }
@@ -112,6 +117,7 @@ pub const REQUEUE_BATCH: Range = Range::new("queues.requeue_batch", 1.0, 10_000.
 pub const LIST_ENTRY_MAX_BYTES: Range =
     Range::new("queues.list_entry_max_bytes", 256.0, 16.0 * 1024.0 * 1024.0, "bytes");
 pub const PROCESSING_STUCK_AFTER: Range = Range::new("queues.processing_stuck_after", 1.0, 30.0 * 86_400.0, "seconds");
+pub const REPLICA_WAIT: Range = Range::new("queues.replica_wait", 0.01, 60.0, "seconds");
 pub const MAX_WAIT: Range = Range::new("queues.max_wait", 1.0, 30.0 * 86_400.0, "seconds");
 pub const SEARCH_SCAN_MAX: Range = Range::new("queues.search_scan_max", 1000.0, 10_000_000.0, "entries");
 /// The lower bound is also `queues.list_entry_max_bytes`.
@@ -124,14 +130,23 @@ pub const LIST_PAGE_MAX_BYTES: Range = Range::new(
 
 impl QueuesConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let tls_url = self.redis_url.starts_with("rediss://");
-        if redis::Client::open(self.redis_url.as_str()).is_err() || !(self.redis_url.starts_with("redis://") || tls_url)
-        {
+        let url = self.redis_url.as_str();
+        let tls_url = url.starts_with("rediss://") || url.starts_with("rediss+sentinel://");
+        if crate::redis_conn::is_sentinel_url(url) {
+            if let Err(e) = crate::redis_conn::parse_sentinel_url(url) {
+                return Err(invalid(
+                    "queues.redis_url",
+                    url,
+                    "not a valid Sentinel URL",
+                    &format!("redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB] ({e})"),
+                ));
+            }
+        } else if redis::Client::open(url).is_err() || !(url.starts_with("redis://") || tls_url) {
             return Err(invalid(
                 "queues.redis_url",
-                &self.redis_url,
+                url,
                 "not a valid Redis URL",
-                "redis://[[USER]:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS",
+                "redis://[[USER]:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, or redis+sentinel://HOST:PORT,.../MASTER[/DB]",
             ));
         }
         if let Some(tls) = &self.tls {
@@ -139,7 +154,7 @@ impl QueuesConfig {
                 return Err(invalid(
                     "queues.tls",
                     "set",
-                    "only for a rediss:// URL",
+                    "only for a rediss:// (or rediss+sentinel://) URL",
                     "a rediss://HOST:PORT queues.redis_url, or no tls",
                 ));
             }
@@ -165,6 +180,7 @@ impl QueuesConfig {
             self.validate_suffix(suffix)?;
         }
         self.max_wait_by_queue()?;
+        REPLICA_WAIT.check(self.replica_wait.as_secs_f64())?;
         self.validate_streams()?;
         LIST_PAGE_MAX_BYTES
             .at_least(self.list_entry_max_bytes as f64)
@@ -196,9 +212,9 @@ impl QueuesConfig {
         Ok(())
     }
 
-    /// A Redis client with the URL, TLS settings and password of this
-    /// section (validation has checked them).
-    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+    /// The Redis (one server, or Sentinel's master) with the URL, TLS
+    /// settings and password of this section (validation has checked them).
+    pub fn redis_target(&self) -> redis::RedisResult<crate::redis_conn::Target> {
         let password = self.password().map_err(|e| {
             redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
@@ -206,7 +222,7 @@ impl QueuesConfig {
                 e.to_string(),
             ))
         })?;
-        crate::redis_conn::client(&self.redis_url, self.tls.as_ref(), password)
+        crate::redis_conn::target(&self.redis_url, self.tls.as_ref(), password)
     }
 
     /// The password from `password_file`, if set.

@@ -114,6 +114,23 @@ pub struct RequeueReport {
     pub malformed: Vec<MalformedEntry>,
     /// Entries in the DLQ afterwards (malformed ones and new failures).
     pub remaining: u64,
+    /// With Sentinel: how many replicas confirmed each batch (`WAIT 1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
+}
+
+/// What the replicas confirmed of a move (Sentinel only). A batch no
+/// replica confirmed before its master died may be rolled back by the
+/// failover: its jobs are then in the DLQ again, never lost or doubled.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct Replication {
+    pub batches: u64,
+    pub confirmed_batches: u64,
+    /// 1-based numbers of the batches no replica confirmed within
+    /// `queues.replica_wait` (at most 100 listed).
+    pub unconfirmed_batches: Vec<u64>,
+    /// The fewest replicas that confirmed a batch.
+    pub min_replicas: u64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -273,7 +290,7 @@ impl Queues {
     pub fn new(config: QueuesConfig, registry: &Metrics) -> Result<Arc<Queues>, redis::RedisError> {
         let metrics = QueueMetrics::register(registry, &config.names);
         Ok(Arc::new(Queues {
-            redis: RedisConn::new(config.redis_client()?, Duration::from_secs(10)),
+            redis: RedisConn::new(config.redis_target()?, Duration::from_secs(10)),
             metrics,
             busy: Mutex::new(Default::default()),
             tasks: Default::default(),
@@ -582,6 +599,7 @@ impl Queues {
         let mut stalls = 0;
         let batch = self.config.requeue_batch as u64;
         let counter = self.metrics.requeued.with_label_values(&[queue]);
+        let mut replication = self.redis.is_sentinel().then(Replication::default);
         while left > 0 {
             let entries = self.oldest(&key, left.min(batch) as isize).await?;
             if entries.is_empty() {
@@ -591,6 +609,9 @@ impl Queues {
             let arg_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
             let reply = self.script(&Scripts::Requeue, &[&key, queue], &arg_refs).await?;
             let (r, s, stopped) = (int_at(&reply, 1), int_at(&reply, 2), int_at(&reply, 3));
+            if let Some(rep) = &mut replication {
+                self.confirm(rep).await?;
+            }
             requeued += r;
             skipped += s;
             counter.inc_by(r);
@@ -621,7 +642,28 @@ impl Queues {
             skipped_malformed: skipped,
             malformed,
             remaining,
+            replication,
         })
+    }
+
+    /// `WAIT 1 <queues.replica_wait>` on the connection the batch went out
+    /// on: how many replicas have it.
+    async fn confirm(&self, rep: &mut Replication) -> Result<(), DlqError> {
+        let mut con = self.conn().await?;
+        let ms = self.config.replica_wait.as_millis() as u64;
+        let n: u64 = self
+            .redis
+            .check(redis::cmd("WAIT").arg(1).arg(ms).query_async(&mut con).await)?;
+        rep.batches += 1;
+        if n == 0 {
+            if rep.unconfirmed_batches.len() < 100 {
+                rep.unconfirmed_batches.push(rep.batches);
+            }
+        } else {
+            rep.confirmed_batches += 1;
+        }
+        rep.min_replicas = if rep.batches == 1 { n } else { rep.min_replicas.min(n) };
+        Ok(())
     }
 }
 

@@ -28,6 +28,7 @@ mod openapi;
 mod pipeline;
 mod redis_tls_acl;
 mod schemathesis;
+mod sentinel;
 mod storage;
 mod store;
 mod ui;

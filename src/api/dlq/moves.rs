@@ -52,6 +52,13 @@ pub async fn requeue_all(
             let mut row = crate::store::AuditRow::new(&actor.0, "requeue_all", &r.queue_name);
             row.counts =
                 json!({ "moved": r.requeued, "skipped_malformed": r.skipped_malformed, "remaining": r.remaining });
+            if let Some(rep) = &r.replication {
+                row.counts["replication"] = json!({
+                    "batches": rep.batches,
+                    "unconfirmed_batches": rep.unconfirmed_batches,
+                    "min_replicas": rep.min_replicas,
+                });
+            }
             row
         },
         || to_the_end(async move { queues.requeue_all(&base).await }),

@@ -161,7 +161,7 @@ pub enum Checker {
         base: reqwest::Url,
         models: Vec<String>,
     },
-    Redis(redis::Client),
+    Redis(crate::redis_conn::Target),
     Postgres(Box<sqlx::postgres::PgConnectOptions>),
 }
 
@@ -200,7 +200,7 @@ impl Checker {
                 }
             }
             CheckKind::Redis => Checker::Redis(
-                crate::redis_conn::client(&svc.url, svc.tls.as_ref(), None).map_err(|e| bad(e.to_string()))?,
+                crate::redis_conn::target(&svc.url, svc.tls.as_ref(), None).map_err(|e| bad(e.to_string()))?,
             ),
             CheckKind::Postgres => Checker::Postgres(Box::new(
                 sqlx::postgres::PgConnectOptions::from_str(&svc.url).map_err(|e| bad(e.to_string()))?,
@@ -309,7 +309,8 @@ async fn open_inference(client: &reqwest::Client, base: &reqwest::Url, models: &
     }
 }
 
-async fn redis_ping(client: &redis::Client) -> Result<(), CheckError> {
+async fn redis_ping(target: &crate::redis_conn::Target) -> Result<(), CheckError> {
+    let client = target.client().await.map_err(|e| CheckError::connect(&e))?;
     let mut con = client
         .get_multiplexed_async_connection()
         .await

@@ -1,0 +1,239 @@
+//! Redis Sentinel: a real master, two replicas and three Sentinels. The
+//! master is SIGKILLed in the middle of a requeue-all of 100,000 jobs; a
+//! replica is promoted, the daemon finds it, and on the new master every
+//! job is in exactly one of the DLQ or the queue. The health check and the
+//! stream reader follow the failover too.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::Value;
+
+use crate::common::{eventually, sample_value, Daemon, Redis, SentinelSet};
+
+const N: usize = 100_000;
+const DLQ: &str = "dlq:detection_queue";
+const QUEUE: &str = "detection_queue";
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn failure(i: usize) -> String {
+    format!(
+        r#"{{"original_job":{{"id":"job-{i}"}},"error":"CUDA out of memory","attempt_count":3,"first_failed_at":"2026-11-20T10:00:00Z","last_failed_at":"2026-11-20T10:05:00Z","queue_name":"{QUEUE}"}}"#
+    )
+}
+
+/// Every job id on `r` exactly once, across the queue and the DLQ.
+async fn assert_each_job_once(r: &Redis) -> (usize, usize) {
+    let mut c = r.connection().await;
+    let queue: Vec<String> = c.lrange(QUEUE, 0, -1).await.unwrap();
+    let dlq: Vec<String> = c.lrange(DLQ, 0, -1).await.unwrap();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for q in &queue {
+        let v: Value = serde_json::from_str(q).unwrap();
+        *seen.entry(v["id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    for e in &dlq {
+        let v: Value = serde_json::from_str(e).unwrap();
+        *seen
+            .entry(v["original_job"]["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(queue.len() + dlq.len(), N, "queue {} + DLQ {}", queue.len(), dlq.len());
+    assert_eq!(seen.len(), N, "every job is there");
+    assert!(seen.values().all(|n| *n == 1), "no job is there twice");
+    (queue.len(), dlq.len())
+}
+
+async fn llen(r: &Redis, key: &str) -> usize {
+    r.connection().await.llen(key).await.unwrap()
+}
+
+/// One failover in the middle of a requeue-all: the master dies once its DLQ
+/// holds `kill_below` jobs or fewer.
+async fn failover_mid_requeue(kill_below: usize) {
+    let mut set = SentinelSet::start().await;
+    let first = set.master_port().await.unwrap();
+    {
+        let master = set.server(first);
+        let mut c = master.connection().await;
+        let all: Vec<String> = (0..N).map(failure).collect();
+        for chunk in all.chunks(10_000) {
+            let _: () = c.lpush(DLQ, chunk).await.unwrap();
+        }
+        // Both replicas have every job before the move starts.
+        let acked: u64 = redis::cmd("WAIT").arg(2).arg(10_000).query_async(&mut c).await.unwrap();
+        assert_eq!(acked, 2);
+    }
+    let d = Daemon::start(
+        &format!(
+            "gpu:\n  enabled: false\nqueues:\n  redis_url: \"{}\"\n  poll_interval: 200ms\n  names: [{QUEUE}]\n  \
+             requeue_batch: 200\n  replica_wait: 1s\nhealth:\n  services:\n    - name: cache\n      kind: redis\n      \
+             url: \"{}\"\n      interval: 200ms\n",
+            set.url(),
+            set.url()
+        ),
+        &[],
+    )
+    .await;
+    let url = d.url(&format!("/api/system/dlq/requeue-all?queue={DLQ}"));
+    let req = tokio::spawn({
+        let url = url.clone();
+        async move { reqwest::Client::new().post(url).send().await }
+    });
+    {
+        let master = set.server(first);
+        eventually("the requeue to pass the kill point", LIMIT, || async {
+            (llen(master, DLQ).await <= kill_below).then_some(())
+        })
+        .await;
+        master.kill();
+    }
+    // The request in flight fails (or, had it just finished, succeeds).
+    let answered = req.await.unwrap().map(|r| r.status().as_u16());
+    assert!(matches!(answered, Ok(503) | Ok(200) | Err(_)), "{answered:?}");
+    // Sentinel promotes a replica.
+    let promoted = eventually("a replica to be promoted", LIMIT, || async {
+        set.master_port().await.filter(|p| *p != first)
+    })
+    .await;
+    // Killed mid-way: the new master holds a part of the move (each batch
+    // whole or not at all), and the rest still waits in its DLQ.
+    let (queued, left) = assert_each_job_once(set.server(promoted)).await;
+    assert!(queued > 0 && left > 0, "killed mid-way: {queued} requeued, {left} left");
+    assert!(left <= kill_below + 2_000, "{left} left, killed at {kill_below}");
+    // The daemon follows: its next requeue-all runs on the new master.
+    let report: Value = eventually("a requeue-all on the new master", LIMIT, || {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new().post(url).send().await.ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            r.json().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(report["remaining"], 0, "{report}");
+    assert_eq!(
+        report["requeued"], left,
+        "the second run moved exactly what was left: {report}"
+    );
+    let rep = &report["replication"];
+    assert!(rep["batches"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(
+        rep["batches"].as_u64().unwrap(),
+        rep["confirmed_batches"].as_u64().unwrap() + rep["unconfirmed_batches"].as_array().unwrap().len() as u64,
+        "{report}"
+    );
+    let (queued, in_dlq) = assert_each_job_once(set.server(promoted)).await;
+    assert_eq!((queued, in_dlq), (N, 0));
+    // The audit row says what the replicas confirmed.
+    let audit = d.get_json("/api/system/dlq/audit?limit=1").await;
+    assert_eq!(
+        audit["rows"][0]["counts"]["replication"]["batches"], rep["batches"],
+        "{audit}"
+    );
+    // The health check follows the failover as well.
+    eventually("the Redis check to pass on the new master", LIMIT, || async {
+        (d.get_json("/api/system/health").await["services"]["cache"] == "healthy").then_some(())
+    })
+    .await;
+    assert_eq!(
+        sample_value(
+            &d.get_text("/metrics").await,
+            &format!("dlq_depth{{queue=\"{QUEUE}\"}}")
+        )
+        .map(|v| v <= 0.0),
+        Some(true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_in_the_middle_of_a_requeue_loses_and_doubles_no_job_three_times() {
+    for kill_below in [75_000, 50_000, 25_000] {
+        failover_mid_requeue(kill_below).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_reader_follows_a_failover() {
+    let mut set = SentinelSet::start().await;
+    let first = set.master_port().await.unwrap();
+    let d = Daemon::start(
+        &format!(
+            "gpu:\n  enabled: false\nqueues:\n  redis_url: \"{}\"\n  poll_interval: 200ms\n  names: [{QUEUE}]\n",
+            set.url()
+        ),
+        &[],
+    )
+    .await;
+    let event = r#"{"kind":"stage","stage":"detection","duration_seconds":0.01,"status":"ok"}"#;
+    let read = |n: f64| {
+        let d = &d;
+        async move {
+            (sample_value(
+                &d.get_text("/metrics").await,
+                "pipeline_events_total{source=\"redis_stream\"}",
+            ) == Some(n))
+            .then_some(())
+        }
+    };
+    {
+        let mut c = set.server(first).connection().await;
+        let _: String = c.xadd("pipeline:events", "*", &[("event", event)]).await.unwrap();
+        let _: u64 = redis::cmd("WAIT").arg(2).arg(10_000).query_async(&mut c).await.unwrap();
+    }
+    eventually("the first event", LIMIT, || read(1.0)).await;
+    set.server(first).kill();
+    let promoted = eventually("a replica to be promoted", LIMIT, || async {
+        set.master_port().await.filter(|p| *p != first)
+    })
+    .await;
+    let mut c = set.server(promoted).connection().await;
+    let _: String = c.xadd("pipeline:events", "*", &[("event", event)]).await.unwrap();
+    eventually("the event written after the failover", LIMIT, || read(2.0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_sentinels_are_a_failing_collector_and_a_url_without_a_master_name_stops_startup() {
+    let (a, b) = (crate::common::free_port(), crate::common::free_port());
+    let d = Daemon::start(
+        &format!(
+            "gpu:\n  enabled: false\nqueues:\n  redis_url: \"redis+sentinel://127.0.0.1:{a},127.0.0.1:{b}/mymaster/0\"\n  \
+             poll_interval: 200ms\n  names: [{QUEUE}]\n"
+        ),
+        &[],
+    )
+    .await;
+    eventually("the queue collector to fail", LIMIT, || async {
+        (sample_value(
+            &d.get_text("/metrics").await,
+            "inferwatch_collector_success{collector=\"queues\"}",
+        ) == Some(0.0))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(d.get_text("/-/healthy").await, "Healthy.\n", "the daemon serves on");
+    let resp = reqwest::get(d.url(&format!("/api/dlq/jobs/{DLQ}"))).await.unwrap();
+    assert_eq!(resp.status(), 503, "Redis unavailable, not a 500");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!("queues:\n  redis_url: \"redis+sentinel://127.0.0.1:{a}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("queues.redis_url") && text.contains("no master name"),
+        "{text}"
+    );
+}
