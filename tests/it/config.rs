@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::check_config;
 use inferwatch::config::Config;
 
 fn check(yaml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
@@ -330,22 +331,6 @@ fn good_values_at_the_edges_are_accepted() {
         "the documented defaults"
     );
     assert!(defaults.start_period.is_zero());
-}
-
-fn check_config(path: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .arg("check-config")
-        .arg(path)
-        .env_remove("GPU_POLL_INTERVAL_SECONDS")
-        .env_remove("GPU_STATS_HISTORY_MINUTES")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap(), text)
 }
 
 #[test]

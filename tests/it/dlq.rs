@@ -4,7 +4,7 @@
 //! jobs, jobs that fail again not looped, a table of bad requests that
 //! change nothing in Redis, and Redis going away.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common::{eventually, sample_value, Daemon, Redis, SIGKILL};
@@ -263,23 +263,7 @@ async fn clear_archives_with_a_ttl_and_restore_gives_back_the_same_order() {
 /// Counts each job id across the queue (original jobs) and the DLQ
 /// (failures) and checks each of `n` appears exactly once.
 async fn assert_each_job_once(r: &Redis, n: usize) -> (usize, usize) {
-    let queue = lrange(r, QUEUE).await;
-    let dlq = lrange(r, DLQ).await;
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    for q in &queue {
-        let v: Value = serde_json::from_str(q).unwrap();
-        *seen.entry(v["id"].as_str().unwrap().to_string()).or_default() += 1;
-    }
-    for e in &dlq {
-        let v: Value = serde_json::from_str(e).unwrap();
-        *seen
-            .entry(v["original_job"]["id"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
-    assert_eq!(queue.len() + dlq.len(), n, "queue {} + DLQ {}", queue.len(), dlq.len());
-    assert_eq!(seen.len(), n, "every job is there");
-    assert!(seen.values().all(|c| *c == 1), "no job is duplicated");
-    (queue.len(), dlq.len())
+    crate::common::assert_each_job_once(r, QUEUE, DLQ, n).await
 }
 
 const N: usize = 100_000;

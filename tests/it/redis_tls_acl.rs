@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use crate::common::{eventually, free_port, sample_value, Certs, Daemon, Redis, DLQ_ENTRY};
+use crate::common::{check_config, eventually, free_port, sample_value, Certs, Daemon, Redis, DLQ_ENTRY};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -55,8 +55,8 @@ async fn over_tls_the_dlq_api_the_health_check_and_the_stream_all_work() {
     .await;
     assert_eq!(body["status"], "healthy");
     // The queue collector and the DLQ API.
-    eventually("the DLQ depth over TLS", LIMIT, || async {
-        (sample_value(&d.get_text("/metrics").await, "dlq_depth{queue=\"detection_queue\"}") == Some(2.0)).then_some(())
+    d.until("dlq_depth{queue=\"detection_queue\"}", "the DLQ depth over TLS", |v| {
+        v == 2.0
     })
     .await;
     let resp = reqwest::Client::new()
@@ -73,13 +73,11 @@ async fn over_tls_the_dlq_api_the_health_check_and_the_stream_all_work() {
     // The stream input.
     let event = r#"{"kind":"stage","stage":"detection","duration_seconds":0.01,"status":"ok"}"#;
     let _: String = c.xadd("pipeline:events", "*", &[("event", event)]).await.unwrap();
-    eventually("the event read over TLS", LIMIT, || async {
-        (sample_value(
-            &d.get_text("/metrics").await,
-            "pipeline_events_total{source=\"redis_stream\"}",
-        ) == Some(1.0))
-        .then_some(())
-    })
+    d.until(
+        "pipeline_events_total{source=\"redis_stream\"}",
+        "the event read over TLS",
+        |v| v == 1.0,
+    )
     .await;
 }
 
@@ -88,13 +86,11 @@ async fn a_server_certificate_from_another_ca_is_refused_with_the_reason() {
     let certs = Certs::new();
     let (_r, tls_port) = tls_redis(&certs).await;
     let d = Daemon::start(&tls_config(tls_port, &certs.s("other-ca.pem")), &[]).await;
-    eventually("the queue collector to fail", LIMIT, || async {
-        (sample_value(
-            &d.get_text("/metrics").await,
-            "inferwatch_collector_success{collector=\"queues\"}",
-        ) == Some(0.0))
-        .then_some(())
-    })
+    d.until(
+        "inferwatch_collector_success{collector=\"queues\"}",
+        "the queue collector to fail",
+        |v| v == 0.0,
+    )
     .await;
     let body = eventually("the Redis check to fail", LIMIT, || async {
         let body = d.get_json("/api/system/health").await;
@@ -112,20 +108,12 @@ async fn a_server_certificate_from_another_ca_is_refused_with_the_reason() {
         "the reason names the certificate: {line}"
     );
     // A CA file that cannot be read stops startup, naming the key.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .arg("check-config")
-        .arg({
-            let p = certs.path("missing-ca.yml");
-            let yaml = format!(
-                "queues:\n  redis_url: rediss://127.0.0.1:{tls_port}/0\n  tls:\n    ca_file: /nonexistent/ca.pem\n"
-            );
-            std::fs::write(&p, yaml).unwrap();
-            p
-        })
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let p = certs.path("missing-ca.yml");
+    let yaml =
+        format!("queues:\n  redis_url: rediss://127.0.0.1:{tls_port}/0\n  tls:\n    ca_file: /nonexistent/ca.pem\n");
+    std::fs::write(&p, yaml).unwrap();
+    let (code, text) = check_config(&p);
+    assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("queues.tls.ca_file") && text.contains("cannot be read"),
         "{text}"
@@ -228,13 +216,8 @@ async fn the_least_privileged_user_reaches_its_keys_only_and_a_missing_permissio
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
     let cfg = dir.path().join("c.yml");
     std::fs::write(&cfg, format!("{base}  names: [a]\n  password_file: {}\n", pw.display())).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .arg("check-config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = check_config(&cfg);
+    assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("queues.password_file") && text.contains("chmod 600"),
         "{text}"

@@ -4,7 +4,6 @@
 //! job is in exactly one of the DLQ or the queue. The health check and the
 //! stream reader follow the failover too.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -25,24 +24,7 @@ fn failure(i: usize) -> String {
 
 /// Every job id on `r` exactly once, across the queue and the DLQ.
 async fn assert_each_job_once(r: &Redis) -> (usize, usize) {
-    let mut c = r.connection().await;
-    let queue: Vec<String> = c.lrange(QUEUE, 0, -1).await.unwrap();
-    let dlq: Vec<String> = c.lrange(DLQ, 0, -1).await.unwrap();
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    for q in &queue {
-        let v: Value = serde_json::from_str(q).unwrap();
-        *seen.entry(v["id"].as_str().unwrap().to_string()).or_default() += 1;
-    }
-    for e in &dlq {
-        let v: Value = serde_json::from_str(e).unwrap();
-        *seen
-            .entry(v["original_job"]["id"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
-    assert_eq!(queue.len() + dlq.len(), N, "queue {} + DLQ {}", queue.len(), dlq.len());
-    assert_eq!(seen.len(), N, "every job is there");
-    assert!(seen.values().all(|n| *n == 1), "no job is there twice");
-    (queue.len(), dlq.len())
+    crate::common::assert_each_job_once(r, QUEUE, DLQ, N).await
 }
 
 async fn llen(r: &Redis, key: &str) -> usize {
@@ -206,13 +188,11 @@ async fn unreachable_sentinels_are_a_failing_collector_and_a_url_without_a_maste
         &[],
     )
     .await;
-    eventually("the queue collector to fail", LIMIT, || async {
-        (sample_value(
-            &d.get_text("/metrics").await,
-            "inferwatch_collector_success{collector=\"queues\"}",
-        ) == Some(0.0))
-        .then_some(())
-    })
+    d.until(
+        "inferwatch_collector_success{collector=\"queues\"}",
+        "the queue collector to fail",
+        |v| v == 0.0,
+    )
     .await;
     assert_eq!(d.get_text("/-/healthy").await, "Healthy.\n", "the daemon serves on");
     let resp = reqwest::get(d.url(&format!("/api/dlq/jobs/{DLQ}"))).await.unwrap();
@@ -225,13 +205,8 @@ async fn unreachable_sentinels_are_a_failing_collector_and_a_url_without_a_maste
         format!("queues:\n  redis_url: \"redis+sentinel://127.0.0.1:{a}\"\n"),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .arg("check-config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text) = crate::common::check_config(&cfg);
+    assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("queues.redis_url") && text.contains("no master name"),
         "{text}"

@@ -102,6 +102,15 @@ impl Daemon {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Waits (up to 90 s) until the sample `series` on `/metrics`
+    /// satisfies `ok`; its value.
+    pub async fn until(&self, series: &str, what: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        eventually(what, std::time::Duration::from_secs(90), || async {
+            sample_value(&self.get_text("/metrics").await, series).filter(|v| ok(*v))
+        })
+        .await
+    }
+
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         reqwest::get(self.url(path)).await.unwrap().json().await.unwrap()
     }
@@ -109,6 +118,23 @@ impl Daemon {
     pub async fn get_text(&self, path: &str) -> String {
         reqwest::get(self.url(path)).await.unwrap().text().await.unwrap()
     }
+}
+
+/// `inferwatch check-config PATH`: its exit code and what it printed.
+pub fn check_config(path: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("check-config")
+        .arg(path)
+        .env_remove("GPU_POLL_INTERVAL_SECONDS")
+        .env_remove("GPU_STATS_HISTORY_MINUTES")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap(), text)
 }
 
 /// With `INFERWATCH_TEST_REDIS_ACL` set (scripts/test sets it for a second

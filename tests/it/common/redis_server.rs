@@ -98,3 +98,27 @@ impl Redis {
         }
     }
 }
+
+/// Every job id (`{"id": ...}` in `queue`, `original_job.id` in `dlq`) is
+/// in exactly one of the two lists, and there are `n` of them.
+pub async fn assert_each_job_once(r: &Redis, queue: &str, dlq: &str, n: usize) -> (usize, usize) {
+    use redis::AsyncCommands;
+    let mut c = r.connection().await;
+    let queue: Vec<String> = c.lrange(queue, 0, -1).await.unwrap();
+    let dlq: Vec<String> = c.lrange(dlq, 0, -1).await.unwrap();
+    let mut seen: std::collections::HashMap<String, u32> = Default::default();
+    for q in &queue {
+        let v: serde_json::Value = serde_json::from_str(q).unwrap();
+        *seen.entry(v["id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    for e in &dlq {
+        let v: serde_json::Value = serde_json::from_str(e).unwrap();
+        *seen
+            .entry(v["original_job"]["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(queue.len() + dlq.len(), n, "queue {} + DLQ {}", queue.len(), dlq.len());
+    assert_eq!(seen.len(), n, "every job is there");
+    assert!(seen.values().all(|c| *c == 1), "no job is duplicated");
+    (queue.len(), dlq.len())
+}
