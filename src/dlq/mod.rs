@@ -122,7 +122,7 @@ pub struct RequeueReport {
 /// What the replicas confirmed of a move (Sentinel only). A batch no
 /// replica confirmed before its master died may be rolled back by the
 /// failover: its jobs are then in the DLQ again, never lost or doubled.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Replication {
     pub batches: u64,
     pub confirmed_batches: u64,

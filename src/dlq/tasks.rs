@@ -102,6 +102,9 @@ pub struct MoveReport {
     /// Up to 10 ids of matching entries (dry run).
     pub sample_ids: Vec<String>,
     pub cancelled: bool,
+    /// With Sentinel: how many replicas confirmed each batch (`WAIT 1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<super::Replication>,
 }
 
 /// A move's parameters.
@@ -286,6 +289,7 @@ impl Queues {
             scanned,
             sample_ids,
             cancelled: false,
+            replication: None,
         })
     }
 
@@ -321,6 +325,7 @@ impl Queues {
         let started = Instant::now();
         let mut tally = Tally::new(start_len);
         let mut cancelled = false;
+        let mut replication = self.redis.is_sentinel().then(super::Replication::default);
         while tally.left > 0 && tally.matched < max {
             if cancel.is_cancelled() {
                 cancelled = true;
@@ -345,6 +350,9 @@ impl Queues {
             }
             let reply = self.script(&Scripts::Requeue, &[&key, queue], &args).await?;
             let (r, s, stopped) = (int_at(&reply, 1), int_at(&reply, 2), int_at(&reply, 3));
+            if let Some(rep) = &mut replication {
+                self.confirm(rep).await?;
+            }
             let stalled = tally.record(&step.kinds, r, s, stopped == 1);
             counter.inc_by(r);
             progress.publish(&tally);
@@ -365,6 +373,7 @@ impl Queues {
             scanned: tally.scanned,
             sample_ids: Vec::new(),
             cancelled,
+            replication,
         })
     }
 

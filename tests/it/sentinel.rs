@@ -167,6 +167,27 @@ async fn the_stream_reader_follows_a_failover() {
         let _: u64 = redis::cmd("WAIT").arg(2).arg(10_000).query_async(&mut c).await.unwrap();
     }
     eventually("the first event", LIMIT, || read(1.0)).await;
+    // A filtered requeue waits for a replica after each batch, too.
+    {
+        let mut c = set.server(first).connection().await;
+        let all: Vec<String> = (0..10).map(failure).collect();
+        let _: () = c.lpush(DLQ, all).await.unwrap();
+    }
+    let resp = reqwest::Client::new()
+        .post(d.url(&format!("/api/system/dlq/requeue?queue={DLQ}&error=cuda")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let report: Value = resp.json().await.unwrap();
+    assert_eq!(report["moved"], 10, "{report}");
+    let rep = &report["replication"];
+    assert!(rep["batches"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(
+        rep["confirmed_batches"], rep["batches"],
+        "both replicas are up: {report}"
+    );
+    assert!(rep["min_replicas"].as_u64().unwrap() >= 1, "{report}");
     set.server(first).kill();
     let promoted = eventually("a replica to be promoted", LIMIT, || async {
         set.master_port().await.filter(|p| *p != first)

@@ -53,11 +53,7 @@ pub async fn requeue_all(
             row.counts =
                 json!({ "moved": r.requeued, "skipped_malformed": r.skipped_malformed, "remaining": r.remaining });
             if let Some(rep) = &r.replication {
-                row.counts["replication"] = json!({
-                    "batches": rep.batches,
-                    "unconfirmed_batches": rep.unconfirmed_batches,
-                    "min_replicas": rep.min_replicas,
-                });
+                row.counts["replication"] = serde_json::to_value(rep).unwrap_or_default();
             }
             row
         },
@@ -248,6 +244,9 @@ pub async fn requeue_filtered(
             let mut row = AuditRow::new(&actor.0, "requeue_filtered", &report.queue_name);
             row.filter = Some(serde_json::to_value(&spec.filter).unwrap_or_default());
             row.counts = json!({ "moved": report.moved, "matched": report.matched, "skipped_malformed": report.skipped_malformed });
+            if let Some(rep) = &report.replication {
+                row.counts["replication"] = serde_json::to_value(rep).unwrap_or_default();
+            }
             row
         },
         || async {
