@@ -58,11 +58,33 @@ impl Format {
     }
 }
 
-/// One rendered page of one format.
+/// One rendered page of one format, plain and gzip-compressed.
 struct Page {
     rendered_at: Instant,
     generation: u64,
     body: Bytes,
+    gzip: Bytes,
+}
+
+/// A rendered page: the bytes, and the same bytes gzip-compressed (made
+/// once, when the page was rendered; a scrape never compresses).
+#[derive(Clone)]
+pub struct Rendered {
+    pub plain: Bytes,
+    pub gzip: Bytes,
+}
+
+/// Level 1 (fastest): the page is text of a few dozen KB that compresses
+/// about 10x even so, and it is compressed at every render.
+const GZIP_LEVEL: u32 = 1;
+
+/// `body`, gzip-compressed.
+pub fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc =
+        flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 6), flate2::Compression::new(GZIP_LEVEL));
+    enc.write_all(body).expect("writing to memory");
+    enc.finish().expect("writing to memory")
 }
 
 /// The registry, `inferwatch_build_info`, the process metrics and the
@@ -158,8 +180,14 @@ impl Metrics {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Returns the page in `format`, re-rendering only when it is stale.
+    /// Returns the page in `format`, re-rendering (and compressing) only
+    /// when it is stale.
     pub fn render(&self, format: Format) -> Bytes {
+        self.render_both(format).plain
+    }
+
+    /// The page in `format`, plain and gzip, re-rendered only when stale.
+    pub fn render_both(&self, format: Format) -> Rendered {
         let generation = self.generation.load(Ordering::Acquire);
         let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
         let slot = &mut pages[format as usize];
@@ -178,13 +206,19 @@ impl Metrics {
                 }
                 Format::OpenMetrics => encode_openmetrics(&families),
             };
+            let compressed = gzip(&body);
             *slot = Some(Page {
                 rendered_at: Instant::now(),
                 generation,
                 body: Bytes::from(body),
+                gzip: Bytes::from(compressed),
             });
         }
-        slot.as_ref().map(|p| p.body.clone()).unwrap_or_default()
+        let page = slot.as_ref().expect("rendered above");
+        Rendered {
+            plain: page.body.clone(),
+            gzip: page.gzip.clone(),
+        }
     }
 }
 
@@ -344,5 +378,23 @@ mod tests {
         m.invalidate();
         let c = m.render(Format::Text);
         assert!(String::from_utf8_lossy(&c).contains("demo_write_errors_total 1"));
+    }
+
+    #[test]
+    fn the_gzip_page_is_the_plain_page_compressed_once_per_render() {
+        use std::io::Read;
+        let m = Metrics::new();
+        let c: IntCounter = family("demo_write_errors_total", "Demo.", &[]);
+        m.add(&c);
+        let a = m.render_both(Format::Text);
+        let mut text = Vec::new();
+        flate2::read::GzDecoder::new(&a.gzip[..])
+            .read_to_end(&mut text)
+            .unwrap();
+        assert_eq!(text, a.plain);
+        assert!(a.gzip.len() < a.plain.len());
+        // Within the page's age and generation, the same compressed bytes.
+        let b = m.render_both(Format::Text);
+        assert_eq!(a.gzip.as_ptr(), b.gzip.as_ptr(), "not compressed again");
     }
 }

@@ -187,3 +187,114 @@ async fn collector_flags_come_from_the_registry_and_win_over_the_config() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_gets_the_page_gzip_compressed_and_reads_the_same_values() {
+    use std::io::Read;
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(8));
+    let config = format!("gpu:\n  nvml_library: {}\n  poll_interval: 1s\n", fake.lib_str());
+    let daemon = Daemon::start(&config, &[]).await;
+    // A client that asks for gzip gets the compressed page, and the same
+    // text once decompressed; one that does not gets it plain.
+    let client = reqwest::Client::new();
+    let plain = client.get(daemon.url("/metrics")).send().await.unwrap();
+    assert_eq!(plain.headers().get("vary").unwrap(), "Accept-Encoding");
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.text().await.unwrap();
+    let gz = client
+        .get(daemon.url("/metrics"))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers().get("content-encoding").unwrap(), "gzip");
+    assert_eq!(gz.headers().get("vary").unwrap(), "Accept-Encoding");
+    let compressed = gz.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let names = |page: &str| -> std::collections::BTreeSet<String> {
+        page.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&text), names(&plain), "the same families");
+    assert!(
+        compressed.len() * 4 < plain.len(),
+        "{} gzip bytes for {} plain",
+        compressed.len(),
+        plain.len()
+    );
+
+    // A real Prometheus (which sends Accept-Encoding: gzip) scrapes it,
+    // reporting each scrape's size (scrape_response_size_bytes).
+    let prom = Prometheus::start_with_flags(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            daemon.port
+        ),
+        &["--enable-feature=extra-scrape-metrics"],
+    )
+    .await;
+    // Prometheus reports the uncompressed size it read (scrape_body_size_bytes,
+    // Prometheus 2.42): the whole page.
+    let body = eventually("a scrape's body size", Duration::from_secs(60), || {
+        let prom = &prom;
+        async move {
+            let r = prom.query("scrape_body_size_bytes{job=\"inferwatch\"}").await;
+            r.first()
+                .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
+        }
+    })
+    .await;
+    assert!(
+        body > plain.len() as f64 * 0.9,
+        "{body} bytes read for a {}-byte page",
+        plain.len()
+    );
+    // The daemon's own response sizes of /metrics: the gzip page went out
+    // (Prometheus's scrapes, and ours, against one plain request).
+    let route = "{method=\"GET\",route=\"/metrics\"}";
+    let (sum, count) = eventually("ten scrapes", Duration::from_secs(60), || {
+        let (client, url) = (&client, daemon.url("/metrics"));
+        async move {
+            // Read compressed too, so that this wait adds no plain answers.
+            let gz = client.get(url).header("Accept-Encoding", "gzip").send().await.ok()?;
+            let bytes = gz.bytes().await.ok()?;
+            let mut page = String::new();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_string(&mut page)
+                .ok()?;
+            let sum = sample_value(&page, &format!("http_response_size_bytes_sum{route}"))?;
+            let count = sample_value(&page, &format!("http_response_size_bytes_count{route}"))?;
+            (count >= 10.0).then_some((sum, count))
+        }
+    })
+    .await;
+    // One plain answer (the first fetch above) among them.
+    let mean = sum / count;
+    assert!(
+        mean * 2.0 < plain.len() as f64,
+        "mean /metrics response {mean} bytes for a {}-byte page",
+        plain.len()
+    );
+    // ... and reads the values the plain page has.
+    let temps = prom.query("gpu_temperature_celsius").await;
+    assert_eq!(temps.len(), 8, "{temps:?}");
+    for t in &temps {
+        let series = format!(
+            "gpu_temperature_celsius{{gpu=\"{}\",uuid=\"{}\"}}",
+            t["metric"]["gpu"].as_str().unwrap(),
+            t["metric"]["uuid"].as_str().unwrap()
+        );
+        let want = sample_value(&plain, &series).unwrap();
+        assert_eq!(
+            t["value"][1].as_str().unwrap().parse::<f64>().unwrap(),
+            want,
+            "{series}"
+        );
+    }
+}

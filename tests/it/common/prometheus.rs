@@ -25,8 +25,13 @@ impl Prometheus {
     /// Starts Prometheus with `config` written into `dir` (so relative
     /// rule_files can sit beside it) and waits until it is ready.
     pub async fn start_with_config(dir: TempDir, config: &str) -> Prometheus {
+        Self::start_with_flags(dir, config, &[]).await
+    }
+
+    /// As [`Prometheus::start_with_config`], with more flags.
+    pub async fn start_with_flags(dir: TempDir, config: &str, flags: &[&str]) -> Prometheus {
         let (port, proc) =
-            start_prometheus_family(&dir, "prometheus", "prometheus", config, "--storage.tsdb.path", &[]).await;
+            start_prometheus_family(&dir, "prometheus", "prometheus", config, "--storage.tsdb.path", flags).await;
         Prometheus { dir, port, proc }
     }
 
