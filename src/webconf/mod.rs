@@ -183,6 +183,14 @@ impl Builder<'_> {
             if !ALLOWED_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
                 return Err(self.invalid(&key, "this header cannot be set", ALLOWED_HEADERS.join(", ")));
             }
+            // The toolkit's own checks (web/tls_config.go, validateHeaderConfig).
+            let lower = value.to_ascii_lowercase();
+            if name.eq_ignore_ascii_case("X-Content-Type-Options") && lower != "nosniff" {
+                return Err(self.invalid(&key, format!("{value:?} is not allowed"), "nosniff"));
+            }
+            if name.eq_ignore_ascii_case("X-Frame-Options") && lower != "deny" && lower != "sameorigin" {
+                return Err(self.invalid(&key, format!("{value:?} is not allowed"), "deny or sameorigin"));
+            }
             let value = axum::http::HeaderValue::from_str(value)
                 .map_err(|_| self.invalid(&key, "not a valid header value", "visible ASCII text"))?;
             self.loaded.headers.push((
@@ -364,6 +372,14 @@ mod tests {
             ),
             ("tls_server_config:\n  cert: x\n", "tls_server_config"),
             ("nonsense: 1\n", "unknown field `nonsense`"),
+            (
+                "http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n",
+                "http_server_config.headers.X-Content-Type-Options",
+            ),
+            (
+                "http_server_config:\n  headers:\n    x-frame-options: allow-from x\n",
+                "allowed: deny or sameorigin",
+            ),
         ];
         for (text, key) in cases {
             let p = write(d.path(), "web.yml", text);

@@ -227,6 +227,15 @@ impl Builder<'_> {
             "tls_server_config.client_ca",
             &t.client_ca,
         )?;
+        // The toolkit refuses CAs with no policy to use them
+        // ("Client CA's have been configured without a Client Auth Policy").
+        if ca.is_some() && kind == "NoClientCert" {
+            return Err(self.invalid(
+                "tls_server_config.client_ca_file",
+                "client CAs configured without a client auth policy",
+                "a client_auth_type of VerifyClientCertIfGiven or RequireAndVerifyClientCert with it, or no client_ca_file",
+            ));
+        }
         let roots = match &ca {
             Some(pem) => {
                 let mut roots = RootCertStore::empty();
@@ -244,6 +253,13 @@ impl Builder<'_> {
                 }
                 Some(Arc::new(roots))
             }
+            None => None,
+        };
+        // Without a CA file, the toolkit verifies client certificates against
+        // the system's roots (Go's nil ClientCAs); so does this.
+        let roots = match roots {
+            Some(r) => Some(r),
+            None if kind != "NoClientCert" && kind != "RequireAnyClientCert" => Some(Arc::new(system_roots())),
             None => None,
         };
         let need_ca = |this: &Self| {
@@ -266,6 +282,19 @@ impl Builder<'_> {
             _ => web_pki(roots.ok_or_else(|| need_ca(self))?, false, self)?,
         })
     }
+}
+
+/// The system's trusted roots (rustls-native-certs: the same store Go's
+/// crypto/x509 reads); certificates it cannot parse are skipped and logged.
+fn system_roots() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "Could not read part of the system's root certificates.");
+    }
+    let mut roots = RootCertStore::empty();
+    let (added, skipped) = roots.add_parsable_certificates(found.certs);
+    tracing::debug!(added, skipped, "System roots for client certificates.");
+    roots
 }
 
 /// `RequireAnyClientCert`: a client must present a certificate and prove it

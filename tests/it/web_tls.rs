@@ -561,3 +561,72 @@ async fn https_health_checks_trust_the_configured_ca() {
         "{log}"
     );
 }
+
+/// The exporter-toolkit rules (web/tls_config.go): header values it
+/// refuses, CAs without a policy to use them, and client certificates
+/// verified against the system's roots when no CA file is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporter_toolkit_rules_hold_against_the_real_binary() {
+    let c = Certs::new();
+    let bin = env!("CARGO_BIN_EXE_inferwatch");
+    let tls = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n";
+    for (name, text, key, allowed) in [
+        (
+            "nosniff.yml",
+            "http_server_config:\n  headers:\n    X-Content-Type-Options: sniff\n".to_string(),
+            "http_server_config.headers.X-Content-Type-Options",
+            "nosniff",
+        ),
+        (
+            "frame.yml",
+            "http_server_config:\n  headers:\n    X-Frame-Options: allow-from https://x\n".to_string(),
+            "http_server_config.headers.X-Frame-Options",
+            "deny or sameorigin",
+        ),
+        (
+            "ca-no-policy.yml",
+            format!("{tls}  client_ca_file: ca.pem\n"),
+            "tls_server_config.client_ca_file",
+            "without a client auth policy",
+        ),
+        (
+            "ca-noclientcert.yml",
+            format!("{tls}  client_ca_file: ca.pem\n  client_auth_type: NoClientCert\n"),
+            "tls_server_config.client_ca_file",
+            "without a client auth policy",
+        ),
+    ] {
+        let path = c.path(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(bin).arg("check-web-config").arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(key) && err.contains(allowed), "{name}: {err}");
+    }
+
+    // VerifyClientCertIfGiven without a CA file: the system's roots decide.
+    // A client without a certificate is served; one whose certificate the
+    // test CA signed (no system root) is refused in the handshake.
+    let web_path = c.path("web.yml");
+    let ca = c.s("ca.pem");
+    let d = tls_daemon(
+        &format!("{tls}  client_auth_type: VerifyClientCertIfGiven\n"),
+        &web_path,
+        &["--cacert", &ca],
+    )
+    .await;
+    let (code, text) = curl(&["--cacert", &ca], &https(&d, "/-/healthy"));
+    assert_eq!(code, "200", "{text}");
+    let (code, text) = curl(
+        &[
+            "--cacert",
+            &ca,
+            "--cert",
+            &c.s("client.pem"),
+            "--key",
+            &c.s("client.key"),
+        ],
+        &https(&d, "/-/healthy"),
+    );
+    assert_eq!(code, "000", "a certificate no system root signed: {text}");
+}
