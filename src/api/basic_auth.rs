@@ -1,5 +1,5 @@
-//! Basic auth and response headers from `--web.config.file`, on every
-//! route, the WebSocket included. With `basic_auth_users` set, a request
+//! The rate limit, basic auth and response headers from
+//! `--web.config.file`, on every route, the WebSocket included. With `basic_auth_users` set, a request
 //! without a matching `Authorization: Basic` gets 401 with
 //! `WWW-Authenticate`. `api.token` still guards the mutating routes on top;
 //! with basic auth in the `Authorization` header, the token goes in
@@ -18,7 +18,17 @@ use crate::webconf::{Loaded, WebRuntime};
 
 pub async fn check(State(web): State<Arc<WebRuntime>>, req: Request, next: Next) -> Response {
     let loaded = web.current();
-    let mut resp = if loaded.users.is_empty() || authorized(&web, &loaded, &req) {
+    // The toolkit's rate limit comes first: a request over it is not
+    // authenticated or served.
+    let limited = loaded.limiter.as_ref().filter(|(l, _)| l.check().is_err());
+    let mut resp = if let Some((_, says)) = limited {
+        AppError::status(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests: the web config's rate_limit allows {says}"),
+            serde_json::Value::Null,
+        )
+        .into_response()
+    } else if loaded.users.is_empty() || authorized(&web, &loaded, &req) {
         next.run(req).await
     } else {
         let mut r = AppError::status(

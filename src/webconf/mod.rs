@@ -35,7 +35,25 @@ pub struct WebConfigFile {
     /// User name → bcrypt hash.
     #[serde(default)]
     pub basic_auth_users: BTreeMap<String, String>,
+    /// The toolkit's server-wide request rate limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
+
+/// `rate_limit`: a token bucket for the whole server, as exporter-toolkit
+/// builds it (`rate.NewLimiter(rate.Every(interval), burst)`): a token every
+/// `interval`, at most `burst` saved up; a request with no token gets 429.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// A Go duration (`1s`, `100ms`); 0 or absent: no limit.
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub burst: u32,
+}
+
+/// The server-wide limiter.
+pub type Limiter = governor::DefaultDirectRateLimiter;
 
 /// `tls_server_config`.
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +126,8 @@ pub struct Loaded {
     /// User name → bcrypt hash; empty: no basic auth.
     pub users: HashMap<String, String>,
     pub headers: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
+    /// `rate_limit`, with what it allows for the 429's text.
+    pub limiter: Option<(Arc<Limiter>, String)>,
     /// What rustls cannot honour, said once per load.
     pub ignored: Vec<String>,
     /// Files whose change triggers a reload (the file itself included).
@@ -148,6 +168,9 @@ pub fn load(path: &Path) -> Result<Loaded, WebConfigError> {
     if let Some(http) = &file.http_server_config {
         b.http(http)?;
     }
+    if let Some(rl) = &file.rate_limit {
+        b.rate_limit(rl)?;
+    }
     if let Some(tls) = &file.tls_server_config {
         let config = b.tls(tls)?;
         b.loaded.tls = Some(Arc::new(config));
@@ -170,6 +193,37 @@ impl Builder<'_> {
             problem: problem.into(),
             allowed: allowed.into(),
         }
+    }
+
+    fn rate_limit(&mut self, rl: &RateLimitConfig) -> Result<(), WebConfigError> {
+        let Some(text) = &rl.interval else { return Ok(()) };
+        let secs = crate::config::parse_duration(text)
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| {
+                self.invalid(
+                    "rate_limit.interval",
+                    format!("{text:?} is not a duration"),
+                    "a duration such as 1s or 100ms",
+                )
+            })?;
+        if secs == 0.0 {
+            return Ok(());
+        }
+        let burst = std::num::NonZeroU32::new(rl.burst).ok_or_else(|| {
+            self.invalid(
+                "rate_limit.burst",
+                "0 lets no request through",
+                "at least 1 (the requests allowed at once)",
+            )
+        })?;
+        let period = std::time::Duration::from_secs_f64(secs);
+        let quota = governor::Quota::with_period(period)
+            .ok_or_else(|| self.invalid("rate_limit.interval", "too short", "at least 1ns"))?
+            .allow_burst(burst);
+        let says = format!("one request every {text}, {burst} at once");
+        self.loaded.limiter = Some((Arc::new(governor::RateLimiter::direct(quota)), says));
+        Ok(())
     }
 
     fn http(&mut self, http: &HttpServerConfig) -> Result<(), WebConfigError> {

@@ -630,3 +630,45 @@ async fn exporter_toolkit_rules_hold_against_the_real_binary() {
     );
     assert_eq!(code, "000", "a certificate no system root signed: {text}");
 }
+
+/// `rate_limit` as the toolkit builds it: a token every `interval`, `burst`
+/// at once, server-wide; a request over it gets 429 before anything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_toolkit_rate_limit_answers_429_past_its_burst() {
+    let c = Certs::new();
+    let web_path = c.path("web.yml");
+    write_web(&web_path, "rate_limit:\n  interval: 1h\n  burst: 5\n");
+    let cfg = format!(
+        "web:\n  config_file: {}\nqueues:\n  enabled: false\ngpu:\n  nvml_library: libnvidia-ml-not-installed.so.1\n",
+        web_path.display()
+    );
+    let d = Daemon::spawn(&cfg, &[], &[], None);
+    let client = reqwest::Client::new();
+    let (mut answered, mut limited) = (Vec::new(), 0);
+    while answered.len() + limited < 20 {
+        match client.get(d.url("/-/healthy")).send().await {
+            // Not listening yet: nothing was counted.
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(r) if r.status() == 429 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["code"], "too_many_requests", "{body}");
+                assert!(body["error"].as_str().unwrap().contains("rate_limit"), "{body}");
+                limited += 1;
+            }
+            Ok(r) => answered.push(r.status().as_u16()),
+        }
+    }
+    assert_eq!(answered, [200; 5], "the burst, then nothing for an hour");
+    assert_eq!(limited, 15);
+    // A burst of 0 lets nothing through: refused, naming the key.
+    let bad = c.path("bad.yml");
+    std::fs::write(&bad, "rate_limit:\n  interval: 1s\n  burst: 0\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("check-web-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("rate_limit.burst") && err.contains("at least 1"), "{err}");
+}
