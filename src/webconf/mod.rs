@@ -10,8 +10,7 @@
 //! TLS is rustls (ring provider): TLS 1.2 and 1.3 only. What rustls cannot
 //! honour is said once at load: TLS 1.0/1.1 as `min_version` (raised to
 //! 1.2), cipher suites it does not implement (CBC, RSA key exchange), and
-//! curve P-521. `client_allowed_sans` is refused rather than ignored: a
-//! file that relies on it would otherwise let other clients in.
+//! curve P-521. `client_allowed_sans` is checked as the toolkit does.
 
 mod basic_auth;
 mod tls;

@@ -15,13 +15,6 @@ use super::*;
 impl Builder<'_> {
     pub(super) fn tls(&mut self, t: &TlsServerConfig) -> Result<ServerConfig, WebConfigError> {
         let (chain, key) = self.certificate_and_key(t)?;
-        if t.client_allowed_sans.is_some() {
-            return Err(self.invalid(
-                "tls_server_config.client_allowed_sans",
-                "not supported by inferwatch",
-                "leave it out and restrict clients with client_ca_file",
-            ));
-        }
         let provider = Arc::new(self.provider(t)?);
         let versions = self.versions(t)?;
         let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -33,7 +26,21 @@ impl Builder<'_> {
                     "suites that fit the TLS versions",
                 )
             })?;
-        let verifier = self.client_verifier(t, provider)?;
+        let mut verifier = self.client_verifier(t, provider)?;
+        if let Some(sans) = t.client_allowed_sans.as_ref().filter(|s| !s.is_empty()) {
+            let kind = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
+            if !matches!(kind, "VerifyClientCertIfGiven" | "RequireAndVerifyClientCert") {
+                return Err(self.invalid(
+                    "tls_server_config.client_allowed_sans",
+                    format!("no verified client certificate to check with client_auth_type {kind}"),
+                    "client_auth_type VerifyClientCertIfGiven or RequireAndVerifyClientCert",
+                ));
+            }
+            verifier = Arc::new(AllowedSans {
+                inner: verifier,
+                allowed: sans.clone(),
+            });
+        }
         let mut config = builder
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
@@ -295,6 +302,97 @@ fn system_roots() -> RootCertStore {
     let (added, skipped) = roots.add_parsable_certificates(found.certs);
     tracing::debug!(added, skipped, "System roots for client certificates.");
     roots
+}
+
+/// `client_allowed_sans`: after the inner verifier accepts the chain, the
+/// client certificate must carry one of the listed SANs (DNS name, IP
+/// address, email address or URI, compared as text), as the toolkit's
+/// `VerifyPeerCertificate` does; else the handshake fails.
+#[derive(Debug)]
+struct AllowedSans {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: Vec<String>,
+}
+
+/// The SANs of a DER certificate, as text.
+fn sans_of(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(ext)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::RFC822Name(e) => Some(e.to_string()),
+            GeneralName::URI(u) => Some(u.to_string()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                16 => <[u8; 16]>::try_from(*b)
+                    .ok()
+                    .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+impl ClientCertVerifier for AllowedSans {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let found = sans_of(end_entity);
+        if found.iter().any(|s| self.allowed.contains(s)) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::General(format!(
+                "could not find allowed SANs in client cert, found: {found:?}"
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// `RequireAnyClientCert`: a client must present a certificate and prove it

@@ -672,3 +672,68 @@ async fn the_toolkit_rate_limit_answers_429_past_its_burst() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("rate_limit.burst") && err.contains("at least 1"), "{err}");
 }
+
+/// `client_allowed_sans`: a verified client certificate must carry one of
+/// the listed SANs (the test client's are IP:127.0.0.1 and
+/// DNS:model.internal), or the handshake fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_allowed_sans_admit_only_the_listed_names() {
+    let c = Certs::new();
+    let ca = c.s("ca.pem");
+    let client = [
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        &c.s("client.pem"),
+        "--key",
+        &c.s("client.key"),
+    ];
+    let tls = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  \
+               client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n";
+    let listed = tls_daemon(
+        &format!("{tls}  client_allowed_sans: [other.internal, model.internal]\n"),
+        &c.path("web.yml"),
+        &client,
+    )
+    .await;
+    let (code, text) = curl(&client, &https(&listed, "/-/healthy"));
+    assert_eq!(code, "200", "{text}");
+    drop(listed);
+
+    let web = c.path("web2.yml");
+    write_web(
+        &web,
+        &format!("{tls}  client_allowed_sans: [other.internal, \"10.0.0.1\"]\n"),
+    );
+    let cfg = format!(
+        "web:\n  config_file: {}\nqueues:\n  enabled: false\ngpu:\n  nvml_library: libnvidia-ml-not-installed.so.1\n",
+        web.display()
+    );
+    let d = Daemon::spawn(&cfg, &[], &[], None);
+    // Served at all: a TCP connect succeeds once it listens; the handshake
+    // with this certificate never does.
+    eventually("the daemon to listen", LIMIT, || async {
+        std::net::TcpStream::connect(("127.0.0.1", d.port)).ok().map(|_| ())
+    })
+    .await;
+    let (code, text) = curl(&client, &https(&d, "/-/healthy"));
+    assert_eq!(code, "000", "no listed SAN: {text}");
+    // Without a client certificate it is refused too (the auth type requires one).
+    let (code, _) = curl(&["--cacert", &ca], &https(&d, "/-/healthy"));
+    assert_eq!(code, "000");
+    // With NoClientCert there is no verified certificate to check: refused.
+    let bad = c.path("bad.yml");
+    std::fs::write(
+        &bad,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_allowed_sans: [x]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("check-web-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("tls_server_config.client_allowed_sans"), "{err}");
+}
