@@ -604,6 +604,36 @@ async fn exporter_toolkit_rules_hold_against_the_real_binary() {
         assert!(err.contains(key) && err.contains(allowed), "{name}: {err}");
     }
 
+    // Cipher and curve lists: accepted when one entry is implemented (the
+    // rest named), refused when none is.
+    for (name, text, code, said) in [
+        (
+            "cbc-only.yml",
+            format!("{tls}  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n"),
+            1,
+            "none of them is implemented by rustls",
+        ),
+        (
+            "p521-only.yml",
+            format!("{tls}  curve_preferences: [CurveP521]\n"),
+            1,
+            "none is implemented",
+        ),
+        (
+            "p521-x25519.yml",
+            format!("{tls}  curve_preferences: [CurveP521, X25519]\n"),
+            0,
+            "CurveP521 is not implemented by rustls",
+        ),
+    ] {
+        let path = c.path(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(bin).arg("check-web-config").arg(&path).output().unwrap();
+        let all = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {all}");
+        assert!(all.contains(said), "{name}: {all}");
+    }
+
     // VerifyClientCertIfGiven without a CA file: the system's roots decide.
     // A client without a certificate is served; one whose certificate the
     // test CA signed (no system root) is refused in the handshake.
