@@ -12,7 +12,7 @@ use inferwatch::config::Config;
 #[derive(Parser)]
 #[command(
     name = "inferwatch",
-    version,
+    version = inferwatch::metrics::VERSION_TEXT,
     about = "GPU inference monitoring daemon for Prometheus"
 )]
 struct Cli {

@@ -16,6 +16,20 @@ use axum::body::Bytes;
 use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
+/// What `inferwatch --version` prints: the version and, as Prometheus
+/// tools do, the revision, branch, build date and compiler.
+pub const VERSION_TEXT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (branch: ",
+    env!("INFERWATCH_BRANCH"),
+    ", revision: ",
+    env!("INFERWATCH_REVISION"),
+    ")\n  build date:       ",
+    env!("INFERWATCH_BUILD_DATE"),
+    "\n  rustc version:    ",
+    env!("INFERWATCH_RUSTC_VERSION"),
+);
+
 /// Content type of the Prometheus text format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Content type of OpenMetrics 1.0.0.
@@ -142,10 +156,18 @@ impl Metrics {
         let registry = Registry::new();
         let build_info = family::<GaugeVec>(
             "inferwatch_build_info",
-            "Always 1; labelled with the daemon's version.",
-            &["version"],
+            "Always 1; labelled with the daemon's version, git revision and branch, build date and rustc version (as inferwatch --version prints them).",
+            &["version", "revision", "branch", "build_date", "rustc_version"],
         );
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1.0);
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("INFERWATCH_REVISION"),
+                env!("INFERWATCH_BRANCH"),
+                env!("INFERWATCH_BUILD_DATE"),
+                env!("INFERWATCH_RUSTC_VERSION"),
+            ])
+            .set(1.0);
 
         registry
             .register(Box::new(build_info))

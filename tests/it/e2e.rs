@@ -298,3 +298,43 @@ async fn prometheus_gets_the_page_gzip_compressed_and_reads_the_same_values() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_and_build_info_say_the_same_revision_date_and_compiler() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |prefix: &str, end: char| -> String {
+        let at = text.find(prefix).unwrap_or_else(|| panic!("{prefix} in {text}")) + prefix.len();
+        text[at..].split(end).next().unwrap().trim().to_string()
+    };
+    let revision = field("revision: ", ')');
+    let branch = field("branch: ", ',');
+    let date = field("build date:", '\n');
+    let rustc = field("rustc version:", '\n');
+    assert!(
+        text.starts_with(&format!("inferwatch {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(crate::common::repo())
+        .output()
+        .unwrap();
+    assert_eq!(revision, String::from_utf8_lossy(&head.stdout).trim(), "{text}");
+    assert!(rustc.starts_with("rustc "), "{text}");
+    assert!(chrono::DateTime::parse_from_rfc3339(&date).is_ok(), "{date}");
+    let d = Daemon::start(
+        "gpu:\n  nvml_library: libnvidia-ml-not-installed.so.1\nqueues:\n  enabled: false\n",
+        &[],
+    )
+    .await;
+    let page = d.get_text("/metrics").await;
+    let series = format!(
+        "inferwatch_build_info{{branch=\"{branch}\",build_date=\"{date}\",revision=\"{revision}\",rustc_version=\"{rustc}\",version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(sample_value(&page, &series), Some(1.0), "{series} in:\n{page}");
+}

@@ -27,6 +27,9 @@ const VOLATILE: &[&str] = &[
     // Time spent inside the (fake) driver: the counts stay, the seconds vary.
     "inferwatch_nvml_call_duration_seconds_total{",
     "inferwatch_gpu_attribution_duration_seconds",
+    // The revision and build date change with every commit (tests/it/e2e.rs
+    // checks them against --version).
+    "inferwatch_build_info{",
     // Wall-clock times of the XIDs (their labels are checked in tests/it/gpu.rs).
     "gpu_xid_last_seen_timestamp_seconds{",
 ];
