@@ -37,6 +37,19 @@ fn curl(args: &[&str], url: &str) -> (String, String) {
     (code, text)
 }
 
+/// `inferwatch check-web-config` on `text` (written to `path`): its exit
+/// code and everything it printed.
+fn check_web_config(path: &Path, text: &str) -> (i32, String) {
+    std::fs::write(path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("check-web-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap(), all)
+}
+
 fn https(d: &Daemon, path: &str) -> String {
     format!("https://127.0.0.1:{}{path}", d.port)
 }
@@ -568,7 +581,6 @@ async fn https_health_checks_trust_the_configured_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exporter_toolkit_rules_hold_against_the_real_binary() {
     let c = Certs::new();
-    let bin = env!("CARGO_BIN_EXE_inferwatch");
     let tls = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n";
     for (name, text, key, allowed) in [
         (
@@ -596,11 +608,8 @@ async fn exporter_toolkit_rules_hold_against_the_real_binary() {
             "without a client auth policy",
         ),
     ] {
-        let path = c.path(name);
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(bin).arg("check-web-config").arg(&path).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        let (code, err) = check_web_config(&c.path(name), &text);
+        assert_eq!(code, 1, "{name}: {err}");
         assert!(err.contains(key) && err.contains(allowed), "{name}: {err}");
     }
 
@@ -626,11 +635,8 @@ async fn exporter_toolkit_rules_hold_against_the_real_binary() {
             "CurveP521 is not implemented by rustls",
         ),
     ] {
-        let path = c.path(name);
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(bin).arg("check-web-config").arg(&path).output().unwrap();
-        let all = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{name}: {all}");
+        let (got, all) = check_web_config(&c.path(name), &text);
+        assert_eq!(got, code, "{name}: {all}");
         assert!(all.contains(said), "{name}: {all}");
     }
 
@@ -691,15 +697,8 @@ async fn the_toolkit_rate_limit_answers_429_past_its_burst() {
     assert_eq!(answered, [200; 5], "the burst, then nothing for an hour");
     assert_eq!(limited, 15);
     // A burst of 0 lets nothing through: refused, naming the key.
-    let bad = c.path("bad.yml");
-    std::fs::write(&bad, "rate_limit:\n  interval: 1s\n  burst: 0\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .arg("check-web-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = check_web_config(&c.path("bad.yml"), "rate_limit:\n  interval: 1s\n  burst: 0\n");
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("rate_limit.burst") && err.contains("at least 1"), "{err}");
 }
 
@@ -752,18 +751,10 @@ async fn client_allowed_sans_admit_only_the_listed_names() {
     let (code, _) = curl(&["--cacert", &ca], &https(&d, "/-/healthy"));
     assert_eq!(code, "000");
     // With NoClientCert there is no verified certificate to check: refused.
-    let bad = c.path("bad.yml");
-    std::fs::write(
-        &bad,
+    let (code, err) = check_web_config(
+        &c.path("bad.yml"),
         "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_allowed_sans: [x]\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .arg("check-web-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    );
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("tls_server_config.client_allowed_sans"), "{err}");
 }
