@@ -25,6 +25,7 @@ mod hostile;
 mod http_metrics;
 mod inference;
 mod openapi;
+mod package;
 mod pipeline;
 mod redis_tls_acl;
 mod schemathesis;

@@ -457,7 +457,7 @@ fn the_systemd_unit_verifies() {
     let path = dir.path().join("inferwatch.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/inferwatch", env!("CARGO_BIN_EXE_inferwatch")),
+        unit.replace("/usr/bin/inferwatch", env!("CARGO_BIN_EXE_inferwatch")),
     )
     .unwrap();
     let (ok, out) = run_tool("systemd-analyze", &["verify", path.to_str().unwrap()]);
