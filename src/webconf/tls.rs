@@ -156,63 +156,72 @@ impl Builder<'_> {
     fn provider(&mut self, t: &TlsServerConfig) -> Result<rustls::crypto::CryptoProvider, WebConfigError> {
         let mut p = rustls::crypto::ring::default_provider();
         if let Some(wanted) = &t.cipher_suites {
-            let mut kept = Vec::new();
-            for name in wanted {
-                let found = p.cipher_suites.iter().find(|s| {
-                    let n = format!("{:?}", s.suite());
-                    n == *name || n == format!("{name}_SHA256")
-                });
-                match found {
-                    Some(s) => kept.push(*s),
-                    None => self.loaded.ignored.push(format!(
-                        "tls_server_config.cipher_suites: {name} is not implemented by rustls"
-                    )),
-                }
-            }
-            if kept.is_empty() {
-                return Err(self.invalid(
-                    "tls_server_config.cipher_suites",
+            let suites = p.cipher_suites.clone();
+            let kept = self.implemented(
+                "tls_server_config.cipher_suites",
+                wanted,
+                |name| {
+                    Ok(suites.iter().copied().find(|s| {
+                        let n = format!("{:?}", s.suite());
+                        n == name || n == format!("{name}_SHA256")
+                    }))
+                },
+                (
                     "none of them is implemented by rustls",
                     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-                ));
-            }
+                ),
+            )?;
             // TLS 1.3 suites are not configurable in Go either.
             p.cipher_suites
                 .retain(|s| s.version() == &rustls::version::TLS13 || kept.iter().any(|k| k.suite() == s.suite()));
         }
         if let Some(curves) = &t.curve_preferences {
-            let mut groups = Vec::new();
-            for c in curves {
-                let want = match c.as_str() {
-                    "X25519" => Some(rustls::NamedGroup::X25519),
-                    "CurveP256" => Some(rustls::NamedGroup::secp256r1),
-                    "CurveP384" => Some(rustls::NamedGroup::secp384r1),
-                    "CurveP521" => None,
-                    other => {
-                        return Err(self.invalid(
-                            "tls_server_config.curve_preferences",
-                            format!("{other:?}"),
-                            "X25519, CurveP256, CurveP384, CurveP521",
-                        ))
-                    }
-                };
-                match want.and_then(|w| p.kx_groups.iter().find(|g| g.name() == w)) {
-                    Some(g) => groups.push(*g),
-                    None => self.loaded.ignored.push(format!(
-                        "tls_server_config.curve_preferences: {c} is not implemented by rustls (ring)"
-                    )),
-                }
-            }
-            if groups.is_empty() {
-                return Err(self.invalid(
-                    "tls_server_config.curve_preferences",
-                    "none is implemented",
-                    "X25519, CurveP256, CurveP384",
-                ));
-            }
-            p.kx_groups = groups;
+            let groups = p.kx_groups.clone();
+            p.kx_groups = self.implemented(
+                "tls_server_config.curve_preferences",
+                curves,
+                |name| {
+                    let want = match name {
+                        "X25519" => rustls::NamedGroup::X25519,
+                        "CurveP256" => rustls::NamedGroup::secp256r1,
+                        "CurveP384" => rustls::NamedGroup::secp384r1,
+                        // Known to Go; ring has no P-521 key exchange.
+                        "CurveP521" => return Ok(None),
+                        _ => return Err("X25519, CurveP256, CurveP384, CurveP521"),
+                    };
+                    Ok(groups.iter().copied().find(|g| g.name() == want))
+                },
+                ("none is implemented", "X25519, CurveP256, CurveP384"),
+            )?;
         }
         Ok(p)
+    }
+
+    /// The entries of a toolkit list that rustls implements: the others are
+    /// named in `ignored`; none implemented is an error, and a name the
+    /// toolkit does not know (`lookup` gives what it knows) is one too.
+    fn implemented<T>(
+        &mut self,
+        key: &str,
+        names: &[String],
+        lookup: impl Fn(&str) -> Result<Option<T>, &'static str>,
+        (none, implemented): (&str, &str),
+    ) -> Result<Vec<T>, WebConfigError> {
+        let mut kept = Vec::new();
+        for name in names {
+            match lookup(name) {
+                Ok(Some(found)) => kept.push(found),
+                Ok(None) => self
+                    .loaded
+                    .ignored
+                    .push(format!("{key}: {name} is not implemented by rustls (ring)")),
+                Err(known) => return Err(self.invalid(key, format!("{name:?}"), known)),
+            }
+        }
+        if kept.is_empty() {
+            return Err(self.invalid(key, none, implemented));
+        }
+        Ok(kept)
     }
 
     fn client_verifier(
