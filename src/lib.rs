@@ -102,6 +102,7 @@ pub mod nvml;
 pub mod pipeline;
 pub mod redis_acl;
 pub mod redis_conn;
+pub mod reload;
 pub mod restart;
 pub mod server;
 pub mod state;
@@ -163,8 +164,22 @@ fn writes_open_beyond_loopback(addr: std::net::SocketAddr, has_token: bool) -> b
     !addr.ip().is_loopback() && !has_token
 }
 
-/// Builds the shared state for `config` (no tasks are started).
+/// Builds the shared state for `config` (no tasks are started); a reload
+/// re-reads nothing (see [`build_state_with`]).
 pub fn build_state(config: Config) -> Result<AppState, RunError> {
+    build_state_with(config, reload::Source::default())
+}
+
+/// What a reload checks beyond [`Config::load`], as startup does: the token
+/// files and the health checks' URLs.
+fn check_owned_parts(config: &Config) -> Result<(), String> {
+    Auth::load(&config.api).map_err(|e| e.to_string())?;
+    collectors::health::check_services(&config.health).map_err(|e| e.to_string())
+}
+
+/// [`build_state`], with where the config came from, so that `SIGHUP` and
+/// `POST /-/reload` can read it again.
+pub fn build_state_with(config: Config, source: reload::Source) -> Result<AppState, RunError> {
     let metrics = Arc::new(Metrics::new());
     let gpu = GpuState::new(&config.gpu, Some(&metrics));
     metrics
@@ -190,9 +205,8 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
         .iter()
         .map(|e| (e.name, e.about, collectors::is_enabled(e, &config)))
         .collect();
-    Ok(AppState {
-        shared: state::Shared {
-            config: Arc::new(config),
+    let shared = state::Shared {
+            config: crate::config::LiveConfig::new(config),
             metrics,
             readiness: Arc::new(Readiness::default()),
             gpu,
@@ -202,7 +216,11 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
             queues,
             pipeline,
             storage: Default::default(),
-        },
+    };
+    let reload = Arc::new(reload::Reloader::new(source, shared.clone(), web.clone(), Box::new(check_owned_parts)));
+    Ok(AppState {
+        shared,
+        reload,
         hub,
         auth,
         http,
@@ -216,13 +234,13 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
 
 /// Starts the GPU collector (loading NVML, or mock mode) wired to `state`.
 pub async fn gpu_collector(state: &AppState) -> GpuCollector {
-    let attributor = state
-        .config
+    let config = state.config.get();
+    let attributor = config
         .gpu
         .per_process
-        .then(|| attribution::Attributor::new(&state.config, Some(&state.metrics)));
+        .then(|| attribution::Attributor::new(&config, Some(&state.metrics)));
     GpuCollector::start(
-        state.config.gpu.clone(),
+        config.gpu.clone(),
         state.gpu.clone(),
         state.events.clone(),
         state.store.clone(),
@@ -249,8 +267,41 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let state = build_state(config)?;
+    run_from(config, reload::Source::default(), listener, shutdown).await
+}
+
+/// [`run`], reloading from `source` on `SIGHUP` and `POST /-/reload`.
+pub async fn run_from(
+    config: Config,
+    source: reload::Source,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let state = build_state_with(config, source)?;
     run_with_state(state, listener, shutdown).await
+}
+
+/// Reloads the config on every `SIGHUP` until `stop`. Registered before
+/// anything else runs: `SIGHUP`'s default action ends the process.
+fn reload_on_sighup(reloader: Arc<reload::Reloader>, stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot listen for SIGHUP: reload with POST /-/reload instead.");
+            return None;
+        }
+    };
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                got = hangup.recv() => if got.is_none() { break },
+            }
+            // The outcome is logged and in the metrics; nobody waits for it.
+            let _ = reloader.reload("SIGHUP").await;
+        }
+    }))
 }
 
 /// [`run`] with state the caller built (tests use it to watch events).
@@ -262,6 +313,7 @@ pub async fn run_with_state(
     let collectors_stop = CancellationToken::new();
     let store_stop = CancellationToken::new();
     let mut tasks = Vec::new();
+    tasks.extend(reload_on_sighup(state.reload.clone(), collectors_stop.clone()));
 
     let writer = state.store.clone().map(|store| {
         tracing::info!(store = %store.description(), "History store configured.");
@@ -292,7 +344,7 @@ pub async fn run_with_state(
     let addr = listener.local_addr()?;
     tracing::info!(address = %addr, "Listening.");
     warn_if_open(&state, addr);
-    let limits = server::Limits::from_config(&state.config.web, server::raise_nofile_limit());
+    let limits = server::Limits::from_config(&state.config.get().web, server::raise_nofile_limit());
     let server_metrics = state.server.clone();
     let web = state.web.clone();
     // 5xx answers are already logged once, with their cause, by `AppError`;

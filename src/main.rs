@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use inferwatch::collectors::REGISTRY;
-use inferwatch::config::Config;
+use inferwatch::config::{Config, LogLevel};
+use inferwatch::reload::LogControl;
 
 #[derive(Parser)]
 #[command(
@@ -26,12 +27,17 @@ struct Cli {
     /// basic auth, response headers [default: web.config_file, or plain HTTP].
     #[arg(long = "web.config.file", value_name = "PATH")]
     web_config_file: Option<PathBuf>,
-    /// Log level.
-    #[arg(long = "log.level", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
-    log_level: String,
+    /// Log level [default: log.level, or info]. Given, it wins over the
+    /// config and a reload cannot change it.
+    #[arg(long = "log.level", value_parser = ["debug", "info", "warn", "error"])]
+    log_level: Option<String>,
     /// Log format.
     #[arg(long = "log.format", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Serve POST /-/reload (as Prometheus's flag of the same name); SIGHUP
+    /// reloads without it.
+    #[arg(long = "web.enable-lifecycle")]
+    enable_lifecycle: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -149,7 +155,6 @@ fn main() -> ExitCode {
     {
         return doctor(cli.config.as_deref(), nvml_library.clone(), *samples as usize, *json);
     }
-    init_logging(&cli.log_level, &cli.log_format);
     match serve(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -198,35 +203,94 @@ fn doctor(config: Option<&std::path::Path>, library: Option<String>, samples: us
     }
 }
 
-fn init_logging(level: &str, format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("inferwatch={level},warn")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// The filter for `level`: our crate at that level, dependencies at warn.
+fn filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!("inferwatch={level},warn"))
+}
+
+/// Sets up logging: `RUST_LOG` when set, else `--log.level`, else the
+/// config's `log.level`, else info. Only the last two can be changed by a
+/// reload; the answer says which case this is.
+fn init_logging(flag: Option<&str>, config: Option<LogLevel>, format: &str) -> LogControl {
+    let (initial, control) = match (tracing_subscriber::EnvFilter::try_from_default_env(), flag) {
+        (Ok(env), _) => (env, Some("RUST_LOG is set and decides the log level")),
+        (Err(_), Some(level)) => (filter(level), Some("--log.level is given and wins over log.level")),
+        (Err(_), None) => (filter(config.unwrap_or(LogLevel::Info).as_str()), None),
+    };
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder.with_env_filter(initial).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            match control {
+                Some(why) => LogControl::Fixed(why),
+                None => LogControl::Settable(Box::new(move |level: LogLevel| {
+                    handle.reload(filter(level.as_str())).map_err(|e| e.to_string())
+                })),
+            }
+        }};
+    }
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        install!(builder.json())
     } else {
-        builder.init();
+        install!(builder)
+    }
+}
+
+/// Applies the flags that win over the config file: at start, and again
+/// on every reload.
+#[derive(Clone)]
+struct Overrides {
+    collectors: Vec<(&'static str, bool)>,
+    web_config_file: Option<PathBuf>,
+    listen_address: Option<String>,
+}
+
+impl Overrides {
+    fn from(cli: &Cli, matches: &ArgMatches) -> Overrides {
+        let mut collectors = Vec::new();
+        for e in REGISTRY {
+            if matches.get_flag(&format!("collector.{}", e.name)) {
+                collectors.push((e.name, true));
+            } else if matches.get_flag(&format!("no-collector.{}", e.name)) {
+                collectors.push((e.name, false));
+            }
+        }
+        Overrides {
+            collectors,
+            web_config_file: cli.web_config_file.clone(),
+            listen_address: cli.listen_address.clone(),
+        }
+    }
+
+    fn apply(&self, config: &mut Config) {
+        for (name, on) in &self.collectors {
+            inferwatch::collectors::set_flag(config, name, *on);
+        }
+        if let Some(path) = &self.web_config_file {
+            config.web.config_file = Some(path.clone());
+        }
+        if let Some(addr) = &self.listen_address {
+            config.web.listen_address = addr.clone();
+        }
     }
 }
 
 fn serve(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref(), |k| std::env::var(k).ok())?;
-    for e in REGISTRY {
-        if matches.get_flag(&format!("collector.{}", e.name)) {
-            inferwatch::collectors::set_flag(&mut config, e.name, true);
-        } else if matches.get_flag(&format!("no-collector.{}", e.name)) {
-            inferwatch::collectors::set_flag(&mut config, e.name, false);
-        }
-    }
-    if let Some(path) = cli.web_config_file {
-        config.web.config_file = Some(path);
-    }
-    if let Some(addr) = cli.listen_address {
-        config.web.listen_address = addr;
+    let overrides = Overrides::from(&cli, matches);
+    overrides.apply(&mut config);
+    if cli.listen_address.is_some() {
         config.validate().context("invalid --web.listen-address")?;
     }
+    let log = init_logging(cli.log_level.as_deref(), config.log.level, &cli.log_format);
+    let source = inferwatch::reload::Source {
+        path: cli.config.clone(),
+        flags: Box::new(move |c| overrides.apply(c)),
+        log,
+        lifecycle: cli.enable_lifecycle,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -237,7 +301,7 @@ fn serve(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("failed to listen on {addr}"))?;
-        inferwatch::run(config, listener, shutdown_signal()).await?;
+        inferwatch::run_from(config, source, listener, shutdown_signal()).await?;
         Ok(())
     })
 }

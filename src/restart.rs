@@ -205,6 +205,16 @@ impl Machine {
         m
     }
 
+    /// A reload changed the service's thresholds: the counts so far stay
+    /// and the new policy judges them from the next check on; a restart
+    /// the new config no longer allows is called off.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+        if !policy.restartable {
+            self.restart_due = None;
+        }
+    }
+
     pub fn status(&self) -> Status {
         self.status
     }

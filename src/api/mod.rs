@@ -13,6 +13,7 @@ pub mod basic_auth;
 pub mod dlq;
 pub mod http_metrics;
 pub mod landing;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub collectors: Arc<Vec<(&'static str, &'static str, bool)>>,
     /// `--web.config.file`: basic auth and headers (TLS is the server's).
     pub web: Arc<crate::webconf::WebRuntime>,
+    /// Reads the config again (`POST /-/reload`, and `SIGHUP`).
+    pub reload: Arc<crate::reload::Reloader>,
 }
 
 impl std::ops::Deref for AppState {
@@ -86,12 +89,13 @@ pub fn router(state: AppState) -> Router {
         .merge(dlq::routes(&state))
         .merge(pipeline::routes(&state))
         .merge(storage::routes())
+        .merge(lifecycle::routes(&state))
         .split_for_parts();
     routes
         .layer(axum::Extension(Arc::new(doc)))
         .fallback(|| async { AppError::NotFound("no such endpoint".into()) })
         .layer(axum::middleware::from_fn_with_state(
-            state.config.web.request_timeout,
+            state.config.get().web.request_timeout,
             limits::deadline,
         ))
         .layer(axum::middleware::from_fn_with_state(

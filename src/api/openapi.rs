@@ -81,7 +81,7 @@ pub async fn openapi_json(
     let names: Vec<String> = state
         .queues
         .as_ref()
-        .map(|q| q.config.names.clone())
+        .map(|q| q.config().names.clone())
         .unwrap_or_default();
     Json(document(&base, &known, &names))
 }

@@ -137,7 +137,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 /// Reads the body within `web.body_read_timeout` and `MAX_BODY`.
 async fn read_body(state: &AppState, body: Body) -> Result<axum::body::Bytes, AppError> {
     let pipeline = &state.pipeline;
-    let timeout = state.config.web.body_read_timeout;
+    let timeout = state.config.get().web.body_read_timeout;
     let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await;
     match read {
         Ok(Ok(bytes)) => Ok(bytes),

@@ -45,7 +45,7 @@ pub async fn stats(State(state): State<AppState>, _: Query<NoParams>) -> Result<
         return Err(AppError::status(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "no filesystem reading yet: the storage collector has not run (or is disabled with --no-collector.storage)",
-            json!({ "poll_interval_seconds": state.config.storage.poll_interval.as_secs_f64() }),
+            json!({ "poll_interval_seconds": state.config.get().storage.poll_interval.as_secs_f64() }),
         )
         .with_code("unavailable"));
     };
@@ -60,7 +60,7 @@ pub async fn stats(State(state): State<AppState>, _: Query<NoParams>) -> Result<
     let now = Utc::now();
     Ok(Json(StorageStats {
         filesystems,
-        alert_used_percent: state.config.storage.alert_used_percent,
+        alert_used_percent: state.config.get().storage.alert_used_percent,
         recorded_at: format_time(&reading.at),
         age_seconds: (now - reading.at).num_milliseconds().max(0) as f64 / 1000.0,
         timestamp: format_time(&now),
@@ -111,7 +111,7 @@ pub enum HistoryPreview {
 pub async fn preview(State(state): State<AppState>, _: Query<NoParams>) -> Result<Json<PreviewBody>, AppError> {
     let mut cached = state.preview.0.lock().await;
     if let Some((at, body)) = cached.as_ref() {
-        if at.elapsed() < state.config.storage.poll_interval {
+        if at.elapsed() < state.config.get().storage.poll_interval {
             return Ok(Json(body.clone()));
         }
     }
@@ -139,7 +139,7 @@ async fn compute_preview(state: &AppState) -> Result<PreviewBody, AppError> {
         }),
         None => None,
     };
-    let retention = state.config.storage.retention.clone();
+    let retention = state.config.get().storage.retention.clone();
     let files = tokio::task::spawn_blocking(move || {
         retention
             .iter()
@@ -156,6 +156,6 @@ async fn compute_preview(state: &AppState) -> Result<PreviewBody, AppError> {
         gpu_history,
         files,
         timestamp: format_time(&now),
-        cached_for_seconds: state.config.storage.poll_interval.as_secs_f64(),
+        cached_for_seconds: state.config.get().storage.poll_interval.as_secs_f64(),
     })
 }

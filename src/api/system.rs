@@ -146,7 +146,7 @@ pub async fn history(
     } else {
         let store = state.store.as_ref().ok_or_else(|| AppError::Unavailable {
             message: "history beyond the in-memory window needs the store, which is disabled".into(),
-            detail: format!("in-memory window: {} minutes", state.config.gpu.history_minutes),
+            detail: format!("in-memory window: {} minutes", state.config.get().gpu.history_minutes),
         })?;
         let samples = store.history(gpu, since).await.map_err(|e| AppError::Unavailable {
             message: "history store unavailable".into(),
@@ -244,12 +244,12 @@ fn dlq_stats(state: &AppState) -> Option<DlqSummary> {
         by_queue: depths.iter().map(|d| (d.queue.clone(), d.dlq_depth)).collect(),
         queued_jobs: depths.iter().map(|d| d.depth).sum(),
         active_jobs: queues
-            .config
+            .config()
             .processing_suffix
             .is_some()
             .then(|| depths.iter().filter_map(|d| d.active.as_ref()).map(|a| a.active).sum()),
         stuck_jobs: queues
-            .config
+            .config()
             .processing_suffix
             .is_some()
             .then(|| depths.iter().filter_map(|d| d.active.as_ref()).map(|a| a.stuck).sum()),

@@ -82,6 +82,14 @@ impl Attributor {
         }
     }
 
+    /// Matches processes to the services of a reloaded config.
+    pub fn set_services(&mut self, services: &[crate::config::ServiceConfig]) {
+        self.matchers = services.iter().filter_map(matcher).collect();
+        // The cached facts hold only what the old matches read (a cmdline,
+        // a pid lineage): read them again for the new ones.
+        self.known.clear();
+    }
+
     /// The owner of each of `pids`; processes that are gone are forgotten.
     pub async fn owners(&mut self, pids: &HashSet<u32>) -> HashMap<u32, Owner> {
         self.known.retain(|pid, _| pids.contains(pid));

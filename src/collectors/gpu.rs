@@ -48,17 +48,20 @@ fn enabled(c: &crate::config::Config) -> bool {
 }
 
 fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
-    let (config, state, events, store) = (
-        sh.config.gpu.clone(),
+    let whole = sh.config.get();
+    let (config, state, events, store, live) = (
+        whole.gpu.clone(),
         sh.gpu.clone(),
         sh.events.clone(),
         sh.store.clone(),
+        sh.config.clone(),
     );
     let attributor = config
         .per_process
-        .then(|| Attributor::new(&sh.config, Some(&sh.metrics)));
+        .then(|| Attributor::new(&whole, Some(&sh.metrics)));
     Ok(super::Built::Polled(Box::pin(async move {
-        Box::new(GpuCollector::start(config, state, events, store, attributor).await) as Box<dyn super::DynCollector>
+        let collector = GpuCollector::start(config, state, events, store, attributor).await;
+        Box::new(collector.follow(live)) as Box<dyn super::DynCollector>
     })))
 }
 
@@ -149,6 +152,9 @@ pub struct GpuCollector {
     attributor: Option<Attributor>,
     /// What the last attribution took.
     attribution_seconds: Option<f64>,
+    /// The config in force and the one last applied: each round starts by
+    /// taking a reload's cadences, exclusions and service matches.
+    live: Option<(crate::config::LiveConfig, Arc<crate::config::Config>)>,
 }
 
 impl GpuCollector {
@@ -180,6 +186,7 @@ impl GpuCollector {
             init_errors: INIT_REASONS.iter().map(|r| (*r, 0)).collect(),
             logged: HashSet::new(),
             versions: DriverVersions::default(),
+            live: None,
         };
         // NVML events reach us up to a poll late: the match window covers it.
         c.xids = Ledger::new(Duration::from_secs(5) + c.config.poll_interval);
@@ -206,14 +213,46 @@ impl GpuCollector {
         c
     }
 
-    /// One try at loading NVML.
-    async fn init(&mut self) -> Result<NvmlHandle, (&'static str, String)> {
-        let options = PollerOptions {
+    /// Follows `live` from now on: a reload's `gpu` section (the parts
+    /// that may change live) and service matches apply from the next round.
+    pub fn follow(mut self, live: crate::config::LiveConfig) -> GpuCollector {
+        let seen = live.get();
+        self.live = Some((live, seen));
+        self
+    }
+
+    /// Takes a reloaded config, if there is one.
+    fn refresh(&mut self) {
+        let Some((live, seen)) = &mut self.live else { return };
+        let now = live.get();
+        if Arc::ptr_eq(seen, &now) {
+            return;
+        }
+        if now.gpu != self.config {
+            tracing::info!(poll_interval = ?now.gpu.poll_interval, slow_interval = ?now.gpu.slow_interval(), excluded = ?now.gpu.fields.exclude, "GPU collector takes the reloaded gpu settings.");
+            self.config = now.gpu.clone();
+        }
+        if now.health.services != seen.health.services {
+            if let Some(a) = &mut self.attributor {
+                a.set_services(&now.health.services);
+            }
+        }
+        *seen = now;
+    }
+
+    /// What the NVML thread reads and how often, from the config in force.
+    fn poller_options(&self) -> PollerOptions {
+        PollerOptions {
             per_process: self.config.per_process,
             exclude: self.config.excluded_fields(),
             poll_interval: self.config.poll_interval,
             slow_interval: self.config.slow_interval(),
-        };
+        }
+    }
+
+    /// One try at loading NVML.
+    async fn init(&mut self) -> Result<NvmlHandle, (&'static str, String)> {
+        let options = self.poller_options();
         let path = self.config.nvml_library.clone();
         match NvmlHandle::start(&path, options, self.state.nvml_metrics.clone()).await {
             Ok(h) => {
@@ -512,6 +551,7 @@ impl Collector for GpuCollector {
     }
 
     async fn collect(&mut self) -> Result<(), CollectError> {
+        self.refresh();
         if matches!(self.link, Link::Down(_)) {
             self.retry().await?;
         }
@@ -525,7 +565,7 @@ impl Collector for GpuCollector {
                 return Ok(());
             }
         };
-        let outcome = nvml.poll().await.map_err(|e| CollectError::Failed(e.to_string()))?;
+        let outcome = nvml.poll(&self.poller_options()).await.map_err(|e| CollectError::Failed(e.to_string()))?;
         if let Some(reason) = outcome.driver_gone {
             return Err(self.driver_gone(reason, &outcome.errors));
         }

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -133,7 +132,7 @@ pub fn is_enabled(entry: &Entry, config: &Config) -> bool {
 fn build_enabled(shared: &Shared) -> Result<Vec<(&'static str, Built)>, StartError> {
     let mut built = Vec::new();
     for entry in REGISTRY {
-        if is_enabled(entry, &shared.config) {
+        if is_enabled(entry, &shared.config.get()) {
             built.push((entry.name, (entry.build)(shared)?));
         } else {
             tracing::info!(collector = entry.name, "Collector disabled.");
@@ -307,17 +306,21 @@ pub fn spawn<C: Collector>(
     let name = collector.name();
     readiness.expect(name);
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(collector.interval());
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => {}
+                _ = tokio::time::sleep_until(next) => {}
             }
+            let started = Instant::now();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = run_once(&mut collector, &metrics, &readiness) => {}
             }
+            // Asked each round, so a reloaded interval applies from the next
+            // one. A round longer than the interval delays the next start
+            // (the next round starts at once), as `MissedTickBehavior::Delay`.
+            next = started + collector.interval();
         }
         tracing::debug!(collector = name, "Collector stopped.");
     })

@@ -32,12 +32,13 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     match &sh.queues {
         Some(queues) => {
             // The daemon's own consumer group, then the configured ones.
-            let stream = &sh.config.pipeline.stream;
+            let config = sh.config.get();
+            let stream = &config.pipeline.stream;
             let mut watched: Vec<(String, String)> = Vec::new();
             if stream.enabled {
                 watched.push((stream.key.clone(), stream.group.clone()));
             }
-            for w in &sh.config.queues.streams {
+            for w in &config.queues.streams {
                 if !watched.contains(&(w.stream.clone(), w.group.clone())) {
                     watched.push((w.stream.clone(), w.group.clone()));
                 }
@@ -108,6 +109,17 @@ impl DepthMetrics {
         registry.add(&m.oldest_age);
         registry.add(&m.wait);
         m
+    }
+
+    /// Drops the series of a queue a reload removed.
+    fn remove(&self, queue: &str) {
+        let mut gauges = vec![&self.queue, &self.dlq, &self.oldest_age, &self.wait];
+        if let Some(f) = &self.in_flight {
+            gauges.extend([&f.active, &f.stuck]);
+        }
+        for g in gauges {
+            let _ = g.remove_label_values(&[queue]);
+        }
     }
 
     fn set(&self, d: &QueueDepth) {
@@ -205,6 +217,10 @@ pub struct QueueCollector {
     /// The processing-list error last logged, per queue (logged on change).
     active_errors: HashMap<String, String>,
     metrics: DepthMetrics,
+    /// `job_queue_max_wait_seconds`, from the `queues` section in force.
+    max_wait: GaugeVec,
+    /// The section the series were last set from.
+    seen: Arc<crate::config::QueuesConfig>,
 }
 
 impl QueueCollector {
@@ -214,18 +230,18 @@ impl QueueCollector {
         registry: &Metrics,
         watched: Vec<(String, String)>,
     ) -> QueueCollector {
-        let processing = queues.config.processing_suffix.is_some();
+        let processing = queues.config().processing_suffix.is_some();
         let max_wait = family::<GaugeVec>(
             "job_queue_max_wait_seconds",
             "How long the job at the queue's consumer end may wait (queues.max_wait, or queues.max_wait_by_queue): QueueWaitTooLong compares job_queue_oldest_age_seconds with it.",
             &["queue"],
         );
         registry.add(&max_wait);
-        // Validation has checked every entry.
-        for (queue, limit) in queues.config.max_wait_by_queue().unwrap_or_default() {
-            max_wait.with_label_values(&[&queue]).set(limit.as_secs_f64());
-        }
+        let seen = queues.config();
+        set_max_wait(&max_wait, &seen);
         QueueCollector {
+            max_wait,
+            seen,
             streams: (!watched.is_empty()).then(|| StreamMetrics::register(registry, watched)),
             queues,
             events,
@@ -236,20 +252,48 @@ impl QueueCollector {
     }
 }
 
+/// `job_queue_max_wait_seconds` of every queue in `config`.
+fn set_max_wait(gauge: &GaugeVec, config: &crate::config::QueuesConfig) {
+    gauge.reset();
+    // Validation has checked every entry.
+    for (queue, limit) in config.max_wait_by_queue().unwrap_or_default() {
+        gauge.with_label_values(&[&queue]).set(limit.as_secs_f64());
+    }
+}
+
+impl QueueCollector {
+    /// After a reload: the series of queues that went are dropped and the
+    /// wait limits set again; the new queues' series come with this poll.
+    fn follow_config(&mut self) {
+        let now = self.queues.config();
+        if Arc::ptr_eq(&now, &self.seen) {
+            return;
+        }
+        for q in self.seen.names.iter().filter(|q| !now.names.contains(q)) {
+            self.metrics.remove(q);
+            self.previous.remove(q);
+            self.active_errors.remove(q);
+        }
+        set_max_wait(&self.max_wait, &now);
+        self.seen = now;
+    }
+}
+
 impl Collector for QueueCollector {
     fn name(&self) -> &'static str {
         "queues"
     }
 
     fn interval(&self) -> Duration {
-        self.queues.config.poll_interval
+        self.queues.config().poll_interval
     }
 
     fn timeout(&self) -> Duration {
-        Duration::from_secs(5).min(self.queues.config.poll_interval.max(Duration::from_secs(1)))
+        Duration::from_secs(5).min(self.queues.config().poll_interval.max(Duration::from_secs(1)))
     }
 
     async fn collect(&mut self) -> Result<(), CollectError> {
+        self.follow_config();
         let depths = self
             .queues
             .poll()

@@ -77,7 +77,7 @@ fn enabled(_: &crate::config::Config) -> bool {
 }
 
 fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
-    let c = &sh.config;
+    let c = sh.config.get();
     let collector = StorageCollector::new(
         watched(&c.data_dir, &c.storage.paths),
         c.storage.poll_interval,

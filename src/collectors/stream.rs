@@ -45,11 +45,11 @@ fn enabled(c: &crate::config::Config) -> bool {
 }
 
 fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
-    let reader = sh
-        .config
+    let config = sh.config.get();
+    let reader = config
         .queues
         .redis_target()
-        .and_then(|target| StreamReader::new(sh.config.pipeline.stream.clone(), target, sh.pipeline.clone()))
+        .and_then(|target| StreamReader::new(config.pipeline.stream.clone(), target, sh.pipeline.clone()))
         .map_err(|e| super::StartError {
             collector: "stream",
             reason: format!("invalid queues.redis_url: {e}"),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{invalid, ConfigError};
 
 /// The host's `/proc` and the Docker socket.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AttributionConfig {
     /// The `/proc` whose pids NVML reports: the host's. In a container,

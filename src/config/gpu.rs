@@ -8,7 +8,7 @@ use super::{de_opt_seconds, de_seconds, invalid, ConfigError, Range};
 use crate::nvml::fields::Field;
 
 /// GPU collector settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GpuConfig {
     /// Switch the collector off entirely (no NVML is loaded).
@@ -77,7 +77,7 @@ pub enum GpuMode {
 }
 
 /// Which GPU fields are read.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GpuFieldsConfig {
     /// Field names never to read (see `inferwatch doctor` for the list).

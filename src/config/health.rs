@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{de_opt_seconds, de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
 
 /// Service health monitor settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// The services to check, each on its own schedule.
@@ -92,7 +92,7 @@ impl StatusSpec {
 }
 
 /// Where a service's own Prometheus metrics say whether it makes progress.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressConfig {
     /// The service's own `/metrics`, `http://…` or `https://…`.
@@ -161,7 +161,7 @@ impl ProgressConfig {
 }
 
 /// One monitored service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// The `service` label and the key in `/api/system/health`: 1–64 of `A-Za-z0-9_.-`.
@@ -246,7 +246,7 @@ pub struct ServiceConfig {
 
 /// How a GPU process is recognised as a service's: every key given must
 /// match (at least one is given).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceMatch {
     /// The systemd unit, e.g. `vllm.service`.
@@ -317,7 +317,7 @@ impl ServiceConfig {
 }
 
 /// How an `https://` health check trusts the service and proves itself.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceTls {
     /// PEM CAs to trust instead of the system and webpki roots.
@@ -383,7 +383,7 @@ fn default_reset_after() -> Duration {
 }
 
 /// How a service is restarted.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartConfig {
     /// Program and arguments, run directly (no shell), e.g.

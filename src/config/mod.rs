@@ -14,6 +14,8 @@ mod api;
 mod attribution;
 mod gpu;
 mod health;
+mod live;
+mod log;
 mod pipeline;
 mod queues;
 mod secret;
@@ -26,6 +28,8 @@ pub use api::ApiConfig;
 pub use attribution::AttributionConfig;
 pub use gpu::{GpuConfig, GpuFieldsConfig, GpuMode};
 pub use health::{CheckKind, HealthConfig, HttpMethod, RestartConfig, ServiceConfig, ServiceTls};
+pub use live::LiveConfig;
+pub use log::{LogConfig, LogLevel};
 pub use pipeline::{PipelineConfig, StreamConfig};
 pub use queues::{PushSide, QueuesConfig, StreamWatch};
 pub use secret::{read_secret_file, SecretFileError};
@@ -59,7 +63,7 @@ pub enum ConfigError {
 }
 
 /// The whole daemon configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Directory for the embedded SQLite history database.
@@ -84,6 +88,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Who holds each GPU process: the host's `/proc` and the Docker socket.
     pub attribution: AttributionConfig,
+    /// The daemon's own log level.
+    pub log: LogConfig,
     /// `--collector.<name>` (true) / `--no-collector.<name>` (false) flags,
     /// which win over the sections' own switches.
     #[serde(skip)]
@@ -104,6 +110,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             storage: StorageConfig::default(),
             attribution: AttributionConfig::default(),
+            log: LogConfig::default(),
             collector_flags: Default::default(),
         }
     }

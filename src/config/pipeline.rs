@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
 
 /// Pipeline-stage ingest.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
     /// Allowed stage names; empty allows the first `max_stages` names seen.
@@ -35,7 +35,7 @@ impl Default for PipelineConfig {
 }
 
 /// The `pipeline:events` stream, read with a consumer group.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
     /// Read the stream (it uses `queues.redis_url`).

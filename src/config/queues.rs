@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
 
 /// Redis job queues and their DLQs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueuesConfig {
     /// Switch the queue collector and the DLQ endpoints off.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{de_seconds, ConfigError, Range};
 
 /// Filesystems to watch and the cleanup preview.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Paths whose filesystems are reported, besides `data_dir`.
@@ -34,7 +34,7 @@ impl Default for StorageConfig {
 }
 
 /// One `storage.retention` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
     /// Directory to scan (recursively).

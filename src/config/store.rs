@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{de_seconds, invalid, ConfigError, Range};
 
 /// History store settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Empty for SQLite at `<data_dir>/inferwatch.db`; else `sqlite://PATH` or `postgres://…`.

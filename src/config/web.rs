@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{de_seconds, invalid, ConfigError, Range};
 
 /// HTTP server settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// Address to listen on; `--web.listen-address` overrides it.

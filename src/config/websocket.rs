@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{de_seconds, ConfigError, Range};
 
 /// `/ws/system` settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSocketConfig {
     /// Time between keepalive pings; a peer silent for two intervals is

@@ -55,7 +55,7 @@ impl Queues {
         let key = self.dlq_key(queue);
         let now = Utc::now();
         let archive = format!("{key}:cleared:{}", now.timestamp());
-        let ttl = self.config.clear_archive_ttl.as_secs().max(1);
+        let ttl = self.config().clear_archive_ttl.as_secs().max(1);
         let reply = self
             .script(&Scripts::Clear, &[&key, &archive], &[ttl.to_string().as_bytes()])
             .await?;
@@ -99,7 +99,7 @@ impl Queues {
         }
         // Restored entries go to the oldest side, in their order.
         let side = self.pop_end().opposite().as_arg();
-        let batch = self.config.requeue_batch.to_string();
+        let batch = self.config().requeue_batch.to_string();
         let mut restored = 0;
         loop {
             let reply = self

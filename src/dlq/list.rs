@@ -109,7 +109,7 @@ impl Queues {
     /// stops early at `list_page_max_bytes` of shown bytes.
     pub async fn list(&self, queue: &str, start: u64, limit: u64) -> Result<Page, DlqError> {
         let key = self.dlq_key(queue);
-        let (cap, budget) = (self.config.list_entry_max_bytes, self.config.list_page_max_bytes);
+        let (cap, budget) = (self.config().list_entry_max_bytes, self.config().list_page_max_bytes);
         let args = [start, limit, cap as u64, budget as u64].map(|n| n.to_string());
         let arg_refs: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         let reply = self.script(&Scripts::List, &[&key], &arg_refs).await?;

@@ -30,7 +30,7 @@
 //! watches the jobs in flight.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -211,6 +211,13 @@ impl QueueMetrics {
         metrics.add(&m.deleted);
         metrics.add(&m.in_progress);
         metrics.add(&m.task_in_progress);
+        m.init(names.iter());
+        m
+    }
+
+    /// Creates the series of `names`, at 0.
+    fn init<'a>(&self, names: impl Iterator<Item = &'a String>) {
+        let m = self;
         for q in names {
             let q = [q.as_str()];
             m.requeued.with_label_values(&q);
@@ -220,7 +227,6 @@ impl QueueMetrics {
             m.in_progress.with_label_values(&q).set(0.0);
             m.task_in_progress.with_label_values(&q).set(0.0);
         }
-        m
     }
 }
 
@@ -250,7 +256,9 @@ impl End {
 
 /// The queues and their DLQs: shared by the collector and the API.
 pub struct Queues {
-    pub config: QueuesConfig,
+    /// The `queues` section in force; a reload replaces it
+    /// ([`Queues::set_config`]).
+    config: RwLock<Arc<QueuesConfig>>,
     redis: RedisConn,
     metrics: QueueMetrics,
     /// Queues with a requeue running (one at a time per queue).
@@ -297,27 +305,55 @@ impl Queues {
             last: Mutex::new(HashMap::new()),
             first_seen: Mutex::new(Default::default()),
             waiting: Mutex::new(Default::default()),
-            config,
+            config: RwLock::new(Arc::new(config)),
         }))
     }
 
+    /// The `queues` section in force.
+    pub fn config(&self) -> Arc<QueuesConfig> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts a reloaded `queues` section in force (the reloader keeps the
+    /// connection settings and the key prefix as they were): a queue that
+    /// came gets its move counters at 0, one that went loses them, and
+    /// only the queues named now may be asked for.
+    pub fn set_config(&self, config: QueuesConfig) {
+        let old = self.config();
+        let m = &self.metrics;
+        for q in old.names.iter().filter(|q| !config.names.contains(q)) {
+            for c in [&m.requeued, &m.cleared, &m.restored, &m.deleted] {
+                let _ = c.remove_label_values(&[q]);
+            }
+            for g in [&m.in_progress, &m.task_in_progress] {
+                let _ = g.remove_label_values(&[q]);
+            }
+        }
+        m.init(config.names.iter().filter(|q| !old.names.contains(q)));
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|q, _| config.names.contains(q));
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
     pub fn dlq_key(&self, queue: &str) -> String {
-        format!("{}{queue}", self.config.dlq_prefix)
+        format!("{}{queue}", self.config().dlq_prefix)
     }
 
     /// The DLQ keys that may be named in a request.
     pub fn known_dlqs(&self) -> Vec<String> {
-        self.config.names.iter().map(|q| self.dlq_key(q)).collect()
+        self.config().names.iter().map(|q| self.dlq_key(q)).collect()
     }
 
     /// Maps a DLQ key from a request to its base queue name.
     pub fn resolve(&self, dlq: &str) -> Result<String, ResolveError> {
-        if let Some(base) = dlq.strip_prefix(self.config.dlq_prefix.as_str()) {
-            if self.config.names.iter().any(|q| q == base) {
+        if let Some(base) = dlq.strip_prefix(self.config().dlq_prefix.as_str()) {
+            if self.config().names.iter().any(|q| q == base) {
                 return Ok(base.to_string());
             }
         }
-        if self.config.names.iter().any(|q| q == dlq) {
+        if self.config().names.iter().any(|q| q == dlq) {
             return Err(ResolveError::NotADlq(dlq.to_string()));
         }
         Err(ResolveError::Unknown(dlq.to_string()))
@@ -330,7 +366,7 @@ impl Queues {
 
     /// The end producers (and requeues) push to.
     fn push_end(&self) -> End {
-        match self.config.push_side {
+        match self.config().push_side {
             PushSide::Left => End::Left,
             PushSide::Right => End::Right,
         }
@@ -406,7 +442,7 @@ impl Queues {
         let oldest_index: i64 = if self.pop_end() == End::Right { -1 } else { 0 };
         let newest_index = -1 - oldest_index;
         let mut pipe = redis::pipe();
-        for q in &self.config.names {
+        for q in &self.config().names {
             pipe.llen(q)
                 .llen(self.dlq_key(q))
                 .lindex(self.dlq_key(q), oldest_index as isize)
@@ -416,7 +452,7 @@ impl Queues {
         let replies: Vec<redis::Value> = self.run_pipe(&pipe).await?;
         let now = Utc::now().timestamp_millis() as f64 / 1000.0;
         let mut out = Vec::new();
-        for (q, chunk) in self.config.names.iter().zip(replies.chunks(5)) {
+        for (q, chunk) in self.config().names.iter().zip(replies.chunks(5)) {
             let int = |v: &redis::Value| redis::from_redis_value::<u64>(v).unwrap_or(0);
             let bytes = |v: &redis::Value| redis::from_redis_value::<Option<Vec<u8>>>(v).unwrap_or(None);
             let depth = int(&chunk[0]);
@@ -508,17 +544,17 @@ impl Queues {
     /// Depths from the last successful poll, in config order.
     pub fn last_depths(&self) -> Vec<QueueDepth> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        self.config.names.iter().filter_map(|q| last.get(q).cloned()).collect()
+        self.config().names.iter().filter_map(|q| last.get(q).cloned()).collect()
     }
 
     /// Live DLQ lengths for `/api/system/dlq/stats`.
     pub async fn dlq_counts(&self) -> Result<Vec<(String, u64)>, DlqError> {
         let mut pipe = redis::pipe();
-        for q in &self.config.names {
+        for q in &self.config().names {
             pipe.llen(self.dlq_key(q));
         }
         let counts: Vec<u64> = self.run_pipe(&pipe).await?;
-        Ok(self.config.names.iter().cloned().zip(counts).collect())
+        Ok(self.config().names.iter().cloned().zip(counts).collect())
     }
 
     /// Marks `queue` busy, or says a move is already running.
@@ -597,7 +633,7 @@ impl Queues {
         let (mut requeued, mut skipped) = (0u64, 0u64);
         let mut malformed = Vec::new();
         let mut stalls = 0;
-        let batch = self.config.requeue_batch as u64;
+        let batch = self.config().requeue_batch as u64;
         let counter = self.metrics.requeued.with_label_values(&[queue]);
         let mut replication = self.redis.is_sentinel().then(Replication::default);
         while left > 0 {
@@ -650,7 +686,7 @@ impl Queues {
     /// on: how many replicas have it.
     async fn confirm(&self, rep: &mut Replication) -> Result<(), DlqError> {
         let mut con = self.conn().await?;
-        let ms = self.config.replica_wait.as_millis() as u64;
+        let ms = self.config().replica_wait.as_millis() as u64;
         let n: u64 = self
             .redis
             .check(redis::cmd("WAIT").arg(1).arg(ms).query_async(&mut con).await)?;

@@ -108,7 +108,7 @@ fn unix_now() -> f64 {
 impl Queues {
     /// `<queue><suffix>`, when a suffix is configured.
     pub fn processing_key(&self, queue: &str) -> Option<String> {
-        let suffix = self.config.processing_suffix.as_ref()?;
+        let suffix = self.config().processing_suffix.clone()?;
         Some(format!("{queue}{suffix}"))
     }
 
@@ -134,7 +134,7 @@ impl Queues {
     async fn poll_active_key(&self, queue: &str, key: &str) -> Result<Active, DlqError> {
         let (active, entries) = self.read_processing(key).await?;
         let ids: Vec<String> = entries.iter().map(|e| job_id(e)).collect();
-        let stuck_after = self.config.processing_stuck_after.as_secs_f64();
+        let stuck_after = self.config().processing_stuck_after.as_secs_f64();
         let stuck =
             self.first_seen
                 .lock()
@@ -153,8 +153,8 @@ impl Queues {
         let key = self.processing_key(queue).ok_or_else(no_suffix)?;
         let (active, entries) = self.read_processing(&key).await?;
         let now = unix_now();
-        let stuck_after = self.config.processing_stuck_after.as_secs_f64();
-        let cap = self.config.list_entry_max_bytes;
+        let stuck_after = self.config().processing_stuck_after.as_secs_f64();
+        let cap = self.config().list_entry_max_bytes;
         let seen = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
         let mut stuck = Vec::new();
         for (index, bytes) in entries.iter().enumerate() {
@@ -203,7 +203,7 @@ impl Queues {
             .find(|(_, e)| job_id(e) == id)
             .ok_or_else(gone)?;
         let now = unix_now();
-        let stuck_after = self.config.processing_stuck_after.as_secs_f64();
+        let stuck_after = self.config().processing_stuck_after.as_secs_f64();
         let first = self.first_seen.lock().unwrap_or_else(|e| e.into_inner()).get(queue, id);
         let age = first.map(|f| now - f).unwrap_or(0.0);
         if age < stuck_after {

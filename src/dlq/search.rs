@@ -148,8 +148,8 @@ impl Queues {
         let key = self.dlq_key(queue);
         self.check_lists(&[&key]).await?;
         let now = Utc::now().timestamp_millis() as f64 / 1000.0;
-        let cap = self.config.list_entry_max_bytes;
-        let scan_max = self.config.search_scan_max;
+        let cap = self.config().list_entry_max_bytes;
+        let scan_max = self.config().search_scan_max;
         let mut jobs = Vec::new();
         let mut at = cursor;
         let mut scanned = 0;
@@ -202,9 +202,9 @@ impl Queues {
             return Ok(Some((index, bytes)));
         }
         let mut from = 0;
-        while from < self.config.search_scan_max {
+        while from < self.config().search_scan_max {
             let batch = self
-                .range(key, from, SCAN_BATCH.min(self.config.search_scan_max - from))
+                .range(key, from, SCAN_BATCH.min(self.config().search_scan_max - from))
                 .await?;
             if batch.is_empty() {
                 break;
@@ -246,7 +246,7 @@ impl Queues {
         };
         let ttl = match action {
             SingleAction::Requeue => 0,
-            SingleAction::Delete => self.config.clear_archive_ttl.as_secs().max(1),
+            SingleAction::Delete => self.config().clear_archive_ttl.as_secs().max(1),
         };
         // LREM from the nearer end: the same bytes anywhere are the same job.
         let total: u64 = self.run(redis::cmd("LLEN").arg(&key)).await?;

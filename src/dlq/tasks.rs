@@ -255,7 +255,7 @@ impl Queues {
         let max = spec.max.unwrap_or(u64::MAX);
         let (mut matched, mut malformed, mut scanned) = (0u64, 0u64, 0u64);
         let mut sample_ids = Vec::new();
-        let batch = self.config.requeue_batch as u64;
+        let batch = self.config().requeue_batch as u64;
         // In pop order: oldest first.
         while scanned < total && matched < max {
             let n = batch.min(total - scanned);
@@ -320,7 +320,7 @@ impl Queues {
         let start_len: u64 = self.run(redis::cmd("LLEN").arg(&key)).await?;
         progress.remaining_to_scan.store(start_len, Ordering::Relaxed);
         let max = spec.max.unwrap_or(u64::MAX);
-        let batch = self.config.requeue_batch as u64;
+        let batch = self.config().requeue_batch as u64;
         let counter = self.metrics.requeued.with_label_values(&[queue]);
         let started = Instant::now();
         let mut tally = Tally::new(start_len);

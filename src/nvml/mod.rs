@@ -168,8 +168,9 @@ pub struct DriverVersions {
     pub cuda: String,
 }
 
-/// What the poller reads and how often.
-#[derive(Debug, Clone)]
+/// What the poller reads and how often. Each poll request carries them,
+/// so a reload reaches the NVML thread at its next poll.
+#[derive(Debug, Clone, PartialEq)]
 pub struct PollerOptions {
     pub per_process: bool,
     pub exclude: HashSet<Field>,
@@ -195,7 +196,7 @@ pub enum PollError {
     Gone,
 }
 
-type Request = oneshot::Sender<PollOutcome>;
+type Request = (PollerOptions, oneshot::Sender<PollOutcome>);
 
 /// Handle to the NVML thread.
 pub struct NvmlHandle {
@@ -229,13 +230,13 @@ impl NvmlHandle {
 
     /// Asks the thread for one poll of every device. While an earlier poll
     /// is still stuck in the driver, this fails at once with `Busy`.
-    pub async fn poll(&self) -> Result<PollOutcome, PollError> {
+    pub async fn poll(&self, options: &PollerOptions) -> Result<PollOutcome, PollError> {
         if self.busy.swap(true, Ordering::AcqRel) {
             return Err(PollError::Busy);
         }
         let (reply, answer) = oneshot::channel();
         // Never blocks: the thread has taken every earlier request.
-        if self.tx.try_send(reply).is_err() {
+        if self.tx.try_send((options.clone(), reply)).is_err() {
             self.busy.store(false, Ordering::Release);
             return Err(PollError::Gone);
         }
@@ -280,7 +281,13 @@ fn worker(
     };
     poller.events = poller.register_xid_events();
     // `recv` fails once the handle is dropped, which ends the thread.
-    while let Ok(reply) = rx.recv() {
+    while let Ok((options, reply)) = rx.recv() {
+        if options != poller.options {
+            // A reload changed the cadences or the exclusions: the statics
+            // depend on what is excluded, so they are read again.
+            poller.statics.clear();
+            poller.options = options;
+        }
         let outcome = poller.poll();
         busy.store(false, Ordering::Release);
         // The asker may have timed out and gone; that is fine.

@@ -32,25 +32,26 @@ pub struct HealthState {
     services: RwLock<Vec<ServiceView>>,
 }
 
+/// A service not checked yet.
+fn fresh(s: &ServiceConfig) -> ServiceView {
+    ServiceView {
+        name: s.name.clone(),
+        critical: s.critical,
+        status: Status::Unhealthy,
+        starting: !s.start_period.is_zero(),
+        ready: false,
+        message: "not checked yet".into(),
+        restart_attempts: 0,
+        consecutive_failures: 0,
+        last_check: None,
+    }
+}
+
 impl HealthState {
     /// One "not checked yet" view per configured service.
     pub fn new(services: &[ServiceConfig]) -> Arc<HealthState> {
-        let views = services
-            .iter()
-            .map(|s| ServiceView {
-                name: s.name.clone(),
-                critical: s.critical,
-                status: Status::Unhealthy,
-                starting: !s.start_period.is_zero(),
-                ready: false,
-                message: "not checked yet".into(),
-                restart_attempts: 0,
-                consecutive_failures: 0,
-                last_check: None,
-            })
-            .collect();
         Arc::new(HealthState {
-            services: RwLock::new(views),
+            services: RwLock::new(services.iter().map(fresh).collect()),
         })
     }
 
@@ -58,11 +59,39 @@ impl HealthState {
         self.services.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Changes service `index`'s view (the health monitor).
-    pub fn update(&self, index: usize, f: impl FnOnce(&mut ServiceView)) {
+    /// The view of service `name`.
+    pub fn service(&self, name: &str) -> Option<ServiceView> {
+        self.services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|v| v.name == name)
+            .cloned()
+    }
+
+    /// Changes service `name`'s view (the health monitor).
+    pub fn update(&self, name: &str, f: impl FnOnce(&mut ServiceView)) {
         let mut services = self.services.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = services.get_mut(index) {
+        if let Some(v) = services.iter_mut().find(|v| v.name == name) {
             f(v);
         }
+    }
+
+    /// After a reload: the views of `services`, in their order. A service
+    /// that stays keeps its view (its `critical` flag follows the config);
+    /// a new one is not checked yet; a removed one is gone.
+    pub fn set_services(&self, services: &[ServiceConfig]) {
+        let mut views = self.services.write().unwrap_or_else(|e| e.into_inner());
+        let next = services
+            .iter()
+            .map(|s| match views.iter().find(|v| v.name == s.name) {
+                Some(v) => ServiceView {
+                    critical: s.critical,
+                    ..v.clone()
+                },
+                None => fresh(s),
+            })
+            .collect();
+        *views = next;
     }
 }

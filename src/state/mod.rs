@@ -22,7 +22,8 @@ pub use storage::{FsUsage, StorageReading, StorageState};
 /// token), so a piece of shared state is declared here and nowhere else.
 #[derive(Clone)]
 pub struct Shared {
-    pub config: Arc<crate::config::Config>,
+    /// The config in force; a reload replaces it (read it when you use it).
+    pub config: crate::config::LiveConfig,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub readiness: Arc<Readiness>,
     pub events: crate::events::EventBus,

@@ -308,7 +308,8 @@ fn warn_ignored(path: &Path, loaded: &Loaded) {
 
 /// The web config in force, re-read when its files change.
 pub struct WebRuntime {
-    path: Option<PathBuf>,
+    /// The file in force; a reload may name another, or none.
+    path: RwLock<Option<PathBuf>>,
     current: RwLock<Arc<Loaded>>,
     stamp: Mutex<Stamp>,
     /// Verified `(user, password)` pairs, keyed by a SHA-256 of both, so
@@ -320,7 +321,7 @@ impl WebRuntime {
     /// Plain HTTP, no auth: no file given.
     pub fn none() -> Arc<WebRuntime> {
         Arc::new(WebRuntime {
-            path: None,
+            path: RwLock::new(None),
             current: RwLock::new(Arc::new(Loaded::default())),
             stamp: Mutex::new(Vec::new()),
             verified: Mutex::new(Default::default()),
@@ -333,7 +334,7 @@ impl WebRuntime {
         warn_ignored(path, &loaded);
         let s = stamp(&loaded.files);
         Ok(Arc::new(WebRuntime {
-            path: Some(path.to_owned()),
+            path: RwLock::new(Some(path.to_owned())),
             current: RwLock::new(Arc::new(loaded)),
             stamp: Mutex::new(s),
             verified: Mutex::new(Default::default()),
@@ -343,7 +344,8 @@ impl WebRuntime {
     /// The config in force, re-read first when one of its files changed; a
     /// broken file keeps the last good one (logged).
     pub fn current(&self) -> Arc<Loaded> {
-        let Some(path) = &self.path else {
+        let path = self.path.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(path) = &path else {
             return self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
         };
         let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
@@ -368,6 +370,20 @@ impl WebRuntime {
                 loaded
             }
         }
+    }
+
+    /// Puts in force what a reload read: `path`'s config, already loaded
+    /// (and so checked) by the reloader, or plain HTTP with no file.
+    pub fn install(&self, path: Option<&Path>, loaded: Option<Loaded>) {
+        let loaded = loaded.unwrap_or_default();
+        if let Some(path) = path {
+            warn_ignored(path, &loaded);
+        }
+        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        *last = stamp(&loaded.files);
+        *self.path.write().unwrap_or_else(|e| e.into_inner()) = path.map(Path::to_owned);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+        self.verified.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Whether `user:password` matches a `basic_auth_users` entry of `loaded`.

@@ -232,13 +232,13 @@ pub fn index_param(index: Option<u64>) -> Result<u64, AppError> {
 
 /// A configured base queue name from the path; 404 naming the known ones.
 pub fn base_queue(queues: &Queues, queue: &str) -> Result<String, AppError> {
-    if queues.config.names.iter().any(|n| n == queue) {
+    if queues.config().names.iter().any(|n| n == queue) {
         Ok(queue.to_string())
     } else {
         Err(AppError::status(
             StatusCode::NOT_FOUND,
             format!("{queue:?} is not a configured queue"),
-            json!({ "parameter": "queue", "known": queues.config.names }),
+            json!({ "parameter": "queue", "known": queues.config().names }),
         ))
     }
 }

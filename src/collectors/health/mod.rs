@@ -22,11 +22,12 @@ use chrono::{DateTime, Utc};
 use prometheus::{GaugeVec, HistogramVec, IntCounterVec};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::unix_now;
-use crate::config::ServiceConfig;
+use crate::config::{LiveConfig, ServiceConfig};
 use crate::events::{Event, EventBus};
 use crate::metrics::{family, histogram, Metrics};
 use crate::restart::{AlertKind, Check, Machine, Policy, RestartGate, Status, Step};
@@ -178,6 +179,48 @@ impl HealthMetrics {
         }
     }
 
+    /// Drops every series of service `s` (a reload removed it).
+    fn remove(&self, s: &ServiceConfig) {
+        let m = self;
+        let name = s.name.as_str();
+        for g in [&m.up, &m.restart_attempt, &m.consecutive_failures, &m.last_check, &m.starting, &m.ready, &m.stalled] {
+            let _ = g.remove_label_values(&[name]);
+        }
+        let _ = m.check_duration.remove_label_values(&[name]);
+        let _ = m.check_slow.remove_label_values(&[name]);
+        for st in Status::ALL {
+            let _ = m.status.remove_label_values(&[name, st.as_str()]);
+        }
+        for r in ["success", "failure"] {
+            let _ = m.restarts.remove_label_values(&[name, r]);
+        }
+        for r in Reason::ALL {
+            let _ = m.check_failures.remove_label_values(&[name, r.as_str()]);
+        }
+        for model in &s.models {
+            let _ = m.model_ready.remove_label_values(&[name, model]);
+        }
+    }
+
+    /// A reload changed service `new`: models and stall detection that
+    /// came get their series, those that went lose theirs.
+    fn change(&self, old: &ServiceConfig, new: &ServiceConfig) {
+        let name = new.name.as_str();
+        for model in old.models.iter().filter(|m| !new.models.contains(m)) {
+            let _ = self.model_ready.remove_label_values(&[name, model]);
+        }
+        for model in new.models.iter().filter(|m| !old.models.contains(m)) {
+            self.model_ready.with_label_values(&[name, model]).set(0.0);
+        }
+        match (old.progress.is_some(), new.progress.is_some()) {
+            (true, false) => {
+                let _ = self.stalled.remove_label_values(&[name]);
+            }
+            (false, true) => self.stalled.with_label_values(&[name]).set(0.0),
+            _ => {}
+        }
+    }
+
     fn set_status(&self, service: &str, status: Status) {
         self.up
             .with_label_values(&[service])
@@ -215,17 +258,20 @@ fn enabled(_: &crate::config::Config) -> bool {
 }
 
 fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
+    let config = sh.config.get();
     let sinks = Sinks {
         state: sh.health.clone(),
         gpu: sh.gpu.clone(),
-        metrics: Arc::new(HealthMetrics::register(&sh.metrics, &sh.config.health.services)),
+        metrics: Arc::new(HealthMetrics::register(&sh.metrics, &config.health.services)),
         registry: sh.metrics.clone(),
         events: sh.events.clone(),
     };
-    let monitor = HealthMonitor::new(&sh.config.health, sinks).map_err(|e| super::StartError {
-        collector: "health",
-        reason: e.to_string(),
-    })?;
+    let monitor = HealthMonitor::new(&config.health, sinks)
+        .map_err(|e| super::StartError {
+            collector: "health",
+            reason: e.to_string(),
+        })?
+        .follow(sh.config.clone());
     Ok(super::Built::Own(Box::new(move |readiness, stop| {
         monitor.spawn(readiness, stop)
     })))
@@ -247,83 +293,178 @@ struct Service {
     config: ServiceConfig,
     checker: Checker,
     progress: Option<Progress>,
-    /// Indices of the services it depends on.
-    deps: Vec<usize>,
 }
 
-/// The health monitor: one task per configured service.
+impl Service {
+    fn new(config: &ServiceConfig) -> Result<Service, HealthError> {
+        Ok(Service {
+            config: config.clone(),
+            checker: Checker::new(config)?,
+            progress: Progress::new(config)?,
+        })
+    }
+
+    fn policy(&self) -> Policy {
+        let c = &self.config;
+        Policy {
+            restartable: c.restart.is_some(),
+            max_retries: c.max_retries,
+            backoff_base: c.backoff_base,
+            reset_after: c.reset_after,
+            failure_threshold: c.failure_threshold,
+            success_threshold: c.success_threshold,
+            start_period: c.start_period,
+        }
+    }
+}
+
+/// Checks that every service of `health` can be built (its URLs parse), as
+/// startup does; a reload runs it before it changes anything.
+pub fn check_services(health: &crate::config::HealthConfig) -> Result<(), HealthError> {
+    health.services.iter().try_for_each(|s| Service::new(s).map(drop))
+}
+
+/// The health monitor: one task per configured service and, when it
+/// follows the live config, a supervisor that starts, changes and stops
+/// them as reloads add, change and remove services.
 pub struct HealthMonitor {
     services: Vec<Service>,
     gate: RestartGate,
     sinks: Sinks,
+    live: Option<LiveConfig>,
+}
+
+/// A running service task, and how to reach it.
+struct Running {
+    config: ServiceConfig,
+    stop: CancellationToken,
+    updates: watch::Sender<ServiceConfig>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl HealthMonitor {
     pub fn new(health: &crate::config::HealthConfig, sinks: Sinks) -> Result<HealthMonitor, HealthError> {
-        let index = |name: &String| health.services.iter().position(|s| s.name == *name);
-        let services = health
-            .services
-            .iter()
-            .map(|s| {
-                Ok(Service {
-                    config: s.clone(),
-                    checker: Checker::new(s)?,
-                    progress: Progress::new(s)?,
-                    deps: s.depends_on.iter().filter_map(index).collect(),
-                })
-            })
-            .collect::<Result<_, HealthError>>()?;
+        let services = health.services.iter().map(Service::new).collect::<Result<_, HealthError>>()?;
         Ok(HealthMonitor {
             services,
             gate: RestartGate::new(health.max_concurrent_restarts as usize),
             sinks,
+            live: None,
         })
     }
 
-    /// Spawns the per-service tasks. Readiness (`health`) is reached once
-    /// every service has had its first check.
+    /// Follows `live`: a reload that adds, changes or removes services
+    /// reaches the running tasks.
+    pub fn follow(mut self, live: LiveConfig) -> HealthMonitor {
+        self.live = Some(live);
+        self
+    }
+
+    /// Spawns the per-service tasks (and the supervisor when following the
+    /// live config). Readiness (`health`) is reached once every service
+    /// configured at start has had its first check.
     pub fn spawn(self, readiness: Arc<Readiness>, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        if self.services.is_empty() {
+        let HealthMonitor {
+            services,
+            gate,
+            sinks,
+            live,
+        } = self;
+        if services.is_empty() && live.is_none() {
             return Vec::new();
         }
-        readiness.expect("health");
-        let pending = Arc::new(AtomicUsize::new(self.services.len()));
-        let now = Instant::now();
-        self.services
-            .into_iter()
-            .enumerate()
-            .map(|(index, service)| {
-                let c = &service.config;
-                let policy = Policy {
-                    restartable: c.restart.is_some(),
-                    max_retries: c.max_retries,
-                    backoff_base: c.backoff_base,
-                    reset_after: c.reset_after,
-                    failure_threshold: c.failure_threshold,
-                    success_threshold: c.success_threshold,
-                    start_period: c.start_period,
-                };
-                let task = ServiceTask {
-                    index,
-                    machine: Machine::new(policy, now),
-                    policy,
-                    was_starting: !c.start_period.is_zero(),
-                    service,
-                    gate: self.gate.clone(),
-                    sinks: self.sinks.clone(),
-                    last_error: String::new(),
-                    progress_error: None,
-                    gpu_before: None,
-                };
-                let (readiness, pending, shutdown) = (readiness.clone(), pending.clone(), shutdown.clone());
-                tokio::spawn(task.run(readiness, pending, shutdown))
-            })
-            .collect()
+        let pending = (!services.is_empty()).then(|| {
+            readiness.expect("health");
+            (readiness.clone(), Arc::new(AtomicUsize::new(services.len())))
+        });
+        let parent = shutdown.clone();
+        let task_sinks = sinks.clone();
+        let start = move |service: Service, pending: Option<(Arc<Readiness>, Arc<AtomicUsize>)>| {
+            let stop = parent.child_token();
+            let (updates, rx) = watch::channel(service.config.clone());
+            let config = service.config.clone();
+            let task = ServiceTask::new(service, gate.clone(), task_sinks.clone(), Instant::now());
+            let task = tokio::spawn(task.run(pending, Some(rx), stop.clone()));
+            Running {
+                config,
+                stop,
+                updates,
+                task,
+            }
+        };
+        let running: Vec<Running> = services.into_iter().map(|s| start(s, pending.clone())).collect();
+        let Some(live) = live else {
+            return running.into_iter().map(|r| r.task).collect();
+        };
+        let mut config = live.subscribe();
+        vec![tokio::spawn(async move {
+            let mut running = running;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = config.changed() => if changed.is_err() { break },
+                }
+                let services = config.borrow_and_update().health.services.clone();
+                running = Self::reconcile(running, &services, &sinks, &start).await;
+            }
+            for r in running {
+                r.stop.cancel();
+                let _ = r.task.await;
+            }
+        })]
+    }
+
+    /// Brings the running tasks in line with `services`: stops the removed
+    /// ones (and drops their series), passes changes on, starts new ones.
+    async fn reconcile(
+        running: Vec<Running>,
+        services: &[ServiceConfig],
+        sinks: &Sinks,
+        start: &impl Fn(Service, Option<(Arc<Readiness>, Arc<AtomicUsize>)>) -> Running,
+    ) -> Vec<Running> {
+        let mut kept = Vec::new();
+        for r in running {
+            match services.iter().find(|s| s.name == r.config.name) {
+                Some(_) => kept.push(r),
+                None => {
+                    r.stop.cancel();
+                    let _ = r.task.await;
+                    sinks.metrics.remove(&r.config);
+                    tracing::info!(service = %r.config.name, "Service removed by a reload: its checks stopped and its series are gone.");
+                }
+            }
+        }
+        sinks.state.set_services(services);
+        let mut next = Vec::new();
+        for s in services {
+            match kept.iter().position(|r| r.config.name == s.name) {
+                Some(i) => {
+                    let mut r = kept.swap_remove(i);
+                    if r.config != *s {
+                        sinks.metrics.change(&r.config, s);
+                        r.updates.send_replace(s.clone());
+                        r.config = s.clone();
+                        tracing::info!(service = %s.name, "Service changed by a reload: the new settings apply from its next check.");
+                    }
+                    next.push(r);
+                }
+                None => match Service::new(s) {
+                    Ok(service) => {
+                        sinks.metrics.init(s);
+                        tracing::info!(service = %s.name, "Service added by a reload: checking it, with its start period.");
+                        next.push(start(service, None));
+                    }
+                    // The reload checked it; this only guards the task.
+                    Err(e) => tracing::error!(service = %s.name, error = %e, "Service added by a reload cannot be checked."),
+                },
+            }
+        }
+        sinks.registry.invalidate();
+        next
     }
 }
 
 struct ServiceTask {
-    index: usize,
     service: Service,
     machine: Machine,
     policy: Policy,
@@ -351,13 +492,77 @@ impl ServiceTask {
         &self.service.config
     }
 
-    async fn run(mut self, readiness: Arc<Readiness>, pending: Arc<AtomicUsize>, shutdown: CancellationToken) {
+    fn new(service: Service, gate: RestartGate, sinks: Sinks, now: Instant) -> ServiceTask {
+        let policy = service.policy();
+        ServiceTask {
+            machine: Machine::new(policy, now),
+            policy,
+            was_starting: !service.config.start_period.is_zero(),
+            service,
+            gate,
+            sinks,
+            last_error: String::new(),
+            progress_error: None,
+            gpu_before: None,
+        }
+    }
+
+    /// A reload changed this service: new checks and thresholds, the same
+    /// counts, status and backoff.
+    fn reconfigure(&mut self, config: ServiceConfig) {
+        let progress = if config.progress == self.service.config.progress {
+            self.service.progress.take().map(Ok)
+        } else {
+            Progress::new(&config).transpose()
+        };
+        let built = Checker::new(&config).and_then(|checker| Ok((checker, progress.transpose()?)));
+        match built {
+            Ok((checker, progress)) => {
+                self.service = Service {
+                    config,
+                    checker,
+                    progress,
+                };
+                self.policy = self.service.policy();
+                self.machine.set_policy(self.policy);
+            }
+            Err(e) => tracing::error!(service = %config.name, error = %e, "Reloaded settings cannot be used; the service keeps its old ones."),
+        }
+    }
+
+    /// `pending`: the start-up readiness count this task's first check
+    /// takes off (none for a service a reload added); `updates`: the
+    /// service's reloaded settings.
+    async fn run(
+        mut self,
+        pending: Option<(Arc<Readiness>, Arc<AtomicUsize>)>,
+        mut updates: Option<watch::Receiver<ServiceConfig>>,
+        shutdown: CancellationToken,
+    ) {
         let mut next_check = Instant::now();
         let mut first = true;
         loop {
             let wake = self.machine.restart_due().map_or(next_check, |due| due.min(next_check));
+            let update = async {
+                match updates.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                open = update => {
+                    match open {
+                        true => {
+                            let config = updates.as_mut().map(|rx| rx.borrow_and_update().clone());
+                            if let Some(config) = config {
+                                self.reconfigure(config);
+                            }
+                        }
+                        false => updates = None,
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep_until(wake) => {}
             }
             let now = Instant::now();
@@ -396,8 +601,12 @@ impl ServiceTask {
                 // The check at the end of the start period counts.
                 next_check = next_check.min(until);
             }
-            if std::mem::take(&mut first) && pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                readiness.done("health");
+            if std::mem::take(&mut first) {
+                if let Some((readiness, pending)) = &pending {
+                    if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        readiness.done("health");
+                    }
+                }
             }
         }
         tracing::debug!(service = %self.config().name, "Health checks stopped.");
@@ -416,16 +625,12 @@ impl ServiceTask {
     /// The name of the first service this one depends on that is not
     /// healthy, if any.
     fn held_by(&self) -> Option<String> {
-        if self.service.deps.is_empty() {
-            return None;
-        }
-        let views = self.sinks.state.services();
-        self.service
-            .deps
+        self.config()
+            .depends_on
             .iter()
-            .filter_map(|&d| views.get(d))
+            .filter_map(|d| self.sinks.state.service(d))
             .find(|v| v.status != Status::Healthy)
-            .map(|v| v.name.clone())
+            .map(|v| v.name)
     }
 
     /// Runs the restart command the policy asked for, when the gate gives
@@ -513,17 +718,12 @@ impl ServiceTask {
         let ready = self.readiness(outcome.readiness.as_ref(), live.is_ok(), &mut error);
         m.ready.with_label_values(&[&name]).set(if ready { 1.0 } else { 0.0 });
         let message = self.describe(&step, error.as_ref());
-        let ready_changed = self
-            .sinks
-            .state
-            .services()
-            .get(self.index)
-            .is_some_and(|v| v.ready != ready);
-        self.sinks.state.update(self.index, |v| v.ready = ready);
+        let ready_changed = self.sinks.state.service(&name).is_some_and(|v| v.ready != ready);
+        self.sinks.state.update(&name, |v| v.ready = ready);
         if ready_changed && step.to == Status::Healthy && !step.changed {
             // A live service whose readiness changed says why.
             tracing::info!(service = %name, ready, reason = %message, "Service readiness changed.");
-            self.sinks.state.update(self.index, |v| v.message = message.clone());
+            self.sinks.state.update(&name, |v| v.message = message.clone());
         }
         self.apply(step, message, Some(Utc::now()));
         if live.is_ok() {
@@ -704,9 +904,8 @@ impl ServiceTask {
         let message = self
             .sinks
             .state
-            .services()
-            .get(self.index)
-            .map(|v| v.message.clone())
+            .service(&self.config().name)
+            .map(|v| v.message)
             .unwrap_or_default();
         let step = Step {
             from: status,
@@ -747,7 +946,7 @@ impl ServiceTask {
         self.was_starting = starting;
         // A view's message only changes with the status, so a steady failure
         // keeps the text that explained the transition.
-        self.sinks.state.update(self.index, |v| {
+        self.sinks.state.update(name, |v| {
             if step.changed || starting_changed {
                 v.message = message.clone();
             }
