@@ -415,7 +415,7 @@ mod tests {
 
     #[test]
     fn an_unchanged_file_changes_nothing() {
-        let c = parse("gpu: {poll_interval: 2}\nhealth: {services: [{name: a, url: 'http://127.0.0.1:1/'}]}");
+        let c = parse("gpu: {poll_interval: 2}\nhealth: {services: [{name: a, kind: http, url: 'http://127.0.0.1:1/'}]}");
         let p = plan(&c, &c.clone(), None);
         assert!(p.changed.is_empty() && p.kept.is_empty(), "{p:?}");
         assert_eq!(p.config, c);
@@ -424,7 +424,7 @@ mod tests {
     #[test]
     fn live_keys_take_the_new_value_and_the_rest_keep_the_old_one() {
         let old = parse("data_dir: /a\nweb: {listen_address: '127.0.0.1:1'}\ngpu: {poll_interval: 2}\nqueues: {names: [a], redis_url: 'redis://h1/'}");
-        let new = parse("data_dir: /b\nweb: {listen_address: '127.0.0.1:2'}\ngpu: {poll_interval: 5, fields: {exclude: [fan_speed]}}\nqueues: {names: [a, b], redis_url: 'redis://h2/'}\nhealth: {services: [{name: a, url: 'http://127.0.0.1:1/'}]}\nlog: {level: debug}");
+        let new = parse("data_dir: /b\nweb: {listen_address: '127.0.0.1:2'}\ngpu: {poll_interval: 5, fields: {exclude: [fan_speed]}}\nqueues: {names: [a, b], redis_url: 'redis://h2/'}\nhealth: {services: [{name: a, kind: http, url: 'http://127.0.0.1:1/'}]}\nlog: {level: debug}");
         let p = plan(&old, &new, None);
         assert_eq!(
             p.changed,

@@ -729,6 +729,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_reloaded_policy_keeps_the_counts_and_judges_them_from_the_next_check() {
+        let mut m = Machine::new(judged(5, 1, 0), Instant::now());
+        m.on_check(Check::Pass, Instant::now());
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            assert_eq!(m.on_check(Check::Fail, Instant::now()).to, Status::Healthy);
+        }
+        // The reload lowers the threshold to 3: the two failures stay, and
+        // the third one is the verdict.
+        m.set_policy(judged(3, 1, 0));
+        assert_eq!((m.status(), m.consecutive_failures()), (Status::Healthy, 2));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let s = m.on_check(Check::Fail, Instant::now());
+        assert_eq!((s.to, s.alert), (Status::Unhealthy, Some(AlertKind::Unhealthy)));
+        assert!(m.restart_due().is_some(), "a restartable service gets its restart");
+        // The next reload removes the restart command: the restart is off.
+        m.set_policy(Policy {
+            restartable: false,
+            ..judged(3, 1, 0)
+        });
+        assert_eq!(m.restart_due(), None);
+        assert_eq!(m.consecutive_failures(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failures_under_the_threshold_change_no_status_and_a_pass_resets_the_count() {
         let mut m = Machine::new(judged(3, 1, 0), Instant::now());
         assert!(!m.is_starting(), "no start period by default");

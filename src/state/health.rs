@@ -95,3 +95,31 @@ impl HealthState {
         *views = next;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services(yaml: &str) -> Vec<ServiceConfig> {
+        crate::config::Config::from_yaml(yaml).unwrap().health.services
+    }
+
+    #[test]
+    fn a_reload_keeps_the_views_of_services_that_stay() {
+        let before = services("health: {services: [{name: a, kind: http, url: 'http://h/'}, {name: b, kind: http, url: 'http://h/'}]}");
+        let state = HealthState::new(&before);
+        state.update("b", |v| {
+            v.status = Status::Healthy;
+            v.message = "check passed".into();
+        });
+        let after = services("health: {services: [{name: b, kind: http, url: 'http://h/', critical: true}, {name: c, kind: http, url: 'http://h/'}]}");
+        state.set_services(&after);
+        let views = state.services();
+        let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"], "a is gone, in the new order");
+        assert_eq!((views[0].status, views[0].message.as_str()), (Status::Healthy, "check passed"));
+        assert!(views[0].critical, "the flag follows the config");
+        assert_eq!((views[1].status, views[1].message.as_str()), (Status::Unhealthy, "not checked yet"));
+        assert!(state.service("a").is_none());
+    }
+}

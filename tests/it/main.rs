@@ -27,6 +27,7 @@ mod inference;
 mod openapi;
 mod package;
 mod pipeline;
+mod reload;
 mod redis_tls_acl;
 mod schemathesis;
 mod sentinel;
