@@ -32,6 +32,8 @@ const VOLATILE: &[&str] = &[
     "inferwatch_build_info{",
     // Wall-clock times of the XIDs (their labels are checked in tests/it/gpu.rs).
     "gpu_xid_last_seen_timestamp_seconds{",
+    // When the daemon loaded its config (tests/it/reload.rs checks it moves).
+    "inferwatch_config_last_reload_success_timestamp_seconds ",
 ];
 
 fn stable(page: &str) -> String {
@@ -41,9 +43,12 @@ fn stable(page: &str) -> String {
                 .strip_prefix("# HELP ")
                 .or_else(|| l.strip_prefix("# TYPE "))
                 .unwrap_or(l);
-            !VOLATILE
-                .iter()
-                .any(|v| name.starts_with(v) || (v.ends_with('{') && l.starts_with(v)))
+            // An entry ending in `{` or a space names sample lines only; the
+            // family's HELP and TYPE stay.
+            !VOLATILE.iter().any(|v| match v.ends_with(['{', ' ']) {
+                true => l.starts_with(v),
+                false => name.starts_with(v),
+            })
         })
         .map(|l| format!("{l}\n"))
         .collect()
