@@ -4,7 +4,11 @@
 //!
 //! - `main.rs`: flags, logging, config loading; calls [`run`].
 //! - [`config`]: the YAML config, its defaults and env overrides; one file
-//!   per section with its struct, its `Range` constants and its checks.
+//!   per section with its struct, its `Range` constants and its checks;
+//!   `config::LiveConfig`, the config in force, which a reload replaces.
+//! - [`reload`]: `SIGHUP` and `POST /-/reload`: read and check the file,
+//!   split what changes live from what waits for a restart (`plan`, pure),
+//!   put it in force; `inferwatch_config_last_reload_*`.
 //! - [`collectors`]: the `Collector` trait, the runner (interval, timeout,
 //!   shutdown, readiness, `inferwatch_collector_*` self-metrics, page
 //!   refresh) and `REGISTRY`, the one list of collectors: the daemon starts
@@ -12,7 +16,8 @@
 //!   (`collect_rounds`), and the `--collector.<name>` flags are generated
 //!   from it. Each collector defines the families it writes.
 //!   - [`collectors::gpu`]: NVML polling, history feed, `gpu_*` families.
-//!   - [`collectors::health`]: one task per service, the `service_*` and
+//!   - [`collectors::health`]: one task per service (and a supervisor that
+//!     follows reloads), the `service_*` and
 //!     `inference_model_ready` families; `health::check` (HTTP, Open
 //!     Inference, Redis, PostgreSQL checks, failure reasons, stall
 //!     detection), `health::command` (restart commands) and
@@ -68,7 +73,8 @@
 //!   translation (not HTTP).
 //! - [`api`]: `router(state)`, the `/` landing page, `/metrics`, the probes, the REST routes
 //!   (system, DLQ with its auth in `api::dlq`: params, audit, then one file
-//!   per group of handlers; pipeline ingest, storage), the
+//!   per group of handlers; pipeline ingest, storage), `/-/reload`
+//!   (`api::lifecycle`), the
 //!   `/ws/system` upgrade, query parsing (`api::query`), the error and limit
 //!   layers, basic auth and headers from the web config (`api::basic_auth`),
 //!   and the `http_*` request metrics middleware.

@@ -188,8 +188,7 @@ impl GpuCollector {
             versions: DriverVersions::default(),
             live: None,
         };
-        // NVML events reach us up to a poll late: the match window covers it.
-        c.xids = Ledger::new(Duration::from_secs(5) + c.config.poll_interval);
+        c.xids = Ledger::new(Self::xid_window(c.config.poll_interval));
         c.open_kernel_log().await;
         if c.config.mode == GpuMode::Mock {
             tracing::info!("gpu.mode is mock: the GPU collector serves the mock object and loads no NVML.");
@@ -213,6 +212,12 @@ impl GpuCollector {
         c
     }
 
+    /// NVML events reach us up to a poll late: the window that matches them
+    /// with kernel-log lines covers it.
+    fn xid_window(poll_interval: Duration) -> Duration {
+        Duration::from_secs(5) + poll_interval
+    }
+
     /// Follows `live` from now on: a reload's `gpu` section (the parts
     /// that may change live) and service matches apply from the next round.
     pub fn follow(mut self, live: crate::config::LiveConfig) -> GpuCollector {
@@ -231,6 +236,7 @@ impl GpuCollector {
         if now.gpu != self.config {
             tracing::info!(poll_interval = ?now.gpu.poll_interval, slow_interval = ?now.gpu.slow_interval(), excluded = ?now.gpu.fields.exclude, "GPU collector takes the reloaded gpu settings.");
             self.config = now.gpu.clone();
+            self.xids.set_window(Self::xid_window(self.config.poll_interval));
         }
         if now.health.services != seen.health.services {
             if let Some(a) = &mut self.attributor {

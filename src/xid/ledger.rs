@@ -53,6 +53,11 @@ impl Ledger {
 
     /// Records one XID seen by `source` at `at`; false when it was the
     /// other source's report of an XID already counted.
+    /// A reload changed the poll interval, which the window covers.
+    pub fn set_window(&mut self, window: Duration) {
+        self.window = window;
+    }
+
     pub fn record(&mut self, key: Key, source: Source, at: Instant, unix_now: f64) -> bool {
         let window = self.window;
         let near = |a: Instant, b: Instant| a.max(b).saturating_duration_since(a.min(b)) <= window;

@@ -13,6 +13,12 @@
 //! not feed `inferwatch_collector_success`; the `service_*` families carry
 //! everything, including `service_last_check_timestamp_seconds` for
 //! staleness.
+//!
+//! A supervisor task follows the live config: a reload that adds a service
+//! starts its task (with its start period), one that removes a service
+//! stops its task and drops its series, and one that changes a service
+//! passes the new settings to the running task, which keeps its counts,
+//! status and backoff ([`crate::restart::Machine::set_policy`]).
 
 mod check;
 mod command;
