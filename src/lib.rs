@@ -212,18 +212,23 @@ pub fn build_state_with(config: Config, source: reload::Source) -> Result<AppSta
         .map(|e| (e.name, e.about, collectors::is_enabled(e, &config)))
         .collect();
     let shared = state::Shared {
-            config: crate::config::LiveConfig::new(config),
-            metrics,
-            readiness: Arc::new(Readiness::default()),
-            gpu,
-            store: Some(store),
-            events: EventBus::new(),
-            health,
-            queues,
-            pipeline,
-            storage: Default::default(),
+        config: crate::config::LiveConfig::new(config),
+        metrics,
+        readiness: Arc::new(Readiness::default()),
+        gpu,
+        store: Some(store),
+        events: EventBus::new(),
+        health,
+        queues,
+        pipeline,
+        storage: Default::default(),
     };
-    let reload = Arc::new(reload::Reloader::new(source, shared.clone(), web.clone(), Box::new(check_owned_parts)));
+    let reload = Arc::new(reload::Reloader::new(
+        source,
+        shared.clone(),
+        web.clone(),
+        Box::new(check_owned_parts),
+    ));
     Ok(AppState {
         shared,
         reload,

@@ -32,6 +32,10 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError, LogLevel};
 use crate::metrics::family;
 
+/// Checks what only the config's owners can check (token files, health
+/// check URLs); `Err` says what is wrong.
+pub type Check = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
+
 /// Sets the daemon's log level; `Err` says why it could not.
 pub type SetLevel = Box<dyn Fn(LogLevel) -> Result<(), String> + Send + Sync>;
 
@@ -277,7 +281,7 @@ pub struct Reloader {
     web: Arc<crate::webconf::WebRuntime>,
     /// Checks the config's parts that only their owners can check (token
     /// files, health check URLs); `lib.rs` builds it.
-    check: Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>,
+    check: Check,
     metrics: ReloadMetrics,
     lock: tokio::sync::Mutex<()>,
 }
@@ -288,7 +292,7 @@ impl Reloader {
         source: Source,
         state: crate::state::Shared,
         web: Arc<crate::webconf::WebRuntime>,
-        check: Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>,
+        check: Check,
     ) -> Reloader {
         let metrics = ReloadMetrics {
             successful: family(
@@ -399,7 +403,10 @@ impl Reloader {
         self.state.config.replace(config);
         Ok(Report {
             config_file: self.source.path.as_ref().map(|p| p.display().to_string()),
-            changed: changed.into_iter().filter(|c| !kept.iter().any(|k| k.key == *c)).collect(),
+            changed: changed
+                .into_iter()
+                .filter(|c| !kept.iter().any(|k| k.key == *c))
+                .collect(),
             not_applied: kept,
         })
     }
@@ -415,7 +422,8 @@ mod tests {
 
     #[test]
     fn an_unchanged_file_changes_nothing() {
-        let c = parse("gpu: {poll_interval: 2}\nhealth: {services: [{name: a, kind: http, url: 'http://127.0.0.1:1/'}]}");
+        let c =
+            parse("gpu: {poll_interval: 2}\nhealth: {services: [{name: a, kind: http, url: 'http://127.0.0.1:1/'}]}");
         let p = plan(&c, &c.clone(), None);
         assert!(p.changed.is_empty() && p.kept.is_empty(), "{p:?}");
         assert_eq!(p.config, c);
@@ -428,7 +436,13 @@ mod tests {
         let p = plan(&old, &new, None);
         assert_eq!(
             p.changed,
-            ["gpu.poll_interval", "gpu.fields", "health.services", "queues.names", "log.level"]
+            [
+                "gpu.poll_interval",
+                "gpu.fields",
+                "health.services",
+                "queues.names",
+                "log.level"
+            ]
         );
         let kept: Vec<&str> = p.kept.iter().map(|k| k.key).collect();
         assert_eq!(kept, ["data_dir", "web.listen_address", "queues.redis_url"]);

@@ -17,7 +17,10 @@ use crate::reload::Report;
 pub fn routes(state: &AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(reload))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), super::auth::require))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::auth::require,
+        ))
 }
 
 /// `POST /-/reload`.

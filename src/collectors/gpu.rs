@@ -56,9 +56,7 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
         sh.store.clone(),
         sh.config.clone(),
     );
-    let attributor = config
-        .per_process
-        .then(|| Attributor::new(&whole, Some(&sh.metrics)));
+    let attributor = config.per_process.then(|| Attributor::new(&whole, Some(&sh.metrics)));
     Ok(super::Built::Polled(Box::pin(async move {
         let collector = GpuCollector::start(config, state, events, store, attributor).await;
         Box::new(collector.follow(live)) as Box<dyn super::DynCollector>
@@ -571,7 +569,10 @@ impl Collector for GpuCollector {
                 return Ok(());
             }
         };
-        let outcome = nvml.poll(&self.poller_options()).await.map_err(|e| CollectError::Failed(e.to_string()))?;
+        let outcome = nvml
+            .poll(&self.poller_options())
+            .await
+            .map_err(|e| CollectError::Failed(e.to_string()))?;
         if let Some(reason) = outcome.driver_gone {
             return Err(self.driver_gone(reason, &outcome.errors));
         }

@@ -544,7 +544,11 @@ impl Queues {
     /// Depths from the last successful poll, in config order.
     pub fn last_depths(&self) -> Vec<QueueDepth> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        self.config().names.iter().filter_map(|q| last.get(q).cloned()).collect()
+        self.config()
+            .names
+            .iter()
+            .filter_map(|q| last.get(q).cloned())
+            .collect()
     }
 
     /// Live DLQ lengths for `/api/system/dlq/stats`.

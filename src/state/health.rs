@@ -106,7 +106,9 @@ mod tests {
 
     #[test]
     fn a_reload_keeps_the_views_of_services_that_stay() {
-        let before = services("health: {services: [{name: a, kind: http, url: 'http://h/'}, {name: b, kind: http, url: 'http://h/'}]}");
+        let before = services(
+            "health: {services: [{name: a, kind: http, url: 'http://h/'}, {name: b, kind: http, url: 'http://h/'}]}",
+        );
         let state = HealthState::new(&before);
         state.update("b", |v| {
             v.status = Status::Healthy;
@@ -117,9 +119,15 @@ mod tests {
         let views = state.services();
         let names: Vec<&str> = views.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["b", "c"], "a is gone, in the new order");
-        assert_eq!((views[0].status, views[0].message.as_str()), (Status::Healthy, "check passed"));
+        assert_eq!(
+            (views[0].status, views[0].message.as_str()),
+            (Status::Healthy, "check passed")
+        );
         assert!(views[0].critical, "the flag follows the config");
-        assert_eq!((views[1].status, views[1].message.as_str()), (Status::Unhealthy, "not checked yet"));
+        assert_eq!(
+            (views[1].status, views[1].message.as_str()),
+            (Status::Unhealthy, "not checked yet")
+        );
         assert!(state.service("a").is_none());
     }
 }

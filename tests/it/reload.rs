@@ -85,16 +85,26 @@ async fn services_added_by_sighup_are_checked_and_removed_ones_lose_their_series
 
     rewrite(&d, &services(&[("a", &a), ("b", &b)]));
     sighup(&d);
-    d.until("service_up{service=\"b\"}", "b, added by SIGHUP, checked and healthy", |v| v == 1.0)
-        .await;
+    d.until(
+        "service_up{service=\"b\"}",
+        "b, added by SIGHUP, checked and healthy",
+        |v| v == 1.0,
+    )
+    .await;
     let checks = d
-        .until("service_health_check_duration_seconds_count{service=\"b\"}", "b checked", |v| v >= 1.0)
+        .until(
+            "service_health_check_duration_seconds_count{service=\"b\"}",
+            "b checked",
+            |v| v >= 1.0,
+        )
         .await;
     assert!(checks >= 1.0);
     // Checked for real: the target going bad turns it unhealthy.
     b.set("500");
-    d.until("service_up{service=\"b\"}", "b down after its target fails", |v| v == 0.0)
-        .await;
+    d.until("service_up{service=\"b\"}", "b down after its target fails", |v| {
+        v == 0.0
+    })
+    .await;
     b.set("ok");
     d.until("service_up{service=\"b\"}", "b back", |v| v == 1.0).await;
 
@@ -120,9 +130,11 @@ async fn services_added_by_sighup_are_checked_and_removed_ones_lose_their_series
     );
     // a is checked no more: killing its target changes nothing.
     a.kill();
-    d.until("service_health_check_duration_seconds_count{service=\"b\"}", "b checked again", |v| {
-        v >= checks + 3.0
-    })
+    d.until(
+        "service_health_check_duration_seconds_count{service=\"b\"}",
+        "b checked again",
+        |v| v >= checks + 3.0,
+    )
     .await;
     assert!(series_of(&d.get_text("/metrics").await, "a").is_empty());
 }
@@ -135,27 +147,39 @@ async fn a_broken_file_changes_nothing_and_says_why() {
     let d = Daemon::start_with_args(&good, &[], &["--web.enable-lifecycle"]).await;
     d.until("service_up{service=\"a\"}", "a healthy", |v| v == 1.0).await;
     let started = d
-        .until("inferwatch_config_last_reload_success_timestamp_seconds", "the startup load", |v| v > 0.0)
+        .until(
+            "inferwatch_config_last_reload_success_timestamp_seconds",
+            "the startup load",
+            |v| v > 0.0,
+        )
         .await;
 
     // Not YAML: SIGHUP fails, logs why, and the metric says so.
     rewrite(&d, "health: [\n");
     sighup(&d);
-    d.until("inferwatch_config_last_reload_successful", "the failed reload", |v| v == 0.0)
-        .await;
+    d.until("inferwatch_config_last_reload_successful", "the failed reload", |v| {
+        v == 0.0
+    })
+    .await;
     let log = logged(&d, "Config reload failed; the config in force is unchanged.", 1).await;
     assert!(log.contains("SIGHUP"), "{log}");
 
     // Valid YAML, a value out of range: a 400 naming the key and the range.
     let mut bad = services(&[("a", &a)]);
-    bad = bad.replace("gpu:\n  enabled: false\n", "gpu:\n  enabled: false\n  poll_interval: 0.01\n");
+    bad = bad.replace(
+        "gpu:\n  enabled: false\n",
+        "gpu:\n  enabled: false\n  poll_interval: 0.01\n",
+    );
     bad += "    - {name: b, kind: http, url: \"http://127.0.0.1:9/\"}\n";
     rewrite(&d, &bad);
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(code, 400, "{body}");
     assert_eq!(body["code"], "invalid_config");
     let msg = body["error"].as_str().unwrap();
-    assert!(msg.contains("gpu.poll_interval") && msg.contains("1–60 seconds"), "{msg}");
+    assert!(
+        msg.contains("gpu.poll_interval") && msg.contains("1–60 seconds"),
+        "{msg}"
+    );
     assert_eq!(body["detail"]["config_in_force"], "unchanged");
 
     // Nothing changed: no b, a still checked and healthy, the old timestamp.
@@ -167,9 +191,11 @@ async fn a_broken_file_changes_nothing_and_says_why() {
         Some(started)
     );
     let before = sample_value(&page, "service_health_check_duration_seconds_count{service=\"a\"}").unwrap();
-    d.until("service_health_check_duration_seconds_count{service=\"a\"}", "a still checked", |v| {
-        v >= before + 2.0
-    })
+    d.until(
+        "service_health_check_duration_seconds_count{service=\"a\"}",
+        "a still checked",
+        |v| v >= before + 2.0,
+    )
     .await;
 
     // The file fixed: the next reload succeeds.
@@ -177,7 +203,10 @@ async fn a_broken_file_changes_nothing_and_says_why() {
     let (code, body) = post_reload(&d, None).await;
     assert_eq!((code, body["changed"].clone()), (200, serde_json::json!([])), "{body}");
     let page = d.get_text("/metrics").await;
-    assert_eq!(sample_value(&page, "inferwatch_config_last_reload_successful"), Some(1.0));
+    assert_eq!(
+        sample_value(&page, "inferwatch_config_last_reload_successful"),
+        Some(1.0)
+    );
     assert!(sample_value(&page, "inferwatch_config_last_reload_success_timestamp_seconds").unwrap() > started);
 }
 
@@ -206,7 +235,10 @@ async fn changes_that_need_a_restart_are_reported_and_kept() {
     let why = &body["not_applied"][0]["reason"];
     assert!(why.as_str().unwrap().contains("restart inferwatch"), "{why}");
     assert!(
-        body["not_applied"][3]["reason"].as_str().unwrap().contains("--log.level"),
+        body["not_applied"][3]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--log.level"),
         "{body}"
     );
     assert_eq!(body["changed"], serde_json::json!([]));
@@ -224,7 +256,11 @@ async fn the_endpoint_needs_the_lifecycle_flag_and_the_token_and_sighup_needs_ne
     let base = "gpu:\n  enabled: false\nqueues:\n  enabled: false\napi:\n  token: s3cret-token-for-tests\n";
     let off = Daemon::start(base, &[]).await;
     let (code, body) = post_reload(&off, Some("s3cret-token-for-tests")).await;
-    assert_eq!((code, body["code"].as_str()), (403, Some("lifecycle_disabled")), "{body}");
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (403, Some("lifecycle_disabled")),
+        "{body}"
+    );
     assert!(body["error"].as_str().unwrap().contains("--web.enable-lifecycle"));
     // SIGHUP works without the flag: the log level goes to debug.
     rewrite(&off, &format!("{base}log:\n  level: debug\n"));
@@ -257,11 +293,20 @@ async fn a_reload_switches_on_a_web_config() {
     std::fs::write(&web, format!("basic_auth_users:\n  alice: '{hash}'\n")).unwrap();
     rewrite(&d, &format!("{base}web:\n  config_file: {}\n", web.display()));
     let (code, body) = post_reload(&d, None).await;
-    assert_eq!((code, body["changed"].clone()), (200, serde_json::json!(["web.config_file"])), "{body}");
+    assert_eq!(
+        (code, body["changed"].clone()),
+        (200, serde_json::json!(["web.config_file"])),
+        "{body}"
+    );
     let client = reqwest::Client::new();
     let plain = client.get(d.url("/metrics")).send().await.unwrap();
     assert_eq!(plain.status().as_u16(), 401, "basic auth is on");
-    let authed = client.get(d.url("/metrics")).basic_auth("alice", Some("pw")).send().await.unwrap();
+    let authed = client
+        .get(d.url("/metrics"))
+        .basic_auth("alice", Some("pw"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(authed.status().as_u16(), 200);
     // A broken web config fails the whole reload, and the good one stays.
     std::fs::write(&web, "basic_auth_users:\n  alice: not-a-hash\n").unwrap();
@@ -274,8 +319,16 @@ async fn a_reload_switches_on_a_web_config() {
         .unwrap();
     let body: Value = body.json().await.unwrap();
     assert_eq!(code, 400, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("basic_auth_users.alice"), "{body}");
-    let authed = client.get(d.url("/metrics")).basic_auth("alice", Some("pw")).send().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("basic_auth_users.alice"),
+        "{body}"
+    );
+    let authed = client
+        .get(d.url("/metrics"))
+        .basic_auth("alice", Some("pw"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(authed.status().as_u16(), 200, "the last good web config stays");
 }
 
@@ -296,9 +349,19 @@ async fn queue_names_change_live() {
 
     rewrite(&d, &queues("a, b"));
     let (code, body) = post_reload(&d, None).await;
-    assert_eq!((code, body["changed"].clone()), (200, serde_json::json!(["queues.names"])), "{body}");
-    d.until("dlq_depth{queue=\"b\"}", "b polled after the reload", |v| v == 2.0).await;
-    let jobs: Value = reqwest::get(d.url("/api/dlq/jobs/dlq:b")).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (code, body["changed"].clone()),
+        (200, serde_json::json!(["queues.names"])),
+        "{body}"
+    );
+    d.until("dlq_depth{queue=\"b\"}", "b polled after the reload", |v| v == 2.0)
+        .await;
+    let jobs: Value = reqwest::get(d.url("/api/dlq/jobs/dlq:b"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(jobs["total"], 2, "{jobs}");
 
     rewrite(&d, &queues("b"));
@@ -330,7 +393,10 @@ async fn websocket_clients_and_the_history_ring_live_through_a_reload_of_the_gpu
     let fan_before = calls["nvmlDeviceGetFanSpeed_v2"];
     assert!(fan_before > 0, "the fan is read before the reload");
 
-    rewrite(&d, &gpu("  fields:\n    exclude: [fan_speed]\n").replace("poll_interval: 1s", "poll_interval: 2s"));
+    rewrite(
+        &d,
+        &gpu("  fields:\n    exclude: [fan_speed]\n").replace("poll_interval: 1s", "poll_interval: 2s"),
+    );
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(
         (code, body["changed"].clone()),
@@ -338,12 +404,17 @@ async fn websocket_clients_and_the_history_ring_live_through_a_reload_of_the_gpu
         "{body}"
     );
     // The runner asks for the interval each round, and says what it uses.
-    d.until("inferwatch_collector_interval_seconds{collector=\"gpu\"}", "the new cadence", |v| v == 2.0)
-        .await;
+    d.until(
+        "inferwatch_collector_interval_seconds{collector=\"gpu\"}",
+        "the new cadence",
+        |v| v == 2.0,
+    )
+    .await;
     // The same connection keeps getting updates.
     let after = finished(&fake.calls());
     let polled = polls(&fake, after + 2).await;
-    ws.wait_for("a GPU update after the reload", LIMIT, |m| m["type"] == "gpu_stats").await;
+    ws.wait_for("a GPU update after the reload", LIMIT, |m| m["type"] == "gpu_stats")
+        .await;
     let later = polls(&fake, finished(&polled) + 2).await;
     assert_eq!(
         later["nvmlDeviceGetFanSpeed_v2"], polled["nvmlDeviceGetFanSpeed_v2"],
@@ -362,7 +433,8 @@ async fn websocket_clients_and_the_history_ring_live_through_a_reload_of_the_gpu
     let times: Vec<&str> = samples.iter().map(|s| s["recorded_at"].as_str().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
     // The socket was never closed.
-    ws.wait_for("one more update", LIMIT, |m| m["type"] == "gpu_stats").await;
+    ws.wait_for("one more update", LIMIT, |m| m["type"] == "gpu_stats")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,12 +444,21 @@ async fn a_changed_threshold_applies_to_the_running_service() {
     let d = Daemon::start_with_args(&services(&[("a", &a)]), &[], &["--web.enable-lifecycle"]).await;
     d.until("service_up{service=\"a\"}", "a healthy", |v| v == 1.0).await;
     // From one failure to fifty before a verdict.
-    rewrite(&d, &services(&[("a", &a)]).replace("failure_threshold: 1", "failure_threshold: 50"));
+    rewrite(
+        &d,
+        &services(&[("a", &a)]).replace("failure_threshold: 1", "failure_threshold: 50"),
+    );
     let (code, body) = post_reload(&d, None).await;
-    assert_eq!((code, body["changed"].clone()), (200, serde_json::json!(["health.services"])), "{body}");
+    assert_eq!(
+        (code, body["changed"].clone()),
+        (200, serde_json::json!(["health.services"])),
+        "{body}"
+    );
     a.set("500");
-    d.until("service_consecutive_failures{service=\"a\"}", "three failures", |v| v >= 3.0)
-        .await;
+    d.until("service_consecutive_failures{service=\"a\"}", "three failures", |v| {
+        v >= 3.0
+    })
+    .await;
     let page = d.get_text("/metrics").await;
     assert_eq!(
         sample_value(&page, "service_up{service=\"a\"}"),

@@ -189,7 +189,15 @@ impl HealthMetrics {
     fn remove(&self, s: &ServiceConfig) {
         let m = self;
         let name = s.name.as_str();
-        for g in [&m.up, &m.restart_attempt, &m.consecutive_failures, &m.last_check, &m.starting, &m.ready, &m.stalled] {
+        for g in [
+            &m.up,
+            &m.restart_attempt,
+            &m.consecutive_failures,
+            &m.last_check,
+            &m.starting,
+            &m.ready,
+            &m.stalled,
+        ] {
             let _ = g.remove_label_values(&[name]);
         }
         let _ = m.check_duration.remove_label_values(&[name]);
@@ -350,7 +358,11 @@ struct Running {
 
 impl HealthMonitor {
     pub fn new(health: &crate::config::HealthConfig, sinks: Sinks) -> Result<HealthMonitor, HealthError> {
-        let services = health.services.iter().map(Service::new).collect::<Result<_, HealthError>>()?;
+        let services = health
+            .services
+            .iter()
+            .map(Service::new)
+            .collect::<Result<_, HealthError>>()?;
         Ok(HealthMonitor {
             services,
             gate: RestartGate::new(health.max_concurrent_restarts as usize),
@@ -461,7 +473,9 @@ impl HealthMonitor {
                         next.push(start(service, None));
                     }
                     // The reload checked it; this only guards the task.
-                    Err(e) => tracing::error!(service = %s.name, error = %e, "Service added by a reload cannot be checked."),
+                    Err(e) => {
+                        tracing::error!(service = %s.name, error = %e, "Service added by a reload cannot be checked.")
+                    }
                 },
             }
         }
@@ -532,7 +546,9 @@ impl ServiceTask {
                 self.policy = self.service.policy();
                 self.machine.set_policy(self.policy);
             }
-            Err(e) => tracing::error!(service = %config.name, error = %e, "Reloaded settings cannot be used; the service keeps its old ones."),
+            Err(e) => {
+                tracing::error!(service = %config.name, error = %e, "Reloaded settings cannot be used; the service keeps its old ones.")
+            }
         }
     }
 
