@@ -23,6 +23,9 @@ RI = "$__rate_interval"
 UP_DOWN = [
     {"type": "value", "options": {"0": {"text": "Down", "color": "red"}, "1": {"text": "Up", "color": "green"}}}
 ]
+LOADED_FAILED = [
+    {"type": "value", "options": {"0": {"text": "Failed", "color": "red"}, "1": {"text": "Loaded", "color": "green"}}}
+]
 
 
 def panel(kind, title, description, unit, targets, w, h, **extra):
@@ -391,6 +394,11 @@ services = dashboard(
            "3 poll intervals.", "s",
            (f"time() - inferwatch_collector_last_success_timestamp_seconds{{{SEL}}}", "{{instance}} {{collector}}"),
            (f"3 * inferwatch_collector_interval_seconds{{{SEL}}}", "{{instance}} {{collector}} stale after")),
+        ts("Config reload", "1 when the last config reload (SIGHUP, POST /-/reload) succeeded or none was tried, 0 "
+           "when the file was invalid and the previous config still runs "
+           "(inferwatch_config_last_reload_successful); InferwatchConfigReloadFailed fires after 15 minutes at 0.",
+           "none", (f"inferwatch_config_last_reload_successful{{{SEL}}}", "{{instance}}"), mappings=LOADED_FAILED,
+           min=0, max=1),
         ts("Disk used", "Share of each watched filesystem in use (1 - avail / size); DiskUsageHigh warns at 80% "
            "and pages at 90%.", "percentunit",
            (f"1 - storage_filesystem_avail_bytes{{{SEL}}} / storage_filesystem_size_bytes{{{SEL}}}",
