@@ -467,3 +467,22 @@ async fn a_changed_threshold_applies_to_the_running_service() {
     );
     assert!(d.log().contains("Service changed by a reload"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_service_before_its_first_check_ends_does_not_hold_readiness() {
+    let mut hung = HealthTarget::new();
+    hung.start().await;
+    hung.set("hang");
+    let config = format!(
+        "gpu:\n  enabled: false\nqueues:\n  enabled: false\nhealth:\n  services:\n    - {{name: slow, kind: http, url: \"{}\", timeout: 60s}}\n",
+        hung.url()
+    );
+    let d = Daemon::spawn(&config, &[], &["--web.enable-lifecycle"], None);
+    wait_for_2xx("the daemon to serve", &d.url("/-/healthy")).await;
+    let not_ready = reqwest::get(d.url("/-/ready")).await.unwrap();
+    assert_eq!(not_ready.status().as_u16(), 503, "the first check hangs");
+    rewrite(&d, "gpu:\n  enabled: false\nqueues:\n  enabled: false\n");
+    let (code, body) = post_reload(&d, None).await;
+    assert_eq!(code, 200, "{body}");
+    wait_for_2xx("ready once the hanging service is gone", &d.url("/-/ready")).await;
+}

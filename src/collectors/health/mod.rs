@@ -484,6 +484,16 @@ impl HealthMonitor {
     }
 }
 
+/// Takes one service off the start-up readiness count; the last one
+/// makes the health monitor ready.
+fn first_check_done(pending: &Option<(Arc<Readiness>, Arc<AtomicUsize>)>) {
+    if let Some((readiness, pending)) = pending {
+        if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            readiness.done("health");
+        }
+    }
+}
+
 struct ServiceTask {
     service: Service,
     machine: Machine,
@@ -624,12 +634,13 @@ impl ServiceTask {
                 next_check = next_check.min(until);
             }
             if std::mem::take(&mut first) {
-                if let Some((readiness, pending)) = &pending {
-                    if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        readiness.done("health");
-                    }
-                }
+                first_check_done(&pending);
             }
+        }
+        // A service a reload removed before its first check must not hold
+        // readiness back for ever.
+        if first {
+            first_check_done(&pending);
         }
         tracing::debug!(service = %self.config().name, "Health checks stopped.");
     }
