@@ -350,11 +350,21 @@ pub struct HealthMonitor {
 
 /// A running service task, and how to reach it.
 struct Running {
-    config: ServiceConfig,
     stop: CancellationToken,
+    /// Its settings: what it was started with, or the last reload's.
     updates: watch::Sender<ServiceConfig>,
     task: tokio::task::JoinHandle<()>,
 }
+
+impl Running {
+    fn name(&self) -> String {
+        self.updates.borrow().name.clone()
+    }
+}
+
+/// The start-up readiness count that a task's first check takes one off;
+/// `None` for a service a reload added.
+type Pending = Option<(Arc<Readiness>, Arc<AtomicUsize>)>;
 
 impl HealthMonitor {
     pub fn new(health: &crate::config::HealthConfig, sinks: Sinks) -> Result<HealthMonitor, HealthError> {
@@ -397,18 +407,12 @@ impl HealthMonitor {
         });
         let parent = shutdown.clone();
         let task_sinks = sinks.clone();
-        let start = move |service: Service, pending: Option<(Arc<Readiness>, Arc<AtomicUsize>)>| {
+        let start = move |service: Service, pending: Pending| {
             let stop = parent.child_token();
             let (updates, rx) = watch::channel(service.config.clone());
-            let config = service.config.clone();
             let task = ServiceTask::new(service, gate.clone(), task_sinks.clone(), Instant::now());
             let task = tokio::spawn(task.run(pending, Some(rx), stop.clone()));
-            Running {
-                config,
-                stop,
-                updates,
-                task,
-            }
+            Running { stop, updates, task }
         };
         let running: Vec<Running> = services.into_iter().map(|s| start(s, pending.clone())).collect();
         let Some(live) = live else {
@@ -438,30 +442,31 @@ impl HealthMonitor {
         running: Vec<Running>,
         services: &[ServiceConfig],
         sinks: &Sinks,
-        start: &impl Fn(Service, Option<(Arc<Readiness>, Arc<AtomicUsize>)>) -> Running,
+        start: &impl Fn(Service, Pending) -> Running,
     ) -> Vec<Running> {
         let mut kept = Vec::new();
         for r in running {
-            match services.iter().find(|s| s.name == r.config.name) {
+            let name = r.name();
+            match services.iter().find(|s| s.name == name) {
                 Some(_) => kept.push(r),
                 None => {
                     r.stop.cancel();
                     let _ = r.task.await;
-                    sinks.metrics.remove(&r.config);
-                    tracing::info!(service = %r.config.name, "Service removed by a reload: its checks stopped and its series are gone.");
+                    sinks.metrics.remove(&r.updates.borrow());
+                    tracing::info!(service = %name, "Service removed by a reload: its checks stopped and its series are gone.");
                 }
             }
         }
         sinks.state.set_services(services);
         let mut next = Vec::new();
         for s in services {
-            match kept.iter().position(|r| r.config.name == s.name) {
+            match kept.iter().position(|r| r.name() == s.name) {
                 Some(i) => {
-                    let mut r = kept.swap_remove(i);
-                    if r.config != *s {
-                        sinks.metrics.change(&r.config, s);
+                    let r = kept.swap_remove(i);
+                    let old = r.updates.borrow().clone();
+                    if old != *s {
+                        sinks.metrics.change(&old, s);
                         r.updates.send_replace(s.clone());
-                        r.config = s.clone();
                         tracing::info!(service = %s.name, "Service changed by a reload: the new settings apply from its next check.");
                     }
                     next.push(r);
@@ -486,7 +491,7 @@ impl HealthMonitor {
 
 /// Takes one service off the start-up readiness count; the last one
 /// makes the health monitor ready.
-fn first_check_done(pending: &Option<(Arc<Readiness>, Arc<AtomicUsize>)>) {
+fn first_check_done(pending: &Pending) {
     if let Some((readiness, pending)) = pending {
         if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             readiness.done("health");
@@ -562,12 +567,10 @@ impl ServiceTask {
         }
     }
 
-    /// `pending`: the start-up readiness count this task's first check
-    /// takes off (none for a service a reload added); `updates`: the
-    /// service's reloaded settings.
+    /// `updates`: the service's reloaded settings.
     async fn run(
         mut self,
-        pending: Option<(Arc<Readiness>, Arc<AtomicUsize>)>,
+        pending: Pending,
         mut updates: Option<watch::Receiver<ServiceConfig>>,
         shutdown: CancellationToken,
     ) {
