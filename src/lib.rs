@@ -53,6 +53,11 @@
 //!   (`attribution::docker`), `health.services[].match`, and the per-GPU
 //!   process table with the `_other` fold and per-service sums
 //!   (`attribution::table`). The GPU collector calls it once per poll.
+//! - [`inference`]: the inference servers behind the health checks: their
+//!   kinds, the HTTP service discovery list of their metrics
+//!   (`inference::sd`), the bounded scrape proxy (`inference::proxy`) and
+//!   each GPU's energy split between the services that hold it
+//!   (`inference::energy`, which the GPU collector calls once per poll).
 //! - [`doctor`]: `inferwatch doctor`, what each field answers and costs here.
 //! - [`xid`]: the XID catalog (`src/xid/xid_catalog.json`) and the kernel-log
 //!   (`/dev/kmsg`) reader that finds the XIDs NVML events miss.
@@ -103,6 +108,7 @@ pub mod doctor;
 pub mod events;
 pub mod history;
 pub mod hub;
+pub mod inference;
 pub mod metrics;
 pub mod nvml;
 pub mod pipeline;
@@ -203,6 +209,7 @@ pub fn build_state_with(config: Config, source: reload::Source) -> Result<AppSta
     let pipeline = Arc::new(Pipeline::new(&config.pipeline, &metrics));
     let http = api::http_metrics::HttpMetrics::new(&metrics);
     let server = server::ServerMetrics::new(&metrics);
+    let proxy = inference::proxy::Proxy::new(&metrics);
     let web = match &config.web.config_file {
         Some(path) => webconf::WebRuntime::load(path)?,
         None => webconf::WebRuntime::none(),
@@ -236,6 +243,7 @@ pub fn build_state_with(config: Config, source: reload::Source) -> Result<AppSta
         auth,
         http,
         server,
+        proxy,
         preview: Default::default(),
         started_at: chrono::Utc::now(),
         collectors: Arc::new(collectors),

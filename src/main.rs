@@ -110,7 +110,10 @@ fn main() -> ExitCode {
             Ok(c)
         });
         return match checked {
-            Ok(_) => {
+            Ok(c) => {
+                for d in c.health.deprecations() {
+                    println!("WARNING: {d}");
+                }
                 println!("SUCCESS: {} is valid inferwatch config", path.display());
                 ExitCode::SUCCESS
             }
@@ -285,6 +288,9 @@ fn serve(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         config.validate().context("invalid --web.listen-address")?;
     }
     let log = init_logging(cli.log_level.as_deref(), config.log.level, &cli.log_format);
+    for d in config.health.deprecations() {
+        tracing::warn!("{d}.");
+    }
     let source = inferwatch::reload::Source {
         path: cli.config.clone(),
         flags: Box::new(move |c| overrides.apply(c)),

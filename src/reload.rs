@@ -158,6 +158,7 @@ pub fn plan(old: &Config, new: &Config, log: Option<&'static str>) -> Plan {
         storage: _,
         attribution: _,
         log: crate::config::LogConfig { level: _ },
+        inference,
         collector_flags: _,
     } = new;
     kept!("data_dir", STORE, data_dir);
@@ -210,9 +211,14 @@ pub fn plan(old: &Config, new: &Config, log: Option<&'static str>) -> Plan {
     let crate::config::HealthConfig {
         services: _,
         max_concurrent_restarts: _,
+        proxy_max_bytes: _,
     } = health;
     live!("health.services", health.services);
     kept!("health.max_concurrent_restarts", GATE, health.max_concurrent_restarts);
+    // The proxy and the discovery list read the config at each request.
+    live!("health.proxy_max_bytes", health.proxy_max_bytes);
+    let crate::config::InferenceConfig { scrape: _ } = inference;
+    live!("inference.scrape", inference.scrape);
 
     let crate::config::QueuesConfig {
         enabled: _,
@@ -361,6 +367,9 @@ impl Reloader {
         let mut new = Config::load(self.source.path.as_deref(), |k| std::env::var(k).ok())?;
         (self.source.flags)(&mut new);
         (self.check)(&new).map_err(ReloadError::Invalid)?;
+        for d in new.health.deprecations() {
+            tracing::warn!("{d}.");
+        }
         let old = self.state.config.get();
         let fixed = match &self.source.log {
             LogControl::Settable(_) => None,

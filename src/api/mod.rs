@@ -12,6 +12,7 @@ pub mod auth;
 pub mod basic_auth;
 pub mod dlq;
 pub mod http_metrics;
+pub mod inference;
 pub mod landing;
 pub mod lifecycle;
 pub mod limits;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     pub http: http_metrics::HttpMetrics,
     pub server: crate::server::ServerMetrics,
+    pub proxy: Arc<crate::inference::proxy::Proxy>,
     /// The last cleanup preview (see [`storage::PreviewCache`]).
     pub preview: Arc<storage::PreviewCache>,
     /// When the daemon started, for `uptime_seconds`.
@@ -89,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .merge(dlq::routes(&state))
         .merge(pipeline::routes(&state))
         .merge(storage::routes())
+        .merge(inference::routes())
         .merge(lifecycle::routes(&state))
         .split_for_parts();
     routes

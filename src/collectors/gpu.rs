@@ -153,6 +153,8 @@ pub struct GpuCollector {
     /// The config in force and the one last applied: each round starts by
     /// taking a reload's cadences, exclusions and service matches.
     live: Option<(crate::config::LiveConfig, Arc<crate::config::Config>)>,
+    /// Each GPU's energy charged to the services that hold it.
+    energy: crate::inference::energy::EnergyLedger,
 }
 
 impl GpuCollector {
@@ -185,6 +187,7 @@ impl GpuCollector {
             logged: HashSet::new(),
             versions: DriverVersions::default(),
             live: None,
+            energy: Default::default(),
         };
         c.xids = Ledger::new(Self::xid_window(c.config.poll_interval));
         c.open_kernel_log().await;
@@ -597,6 +600,7 @@ impl Collector for GpuCollector {
         self.xids.retain(&live, Instant::now());
 
         let processes = self.attribute(&readings).await;
+        self.energy.account(&readings, &processes, Instant::now());
         let samples: Vec<GpuSample> = readings.iter().map(|r| GpuSample::from_reading(r, now)).collect();
         self.state.record(&samples);
         if let Some(store) = &self.store {
@@ -607,6 +611,7 @@ impl Collector for GpuCollector {
             driver_version,
             readings,
             processes,
+            energy: self.energy.totals().clone(),
             recorded_at: Some(now),
             samples,
             ..self.base_snapshot(true, None)
@@ -715,6 +720,9 @@ families! {
     ServiceSm = "gpu_service_sm_utilization_ratio", GAUGE, &["gpu", "uuid", "service"], "Summed SM use of a service's compute processes in their latest driver samples (0-1 per process; only with gpu.per_process).";
     Unattributed = "gpu_unattributed_memory_bytes", GAUGE, GPU, "Used device memory that no running compute process accounts for: memory held by dead or foreign contexts (only with gpu.per_process).";
     AttributionSeconds = "inferwatch_gpu_attribution_duration_seconds", GAUGE, &[], "Seconds the last poll spent finding who holds each GPU process (/proc reads, Docker calls on a cache miss, service matching; only with gpu.per_process).";
+    ServiceEnergy = "gpu_service_energy_joules_total", COUNTER, &["gpu", "uuid", "service"], "Energy of the GPU charged to a service since the daemon started: each poll's energy goes to the services holding processes on it, split by SM use, else by memory (docs/inference.md, energy per service).";
+    UnattributedEnergy = "gpu_unattributed_energy_joules_total", COUNTER, GPU, "Energy of the GPU since the daemon started that no service held (no process, or processes no health.services match names).";
+    EnergyMethod = "gpu_energy_method", GAUGE, &["gpu", "uuid", "method"], "1 for how the GPU's energy is measured: counter (the driver's total energy counter) or power (power draw times the poll interval, where the driver has no counter).";
     Folded = "gpu_processes_folded", GAUGE, GPU, "Compute processes past gpu.per_process_max summed into process_name=\"_other\" in the last poll.";
     GraphicsActive = "gpu_graphics_engine_active_ratio", GAUGE, GPU, "GPM: fraction of the slow interval the graphics or compute engine was active (0-1).";
     SmActive = "gpu_sm_active_ratio", GAUGE, GPU, "GPM: fraction of the slow interval an SM had at least one warp assigned, averaged over SMs (0-1).";
@@ -873,6 +881,24 @@ impl Builder {
     }
 
     /// Throttle time, memory temperature, thresholds, PCIe link, remapping.
+    fn energy(&mut self, e: &crate::inference::energy::EnergyTotals) {
+        for ((gpu, uuid, service), joules) in &e.services {
+            self.add(F::ServiceEnergy, &[gpu, uuid, service], *joules);
+        }
+        for ((gpu, uuid), joules) in &e.unattributed {
+            self.add(F::UnattributedEnergy, &[gpu, uuid], *joules);
+        }
+        for ((gpu, uuid), current) in &e.method {
+            for method in crate::inference::energy::METHODS {
+                self.add(
+                    F::EnergyMethod,
+                    &[gpu, uuid, method],
+                    if method == *current { 1.0 } else { 0.0 },
+                );
+            }
+        }
+    }
+
     fn health(&mut self, r: &GpuReading, l: &[&str; 2]) {
         for (reason, seconds) in &r.clock_event_seconds {
             self.add(F::ClockEvent, &[l[0], l[1], reason], *seconds);
@@ -957,6 +983,7 @@ impl PromCollector for GpuFamilies {
         for t in &snap.processes {
             b.processes(t);
         }
+        b.energy(&snap.energy);
         b.opt(F::AttributionSeconds, &[], snap.attribution_seconds);
         for ((gpu, uuid, xid), n) in &snap.xid_totals {
             b.add(F::Xid, &[gpu, uuid, xid], *n as f64);

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::inference::ServerKind;
 use super::{de_opt_seconds, de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
 
 /// Service health monitor settings.
@@ -16,6 +17,10 @@ pub struct HealthConfig {
     /// a restart past it waits its turn.
     #[serde(default = "default_max_concurrent_restarts")]
     pub max_concurrent_restarts: u32,
+    /// The most bytes `/proxy/{service}/metrics` passes on from one
+    /// server's page, 4 KiB–4 GiB; past it the scrape fails (502).
+    #[serde(default = "default_proxy_max_bytes")]
+    pub proxy_max_bytes: u64,
 }
 
 impl Default for HealthConfig {
@@ -23,12 +28,36 @@ impl Default for HealthConfig {
         HealthConfig {
             services: Vec::new(),
             max_concurrent_restarts: default_max_concurrent_restarts(),
+            proxy_max_bytes: default_proxy_max_bytes(),
         }
     }
 }
 
 fn default_max_concurrent_restarts() -> u32 {
     1
+}
+
+fn default_proxy_max_bytes() -> u64 {
+    32 << 20
+}
+
+pub const PROXY_MAX_BYTES: Range = Range::new("health.proxy_max_bytes", 4096.0, 4294967296.0, "bytes");
+
+impl HealthConfig {
+    /// What still works but will not forever, one sentence each.
+    pub fn deprecations(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.progress.as_ref().is_some_and(|p| p.metrics_url.is_some()))
+            .map(|(i, s)| {
+                format!(
+                    "health.services[{i}].progress.metrics_url ({}) is deprecated: move it to health.services[{i}].metrics_url",
+                    s.name
+                )
+            })
+            .collect()
+    }
 }
 
 /// How a service is checked.
@@ -95,7 +124,8 @@ impl StatusSpec {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressConfig {
-    /// The service's own `/metrics`, `http://…` or `https://…`.
+    /// Deprecated: the service's `metrics_url`, which this is read as
+    /// (with a warning) when that is not set.
     pub metrics_url: Option<String>,
     /// Metric names of a known server: `vllm`, `tgi`, `triton`, `llamacpp`
     /// or `mlserver` (docs/health-monitor.md). Or give `pending` and `done`.
@@ -233,9 +263,18 @@ pub struct ServiceConfig {
     /// (`open_inference` only).
     #[serde(default)]
     pub models: Vec<String>,
-    /// Stall detection from the service's own metrics.
+    /// Stall detection from the service's own metrics (`metrics_url`).
     #[serde(default)]
     pub progress: Option<ProgressConfig>,
+    /// The server's own Prometheus endpoint, `http://…/metrics`: stall
+    /// detection reads it, `/api/sd/inference` lists it and
+    /// `/proxy/{service}/metrics` fetches it.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
+    /// What serves it: `vllm`, `sglang`, `tgi`, `triton`, `llamacpp`,
+    /// `mlserver` or `other` (default: `progress.preset`, else `other`).
+    #[serde(default)]
+    pub server: Option<ServerKind>,
     /// Services that must be healthy for this one to be restarted.
     #[serde(default)]
     pub depends_on: Vec<String>,
@@ -307,6 +346,27 @@ fn default_expect_status() -> Vec<StatusSpec> {
 }
 
 impl ServiceConfig {
+    /// The server's own metrics endpoint: `metrics_url`, else the
+    /// deprecated `progress.metrics_url`.
+    pub fn metrics_url(&self) -> Option<&str> {
+        self.metrics_url
+            .as_deref()
+            .or_else(|| self.progress.as_ref().and_then(|p| p.metrics_url.as_deref()))
+    }
+
+    /// What serves it: `server`, else the progress preset's, else `other`.
+    pub fn server(&self) -> ServerKind {
+        self.server
+            .or_else(|| {
+                self.progress
+                    .as_ref()?
+                    .preset
+                    .as_deref()
+                    .and_then(ServerKind::from_preset)
+            })
+            .unwrap_or(ServerKind::Other)
+    }
+
     /// How often checks run now: `start_interval` while starting.
     pub fn interval_while(&self, starting: bool) -> Duration {
         match self.start_interval {
@@ -435,6 +495,7 @@ impl HealthConfig {
             svc.validate(i)?;
         }
         MAX_CONCURRENT_RESTARTS.check(self.max_concurrent_restarts as f64)?;
+        PROXY_MAX_BYTES.check(self.proxy_max_bytes as f64)?;
         self.validate_dependencies()
     }
 
@@ -688,24 +749,53 @@ impl ServiceConfig {
         Ok(())
     }
 
+    /// `metrics_url` (or the deprecated `progress.metrics_url`, not both
+    /// with different values): an HTTP URL.
+    fn validate_metrics_url(&self, i: usize) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("health.services[{i}].{field}");
+        let old = self.progress.as_ref().and_then(|p| p.metrics_url.as_deref());
+        if let (Some(new), Some(old)) = (self.metrics_url.as_deref(), old) {
+            if new != old {
+                return Err(invalid(
+                    &key("progress.metrics_url"),
+                    old,
+                    "a second, different metrics URL",
+                    "metrics_url alone (progress.metrics_url is deprecated)",
+                ));
+            }
+        }
+        let field = if self.metrics_url.is_some() {
+            "metrics_url"
+        } else {
+            "progress.metrics_url"
+        };
+        match self.metrics_url() {
+            Some(url)
+                if !(url.starts_with("http://") || url.starts_with("https://"))
+                    || reqwest::Url::parse(url).is_err() =>
+            {
+                Err(invalid(
+                    &key(field),
+                    url,
+                    "not an HTTP URL",
+                    "http://HOST:PORT/metrics or https://…",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// `progress`: a metrics URL, and a known preset or both name lists.
     fn validate_progress(&self, i: usize) -> Result<(), ConfigError> {
         let key = |field: &str| format!("health.services[{i}].{field}");
+        self.validate_metrics_url(i)?;
         let Some(p) = &self.progress else { return Ok(()) };
-        let Some(url) = &p.metrics_url else {
+        if self.metrics_url().is_none() {
             return Err(invalid(
-                &key("progress.metrics_url"),
+                &key("metrics_url"),
                 "missing",
-                "required",
+                "required by progress",
                 "the service's own metrics URL, e.g. http://127.0.0.1:8000/metrics",
-            ));
-        };
-        if !(url.starts_with("http://") || url.starts_with("https://")) || reqwest::Url::parse(url).is_err() {
-            return Err(invalid(
-                &key("progress.metrics_url"),
-                url,
-                "not an HTTP URL",
-                "http://HOST:PORT/metrics or https://…",
             ));
         }
         let presets: Vec<&str> = PRESETS.iter().map(|(n, _, _)| *n).collect();

@@ -14,6 +14,7 @@ mod api;
 mod attribution;
 mod gpu;
 mod health;
+mod inference;
 mod live;
 mod log;
 mod pipeline;
@@ -28,6 +29,7 @@ pub use api::ApiConfig;
 pub use attribution::AttributionConfig;
 pub use gpu::{GpuConfig, GpuFieldsConfig, GpuMode};
 pub use health::{CheckKind, HealthConfig, HttpMethod, RestartConfig, ServiceConfig, ServiceTls};
+pub use inference::{InferenceConfig, ScrapeMode, ServerKind};
 pub use live::LiveConfig;
 pub use log::{LogConfig, LogLevel};
 pub use pipeline::{PipelineConfig, StreamConfig};
@@ -90,6 +92,8 @@ pub struct Config {
     pub attribution: AttributionConfig,
     /// The daemon's own log level.
     pub log: LogConfig,
+    /// How Prometheus reaches the inference servers' own metrics.
+    pub inference: InferenceConfig,
     /// `--collector.<name>` (true) / `--no-collector.<name>` (false) flags,
     /// which win over the sections' own switches.
     #[serde(skip)]
@@ -111,6 +115,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             attribution: AttributionConfig::default(),
             log: LogConfig::default(),
+            inference: InferenceConfig::default(),
             collector_flags: Default::default(),
         }
     }

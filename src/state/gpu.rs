@@ -23,6 +23,8 @@ pub struct GpuSnapshot {
     pub readings: Vec<GpuReading>,
     /// Each GPU's processes with who holds them (only with `gpu.per_process`).
     pub processes: Vec<crate::attribution::GpuProcesses>,
+    /// Each GPU's energy charged to services, since the daemon started.
+    pub energy: crate::inference::energy::EnergyTotals,
     /// Seconds the last attribution took.
     pub attribution_seconds: Option<f64>,
     /// Cumulative XID counts per `(gpu, uuid, xid)` labels.

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::HealthError;
 use crate::config::{CheckKind, HttpMethod, ServiceConfig};
+use crate::inference::proxy::http_client;
 
 /// Why a check failed: the `reason` label, a closed list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,59 +340,6 @@ async fn postgres_select(opts: &sqlx::postgres::PgConnectOptions) -> Result<(), 
     Ok(())
 }
 
-/// The HTTP(S) client of one service: the system and webpki roots, or
-/// only `tls.ca_file`; a client certificate for mutual TLS; a different
-/// name to verify (the URL's address is still where it connects); the
-/// configured headers on every request.
-pub fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder().pool_max_idle_per_host(0).use_rustls_tls();
-    if !svc.headers.is_empty() {
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &svc.headers {
-            let name =
-                reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("headers.{k}: {e}"))?;
-            let value = reqwest::header::HeaderValue::from_str(v).map_err(|e| format!("headers.{k}: {e}"))?;
-            headers.insert(name, value);
-        }
-        b = b.default_headers(headers);
-    }
-    let Some(tls) = &svc.tls else {
-        return b.build().map_err(|e| e.to_string());
-    };
-    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    if let Some(ca) = &tls.ca_file {
-        b = b.tls_built_in_root_certs(false);
-        for cert in reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|e| format!("tls.ca_file: {e}"))? {
-            b = b.add_root_certificate(cert);
-        }
-    }
-    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-        let mut pem = read(cert)?;
-        pem.push(b'\n');
-        pem.extend(read(key)?);
-        b = b.identity(reqwest::Identity::from_pem(&pem).map_err(|e| format!("tls.cert_file/key_file: {e}"))?);
-    }
-    if tls.insecure_skip_verify {
-        tracing::warn!(service = %svc.name, "health.services[].tls.insecure_skip_verify is on: any certificate is accepted for this check.");
-        b = b.danger_accept_invalid_certs(true);
-    }
-    if let Some(name) = &tls.server_name {
-        // Verify `name`, connect where the URL points.
-        let url = reqwest::Url::parse(&svc.url).map_err(|e| e.to_string())?;
-        let port = url.port_or_known_default().unwrap_or(443);
-        let host = url
-            .host_str()
-            .unwrap_or_default()
-            .trim_matches(|c| c == '[' || c == ']')
-            .to_string();
-        let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-            .map_err(|e| format!("{host}: {e}"))?
-            .collect();
-        b = b.resolve_to_addrs(name, &addrs);
-    }
-    b.build().map_err(|e| e.to_string())
-}
-
 /// The URL a check requests: the URL's host replaced by `tls.server_name`
 /// (resolved to the URL's address by the client).
 fn check_url(svc: &ServiceConfig) -> Result<reqwest::Url, String> {
@@ -463,10 +411,10 @@ impl Progress {
         let Some(p) = &svc.progress else { return Ok(None) };
         let bad = |reason: String| HealthError::Url {
             service: svc.name.clone(),
-            url: p.metrics_url.clone().unwrap_or_default(),
+            url: svc.metrics_url().unwrap_or_default().to_string(),
             reason,
         };
-        let url = reqwest::Url::parse(p.metrics_url.as_deref().unwrap_or_default()).map_err(|e| bad(e.to_string()))?;
+        let url = reqwest::Url::parse(svc.metrics_url().unwrap_or_default()).map_err(|e| bad(e.to_string()))?;
         let (pending, done) = p.names();
         Ok(Some(Progress {
             client: http_client(svc).map_err(bad)?,

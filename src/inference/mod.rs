@@ -1,0 +1,12 @@
+//! The inference servers behind the health checks: what kind each is, the
+//! Prometheus HTTP service discovery list of their metrics endpoints
+//! (`sd`), the bounded scrape proxy in front of them (`proxy`), and the
+//! split of each GPU's energy between the services that hold it
+//! (`energy`). The per-server metric names live in
+//! `monitoring/inference_rules.yml`, which maps them onto one vocabulary.
+
+pub mod energy;
+pub mod proxy;
+pub mod sd;
+
+pub use crate::config::ServerKind;
