@@ -77,7 +77,10 @@ impl EnergyLedger {
                     Vec::new()
                 }
             };
-            for (holder, joules) in charge.into_iter().filter(|(_, j)| *j > 0.0) {
+            // A holder's series shows from its first poll, 0 or not.
+            let zero = shares.iter().map(|(h, _)| (h.clone(), 0.0));
+            let measured = self.totals.method.contains_key(&key);
+            for (holder, joules) in charge.into_iter().chain(zero.filter(|_| measured)) {
                 if holder == UNATTRIBUTED {
                     *self.totals.unattributed.entry(key.clone()).or_default() += joules;
                 } else {

@@ -135,6 +135,10 @@ impl Proxy {
     ) -> Result<Upstream, ProxyError> {
         let started = Instant::now();
         let service = svc.name.clone();
+        // Every result from 0, so that a rate covers the first failure.
+        for result in RESULTS {
+            self.scrapes.with_label_values(&[&service, result]);
+        }
         let result = self.start(svc, max_bytes, accept, accept_encoding, started).await;
         if let Err(e) = &result {
             self.finish(&service, e.result(), started);

@@ -24,6 +24,8 @@ const VOLATILE: &[&str] = &[
     "storage_filesystem_",
     "http_request_duration_seconds_bucket{",
     "http_request_duration_seconds_sum{",
+    "inferwatch_proxy_scrape_duration_seconds_bucket{",
+    "inferwatch_proxy_scrape_duration_seconds_sum{",
     // Time spent inside the (fake) driver: the counts stay, the seconds vary.
     "inferwatch_nvml_call_duration_seconds_total{",
     "inferwatch_gpu_attribution_duration_seconds",
@@ -141,7 +143,13 @@ async fn metrics_page_matches_golden_file() {
 
     // Known API traffic: a matched route, a templated route and a miss.
     let app = inferwatch::api::router(state);
-    for path in ["/api/system/gpus", "/api/dlq/jobs/nope", "/no/such/path"] {
+    // A proxied scrape of a server that is not there (502, unreachable).
+    for path in [
+        "/api/system/gpus",
+        "/api/dlq/jobs/nope",
+        "/no/such/path",
+        "/proxy/triton/metrics",
+    ] {
         app.clone()
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await

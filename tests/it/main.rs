@@ -24,6 +24,7 @@ mod health;
 mod hostile;
 mod http_metrics;
 mod inference;
+mod inference_proxy;
 mod openapi;
 mod package;
 mod pipeline;

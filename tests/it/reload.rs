@@ -5,7 +5,6 @@
 //! a broken file changes nothing; WebSocket clients and the history ring
 //! live through it.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,23 +16,6 @@ use crate::common::ws::WsClient;
 use crate::common::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-/// Replaces the daemon's config file atomically, as an editor does.
-fn rewrite(d: &Daemon, config: &str) {
-    let path = d.dir.path().join("inferwatch.yml");
-    let tmp = d.dir.path().join("inferwatch.yml.tmp");
-    std::fs::write(&tmp, config).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn sighup(d: &Daemon) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &d.proc.pid().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -HUP");
-}
 
 /// `POST /-/reload`: the status and the JSON body.
 async fn post_reload(d: &Daemon, token: Option<&str>) -> (u16, Value) {
@@ -83,8 +65,8 @@ async fn services_added_by_sighup_are_checked_and_removed_ones_lose_their_series
     d.until("service_up{service=\"a\"}", "a healthy", |v| v == 1.0).await;
     assert!(series_of(&d.get_text("/metrics").await, "b").is_empty());
 
-    rewrite(&d, &services(&[("a", &a), ("b", &b)]));
-    sighup(&d);
+    d.rewrite(&services(&[("a", &a), ("b", &b)]));
+    d.sighup();
     d.until(
         "service_up{service=\"b\"}",
         "b, added by SIGHUP, checked and healthy",
@@ -109,7 +91,7 @@ async fn services_added_by_sighup_are_checked_and_removed_ones_lose_their_series
     d.until("service_up{service=\"b\"}", "b back", |v| v == 1.0).await;
 
     // Remove a by the endpoint: its series go, b keeps its state.
-    rewrite(&d, &services(&[("b", &b)]));
+    d.rewrite(&services(&[("b", &b)]));
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["changed"], serde_json::json!(["health.services"]), "{body}");
@@ -155,8 +137,8 @@ async fn a_broken_file_changes_nothing_and_says_why() {
         .await;
 
     // Not YAML: SIGHUP fails, logs why, and the metric says so.
-    rewrite(&d, "health: [\n");
-    sighup(&d);
+    d.rewrite("health: [\n");
+    d.sighup();
     d.until("inferwatch_config_last_reload_successful", "the failed reload", |v| {
         v == 0.0
     })
@@ -171,7 +153,7 @@ async fn a_broken_file_changes_nothing_and_says_why() {
         "gpu:\n  enabled: false\n  poll_interval: 0.01\n",
     );
     bad += "    - {name: b, kind: http, url: \"http://127.0.0.1:9/\"}\n";
-    rewrite(&d, &bad);
+    d.rewrite(&bad);
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(code, 400, "{body}");
     assert_eq!(body["code"], "invalid_config");
@@ -199,7 +181,7 @@ async fn a_broken_file_changes_nothing_and_says_why() {
     .await;
 
     // The file fixed: the next reload succeeds.
-    rewrite(&d, &good);
+    d.rewrite(&good);
     let (code, body) = post_reload(&d, None).await;
     assert_eq!((code, body["changed"].clone()), (200, serde_json::json!([])), "{body}");
     let page = d.get_text("/metrics").await;
@@ -215,14 +197,11 @@ async fn changes_that_need_a_restart_are_reported_and_kept() {
     let base = "gpu:\n  enabled: false\nqueues:\n  enabled: false\n";
     let d = Daemon::start_with_args(base, &[], &["--web.enable-lifecycle", "--log.level=info"]).await;
     let elsewhere = d.dir.path().join("elsewhere");
-    rewrite(
-        &d,
-        &format!(
-            "data_dir: {}\nstore:\n  url: sqlite://{}/h.db\n{base}websocket:\n  max_clients: 7\nlog:\n  level: debug\n",
-            elsewhere.display(),
-            elsewhere.display()
-        ),
-    );
+    d.rewrite(&format!(
+        "data_dir: {}\nstore:\n  url: sqlite://{}/h.db\n{base}websocket:\n  max_clients: 7\nlog:\n  level: debug\n",
+        elsewhere.display(),
+        elsewhere.display()
+    ));
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(code, 200, "{body}");
     let kept: Vec<&str> = body["not_applied"]
@@ -263,8 +242,8 @@ async fn the_endpoint_needs_the_lifecycle_flag_and_the_token_and_sighup_needs_ne
     );
     assert!(body["error"].as_str().unwrap().contains("--web.enable-lifecycle"));
     // SIGHUP works without the flag: the log level goes to debug.
-    rewrite(&off, &format!("{base}log:\n  level: debug\n"));
-    sighup(&off);
+    off.rewrite(&format!("{base}log:\n  level: debug\n"));
+    off.sighup();
     logged(&off, "Config reloaded.", 1).await;
     logged(&off, "DEBUG", 1).await;
 
@@ -291,7 +270,7 @@ async fn a_reload_switches_on_a_web_config() {
     let web = d.dir.path().join("web.yml");
     let hash = bcrypt::hash("pw", 4).unwrap();
     std::fs::write(&web, format!("basic_auth_users:\n  alice: '{hash}'\n")).unwrap();
-    rewrite(&d, &format!("{base}web:\n  config_file: {}\n", web.display()));
+    d.rewrite(&format!("{base}web:\n  config_file: {}\n", web.display()));
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(
         (code, body["changed"].clone()),
@@ -347,7 +326,7 @@ async fn queue_names_change_live() {
     let unknown = reqwest::get(d.url("/api/dlq/jobs/dlq:b")).await.unwrap();
     assert_eq!(unknown.status().as_u16(), 404, "b is not a configured queue yet");
 
-    rewrite(&d, &queues("a, b"));
+    d.rewrite(&queues("a, b"));
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(
         (code, body["changed"].clone()),
@@ -364,7 +343,7 @@ async fn queue_names_change_live() {
         .unwrap();
     assert_eq!(jobs["total"], 2, "{jobs}");
 
-    rewrite(&d, &queues("b"));
+    d.rewrite(&queues("b"));
     let (code, _) = post_reload(&d, None).await;
     assert_eq!(code, 200);
     let page = eventually("a's depth series gone", LIMIT, || async {
@@ -393,10 +372,7 @@ async fn websocket_clients_and_the_history_ring_live_through_a_reload_of_the_gpu
     let fan_before = calls["nvmlDeviceGetFanSpeed_v2"];
     assert!(fan_before > 0, "the fan is read before the reload");
 
-    rewrite(
-        &d,
-        &gpu("  fields:\n    exclude: [fan_speed]\n").replace("poll_interval: 1s", "poll_interval: 2s"),
-    );
+    d.rewrite(&gpu("  fields:\n    exclude: [fan_speed]\n").replace("poll_interval: 1s", "poll_interval: 2s"));
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(
         (code, body["changed"].clone()),
@@ -444,10 +420,7 @@ async fn a_changed_threshold_applies_to_the_running_service() {
     let d = Daemon::start_with_args(&services(&[("a", &a)]), &[], &["--web.enable-lifecycle"]).await;
     d.until("service_up{service=\"a\"}", "a healthy", |v| v == 1.0).await;
     // From one failure to fifty before a verdict.
-    rewrite(
-        &d,
-        &services(&[("a", &a)]).replace("failure_threshold: 1", "failure_threshold: 50"),
-    );
+    d.rewrite(&services(&[("a", &a)]).replace("failure_threshold: 1", "failure_threshold: 50"));
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(
         (code, body["changed"].clone()),
@@ -481,7 +454,7 @@ async fn removing_a_service_before_its_first_check_ends_does_not_hold_readiness(
     wait_for_2xx("the daemon to serve", &d.url("/-/healthy")).await;
     let not_ready = reqwest::get(d.url("/-/ready")).await.unwrap();
     assert_eq!(not_ready.status().as_u16(), 503, "the first check hangs");
-    rewrite(&d, "gpu:\n  enabled: false\nqueues:\n  enabled: false\n");
+    d.rewrite("gpu:\n  enabled: false\nqueues:\n  enabled: false\n");
     let (code, body) = post_reload(&d, None).await;
     assert_eq!(code, 200, "{body}");
     wait_for_2xx("ready once the hanging service is gone", &d.url("/-/ready")).await;

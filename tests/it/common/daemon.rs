@@ -83,6 +83,24 @@ impl Daemon {
         }
     }
 
+    /// Replaces the config file atomically, as an editor does.
+    pub fn rewrite(&self, config: &str) {
+        let path = self.dir.path().join("inferwatch.yml");
+        let tmp = self.dir.path().join("inferwatch.yml.tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// `kill -HUP`: reload the config.
+    pub fn sighup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.proc.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -HUP");
+    }
+
     /// Everything the daemon has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("inferwatch.log")).unwrap()

@@ -78,6 +78,14 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `program` with `args`, its output inherited.
+    pub fn spawn(program: &'static str, args: &[&str]) -> Proc {
+        Proc {
+            child: Command::new(program).args(args).spawn().unwrap(),
+            name: program,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
