@@ -1,7 +1,7 @@
 //! Test harness, split by what it starts: the fake NVML (`fake_gpu`), the
 //! real daemon (`daemon`), PostgreSQL, Prometheus, Redis, Alertmanager, the
-//! SMTP sink, VictoriaMetrics, the health target, a WebSocket client and
-//! Docker containers.
+//! SMTP sink, VictoriaMetrics, the health target, the LLM servers
+//! (llama.cpp and vLLM), a WebSocket client and Docker containers.
 //! Each helper kills its process on drop. What every part shares is here.
 
 pub mod alerting;
@@ -12,6 +12,7 @@ pub mod dashboards;
 pub mod docker;
 pub mod fake_gpu;
 pub mod health_target;
+pub mod llm;
 pub mod postgres;
 pub mod prometheus;
 pub mod redis_server;
@@ -25,6 +26,7 @@ pub use certs::*;
 pub use daemon::*;
 pub use fake_gpu::*;
 pub use health_target::*;
+pub use llm::*;
 pub use postgres::*;
 pub use prometheus::*;
 pub use redis_server::*;
