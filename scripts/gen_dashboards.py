@@ -83,11 +83,17 @@ def merged_table(title, description, unit, columns, w=24, h=8):
     return p
 
 
+def row(title):
+    """A section header across the dashboard (expanded: the panels after it
+    stay at the top level)."""
+    return {"type": "row", "title": title, "collapsed": False, "panels": [], "_size": (24, 1)}
+
+
 def threshold(*pairs):
     return [{"color": c, "value": v} for v, c in pairs]
 
 
-def variables(extra):
+def variables(extra, instance_label="Instance"):
     v = [
         {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
          "current": {"text": "Prometheus", "value": DATASOURCE_UID}, "hide": 0, "refresh": 1, "regex": ""},
@@ -95,7 +101,8 @@ def variables(extra):
         # The label monitoring/targets/*.yml gives a group of nodes; All
         # (.*) also matches nodes without one.
         query_var("cluster", "Cluster", 'label_values(inferwatch_build_info{job=~"$job"}, cluster)'),
-        query_var("instance", "Instance", 'label_values(inferwatch_build_info{job=~"$job", cluster=~"$cluster"}, instance)'),
+        query_var("instance", instance_label,
+                  'label_values(inferwatch_build_info{job=~"$job", cluster=~"$cluster"}, instance)'),
     ]
     return v + extra
 
@@ -124,7 +131,7 @@ def layout(panels):
     return panels
 
 
-def dashboard(uid, title, description, panels, extra_vars=(), links=()):
+def dashboard(uid, title, description, panels, extra_vars=(), links=(), instance_label="Instance"):
     return {
         "uid": uid,
         "title": title,
@@ -142,7 +149,7 @@ def dashboard(uid, title, description, panels, extra_vars=(), links=()):
             "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}]},
         "links": [*links, {"type": "dashboards", "tags": ["inferwatch"], "asDropdown": True, "title": "inferwatch",
                              "includeVars": True, "keepTime": True}],
-        "templating": {"list": variables(list(extra_vars))},
+        "templating": {"list": variables(list(extra_vars), instance_label)},
         "panels": layout(panels),
     }
 
@@ -525,12 +532,91 @@ fleet = dashboard(
 )
 
 
+# The inference records (monitoring/inference_rules.yml) keep instance,
+# service and server only: no job, no cluster. The Node variable (the
+# instance, narrowed by Job and Cluster through inferwatch_build_info)
+# selects them.
+ISEL = 'instance=~"$instance", service=~"$service"'
+
+inference = dashboard(
+    "inferwatch-inference", "inferwatch / Inference",
+    "What the inference servers (vLLM, SGLang, TGI, Triton, llama.cpp, MLServer) say about their own work, in one "
+    "vocabulary: latency, load, KV cache, tokens, energy per token and the SLOs. A server that does not report a "
+    "measure has no line for it (docs/inference.md).",
+    [
+        row("Latency"),
+        ts("Time to first token", "From a request's arrival to its first output token, 50th, 90th and 99th "
+           "percentile over 5 minutes (inference:time_to_first_token_seconds; OpenTelemetry "
+           "gen_ai.server.time_to_first_token): vLLM, SGLang, and Triton's opt-in first-response histogram.", "s",
+           (f"inference:time_to_first_token_seconds:p50{{{ISEL}}}", "{{instance}} {{service}} p50"),
+           (f"inference:time_to_first_token_seconds:p90{{{ISEL}}}", "{{instance}} {{service}} p90"),
+           (f"inference:time_to_first_token_seconds:p99{{{ISEL}}}", "{{instance}} {{service}} p99")),
+        ts("Time per output token", "Time between output tokens, 50th and 99th percentile over 5 minutes "
+           "(inference:time_per_output_token_seconds; OpenTelemetry gen_ai.server.time_per_output_token): vLLM's "
+           "and SGLang's inter-token latency, TGI's mean time per token of each request.", "s",
+           (f"inference:time_per_output_token_seconds:p50{{{ISEL}}}", "{{instance}} {{service}} p50"),
+           (f"inference:time_per_output_token_seconds:p99{{{ISEL}}}", "{{instance}} {{service}} p99")),
+        ts("Request duration", "End-to-end time of a request inside the server, 50th and 99th percentile over 5 "
+           "minutes (vLLM, SGLang, TGI), or the 5-minute mean where the server only counts totals (Triton, MLServer) "
+           "(inference:request_duration_seconds; OpenTelemetry gen_ai.server.request.duration).", "s",
+           (f"inference:request_duration_seconds:p50{{{ISEL}}}", "{{instance}} {{service}} p50"),
+           (f"inference:request_duration_seconds:p99{{{ISEL}}}", "{{instance}} {{service}} p99"),
+           (f"inference:request_duration_seconds:mean{{{ISEL}}}", "{{instance}} {{service}} mean")),
+        ts("Queue time", "How long requests waited before the engine took them: 99th percentile over 5 minutes "
+           "(vLLM, SGLang, TGI) or the 5-minute mean (Triton) (inference:queue_time_seconds).", "s",
+           (f"inference:queue_time_seconds:p99{{{ISEL}}}", "{{instance}} {{service}} p99"),
+           (f"inference:queue_time_seconds:mean{{{ISEL}}}", "{{instance}} {{service}} mean")),
+        row("Load"),
+        ts("Requests running and waiting", "Requests the engine is working on and requests waiting for it "
+           "(inference:requests_running, inference:requests_waiting; for MLServer the 5-minute mean of its queue "
+           "histograms). InferenceQueueGrowing fires when the waiting ones keep growing for 10 minutes while the "
+           "server still works.", "short",
+           (f"inference:requests_running{{{ISEL}}}", "{{instance}} {{service}} running"),
+           (f"inference:requests_waiting{{{ISEL}}}", "{{instance}} {{service}} waiting")),
+        ts("KV cache used", "Share of the KV cache in use (inference:kv_cache_usage:ratio): vLLM and SGLang (the "
+           "fullest engine), TGI (tokens the running batch reserved over its budget), Triton TensorRT-LLM (used "
+           "over maximum blocks). InferenceKvCacheSaturated fires at 95% with preemptions.", "percentunit",
+           (f"inference:kv_cache_usage:ratio{{{ISEL}}}", "{{instance}} {{service}}"), min=0, max=1),
+        ts("Preemptions", "Requests per second the engine evicted from the KV cache to make room, to recompute "
+           "later (inference:preemptions:rate5m; vLLM only).", "ops",
+           (f"inference:preemptions:rate5m{{{ISEL}}}", "{{instance}} {{service}}")),
+        ts("Requests by outcome", "Finished requests per second, success or error; error counts client "
+           "cancellations too (inference:requests:rate5m; not llama.cpp).", "reqps",
+           (f"inference:requests:rate5m{{{ISEL}}}", "{{instance}} {{service}} {{outcome}}")),
+        row("Tokens and energy"),
+        ts("Tokens per second", "Prompt tokens in (cached ones included) and generated tokens out, per second "
+           "(inference:input_tokens:rate5m, inference:output_tokens:rate5m): vLLM, SGLang, TGI, llama.cpp.", "short",
+           (f"inference:input_tokens:rate5m{{{ISEL}}}", "{{instance}} {{service}} in"),
+           (f"inference:output_tokens:rate5m{{{ISEL}}}", "{{instance}} {{service}} out")),
+        ts("Output tokens per joule", "Generated tokens per joule of GPU energy charged to the service "
+           "(inference:output_tokens_per_joule, from gpu_service_energy_joules_total summed over its GPUs).",
+           "short", (f"inference:output_tokens_per_joule{{{ISEL}}}", "{{instance}} {{service}}")),
+        ts("Energy per million output tokens", "Watt-hours of GPU energy per million generated tokens "
+           "(inference:energy_per_million_output_tokens_wh); empty while the service generates nothing.", "watth",
+           (f"inference:energy_per_million_output_tokens_wh{{{ISEL}}}", "{{instance}} {{service}}")),
+        row("SLOs"),
+        ts("Error ratio", "Share of finished requests that failed, per node over 5 minutes (from "
+           "inference:requests:rate5m), and each SLO's error ratio over 30 minutes "
+           "(slo:sli_error:ratio_rate30m, from the rules inferwatch slo-rules writes).", "percentunit",
+           (f'sum by (instance, service) (inference:requests:rate5m{{{ISEL}, outcome="error"}}) '
+            f"/ sum by (instance, service) (inference:requests:rate5m{{{ISEL}}})", "{{instance}} {{service}}"),
+           (f"slo:sli_error:ratio_rate30m{{{ISEL}}}", "{{instance}} {{slo}} (30m)"), min=0),
+        ts("Error budget left", "Share of each SLO's error budget not yet spent in its window "
+           "(slo:error_budget_remaining:ratio, from the rules inferwatch slo-rules writes); below 0 the SLO is "
+           "missed.", "percentunit",
+           (f"slo:error_budget_remaining:ratio{{{ISEL}}}", "{{instance}} {{slo}}"), max=1),
+    ],
+    [query_var("service", "Service", 'label_values(up{job="inference", instance=~"$instance"}, service)')],
+    instance_label="Node",
+)
+
+
 def main():
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "grafana-dashboards")
     check = "--check" in sys.argv
     stale = []
     for name, d in [("overview", overview), ("gpu", gpu), ("gpu-efficiency", efficiency), ("services-dlq", services),
-                    ("pipeline-ws-http", pipeline), ("fleet", fleet)]:
+                    ("pipeline-ws-http", pipeline), ("fleet", fleet), ("inference", inference)]:
         text = json.dumps(d, indent=2, ensure_ascii=False) + "\n"
         path = os.path.join(root, f"inferwatch-{name}.json")
         if check:

@@ -55,7 +55,13 @@ fn promtool_checks_config_rules_and_unit_tests() {
     assert!(!out.contains("WARNING"), "promtool warned:\n{out}");
     let (ok, out) = run_tool(
         "promtool",
-        &["check", "rules", "alert_rules.yml", "monitoring/recording_rules.yml"],
+        &[
+            "check",
+            "rules",
+            "alert_rules.yml",
+            "monitoring/recording_rules.yml",
+            "monitoring/inference_rules.yml",
+        ],
     );
     assert!(ok, "{out}");
     let mut args = vec!["test", "rules"];
@@ -84,13 +90,17 @@ fn prometheus_config_has_the_expected_jobs() {
     assert!(fleet.contains("targets/*.yml"), "{fleet}");
     assert_eq!(p["rule_files"][0], Value::from("../alert_rules.yml"));
     assert_eq!(p["rule_files"][1], Value::from("recording_rules.yml"));
+    assert_eq!(p["rule_files"][2], Value::from("inference_rules.yml"));
+    // The inference servers, found through each daemon's HTTP SD.
+    let sd = serde_yaml_ng::to_string(&jobs["inference"]["http_sd_configs"]).unwrap();
+    assert!(sd.contains("/api/sd/inference"), "{sd}");
     let alerting = serde_yaml_ng::to_string(&p["alerting"]).unwrap();
     assert!(
         alerting.contains("alertmanager:9093") && alerting.contains("alertmanager-2:9093"),
         "{alerting}"
     );
     // One misbehaving node cannot flood Prometheus.
-    for job in ["inferwatch", "inferwatch-fleet"] {
+    for job in ["inferwatch", "inferwatch-fleet", "inference"] {
         assert_eq!(jobs[job]["sample_limit"], Value::from(20000), "{job}");
         assert_eq!(jobs[job]["label_limit"], Value::from(16), "{job}");
     }
