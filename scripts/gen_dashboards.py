@@ -538,6 +538,12 @@ fleet = dashboard(
 # selects them.
 ISEL = 'instance=~"$instance", service=~"$service"'
 
+
+def stats(record, *suffixes):
+    """One query for the quantiles and the mean of a measure, each series
+    labelled `stat`: servers give either, and the query answers with any."""
+    return " or ".join(f'label_replace({record}:{x}{{{ISEL}}}, "stat", "{x}", "", "")' for x in suffixes)
+
 inference = dashboard(
     "inferwatch-inference", "inferwatch / Inference",
     "What the inference servers (vLLM, SGLang, TGI, Triton, llama.cpp, MLServer) say about their own work, in one "
@@ -559,13 +565,10 @@ inference = dashboard(
         ts("Request duration", "End-to-end time of a request inside the server, 50th and 99th percentile over 5 "
            "minutes (vLLM, SGLang, TGI), or the 5-minute mean where the server only counts totals (Triton, MLServer) "
            "(inference:request_duration_seconds; OpenTelemetry gen_ai.server.request.duration).", "s",
-           (f"inference:request_duration_seconds:p50{{{ISEL}}}", "{{instance}} {{service}} p50"),
-           (f"inference:request_duration_seconds:p99{{{ISEL}}}", "{{instance}} {{service}} p99"),
-           (f"inference:request_duration_seconds:mean{{{ISEL}}}", "{{instance}} {{service}} mean")),
+           (stats("inference:request_duration_seconds", "p50", "p99", "mean"), "{{instance}} {{service}} {{stat}}")),
         ts("Queue time", "How long requests waited before the engine took them: 99th percentile over 5 minutes "
            "(vLLM, SGLang, TGI) or the 5-minute mean (Triton) (inference:queue_time_seconds).", "s",
-           (f"inference:queue_time_seconds:p99{{{ISEL}}}", "{{instance}} {{service}} p99"),
-           (f"inference:queue_time_seconds:mean{{{ISEL}}}", "{{instance}} {{service}} mean")),
+           (stats("inference:queue_time_seconds", "p99", "mean"), "{{instance}} {{service}} {{stat}}")),
         row("Load"),
         ts("Requests running and waiting", "Requests the engine is working on and requests waiting for it "
            "(inference:requests_running, inference:requests_waiting; for MLServer the 5-minute mean of its queue "
