@@ -5,7 +5,9 @@
 //! - `main.rs`: flags, logging, config loading; calls [`run`].
 //! - [`config`]: the YAML config, its defaults and env overrides; one file
 //!   per section with its struct, its `Range` constants and its checks;
-//!   `config::LiveConfig`, the config in force, which a reload replaces.
+//!   `config::LiveConfig`, the config in force, which a reload replaces;
+//!   `config::servers`, what each inference server kind exports for SLOs
+//!   (request counters, latency histograms and their buckets, with sources).
 //! - [`reload`]: `SIGHUP` and `POST /-/reload`: read and check the file,
 //!   split what changes live from what waits for a restart (`plan`, pure),
 //!   put it in force; `inferwatch_config_last_reload_*`.
@@ -55,9 +57,11 @@
 //!   (`attribution::table`). The GPU collector calls it once per poll.
 //! - [`inference`]: the inference servers behind the health checks: their
 //!   kinds, the HTTP service discovery list of their metrics
-//!   (`inference::sd`), the bounded scrape proxy (`inference::proxy`) and
+//!   (`inference::sd`), the bounded scrape proxy (`inference::proxy`),
 //!   each GPU's energy split between the services that hold it
-//!   (`inference::energy`, which the GPU collector calls once per poll).
+//!   (`inference::energy`, which the GPU collector calls once per poll) and
+//!   `inferwatch slo-rules`, the SLO rules and burn-rate alerts of the
+//!   config's `slo` section (`inference::slo`, pure).
 //! - [`doctor`]: `inferwatch doctor`, what each field answers and costs here.
 //! - [`xid`]: the XID catalog (`src/xid/xid_catalog.json`) and the kernel-log
 //!   (`/dev/kmsg`) reader that finds the XIDs NVML events miss.

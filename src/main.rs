@@ -17,8 +17,8 @@ use inferwatch::reload::LogControl;
     about = "GPU inference monitoring daemon for Prometheus"
 )]
 struct Cli {
-    /// YAML config file; built-in defaults apply without one.
-    #[arg(long = "config", value_name = "PATH")]
+    /// YAML config file (before or after a subcommand); built-in defaults apply without one.
+    #[arg(long = "config", value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Address to serve /metrics and the API on [default: 0.0.0.0:8790, or web.listen_address].
     #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
@@ -57,6 +57,8 @@ enum Command {
         #[arg(long, default_value = "PASSWORD")]
         password: String,
     },
+    /// Print the Prometheus rules (YAML) of the config's (--config) slo: section: error ratios over 5m to 3d, objectives, error budgets and the multi-window burn-rate alerts.
+    SloRules,
     /// Show what NVML answers for every GPU field here, and what it costs.
     Doctor {
         /// NVML library to load [default: gpu.nvml_library].
@@ -150,6 +152,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::SloRules) = &cli.command {
+        return slo_rules(cli.config.as_deref());
+    }
     if let Some(Command::Doctor {
         nvml_library,
         samples,
@@ -163,6 +168,26 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("inferwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `inferwatch slo-rules`: the rules file on stdout, its header naming the
+/// command as given, so a committed file says how to make it again.
+fn slo_rules(config: Option<&std::path::Path>) -> ExitCode {
+    let Some(path) = config else {
+        eprintln!("inferwatch slo-rules: --config is required (the file with the slo: section)");
+        return ExitCode::FAILURE;
+    };
+    match Config::load(Some(path), |k| std::env::var(k).ok()) {
+        Ok(c) => {
+            let command = format!("inferwatch slo-rules --config {}", path.display());
+            print!("{}", inferwatch::inference::slo::render(&c, &command));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("FAILED: {e}");
             ExitCode::FAILURE
         }
     }

@@ -159,6 +159,7 @@ pub fn plan(old: &Config, new: &Config, log: Option<&'static str>) -> Plan {
         attribution: _,
         log: crate::config::LogConfig { level: _ },
         inference,
+        slo: _,
         collector_flags: _,
     } = new;
     kept!("data_dir", STORE, data_dir);
@@ -219,6 +220,9 @@ pub fn plan(old: &Config, new: &Config, log: Option<&'static str>) -> Plan {
     live!("health.proxy_max_bytes", health.proxy_max_bytes);
     let crate::config::InferenceConfig { scrape: _ } = inference;
     live!("inference.scrape", inference.scrape);
+    // Only `inferwatch slo-rules` reads it, from the file, never the
+    // running daemon: nothing to restart, and a reload checks it all the same.
+    live!("slo", slo);
 
     let crate::config::QueuesConfig {
         enabled: _,

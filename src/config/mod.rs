@@ -20,6 +20,8 @@ mod log;
 mod pipeline;
 mod queues;
 mod secret;
+pub mod servers;
+mod slo;
 mod storage;
 mod store;
 mod web;
@@ -35,6 +37,7 @@ pub use log::{LogConfig, LogLevel};
 pub use pipeline::{PipelineConfig, StreamConfig};
 pub use queues::{PushSide, QueuesConfig, StreamWatch};
 pub use secret::{read_secret_file, SecretFileError};
+pub use slo::{AvailabilityObjective, LatencyObjective, ServiceSlo, SloConfig};
 pub use storage::{RetentionConfig, StorageConfig};
 pub use store::{StoreBackend, StoreConfig};
 pub use web::WebConfig;
@@ -94,6 +97,8 @@ pub struct Config {
     pub log: LogConfig,
     /// How Prometheus reaches the inference servers' own metrics.
     pub inference: InferenceConfig,
+    /// Service level objectives, read by `inferwatch slo-rules`.
+    pub slo: SloConfig,
     /// `--collector.<name>` (true) / `--no-collector.<name>` (false) flags,
     /// which win over the sections' own switches.
     #[serde(skip)]
@@ -116,6 +121,7 @@ impl Default for Config {
             attribution: AttributionConfig::default(),
             log: LogConfig::default(),
             inference: InferenceConfig::default(),
+            slo: SloConfig::default(),
             collector_flags: Default::default(),
         }
     }
@@ -187,6 +193,7 @@ impl Config {
         self.storage.validate()?;
         self.attribution.validate()?;
         self.websocket.validate()?;
+        self.slo.validate(&self.health)?;
         self.web.validate()
     }
 

@@ -33,6 +33,7 @@ mod redis_tls_acl;
 mod reload;
 mod schemathesis;
 mod sentinel;
+mod slo;
 mod storage;
 mod store;
 mod ui;
