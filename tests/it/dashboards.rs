@@ -265,7 +265,12 @@ async fn every_panel_query_returns_data_from_the_real_daemon() {
     .await;
 
     let mut queried = 0;
-    for (file, d) in dashboards() {
+    // The Inference dashboard needs real inference servers behind the
+    // daemon: tests/it/inference_servers.rs runs every one of its queries.
+    for (file, d) in dashboards()
+        .into_iter()
+        .filter(|(f, _)| !f.ends_with("inferwatch-inference.json"))
+    {
         let vars = resolve_variables(&prom, &file, &d).await;
         assert_eq!(vars["job"], "inferwatch");
         let mut instances = vec![

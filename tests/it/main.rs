@@ -25,6 +25,7 @@ mod hostile;
 mod http_metrics;
 mod inference;
 mod inference_proxy;
+mod inference_servers;
 mod llm_servers;
 mod openapi;
 mod package;
