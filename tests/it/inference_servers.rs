@@ -118,17 +118,25 @@ impl Ramp {
 /// A Prometheus scraping the daemon (job `inferwatch`) and, through its
 /// HTTP SD, the servers behind it (job `inference`, as
 /// monitoring/prometheus.yml), with the bundle's inference rules and alerts.
-async fn prometheus(d: &Daemon) -> Prometheus {
+async fn prometheus(d: &Daemon, more_rules: &[&str]) -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = vec![
+        repo().join("monitoring/inference_rules.yml").display().to_string(),
+        repo().join("alert_rules.yml").display().to_string(),
+    ];
+    for (i, text) in more_rules.iter().enumerate() {
+        let path = dir.path().join(format!("more-{i}.yml"));
+        std::fs::write(&path, text).unwrap();
+        rules.push(path.display().to_string());
+    }
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-         rule_files: ['{}', '{}']\n\
+         rule_files: {rules:?}\n\
          scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - {{targets: ['127.0.0.1:{port}'], labels: {{cluster: test}}}}\n\
          \x20 - job_name: inference\n    http_sd_configs:\n      - url: http://127.0.0.1:{port}/api/sd/inference\n        refresh_interval: 1s\n",
-        repo().join("monitoring/inference_rules.yml").display(),
-        repo().join("alert_rules.yml").display(),
         port = d.port
     );
-    Prometheus::start_with_config(tempfile::tempdir().unwrap(), &config).await
+    Prometheus::start_with_config(dir, &config).await
 }
 
 /// The value of the one series `q` selects, once it exists.
@@ -200,7 +208,7 @@ async fn llama_server_through_the_daemon_has_its_tokens_per_second_and_per_joule
     // The daemon has its baseline reading, with the server's process on GPU 0.
     let service_energy = "gpu_service_energy_joules_total{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\",service=\"llm\"}";
     d.until(service_energy, "llm holding GPU 0", |j| j == 0.0).await;
-    let prom = prometheus(&d).await;
+    let prom = prometheus(&d, &[]).await;
     let ramp = Ramp::start(fake.clone(), llama.pid());
     let load = Load::start(&llama.base_url(), 4, 32);
     eventually("20 samples of llama.cpp's token counter", Duration::from_secs(120), || async {
@@ -362,8 +370,20 @@ async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_
         vllm.health_url(),
         vllm.metrics_url()
     );
+    // SLOs on it: their rules are what `inferwatch slo-rules` prints.
+    let cfg = format!(
+        "{cfg}slo:\n  services:\n    - service: vllm\n      availability: {{objective: 0.99}}\n\
+         \x20     latency: {{measure: time_to_first_token, threshold: 0.5, objective: 0.99}}\n"
+    );
     let d = Daemon::start(&cfg, &[]).await;
-    let prom = prometheus(&d).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .args(["slo-rules", "--config"])
+        .arg(d.dir.path().join("inferwatch.yml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let slo_rules = String::from_utf8(out.stdout).unwrap();
+    let prom = prometheus(&d, &[&slo_rules]).await;
     let load = Load::start(&vllm.base_url(), 6, 32);
 
     // The normalized series, from vLLM's own through the proxy.
@@ -381,16 +401,22 @@ async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_
         value(&prom, &format!("{record}{{service=\"vllm\",server=\"vllm\"}}")).await;
     }
     value(&prom, "inference:requests:rate5m{service=\"vllm\",outcome=\"success\"} > 0").await;
-    // OpenMetrics passes through: the scraper's Accept goes to vLLM.
-    let om = reqwest::Client::new()
-        .get(d.url("/proxy/vllm/metrics"))
-        .header("Accept", "application/openmetrics-text;version=1.0.0")
-        .send()
-        .await
-        .unwrap();
-    let ct = om.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
-    assert!(om.text().await.unwrap().trim_end().ends_with("# EOF"));
+    for slo in ["vllm-availability", "vllm-latency"] {
+        value(&prom, &format!("slo:sli_error:ratio_rate5m{{slo=\"{slo}\",service=\"vllm\"}}")).await;
+    }
+    inference_panels_have_data(&prom, VLLM_PANELS).await;
+    // The scraper's Accept goes to vLLM, and vLLM's answer comes back as
+    // it is: the same Content-Type as asked directly (vLLM 0.32 answers
+    // text 1.0.0 even to an OpenMetrics Accept).
+    let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let content_type = |url: String| async move {
+        let r = reqwest::Client::new().get(url).header("Accept", accept).send().await.unwrap();
+        r.headers()["content-type"].to_str().unwrap().to_string()
+    };
+    assert_eq!(
+        content_type(d.url("/proxy/vllm/metrics")).await,
+        content_type(vllm.metrics_url()).await
+    );
 
     // vllm#39863: the engine stops, the API server still answers.
     let engine = vllm.engine_core_pid().expect("vLLM's EngineCore");
