@@ -7,7 +7,9 @@
 //! as the scraper reached it, with `__metrics_path__` set to
 //! `/proxy/{service}/metrics`; with `direct`, the server's own address,
 //! scheme, path and query (`__param_*`), as Prometheus relabelling spells
-//! them.
+//! them. Either way `instance` is this daemon as the scraper reached it: the
+//! node, as on the daemon's own series, so the inference rules join a
+//! server's tokens with its service's energy by `(instance, service)`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,7 +22,7 @@ use crate::config::{ScrapeMode, ServiceConfig};
 pub struct TargetGroup {
     /// `host:port`.
     pub targets: Vec<String>,
-    /// `service`, `server`, `gpu`, and how to reach the target
+    /// `instance` (this daemon), `service`, `server`, `gpu`, and how to reach the target
     /// (`__scheme__`, `__metrics_path__`, `__param_*`).
     pub labels: BTreeMap<String, String>,
 }
@@ -53,6 +55,7 @@ pub fn target_groups(
                 .get(&svc.name)
                 .map(|set| set.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
             let mut labels = BTreeMap::from([
+                ("instance".to_string(), daemon.authority.to_string()),
                 ("service".to_string(), svc.name.clone()),
                 ("server".to_string(), svc.server().as_str().to_string()),
                 ("gpu".to_string(), held.unwrap_or_default()),
@@ -116,6 +119,7 @@ mod tests {
         assert_eq!(l["gpu"], "0,1,3");
         assert_eq!(l["__metrics_path__"], "/proxy/llm/metrics");
         assert_eq!(l["__scheme__"], "https");
+        assert_eq!(l["instance"], "node-7:8790");
         // The deprecated key still counts, and the preset names the server.
         assert_eq!(groups[1].labels["server"], "llamacpp");
         assert_eq!(groups[1].labels["gpu"], "");
@@ -129,6 +133,7 @@ mod tests {
         };
         let groups = target_groups(&services(TWO), ScrapeMode::Direct, &d, &BTreeMap::new());
         assert_eq!(groups[0].targets, ["127.0.0.1:8000"]);
+        assert_eq!(groups[0].labels["instance"], "x:1", "the node, not the server");
         assert_eq!(groups[0].labels["__metrics_path__"], "/metrics");
         assert_eq!(groups[0].labels["__param_format"], "text");
         assert_eq!(groups[1].targets, ["[::1]:9000"]);

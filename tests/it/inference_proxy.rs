@@ -187,6 +187,7 @@ async fn discovery_lists_each_metrics_url_with_the_gpus_its_processes_hold_and_f
     })
     .await;
     assert_eq!(groups[0]["targets"], serde_json::json!(["127.0.0.1:9"]));
+    assert_eq!(groups[0]["labels"]["instance"], here, "the node, not the server");
     assert_eq!(groups[0]["labels"]["__metrics_path__"], "/metrics");
     assert_eq!(groups[1]["labels"]["__scheme__"], "https");
     assert_eq!(groups[1]["labels"]["__param_x"], "1");
