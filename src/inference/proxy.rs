@@ -119,7 +119,8 @@ impl Proxy {
                 return Ok(client.clone());
             }
         }
-        let client = http_client(svc)?;
+        // Connections to the server are kept between scrapes.
+        let client = client_builder(svc)?.build().map_err(|e| e.to_string())?;
         clients.insert(svc.name.clone(), (svc.clone(), client.clone()));
         Ok(client)
     }
@@ -307,12 +308,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The client of a service's health check: a new connection for every
+/// check, so a check sees what a new client would.
+pub fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
+    client_builder(svc)?.pool_max_idle_per_host(0).build().map_err(|e| e.to_string())
+}
+
 /// The HTTP(S) client of one service: the system and webpki roots, or
 /// only `tls.ca_file`; a client certificate for mutual TLS; a different
 /// name to verify (the URL's address is still where it connects); the
 /// configured headers on every request.
-pub fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder().pool_max_idle_per_host(0).use_rustls_tls();
+pub fn client_builder(svc: &ServiceConfig) -> Result<reqwest::ClientBuilder, String> {
+    let mut b = reqwest::Client::builder().use_rustls_tls();
     if !svc.headers.is_empty() {
         let mut headers = reqwest::header::HeaderMap::new();
         for (k, v) in &svc.headers {
@@ -324,7 +331,7 @@ pub fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
         b = b.default_headers(headers);
     }
     let Some(tls) = &svc.tls else {
-        return b.build().map_err(|e| e.to_string());
+        return Ok(b);
     };
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     if let Some(ca) = &tls.ca_file {
@@ -357,5 +364,5 @@ pub fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
             .collect();
         b = b.resolve_to_addrs(name, &addrs);
     }
-    b.build().map_err(|e| e.to_string())
+    Ok(b)
 }

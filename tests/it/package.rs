@@ -61,6 +61,7 @@ async fn the_debian_package_installs_runs_and_purges_cleanly() {
         "./usr/lib/systemd/system/inferwatch.service",
         "./usr/share/inferwatch/alert_rules.yml",
         "./usr/share/inferwatch/recording_rules.yml",
+        "./usr/share/inferwatch/inference_rules.yml",
         "./usr/share/inferwatch/grafana-dashboards/inferwatch-gpu.json",
         "./usr/share/doc/inferwatch/changelog.Debian.gz",
     ] {
