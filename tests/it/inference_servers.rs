@@ -204,11 +204,22 @@ async fn llama_server_through_the_daemon_has_its_tokens_per_second_and_per_joule
         llama.metrics_url(),
         llama.pid_file()
     );
-    let d = Daemon::start(&cfg, &[]).await;
+    // The daemon and Prometheus run first; the server is added to the
+    // config by a reload, and scraped through the daemon within a minute
+    // with no Prometheus edit.
+    let without = cfg.split("health:").next().unwrap().to_string();
+    let d = Daemon::start(&without, &[]).await;
+    let prom = prometheus(&d, &[]).await;
+    d.rewrite(&cfg);
+    d.sighup();
+    eventually("llama-server scraped through the daemon", Duration::from_secs(60), || async {
+        let q = "up{job=\"inference\",service=\"llm\",server=\"llamacpp\",gpu=\"0\"} == 1";
+        (!prom.query(q).await.is_empty()).then_some(())
+    })
+    .await;
     // The daemon has its baseline reading, with the server's process on GPU 0.
     let service_energy = "gpu_service_energy_joules_total{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\",service=\"llm\"}";
     d.until(service_energy, "llm holding GPU 0", |j| j == 0.0).await;
-    let prom = prometheus(&d, &[]).await;
     let ramp = Ramp::start(fake.clone(), llama.pid());
     let load = Load::start(&llama.base_url(), 4, 32);
     eventually("20 samples of llama.cpp's token counter", Duration::from_secs(120), || async {
@@ -223,14 +234,15 @@ async fn llama_server_through_the_daemon_has_its_tokens_per_second_and_per_joule
     let own = value_at(&prom, "sum(rate(llamacpp:tokens_predicted_total{service=\"llm\"}[5m]))", at).await;
     near(record, own, 0.01, "inference:output_tokens:rate5m against the server's counter");
     // Tokens per joule: the server's tokens over the fake GPU's joules,
-    // all of which its process is charged for.
+    // all of which its process is charged for (checked to the joule below),
+    // over the same window as the service's counter.
     let (per_joule, at) = sample(&prom, "inference:output_tokens_per_joule{service=\"llm\"}").await;
     let own = value_at(&prom, "sum(rate(llamacpp:tokens_predicted_total{service=\"llm\"}[5m]))", at).await;
-    let joules = value_at(&prom, "sum(rate(gpu_energy_joules_total{job=\"inferwatch\",gpu=\"0\"}[5m]))", at).await;
+    let joules = value_at(&prom, "sum(rate(gpu_service_energy_joules_total{job=\"inferwatch\",service=\"llm\"}[5m]))", at).await;
     // The test itself drives the counter at WATTS (a 5m rate divides by
     // the whole window while the series is younger than it, so look at 10 s).
-    let power = value(&prom, "sum(rate(gpu_energy_joules_total{job=\"inferwatch\",gpu=\"0\"}[10s]))").await;
-    near(power, WATTS as f64, 0.1, "the GPU's power from its counter");
+    let power = value(&prom, "sum(rate(gpu_service_energy_joules_total{job=\"inferwatch\",service=\"llm\"}[10s]))").await;
+    near(power, WATTS as f64, 0.1, "the service's power from its counter");
     near(per_joule, own / joules, 0.02, "inference:output_tokens_per_joule");
     let (wh, at) = sample(&prom, "inference:energy_per_million_output_tokens_wh{service=\"llm\"}").await;
     let per_joule = value_at(&prom, "inference:output_tokens_per_joule{service=\"llm\"}", at).await;
