@@ -168,20 +168,10 @@ async fn sample(prom: &Prometheus, q: &str) -> (f64, f64) {
 
 /// The value of `q` evaluated at Unix time `at`.
 async fn value_at(prom: &Prometheus, q: &str, at: f64) -> f64 {
-    let url = format!("http://127.0.0.1:{}/api/v1/query", prom.port);
-    let body: serde_json::Value = reqwest::Client::new()
-        .get(url)
-        .query(&[("query", q), ("time", &at.to_string())])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["data"]["result"][0]["value"][1]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{q} at {at}: {body}"))
+    let r = query_at(prom.port, q, Some(at)).await;
+    r.first()
+        .and_then(|s| s["value"][1].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("{q} at {at}: {r:?}"))
 }
 
 fn near(got: f64, want: f64, tolerance: f64, what: &str) {

@@ -248,6 +248,16 @@ pub fn cmdline(pid: i32) -> String {
         .join(" ")
 }
 
+/// Runs `write` with a model path in a new temp dir appended: the dir and
+/// the path.
+fn write_model(mut write: Command, file: &str, what: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join(file);
+    let status = write.arg(&model).status().unwrap();
+    assert!(status.success(), "writing the tiny {what} failed");
+    (dir, model)
+}
+
 /// llama.cpp's `llama-server` on a tiny GGUF (tests/support/make_tiny_gguf.py):
 /// 4 slots, a 256-token context, 2 threads, `/metrics` on.
 pub struct LlamaServer {
@@ -266,15 +276,11 @@ impl LlamaServer {
             Self::bin().is_file(),
             "llama-server is not built: run scripts/test (or scripts/build_llama_server), which builds it into target/llama-server"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("tiny.gguf");
-        let status = Command::new(target("llm-tools/bin/python"))
+        let mut write = Command::new(target("llm-tools/bin/python"));
+        write
             .arg(support("make_tiny_gguf.py"))
-            .arg(target("llama-server/ggml-vocab-llama-spm.gguf"))
-            .arg(&model)
-            .status()
-            .unwrap();
-        assert!(status.success(), "writing the tiny GGUF failed");
+            .arg(target("llama-server/ggml-vocab-llama-spm.gguf"));
+        let (dir, model) = write_model(write, "tiny.gguf", "GGUF");
         let port = free_port();
         let command = [
             Self::bin().display().to_string().as_str(),
@@ -340,16 +346,12 @@ impl Vllm {
             Self::python().is_file(),
             "vLLM is not installed: run scripts/test, which installs it into target/vllm"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("tiny-hf");
-        let status = Command::new(Self::python())
+        let mut write = Command::new(Self::python());
+        write
             .arg(support("make_tiny_hf.py"))
-            .arg(&model)
             .env("HF_HUB_OFFLINE", "1")
-            .env("TRANSFORMERS_OFFLINE", "1")
-            .status()
-            .unwrap();
-        assert!(status.success(), "writing the tiny Hugging Face model failed");
+            .env("TRANSFORMERS_OFFLINE", "1");
+        let (dir, model) = write_model(write, "tiny-hf", "Hugging Face model");
         let port = free_port();
         let path = |p: &str| dir.path().join(p).display().to_string();
         for sub in ["tmp", "cache"] {

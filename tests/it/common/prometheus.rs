@@ -48,10 +48,19 @@ impl Prometheus {
 /// An instant query through the Prometheus HTTP API on `port` (Prometheus
 /// or VictoriaMetrics): `data.result`.
 pub async fn instant_query(port: u16, q: &str) -> Vec<serde_json::Value> {
+    query_at(port, q, None).await
+}
+
+/// As [`instant_query`], evaluated at Unix time `at` (now when `None`).
+pub async fn query_at(port: u16, q: &str, at: Option<f64>) -> Vec<serde_json::Value> {
     let url = format!("http://127.0.0.1:{port}/api/v1/query");
+    let mut params = vec![("query", q.to_string())];
+    if let Some(at) = at {
+        params.push(("time", at.to_string()));
+    }
     let body: serde_json::Value = reqwest::Client::new()
         .get(url)
-        .query(&[("query", q)])
+        .query(&params)
         .send()
         .await
         .unwrap()
