@@ -180,6 +180,20 @@ impl Proxy {
             Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
             Ok(Ok(r)) => r,
         };
+        self.answer(resp, svc, max_bytes, deadline, started)
+    }
+
+    /// The server's answer, checked: a 2xx within `max_bytes` if it says
+    /// its length; its body from here on bounded.
+    fn answer(
+        self: &Arc<Self>,
+        resp: reqwest::Response,
+        svc: &ServiceConfig,
+        max_bytes: u64,
+        deadline: tokio::time::Instant,
+        started: Instant,
+    ) -> Result<Upstream, ProxyError> {
+        let service = svc.name.clone();
         if !resp.status().is_success() {
             return Err(ProxyError::BadStatus {
                 service,
@@ -311,7 +325,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// The client of a service's health check: a new connection for every
 /// check, so a check sees what a new client would.
 pub fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
-    client_builder(svc)?.pool_max_idle_per_host(0).build().map_err(|e| e.to_string())
+    client_builder(svc)?
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The HTTP(S) client of one service: the system and webpki roots, or

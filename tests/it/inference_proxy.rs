@@ -175,7 +175,12 @@ async fn discovery_lists_each_metrics_url_with_the_gpus_its_processes_hold_and_f
         (Some("legacy"), Some("llamacpp"), Some(""))
     );
 
-    // A reload: direct scraping, and a service more.
+    reload_to_direct_scraping_with_a_service_more(&d, &gpu, services).await;
+}
+
+/// A reload: direct scraping, and a service more; `instance` stays the node.
+async fn reload_to_direct_scraping_with_a_service_more(d: &Daemon, gpu: &str, services: &str) {
+    let here = format!("127.0.0.1:{}", d.port);
     let added = "    - {name: added, kind: http, url: \"http://127.0.0.1:7/health\", interval: 1h, metrics_url: \"http://127.0.0.1:7/metrics\", server: sglang}\n";
     d.rewrite(&format!(
         "{gpu}inference:\n  scrape: direct\nhealth:\n  services:\n{services}{added}"

@@ -202,13 +202,18 @@ async fn llama_server_through_the_daemon_has_its_tokens_per_second_and_per_joule
     let prom = prometheus(&d, &[]).await;
     d.rewrite(&cfg);
     d.sighup();
-    eventually("llama-server scraped through the daemon", Duration::from_secs(60), || async {
-        let q = "up{job=\"inference\",service=\"llm\",server=\"llamacpp\",gpu=\"0\"} == 1";
-        (!prom.query(q).await.is_empty()).then_some(())
-    })
+    eventually(
+        "llama-server scraped through the daemon",
+        Duration::from_secs(60),
+        || async {
+            let q = "up{job=\"inference\",service=\"llm\",server=\"llamacpp\",gpu=\"0\"} == 1";
+            (!prom.query(q).await.is_empty()).then_some(())
+        },
+    )
     .await;
     // The daemon has its baseline reading, with the server's process on GPU 0.
-    let service_energy = "gpu_service_energy_joules_total{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\",service=\"llm\"}";
+    let service_energy =
+        "gpu_service_energy_joules_total{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\",service=\"llm\"}";
     d.until(service_energy, "llm holding GPU 0", |j| j == 0.0).await;
     let ramp = Ramp::start(fake.clone(), llama.pid());
     let load = Load::start(&llama.base_url(), 4, 32);
@@ -220,26 +225,65 @@ async fn llama_server_through_the_daemon_has_its_tokens_per_second_and_per_joule
 
     // Output tokens per second are the rate of the server's own counter,
     // both at the instant the rule evaluated.
-    let (record, at) = sample(&prom, "inference:output_tokens:rate5m{service=\"llm\",server=\"llamacpp\"}").await;
-    let own = value_at(&prom, "sum(rate(llamacpp:tokens_predicted_total{service=\"llm\"}[5m]))", at).await;
-    near(record, own, 0.01, "inference:output_tokens:rate5m against the server's counter");
+    let (record, at) = sample(
+        &prom,
+        "inference:output_tokens:rate5m{service=\"llm\",server=\"llamacpp\"}",
+    )
+    .await;
+    let own = value_at(
+        &prom,
+        "sum(rate(llamacpp:tokens_predicted_total{service=\"llm\"}[5m]))",
+        at,
+    )
+    .await;
+    near(
+        record,
+        own,
+        0.01,
+        "inference:output_tokens:rate5m against the server's counter",
+    );
     // Tokens per joule: the server's tokens over the fake GPU's joules,
     // all of which its process is charged for (checked to the joule below),
     // over the same window as the service's counter.
     let (per_joule, at) = sample(&prom, "inference:output_tokens_per_joule{service=\"llm\"}").await;
-    let own = value_at(&prom, "sum(rate(llamacpp:tokens_predicted_total{service=\"llm\"}[5m]))", at).await;
-    let joules = value_at(&prom, "sum(rate(gpu_service_energy_joules_total{job=\"inferwatch\",service=\"llm\"}[5m]))", at).await;
+    let own = value_at(
+        &prom,
+        "sum(rate(llamacpp:tokens_predicted_total{service=\"llm\"}[5m]))",
+        at,
+    )
+    .await;
+    let joules = value_at(
+        &prom,
+        "sum(rate(gpu_service_energy_joules_total{job=\"inferwatch\",service=\"llm\"}[5m]))",
+        at,
+    )
+    .await;
     // The test itself drives the counter at WATTS (a 5m rate divides by
     // the whole window while the series is younger than it, so look at 10 s).
-    let power = value(&prom, "sum(rate(gpu_service_energy_joules_total{job=\"inferwatch\",service=\"llm\"}[10s]))").await;
+    let power = value(
+        &prom,
+        "sum(rate(gpu_service_energy_joules_total{job=\"inferwatch\",service=\"llm\"}[10s]))",
+    )
+    .await;
     near(power, WATTS as f64, 0.1, "the service's power from its counter");
     near(per_joule, own / joules, 0.02, "inference:output_tokens_per_joule");
     let (wh, at) = sample(&prom, "inference:energy_per_million_output_tokens_wh{service=\"llm\"}").await;
     let per_joule = value_at(&prom, "inference:output_tokens_per_joule{service=\"llm\"}", at).await;
-    near(wh, 1e6 / per_joule / 3600.0, 1e-9, "inference:energy_per_million_output_tokens_wh");
+    near(
+        wh,
+        1e6 / per_joule / 3600.0,
+        1e-9,
+        "inference:energy_per_million_output_tokens_wh",
+    );
     inference_panels_have_data(&prom, LLAMA_PANELS).await;
 
-    // Every joule the counter moved after the baseline is the service's.
+    every_joule_and_token_counted(&d, &llama, load, ramp, service_energy).await;
+}
+
+/// After the load and the ramp stop: every joule the counter moved after
+/// the baseline is the service's, and the server counted exactly the
+/// tokens its answers reported.
+async fn every_joule_and_token_counted(d: &Daemon, llama: &LlamaServer, load: Load, ramp: Ramp, service_energy: &str) {
     let served = load.finish().await;
     let last_mj = ramp.finish().await;
     let gpu_energy = "gpu_energy_joules_total{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\"}";
@@ -250,17 +294,24 @@ async fn llama_server_through_the_daemon_has_its_tokens_per_second_and_per_joule
     let page = d.get_text("/metrics").await;
     let charged = sample_value(&page, service_energy).unwrap();
     let moved = (last_mj - ENERGY0_MJ) as f64 / 1000.0;
-    assert!((charged - moved).abs() < 1e-6, "charged {charged} J, the counter moved {moved} J");
-    let unattributed = "gpu_unattributed_energy_joules_total{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\"}";
+    assert!(
+        (charged - moved).abs() < 1e-6,
+        "charged {charged} J, the counter moved {moved} J"
+    );
+    let unattributed =
+        "gpu_unattributed_energy_joules_total{gpu=\"0\",uuid=\"GPU-00000000-1111-2222-3333-444444444444\"}";
     assert_eq!(sample_value(&page, unattributed), Some(0.0));
-    // The server counted exactly the tokens its answers reported.
     let own_total = sample_value(&llama.metrics().await, "llamacpp:tokens_predicted_total").unwrap();
     assert_eq!(own_total, served as f64);
 }
 
 /// The Inference dashboard's panels whose queries the llama.cpp test runs:
 /// tokens and energy (its process holds a GPU there).
-const LLAMA_PANELS: &[&str] = &["Tokens per second", "Output tokens per joule", "Energy per million output tokens"];
+const LLAMA_PANELS: &[&str] = &[
+    "Tokens per second",
+    "Output tokens per joule",
+    "Energy per million output tokens",
+];
 /// The rest, which the vLLM test runs: latency, load, outcomes and SLOs.
 const VLLM_PANELS: &[&str] = &[
     "Time to first token",
@@ -331,7 +382,8 @@ async fn llama_server_stopped_hangs_its_health_check_and_is_restarted_once_at_th
         llama.metrics_url()
     );
     let d = Daemon::start(&cfg, &[]).await;
-    d.until("service_up{service=\"llm\"}", "llm healthy", |v| v == 1.0).await;
+    d.until("service_up{service=\"llm\"}", "llm healthy", |v| v == 1.0)
+        .await;
     let first = llama.pid();
     llama.signal("-STOP");
     // A hang is a timeout, counted, and below the threshold no restart.
@@ -344,7 +396,8 @@ async fn llama_server_stopped_hangs_its_health_check_and_is_restarted_once_at_th
     assert_eq!(llama.restarts(), 0, "one timeout is a data point, not a verdict");
     // At the threshold: one restart, and the new server passes.
     eventually("the restart", LIMIT, || async { (llama.restarts() == 1).then_some(()) }).await;
-    d.until("service_up{service=\"llm\"}", "llm healthy again", |v| v == 1.0).await;
+    d.until("service_up{service=\"llm\"}", "llm healthy again", |v| v == 1.0)
+        .await;
     assert_ne!(llama.pid(), first);
     assert!(!is_alive(first), "the stopped server is gone");
     let checks = "service_health_check_duration_seconds_count{service=\"llm\"}";
@@ -357,7 +410,10 @@ async fn llama_server_stopped_hangs_its_health_check_and_is_restarted_once_at_th
         Some(1.0),
         "{page}"
     );
-    assert!(d.get_text("/proxy/llm/metrics").await.contains("llamacpp:tokens_predicted_total"));
+    assert!(d
+        .get_text("/proxy/llm/metrics")
+        .await
+        .contains("llamacpp:tokens_predicted_total"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,17 +434,28 @@ async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_
          \x20     latency: {{measure: time_to_first_token, threshold: 0.5, objective: 0.99}}\n"
     );
     let d = Daemon::start(&cfg, &[]).await;
+    let slo_rules = slo_rules(&d);
+    let prom = prometheus(&d, &[&slo_rules]).await;
+    let load = Load::start(&vllm.base_url(), 6, 32);
+    vllm_is_normalized(&prom, &d, &vllm).await;
+    engine_core_stop_is_a_stall_and_one_restart(&prom, &d, &vllm).await;
+    load.finish().await;
+}
+
+/// What `inferwatch slo-rules` prints for the daemon's config.
+fn slo_rules(d: &Daemon) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
         .args(["slo-rules", "--config"])
         .arg(d.dir.path().join("inferwatch.yml"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let slo_rules = String::from_utf8(out.stdout).unwrap();
-    let prom = prometheus(&d, &[&slo_rules]).await;
-    let load = Load::start(&vllm.base_url(), 6, 32);
+    String::from_utf8(out.stdout).unwrap()
+}
 
-    // The normalized series, from vLLM's own through the proxy.
+/// The normalized series and the SLIs from vLLM's own through the proxy;
+/// the dashboard's panels; the scraper's Accept passed on.
+async fn vllm_is_normalized(prom: &Prometheus, d: &Daemon, vllm: &Vllm) {
     for record in [
         "inference:time_to_first_token_seconds:p99",
         "inference:time_per_output_token_seconds:p99",
@@ -400,27 +467,43 @@ async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_
         "inference:output_tokens:rate5m",
         "inference:input_tokens:rate5m",
     ] {
-        value(&prom, &format!("{record}{{service=\"vllm\",server=\"vllm\"}}")).await;
+        value(prom, &format!("{record}{{service=\"vllm\",server=\"vllm\"}}")).await;
     }
-    value(&prom, "inference:requests:rate5m{service=\"vllm\",outcome=\"success\"} > 0").await;
+    value(
+        prom,
+        "inference:requests:rate5m{service=\"vllm\",outcome=\"success\"} > 0",
+    )
+    .await;
     for slo in ["vllm-availability", "vllm-latency"] {
-        value(&prom, &format!("slo:sli_error:ratio_rate5m{{slo=\"{slo}\",service=\"vllm\"}}")).await;
+        value(
+            prom,
+            &format!("slo:sli_error:ratio_rate5m{{slo=\"{slo}\",service=\"vllm\"}}"),
+        )
+        .await;
     }
-    inference_panels_have_data(&prom, VLLM_PANELS).await;
-    // The scraper's Accept goes to vLLM, and vLLM's answer comes back as
-    // it is: the same Content-Type as asked directly (vLLM 0.32 answers
-    // text 1.0.0 even to an OpenMetrics Accept).
+    inference_panels_have_data(prom, VLLM_PANELS).await;
+    // vLLM's answer comes back as it is: the same Content-Type as asked
+    // directly (vLLM 0.32 answers text 1.0.0 even to an OpenMetrics Accept).
     let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
     let content_type = |url: String| async move {
-        let r = reqwest::Client::new().get(url).header("Accept", accept).send().await.unwrap();
+        let r = reqwest::Client::new()
+            .get(url)
+            .header("Accept", accept)
+            .send()
+            .await
+            .unwrap();
         r.headers()["content-type"].to_str().unwrap().to_string()
     };
     assert_eq!(
         content_type(d.url("/proxy/vllm/metrics")).await,
         content_type(vllm.metrics_url()).await
     );
+}
 
-    // vllm#39863: the engine stops, the API server still answers.
+/// vllm#39863: the engine stops, the API server still answers. Stalled,
+/// ServiceStalled fires, one restart brings a new vLLM, the alert
+/// resolves, the series go on from the new process, and no second restart.
+async fn engine_core_stop_is_a_stall_and_one_restart(prom: &Prometheus, d: &Daemon, vllm: &Vllm) {
     let engine = vllm.engine_core_pid().expect("vLLM's EngineCore");
     let api = vllm.pid();
     let ok = std::process::Command::new("kill")
@@ -429,20 +512,26 @@ async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_
         .unwrap()
         .success();
     assert!(ok);
-    d.until("service_stalled{service=\"vllm\"}", "the stall", |v| v == 1.0).await;
-    assert_eq!(reqwest::get(vllm.health_url()).await.unwrap().status(), 200, "/health still answers");
+    d.until("service_stalled{service=\"vllm\"}", "the stall", |v| v == 1.0)
+        .await;
+    assert_eq!(
+        reqwest::get(vllm.health_url()).await.unwrap().status(),
+        200,
+        "/health still answers"
+    );
     value(
-        &prom,
+        prom,
         "ALERTS{alertname=\"ServiceStalled\",alertstate=\"firing\",service=\"vllm\"}",
     )
     .await;
-    // One restart, a new vLLM, healthy; the alert resolves.
     eventually("the restart", Duration::from_secs(120), || async {
         (vllm.restarts() == 1).then_some(())
     })
     .await;
-    d.until("service_up{service=\"vllm\"}", "vllm healthy again", |v| v == 1.0).await;
-    d.until("service_stalled{service=\"vllm\"}", "no stall", |v| v == 0.0).await;
+    d.until("service_up{service=\"vllm\"}", "vllm healthy again", |v| v == 1.0)
+        .await;
+    d.until("service_stalled{service=\"vllm\"}", "no stall", |v| v == 0.0)
+        .await;
     assert_ne!(vllm.pid(), api);
     assert!(!is_alive(engine) && !is_alive(api), "the old processes are gone");
     eventually("ServiceStalled resolved", LIMIT, || async {
@@ -450,9 +539,9 @@ async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_
         prom.query(q).await.is_empty().then_some(())
     })
     .await;
-    // The series go on from the new process: its counter restarted and grows.
+    // Its counter restarted and grows.
     value(
-        &prom,
+        prom,
         "resets(vllm:generation_tokens_total{service=\"vllm\"}[10m]) >= 1 and vllm:generation_tokens_total{service=\"vllm\"} > 0",
     )
     .await;
@@ -460,5 +549,4 @@ async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_
     let now = d.until(checks, "checks", |_| true).await;
     d.until(checks, "ten more checks", |v| v >= now + 10.0).await;
     assert_eq!(vllm.restarts(), 1, "no second restart");
-    load.finish().await;
 }

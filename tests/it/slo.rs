@@ -89,7 +89,10 @@ fn check_config_refuses_a_threshold_between_buckets_and_a_missing_measure() {
     write("    - service: llama\n      latency: {measure: time_to_first_token, threshold: 0.5, objective: 0.99}\n");
     let (code, text) = check_config(&path);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("slo.services[0].latency.measure") && text.contains("llamacpp exports: none"), "{text}");
+    assert!(
+        text.contains("slo.services[0].latency.measure") && text.contains("llamacpp exports: none"),
+        "{text}"
+    );
 
     write("    - service: llm\n      latency: {measure: request_duration, threshold: 0.5, objective: 0.99}\n");
     let (code, text) = check_config(&path);
@@ -106,7 +109,10 @@ fn the_docs_name_every_slo_key_and_the_generated_records() {
         "slo.services[].latency.threshold",
         "slo.services[].latency.objective",
     ] {
-        assert!(config.contains(&format!("| `{key}` |")), "docs/configuration.md has no row for {key}");
+        assert!(
+            config.contains(&format!("| `{key}` |")),
+            "docs/configuration.md has no row for {key}"
+        );
     }
     let slo = std::fs::read_to_string(repo().join("docs/slo.md")).unwrap();
     for name in inferwatch::inference::slo::WINDOWS
