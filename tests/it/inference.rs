@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{eventually, free_port, sample_value, Daemon};
+use crate::common::{eventually, free_port, sample_value, Daemon, Prometheus};
 
 const LOAD: Duration = Duration::from_secs(60);
 const LIMIT: Duration = Duration::from_secs(30);
@@ -31,27 +31,17 @@ fn support(file: &str) -> String {
 struct MlServer {
     dir: tempfile::TempDir,
     http_port: u16,
+    metrics_port: u16,
 }
 
 impl MlServer {
+    /// The iris model behind a runtime whose load takes SLOW_LOAD_SECONDS,
+    /// served in MLServer's own process (`parallel_workers: 0`).
     fn new() -> MlServer {
-        assert!(
-            venv().join("mlserver").is_file(),
-            "MLServer is not installed: run scripts/test, which installs it into target/mlserver"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let http_port = free_port();
-        let settings = serde_json::json!({
-            "host": "127.0.0.1",
-            "http_port": http_port,
-            "grpc_port": free_port(),
-            "metrics_port": free_port(),
-            "parallel_workers": 0,
-        });
-        std::fs::write(dir.path().join("settings.json"), settings.to_string()).unwrap();
-        let model = dir.path().join("iris");
+        let server = Self::with_settings(0);
+        let model = server.dir.path().join("iris");
         std::fs::create_dir(&model).unwrap();
-        std::fs::copy(support("slow_sklearn.py"), dir.path().join("slow_sklearn.py")).unwrap();
+        std::fs::copy(support("slow_sklearn.py"), server.dir.path().join("slow_sklearn.py")).unwrap();
         let status = std::process::Command::new(venv().join("python"))
             .arg(support("train.py"))
             .arg(model.join("model.joblib"))
@@ -64,7 +54,47 @@ impl MlServer {
             "parameters": {"uri": "./model.joblib"},
         });
         std::fs::write(model.join("model-settings.json"), model_settings.to_string()).unwrap();
-        MlServer { dir, http_port }
+        server
+    }
+
+    /// The `doubler` model (tests/support/mlserver/doubler.py) on one
+    /// parallel worker with adaptive batching: what makes MLServer publish
+    /// its request queues.
+    fn doubler() -> MlServer {
+        let server = Self::with_settings(1);
+        let model = server.dir.path().join("doubler");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::copy(support("doubler.py"), server.dir.path().join("doubler.py")).unwrap();
+        let model_settings = serde_json::json!({
+            "name": "doubler",
+            "implementation": "doubler.Doubler",
+            "max_batch_size": 4,
+            "max_batch_time": 0.05,
+        });
+        std::fs::write(model.join("model-settings.json"), model_settings.to_string()).unwrap();
+        server
+    }
+
+    fn with_settings(parallel_workers: u32) -> MlServer {
+        assert!(
+            venv().join("mlserver").is_file(),
+            "MLServer is not installed: run scripts/test, which installs it into target/mlserver"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (http_port, metrics_port) = (free_port(), free_port());
+        let settings = serde_json::json!({
+            "host": "127.0.0.1",
+            "http_port": http_port,
+            "grpc_port": free_port(),
+            "metrics_port": metrics_port,
+            "parallel_workers": parallel_workers,
+        });
+        std::fs::write(dir.path().join("settings.json"), settings.to_string()).unwrap();
+        MlServer {
+            dir,
+            http_port,
+            metrics_port,
+        }
     }
 
     fn restart_command(&self) -> Vec<String> {
@@ -122,8 +152,12 @@ impl MlServer {
 
 impl Drop for MlServer {
     fn drop(&mut self) {
+        // Its process group: the parallel workers with it (restart.sh
+        // starts it in a session of its own).
         if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("mlserver.pid")) {
-            let _ = std::process::Command::new("kill").args(["-9", pid.trim()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &format!("-{}", pid.trim())])
+                .status();
         }
     }
 }
@@ -256,4 +290,83 @@ async fn a_loading_a_stopped_and_an_unloaded_model_on_a_real_mlserver() {
     );
     assert_eq!(health(&d).await["services"]["iris"], "healthy");
     assert!(d.log().contains("model iris not ready"), "the reason is logged");
+}
+
+/// One Open Inference request to `model` with `data` as its FP32 input:
+/// the HTTP status.
+async fn infer(client: &reqwest::Client, server: &MlServer, model: &str, data: [f32; 2]) -> u16 {
+    let body = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": data}]
+    });
+    let url = format!("{}/v2/models/{model}/infer", server.url());
+    client.post(url).json(&body).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlserver_request_outcomes_and_queues_reach_the_inference_records_through_the_daemon() {
+    let server = MlServer::doubler();
+    server.start();
+    let ready = format!("{}/v2/models/doubler/ready", server.url());
+    eventually("the doubler to be ready", LOAD, || async {
+        let r = reqwest::get(&ready).await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let config = format!(
+        "gpu:\n  enabled: false\nqueues:\n  enabled: false\nhealth:\n  services:\n    - name: mls\n      kind: open_inference\n      url: '{}'\n      models: [doubler]\n      metrics_url: 'http://127.0.0.1:{}/metrics'\n      server: mlserver\n      interval: 1s\n",
+        server.url(),
+        server.metrics_port
+    );
+    let d = Daemon::start(&config, &[]).await;
+    let prom = Prometheus::for_inference(d.port, &[]).await;
+    let client = reqwest::Client::new();
+    // Rounds of 8 good requests at once (they queue for the worker and the
+    // batcher), then one that fails on its own (a failing batch fails all
+    // of its requests), until Prometheus has both outcomes.
+    let (mut ok, mut failed) = (0u32, 0u32);
+    let outcome = |o: &str| format!("inference:requests:rate5m{{service=\"mls\",server=\"mlserver\",outcome=\"{o}\"}} > 0");
+    for round in 0.. {
+        let good: Vec<_> = (0..8).map(|i| infer(&client, &server, "doubler", [1.0, i as f32])).collect();
+        for status in futures_util::future::join_all(good).await {
+            assert_eq!(status, 200);
+            ok += 1;
+        }
+        let status = infer(&client, &server, "doubler", [-1.0, -2.0]).await;
+        assert!(status >= 400, "a negative input fails: {status}");
+        failed += 1;
+        let both = !prom.query(&outcome("success")).await.is_empty() && !prom.query(&outcome("error")).await.is_empty();
+        if both {
+            break;
+        }
+        assert!(round < 300, "no outcomes in Prometheus after {round} rounds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The queue histograms give running and waiting; the duration summary
+    // a mean; what MLServer does not measure is absent.
+    for record in [
+        "inference:requests_running",
+        "inference:requests_waiting",
+        "inference:request_duration_seconds:mean",
+    ] {
+        let q = format!("{record}{{service=\"mls\",server=\"mlserver\"}}");
+        eventually(&q, LIMIT, || async { (!prom.query(&q).await.is_empty()).then_some(()) }).await;
+    }
+    for record in [
+        "inference:time_to_first_token_seconds:p99",
+        "inference:output_tokens:rate5m",
+        "inference:kv_cache_usage:ratio",
+    ] {
+        let q = format!("{record}{{service=\"mls\"}}");
+        assert!(prom.query(&q).await.is_empty(), "{q} is absent for MLServer");
+    }
+    // Its own counters, through the proxy, count exactly what was sent.
+    let page = d.get_text("/proxy/mls/metrics").await;
+    let sum = |family: &str| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("model_infer_request_success_total"), ok as f64, "{page}");
+    assert_eq!(sum("model_infer_request_failure_total"), failed as f64);
 }

@@ -115,30 +115,6 @@ impl Ramp {
     }
 }
 
-/// A Prometheus scraping the daemon (job `inferwatch`) and, through its
-/// HTTP SD, the servers behind it (job `inference`, as
-/// monitoring/prometheus.yml), with the bundle's inference rules and alerts.
-async fn prometheus(d: &Daemon, more_rules: &[&str]) -> Prometheus {
-    let dir = tempfile::tempdir().unwrap();
-    let mut rules = vec![
-        repo().join("monitoring/inference_rules.yml").display().to_string(),
-        repo().join("alert_rules.yml").display().to_string(),
-    ];
-    for (i, text) in more_rules.iter().enumerate() {
-        let path = dir.path().join(format!("more-{i}.yml"));
-        std::fs::write(&path, text).unwrap();
-        rules.push(path.display().to_string());
-    }
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-         rule_files: {rules:?}\n\
-         scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - {{targets: ['127.0.0.1:{port}'], labels: {{cluster: test}}}}\n\
-         \x20 - job_name: inference\n    http_sd_configs:\n      - url: http://127.0.0.1:{port}/api/sd/inference\n        refresh_interval: 1s\n",
-        port = d.port
-    );
-    Prometheus::start_with_config(dir, &config).await
-}
-
 /// The value of the one series `q` selects, once it exists.
 async fn value(prom: &Prometheus, q: &str) -> f64 {
     eventually(q, LIMIT, || async {
@@ -199,7 +175,7 @@ async fn llama_server_through_the_daemon_has_its_tokens_per_second_and_per_joule
     // with no Prometheus edit.
     let without = cfg.split("health:").next().unwrap().to_string();
     let d = Daemon::start(&without, &[]).await;
-    let prom = prometheus(&d, &[]).await;
+    let prom = Prometheus::for_inference(d.port, &[]).await;
     d.rewrite(&cfg);
     d.sighup();
     eventually(
@@ -435,7 +411,7 @@ async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_
     );
     let d = Daemon::start(&cfg, &[]).await;
     let slo_rules = slo_rules(&d);
-    let prom = prometheus(&d, &[&slo_rules]).await;
+    let prom = Prometheus::for_inference(d.port, &[&slo_rules]).await;
     let load = Load::start(&vllm.base_url(), 6, 32);
     vllm_is_normalized(&prom, &d, &vllm).await;
     engine_core_stop_is_a_stall_and_one_restart(&prom, &d, &vllm).await;

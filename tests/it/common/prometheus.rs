@@ -43,6 +43,30 @@ impl Prometheus {
     pub fn pid(&self) -> i32 {
         self.proc.pid()
     }
+
+    /// A Prometheus scraping the daemon (job `inferwatch`) and, through its
+    /// HTTP SD, the servers behind it (job `inference`, as
+    /// monitoring/prometheus.yml), with the bundle's inference rules and alerts.
+    pub async fn for_inference(daemon_port: u16, more_rules: &[&str]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rules = vec![
+            repo().join("monitoring/inference_rules.yml").display().to_string(),
+            repo().join("alert_rules.yml").display().to_string(),
+        ];
+        for (i, text) in more_rules.iter().enumerate() {
+            let path = dir.path().join(format!("more-{i}.yml"));
+            std::fs::write(&path, text).unwrap();
+            rules.push(path.display().to_string());
+        }
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files: {rules:?}\n\
+             scrape_configs:\n  - job_name: inferwatch\n    static_configs:\n      - {{targets: ['127.0.0.1:{port}'], labels: {{cluster: test}}}}\n\
+             \x20 - job_name: inference\n    http_sd_configs:\n      - url: http://127.0.0.1:{port}/api/sd/inference\n        refresh_interval: 1s\n",
+            port = daemon_port
+        );
+        Prometheus::start_with_config(dir, &config).await
+    }
 }
 
 /// An instant query through the Prometheus HTTP API on `port` (Prometheus
