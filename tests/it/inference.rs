@@ -324,9 +324,12 @@ async fn mlserver_request_outcomes_and_queues_reach_the_inference_records_throug
     // batcher), then one that fails on its own (a failing batch fails all
     // of its requests), until Prometheus has both outcomes.
     let (mut ok, mut failed) = (0u32, 0u32);
-    let outcome = |o: &str| format!("inference:requests:rate5m{{service=\"mls\",server=\"mlserver\",outcome=\"{o}\"}} > 0");
+    let outcome =
+        |o: &str| format!("inference:requests:rate5m{{service=\"mls\",server=\"mlserver\",outcome=\"{o}\"}} > 0");
     for round in 0.. {
-        let good: Vec<_> = (0..8).map(|i| infer(&client, &server, "doubler", [1.0, i as f32])).collect();
+        let good: Vec<_> = (0..8)
+            .map(|i| infer(&client, &server, "doubler", [1.0, i as f32]))
+            .collect();
         for status in futures_util::future::join_all(good).await {
             assert_eq!(status, 200);
             ok += 1;

@@ -3,7 +3,9 @@
 //! `/proxy/{service}/metrics` against `tests/support/metrics_target.py`, a
 //! real HTTP server that misbehaves on request (a 2 GiB page with and
 //! without a length, a page that never ends, one that trickles, one that
-//! never comes, a 500), with the daemon's peak RSS read from /proc.
+//! never comes, a 500), with the daemon's peak RSS read from /proc; and a
+//! real Prometheus scraping a real llama-server through it over TLS with
+//! basic auth.
 
 use std::io::Read;
 use std::process::Command;
@@ -341,8 +343,9 @@ async fn a_page_past_the_timeout_is_cut_and_a_server_that_never_answers_is_a_502
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_discovers_and_scrapes_a_server_through_the_daemon_over_tls_with_basic_auth() {
-    let t = MetricsTarget::start("page").await;
+async fn prometheus_discovers_and_scrapes_a_real_llama_server_through_the_daemon_over_tls_with_basic_auth() {
+    let llama = LlamaServer::start().await;
+    let tokens = complete(&llama.base_url(), LLM_MODEL, 16, 3).await;
     let c = Certs::new();
     let web_path = c.path("web.yml");
     std::fs::write(
@@ -354,7 +357,12 @@ async fn prometheus_discovers_and_scrapes_a_server_through_the_daemon_over_tls_w
     )
     .unwrap();
     let web = format!("web:\n  config_file: {}\n", web_path.display());
-    let d = Daemon::spawn(&config(&service("llm", &t, ""), &web), &[], &[], None);
+    let llm = format!(
+        "    - {{name: llm, kind: http, url: \"{}\", metrics_url: \"{}\", server: llamacpp, interval: 1h}}\n",
+        llama.health_url(),
+        llama.metrics_url()
+    );
+    let d = Daemon::spawn(&config(&llm, &web), &[], &[], None);
     let dir = tempfile::tempdir().unwrap();
     let password = dir.path().join("password");
     std::fs::write(&password, "scrape-secret").unwrap();
@@ -372,7 +380,7 @@ async fn prometheus_discovers_and_scrapes_a_server_through_the_daemon_over_tls_w
         auth.replace("    ", "        ")
     );
     let prom = Prometheus::start_with_config(dir, &prom_config).await;
-    let q = "vllm:generation_tokens_total{job=\"inference\",service=\"llm\",server=\"vllm\",gpu=\"\"}";
+    let q = "llamacpp:tokens_predicted_total{job=\"inference\",service=\"llm\",server=\"llamacpp\",gpu=\"\"}";
     let got = eventually(
         "the server's series through the daemon",
         Duration::from_secs(60),
@@ -382,7 +390,7 @@ async fn prometheus_discovers_and_scrapes_a_server_through_the_daemon_over_tls_w
         },
     )
     .await;
-    assert_eq!(got["value"][1], "42");
+    assert_eq!(got["value"][1], tokens.to_string(), "the tokens the server served");
     assert_eq!(got["metric"]["instance"], format!("127.0.0.1:{}", d.port));
     // Without the credentials, the proxy is closed like every other path.
     let out = Command::new("curl")
