@@ -169,7 +169,32 @@ fn bad_values_name_the_key_the_value_and_the_range() {
         (
             "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', progress: {preset: vllm}}\n",
             &[],
-            &["health.services[0].progress.metrics_url", "required"],
+            &["health.services[0].metrics_url", "required by progress"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', metrics_url: 'http://x/m', progress: {metrics_url: 'http://y/m', preset: vllm}}\n",
+            &[],
+            &["health.services[0].progress.metrics_url", "http://y/m", "metrics_url alone"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', metrics_url: 'ftp://x/m'}\n",
+            &[],
+            &["health.services[0].metrics_url", "ftp://x/m", "http://HOST:PORT/metrics"],
+        ),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', server: nginx}\n",
+            &[],
+            &["health.services[0].server", "nginx"],
+        ),
+        (
+            "health:\n  proxy_max_bytes: 100\n",
+            &[],
+            &["health.proxy_max_bytes", "100", "4096"],
+        ),
+        (
+            "inference:\n  scrape: sideways\n",
+            &[],
+            &["inference.scrape", "sideways", "proxy"],
         ),
         (
             "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', progress: {metrics_url: 'http://x/metrics', preset: sglang}}\n",
