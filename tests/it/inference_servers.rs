@@ -78,10 +78,11 @@ impl Load {
     }
 }
 
-/// The fake GPU 0 with `pid` holding 1 GiB and its energy counter at `mj`.
+/// The fake GPU 0 with `pid` (the server) holding 1 GiB and its energy
+/// counter at `mj`.
 fn gpu_state(pid: i32, mj: u64) -> String {
     let state = gpus_state(1).replace("0.energy_mj 123456789", &format!("0.energy_mj {mj}"));
-    format!("{state}0.procs {pid}:{}:llama-server\n", 1u64 << 30)
+    format!("{state}0.procs {pid}:{}:server\n", 1u64 << 30)
 }
 
 /// Drives the fake GPU's energy counter at [`WATTS`] from [`ENERGY0_MJ`]
@@ -281,14 +282,14 @@ async fn every_joule_and_token_counted(d: &Daemon, llama: &LlamaServer, load: Lo
     assert_eq!(own_total, served as f64);
 }
 
-/// The Inference dashboard's panels whose queries the llama.cpp test runs:
-/// tokens and energy (its process holds a GPU there).
+/// The Inference dashboard's panels whose queries both server tests run:
+/// tokens and energy (their processes hold a fake GPU there).
 const LLAMA_PANELS: &[&str] = &[
     "Tokens per second",
     "Output tokens per joule",
     "Energy per million output tokens",
 ];
-/// The rest, which the vLLM test runs: latency, load, outcomes and SLOs.
+/// The rest, which the vLLM test runs too: latency, load, outcomes and SLOs.
 const VLLM_PANELS: &[&str] = &[
     "Time to first token",
     "Time per output token",
@@ -395,14 +396,19 @@ async fn llama_server_stopped_hangs_its_health_check_and_is_restarted_once_at_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_with_one_real_restart() {
     let vllm = Vllm::start().await;
+    // Its API server holds the fake GPU 0 (its pid file names it).
+    let fake = Arc::new(FakeGpus::new(Driver::Current, &gpu_state(vllm.pid(), ENERGY0_MJ)));
     let restart = serde_json::to_string(&vllm.restart_command()).unwrap();
     let cfg = format!(
-        "gpu:\n  enabled: false\nqueues:\n  enabled: false\nhealth:\n  services:\n\
+        "gpu:\n  nvml_library: {}\n  poll_interval: 1s\n  slow_interval: 1s\n  per_process: true\n\
+         queues:\n  enabled: false\nattribution:\n  docker_socket: \"\"\nhealth:\n  services:\n\
          \x20   - {{name: vllm, kind: http, url: \"{}\", metrics_url: \"{}\", server: vllm, interval: 1s, timeout: 3s, \
          failure_threshold: 3, start_period: 180s, progress: {{preset: vllm, stall_after: 15s}}, \
-         restart: {{command: {restart}, timeout: 120s, grace_period: 1s}}}}\n",
+         restart: {{command: {restart}, timeout: 120s, grace_period: 1s}}, match: {{pid_file: {}}}}}\n",
+        fake.lib_str(),
         vllm.health_url(),
-        vllm.metrics_url()
+        vllm.metrics_url(),
+        vllm.pid_file()
     );
     // SLOs on it: their rules are what `inferwatch slo-rules` prints.
     let cfg = format!(
@@ -412,10 +418,19 @@ async fn vllm_engine_core_stopped_under_load_is_a_stall_that_fires_and_resolves_
     let d = Daemon::start(&cfg, &[]).await;
     let slo_rules = slo_rules(&d);
     let prom = Prometheus::for_inference(d.port, &[&slo_rules]).await;
+    let ramp = Ramp::start(fake.clone(), vllm.pid());
     let load = Load::start(&vllm.base_url(), 6, 32);
     vllm_is_normalized(&prom, &d, &vllm).await;
+    // Its tokens per joule, and the dashboard's token and energy panels.
+    value(
+        &prom,
+        "inference:output_tokens_per_joule{service=\"vllm\",server=\"vllm\"} > 0",
+    )
+    .await;
+    inference_panels_have_data(&prom, LLAMA_PANELS).await;
     engine_core_stop_is_a_stall_and_one_restart(&prom, &d, &vllm).await;
     load.finish().await;
+    ramp.finish().await;
 }
 
 /// What `inferwatch slo-rules` prints for the daemon's config.
@@ -476,18 +491,51 @@ async fn vllm_is_normalized(prom: &Prometheus, d: &Daemon, vllm: &Vllm) {
     );
 }
 
+/// The sum of the families `names` on a Prometheus text page.
+fn page_sum(page: &str, names: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| names.iter().any(|n| l.starts_with(&format!("{n}{{"))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// SIGSTOPs the EngineCore at a moment its last published step had work
+/// running or waiting (its gauges freeze with it): a stop between two
+/// batches, with nothing pending, is no stall, so it is let go
+/// (SIGCONT), and tried again once a token more was generated.
+async fn stop_with_work_in_flight(vllm: &Vllm, engine: i32) {
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &engine.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {engine}");
+    };
+    for _ in 0..20 {
+        kill("-STOP");
+        let page = vllm.metrics().await;
+        if page_sum(&page, &["vllm:num_requests_running", "vllm:num_requests_waiting"]) > 0.0 {
+            return;
+        }
+        let tokens = page_sum(&page, &["vllm:generation_tokens_total"]);
+        kill("-CONT");
+        eventually("a token more", LIMIT, || async {
+            (page_sum(&vllm.metrics().await, &["vllm:generation_tokens_total"]) > tokens).then_some(())
+        })
+        .await;
+    }
+    panic!("vLLM had nothing in flight at 20 stops under load");
+}
+
 /// vllm#39863: the engine stops, the API server still answers. Stalled,
 /// ServiceStalled fires, one restart brings a new vLLM, the alert
 /// resolves, the series go on from the new process, and no second restart.
 async fn engine_core_stop_is_a_stall_and_one_restart(prom: &Prometheus, d: &Daemon, vllm: &Vllm) {
     let engine = vllm.engine_core_pid().expect("vLLM's EngineCore");
     let api = vllm.pid();
-    let ok = std::process::Command::new("kill")
-        .args(["-STOP", &engine.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    let stopped_at = unix_now();
+    stop_with_work_in_flight(vllm, engine).await;
     d.until("service_stalled{service=\"vllm\"}", "the stall", |v| v == 1.0)
         .await;
     assert_eq!(
@@ -515,12 +563,14 @@ async fn engine_core_stop_is_a_stall_and_one_restart(prom: &Prometheus, d: &Daem
         prom.query(q).await.is_empty().then_some(())
     })
     .await;
-    // Its counter restarted and grows.
-    value(
-        prom,
-        "resets(vllm:generation_tokens_total{service=\"vllm\"}[10m]) >= 1 and vllm:generation_tokens_total{service=\"vllm\"} > 0",
-    )
-    .await;
+    // The series go on from the new process: a counter created after the
+    // stop (prometheus_client's `_created`), and growing. (Its `gpu` label
+    // is new too: the fake GPU lists the old process only.)
+    let q = format!(
+        "vllm:generation_tokens_total{{service=\"vllm\"}} > 0 \
+         and on (instance, service) vllm:generation_tokens_created{{service=\"vllm\"}} > {stopped_at}"
+    );
+    value(prom, &q).await;
     let checks = "service_health_check_duration_seconds_count{service=\"vllm\"}";
     let now = d.until(checks, "checks", |_| true).await;
     d.until(checks, "ten more checks", |v| v >= now + 10.0).await;
