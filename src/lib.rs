@@ -40,6 +40,8 @@
 //!   requeues as background tasks) and `dlq::processing` (jobs in flight).
 //! - [`pipeline`]: pipeline event parsing, the cardinality guard, the
 //!   `pipeline_*` families and `inference_fps`.
+//! - [`client_tls`]: `ServiceTls`, the TLS settings of a client connection
+//!   (plain data, below both `config` and `redis_conn`).
 //! - [`redis_conn`]: a lazily (re)connected Redis connection, and the
 //!   client with TLS and a password file.
 //! - [`redis_acl`]: `inferwatch redis-acl`, the least-privilege ACL user.
@@ -105,6 +107,7 @@
 pub mod api;
 pub mod attribution;
 pub mod cleanup;
+pub mod client_tls;
 pub mod collectors;
 pub mod config;
 pub mod dlq;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError, RedisResult};
 
-use crate::config::ServiceTls;
+use crate::client_tls::ServiceTls;
 
 /// Where the Redis is.
 #[derive(Clone)]

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::inference::ServerKind;
 use super::{de_opt_seconds, de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
+pub use crate::client_tls::ServiceTls;
 
 /// Service health monitor settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -374,24 +375,6 @@ impl ServiceConfig {
             _ => self.interval,
         }
     }
-}
-
-/// How an `https://` health check trusts the service and proves itself.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceTls {
-    /// PEM CAs to trust instead of the system and webpki roots.
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Client certificate (PEM) for mutual TLS; needs `key_file`.
-    pub cert_file: Option<std::path::PathBuf>,
-    /// The client certificate's key (PEM).
-    pub key_file: Option<std::path::PathBuf>,
-    /// The name to verify the certificate against (and send as SNI) when it
-    /// differs from the URL's host.
-    pub server_name: Option<String>,
-    /// Accept any certificate (a warning is logged at startup).
-    #[serde(default)]
-    pub insecure_skip_verify: bool,
 }
 
 impl ServiceTls {

@@ -26,6 +26,7 @@ mod http_metrics;
 mod inference;
 mod inference_proxy;
 mod inference_servers;
+mod layout;
 mod llm_servers;
 mod openapi;
 mod package;

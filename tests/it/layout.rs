@@ -1,0 +1,46 @@
+//! The layout rules the code holds to: no import cycle between the
+//! crate's top-level modules or between sibling files
+//! (`scripts/check_cycles`), run on the tree and on a small tree with a
+//! known cycle, so that a checker that went blind would fail here too.
+
+use std::process::Command;
+
+use crate::common::repo;
+
+/// `scripts/check_cycles DIR`: whether it passed, and what it printed.
+fn check_cycles(dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/check_cycles"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn the_source_tree_has_no_import_cycle() {
+    let (ok, out) = check_cycles(&repo().join("src"));
+    assert!(ok, "{out}");
+    assert!(out.starts_with("no import cycles among "), "{out}");
+}
+
+#[test]
+fn the_checker_finds_a_cycle_past_a_test_module_and_ignores_strings_and_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("lib.rs", "pub mod a;\npub mod b;\npub mod c;\n");
+    // a -> b only after a test module; b -> a; c is named only in a
+    // string, a comment and test code, which are not imports.
+    write(
+        "a.rs",
+        "#[cfg(test)]\nmod tests {\n    use crate::c::X;\n}\n\npub fn f() -> u32 {\n    crate::b::g()\n}\n",
+    );
+    write(
+        "b.rs",
+        "use crate::a;\n// crate::c::Y in a comment\npub fn g() -> u32 {\n    let _ = \"crate::c:: // in a string\";\n    1\n}\n",
+    );
+    write("c.rs", "pub struct X;\npub struct Y;\n");
+    let (ok, out) = check_cycles(dir.path());
+    assert!(!ok, "{out}");
+    assert_eq!(out.trim(), "cycle: a -> b -> a");
+}
