@@ -1,6 +1,6 @@
 //! The README and `docs/`: every relative link resolves to a file of the
-//! repository (or the shared folder beside it), and every `#anchor` into a
-//! Markdown file names one of its headings, as GitHub makes their ids.
+//! repository (never outside it: a clone stands alone), and every `#anchor`
+//! into a Markdown file names one of its headings, as GitHub makes their ids.
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +83,13 @@ fn every_relative_link_in_the_readme_and_docs_resolves() {
             let resolved: PathBuf = if path.is_empty() { file.clone() } else { dir.join(path) };
             if !Path::new(&resolved).exists() {
                 broken.push(format!("{}: {target} (no such file)", file.display()));
+                continue;
+            }
+            let inside = resolved
+                .canonicalize()
+                .is_ok_and(|r| r.starts_with(repo().canonicalize().unwrap()));
+            if !inside {
+                broken.push(format!("{}: {target} (outside the repository)", file.display()));
                 continue;
             }
             if let (Some(anchor), Some("md")) = (anchor, resolved.extension().and_then(|e| e.to_str())) {
