@@ -1,7 +1,7 @@
 //! Golden `/metrics`: renders the page from a known fake-NVML state, drops
 //! the volatile lines, and diffs the rest against `tests/golden/metrics.txt`.
 //! `promtool check metrics` must be clean on the whole page.
-//! `UPDATE_GOLDEN=1 cargo test --test golden` rewrites the file.
+//! `UPDATE_GOLDEN=1 cargo nextest run --test it -E 'test(/^golden::/)'` rewrites the file.
 
 use std::path::Path;
 
