@@ -152,13 +152,17 @@ impl MlServer {
 
 impl Drop for MlServer {
     fn drop(&mut self) {
-        // Its process group: the parallel workers with it (restart.sh
-        // starts it in a session of its own).
-        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("mlserver.pid")) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &format!("-{}", pid.trim())])
-                .status();
-        }
+        // Its parallel workers (its children), then the server, each by its
+        // own pid. Never a negative pid: procps' kill takes `-PID` after a
+        // signal for something else, and on this machine `kill -9 -PID`
+        // took every process of the session down with it.
+        let Ok(text) = std::fs::read_to_string(self.dir.path().join("mlserver.pid")) else {
+            return;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else { return };
+        let mut pids: Vec<String> = crate::common::children_of(pid).iter().map(i32::to_string).collect();
+        pids.push(pid.to_string());
+        let _ = std::process::Command::new("kill").arg("-9").args(&pids).status();
     }
 }
 
