@@ -44,3 +44,35 @@ fn the_checker_finds_a_cycle_past_a_test_module_and_ignores_strings_and_comments
     assert!(!ok, "{out}");
     assert_eq!(out.trim(), "cycle: a -> b -> a");
 }
+
+#[test]
+fn nothing_in_the_repository_points_outside_it_to_the_shared_folder() {
+    let out = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Spelled in two parts, so that this file does not name it.
+    let needles = [format!("../{}", "shared"), format!("{}/gpu/README", "shared")];
+    let mut found = Vec::new();
+    for file in String::from_utf8(out.stdout)
+        .unwrap()
+        .split('\0')
+        .filter(|f| !f.is_empty())
+    {
+        let Ok(text) = std::fs::read_to_string(repo().join(file)) else {
+            continue;
+        };
+        for needle in &needles {
+            if text.contains(needle.as_str()) {
+                found.push(format!("{file}: {needle}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the repository must stand alone:\n{}",
+        found.join("\n")
+    );
+}

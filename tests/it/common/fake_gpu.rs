@@ -144,7 +144,7 @@ pub fn gpus_state(n: u32) -> String {
     s
 }
 
-/// GPM values an H100 answered under a bf16 matmul (shared/gpu/README.md),
+/// GPM values an H100 answered under a bf16 matmul (tests/fake_nvml/profiles/README.md),
 /// as the driver gives them: percent, and MiB/s for PCIe.
 pub const GPM_UNDER_LOAD: &str = "graphics:99.6,sm:96.3,occupancy:14.2,tensor:93.4,hmma:93.4,dram:25.7,\
      integer:1.4,fp16:0,fp32:0,fp64:0,imma:0,dfma:0,pcie_tx:8.8,pcie_rx:19.6";
