@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::common::{eventually, free_port, sample_value, Daemon, Prometheus};
+use crate::common::{eventually, free_port, page_sum, sample_value, Daemon, Prometheus};
 
 const LOAD: Duration = Duration::from_secs(60);
 const LIMIT: Duration = Duration::from_secs(30);
@@ -368,12 +368,7 @@ async fn mlserver_request_outcomes_and_queues_reach_the_inference_records_throug
     }
     // Its own counters, through the proxy, count exactly what was sent.
     let page = d.get_text("/proxy/mls/metrics").await;
-    let sum = |family: &str| -> f64 {
-        page.lines()
-            .filter(|l| l.starts_with(family) && l[family.len()..].starts_with('{'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
+    let sum = |family: &str| page_sum(&page, &[family]);
     assert_eq!(sum("model_infer_request_success_total"), ok as f64, "{page}");
     assert_eq!(sum("model_infer_request_failure_total"), failed as f64);
 }

@@ -491,14 +491,6 @@ async fn vllm_is_normalized(prom: &Prometheus, d: &Daemon, vllm: &Vllm) {
     );
 }
 
-/// The sum of the families `names` on a Prometheus text page.
-fn page_sum(page: &str, names: &[&str]) -> f64 {
-    page.lines()
-        .filter(|l| names.iter().any(|n| l.starts_with(&format!("{n}{{"))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// SIGSTOPs the EngineCore at a moment its last published step had work
 /// running or waiting (its gauges freeze with it): a stop between two
 /// batches, with nothing pending, is no stall, so it is let go

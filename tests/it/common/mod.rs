@@ -149,6 +149,14 @@ pub fn sample_value(page: &str, series: &str) -> Option<f64> {
         .map(|v| v.trim().parse().unwrap())
 }
 
+/// The sum of the families `names` on a Prometheus text page.
+pub fn page_sum(page: &str, names: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| names.iter().any(|n| l.starts_with(&format!("{n}{{"))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The Python interpreter for `tests/support/*.py` (Debian's when present).
 pub fn python() -> String {
     if Path::new("/usr/bin/python3").is_file() {
