@@ -120,7 +120,11 @@ impl Queues {
         let mut index = start;
         while let (Some(size), Some(bytes)) = (rest.next(), rest.next()) {
             let size: u64 = redis::from_redis_value(&size).unwrap_or(0);
-            let bytes: Vec<u8> = redis::from_redis_value(&bytes).unwrap_or_default();
+            // Taken, not copied: the page holds each shown byte once.
+            let bytes = match bytes {
+                redis::Value::BulkString(b) => b,
+                _ => Vec::new(),
+            };
             let id = if size > cap as u64 {
                 // The id is of the whole entry: read it once, here.
                 let full: Option<Vec<u8>> = self.run(redis::cmd("LINDEX").arg(&key).arg(index)).await?;

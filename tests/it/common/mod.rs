@@ -205,11 +205,26 @@ pub fn cpu_and_rss(pid: i32) -> (f64, u64) {
     let ticks = 100.0; // USER_HZ on Linux
     let cpu = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb = status
+    (cpu / ticks, status_bytes(pid, "VmRSS:").unwrap_or(0))
+}
+
+/// A kB field of /proc/PID/status in bytes (`VmRSS:` now, `VmHWM:` peak).
+pub fn status_bytes(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    (cpu / ticks, rss_kb * 1024)
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kb * 1024)
+}
+
+/// Runs `work` and returns how far `pid`'s resident memory rose above where
+/// it stood: the kernel's peak (VmHWM, reset first through clear_refs) minus
+/// the RSS before. What the process held already (the daemon is about 35 MB
+/// here, more or less on another machine) is not the work's cost.
+pub async fn rss_rise<F: std::future::Future<Output = ()>>(pid: i32, work: F) -> u64 {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
+    let before = status_bytes(pid, "VmRSS:").expect("the process's RSS");
+    work.await;
+    status_bytes(pid, "VmHWM:").expect("the process's peak RSS").saturating_sub(before)
 }
