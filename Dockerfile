@@ -8,6 +8,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so a source change does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
+# The config's #[derive(Reload)] (a path dependency, built with the rest).
+COPY macros ./macros
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked --bin inferwatch \
     && rm -rf src

@@ -165,6 +165,8 @@ pub enum RunError {
     Serve(#[from] std::io::Error),
     #[error(transparent)]
     WebConfig(#[from] webconf::WebConfigError),
+    #[error(transparent)]
+    Check(#[from] CheckError),
 }
 
 /// Warns when anyone who can reach the port may write: a non-loopback
@@ -189,16 +191,35 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
     build_state_with(config, reload::Source::default())
 }
 
-/// What a reload checks beyond [`Config::load`], as startup does: the token
-/// files and the health checks' URLs.
-fn check_owned_parts(config: &Config) -> Result<(), String> {
-    Auth::load(&config.api).map_err(|e| e.to_string())?;
-    collectors::health::check_services(&config.health).map_err(|e| e.to_string())
+/// What [`check_config`] found wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Auth(#[from] crate::api::auth::AuthError),
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    #[error(transparent)]
+    WebConfig(#[from] webconf::WebConfigError),
+}
+
+/// The one check that `inferwatch check-config`, startup and a reload all
+/// run, beyond parsing, keys and ranges ([`Config::load`]): the token files
+/// are read, each health check's target is parsed as its client will, and
+/// the web config file the config names is read. So a file one of the
+/// three accepts, the others accept too.
+pub fn check_config(config: &Config) -> Result<(), CheckError> {
+    Auth::load(&config.api)?;
+    collectors::health::check_services(&config.health)?;
+    if let Some(path) = &config.web.config_file {
+        webconf::load(path)?;
+    }
+    Ok(())
 }
 
 /// [`build_state`], with where the config came from, so that `SIGHUP` and
 /// `POST /-/reload` can read it again.
 pub fn build_state_with(config: Config, source: reload::Source) -> Result<AppState, RunError> {
+    check_config(&config)?;
     let metrics = Arc::new(Metrics::new());
     let gpu = GpuState::new(&config.gpu, Some(&metrics));
     metrics
@@ -241,7 +262,7 @@ pub fn build_state_with(config: Config, source: reload::Source) -> Result<AppSta
         source,
         shared.clone(),
         web.clone(),
-        Box::new(check_owned_parts),
+        Box::new(|c: &Config| check_config(c).map_err(|e| e.to_string())),
     ));
     Ok(AppState {
         shared,

@@ -106,9 +106,10 @@ fn main() -> ExitCode {
     let (cli, matches) = parse();
     if let Some(Command::CheckConfig { path }) = &cli.command {
         let loaded = Config::load(Some(path), |k| std::env::var(k).ok()).map_err(anyhow::Error::from);
-        // The token files are part of the config: read and check them too.
+        // What startup and a reload check too: the token files, the health
+        // checks' targets, the web config file.
         let checked = loaded.and_then(|c| {
-            inferwatch::api::auth::Auth::load(&c.api)?;
+            inferwatch::check_config(&c)?;
             Ok(c)
         });
         return match checked {

@@ -29,7 +29,8 @@ use std::sync::Arc;
 use prometheus::Gauge;
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, LogLevel};
+pub use crate::config::Kept;
+use crate::config::{Changes, Config, ConfigError, LogLevel, Reload};
 use crate::metrics::family;
 
 /// Checks what only the config's owners can check (token files, health
@@ -72,21 +73,13 @@ impl Default for Source {
     }
 }
 
-/// A change the reload did not apply, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Kept {
-    /// The config key (or section) that changed.
-    pub key: &'static str,
-    pub reason: &'static str,
-}
-
 /// What a reload did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
     /// The file read, or `null` when running on the built-in defaults.
     pub config_file: Option<String>,
     /// Keys whose new values are in force now.
-    pub changed: Vec<&'static str>,
+    pub changed: Vec<String>,
     /// Keys whose new values wait for a restart; the old ones stay.
     pub not_applied: Vec<Kept>,
 }
@@ -100,181 +93,42 @@ pub enum ReloadError {
     Invalid(String),
 }
 
-const RESTART: &str = "read once at start; restart inferwatch to apply it";
-const LISTENER: &str = "the listener is bound at start; restart inferwatch to apply it";
-const STORE: &str = "the history store is opened at start; restart inferwatch to apply it";
-const SERVER: &str = "the HTTP server's limits are set at start; restart inferwatch to apply it";
-const REDIS: &str = "the Redis connection is made at start; restart inferwatch to apply it";
-const KEYS: &str = "running moves and archives derive their keys from it; restart inferwatch to apply it";
-const NVML: &str = "NVML and the history ring are set up at start; restart inferwatch to apply it";
-const GATE: &str = "the restart gate is built at start; restart inferwatch to apply it";
-
 /// The config to put in force, and what changed.
 #[derive(Debug)]
 pub struct Plan {
     /// The old config with the new values of every key that may change live.
     pub config: Config,
-    pub changed: Vec<&'static str>,
+    pub changed: Vec<String>,
     pub kept: Vec<Kept>,
 }
 
+/// The one key whose decision depends on how the daemon was started.
+const LOG_LEVEL: &str = "log.level";
+
 /// Splits the changes from `old` to `new`: the keys that may change live
 /// take their new value, the rest keep the old one and are listed with the
-/// reason. `log` is why the log level is fixed, if it is. Pure.
+/// reason. Each config field declares which it is (`#[reload(...)]`, see
+/// [`crate::config::Reload`]). `log` is why the log level is fixed, if it
+/// is: then `log.level` is kept too. Pure.
 pub fn plan(old: &Config, new: &Config, log: Option<&'static str>) -> Plan {
-    let mut p = Plan {
-        config: old.clone(),
-        changed: Vec::new(),
-        kept: Vec::new(),
-    };
-    // `effective.<path>` takes `new.<path>` (live), or stays and is listed.
-    macro_rules! live {
-        ($key:literal, $($f:ident).+) => {
-            if p.config.$($f).+ != new.$($f).+ {
-                p.config.$($f).+ = new.$($f).+.clone();
-                p.changed.push($key);
-            }
-        };
+    let mut config = old.clone();
+    let mut changes = Changes::default();
+    config.reload(new, "", &mut changes);
+    if let Some(why) = log {
+        if let Some(i) = changes.changed.iter().position(|k| k == LOG_LEVEL) {
+            changes.changed.remove(i);
+            config.log.level = old.log.level;
+            changes.kept.push(Kept {
+                key: LOG_LEVEL.into(),
+                reason: why,
+            });
+        }
     }
-    macro_rules! kept {
-        ($key:literal, $why:expr, $($f:ident).+) => {
-            if p.config.$($f).+ != new.$($f).+ {
-                p.kept.push(Kept { key: $key, reason: $why });
-            }
-        };
+    Plan {
+        config,
+        changed: changes.changed,
+        kept: changes.kept,
     }
-    // Every field is named, so a new one does not compile until it is
-    // put in one list or the other.
-    let Config {
-        data_dir: _,
-        web,
-        gpu,
-        store: _,
-        health,
-        websocket: _,
-        queues,
-        api: _,
-        pipeline: _,
-        storage: _,
-        attribution: _,
-        log: crate::config::LogConfig { level: _ },
-        inference,
-        slo: _,
-        collector_flags: _,
-    } = new;
-    kept!("data_dir", STORE, data_dir);
-    kept!("store", STORE, store);
-
-    let crate::config::WebConfig {
-        listen_address: _,
-        header_read_timeout: _,
-        body_read_timeout: _,
-        request_timeout: _,
-        max_connections: _,
-        shutdown_timeout: _,
-        config_file: _,
-    } = web;
-    kept!("web.listen_address", LISTENER, web.listen_address);
-    kept!("web.header_read_timeout", SERVER, web.header_read_timeout);
-    kept!("web.body_read_timeout", SERVER, web.body_read_timeout);
-    kept!("web.request_timeout", SERVER, web.request_timeout);
-    kept!("web.max_connections", SERVER, web.max_connections);
-    kept!("web.shutdown_timeout", SERVER, web.shutdown_timeout);
-    live!("web.config_file", web.config_file);
-
-    let crate::config::GpuConfig {
-        enabled: _,
-        mode: _,
-        nvml_library: _,
-        poll_interval: _,
-        history_minutes: _,
-        timeout: _,
-        per_process: _,
-        per_process_max: _,
-        temperature_warning_celsius: _,
-        slow_interval: _,
-        fields: _,
-        kernel_log: _,
-    } = gpu;
-    kept!("gpu.enabled", NVML, gpu.enabled);
-    kept!("gpu.mode", NVML, gpu.mode);
-    kept!("gpu.nvml_library", NVML, gpu.nvml_library);
-    kept!("gpu.history_minutes", NVML, gpu.history_minutes);
-    kept!("gpu.per_process", NVML, gpu.per_process);
-    kept!("gpu.kernel_log", RESTART, gpu.kernel_log);
-    live!("gpu.poll_interval", gpu.poll_interval);
-    live!("gpu.slow_interval", gpu.slow_interval);
-    live!("gpu.timeout", gpu.timeout);
-    live!("gpu.per_process_max", gpu.per_process_max);
-    live!("gpu.temperature_warning_celsius", gpu.temperature_warning_celsius);
-    live!("gpu.fields", gpu.fields);
-
-    let crate::config::HealthConfig {
-        services: _,
-        max_concurrent_restarts: _,
-        proxy_max_bytes: _,
-    } = health;
-    live!("health.services", health.services);
-    kept!("health.max_concurrent_restarts", GATE, health.max_concurrent_restarts);
-    // The proxy and the discovery list read the config at each request.
-    live!("health.proxy_max_bytes", health.proxy_max_bytes);
-    let crate::config::InferenceConfig { scrape: _ } = inference;
-    live!("inference.scrape", inference.scrape);
-    // Only `inferwatch slo-rules` reads it, from the file, never the
-    // running daemon: nothing to restart, and a reload checks it all the same.
-    live!("slo", slo);
-
-    let crate::config::QueuesConfig {
-        enabled: _,
-        redis_url: _,
-        tls: _,
-        password_file: _,
-        names: _,
-        dlq_prefix: _,
-        poll_interval: _,
-        push_side: _,
-        clear_archive_ttl: _,
-        requeue_batch: _,
-        list_entry_max_bytes: _,
-        list_page_max_bytes: _,
-        search_scan_max: _,
-        processing_suffix: _,
-        processing_stuck_after: _,
-        max_wait: _,
-        max_wait_by_queue: _,
-        streams: _,
-        replica_wait: _,
-    } = queues;
-    kept!("queues.enabled", RESTART, queues.enabled);
-    kept!("queues.redis_url", REDIS, queues.redis_url);
-    kept!("queues.tls", REDIS, queues.tls);
-    kept!("queues.password_file", REDIS, queues.password_file);
-    kept!("queues.dlq_prefix", KEYS, queues.dlq_prefix);
-    kept!("queues.processing_suffix", KEYS, queues.processing_suffix);
-    kept!("queues.streams", RESTART, queues.streams);
-    live!("queues.names", queues.names);
-    live!("queues.poll_interval", queues.poll_interval);
-    live!("queues.push_side", queues.push_side);
-    live!("queues.clear_archive_ttl", queues.clear_archive_ttl);
-    live!("queues.requeue_batch", queues.requeue_batch);
-    live!("queues.list_entry_max_bytes", queues.list_entry_max_bytes);
-    live!("queues.list_page_max_bytes", queues.list_page_max_bytes);
-    live!("queues.search_scan_max", queues.search_scan_max);
-    live!("queues.processing_stuck_after", queues.processing_stuck_after);
-    live!("queues.max_wait", queues.max_wait);
-    live!("queues.max_wait_by_queue", queues.max_wait_by_queue);
-    live!("queues.replica_wait", queues.replica_wait);
-
-    kept!("websocket", RESTART, websocket);
-    kept!("api", RESTART, api);
-    kept!("pipeline", RESTART, pipeline);
-    kept!("storage", RESTART, storage);
-    kept!("attribution", RESTART, attribution);
-    match log {
-        None => live!("log.level", log.level),
-        Some(why) => kept!("log.level", why, log.level),
-    }
-    p
 }
 
 /// `inferwatch_config_last_reload_*`, Prometheus's names for the same.
@@ -347,7 +201,7 @@ impl Reloader {
                 self.metrics.last_success.set(crate::collectors::unix_now());
                 tracing::info!(trigger, file = %file, changed = ?report.changed, "Config reloaded.");
                 if !report.not_applied.is_empty() {
-                    let keys: Vec<&str> = report.not_applied.iter().map(|k| k.key).collect();
+                    let keys: Vec<&str> = report.not_applied.iter().map(|k| k.key.as_str()).collect();
                     tracing::warn!(trigger, file = %file, not_applied = ?keys, "Config reloaded, but these changes wait for a restart; their old values stay in force.");
                 }
             }
@@ -397,12 +251,12 @@ impl Reloader {
         };
 
         self.web.install(config.web.config_file.as_deref(), web);
-        if changed.contains(&"log.level") {
+        if changed.iter().any(|k| k == LOG_LEVEL) {
             if let LogControl::Settable(set) = &self.source.log {
                 if let Err(e) = set(config.log.level.unwrap_or(LogLevel::Info)) {
                     tracing::warn!(error = %e, "The log level could not be changed.");
                     kept.push(Kept {
-                        key: "log.level",
+                        key: LOG_LEVEL.into(),
                         reason: "the log filter could not be replaced",
                     });
                 }
@@ -457,7 +311,7 @@ mod tests {
                 "log.level"
             ]
         );
-        let kept: Vec<&str> = p.kept.iter().map(|k| k.key).collect();
+        let kept: Vec<&str> = p.kept.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(kept, ["data_dir", "web.listen_address", "queues.redis_url"]);
         assert_eq!(p.config.gpu.poll_interval, new.gpu.poll_interval);
         assert_eq!(p.config.gpu.fields, new.gpu.fields);
@@ -477,7 +331,7 @@ mod tests {
         assert_eq!(
             p.kept,
             [Kept {
-                key: "log.level",
+                key: "log.level".into(),
                 reason: "--log.level is given"
             }]
         );
@@ -489,8 +343,51 @@ mod tests {
         let old = parse("");
         let new = parse("websocket: {max_clients: 5}\napi: {token: abc}\nhealth: {max_concurrent_restarts: 3}");
         let p = plan(&old, &new, None);
-        let kept: Vec<&str> = p.kept.iter().map(|k| k.key).collect();
+        let kept: Vec<&str> = p.kept.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(kept, ["health.max_concurrent_restarts", "websocket", "api"]);
         assert_eq!(p.config, old);
+    }
+
+    #[test]
+    fn the_log_level_key_is_a_live_key_of_the_config() {
+        let keys = crate::config::keys_of::<Config>();
+        assert!(
+            keys.contains(&(LOG_LEVEL.to_string(), crate::config::KeyDecision::Live)),
+            "{keys:?}"
+        );
+    }
+
+    #[test]
+    fn every_key_is_declared_once_and_every_field_change_is_seen() {
+        let keys = crate::config::keys_of::<Config>();
+        let mut names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), keys.len(), "{keys:?}");
+        // A change to each declared key is either changed or kept: never
+        // dropped. Checked on the keys a one-line YAML can change.
+        for (key, yaml) in [
+            ("gpu.timeout", "gpu: {timeout: 7}"),
+            ("queues.replica_wait", "queues: {replica_wait: 7}"),
+            ("web.config_file", "web: {config_file: /x}"),
+            ("gpu.kernel_log", "gpu: {kernel_log: /x}"),
+            ("inference.scrape", "inference: {scrape: direct}"),
+        ] {
+            let p = plan(&parse(""), &parse(yaml), None);
+            let (decision, seen) = keys.iter().find(|(k, _)| k == key).map(|(_, d)| (*d, key)).unwrap();
+            match decision {
+                crate::config::KeyDecision::Live => assert_eq!(p.changed, [seen], "{yaml}"),
+                crate::config::KeyDecision::Kept(why) => {
+                    assert_eq!(
+                        p.kept,
+                        [Kept {
+                            key: seen.into(),
+                            reason: why
+                        }],
+                        "{yaml}"
+                    )
+                }
+            }
+        }
     }
 }

@@ -5,43 +5,56 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{de_opt_seconds, de_seconds, invalid, ConfigError, Range};
+use super::{reasons, Reload};
 use crate::nvml::fields::Field;
 
 /// GPU collector settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Reload, Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GpuConfig {
     /// Switch the collector off entirely (no NVML is loaded).
+    #[reload(kept = reasons::NVML)]
     pub enabled: bool,
     /// `auto`: mock mode only on a machine with no NVML library at all;
     /// `nvml`: never mock; `mock`: always mock (a demo without a GPU).
+    #[reload(kept = reasons::NVML)]
     pub mode: GpuMode,
     /// Path or soname of the NVML library.
+    #[reload(kept = reasons::NVML)]
     pub nvml_library: String,
     /// Seconds between polls (env `GPU_POLL_INTERVAL_SECONDS`), 1.0–60.0.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(live)]
     pub poll_interval: Duration,
     /// Minutes of samples kept in memory (env `GPU_STATS_HISTORY_MINUTES`), 1–1440.
+    #[reload(kept = reasons::NVML)]
     pub history_minutes: u32,
     /// Longest one poll of all GPUs may take before it counts as failed, 0.1–60 s.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(live)]
     pub timeout: Duration,
     /// Export `gpu_process_memory_used_bytes` per compute process, each
     /// attributed to its unit, container and service (see `attribution`).
+    #[reload(kept = reasons::NVML)]
     pub per_process: bool,
     /// Per-process series per GPU, 1–10000; the smallest processes beyond
     /// it are summed into `process_name="_other"`.
+    #[reload(live)]
     pub per_process_max: u32,
     /// Temperature above which one WARNING is logged per crossing, 1–150 °C.
+    #[reload(live)]
     pub temperature_warning_celsius: f64,
     /// Seconds between reads of the expensive ("slow") fields such as the
     /// energy counter, 1–3600 and at least `poll_interval`. Unset: 15 s, or
     /// the poll interval when that is longer (see [`GpuConfig::slow_interval`]).
     #[serde(deserialize_with = "de_opt_seconds")]
+    #[reload(live)]
     pub slow_interval: Option<Duration>,
     /// Field selection.
+    #[reload(live)]
     pub fields: GpuFieldsConfig,
     /// The kernel log to read XIDs from (`/dev/kmsg`); `""` turns it off.
+    #[reload(kept = reasons::RESTART)]
     pub kernel_log: String,
 }
 

@@ -6,21 +6,25 @@ use serde::Deserialize;
 
 use super::inference::ServerKind;
 use super::{de_opt_seconds, de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
+use super::{reasons, Reload};
 pub use crate::client_tls::ServiceTls;
 
 /// Service health monitor settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Reload, Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// The services to check, each on its own schedule.
+    #[reload(live)]
     pub services: Vec<ServiceConfig>,
     /// Restart commands that may run at once, across every service, 1–100;
     /// a restart past it waits its turn.
     #[serde(default = "default_max_concurrent_restarts")]
+    #[reload(kept = reasons::GATE)]
     pub max_concurrent_restarts: u32,
     /// The most bytes `/proxy/{service}/metrics` passes on from one
     /// server's page, 4 KiB–4 GiB; past it the scrape fails (502).
     #[serde(default = "default_proxy_max_bytes")]
+    #[reload(live)]
     pub proxy_max_bytes: u64,
 }
 
@@ -399,7 +403,7 @@ impl ServiceTls {
                     return Err(invalid(
                         &format!("{prefix}.{field}"),
                         &f.display().to_string(),
-                        "cannot be read",
+                        "unreadable",
                         &format!("a readable PEM file ({e})"),
                     ));
                 }

@@ -2,6 +2,7 @@
 //! `/api/sd/inference` lists, and `ServerKind`, what a service's `server:`
 //! names.
 
+use super::Reload;
 use serde::{Deserialize, Serialize};
 
 /// What serves a service's inference: the `server` label of its scraped
@@ -50,12 +51,13 @@ impl ServerKind {
 }
 
 /// The `inference` section.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Reload, Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceConfig {
     /// `proxy` (default): the discovered targets point at this daemon's
     /// `/proxy/{service}/metrics`, behind its TLS, auth and rate limit.
     /// `direct`: they list each server's own `metrics_url`.
+    #[reload(live)]
     pub scrape: ScrapeMode,
 }
 

@@ -1,13 +1,15 @@
 //! `log`: the daemon's own log level, which a reload can change.
 
+use super::Reload;
 use serde::Deserialize;
 
 /// Log settings.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Reload, Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `debug`, `info`, `warn` or `error`. Unset: `info`. `--log.level` and
     /// `RUST_LOG` win over it (and then a reload cannot change it).
+    #[reload(live)]
     pub level: Option<LogLevel>,
 }
 

@@ -19,6 +19,7 @@ mod live;
 mod log;
 mod pipeline;
 mod queues;
+mod reload_keys;
 mod secret;
 pub mod servers;
 mod slo;
@@ -36,6 +37,7 @@ pub use live::LiveConfig;
 pub use log::{LogConfig, LogLevel};
 pub use pipeline::{PipelineConfig, StreamConfig};
 pub use queues::{PushSide, QueuesConfig, StreamWatch};
+pub use reload_keys::{keys_of, reasons, reload_key, Changes, Kept, KeyDecision, Reload};
 pub use secret::{read_secret_file, SecretFileError};
 pub use slo::{AvailabilityObjective, LatencyObjective, ServiceSlo, SloConfig};
 pub use storage::{RetentionConfig, StorageConfig};
@@ -68,40 +70,55 @@ pub enum ConfigError {
 }
 
 /// The whole daemon configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Reload, Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Directory for the embedded SQLite history database.
+    #[reload(kept = reasons::STORE)]
     pub data_dir: PathBuf,
     /// HTTP server settings.
+    #[reload(nested)]
     pub web: WebConfig,
     /// GPU collector (NVML).
+    #[reload(nested)]
     pub gpu: GpuConfig,
     /// History store (SQLite by default, PostgreSQL by URL).
+    #[reload(kept = reasons::STORE)]
     pub store: StoreConfig,
     /// Service health checks and restarts.
+    #[reload(nested)]
     pub health: HealthConfig,
     /// The `/ws/system` live channel.
+    #[reload(kept = reasons::RESTART)]
     pub websocket: WebSocketConfig,
     /// Redis job queues and their dead-letter queues.
+    #[reload(nested)]
     pub queues: QueuesConfig,
     /// Who may call the mutating endpoints.
+    #[reload(kept = reasons::RESTART)]
     pub api: ApiConfig,
     /// Pipeline-stage ingest (HTTP and the Redis stream).
+    #[reload(kept = reasons::RESTART)]
     pub pipeline: PipelineConfig,
     /// Filesystem usage and the cleanup preview.
+    #[reload(kept = reasons::RESTART)]
     pub storage: StorageConfig,
     /// Who holds each GPU process: the host's `/proc` and the Docker socket.
+    #[reload(kept = reasons::RESTART)]
     pub attribution: AttributionConfig,
     /// The daemon's own log level.
+    #[reload(nested)]
     pub log: LogConfig,
     /// How Prometheus reaches the inference servers' own metrics.
+    #[reload(nested)]
     pub inference: InferenceConfig,
     /// Service level objectives, read by `inferwatch slo-rules`.
+    #[reload(live)]
     pub slo: SloConfig,
     /// `--collector.<name>` (true) / `--no-collector.<name>` (false) flags,
     /// which win over the sections' own switches.
     #[serde(skip)]
+    #[reload(skip = "set by the command line's --collector flags, applied again on every reload")]
     pub collector_flags: std::collections::HashMap<String, bool>,
 }
 

@@ -5,67 +5,87 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
+use super::{reasons, Reload};
 
 /// Redis job queues and their DLQs.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Reload, Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueuesConfig {
     /// Switch the queue collector and the DLQ endpoints off.
+    #[reload(kept = reasons::RESTART)]
     pub enabled: bool,
     /// `redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`, or `rediss://` for TLS
     /// (see `tls`). With ACLs, name the user in the URL and keep the
     /// password in `password_file`.
+    #[reload(kept = reasons::REDIS)]
     pub redis_url: String,
     /// TLS for a `rediss://` URL: `ca_file` (trusted instead of the system
     /// roots), `cert_file` and `key_file` (a client certificate), and
     /// `insecure_skip_verify`.
+    #[reload(kept = reasons::REDIS)]
     pub tls: Option<super::health::ServiceTls>,
     /// A file holding the Redis password (only its owner may read it); it
     /// wins over a password in the URL.
+    #[reload(kept = reasons::REDIS)]
     pub password_file: Option<std::path::PathBuf>,
     /// Base queue names (1–64 of `A-Za-z0-9_.-`); each has a DLQ `<dlq_prefix><name>`.
+    #[reload(live)]
     pub names: Vec<String>,
     /// Prefix of the DLQ keys, 1–32 characters.
+    #[reload(kept = reasons::KEYS)]
     pub dlq_prefix: String,
     /// Seconds between depth polls, 0.1–3600.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(live)]
     pub poll_interval: Duration,
     /// The end producers push to: `left` (LPUSH, workers BRPOP) or `right`
     /// (RPUSH, workers BLPOP). Requeued jobs go to the same end.
+    #[reload(live)]
     pub push_side: PushSide,
     /// How long a cleared DLQ's archive key lives, 60 s–365 days.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(live)]
     pub clear_archive_ttl: Duration,
     /// Jobs moved per atomic step of a requeue, 1–10,000.
+    #[reload(live)]
     pub requeue_batch: usize,
     /// A listed entry larger than this is shown truncated, 256 B–16 MiB.
+    #[reload(live)]
     pub list_entry_max_bytes: usize,
     /// Bytes of entries one listing page may carry; `limit` shrinks to fit,
     /// 64 KiB–256 MiB and at least `list_entry_max_bytes`.
+    #[reload(live)]
     pub list_page_max_bytes: usize,
     /// Entries one search request (or an id lookup) reads at most,
     /// 1,000–10,000,000.
+    #[reload(live)]
     pub search_scan_max: u64,
     /// Suffix of each queue's processing list (reliable-queue workers
     /// `BLMOVE <queue> <queue><suffix>`), 1–32 characters; unset, jobs in
     /// flight are not watched.
+    #[reload(kept = reasons::KEYS)]
     pub processing_suffix: Option<String>,
     /// A job in the processing list longer than this is stuck, 1 s–30 days.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(live)]
     pub processing_stuck_after: Duration,
     /// How long the job at a queue's consumer end may wait before
     /// `QueueWaitTooLong` fires (exported as `job_queue_max_wait_seconds`),
     /// 1 s–30 days.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(live)]
     pub max_wait: Duration,
     /// `max_wait` per queue, for the queues named.
+    #[reload(live)]
     pub max_wait_by_queue: std::collections::BTreeMap<String, String>,
     /// Redis streams whose consumer groups' lag and pending counts are
     /// exported (besides the daemon's own `pipeline.stream`).
+    #[reload(kept = reasons::RESTART)]
     pub streams: Vec<StreamWatch>,
     /// With a Sentinel URL, how long each requeue batch waits for one
     /// replica to confirm it (`WAIT 1`), 0.01–60 s.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(live)]
     pub replica_wait: Duration,
 }
 

@@ -37,7 +37,7 @@ impl SecretFileError {
     /// What is wrong, and what is allowed, for a startup error.
     pub fn describe(&self) -> (&'static str, String) {
         match self {
-            SecretFileError::Read(e) => ("cannot be read", format!("a readable file ({e})")),
+            SecretFileError::Read(e) => ("unreadable", format!("a readable file ({e})")),
             SecretFileError::Mode(m) => (
                 "readable by group or others",
                 format!("a file only its owner can read (chmod 600; it has {m:04o})"),

@@ -5,30 +5,38 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{de_seconds, invalid, ConfigError, Range};
+use super::{reasons, Reload};
 
 /// HTTP server settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Reload, Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// Address to listen on; `--web.listen-address` overrides it.
+    #[reload(kept = reasons::LISTENER)]
     pub listen_address: String,
     /// Time a client has to send a request's headers, 0.1–300 s. It also
     /// bounds how long a kept-alive connection may sit idle between requests.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(kept = reasons::SERVER)]
     pub header_read_timeout: Duration,
     /// Time a client has to send a request body, 0.1–3600 s.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(kept = reasons::SERVER)]
     pub body_read_timeout: Duration,
     /// Time one non-streaming API request may take in all, 0.1–3600 s.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(kept = reasons::SERVER)]
     pub request_timeout: Duration,
     /// Open connections at once, 1–1,000,000; past it the oldest idle one is closed.
+    #[reload(kept = reasons::SERVER)]
     pub max_connections: usize,
     /// How long graceful shutdown waits for open requests, 0–3600 s.
     #[serde(deserialize_with = "de_seconds")]
+    #[reload(kept = reasons::SERVER)]
     pub shutdown_timeout: Duration,
     /// An exporter-toolkit web config file (TLS, client certificates, basic
     /// auth, headers); `--web.config.file` overrides it. Unset: plain HTTP.
+    #[reload(live)]
     pub config_file: Option<std::path::PathBuf>,
 }
 

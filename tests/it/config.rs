@@ -377,6 +377,36 @@ fn check_config_exit_codes() {
     assert!(text.contains("missing.yml"), "{text}");
 }
 
+#[test]
+fn check_config_and_startup_refuse_the_same_files() {
+    // Each is refused beyond the parser: by reading the file the config
+    // names. check-config, startup and a reload run the one check
+    // (inferwatch::check_config; tests/it/reload.rs has the reload side).
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.yml");
+    for (yaml, says) in [
+        (format!("web:\n  config_file: {}\n", web.display()), "web.yml"),
+        (
+            "health:\n  services:\n    - {name: a, kind: http, url: 'https://127.0.0.1:1/', tls: {ca_file: /nonexistent/ca.pem}}\n".to_string(),
+            "health.services[0].tls.ca_file",
+        ),
+    ] {
+        let cfg = dir.path().join("c.yml");
+        std::fs::write(&cfg, &yaml).unwrap();
+        let (code, text) = check_config(&cfg);
+        assert_eq!(code, 1, "{yaml}: {text}");
+        assert!(text.contains(says), "{text}");
+        let stderr = refused_start(&[], &["--config".as_ref(), cfg.as_os_str()]);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    // The web config file there and valid: both accept.
+    std::fs::write(&web, "basic_auth_users: {}\n").unwrap();
+    let cfg = dir.path().join("c.yml");
+    std::fs::write(&cfg, format!("web:\n  config_file: {}\n", web.display())).unwrap();
+    let (code, text) = check_config(&cfg);
+    assert_eq!(code, 0, "{text}");
+}
+
 /// Starts the daemon with `env` and `args`, expects it to refuse (exit 1),
 /// and returns its stderr.
 fn refused_start(env: &[(&str, &str)], args: &[&std::ffi::OsStr]) -> String {

@@ -275,7 +275,10 @@ async fn huge_entries_are_listed_truncated_within_the_memory_budget() {
         }
     })
     .await;
-    assert!(four < 4 * ONE_LISTING, "four parallel listings raised RSS by {four} bytes");
+    assert!(
+        four < 4 * ONE_LISTING,
+        "four parallel listings raised RSS by {four} bytes"
+    );
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod dashboards;
 mod dlq;
 mod dlq_console;
 mod dlq_types;
+mod doc_tables;
 mod docs;
 mod e2e;
 mod examples;

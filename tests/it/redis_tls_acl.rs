@@ -115,7 +115,7 @@ async fn a_server_certificate_from_another_ca_is_refused_with_the_reason() {
     let (code, text) = check_config(&p);
     assert_eq!(code, 1, "{text}");
     assert!(
-        text.contains("queues.tls.ca_file") && text.contains("cannot be read"),
+        text.contains("queues.tls.ca_file") && text.contains("is unreadable"),
         "{text}"
     );
 }

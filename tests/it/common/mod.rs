@@ -226,5 +226,7 @@ pub async fn rss_rise<F: std::future::Future<Output = ()>>(pid: i32, work: F) ->
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak RSS");
     let before = status_bytes(pid, "VmRSS:").expect("the process's RSS");
     work.await;
-    status_bytes(pid, "VmHWM:").expect("the process's peak RSS").saturating_sub(before)
+    status_bytes(pid, "VmHWM:")
+        .expect("the process's peak RSS")
+        .saturating_sub(before)
 }
