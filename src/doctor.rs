@@ -134,26 +134,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Loads and initialises NVML from `library`, or says why not.
+fn load(library: &str) -> Result<Nvml, DoctorError> {
+    Nvml::builder().lib_path(OsStr::new(library)).init().map_err(|source| {
+        let reason = crate::nvml::init_reason(library, &source);
+        let path = library.to_string();
+        match source {
+            NvmlError::LibloadingError(_) => DoctorError::NoLibrary { path, reason, source },
+            _ => DoctorError::Init { path, reason, source },
+        }
+    })
+}
+
 /// Runs the checks.
 pub fn run(o: &Options) -> Result<Report, DoctorError> {
-    let nvml = Nvml::builder()
-        .lib_path(OsStr::new(&o.library))
-        .init()
-        .map_err(|source| {
-            let reason = crate::nvml::init_reason(&o.library, &source);
-            match source {
-                NvmlError::LibloadingError(_) => DoctorError::NoLibrary {
-                    path: o.library.clone(),
-                    reason,
-                    source,
-                },
-                _ => DoctorError::Init {
-                    path: o.library.clone(),
-                    reason,
-                    source,
-                },
-            }
-        })?;
+    let nvml = load(&o.library)?;
     let driver_version = nvml.sys_driver_version().unwrap_or_else(|_| "unknown".into());
     let nvml_version = nvml.sys_nvml_version().unwrap_or_else(|_| "unknown".into());
     let cuda_driver_version = nvml

@@ -387,36 +387,44 @@ fn messages(event: &Event, gpu: &GpuState, pipeline: &Pipeline) -> Vec<Outgoing>
             "gpu_xid_error",
             &format!("GPU {gpu} ({uuid}) reported XID {xid}"),
         )],
-        Event::GpuMemoryAfterRestart {
-            service,
-            returned,
-            before_bytes,
-            after_bytes,
-            leftover_bytes,
-        } => {
-            let gib = |b: &u64| *b as f64 / (1u64 << 30) as f64;
-            let message = if *returned {
-                format!(
-                    "the restart of {service} returned its GPU memory ({:.2} GiB before, {:.2} GiB now)",
-                    gib(before_bytes),
-                    gib(after_bytes)
-                )
-            } else {
-                format!("the restart of {service} did not return its GPU memory: {:.2} GiB of the {:.2} GiB it held are still taken", gib(leftover_bytes), gib(before_bytes))
-            };
-            vec![Outgoing::new(
-                EventType::Alert,
-                json!({
-                    "severity": event.severity(),
-                    "condition": "gpu_memory_after_restart",
-                    "message": message,
-                    "service": service,
-                    "returned": returned,
-                    "before_bytes": before_bytes,
-                    "after_bytes": after_bytes,
-                    "leftover_bytes": leftover_bytes,
-                }),
-            )]
-        }
+        Event::GpuMemoryAfterRestart { .. } => memory_after_restart_message(event).into_iter().collect(),
     }
+}
+
+/// The alert that says whether a restart returned a service's GPU memory
+/// (`None` for any other event).
+fn memory_after_restart_message(event: &Event) -> Option<Outgoing> {
+    let Event::GpuMemoryAfterRestart {
+        service,
+        returned,
+        before_bytes,
+        after_bytes,
+        leftover_bytes,
+    } = event
+    else {
+        return None;
+    };
+    let gib = |b: &u64| *b as f64 / (1u64 << 30) as f64;
+    let message = if *returned {
+        format!(
+            "the restart of {service} returned its GPU memory ({:.2} GiB before, {:.2} GiB now)",
+            gib(before_bytes),
+            gib(after_bytes)
+        )
+    } else {
+        format!("the restart of {service} did not return its GPU memory: {:.2} GiB of the {:.2} GiB it held are still taken", gib(leftover_bytes), gib(before_bytes))
+    };
+    Some(Outgoing::new(
+        EventType::Alert,
+        json!({
+            "severity": event.severity(),
+            "condition": "gpu_memory_after_restart",
+            "message": message,
+            "service": service,
+            "returned": returned,
+            "before_bytes": before_bytes,
+            "after_bytes": after_bytes,
+            "leftover_bytes": leftover_bytes,
+        }),
+    ))
 }

@@ -351,6 +351,21 @@ fn reload_on_sighup(reloader: Arc<reload::Reloader>, stop: CancellationToken) ->
     }))
 }
 
+/// Starts the history store's writer, and marks the DLQ tasks an earlier
+/// run left `running` as interrupted (its stop cut them off).
+fn start_store(state: &AppState, stop: &CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    let store = state.store.clone()?;
+    tracing::info!(store = %store.description(), "History store configured.");
+    let writer = tokio::spawn(store.clone().run_writer(stop.clone()));
+    let started = state.started_at;
+    tokio::spawn(async move {
+        if let Err(e) = store.interrupt_tasks(started).await {
+            tracing::warn!(error = %e, "Could not check the history store for interrupted DLQ tasks.");
+        }
+    });
+    Some(writer)
+}
+
 /// [`run`] with state the caller built (tests use it to watch events).
 pub async fn run_with_state(
     state: AppState,
@@ -362,20 +377,7 @@ pub async fn run_with_state(
     let mut tasks = Vec::new();
     tasks.extend(reload_on_sighup(state.reload.clone(), collectors_stop.clone()));
 
-    let writer = state.store.clone().map(|store| {
-        tracing::info!(store = %store.description(), "History store configured.");
-        tokio::spawn(store.run_writer(store_stop.clone()))
-    });
-
-    // Move tasks an earlier run left `running` were cut off by its stop.
-    if let Some(store) = state.store.clone() {
-        let started = state.started_at;
-        tokio::spawn(async move {
-            if let Err(e) = store.interrupt_tasks(started).await {
-                tracing::warn!(error = %e, "Could not check the history store for interrupted DLQ tasks.");
-            }
-        });
-    }
+    let writer = start_store(&state, &store_stop);
 
     // The hub subscribes before any collector can publish.
     tasks.push(tokio::spawn(run_hub(

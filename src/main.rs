@@ -104,71 +104,80 @@ fn parse() -> (Cli, ArgMatches) {
 
 fn main() -> ExitCode {
     let (cli, matches) = parse();
-    if let Some(Command::CheckConfig { path }) = &cli.command {
-        let loaded = Config::load(Some(path), |k| std::env::var(k).ok()).map_err(anyhow::Error::from);
-        // What startup and a reload check too: the token files, the health
-        // checks' targets, the web config file.
-        let checked = loaded.and_then(|c| {
-            inferwatch::check_config(&c)?;
-            Ok(c)
-        });
-        return match checked {
-            Ok(c) => {
-                for d in c.health.deprecations() {
-                    println!("WARNING: {d}");
-                }
-                println!("SUCCESS: {} is valid inferwatch config", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("FAILED: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Command::CheckWebConfig { path }) = &cli.command {
-        return match inferwatch::webconf::load(path) {
-            Ok(loaded) => {
-                for i in &loaded.ignored {
-                    println!("NOTE: not honoured: {i}");
-                }
-                println!("SUCCESS: {} is valid web config", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("FAILED: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Command::RedisAcl { user, password }) = &cli.command {
-        return match Config::load(cli.config.as_deref(), |k| std::env::var(k).ok()) {
-            Ok(c) => {
-                println!("{}", inferwatch::redis_acl::setuser_line(&c, user, password));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("FAILED: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if let Some(Command::SloRules) = &cli.command {
-        return slo_rules(cli.config.as_deref());
-    }
-    if let Some(Command::Doctor {
-        nvml_library,
-        samples,
-        json,
-    }) = &cli.command
-    {
-        return doctor(cli.config.as_deref(), nvml_library.clone(), *samples as usize, *json);
+    let config = cli.config.as_deref();
+    match &cli.command {
+        Some(Command::CheckConfig { path }) => return check_config(path),
+        Some(Command::CheckWebConfig { path }) => return check_web_config(path),
+        Some(Command::RedisAcl { user, password }) => return redis_acl(config, user, password),
+        Some(Command::SloRules) => return slo_rules(config),
+        Some(Command::Doctor {
+            nvml_library,
+            samples,
+            json,
+        }) => return doctor(config, nvml_library.clone(), *samples as usize, *json),
+        None => {}
     }
     match serve(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("inferwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `inferwatch check-config`: what startup and a reload check too (the
+/// keys and ranges, the token files, the health checks' targets, the web
+/// config file), with the environment's overrides.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let loaded = Config::load(Some(path), |k| std::env::var(k).ok()).map_err(anyhow::Error::from);
+    let checked = loaded.and_then(|c| {
+        inferwatch::check_config(&c)?;
+        Ok(c)
+    });
+    match checked {
+        Ok(c) => {
+            for d in c.health.deprecations() {
+                println!("WARNING: {d}");
+            }
+            println!("SUCCESS: {} is valid inferwatch config", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `inferwatch check-web-config`: as the exporter toolkit's own checker,
+/// and what rustls cannot honour.
+fn check_web_config(path: &std::path::Path) -> ExitCode {
+    match inferwatch::webconf::load(path) {
+        Ok(loaded) => {
+            for i in &loaded.ignored {
+                println!("NOTE: not honoured: {i}");
+            }
+            println!("SUCCESS: {} is valid web config", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("FAILED: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `inferwatch redis-acl`: the least-privilege user's ACL SETUSER line.
+fn redis_acl(config: Option<&std::path::Path>, user: &str, password: &str) -> ExitCode {
+    match Config::load(config, |k| std::env::var(k).ok()) {
+        Ok(c) => {
+            println!("{}", inferwatch::redis_acl::setuser_line(&c, user, password));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("FAILED: {e}");
             ExitCode::FAILURE
         }
     }

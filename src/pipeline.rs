@@ -213,18 +213,7 @@ pub fn parse_event(raw: &str) -> Result<Event, EventError> {
                 return Err(EventError::Duration(duration_seconds));
             }
             check_job_id(job_id.as_deref())?;
-            let error_type = match (status, error_type) {
-                (StageStatus::Ok, None) => None,
-                (StageStatus::Ok, Some(_)) => return Err(EventError::ErrorTypeWithOk),
-                (StageStatus::Error, None) => Some("unknown".to_string()),
-                (StageStatus::Error, Some(t)) if valid_name(&t) => Some(t),
-                (StageStatus::Error, Some(t)) => {
-                    return Err(EventError::Name {
-                        field: "error_type",
-                        value: t,
-                    })
-                }
-            };
+            let error_type = stage_error_type(status, error_type)?;
             let items = items.unwrap_or(0);
             if items > MAX_ITEMS {
                 return Err(EventError::Items(items));
@@ -250,6 +239,21 @@ pub fn parse_event(raw: &str) -> Result<Event, EventError> {
                 duration_seconds,
             })
         }
+    }
+}
+
+/// A stage's `error_type`: none when it went well, `unknown` when it
+/// failed without one, else the one given (a valid name).
+fn stage_error_type(status: StageStatus, error_type: Option<String>) -> Result<Option<String>, EventError> {
+    match (status, error_type) {
+        (StageStatus::Ok, None) => Ok(None),
+        (StageStatus::Ok, Some(_)) => Err(EventError::ErrorTypeWithOk),
+        (StageStatus::Error, None) => Ok(Some("unknown".to_string())),
+        (StageStatus::Error, Some(t)) if valid_name(&t) => Ok(Some(t)),
+        (StageStatus::Error, Some(t)) => Err(EventError::Name {
+            field: "error_type",
+            value: t,
+        }),
     }
 }
 
@@ -362,23 +366,7 @@ impl Families {
             "Pipeline events rejected, by reason (batch-level refusals count once per request).",
             &["reason"],
         );
-        metrics.add(&stage_duration);
-        metrics.add(&stage_errors);
-        metrics.add(&jobs);
-        metrics.add(&job_duration);
-        metrics.add(&items);
-        metrics.add(&events);
-        metrics.add(&rejected);
-        for s in ["completed", "failed"] {
-            jobs.with_label_values(&[s]);
-        }
-        for s in [Source::Http, Source::RedisStream] {
-            events.with_label_values(&[s.as_str()]);
-        }
-        for r in Reason::ALL {
-            rejected.with_label_values(&[r.as_str()]);
-        }
-        Families {
+        let f = Families {
             stage_duration,
             stage_errors,
             jobs,
@@ -386,6 +374,28 @@ impl Families {
             items,
             events,
             rejected,
+        };
+        f.add_to(metrics);
+        f
+    }
+
+    /// Registers every family, each label value known ahead from 0.
+    fn add_to(&self, metrics: &Metrics) {
+        metrics.add(&self.stage_duration);
+        metrics.add(&self.stage_errors);
+        metrics.add(&self.jobs);
+        metrics.add(&self.job_duration);
+        metrics.add(&self.items);
+        metrics.add(&self.events);
+        metrics.add(&self.rejected);
+        for s in ["completed", "failed"] {
+            self.jobs.with_label_values(&[s]);
+        }
+        for s in [Source::Http, Source::RedisStream] {
+            self.events.with_label_values(&[s.as_str()]);
+        }
+        for r in Reason::ALL {
+            self.rejected.with_label_values(&[r.as_str()]);
         }
     }
 }

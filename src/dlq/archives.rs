@@ -124,25 +124,22 @@ impl Queues {
         })
     }
 
-    /// The archives of `queue`'s DLQ, newest first. SCAN matches only the
-    /// archive key patterns, so no other key is read.
-    pub async fn archives(&self, queue: &str) -> Result<Vec<ArchiveInfo>, DlqError> {
+    /// The archive keys of `queue`'s DLQ (at most about 10,000), by SCAN.
+    async fn archive_keys(&self, queue: &str) -> Result<Vec<String>, DlqError> {
         let dlq = glob_escape(&self.dlq_key(queue));
         let mut keys: Vec<String> = Vec::new();
         for kind in ["cleared", "deleted"] {
             let pattern = format!("{dlq}:{kind}:*");
             let mut cursor: u64 = 0;
             loop {
-                let (next, batch): (u64, Vec<String>) = self
-                    .run(
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(1000),
-                    )
-                    .await?;
+                let scan = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .clone();
+                let (next, batch): (u64, Vec<String>) = self.run(&scan).await?;
                 keys.extend(
                     batch
                         .into_iter()
@@ -154,6 +151,13 @@ impl Queues {
                 cursor = next;
             }
         }
+        Ok(keys)
+    }
+
+    /// The archives of `queue`'s DLQ, newest first. SCAN matches only the
+    /// archive key patterns, so no other key is read.
+    pub async fn archives(&self, queue: &str) -> Result<Vec<ArchiveInfo>, DlqError> {
+        let mut keys = self.archive_keys(queue).await?;
         keys.sort();
         keys.dedup();
         // LLEN on a non-list would fail the whole pipeline: ask TYPE first.

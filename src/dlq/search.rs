@@ -236,17 +236,9 @@ impl Queues {
         self.check_lists(&[&key, &target]).await?;
         let gone = || DlqError::NotFound(format!("no job {id} in {key}: it was moved, requeued or deleted"));
         let (found_at, bytes) = self.find(&key, id, index).await?.ok_or_else(gone)?;
-        let payload: Vec<u8> = match action {
-            SingleAction::Requeue => {
-                let text = std::str::from_utf8(&bytes).map_err(|_| malformed(id, "not UTF-8"))?;
-                let job = parse_entry(text).map_err(|why| malformed(id, &why))?;
-                job.original_job.get().as_bytes().to_vec()
-            }
-            SingleAction::Delete => bytes.clone(),
-        };
-        let ttl = match action {
-            SingleAction::Requeue => 0,
-            SingleAction::Delete => self.config().clear_archive_ttl.as_secs().max(1),
+        let (payload, ttl) = match action {
+            SingleAction::Requeue => (original_job(id, &bytes)?, 0),
+            SingleAction::Delete => (bytes.clone(), self.config().clear_archive_ttl.as_secs().max(1)),
         };
         // LREM from the nearer end: the same bytes anywhere are the same job.
         let total: u64 = self.run(redis::cmd("LLEN").arg(&key)).await?;
@@ -280,6 +272,13 @@ impl Queues {
             expires_at: expires,
         })
     }
+}
+
+/// What a requeue pushes back: the entry's `original_job`, as stored.
+fn original_job(id: &str, entry: &[u8]) -> Result<Vec<u8>, DlqError> {
+    let text = std::str::from_utf8(entry).map_err(|_| malformed(id, "not UTF-8"))?;
+    let job = parse_entry(text).map_err(|why| malformed(id, &why))?;
+    Ok(job.original_job.get().as_bytes().to_vec())
 }
 
 fn malformed(id: &str, why: &str) -> DlqError {

@@ -338,22 +338,14 @@ impl Queues {
                     _ = tokio::time::sleep(wait) => continue,
                 }
             }
-            let entries = self.oldest(&key, tally.left.min(batch) as isize).await?;
-            if entries.is_empty() {
+            let room = allowed.min(max - tally.matched);
+            let Some((step, r, s, stopped)) = self
+                .requeue_step(&key, queue, tally.left.min(batch), &spec.filter, room, &mut replication)
+                .await?
+            else {
                 break;
-            }
-            let now = Utc::now().timestamp_millis() as f64 / 1000.0;
-            let step = plan_step(entries, &spec.filter, now, allowed.min(max - tally.matched));
-            let mut args: Vec<&[u8]> = vec![self.pop_end().as_arg().as_bytes(), self.push_end().as_arg().as_bytes()];
-            for (entry, payload) in &step.pairs {
-                args.extend([entry.as_slice(), payload.as_slice()]);
-            }
-            let reply = self.script(&Scripts::Requeue, &[&key, queue], &args).await?;
-            let (r, s, stopped) = (int_at(&reply, 1), int_at(&reply, 2), int_at(&reply, 3));
-            if let Some(rep) = &mut replication {
-                self.confirm(rep).await?;
-            }
-            let stalled = tally.record(&step.kinds, r, s, stopped == 1);
+            };
+            let stalled = tally.record(&step.kinds, r, s, stopped);
             counter.inc_by(r);
             progress.publish(&tally);
             if stalled {
@@ -375,6 +367,39 @@ impl Queues {
             cancelled,
             replication,
         })
+    }
+
+    /// One batch of [`Queues::requeue_matching`]: the oldest `count`
+    /// entries, planned against `filter` with room for `room` moves, the
+    /// move script run on them, and (under Sentinel) the replicas' copy
+    /// confirmed. The plan, and what the script requeued, skipped, and
+    /// whether it stopped at an entry that was no longer there; `None` when
+    /// the DLQ is empty.
+    async fn requeue_step(
+        &self,
+        key: &str,
+        queue: &str,
+        count: u64,
+        filter: &super::Filter,
+        room: u64,
+        replication: &mut Option<super::Replication>,
+    ) -> Result<Option<(StepPlan, u64, u64, bool)>, DlqError> {
+        let entries = self.oldest(key, count as isize).await?;
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let now = Utc::now().timestamp_millis() as f64 / 1000.0;
+        let step = plan_step(entries, filter, now, room);
+        let mut args: Vec<&[u8]> = vec![self.pop_end().as_arg().as_bytes(), self.push_end().as_arg().as_bytes()];
+        for (entry, payload) in &step.pairs {
+            args.extend([entry.as_slice(), payload.as_slice()]);
+        }
+        let reply = self.script(&Scripts::Requeue, &[key, queue], &args).await?;
+        let (r, s, stopped) = (int_at(&reply, 1), int_at(&reply, 2), int_at(&reply, 3));
+        if let Some(rep) = replication {
+            self.confirm(rep).await?;
+        }
+        Ok(Some((step, r, s, stopped == 1)))
     }
 
     /// Marks `queue` as running a background task (the same one-at-a-time

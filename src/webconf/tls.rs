@@ -224,6 +224,24 @@ impl Builder<'_> {
         Ok(kept)
     }
 
+    /// The client CAs of `tls_server_config.client_ca_file`.
+    fn client_roots(&self, pem: &[u8]) -> Result<RootCertStore, WebConfigError> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(pem) {
+            let c = c.map_err(|e| {
+                self.invalid(
+                    "tls_server_config.client_ca_file",
+                    format!("not PEM: {e}"),
+                    "PEM CA certificates",
+                )
+            })?;
+            roots
+                .add(c)
+                .map_err(|e| self.invalid("tls_server_config.client_ca_file", e.to_string(), "PEM CA certificates"))?;
+        }
+        Ok(roots)
+    }
+
     fn client_verifier(
         &mut self,
         t: &TlsServerConfig,
@@ -253,22 +271,7 @@ impl Builder<'_> {
             ));
         }
         let roots = match &ca {
-            Some(pem) => {
-                let mut roots = RootCertStore::empty();
-                for c in CertificateDer::pem_slice_iter(pem) {
-                    let c = c.map_err(|e| {
-                        self.invalid(
-                            "tls_server_config.client_ca_file",
-                            format!("not PEM: {e}"),
-                            "PEM CA certificates",
-                        )
-                    })?;
-                    roots.add(c).map_err(|e| {
-                        self.invalid("tls_server_config.client_ca_file", e.to_string(), "PEM CA certificates")
-                    })?;
-                }
-                Some(Arc::new(roots))
-            }
+            Some(pem) => Some(Arc::new(self.client_roots(pem)?)),
             None => None,
         };
         // Without a CA file, the toolkit verifies client certificates against
