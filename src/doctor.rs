@@ -25,13 +25,13 @@ pub enum DoctorError {
     )]
     NoLibrary {
         path: String,
-        reason: &'static str,
+        reason: crate::nvml::InitReason,
         source: NvmlError,
     },
     #[error("NVML state: down ({reason}): NVML failed to initialise from {path}: {source} (see docs/runbooks.md#gpudriverdown; try nvidia-smi)")]
     Init {
         path: String,
-        reason: &'static str,
+        reason: crate::nvml::InitReason,
         source: NvmlError,
     },
     #[error("NVML loaded from {path} (driver {driver}) but no GPU answered: {why}")]

@@ -25,7 +25,7 @@ use crate::events::{Event, EventBus};
 use crate::history::GpuSample;
 use crate::nvml::profiling::{PIPES, RECOVERY_ACTIONS};
 use crate::nvml::{
-    init_reason, DriverVersions, GpuReading, NvmlHandle, NvmlStartError, PollerOptions, INIT_REASONS, THROTTLE_REASONS,
+    init_reason, DriverVersions, GpuReading, InitReason, NvmlHandle, NvmlStartError, PollerOptions, THROTTLE_REASONS,
 };
 use crate::state::{GpuSnapshot, GpuState, NvmlDown};
 use crate::store::Store;
@@ -68,7 +68,7 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
 #[derive(Debug, Clone)]
 pub struct Retry {
     /// The init reason of the last failure.
-    pub reason: &'static str,
+    pub reason: InitReason,
     /// The last failure's error, for the log and the API.
     pub message: String,
     /// When NVML went down.
@@ -81,7 +81,7 @@ impl Retry {
     pub const FIRST: Duration = Duration::from_secs(1);
     pub const CAP: Duration = Duration::from_secs(300);
 
-    pub fn new(reason: &'static str, message: String, now: Instant) -> Retry {
+    pub fn new(reason: InitReason, message: String, now: Instant) -> Retry {
         Retry {
             reason,
             message,
@@ -97,7 +97,7 @@ impl Retry {
     }
 
     /// The try at `now` failed too: wait twice as long, up to the cap.
-    pub fn failed_again(&mut self, reason: &'static str, message: String, now: Instant) {
+    pub fn failed_again(&mut self, reason: InitReason, message: String, now: Instant) {
         self.backoff = (self.backoff * 2).min(Self::CAP);
         self.next_try = now + self.backoff;
         self.reason = reason;
@@ -142,9 +142,9 @@ pub struct GpuCollector {
     /// also of a GPU that has just fallen off it.
     buses: HashMap<PciAddr, (u32, String)>,
     /// `inferwatch_nvml_init_errors_total` by reason.
-    init_errors: BTreeMap<&'static str, u64>,
+    init_errors: BTreeMap<InitReason, u64>,
     /// Reasons already logged since NVML was last up.
-    logged: HashSet<&'static str>,
+    logged: HashSet<InitReason>,
     versions: DriverVersions,
     /// Who holds each GPU process (only with `gpu.per_process`).
     attributor: Option<Attributor>,
@@ -183,7 +183,7 @@ impl GpuCollector {
             kernel_log_overwritten: 0,
             boot_id: String::new(),
             buses: HashMap::new(),
-            init_errors: INIT_REASONS.iter().map(|r| (*r, 0)).collect(),
+            init_errors: InitReason::ALL.iter().map(|r| (*r, 0)).collect(),
             logged: HashSet::new(),
             versions: DriverVersions::default(),
             live: None,
@@ -198,7 +198,7 @@ impl GpuCollector {
         c.link = match c.init().await {
             Ok(h) => Link::Up(h),
             Err((reason, _))
-                if reason == "library_not_found"
+                if reason == InitReason::LibraryNotFound
                     && c.config.mode == GpuMode::Auto
                     && !c.config.nvml_library.contains('/') =>
             {
@@ -258,7 +258,7 @@ impl GpuCollector {
     }
 
     /// One try at loading NVML.
-    async fn init(&mut self) -> Result<NvmlHandle, (&'static str, String)> {
+    async fn init(&mut self) -> Result<NvmlHandle, (InitReason, String)> {
         let options = self.poller_options();
         let path = self.config.nvml_library.clone();
         match NvmlHandle::start(&path, options, self.state.nvml_metrics.clone()).await {
@@ -271,7 +271,7 @@ impl GpuCollector {
             Err(e) => {
                 let reason = match &e {
                     NvmlStartError::Init { source, .. } => init_reason(&path, source),
-                    NvmlStartError::Thread(_) => "unknown",
+                    NvmlStartError::Thread(_) => InitReason::Unknown,
                 };
                 Err((reason, e.to_string()))
             }
@@ -280,10 +280,10 @@ impl GpuCollector {
 
     /// Counts a failed init (or a driver lost mid-run) and logs it once per
     /// reason until NVML is up again.
-    fn failed(&mut self, reason: &'static str, message: &str) {
+    fn failed(&mut self, reason: InitReason, message: &str) {
         *self.init_errors.entry(reason).or_default() += 1;
         if self.logged.insert(reason) {
-            tracing::error!(reason, error = %message, library = %self.config.nvml_library, "NVML is down: the GPU collector is failing and retries with backoff (1 s doubling to 5 min).");
+            tracing::error!(reason = reason.as_str(), error = %message, library = %self.config.nvml_library, "NVML is down: the GPU collector is failing and retries with backoff (1 s doubling to 5 min).");
         }
     }
 
@@ -426,7 +426,7 @@ impl GpuCollector {
     }
 
     /// The reason NVML is down, when the collector is failing.
-    pub fn down_reason(&self) -> Option<&'static str> {
+    pub fn down_reason(&self) -> Option<InitReason> {
         match &self.link {
             Link::Down(r) => Some(r.reason),
             _ => None,
@@ -474,7 +474,7 @@ impl GpuCollector {
             recorded_at: Some(Utc::now()),
             nvml_up,
             nvml_down: down,
-            init_errors: self.init_errors.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+            init_errors: self.init_errors.iter().map(|(r, n)| (*r, *n)).collect(),
             versions: nvml_up.then(|| self.versions.clone()),
             xid_totals: self.xids.totals.clone(),
             xid_last_seen: self.xids.last_seen.clone(),
@@ -527,7 +527,7 @@ impl GpuCollector {
 impl GpuCollector {
     /// Every GPU answered as if the driver were gone (unloaded or upgraded
     /// under the daemon): NVML is shut down and the retry loop starts.
-    fn driver_gone(&mut self, reason: &'static str, errors: &[String]) -> CollectError {
+    fn driver_gone(&mut self, reason: InitReason, errors: &[String]) -> CollectError {
         let message = format!(
             "every GPU answered as if the driver were gone (unloaded or upgraded): {}",
             errors.join("; ")
@@ -643,17 +643,21 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_start_at_one_second_and_double_to_five_minutes() {
-        let mut r = Retry::new("driver_not_loaded", "x".into(), Instant::now());
+        let mut r = Retry::new(InitReason::DriverNotLoaded, "x".into(), Instant::now());
         let mut waits = vec![r.backoff().as_secs()];
         for _ in 0..11 {
             tokio::time::advance(r.backoff()).await;
             assert!(r.due(Instant::now()));
-            r.failed_again("lib_rm_version_mismatch", "y".into(), Instant::now());
+            r.failed_again(InitReason::LibRmVersionMismatch, "y".into(), Instant::now());
             assert!(!r.due(Instant::now()));
             waits.push(r.backoff().as_secs());
         }
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
-        assert_eq!(r.reason, "lib_rm_version_mismatch", "the last reason is reported");
+        assert_eq!(
+            r.reason,
+            InitReason::LibRmVersionMismatch,
+            "the last reason is reported"
+        );
     }
 }
 
@@ -971,7 +975,7 @@ impl PromCollector for GpuFamilies {
         b.add(F::Available, &[], if snap.available { 1.0 } else { 0.0 });
         b.add(F::NvmlUp, &[], if snap.nvml_up { 1.0 } else { 0.0 });
         for (reason, n) in &snap.init_errors {
-            b.add(F::NvmlInitErrors, &[reason], *n as f64);
+            b.add(F::NvmlInitErrors, &[reason.as_str()], *n as f64);
         }
         if let Some(v) = &snap.versions {
             b.add(F::DriverInfo, &[&v.driver, &v.nvml, &v.cuda], 1.0);

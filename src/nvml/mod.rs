@@ -109,24 +109,57 @@ pub struct PollOutcome {
     /// daemon): the device count, or every device, answered
     /// `UNINITIALIZED`, `DRIVER_NOT_LOADED` or `LIB_RM_VERSION_MISMATCH`.
     /// The value is the init reason it maps to.
-    pub driver_gone: Option<&'static str>,
+    pub driver_gone: Option<InitReason>,
 }
 
-/// The reasons `nvmlInit` (or loading the library) fails, the `reason`
-/// label of `inferwatch_nvml_init_errors_total`.
-pub const INIT_REASONS: [&str; 7] = [
-    "library_not_found",
-    "library_load_failed",
-    "driver_not_loaded",
-    "lib_rm_version_mismatch",
-    "no_permission",
-    "insufficient_size",
-    "unknown",
-];
+/// Why `nvmlInit` (or loading the library) failed: the `reason` label of
+/// `inferwatch_nvml_init_errors_total`, and what `/api/system/gpu` and the
+/// log say while NVML is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InitReason {
+    LibraryNotFound,
+    LibraryLoadFailed,
+    DriverNotLoaded,
+    LibRmVersionMismatch,
+    NoPermission,
+    InsufficientSize,
+    Unknown,
+}
 
-/// Why loading the library at `path` or `nvmlInit` failed, as an init
-/// reason.
-pub fn init_reason(path: &str, e: &NvmlError) -> &'static str {
+impl InitReason {
+    /// Every reason, each exported from 0.
+    pub const ALL: [InitReason; 7] = [
+        InitReason::LibraryNotFound,
+        InitReason::LibraryLoadFailed,
+        InitReason::DriverNotLoaded,
+        InitReason::LibRmVersionMismatch,
+        InitReason::NoPermission,
+        InitReason::InsufficientSize,
+        InitReason::Unknown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InitReason::LibraryNotFound => "library_not_found",
+            InitReason::LibraryLoadFailed => "library_load_failed",
+            InitReason::DriverNotLoaded => "driver_not_loaded",
+            InitReason::LibRmVersionMismatch => "lib_rm_version_mismatch",
+            InitReason::NoPermission => "no_permission",
+            InitReason::InsufficientSize => "insufficient_size",
+            InitReason::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for InitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why loading the library at `path` or `nvmlInit` failed.
+pub fn init_reason(path: &str, e: &NvmlError) -> InitReason {
     match e {
         NvmlError::LibloadingError(le) => {
             let missing = if path.contains('/') {
@@ -135,26 +168,26 @@ pub fn init_reason(path: &str, e: &NvmlError) -> &'static str {
                 le.to_string().contains("No such file")
             };
             if missing {
-                "library_not_found"
+                InitReason::LibraryNotFound
             } else {
-                "library_load_failed"
+                InitReason::LibraryLoadFailed
             }
         }
-        NvmlError::LibraryNotFound => "library_not_found",
-        NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound => "library_load_failed",
-        NvmlError::DriverNotLoaded => "driver_not_loaded",
-        NvmlError::LibRmVersionMismatch => "lib_rm_version_mismatch",
-        NvmlError::NoPermission => "no_permission",
-        NvmlError::InsufficientSize(_) => "insufficient_size",
-        _ => "unknown",
+        NvmlError::LibraryNotFound => InitReason::LibraryNotFound,
+        NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound => InitReason::LibraryLoadFailed,
+        NvmlError::DriverNotLoaded => InitReason::DriverNotLoaded,
+        NvmlError::LibRmVersionMismatch => InitReason::LibRmVersionMismatch,
+        NvmlError::NoPermission => InitReason::NoPermission,
+        NvmlError::InsufficientSize(_) => InitReason::InsufficientSize,
+        _ => InitReason::Unknown,
     }
 }
 
 /// The init reason of an answer that means the driver is gone mid-run.
-fn gone_reason(e: &NvmlError) -> Option<&'static str> {
+fn gone_reason(e: &NvmlError) -> Option<InitReason> {
     match e {
-        NvmlError::Uninitialized | NvmlError::DriverNotLoaded => Some("driver_not_loaded"),
-        NvmlError::LibRmVersionMismatch => Some("lib_rm_version_mismatch"),
+        NvmlError::Uninitialized | NvmlError::DriverNotLoaded => Some(InitReason::DriverNotLoaded),
+        NvmlError::LibRmVersionMismatch => Some(InitReason::LibRmVersionMismatch),
         _ => None,
     }
 }
@@ -340,7 +373,7 @@ enum Out {
     Lost,
     Unidentified(String),
     /// The driver answered as if it were gone: the reason, and the error.
-    DriverGone(&'static str, String),
+    DriverGone(InitReason, String),
 }
 
 impl<'n> Poller<'n> {

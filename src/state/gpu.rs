@@ -43,7 +43,7 @@ pub struct GpuSnapshot {
     /// Set while the collector is failing because NVML is down.
     pub nvml_down: Option<NvmlDown>,
     /// Failed inits by reason (every reason, from 0).
-    pub init_errors: BTreeMap<String, u64>,
+    pub init_errors: BTreeMap<crate::nvml::InitReason, u64>,
     /// The driver's versions, while NVML is up.
     pub versions: Option<DriverVersions>,
 }
@@ -51,8 +51,8 @@ pub struct GpuSnapshot {
 /// Why the GPU collector is blind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NvmlDown {
-    /// One of [`crate::nvml::INIT_REASONS`].
-    pub reason: &'static str,
+    /// Why NVML is down.
+    pub reason: crate::nvml::InitReason,
     pub message: String,
 }
 

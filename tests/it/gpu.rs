@@ -2,7 +2,9 @@
 //! real dynamic loading. Each test drives collection rounds by hand
 //! (`run_once`), so nothing waits on a timer.
 
-use crate::common::{gpu_lines, gpus_state, sample_value, Driver, FakeGpus};
+use std::time::Duration;
+
+use crate::common::{eventually, gpu_lines, gpus_state, sample_value, Driver, FakeGpus};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -11,6 +13,7 @@ use inferwatch::collectors::gpu::GpuCollector;
 use inferwatch::collectors::run_once;
 use inferwatch::config::Config;
 use inferwatch::events::Event;
+use inferwatch::nvml::InitReason;
 use tower::ServiceExt;
 
 struct Harness {
@@ -290,14 +293,10 @@ async fn lost_gpu_loses_its_series_and_the_daemon_keeps_going() {
 /// Runs rounds (100 ms apart: the first retry is due 1 s after the
 /// failure) until one succeeds, or panics after 10 s.
 async fn rounds_until_ok(h: &mut Harness) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match h.round().await {
-            Ok(()) => return,
-            Err(e) => assert!(std::time::Instant::now() < deadline, "still failing after 10 s: {e}"),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually("a round that succeeds", Duration::from_secs(10), async || {
+        h.round().await.ok()
+    })
+    .await
 }
 
 /// Asserts what a failing GPU collector shows for `reason`.
@@ -370,7 +369,7 @@ async fn auto_mode_with_no_library_installed_is_mock_mode() {
 #[tokio::test]
 async fn an_explicit_path_that_does_not_exist_is_a_failing_collector_not_mock_mode() {
     let mut h = Harness::new("/nonexistent/libnvidia-ml.so.1", |_| {}).await;
-    assert_eq!(h.collector.down_reason(), Some("library_not_found"));
+    assert_eq!(h.collector.down_reason().map(|r| r.as_str()), Some("library_not_found"));
     assert_down(&mut h, "library_not_found", 1.0).await;
     // `mock` mocks whatever the library; `nvml` never does.
     let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
@@ -382,7 +381,7 @@ async fn an_explicit_path_that_does_not_exist_is_a_failing_collector_not_mock_mo
         c.gpu.mode = inferwatch::config::GpuMode::Nvml
     })
     .await;
-    assert_eq!(h.collector.down_reason(), Some("library_not_found"));
+    assert_eq!(h.collector.down_reason().map(|r| r.as_str()), Some("library_not_found"));
 }
 
 #[tokio::test]
@@ -391,7 +390,7 @@ async fn a_driver_that_is_not_loaded_yet_fails_then_appears_without_a_restart() 
     // as before the kernel module is loaded at boot.
     let fake = FakeGpus::new(Driver::Current, &format!("init_error 9\n{}", gpus_state(2)));
     let mut h = Harness::new(&fake.lib_str(), |_| {}).await;
-    assert_eq!(h.collector.down_reason(), Some("driver_not_loaded"));
+    assert_eq!(h.collector.down_reason().map(|r| r.as_str()), Some("driver_not_loaded"));
     assert_down(&mut h, "driver_not_loaded", 1.0).await;
     // The module is loaded: the next retry finds the GPUs.
     fake.set(&gpus_state(2));
@@ -424,18 +423,21 @@ async fn a_driver_upgraded_under_the_daemon_is_lost_retried_and_found_again() {
     fake.set(&format!("device_error 1\n{}", gpus_state(2)));
     let err = h.round().await.unwrap_err();
     assert!(err.contains("NVML is down (driver_not_loaded)"), "{err}");
-    assert_eq!(h.collector.down_reason(), Some("driver_not_loaded"));
+    assert_eq!(h.collector.down_reason().map(|r| r.as_str()), Some("driver_not_loaded"));
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, "inferwatch_nvml_up"), Some(0.0));
     assert_eq!(sample_value(&page, "gpu_devices"), Some(0.0), "no stale GPU series");
     // 2. The new library meets the old module: LIB_RM_VERSION_MISMATCH (18).
     fake.set(&format!("init_error 18\n{}", gpus_state(2)));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while h.collector.down_reason() != Some("lib_rm_version_mismatch") {
-        assert!(std::time::Instant::now() < deadline, "no retry with the new reason");
-        let _ = h.round().await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually(
+        "a retry that finds the new reason",
+        Duration::from_secs(10),
+        async || {
+            let _ = h.round().await;
+            (h.collector.down_reason() == Some(InitReason::LibRmVersionMismatch)).then_some(())
+        },
+    )
+    .await;
     assert_down(&mut h, "lib_rm_version_mismatch", 1.0).await;
     // 3. After the reboot (or module reload) init works: GPUs are back.
     fake.set(&gpus_state(2));
@@ -728,19 +730,16 @@ fn append(path: &std::path::Path, text: &str) {
 /// Runs rounds until `series` reads `want` (the reader thread is its own
 /// clock), or panics after 10 s.
 async fn rounds_until(h: &mut Harness, series: &str, want: Option<f64>) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let _ = h.round().await;
-        let page = h.metrics().await;
-        if sample_value(&page, series) == want {
-            return page;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{series} never read {want:?}:\n{page}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("{series} to read {want:?}"),
+        Duration::from_secs(10),
+        async || {
+            let _ = h.round().await;
+            let page = h.metrics().await;
+            (sample_value(&page, series) == want).then_some(page)
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -878,17 +877,20 @@ async fn the_real_dev_kmsg_when_running_as_root() {
     h.round().await.unwrap();
     let page = h.metrics().await;
     assert_eq!(sample_value(&page, "inferwatch_kernel_log_up"), Some(1.0), "{page}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut before = sample_value(&page, &series);
-    while std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        h.round().await.unwrap();
-        let now = sample_value(&h.metrics().await, &series);
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+    let before = eventually(
+        "the replay of the buffer to settle",
+        Duration::from_secs(10),
+        async || {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            h.round().await.unwrap();
+            let now = sample_value(&h.metrics().await, &series);
+            let settled = now == before;
+            before = now;
+            settled.then_some(now)
+        },
+    )
+    .await;
     std::fs::write("/dev/kmsg", format!("<3>{}\n", xid_line("0000:e7:00", 79))).unwrap();
     rounds_until(&mut h, &series, Some(before.unwrap_or(0.0) + 1.0)).await;
 }

@@ -46,11 +46,9 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
+/// `check` may be an async closure that borrows mutably (`async || {
+/// h.round().await.ok() }`), or a closure that returns a future.
+pub async fn eventually<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = check().await {
