@@ -1,4 +1,5 @@
-//! The layout rules the code holds to: no import cycle between the
+//! The layout rules the code holds to: no function over 60 lines outside
+//! tests (`scripts/check_fn_length`), and no import cycle between the
 //! crate's top-level modules or between sibling files
 //! (`scripts/check_cycles`), run on the tree and on a small tree with a
 //! known cycle, so that a checker that went blind would fail here too.
@@ -75,4 +76,45 @@ fn nothing_in_the_repository_points_outside_it_to_the_shared_folder() {
         "the repository must stand alone:\n{}",
         found.join("\n")
     );
+}
+
+/// `scripts/check_fn_length DIR [LIMIT]`: whether it passed, and what it
+/// printed.
+fn check_fn_length(dir: &std::path::Path, limit: &str) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg(repo().join("scripts/check_fn_length"))
+        .arg(dir)
+        .arg(limit)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn no_function_outside_tests_is_over_60_lines() {
+    let (ok, out) = check_fn_length(&repo().join("src"), "60");
+    assert!(ok, "{out}");
+    assert!(out.starts_with("no function over 60 lines"), "{out}");
+}
+
+#[test]
+fn the_length_checker_counts_bodies_past_strings_and_test_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    // `long` is 7 lines with a brace in a string and a comment; the test
+    // module before it is longer and not counted; `short` is 3 lines; a
+    // trait method without a body is no function.
+    let text = "#[cfg(test)]\nmod tests {\n    fn t() {\n        1;\n        2;\n        3;\n        4;\n    }\n}\n\
+                trait T {\n    fn decl(&self);\n}\n\
+                fn long() {\n    let _ = \"}\";\n    // }\n    let _ = '}';\n    let _ = 1;\n    let _ = 2;\n}\n\
+                fn short() {\n    let _ = 0;\n}\n";
+    std::fs::write(dir.path().join("lib.rs"), text).unwrap();
+    let (ok, out) = check_fn_length(dir.path(), "6");
+    assert!(!ok, "{out}");
+    let lib = dir.path().join("lib.rs");
+    assert_eq!(
+        out.trim(),
+        format!("{}:13: fn long is 7 lines (limit 6)", lib.display())
+    );
+    let (ok, out) = check_fn_length(dir.path(), "7");
+    assert!(ok, "{out}");
 }
