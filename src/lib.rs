@@ -220,21 +220,11 @@ pub fn check_config(config: &Config) -> Result<(), CheckError> {
 /// `POST /-/reload` can read it again.
 pub fn build_state_with(config: Config, source: reload::Source) -> Result<AppState, RunError> {
     check_config(&config)?;
-    let metrics = Arc::new(Metrics::new());
-    let gpu = GpuState::new(&config.gpu, Some(&metrics));
-    metrics
-        .register(Box::new(GpuFamilies::new(gpu.clone())))
-        .expect("GPU families register once");
-    let store = Store::open(&config, &metrics)?;
-    let health = HealthState::new(&config.health.services);
+    let shared = build_shared(config)?;
+    let config = shared.config.get();
+    let metrics = shared.metrics.clone();
     let hub = Hub::new(config.websocket.clone(), &metrics);
-    let queues = if config.queues.enabled {
-        Some(Queues::new(config.queues.clone(), &metrics)?)
-    } else {
-        None
-    };
     let auth = Arc::new(Auth::load(&config.api)?);
-    let pipeline = Arc::new(Pipeline::new(&config.pipeline, &metrics));
     let http = api::http_metrics::HttpMetrics::new(&metrics);
     let server = server::ServerMetrics::new(&metrics);
     let proxy = inference::proxy::Proxy::new(&metrics);
@@ -246,18 +236,6 @@ pub fn build_state_with(config: Config, source: reload::Source) -> Result<AppSta
         .iter()
         .map(|e| (e.name, e.about, collectors::is_enabled(e, &config)))
         .collect();
-    let shared = state::Shared {
-        config: crate::config::LiveConfig::new(config),
-        metrics,
-        readiness: Arc::new(Readiness::default()),
-        gpu,
-        store: Some(store),
-        events: EventBus::new(),
-        health,
-        queues,
-        pipeline,
-        storage: Default::default(),
-    };
     let reload = Arc::new(reload::Reloader::new(
         source,
         shared.clone(),
@@ -276,6 +254,34 @@ pub fn build_state_with(config: Config, source: reload::Source) -> Result<AppSta
         started_at: chrono::Utc::now(),
         collectors: Arc::new(collectors),
         web,
+    })
+}
+
+/// The state the collectors write and the API reads, with its metric
+/// families registered.
+fn build_shared(config: Config) -> Result<state::Shared, RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let gpu = GpuState::new(&config.gpu, Some(&metrics));
+    metrics
+        .register(Box::new(GpuFamilies::new(gpu.clone())))
+        .expect("GPU families register once");
+    let store = Store::open(&config, &metrics)?;
+    let queues = match config.queues.enabled {
+        true => Some(Queues::new(config.queues.clone(), &metrics)?),
+        false => None,
+    };
+    Ok(state::Shared {
+        health: HealthState::new(&config.health.services),
+        pipeline: Arc::new(Pipeline::new(&config.pipeline, &metrics)),
+        config: crate::config::LiveConfig::new(config),
+        metrics,
+        readiness: Arc::new(Readiness::default()),
+        gpu,
+        store: Some(store),
+        events: EventBus::new(),
+        queues,
+        watched: Default::default(),
+        storage: Default::default(),
     })
 }
 

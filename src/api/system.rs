@@ -235,7 +235,7 @@ pub struct ServiceGpuMemory {
 /// disabled or never polled).
 fn dlq_stats(state: &AppState) -> Option<DlqSummary> {
     let queues = state.queues.as_ref()?;
-    let depths = queues.last_depths();
+    let depths = state.watched.last_depths(&queues.config().names);
     if depths.is_empty() {
         return None;
     }

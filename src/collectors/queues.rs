@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{CollectError, Collector};
 use prometheus::GaugeVec;
 
-use crate::dlq::{QueueDepth, Queues};
+use crate::dlq::{QueueDepth, Queues, Watched};
 use crate::events::{EventBus, Severity};
 use crate::metrics::{family, Metrics};
 
@@ -44,7 +44,7 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
                 }
             }
             super::Built::polled(QueueCollector::new(
-                queues.clone(),
+                (queues.clone(), sh.watched.clone()),
                 sh.events.clone(),
                 &sh.metrics,
                 watched,
@@ -209,6 +209,8 @@ impl StreamMetrics {
 
 pub struct QueueCollector {
     queues: Arc<Queues>,
+    /// What the polls remember, in the shared state.
+    watched: Arc<Watched>,
     events: EventBus,
     /// `None` when no stream is watched.
     streams: Option<StreamMetrics>,
@@ -225,7 +227,7 @@ pub struct QueueCollector {
 
 impl QueueCollector {
     pub fn new(
-        queues: Arc<Queues>,
+        (queues, watched_state): (Arc<Queues>, Arc<Watched>),
         events: EventBus,
         registry: &Metrics,
         watched: Vec<(String, String)>,
@@ -240,6 +242,7 @@ impl QueueCollector {
         let seen = queues.config();
         set_max_wait(&max_wait, &seen);
         QueueCollector {
+            watched: watched_state,
             max_wait,
             seen,
             streams: (!watched.is_empty()).then(|| StreamMetrics::register(registry, watched)),
@@ -296,7 +299,7 @@ impl Collector for QueueCollector {
         self.follow_config();
         let depths = self
             .queues
-            .poll()
+            .poll(&self.watched)
             .await
             .map_err(|e| CollectError::Failed(e.to_string()))?;
         for d in depths {

@@ -22,42 +22,47 @@
 //!
 //! Only keys derived from the configured queue names are ever touched.
 //!
-//! Files: this one holds the shared plumbing (errors, connection, busy
-//! flags, metrics), the depth poll and requeue-all; `entry` reads the
-//! `JobFailure` shape, `list` pages a DLQ, `scripts` holds the Lua steps,
-//! `archives` clear / restore / list archives, `search` finds and moves
-//! single jobs, `tasks` runs filtered and paced requeues, `processing`
-//! watches the jobs in flight.
+//! Files: this one holds the client side's plumbing (errors, connection,
+//! busy flags, move metrics) and requeue-all; `layout` says where the
+//! seed's convention keeps a queue's jobs (the seam where a job
+//! framework's layout goes beside it); `watch` is what the collector's
+//! polls remember (depths, first-seen times), written by the collector and
+//! read by the API; `entry` reads the `JobFailure` shape, `list` pages a
+//! DLQ, `scripts` holds the Lua steps, `archives` clear / restore / list
+//! archives, `search` finds and moves single jobs, `tasks` runs filtered
+//! and paced requeues, `processing` watches the jobs in flight.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
 use prometheus::{GaugeVec, IntCounterVec};
 use serde::Serialize;
 
-use crate::config::{PushSide, QueuesConfig};
+use crate::config::QueuesConfig;
 use crate::metrics::{family, Metrics};
 use crate::redis_conn::{is_connection_error, RedisConn};
 
 mod archives;
 mod entry;
+mod layout;
 mod list;
 pub mod processing;
 mod scripts;
 pub mod search;
 pub mod tasks;
 pub mod waiting;
+mod watch;
 
 pub use archives::{ArchiveInfo, ClearReport, RestoreReport};
 pub use entry::{parse_entry, JobFailure};
+pub use layout::{End, ListLayout};
 pub use list::{Listed, Page};
-pub use processing::{Active, Returned, StuckList};
+pub use processing::{Returned, StuckList};
 use scripts::{int_at, script_reply, Scripts};
 pub use scripts::{CHECK_LUA, CLEAR_LUA, REQUEUE_LUA, RESTORE_LUA, SINGLE_LUA};
 pub use search::{job_id, Filter, SearchPage, SingleAction, SingleReport};
 pub use tasks::{MoveReport, MoveSpec, Task, TaskState, TaskView};
+pub use watch::{Active, Watched};
 
 /// Why a DLQ operation failed; the API maps each to a status. The texts are
 /// for clients: Redis's own error text stays in `Unavailable`'s log detail.
@@ -149,7 +154,7 @@ pub struct QueueDepth {
     pub oldest_age_seconds: Option<f64>,
     /// Jobs in the processing list and how many are stuck; `None` without
     /// `queues.processing_suffix` or when the list could not be read.
-    pub active: Option<processing::Active>,
+    pub active: Option<Active>,
     /// Why the processing list could not be read (a wrong-typed key).
     pub active_error: Option<String>,
     /// Age of the job at the consumer end (see [`waiting`]); 0 when empty.
@@ -230,31 +235,9 @@ impl QueueMetrics {
     }
 }
 
-/// One end of a Redis list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    Left,
-    Right,
-}
-
-impl End {
-    pub fn opposite(self) -> End {
-        match self {
-            End::Left => End::Right,
-            End::Right => End::Left,
-        }
-    }
-
-    /// The word Redis commands (and the scripts' ARGV) use.
-    pub fn as_arg(self) -> &'static str {
-        match self {
-            End::Left => "LEFT",
-            End::Right => "RIGHT",
-        }
-    }
-}
-
-/// The queues and their DLQs: shared by the collector and the API.
+/// The queues and their DLQs, as the API (and the collector's polls) reach
+/// them in Redis: the client side. What the collector remembers between
+/// polls is [`Watched`], in the shared state.
 pub struct Queues {
     /// The `queues` section in force; a reload replaces it
     /// ([`Queues::set_config`]).
@@ -265,11 +248,6 @@ pub struct Queues {
     busy: Mutex<std::collections::HashSet<String>>,
     /// This process's background move tasks.
     pub tasks: tasks::Registry,
-    last: Mutex<HashMap<String, QueueDepth>>,
-    /// First-seen times of the jobs in the processing lists.
-    first_seen: Mutex<processing::FirstSeen>,
-    /// First-seen times of the jobs at the queues' ends.
-    waiting: Mutex<waiting::WaitAge>,
 }
 
 /// Clears the busy flag and the in-progress gauge when a requeue ends,
@@ -302,9 +280,6 @@ impl Queues {
             metrics,
             busy: Mutex::new(Default::default()),
             tasks: Default::default(),
-            last: Mutex::new(HashMap::new()),
-            first_seen: Mutex::new(Default::default()),
-            waiting: Mutex::new(Default::default()),
             config: RwLock::new(Arc::new(config)),
         }))
     }
@@ -330,46 +305,37 @@ impl Queues {
             }
         }
         m.init(config.names.iter().filter(|q| !old.names.contains(q)));
-        self.last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|q, _| config.names.contains(q));
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 
+    /// How the seed's queues keep their jobs, from the config in force.
+    pub fn layout(&self) -> ListLayout {
+        ListLayout::of(&self.config())
+    }
+
     pub fn dlq_key(&self, queue: &str) -> String {
-        format!("{}{queue}", self.config().dlq_prefix)
+        self.layout().dlq_key(queue)
     }
 
     /// The DLQ keys that may be named in a request.
     pub fn known_dlqs(&self) -> Vec<String> {
-        self.config().names.iter().map(|q| self.dlq_key(q)).collect()
+        let layout = self.layout();
+        self.config().names.iter().map(|q| layout.dlq_key(q)).collect()
     }
 
     /// Maps a DLQ key from a request to its base queue name.
     pub fn resolve(&self, dlq: &str) -> Result<String, ResolveError> {
-        if let Some(base) = dlq.strip_prefix(self.config().dlq_prefix.as_str()) {
-            if self.config().names.iter().any(|q| q == base) {
-                return Ok(base.to_string());
-            }
-        }
-        if self.config().names.iter().any(|q| q == dlq) {
-            return Err(ResolveError::NotADlq(dlq.to_string()));
-        }
-        Err(ResolveError::Unknown(dlq.to_string()))
+        self.layout().resolve(dlq, &self.config().names)
     }
 
     /// The end workers pop, where the oldest entry sits.
     fn pop_end(&self) -> End {
-        self.push_end().opposite()
+        self.layout().pop_end()
     }
 
     /// The end producers (and requeues) push to.
     fn push_end(&self) -> End {
-        match self.config().push_side {
-            PushSide::Left => End::Left,
-            PushSide::Right => End::Right,
-        }
+        self.layout().push_end()
     }
 
     async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, DlqError> {
@@ -434,121 +400,6 @@ impl Queues {
             }
         }
         Ok(())
-    }
-
-    /// Polls every queue's depth, DLQ depth and oldest DLQ entry, and
-    /// publishes them as metrics. Returns the depths.
-    pub async fn poll(&self) -> Result<Vec<QueueDepth>, DlqError> {
-        let oldest_index: i64 = if self.pop_end() == End::Right { -1 } else { 0 };
-        let newest_index = -1 - oldest_index;
-        let mut pipe = redis::pipe();
-        for q in &self.config().names {
-            pipe.llen(q)
-                .llen(self.dlq_key(q))
-                .lindex(self.dlq_key(q), oldest_index as isize)
-                .lindex(q, oldest_index as isize)
-                .lindex(q, newest_index as isize);
-        }
-        let replies: Vec<redis::Value> = self.run_pipe(&pipe).await?;
-        let now = Utc::now().timestamp_millis() as f64 / 1000.0;
-        let mut out = Vec::new();
-        for (q, chunk) in self.config().names.iter().zip(replies.chunks(5)) {
-            let int = |v: &redis::Value| redis::from_redis_value::<u64>(v).unwrap_or(0);
-            let bytes = |v: &redis::Value| redis::from_redis_value::<Option<Vec<u8>>>(v).unwrap_or(None);
-            let depth = int(&chunk[0]);
-            let dlq_depth = int(&chunk[1]);
-            let oldest: Option<String> = redis::from_redis_value(&chunk[2]).unwrap_or(None);
-            let (head, tail) = (bytes(&chunk[3]), bytes(&chunk[4]));
-            let wait_seconds = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).observe(
-                q,
-                head.as_deref(),
-                tail.as_deref(),
-                now,
-            );
-            let oldest_age = match &oldest {
-                None => Some(0.0),
-                Some(raw) => parse_entry(raw).ok().map(|j| (now - j.first_failed_at).max(0.0)),
-            };
-            out.push(QueueDepth {
-                queue: q.clone(),
-                depth,
-                dlq_depth,
-                oldest_age_seconds: oldest_age.filter(|_| dlq_depth > 0),
-                active: None,
-                active_error: None,
-                wait_seconds,
-            });
-        }
-        for d in &mut out {
-            match self.poll_active(&d.queue).await {
-                None => {}
-                Some(Ok(a)) => d.active = Some(a),
-                // A key of another type is this queue's problem, not the
-                // poll's; Redis being down fails the poll as the depths do.
-                Some(Err(DlqError::Unavailable(e))) => return Err(DlqError::Unavailable(e)),
-                Some(Err(e)) => d.active_error = Some(e.to_string()),
-            }
-        }
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        for d in &out {
-            last.insert(d.queue.clone(), d.clone());
-        }
-        Ok(out)
-    }
-
-    /// The watched streams (`(stream, group)` pairs): each stream's length
-    /// and each group's pending count and lag (XINFO GROUPS; the lag is
-    /// `None` where Redis cannot say, and before Redis 7). A stream that
-    /// does not exist reads as empty with no groups; a key of another type
-    /// is named in `wrong_type`.
-    pub async fn streams(&self, watched: &[(String, String)]) -> Result<StreamsReading, DlqError> {
-        let mut keys: Vec<&str> = watched.iter().map(|(s, _)| s.as_str()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let mut types = redis::pipe();
-        for k in &keys {
-            types.cmd("TYPE").arg(*k);
-        }
-        let types: Vec<String> = self.run_pipe(&types).await?;
-        let mut out = StreamsReading::default();
-        for (key, t) in keys.iter().zip(types) {
-            match t.as_str() {
-                "stream" => {}
-                "none" => {
-                    out.lengths.push((key.to_string(), 0));
-                    continue;
-                }
-                _ => {
-                    out.wrong_type.push((key.to_string(), t));
-                    continue;
-                }
-            }
-            let mut pipe = redis::pipe();
-            pipe.cmd("XLEN").arg(*key).cmd("XINFO").arg("GROUPS").arg(*key);
-            let (len, groups): (u64, redis::streams::StreamInfoGroupsReply) = self.run_pipe(&pipe).await?;
-            out.lengths.push((key.to_string(), len));
-            for (_, group) in watched.iter().filter(|(s, _)| s == key) {
-                if let Some(g) = groups.groups.iter().find(|g| g.name == *group) {
-                    out.groups.push(StreamGroupReading {
-                        stream: key.to_string(),
-                        group: group.clone(),
-                        pending: g.pending as u64,
-                        lag: g.lag.map(|l| l as u64),
-                    });
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Depths from the last successful poll, in config order.
-    pub fn last_depths(&self) -> Vec<QueueDepth> {
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        self.config()
-            .names
-            .iter()
-            .filter_map(|q| last.get(q).cloned())
-            .collect()
     }
 
     /// Live DLQ lengths for `/api/system/dlq/stats`.
@@ -705,6 +556,11 @@ impl Queues {
         rep.min_replicas = if rep.batches == 1 { n } else { rep.min_replicas.min(n) };
         Ok(())
     }
+}
+
+/// Now, in Unix seconds (milliseconds kept).
+fn unix_now() -> f64 {
+    chrono::Utc::now().timestamp_millis() as f64 / 1000.0
 }
 
 /// Why a requested DLQ name was refused.

@@ -33,6 +33,9 @@ pub struct Shared {
     pub store: Option<Arc<crate::store::Store>>,
     /// `None` when `queues.enabled` is false.
     pub queues: Option<Arc<crate::dlq::Queues>>,
+    /// What the queue collector's polls remember (depths, first-seen
+    /// times): it writes, the API reads.
+    pub watched: Arc<crate::dlq::Watched>,
     pub pipeline: Arc<crate::pipeline::Pipeline>,
     /// The storage collector's last filesystem reading.
     pub storage: Arc<StorageState>,

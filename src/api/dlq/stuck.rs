@@ -31,7 +31,7 @@ pub async fn stuck(
 ) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
     let base = base_queue(queues, &queue)?;
-    let list = queues.stuck(&base).await?;
+    let list = queues.stuck(&base, &state.watched).await?;
     Ok(Json(serde_json::to_value(list).expect("lists serialise")))
 }
 
@@ -65,7 +65,7 @@ pub async fn return_stuck(
             row.counts = json!({ "moved": 1, "id": r.id, "age_seconds": r.age_seconds.round() });
             row
         },
-        || async { Ok(queues.return_stuck(&base, &id).await?) },
+        || async { Ok(queues.return_stuck(&base, &id, &state.watched).await?) },
     )
     .await?;
     Ok(Json(serde_json::to_value(returned).expect("reports serialise")))
