@@ -157,8 +157,8 @@ pub enum RunError {
     Health(#[from] HealthError),
     #[error(transparent)]
     Auth(#[from] crate::api::auth::AuthError),
-    #[error("invalid value for queues.redis_url: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Collector(#[from] collectors::StartError),
     #[error("HTTP server failed: {0}")]
@@ -196,8 +196,10 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
 pub enum CheckError {
     #[error(transparent)]
     Auth(#[from] crate::api::auth::AuthError),
+    /// A URL its client refused (a health check's, the queues' Redis, the
+    /// store's PostgreSQL).
     #[error(transparent)]
-    Health(#[from] HealthError),
+    Url(#[from] crate::config::ConfigError),
     #[error(transparent)]
     WebConfig(#[from] webconf::WebConfigError),
 }
@@ -205,11 +207,19 @@ pub enum CheckError {
 /// The one check that `inferwatch check-config`, startup and a reload all
 /// run, beyond parsing, keys and ranges ([`Config::load`]): the token files
 /// are read, each health check's target is parsed as its client will, and
-/// the web config file the config names is read. So a file one of the
+/// the queues' Redis URL and the store's PostgreSQL URL are parsed by their
+/// clients, and the web config
+/// file the config names is read. So a file one of the
 /// three accepts, the others accept too.
 pub fn check_config(config: &Config) -> Result<(), CheckError> {
     Auth::load(&config.api)?;
     collectors::health::check_services(&config.health)?;
+    if config.queues.enabled {
+        redis_conn::queues_target(&config.queues)?;
+    }
+    if let config::StoreBackend::Postgres(url) = config.store.backend(&config.data_dir)? {
+        store::postgres_options(&url)?;
+    }
     if let Some(path) = &config.web.config_file {
         webconf::load(path)?;
     }

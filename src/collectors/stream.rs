@@ -46,14 +46,13 @@ fn enabled(c: &crate::config::Config) -> bool {
 
 fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
     let config = sh.config.get();
-    let reader = config
-        .queues
-        .redis_target()
-        .and_then(|target| StreamReader::new(config.pipeline.stream.clone(), target, sh.pipeline.clone()))
-        .map_err(|e| super::StartError {
-            collector: "stream",
-            reason: format!("invalid queues.redis_url: {e}"),
-        })?;
+    let fail = |reason: String| super::StartError {
+        collector: "stream",
+        reason,
+    };
+    let target = crate::redis_conn::queues_target(&config.queues).map_err(|e| fail(e.to_string()))?;
+    let reader = StreamReader::new(config.pipeline.stream.clone(), target, sh.pipeline.clone())
+        .map_err(|e| fail(format!("invalid queues.redis_url: {e}")))?;
     super::Built::polled(reader)
 }
 
@@ -94,7 +93,7 @@ impl Collector for StreamReader {
 }
 
 impl StreamReader {
-    /// `target` is the queues' Redis (`QueuesConfig::redis_target`).
+    /// `target` is the queues' Redis (`redis_conn::queues_target`).
     pub fn new(
         config: StreamConfig,
         target: crate::redis_conn::Target,

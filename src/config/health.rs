@@ -523,40 +523,6 @@ impl CheckKind {
             CheckKind::Postgres => &["postgres://", "postgresql://"],
         }
     }
-
-    /// Whether the client library for this kind accepts `url`.
-    fn parse(self, url: &str) -> Result<(), UrlError> {
-        match self {
-            CheckKind::Http | CheckKind::OpenInference => reqwest::Url::parse(url).map(|_| ()).map_err(UrlError::Http),
-            CheckKind::Redis if crate::redis_conn::is_sentinel_url(url) => {
-                crate::redis_conn::parse_sentinel_url(url).map(|_| ()).map_err(|e| {
-                    UrlError::Redis(redis::RedisError::from((
-                        redis::ErrorKind::InvalidClientConfig,
-                        "Sentinel URL",
-                        e,
-                    )))
-                })
-            }
-            CheckKind::Redis => redis::Client::open(url).map(|_| ()).map_err(UrlError::Redis),
-            CheckKind::Postgres => {
-                use std::str::FromStr;
-                sqlx::postgres::PgConnectOptions::from_str(url)
-                    .map(|_| ())
-                    .map_err(UrlError::Postgres)
-            }
-        }
-    }
-}
-
-/// Why a client library refused a service URL.
-#[derive(Debug, thiserror::Error)]
-pub enum UrlError {
-    #[error("{0}")]
-    Http(#[from] url::ParseError),
-    #[error("{0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("{0}")]
-    Postgres(#[from] sqlx::Error),
 }
 
 impl ServiceConfig {
@@ -573,14 +539,6 @@ impl ServiceConfig {
                 &self.url,
                 "not a URL for this kind",
                 &format!("a URL starting with {}", schemes.join(" or ")),
-            ));
-        }
-        if let Err(e) = self.kind.parse(&self.url) {
-            return Err(invalid(
-                &key("url"),
-                &self.url,
-                "not a valid URL",
-                &format!("a URL of the form {}HOST:PORT/… ({e})", schemes[0]),
             ));
         }
         self.validate_tls(i)?;

@@ -36,7 +36,7 @@ pub use inference::{InferenceConfig, ScrapeMode, ServerKind};
 pub use live::LiveConfig;
 pub use log::{LogConfig, LogLevel};
 pub use pipeline::{PipelineConfig, StreamConfig};
-pub use queues::{PushSide, QueuesConfig, StreamWatch};
+pub use queues::{is_sentinel_url, PushSide, QueuesConfig, StreamWatch, REDIS_URL_RULE};
 pub use reload_keys::{keys_of, reasons, reload_key, Changes, Kept, KeyDecision, Reload};
 pub use secret::{read_secret_file, SecretFileError};
 pub use slo::{AvailabilityObjective, LatencyObjective, ServiceSlo, SloConfig};
@@ -296,7 +296,10 @@ fn env_number<T: std::str::FromStr + Into<f64> + Copy>(
     Ok(Some(value))
 }
 
-fn invalid(key: &str, value: &str, problem: &'static str, allowed: &str) -> ConfigError {
+/// A [`ConfigError::Invalid`] with any password in `value` redacted; the
+/// config's owners (the health checks, the Redis client) use it too, so a
+/// URL their client refuses is named by its key like any other value.
+pub fn invalid(key: &str, value: &str, problem: &'static str, allowed: &str) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_string(),
         value: redact_url(value),

@@ -148,26 +148,24 @@ pub const LIST_PAGE_MAX_BYTES: Range = Range::new(
     "bytes (and at least queues.list_entry_max_bytes)",
 );
 
+/// What `queues.redis_url` may be.
+pub const REDIS_URL_RULE: &str = "redis://[[USER]:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, or redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]";
+
+/// A Redis Sentinel URL (`redis+sentinel://`, or `rediss+sentinel://` for
+/// TLS), by its scheme.
+pub fn is_sentinel_url(url: &str) -> bool {
+    url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://")
+}
+
 impl QueuesConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // The scheme here; the Redis client parses the rest, once, where the
+        // connection is made (redis_conn::queues_target, which
+        // crate::check_config runs for check-config, startup and reload).
         let url = self.redis_url.as_str();
         let tls_url = url.starts_with("rediss://") || url.starts_with("rediss+sentinel://");
-        if crate::redis_conn::is_sentinel_url(url) {
-            if let Err(e) = crate::redis_conn::parse_sentinel_url(url) {
-                return Err(invalid(
-                    "queues.redis_url",
-                    url,
-                    "not a valid Sentinel URL",
-                    &format!("redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB] ({e})"),
-                ));
-            }
-        } else if redis::Client::open(url).is_err() || !(url.starts_with("redis://") || tls_url) {
-            return Err(invalid(
-                "queues.redis_url",
-                url,
-                "not a valid Redis URL",
-                "redis://[[USER]:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, or redis+sentinel://HOST:PORT,.../MASTER[/DB]",
-            ));
+        if !(url.starts_with("redis://") || tls_url || is_sentinel_url(url)) {
+            return Err(invalid("queues.redis_url", url, "not a Redis URL", REDIS_URL_RULE));
         }
         if let Some(tls) = &self.tls {
             if !tls_url {
@@ -230,19 +228,6 @@ impl QueuesConfig {
             }
         }
         Ok(())
-    }
-
-    /// The Redis (one server, or Sentinel's master) with the URL, TLS
-    /// settings and password of this section (validation has checked them).
-    pub fn redis_target(&self) -> redis::RedisResult<crate::redis_conn::Target> {
-        let password = self.password().map_err(|e| {
-            redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "queues.password_file",
-                e.to_string(),
-            ))
-        })?;
-        crate::redis_conn::target(&self.redis_url, self.tls.as_ref(), password)
     }
 
     /// The password from `password_file`, if set.

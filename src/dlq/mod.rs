@@ -273,10 +273,11 @@ impl Drop for BusyGuard<'_> {
 }
 
 impl Queues {
-    pub fn new(config: QueuesConfig, registry: &Metrics) -> Result<Arc<Queues>, redis::RedisError> {
+    pub fn new(config: QueuesConfig, registry: &Metrics) -> Result<Arc<Queues>, crate::config::ConfigError> {
+        let target = crate::redis_conn::queues_target(&config)?;
         let metrics = QueueMetrics::register(registry, &config.names);
         Ok(Arc::new(Queues {
-            redis: RedisConn::new(config.redis_target()?, Duration::from_secs(10)),
+            redis: RedisConn::new(target, Duration::from_secs(10)),
             metrics,
             busy: Mutex::new(Default::default()),
             tasks: Default::default(),

@@ -87,6 +87,19 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// The PostgreSQL client's options for `store.url`; the error names the
+/// key. [`crate::check_config`] runs it for check-config, startup and reload.
+pub fn postgres_options(url: &str) -> Result<PgConnectOptions, ConfigError> {
+    PgConnectOptions::from_str(url).map_err(|e| {
+        crate::config::invalid(
+            "store.url",
+            url,
+            "not a valid PostgreSQL URL",
+            &format!("postgres://USER[:PASSWORD]@HOST:PORT/DB ({e})"),
+        )
+    })
+}
+
 enum Backend {
     Sqlite(SqlitePool),
     Postgres(PgPool),
@@ -156,8 +169,7 @@ impl Store {
                 (Backend::Sqlite(pool), format!("sqlite:{}", path.display()))
             }
             StoreBackend::Postgres(url) => {
-                // store_backend() has already checked that the URL parses.
-                let opts = PgConnectOptions::from_str(&url)?;
+                let opts = postgres_options(&url)?;
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(Duration::from_secs(3))

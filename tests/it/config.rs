@@ -13,10 +13,14 @@ fn check(yaml: &str, env: &[(&str, &str)]) -> Result<Config, String> {
     let path = dir.path().join("c.yml");
     std::fs::write(&path, yaml).unwrap();
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    Config::load(Some(&path), move |k| {
+    let config = Config::load(Some(&path), move |k| {
         env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
     })
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    // What check-config, startup and reload add: each URL parsed by its
+    // client, the token files read.
+    inferwatch::check_config(&config).map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 #[test]
@@ -251,6 +255,19 @@ fn bad_values_name_the_key_the_value_and_the_range() {
             &[],
             &["queues.redis_url", "redis://"],
         ),
+        // The right scheme, refused by the Redis client itself (parsed once,
+        // by the client that connects; check-config runs it too).
+        (
+            "queues:\n  redis_url: 'redis://cache:notaport/0'\n",
+            &[],
+            &["queues.redis_url", "not a valid Redis URL", "redis://[[USER]:PASSWORD@]HOST:PORT"],
+        ),
+        (
+            "queues:\n  redis_url: 'redis+sentinel://:6379/'\n",
+            &[],
+            &["queues.redis_url", "not a valid Sentinel URL"],
+        ),
+
         ("queues:\n  names: []\n", &[], &["queues.names", "at least one"]),
         (
             "queues:\n  names: [detection_queue, 'bad name']\n",

@@ -170,6 +170,7 @@ impl Checker {
     pub fn new(svc: &ServiceConfig) -> Result<Checker, HealthError> {
         let bad = |reason: String| HealthError::Url {
             service: svc.name.clone(),
+            field: "url",
             url: svc.url.clone(),
             reason,
         };
@@ -411,6 +412,7 @@ impl Progress {
         let Some(p) = &svc.progress else { return Ok(None) };
         let bad = |reason: String| HealthError::Url {
             service: svc.name.clone(),
+            field: "metrics_url",
             url: svc.metrics_url().unwrap_or_default().to_string(),
             reason,
         };

@@ -48,9 +48,12 @@ pub use supervisor::HealthMonitor;
 /// Why a health monitor could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("invalid URL for service {service} ({url}): {reason}")]
+    /// The check's client refused a URL of the service (`field`: `url` or
+    /// `metrics_url`).
+    #[error("invalid URL for service {service} ({field}: {url}): {reason}")]
     Url {
         service: String,
+        field: &'static str,
         url: String,
         reason: String,
     },
@@ -130,8 +133,20 @@ impl Service {
     }
 }
 
-/// Checks that every service of `health` can be built (its URLs parse), as
-/// startup does; a reload runs it before it changes anything.
-pub fn check_services(health: &crate::config::HealthConfig) -> Result<(), HealthError> {
-    health.services.iter().try_for_each(|s| Service::new(s).map(drop))
+/// Checks that every service of `health` can be built: each URL parsed by
+/// the client that will use it, as startup does. A reload and
+/// `check-config` run it too ([`crate::check_config`]); the error names
+/// the key.
+pub fn check_services(health: &crate::config::HealthConfig) -> Result<(), crate::config::ConfigError> {
+    for (i, s) in health.services.iter().enumerate() {
+        if let Err(HealthError::Url { field, url, reason, .. }) = Service::new(s) {
+            return Err(crate::config::invalid(
+                &format!("health.services[{i}].{field}"),
+                &url,
+                "not a valid URL",
+                &format!("a URL its client accepts ({reason})"),
+            ));
+        }
+    }
+    Ok(())
 }
