@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::check::Check;
 use super::inference::ServerKind;
-use super::{de_opt_seconds, de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
+use super::{de_seconds, invalid, valid_name, ConfigError, Range, NAME_RULE};
 use super::{reasons, Reload};
-pub use crate::client_tls::ServiceTls;
 
 /// Service health monitor settings.
 #[derive(Reload, Debug, Clone, PartialEq, Deserialize)]
@@ -62,66 +62,6 @@ impl HealthConfig {
                 )
             })
             .collect()
-    }
-}
-
-/// How a service is checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CheckKind {
-    /// `GET url` must answer 2xx.
-    Http,
-    /// `PING` on `redis://…` must answer `PONG`.
-    Redis,
-    /// Connecting to `postgres://…` and `SELECT 1` must work.
-    Postgres,
-    /// The Open Inference Protocol (KServe v2: Triton, MLServer, KServe) at
-    /// the base `url`: `/v2/health/live` decides liveness,
-    /// `/v2/health/ready` and `/v2/models/{m}/ready` readiness.
-    OpenInference,
-}
-
-/// The HTTP method of an `http` check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum HttpMethod {
-    #[default]
-    #[serde(rename = "GET", alias = "get")]
-    Get,
-    #[serde(rename = "HEAD", alias = "head")]
-    Head,
-    #[serde(rename = "POST", alias = "post")]
-    Post,
-}
-
-/// One entry of `expect_status`: a code (`200`) or a class (`"2xx"`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum StatusSpec {
-    Code(u64),
-    Text(String),
-}
-
-impl StatusSpec {
-    /// The codes it covers, as an inclusive range; `None` when it is not a
-    /// code 100–599 or a class 1xx–5xx.
-    pub fn codes(&self) -> Option<(u16, u16)> {
-        let text = match self {
-            StatusSpec::Code(c) => c.to_string(),
-            StatusSpec::Text(t) => t.trim().to_ascii_lowercase(),
-        };
-        if let Some(class) = text.strip_suffix("xx") {
-            let d: u16 = class.parse().ok().filter(|d| (1..=5).contains(d) && class.len() == 1)?;
-            return Some((d * 100, d * 100 + 99));
-        }
-        let code: u16 = text.parse().ok().filter(|c| (100..=599).contains(c))?;
-        Some((code, code))
-    }
-
-    fn shown(&self) -> String {
-        match self {
-            StatusSpec::Code(c) => c.to_string(),
-            StatusSpec::Text(t) => t.clone(),
-        }
     }
 }
 
@@ -195,96 +135,54 @@ impl ProgressConfig {
     }
 }
 
-/// One monitored service.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One monitored service. Read from the file by its `kind` (see
+/// [`super::check`]): each kind takes its own keys.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     /// The `service` label and the key in `/api/system/health`: 1–64 of `A-Za-z0-9_.-`.
     pub name: String,
-    /// `http`, `redis`, `postgres` or `open_inference`.
-    pub kind: CheckKind,
-    /// `http://…/health`, `redis://…`, `postgres://…`, or the base
-    /// `http://HOST:PORT` of an Open Inference server, matching `kind`.
-    pub url: String,
+    /// `kind` and its keys: `http`, `redis`, `postgres` or `open_inference`.
+    pub check: Check,
     /// Time between checks, 0.05–3600 s.
-    #[serde(default = "default_check_interval", deserialize_with = "de_seconds")]
     pub interval: Duration,
     /// Longest one check may take before it counts as failed, 0.01–300 s.
-    #[serde(default = "default_check_timeout", deserialize_with = "de_seconds")]
     pub timeout: Duration,
     /// Restart attempts before the service is `failed`, 1–100.
-    #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// Attempt n waits `backoff_base * 2^(n-1)`, 0.01–3600 s.
-    #[serde(default = "default_backoff_base", deserialize_with = "de_seconds")]
     pub backoff_base: Duration,
     /// The attempt count returns to 0 after this long healthy, 0.01 s–7 days.
-    #[serde(default = "default_reset_after", deserialize_with = "de_seconds")]
     pub reset_after: Duration,
     /// Without it the service is alert-only: it stays `unhealthy` when down.
-    #[serde(default)]
     pub restart: Option<RestartConfig>,
     /// A critical service that is not healthy makes `/api/system/health`
     /// `unhealthy` (HTTP 503); any other makes it `degraded`.
-    #[serde(default)]
     pub critical: bool,
-    /// TLS settings of an `https://` check.
-    #[serde(default)]
-    pub tls: Option<ServiceTls>,
     /// Failed checks in a row before the service is `unhealthy` and a
     /// restart is scheduled, 1–100.
-    #[serde(default = "default_failure_threshold")]
     pub failure_threshold: u32,
     /// Passed checks in a row before it is `healthy` again, 1–100.
-    #[serde(default = "default_success_threshold")]
     pub success_threshold: u32,
     /// After the daemon starts and after each restart, failures do not
     /// count for this long, 0–24 h; the first pass ends it.
-    #[serde(default, deserialize_with = "de_seconds")]
     pub start_period: Duration,
     /// Time between checks during the start period (default: `interval`).
-    #[serde(default, deserialize_with = "de_opt_seconds")]
     pub start_interval: Option<Duration>,
-    /// `GET`, `HEAD` or `POST` (`http` only).
-    #[serde(default)]
-    pub method: HttpMethod,
-    /// The request body of a `POST` check.
-    #[serde(default)]
-    pub body: Option<String>,
-    /// Request headers (`http` and `open_inference`).
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// Codes (`200`) or classes (`"2xx"`) that pass (`http` only).
-    #[serde(default = "default_expect_status")]
-    pub expect_status: Vec<StatusSpec>,
-    /// A substring the response body must contain (`http` only).
-    #[serde(default)]
-    pub expect_body: Option<String>,
     /// A passing check slower than this is counted in
     /// `service_check_slow_total`, 0.001–300 s.
-    #[serde(default, deserialize_with = "de_opt_seconds")]
     pub slow_after: Option<Duration>,
-    /// Models whose `/v2/models/{m}/ready` decides readiness
-    /// (`open_inference` only).
-    #[serde(default)]
-    pub models: Vec<String>,
     /// Stall detection from the service's own metrics (`metrics_url`).
-    #[serde(default)]
     pub progress: Option<ProgressConfig>,
     /// The server's own Prometheus endpoint, `http://…/metrics`: stall
     /// detection reads it, `/api/sd/inference` lists it and
     /// `/proxy/{service}/metrics` fetches it.
-    #[serde(default)]
     pub metrics_url: Option<String>,
     /// What serves it: `vllm`, `sglang`, `tgi`, `triton`, `llamacpp`,
     /// `mlserver` or `other` (default: `progress.preset`, else `other`).
-    #[serde(default)]
     pub server: Option<ServerKind>,
     /// Services that must be healthy for this one to be restarted.
-    #[serde(default)]
     pub depends_on: Vec<String>,
     /// How to recognise this service's GPU processes (docs/attribution.md).
-    #[serde(default, rename = "match")]
     pub matcher: Option<ServiceMatch>,
 }
 
@@ -340,16 +238,6 @@ impl ServiceMatch {
     }
 }
 
-fn default_failure_threshold() -> u32 {
-    3
-}
-fn default_success_threshold() -> u32 {
-    1
-}
-fn default_expect_status() -> Vec<StatusSpec> {
-    vec![StatusSpec::Text("2xx".into())]
-}
-
 impl ServiceConfig {
     /// The server's own metrics endpoint: `metrics_url`, else the
     /// deprecated `progress.metrics_url`.
@@ -379,54 +267,6 @@ impl ServiceConfig {
             _ => self.interval,
         }
     }
-}
-
-impl ServiceTls {
-    /// A client certificate comes with its key, and every file named can be
-    /// read; `prefix` is the key of this section (`queues.tls`).
-    pub fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
-        if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err(invalid(
-                &format!("{prefix}.cert_file"),
-                "only one of cert_file and key_file",
-                "incomplete",
-                "both cert_file and key_file, or neither",
-            ));
-        }
-        for (field, file) in [
-            ("ca_file", &self.ca_file),
-            ("cert_file", &self.cert_file),
-            ("key_file", &self.key_file),
-        ] {
-            if let Some(f) = file {
-                if let Err(e) = std::fs::File::open(f) {
-                    return Err(invalid(
-                        &format!("{prefix}.{field}"),
-                        &f.display().to_string(),
-                        "unreadable",
-                        &format!("a readable PEM file ({e})"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn default_check_interval() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_check_timeout() -> Duration {
-    Duration::from_secs(3)
-}
-fn default_max_retries() -> u32 {
-    3
-}
-fn default_backoff_base() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_reset_after() -> Duration {
-    Duration::from_secs(600)
 }
 
 /// How a service is restarted.
@@ -514,17 +354,6 @@ impl HealthConfig {
     }
 }
 
-impl CheckKind {
-    /// The URL schemes this kind of check takes.
-    fn schemes(self) -> &'static [&'static str] {
-        match self {
-            CheckKind::Http | CheckKind::OpenInference => &["http://", "https://"],
-            CheckKind::Redis => &["redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://"],
-            CheckKind::Postgres => &["postgres://", "postgresql://"],
-        }
-    }
-}
-
 impl ServiceConfig {
     /// Checks service `i` (`health.services[i]`).
     fn validate(&self, i: usize) -> Result<(), ConfigError> {
@@ -532,16 +361,7 @@ impl ServiceConfig {
         if !valid_name(&self.name) {
             return Err(invalid(&key("name"), &self.name, "not a valid name", NAME_RULE));
         }
-        let schemes = self.kind.schemes();
-        if !schemes.iter().any(|s| self.url.starts_with(s)) {
-            return Err(invalid(
-                &key("url"),
-                &self.url,
-                "not a URL for this kind",
-                &format!("a URL starting with {}", schemes.join(" or ")),
-            ));
-        }
-        self.validate_tls(i)?;
+        self.check.validate(i)?;
         INTERVAL.check_at(&key("interval"), self.interval.as_secs_f64())?;
         TIMEOUT.check_at(&key("timeout"), self.timeout.as_secs_f64())?;
         MAX_RETRIES.check_at(&key("max_retries"), self.max_retries as f64)?;
@@ -556,7 +376,7 @@ impl ServiceConfig {
         if let Some(s) = self.slow_after {
             SLOW_AFTER.check_at(&key("slow_after"), s.as_secs_f64())?;
         }
-        self.validate_probe(i)?;
+        self.validate_progress(i)?;
         if let Some(m) = &self.matcher {
             m.validate(&key("match"))?;
         }
@@ -575,125 +395,6 @@ impl ServiceConfig {
 }
 
 impl ServiceConfig {
-    /// `tls`: only for `https://`, a client certificate with its key, and
-    /// files that can be read.
-    fn validate_tls(&self, i: usize) -> Result<(), ConfigError> {
-        let key = |field: &str| format!("health.services[{i}].{field}");
-        let Some(tls) = &self.tls else { return Ok(()) };
-        if !self.url.starts_with("https://") && !self.url.starts_with("rediss") {
-            return Err(invalid(
-                &key("tls"),
-                "set",
-                "only for https:// and rediss:// checks",
-                "an https:// or rediss:// url, or no tls",
-            ));
-        }
-        tls.validate(&key("tls"))?;
-        Ok(())
-    }
-}
-
-impl ServiceConfig {
-    /// The request settings, readiness models and progress of service `i`.
-    fn validate_probe(&self, i: usize) -> Result<(), ConfigError> {
-        let key = |field: &str| format!("health.services[{i}].{field}");
-        let http = self.kind == CheckKind::Http;
-        let only_http = |field: &str, set: bool| {
-            if set && !http {
-                Err(invalid(
-                    &key(field),
-                    "set",
-                    "only for kind http",
-                    "no such key for this kind",
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        only_http("method", self.method != HttpMethod::Get)?;
-        only_http("expect_status", self.expect_status != default_expect_status())?;
-        only_http("expect_body", self.expect_body.is_some())?;
-        if self.body.is_some() && self.method != HttpMethod::Post {
-            return Err(invalid(
-                &key("body"),
-                "set",
-                "only for method POST",
-                "method: POST, or no body",
-            ));
-        }
-        if !self.headers.is_empty() && !matches!(self.kind, CheckKind::Http | CheckKind::OpenInference) {
-            return Err(invalid(
-                &key("headers"),
-                "set",
-                "only for HTTP checks",
-                "kind http or open_inference",
-            ));
-        }
-        self.validate_expectations(i)?;
-        self.validate_models(i)?;
-        self.validate_progress(i)
-    }
-
-    /// `headers` and `expect_status`: valid HTTP headers, codes and classes.
-    fn validate_expectations(&self, i: usize) -> Result<(), ConfigError> {
-        let key = |field: &str| format!("health.services[{i}].{field}");
-        for (name, value) in &self.headers {
-            let ok = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
-                && reqwest::header::HeaderValue::from_str(value).is_ok();
-            if !ok {
-                return Err(invalid(
-                    &key(&format!("headers.{name}")),
-                    name,
-                    "not a valid HTTP header",
-                    "a token name and a visible-ASCII value",
-                ));
-            }
-        }
-        if self.expect_status.is_empty() {
-            return Err(invalid(
-                &key("expect_status"),
-                "[]",
-                "empty",
-                "codes (200) or classes (\"2xx\")",
-            ));
-        }
-        for (j, spec) in self.expect_status.iter().enumerate() {
-            if spec.codes().is_none() {
-                return Err(invalid(
-                    &key(&format!("expect_status[{j}]")),
-                    &spec.shown(),
-                    "not a status code or class",
-                    "a code 100–599 or a class 1xx–5xx",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// `models`: names only an Open Inference check takes.
-    fn validate_models(&self, i: usize) -> Result<(), ConfigError> {
-        let key = |field: &str| format!("health.services[{i}].{field}");
-        if !self.models.is_empty() && self.kind != CheckKind::OpenInference {
-            return Err(invalid(
-                &key("models"),
-                "set",
-                "only for kind open_inference",
-                "no models for this kind",
-            ));
-        }
-        for (j, m) in self.models.iter().enumerate() {
-            if m.is_empty() || m.contains(['/', '?', '#']) || m.chars().any(char::is_whitespace) {
-                return Err(invalid(
-                    &key(&format!("models[{j}]")),
-                    m,
-                    "not a model name",
-                    "a non-empty name without /, ?, # or spaces",
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// `metrics_url` (or the deprecated `progress.metrics_url`, not both
     /// with different values): an HTTP URL.
     fn validate_metrics_url(&self, i: usize) -> Result<(), ConfigError> {

@@ -12,6 +12,7 @@
 
 mod api;
 mod attribution;
+mod check;
 mod gpu;
 mod health;
 mod inference;
@@ -22,6 +23,7 @@ mod queues;
 mod reload_keys;
 mod secret;
 pub mod servers;
+mod service_de;
 mod slo;
 mod storage;
 mod store;
@@ -30,8 +32,11 @@ mod websocket;
 
 pub use api::ApiConfig;
 pub use attribution::AttributionConfig;
+pub use check::{
+    Check, CheckKind, HttpCheck, HttpMethod, OpenInferenceCheck, PostgresCheck, RedisCheck, ServiceTls, StatusSpec,
+};
 pub use gpu::{GpuConfig, GpuFieldsConfig, GpuMode};
-pub use health::{CheckKind, HealthConfig, HttpMethod, RestartConfig, ServiceConfig, ServiceTls};
+pub use health::{HealthConfig, RestartConfig, ServiceConfig};
 pub use inference::{InferenceConfig, ScrapeMode, ServerKind};
 pub use live::LiveConfig;
 pub use log::{LogConfig, LogLevel};

@@ -23,7 +23,7 @@ pub struct QueuesConfig {
     /// roots), `cert_file` and `key_file` (a client certificate), and
     /// `insecure_skip_verify`.
     #[reload(kept = reasons::REDIS)]
-    pub tls: Option<super::health::ServiceTls>,
+    pub tls: Option<super::ServiceTls>,
     /// A file holding the Redis password (only its owner may read it); it
     /// wins over a password in the URL.
     #[reload(kept = reasons::REDIS)]

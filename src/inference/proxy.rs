@@ -337,9 +337,9 @@ pub fn http_client(svc: &ServiceConfig) -> Result<reqwest::Client, String> {
 /// configured headers on every request.
 pub fn client_builder(svc: &ServiceConfig) -> Result<reqwest::ClientBuilder, String> {
     let mut b = reqwest::Client::builder().use_rustls_tls();
-    if !svc.headers.is_empty() {
+    if !svc.check.headers().is_empty() {
         let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in &svc.headers {
+        for (k, v) in svc.check.headers() {
             let name =
                 reqwest::header::HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("headers.{k}: {e}"))?;
             let value = reqwest::header::HeaderValue::from_str(v).map_err(|e| format!("headers.{k}: {e}"))?;
@@ -347,7 +347,7 @@ pub fn client_builder(svc: &ServiceConfig) -> Result<reqwest::ClientBuilder, Str
         }
         b = b.default_headers(headers);
     }
-    let Some(tls) = &svc.tls else {
+    let Some(tls) = svc.check.tls() else {
         return Ok(b);
     };
     let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
@@ -369,7 +369,7 @@ pub fn client_builder(svc: &ServiceConfig) -> Result<reqwest::ClientBuilder, Str
     }
     if let Some(name) = &tls.server_name {
         // Verify `name`, connect where the URL points.
-        let url = reqwest::Url::parse(&svc.url).map_err(|e| e.to_string())?;
+        let url = reqwest::Url::parse(svc.check.url()).map_err(|e| e.to_string())?;
         let port = url.port_or_known_default().unwrap_or(443);
         let host = url
             .host_str()

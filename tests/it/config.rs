@@ -168,7 +168,7 @@ fn bad_values_name_the_key_the_value_and_the_range() {
         (
             "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', models: [m]}\n",
             &[],
-            &["health.services[0].models", "open_inference"],
+            &["health.services[0]", "models: `models` is only for kind open_inference; this service is kind http"],
         ),
         (
             "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', progress: {preset: vllm}}\n",
@@ -188,7 +188,7 @@ fn bad_values_name_the_key_the_value_and_the_range() {
         (
             "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', server: nginx}\n",
             &[],
-            &["health.services[0].server", "nginx"],
+            &["health.services[0]", "server: unknown variant", "nginx"],
         ),
         (
             "health:\n  proxy_max_bytes: 100\n",
@@ -238,7 +238,7 @@ fn bad_values_name_the_key_the_value_and_the_range() {
         (
             "health:\n  services:\n    - {name: r, kind: redis, url: 'redis://x:6379', headers: {X-A: b}}\n",
             &[],
-            &["health.services[0].headers", "kind http or open_inference"],
+            &["health.services[0]", "headers: `headers` is only for kind http or open_inference; this service is kind redis"],
         ),
         (
             "health:\n  services:\n    - {name: a, kind: http, url: 'http://x/h', headers: {'Bad Name': b}}\n",
@@ -337,12 +337,16 @@ fn bad_values_name_the_key_the_value_and_the_range() {
             &["GPU_STATS_HISTORY_MINUTES", "1.5", "whole number"],
         ),
     ];
+    let mut wrong = Vec::new();
     for (yaml, env, fragments) in table {
         let err = check(yaml, env).expect_err(&format!("{yaml:?} {env:?} must be rejected"));
         for f in *fragments {
-            assert!(err.contains(f), "error for {yaml:?} {env:?} lacks {f:?}: {err}");
+            if !err.contains(f) {
+                wrong.push(format!("error for {yaml:?} {env:?} lacks {f:?}: {err}"));
+            }
         }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
@@ -362,8 +366,11 @@ fn good_values_at_the_edges_are_accepted() {
     .unwrap();
     let s = &c.health.services[0];
     assert_eq!((s.failure_threshold, s.start_period.as_secs()), (100, 86_400));
+    let inferwatch::config::Check::Http(h) = &s.check else {
+        panic!("an http check: {s:?}")
+    };
     assert_eq!(
-        s.expect_status.iter().map(|e| e.codes().unwrap()).collect::<Vec<_>>(),
+        h.expect_status.iter().map(|e| e.codes().unwrap()).collect::<Vec<_>>(),
         [(200, 200), (300, 399), (204, 204)]
     );
     let defaults = &c.health.services[1];

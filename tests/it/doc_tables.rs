@@ -37,23 +37,66 @@ fn first_column(markdown: &str, header: &str) -> Vec<String> {
     keys
 }
 
-/// A path of config keys: a field, or `[]` for an item of a list.
+/// A path of config keys: a field, `[]` for an item of a list, or
+/// `@tag=variant` for the tag a tagged struct (a service's `kind`) needs
+/// beside the field that follows.
 fn yaml_setting(path: &[String], value: &str) -> String {
-    path.iter()
-        .rev()
-        .fold(value.to_string(), |inner, seg| match seg.as_str() {
+    path.iter().rev().fold(value.to_string(), |inner, seg| {
+        if let Some(tag) = seg.strip_prefix('@') {
+            let (k, v) = tag.split_once('=').unwrap();
+            return format!("{{{k}: {v}, {}", &inner[1..]);
+        }
+        match seg.as_str() {
             "[]" => format!("[{inner}]"),
             field => format!("{{{field}: {inner}}}"),
-        })
+        }
+    })
 }
 
-/// The fields the parser expects at `path`, if it is a struct: what its
-/// unknown-field error lists.
-fn fields_at(path: &[String]) -> Option<Vec<String>> {
-    let err = Config::from_yaml(&yaml_setting(path, "{zz_not_a_key: 1}")).err()?;
-    let text = err.inner().to_string();
-    let (_, expected) = text.split_once("unknown field `zz_not_a_key`, expected")?;
+/// The keys the parser expects at `path`, if it is a struct: what its
+/// unknown-field error lists, each as the segments that lead to it. A
+/// struct tagged by a key (a service's `kind`) has the tag, and the fields
+/// of each variant behind `@tag=variant`.
+fn fields_at(path: &[String]) -> Option<Vec<Vec<String>>> {
+    let unknown = "unknown field `zz_not_a_key`, expected";
+    let text = parse_error(path, "{zz_not_a_key: 1}")?;
+    if let Some(expected) = expected_after(&text, unknown) {
+        return Some(expected.into_iter().map(|f| vec![f]).collect());
+    }
+    let tag = text.split("missing field `").nth(1)?.split('`').next()?.to_string();
+    let no_variant = parse_error(path, &format!("{{{tag}: zz_no_variant}}"))?;
+    let variants = expected_after(&no_variant, "unknown variant `zz_no_variant`, expected")?;
+    let mut fields = vec![vec![tag.clone()]];
+    for v in variants {
+        let text = parse_error(path, &format!("{{{tag}: {v}, zz_not_a_key: 1}}"))?;
+        for f in expected_after(&text, unknown)? {
+            fields.push(vec![format!("@{tag}={v}"), f]);
+        }
+    }
+    Some(fields)
+}
+
+/// The parser's error for `value` set at `path`, if it refuses it.
+fn parse_error(path: &[String], value: &str) -> Option<String> {
+    let err = Config::from_yaml(&yaml_setting(path, value)).err()?;
+    Some(err.to_string())
+}
+
+/// The backticked names after `marker` in `text` (serde's "expected one of
+/// `a`, `b`" and "expected `a` or `b`").
+fn expected_after(text: &str, marker: &str) -> Option<Vec<String>> {
+    let (_, expected) = text.split_once(marker)?;
     Some(expected.split('`').skip(1).step_by(2).map(str::to_string).collect())
+}
+
+/// A path as the docs write it: `health.services[].tls`.
+fn key_of(path: &[String]) -> String {
+    let shown: Vec<&str> = path
+        .iter()
+        .filter(|s| !s.starts_with('@'))
+        .map(String::as_str)
+        .collect();
+    shown.join(".").replace(".[]", "[]")
 }
 
 /// Every leaf key of the config (`health.services[].tls.ca_file`), and
@@ -61,24 +104,25 @@ fn fields_at(path: &[String]) -> Option<Vec<String>> {
 fn config_keys() -> (BTreeSet<String>, BTreeSet<String>) {
     let (mut leaves, mut parents) = (BTreeSet::new(), BTreeSet::new());
     let mut todo = vec![Vec::<String>::new()];
+    let mut walked = 0;
     while let Some(path) = todo.pop() {
         let fields = fields_at(&path).expect("the top level and each found struct list their fields");
         for f in fields {
-            let mut p = path.clone();
-            p.push(f);
+            let p: Vec<String> = path.iter().cloned().chain(f).collect();
             let mut item = p.clone();
             item.push("[]".into());
             if fields_at(&p).is_some() {
-                parents.insert(p.join(".").replace(".[]", "[]"));
+                parents.insert(key_of(&p));
                 todo.push(p);
             } else if fields_at(&item).is_some() {
-                parents.insert(item.join(".").replace(".[]", "[]"));
+                parents.insert(key_of(&item));
                 todo.push(item);
             } else {
-                leaves.insert(p.join(".").replace(".[]", "[]"));
+                leaves.insert(key_of(&p));
             }
+            walked += 1;
         }
-        assert!(leaves.len() + parents.len() < 1000, "runaway walk at {path:?}");
+        assert!(walked < 5000, "runaway walk at {path:?}");
     }
     (leaves, parents)
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::HealthError;
-use crate::config::{CheckKind, HttpMethod, ServiceConfig};
+use crate::config::{Check, HttpMethod, ServiceConfig};
 use crate::inference::proxy::http_client;
 
 /// Why a check failed: the `reason` label, a closed list.
@@ -171,26 +171,26 @@ impl Checker {
         let bad = |reason: String| HealthError::Url {
             service: svc.name.clone(),
             field: "url",
-            url: svc.url.clone(),
+            url: svc.check.url().to_string(),
             reason,
         };
-        Ok(match svc.kind {
-            CheckKind::Http => Checker::Http(Box::new(HttpCheck {
+        Ok(match &svc.check {
+            Check::Http(h) => Checker::Http(Box::new(HttpCheck {
                 url: check_url(svc).map_err(bad)?,
                 // A fresh connection per check: a pooled socket could hide a
                 // server that has just been restarted or died. The task's own
                 // timeout bounds the check, with one message for every kind.
                 client: http_client(svc).map_err(bad)?,
-                method: match svc.method {
+                method: match h.method {
                     HttpMethod::Get => reqwest::Method::GET,
                     HttpMethod::Head => reqwest::Method::HEAD,
                     HttpMethod::Post => reqwest::Method::POST,
                 },
-                body: svc.body.clone(),
-                expect: svc.expect_status.iter().filter_map(|s| s.codes()).collect(),
-                expect_body: svc.expect_body.clone(),
+                body: h.body.clone(),
+                expect: h.expect_status.iter().filter_map(|s| s.codes()).collect(),
+                expect_body: h.expect_body.clone(),
             })),
-            CheckKind::OpenInference => {
+            Check::OpenInference(o) => {
                 let mut base = check_url(svc).map_err(bad)?;
                 if !base.path().ends_with('/') {
                     base.set_path(&format!("{}/", base.path()));
@@ -198,14 +198,14 @@ impl Checker {
                 Checker::OpenInference {
                     client: http_client(svc).map_err(bad)?,
                     base,
-                    models: svc.models.clone(),
+                    models: o.models.clone(),
                 }
             }
-            CheckKind::Redis => Checker::Redis(
-                crate::redis_conn::target(&svc.url, svc.tls.as_ref(), None).map_err(|e| bad(e.to_string()))?,
-            ),
-            CheckKind::Postgres => Checker::Postgres(Box::new(
-                sqlx::postgres::PgConnectOptions::from_str(&svc.url).map_err(|e| bad(e.to_string()))?,
+            Check::Redis(r) => {
+                Checker::Redis(crate::redis_conn::target(&r.url, r.tls.as_ref(), None).map_err(|e| bad(e.to_string()))?)
+            }
+            Check::Postgres(p) => Checker::Postgres(Box::new(
+                sqlx::postgres::PgConnectOptions::from_str(&p.url).map_err(|e| bad(e.to_string()))?,
             )),
         })
     }
@@ -344,8 +344,8 @@ async fn postgres_select(opts: &sqlx::postgres::PgConnectOptions) -> Result<(), 
 /// The URL a check requests: the URL's host replaced by `tls.server_name`
 /// (resolved to the URL's address by the client).
 fn check_url(svc: &ServiceConfig) -> Result<reqwest::Url, String> {
-    let mut url = reqwest::Url::parse(&svc.url).map_err(|e| e.to_string())?;
-    if let Some(name) = svc.tls.as_ref().and_then(|t| t.server_name.as_ref()) {
+    let mut url = reqwest::Url::parse(svc.check.url()).map_err(|e| e.to_string())?;
+    if let Some(name) = svc.check.tls().and_then(|t| t.server_name.as_ref()) {
         url.set_host(Some(name)).map_err(|e| format!("tls.server_name: {e}"))?;
     }
     Ok(url)

@@ -133,7 +133,7 @@ impl HealthMetrics {
             .with_label_values(&[name])
             .set(if s.start_period.is_zero() { 0.0 } else { 1.0 });
         m.ready.with_label_values(&[name]).set(0.0);
-        for model in &s.models {
+        for model in s.check.models() {
             m.model_ready.with_label_values(&[name, model]).set(0.0);
         }
         if s.progress.is_some() {
@@ -167,7 +167,7 @@ impl HealthMetrics {
         for r in Reason::ALL {
             let _ = m.check_failures.remove_label_values(&[name, r.as_str()]);
         }
-        for model in &s.models {
+        for model in s.check.models() {
             let _ = m.model_ready.remove_label_values(&[name, model]);
         }
     }
@@ -176,10 +176,10 @@ impl HealthMetrics {
     /// came get their series, those that went lose theirs.
     pub(super) fn change(&self, old: &ServiceConfig, new: &ServiceConfig) {
         let name = new.name.as_str();
-        for model in old.models.iter().filter(|m| !new.models.contains(m)) {
+        for model in old.check.models().iter().filter(|m| !new.check.models().contains(m)) {
             let _ = self.model_ready.remove_label_values(&[name, model]);
         }
-        for model in new.models.iter().filter(|m| !old.models.contains(m)) {
+        for model in new.check.models().iter().filter(|m| !old.check.models().contains(m)) {
             self.model_ready.with_label_values(&[name, model]).set(0.0);
         }
         match (old.progress.is_some(), new.progress.is_some()) {

@@ -464,7 +464,7 @@ impl ServiceTask {
             }
             _ => {
                 if !live {
-                    for model in &self.config().models {
+                    for model in self.config().check.models() {
                         m.model_ready.with_label_values(&[name, model]).set(0.0);
                     }
                 }
