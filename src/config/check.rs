@@ -327,3 +327,66 @@ fn validate_models(models: &[String], i: usize) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(url: &str) -> HttpCheck {
+        HttpCheck {
+            url: url.into(),
+            tls: None,
+            method: HttpMethod::Get,
+            body: None,
+            headers: BTreeMap::new(),
+            expect_status: default_expect_status(),
+            expect_body: None,
+        }
+    }
+
+    fn error(check: Check) -> String {
+        check.validate(2).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_url_scheme_fits_the_kind() {
+        assert!(Check::Http(http("http://x/h")).validate(0).is_ok());
+        let e = error(Check::Postgres(PostgresCheck { url: "http://x".into() }));
+        assert!(e.contains("health.services[2].url") && e.contains("postgres://"), "{e}");
+        let e = error(Check::Redis(RedisCheck {
+            url: "redis://x:6379".into(),
+            tls: Some(ServiceTls::default()),
+        }));
+        assert!(e.contains("health.services[2].tls") && e.contains("rediss://"), "{e}");
+    }
+
+    #[test]
+    fn an_http_checks_request_and_expectations_are_checked() {
+        let mut h = http("http://x/h");
+        h.body = Some("{}".into());
+        assert!(error(Check::Http(h.clone())).contains("only for method POST"));
+        h.method = HttpMethod::Post;
+        assert!(Check::Http(h.clone()).validate(0).is_ok());
+        h.expect_status = vec![StatusSpec::Text("6xx".into())];
+        assert!(error(Check::Http(h.clone())).contains("health.services[2].expect_status[0]"));
+        h.expect_status = default_expect_status();
+        h.headers.insert("Bad Name".into(), "v".into());
+        assert!(error(Check::Http(h)).contains("health.services[2].headers.Bad Name"));
+    }
+
+    #[test]
+    fn model_names_fit_a_path_segment() {
+        let check = |m: &str| {
+            Check::OpenInference(OpenInferenceCheck {
+                url: "http://x:8000".into(),
+                tls: None,
+                headers: BTreeMap::new(),
+                models: vec!["ok".into(), m.into()],
+            })
+        };
+        assert!(check("resnet-50").validate(0).is_ok());
+        for bad in ["", "a/b", "a b", "a?"] {
+            assert!(error(check(bad)).contains("health.services[2].models[1]"), "{bad:?}");
+        }
+    }
+}
