@@ -43,7 +43,8 @@
 //! - [`client_tls`]: `ServiceTls`, the TLS settings of a client connection
 //!   (plain data, below both `config` and `redis_conn`).
 //! - [`redis_conn`]: a lazily (re)connected Redis connection, and the
-//!   client with TLS and a password file.
+//!   client with TLS and a password file; a leaf (it reads no config: the
+//!   queues' target is built from their section by `dlq::redis_target`).
 //! - [`redis_acl`]: `inferwatch redis-acl`, the least-privilege ACL user.
 //! - [`nvml`]: the blocking NVML edge, on its own thread (init reasons, a
 //!   driver gone mid-run); [`nvml::fields`]: every GPU field with its call
@@ -215,7 +216,7 @@ pub fn check_config(config: &Config) -> Result<(), CheckError> {
     Auth::load(&config.api)?;
     collectors::health::check_services(&config.health)?;
     if config.queues.enabled {
-        redis_conn::queues_target(&config.queues)?;
+        dlq::redis_target(&config.queues)?;
     }
     if let config::StoreBackend::Postgres(url) = config.store.backend(&config.data_dir)? {
         store::postgres_options(&url)?;

@@ -17,7 +17,6 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisError, RedisResult};
 
 use crate::client_tls::ServiceTls;
-use crate::config::{ConfigError, QueuesConfig};
 
 /// Where the Redis is.
 #[derive(Clone)]
@@ -54,7 +53,11 @@ pub struct SentinelUrl {
     pub password: Option<String>,
 }
 
-pub use crate::config::is_sentinel_url;
+/// Whether `url` names Sentinels (a pure check of its scheme, which the
+/// config uses too).
+pub fn is_sentinel_url(url: &str) -> bool {
+    url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://")
+}
 
 /// Parses a Sentinel URL; the error says what is missing.
 pub fn parse_sentinel_url(url: &str) -> Result<SentinelUrl, String> {
@@ -149,26 +152,6 @@ fn sentinel_target(u: SentinelUrl, tls: Option<&ServiceTls>, password: Option<St
 
 /// A target for `url` (one server, or Sentinel), with `tls` for a TLS URL
 /// and a `password` that wins over the URL's.
-/// The queues' Redis (one server, or Sentinel's master) with the URL, TLS
-/// settings and password of the `queues` section: parsed here, once, by
-/// the client that will use it. The error names the key.
-pub fn queues_target(q: &QueuesConfig) -> Result<Target, ConfigError> {
-    let password = q.password()?;
-    let problem = if is_sentinel_url(&q.redis_url) {
-        "not a valid Sentinel URL"
-    } else {
-        "not a valid Redis URL"
-    };
-    target(&q.redis_url, q.tls.as_ref(), password).map_err(|e| {
-        crate::config::invalid(
-            "queues.redis_url",
-            &q.redis_url,
-            problem,
-            &format!("{} ({e})", crate::config::REDIS_URL_RULE),
-        )
-    })
-}
-
 pub fn target(url: &str, tls: Option<&ServiceTls>, password: Option<String>) -> RedisResult<Target> {
     if is_sentinel_url(url) {
         let u = parse_sentinel_url(url)

@@ -50,7 +50,7 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
         collector: "stream",
         reason,
     };
-    let target = crate::redis_conn::queues_target(&config.queues).map_err(|e| fail(e.to_string()))?;
+    let target = crate::dlq::redis_target(&config.queues).map_err(|e| fail(e.to_string()))?;
     let reader = StreamReader::new(config.pipeline.stream.clone(), target, sh.pipeline.clone())
         .map_err(|e| fail(format!("invalid queues.redis_url: {e}")))?;
     super::Built::polled(reader)
@@ -93,7 +93,7 @@ impl Collector for StreamReader {
 }
 
 impl StreamReader {
-    /// `target` is the queues' Redis (`redis_conn::queues_target`).
+    /// `target` is the queues' Redis (`dlq::redis_target`).
     pub fn new(
         config: StreamConfig,
         target: crate::redis_conn::Target,

@@ -151,20 +151,14 @@ pub const LIST_PAGE_MAX_BYTES: Range = Range::new(
 /// What `queues.redis_url` may be.
 pub const REDIS_URL_RULE: &str = "redis://[[USER]:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, or redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[/DB]";
 
-/// A Redis Sentinel URL (`redis+sentinel://`, or `rediss+sentinel://` for
-/// TLS), by its scheme.
-pub fn is_sentinel_url(url: &str) -> bool {
-    url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://")
-}
-
 impl QueuesConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         // The scheme here; the Redis client parses the rest, once, where the
-        // connection is made (redis_conn::queues_target, which
+        // connection is made (dlq::redis_target, which
         // crate::check_config runs for check-config, startup and reload).
         let url = self.redis_url.as_str();
         let tls_url = url.starts_with("rediss://") || url.starts_with("rediss+sentinel://");
-        if !(url.starts_with("redis://") || tls_url || is_sentinel_url(url)) {
+        if !(url.starts_with("redis://") || tls_url || crate::redis_conn::is_sentinel_url(url)) {
             return Err(invalid("queues.redis_url", url, "not a Redis URL", REDIS_URL_RULE));
         }
         if let Some(tls) = &self.tls {

@@ -274,7 +274,7 @@ impl Drop for BusyGuard<'_> {
 
 impl Queues {
     pub fn new(config: QueuesConfig, registry: &Metrics) -> Result<Arc<Queues>, crate::config::ConfigError> {
-        let target = crate::redis_conn::queues_target(&config)?;
+        let target = redis_target(&config)?;
         let metrics = QueueMetrics::register(registry, &config.names);
         Ok(Arc::new(Queues {
             redis: RedisConn::new(target, Duration::from_secs(10)),
@@ -557,6 +557,26 @@ impl Queues {
         rep.min_replicas = if rep.batches == 1 { n } else { rep.min_replicas.min(n) };
         Ok(())
     }
+}
+
+/// The queues' Redis (one server, or Sentinel's master) with the URL, TLS
+/// settings and password of the `queues` section: parsed here, once, by
+/// the client that will use it. The error names the key.
+pub fn redis_target(q: &QueuesConfig) -> Result<crate::redis_conn::Target, crate::config::ConfigError> {
+    let password = q.password()?;
+    let problem = if crate::redis_conn::is_sentinel_url(&q.redis_url) {
+        "not a valid Sentinel URL"
+    } else {
+        "not a valid Redis URL"
+    };
+    crate::redis_conn::target(&q.redis_url, q.tls.as_ref(), password).map_err(|e| {
+        crate::config::invalid(
+            "queues.redis_url",
+            &q.redis_url,
+            problem,
+            &format!("{} ({e})", crate::config::REDIS_URL_RULE),
+        )
+    })
 }
 
 /// Now, in Unix seconds (milliseconds kept).

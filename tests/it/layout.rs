@@ -118,3 +118,19 @@ fn the_length_checker_counts_bodies_past_strings_and_test_modules() {
     let (ok, out) = check_fn_length(dir.path(), "7");
     assert!(ok, "{out}");
 }
+
+#[test]
+fn the_redis_client_and_the_client_tls_settings_are_leaves() {
+    // They may name only each other: the config sits above them, so it
+    // never builds a client, and they never read it.
+    for (file, allowed) in [("src/redis_conn.rs", "crate::client_tls"), ("src/client_tls.rs", "")] {
+        let text = std::fs::read_to_string(repo().join(file)).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let named: Vec<&str> = code
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .filter(|l| l.contains("crate::") && (allowed.is_empty() || !l.contains(allowed)))
+            .collect();
+        assert!(named.is_empty(), "{file} names other modules: {named:?}");
+    }
+}
