@@ -157,18 +157,29 @@ pub enum RunError {
     #[error(transparent)]
     Health(#[from] HealthError),
     #[error(transparent)]
-    Auth(#[from] crate::api::auth::AuthError),
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
     Collector(#[from] collectors::StartError),
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
-    #[error(transparent)]
-    WebConfig(#[from] webconf::WebConfigError),
+    /// The config, its files or a URL refused (see [`check_config`]).
     #[error(transparent)]
     Check(#[from] CheckError),
 }
+
+/// The errors of the config's parts convert as [`check_config`]'s do.
+macro_rules! run_error_via_check {
+    ($($t:ty),*) => {$(
+        impl From<$t> for RunError {
+            fn from(e: $t) -> RunError {
+                RunError::Check(CheckError::from(e))
+            }
+        }
+    )*};
+}
+run_error_via_check!(
+    crate::api::auth::AuthError,
+    crate::config::ConfigError,
+    webconf::WebConfigError
+);
 
 /// Warns when anyone who can reach the port may write: a non-loopback
 /// listen address with no token.
@@ -197,10 +208,10 @@ pub fn build_state(config: Config) -> Result<AppState, RunError> {
 pub enum CheckError {
     #[error(transparent)]
     Auth(#[from] crate::api::auth::AuthError),
-    /// A URL its client refused (a health check's, the queues' Redis, the
-    /// store's PostgreSQL).
+    /// A value its owner refused: a URL its client cannot use (a health
+    /// check's, the queues' Redis, the store's PostgreSQL).
     #[error(transparent)]
-    Url(#[from] crate::config::ConfigError),
+    Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     WebConfig(#[from] webconf::WebConfigError),
 }
