@@ -1,7 +1,8 @@
 //! `inferwatch redis-acl`: the least-privilege Redis ACL user for a config.
 //! Its keys are the configured queues, their processing lists, their DLQs
 //! and the DLQs' archives (`<dlq>:cleared:<ts>`, `<dlq>:deleted:<ts>`), and
-//! the watched streams; its commands are the ones the queue collector, the
+//! the watched streams, and (read only) the RQ keys it watches; its
+//! commands are the ones the queue collector, the
 //! DLQ moves (their Lua steps included), the stream reader and the health
 //! check's `PING` send, and nothing else.
 
@@ -38,6 +39,11 @@ pub const COMMANDS: &[&str] = &[
     "xreadgroup",
     "xautoclaim",
     "xack",
+    // RQ's registries and job hashes, read by the RQ poll's script.
+    "eval_ro",
+    "zcard",
+    "zrange",
+    "hget",
 ];
 
 /// The key patterns of `config`'s queues, DLQs, archives and streams.
@@ -62,11 +68,29 @@ pub fn key_patterns(config: &Config) -> Vec<String> {
     keys
 }
 
-/// `ACL SETUSER <user> on >PASSWORD resetkeys ~k1 ~k2 … resetchannels -@all +cmd …`.
+/// The keys inferwatch only reads (Redis 7's `%R~`): RQ's queues,
+/// registries and job hashes, which RQ's own workers write.
+pub fn read_only_patterns(config: &Config) -> Vec<String> {
+    let Some(rq) = &config.queues.rq else { return Vec::new() };
+    let layout = crate::dlq::RqLayout::of(rq);
+    let mut keys = Vec::new();
+    for q in &rq.queues {
+        keys.extend([
+            glob_escape(&layout.queue_key(q)),
+            glob_escape(&layout.failed_key(q)),
+            glob_escape(&layout.wip_key(q)),
+        ]);
+    }
+    keys.push(format!("{}*", glob_escape(&layout.job_prefix())));
+    keys
+}
+
+/// `ACL SETUSER <user> on >PASSWORD resetkeys ~k1 ~k2 … %R~r1 … resetchannels -@all +cmd …`.
 pub fn setuser_line(config: &Config, user: &str, password: &str) -> String {
     let keys: Vec<String> = key_patterns(config)
         .iter()
         .map(|k| format!("~{}", glob_escape(k)))
+        .chain(read_only_patterns(config).iter().map(|k| format!("%R~{k}")))
         .collect();
     let commands: Vec<String> = COMMANDS.iter().map(|c| format!("+{c}")).collect();
     format!(

@@ -235,7 +235,7 @@ pub struct ServiceGpuMemory {
 /// disabled or never polled).
 fn dlq_stats(state: &AppState) -> Option<DlqSummary> {
     let queues = state.queues.as_ref()?;
-    let depths = state.watched.last_depths(&queues.config().names);
+    let depths = state.watched.last_depths(&queues.config().all_names());
     if depths.is_empty() {
         return None;
     }

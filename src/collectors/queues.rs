@@ -232,7 +232,8 @@ impl QueueCollector {
         registry: &Metrics,
         watched: Vec<(String, String)>,
     ) -> QueueCollector {
-        let processing = queues.config().processing_suffix.is_some();
+        // Jobs in flight: the seed's processing lists, or RQ's started registry.
+        let processing = queues.config().processing_suffix.is_some() || queues.config().rq.is_some();
         let max_wait = family::<GaugeVec>(
             "job_queue_max_wait_seconds",
             "How long the job at the queue's consumer end may wait (queues.max_wait, or queues.max_wait_by_queue): QueueWaitTooLong compares job_queue_oldest_age_seconds with it.",
@@ -272,7 +273,8 @@ impl QueueCollector {
         if Arc::ptr_eq(&now, &self.seen) {
             return;
         }
-        for q in self.seen.names.iter().filter(|q| !now.names.contains(q)) {
+        let (before, after) = (self.seen.all_names(), now.all_names());
+        for q in before.iter().filter(|q| !after.contains(q)) {
             self.metrics.remove(q);
             self.previous.remove(q);
             self.active_errors.remove(q);

@@ -87,6 +87,27 @@ pub struct QueuesConfig {
     #[serde(deserialize_with = "de_seconds")]
     #[reload(live)]
     pub replica_wait: Duration,
+    /// RQ's queues (python-rq), read where RQ's own source keeps them
+    /// (docs/job-frameworks.md); each appears as `rq:<queue>`.
+    #[reload(live)]
+    pub rq: Option<RqQueues>,
+}
+
+/// The queues of one RQ deployment.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RqQueues {
+    /// Queue names as RQ knows them (`Queue('default')`), 1–64 of
+    /// `A-Za-z0-9_.-`.
+    pub queues: Vec<String>,
+    /// RQ's key prefix with its colon (`RQ_KEY_PREFIX` in rq 3, `rq` by
+    /// default): `rq:queue:<q>`, `rq:failed:<q>`, `rq:job:<id>`.
+    #[serde(default = "default_rq_prefix")]
+    pub prefix: String,
+}
+
+fn default_rq_prefix() -> String {
+    "rq:".into()
 }
 
 /// One watched stream and consumer group.
@@ -119,6 +140,7 @@ impl Default for QueuesConfig {
             max_wait_by_queue: Default::default(),
             streams: Vec::new(),
             replica_wait: Duration::from_secs(1),
+            rq: None,
         }
     }
 }
@@ -194,6 +216,7 @@ impl QueuesConfig {
         self.max_wait_by_queue()?;
         REPLICA_WAIT.check(self.replica_wait.as_secs_f64())?;
         self.validate_streams()?;
+        self.validate_rq()?;
         LIST_PAGE_MAX_BYTES
             .at_least(self.list_entry_max_bytes as f64)
             .check(self.list_page_max_bytes as f64)
@@ -238,26 +261,33 @@ impl QueuesConfig {
     /// The wait threshold of each configured queue.
     pub fn max_wait_by_queue(&self) -> Result<Vec<(String, Duration)>, ConfigError> {
         MAX_WAIT.check(self.max_wait.as_secs_f64())?;
+        let all = self.all_names();
         for (name, text) in &self.max_wait_by_queue {
             let key = format!("queues.max_wait_by_queue.{name}");
-            if !self.names.contains(name) {
-                return Err(invalid(&key, name, "not a configured queue", &self.names.join(", ")));
+            if !all.contains(name) {
+                return Err(invalid(&key, name, "not a configured queue", &all.join(", ")));
             }
             let secs = super::parse_duration(text)
                 .map_err(|_| invalid(&key, text, "not a duration", "a duration such as 90s, 5m or 2h"))?;
             MAX_WAIT.check_at(&key, secs)?;
         }
-        Ok(self
-            .names
-            .iter()
+        Ok(all
+            .into_iter()
             .map(|n| {
                 let own = self
                     .max_wait_by_queue
-                    .get(n)
+                    .get(&n)
                     .and_then(|t| super::parse_duration(t).ok());
-                (n.clone(), own.map(Duration::from_secs_f64).unwrap_or(self.max_wait))
+                (n, own.map(Duration::from_secs_f64).unwrap_or(self.max_wait))
             })
             .collect())
+    }
+
+    /// Every queue as its `queue` label reads: the seed's names, then each
+    /// job framework's as `<framework>:<queue>` (`rq:default`).
+    pub fn all_names(&self) -> Vec<String> {
+        let rq = self.rq.iter().flat_map(|r| r.queues.iter().map(|q| format!("rq:{q}")));
+        self.names.iter().cloned().chain(rq).collect()
     }
 
     /// Stream keys and group names: 1–256 characters, no whitespace.
@@ -273,6 +303,35 @@ impl QueuesConfig {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// RQ's queues: valid names, once each, and a prefix of 1–32
+    /// characters without whitespace.
+    fn validate_rq(&self) -> Result<(), ConfigError> {
+        let Some(rq) = &self.rq else { return Ok(()) };
+        if rq.queues.is_empty() {
+            return Err(invalid("queues.rq.queues", "[]", "empty", "at least one RQ queue name"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, name) in rq.queues.iter().enumerate() {
+            let key = format!("queues.rq.queues[{i}]");
+            if !valid_name(name) {
+                return Err(invalid(&key, name, "not a valid name", NAME_RULE));
+            }
+            if !seen.insert(name) {
+                return Err(invalid(&key, name, "a duplicate", "a name used once"));
+            }
+        }
+        let p = &rq.prefix;
+        if p.is_empty() || p.chars().count() > 32 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "queues.rq.prefix",
+                p,
+                "empty, too long or holding whitespace",
+                "1–32 characters, e.g. rq:",
+            ));
         }
         Ok(())
     }

@@ -47,6 +47,7 @@ mod entry;
 mod layout;
 mod list;
 pub mod processing;
+mod rq;
 mod scripts;
 pub mod search;
 pub mod tasks;
@@ -58,6 +59,7 @@ pub use entry::{parse_entry, JobFailure};
 pub use layout::{End, ListLayout};
 pub use list::{Listed, Page};
 pub use processing::{Returned, StuckList};
+pub use rq::{parse_rq_time, RqLayout};
 use scripts::{int_at, script_reply, Scripts};
 pub use scripts::{CHECK_LUA, CLEAR_LUA, REQUEUE_LUA, RESTORE_LUA, SINGLE_LUA};
 pub use search::{job_id, Filter, SearchPage, SingleAction, SingleReport};
@@ -81,8 +83,14 @@ pub enum DlqError {
     #[error("{0}")]
     Unprocessable(String),
     /// A key the operation reads or writes holds another type; nothing moved.
-    #[error("{key} holds a {found}, not a list; nothing was moved")]
-    WrongType { key: String, found: String },
+    #[error("{key} holds a {found}, not a {expected}; nothing was moved")]
+    WrongType {
+        key: String,
+        found: String,
+        /// The type the key must have (`list`, or `zset` for RQ's
+        /// registries).
+        expected: &'static str,
+    },
     /// The Redis ACL user may not run a command or touch a key (NOPERM):
     /// Redis's own words, which name the command or the key.
     #[error("{0}")]
@@ -397,6 +405,7 @@ impl Queues {
                 return Err(DlqError::WrongType {
                     key: k.to_string(),
                     found: t,
+                    expected: "list",
                 });
             }
         }

@@ -198,6 +198,7 @@ pub(super) fn script_reply(reply: Vec<redis::Value>) -> Result<Vec<redis::Value>
         1 if reply.len() == 3 => Err(DlqError::WrongType {
             key: redis::from_redis_value(&reply[1]).unwrap_or_default(),
             found: redis::from_redis_value(&reply[2]).unwrap_or_default(),
+            expected: "list",
         }),
         _ => Err(DlqError::Unavailable(format!("unexpected script reply: {reply:?}"))),
     }

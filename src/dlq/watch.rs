@@ -128,6 +128,7 @@ impl Queues {
                 Some(Err(e)) => d.active_error = Some(e.to_string()),
             }
         }
+        out.extend(self.poll_rq().await?);
         // Replaced whole: a queue a reload removed is gone from it.
         *seen.last.lock().unwrap_or_else(|e| e.into_inner()) =
             out.iter().map(|d| (d.queue.clone(), d.clone())).collect();

@@ -27,6 +27,7 @@ mod http_metrics;
 mod inference;
 mod inference_proxy;
 mod inference_servers;
+mod job_frameworks;
 mod layout;
 mod llm_servers;
 mod openapi;

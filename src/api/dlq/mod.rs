@@ -66,10 +66,10 @@ impl From<DlqError> for AppError {
             )
             .with_code("redis_no_permission"),
             DlqError::Unprocessable(m) => AppError::status(StatusCode::UNPROCESSABLE_ENTITY, m, Value::Null),
-            DlqError::WrongType { key, found } => AppError::status(
+            DlqError::WrongType { key, found, expected } => AppError::status(
                 StatusCode::CONFLICT,
-                format!("{key} holds a {found}, not a list; nothing was moved or changed"),
-                json!({ "key": key, "type": found, "expected": "list (or no key)" }),
+                format!("{key} holds a {found}, not a {expected}; nothing was moved or changed"),
+                json!({ "key": key, "type": found, "expected": format!("{expected} (or no key)") }),
             )
             .with_code("wrong_type"),
         }

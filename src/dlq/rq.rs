@@ -1,0 +1,202 @@
+//! RQ (python-rq) queues, read where RQ's own source keeps them
+//! (docs/job-frameworks.md cites the files, rq 2.12 and 3.0):
+//!
+//! - `<prefix>queue:<q>`: a list of job ids; `enqueue` pushes on the right
+//!   (`RPUSH`, `LPUSH` with `at_front`) and workers take from the left;
+//! - `<prefix>failed:<q>`: a sorted set of job ids, scored by when the
+//!   entry *expires* (failure time + `failure_ttl`), not when it failed;
+//! - `<prefix>wip:<q>`: the started registry, a sorted set of
+//!   `<job_id>:<execution_id>`;
+//! - `<prefix>job:<id>`: the job's hash (`status`, `origin`, `enqueued_at`,
+//!   `ended_at`, `description`, and `data`, which is pickled: never read).
+//!
+//! Each RQ queue appears as `rq:<q>` in labels and requests.
+
+use super::{unix_now, Active, DlqError, QueueDepth, Queues};
+use crate::config::RqQueues;
+
+/// Where one RQ deployment keeps a queue's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RqLayout {
+    prefix: String,
+}
+
+impl RqLayout {
+    pub fn of(config: &RqQueues) -> RqLayout {
+        RqLayout {
+            prefix: config.prefix.clone(),
+        }
+    }
+
+    /// The pending job ids of `queue`.
+    pub fn queue_key(&self, queue: &str) -> String {
+        format!("{}queue:{queue}", self.prefix)
+    }
+
+    /// The failed registry of `queue`.
+    pub fn failed_key(&self, queue: &str) -> String {
+        format!("{}failed:{queue}", self.prefix)
+    }
+
+    /// The started registry of `queue`.
+    pub fn wip_key(&self, queue: &str) -> String {
+        format!("{}wip:{queue}", self.prefix)
+    }
+
+    /// The prefix of the job hashes (`<prefix>job:`).
+    pub fn job_prefix(&self) -> String {
+        format!("{}job:", self.prefix)
+    }
+}
+
+/// One read of an RQ queue, all at once: the three lengths, the
+/// `enqueued_at` of the job workers take next, and the `ended_at` of the
+/// failed entry that expires first (the oldest failure, as every entry of a
+/// queue has the same `failure_ttl` unless a job set its own). A key of
+/// another type is an error that names it; nothing is written.
+const POLL_LUA: &str = r#"
+local kinds = {'list', 'zset', 'zset'}
+for i, want in ipairs(kinds) do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if t ~= want and t ~= 'none' then
+    return {'wrong_type', KEYS[i], t, want}
+  end
+end
+local function field(id, name)
+  if not id then return '' end
+  local key = ARGV[1] .. id
+  if redis.call('TYPE', key).ok ~= 'hash' then return '' end
+  return redis.call('HGET', key, name) or ''
+end
+local head = redis.call('LINDEX', KEYS[1], 0)
+local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+return {
+  redis.call('LLEN', KEYS[1]),
+  redis.call('ZCARD', KEYS[2]),
+  redis.call('ZCARD', KEYS[3]),
+  field(head, 'enqueued_at'),
+  field(oldest, 'ended_at'),
+}
+"#;
+
+/// RQ's timestamps (`utils.utcformat`: `%Y-%m-%dT%H:%M:%S.%fZ`, and the
+/// older form without the fraction), as Unix seconds.
+pub fn parse_rq_time(text: &str) -> Option<f64> {
+    let t = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.fZ").ok()?;
+    Some(t.and_utc().timestamp_micros() as f64 / 1e6)
+}
+
+impl Queues {
+    /// Polls every configured RQ queue: depth, failed and started counts,
+    /// the wait of the next job and the age of the oldest failure.
+    pub async fn poll_rq(&self) -> Result<Vec<QueueDepth>, DlqError> {
+        let Some(rq) = self.config().rq.clone() else {
+            return Ok(Vec::new());
+        };
+        let layout = RqLayout::of(&rq);
+        let mut out = Vec::with_capacity(rq.queues.len());
+        for q in &rq.queues {
+            let keys = [layout.queue_key(q), layout.failed_key(q), layout.wip_key(q)];
+            let reply = self.eval_read_only(&keys, &layout.job_prefix()).await?;
+            if let Ok((tag, key, found, want)) = redis::from_redis_value::<(String, String, String, String)>(&reply) {
+                if tag == "wrong_type" {
+                    let expected = if want == "list" { "list" } else { "zset" };
+                    return Err(DlqError::WrongType { key, found, expected });
+                }
+            }
+            let reply = redis::from_redis_value(&reply)
+                .map_err(|e| DlqError::Unavailable(format!("an RQ poll answered in an unknown shape: {e}")))?;
+            out.push(depth_of(&format!("rq:{q}"), reply, unix_now()));
+        }
+        Ok(out)
+    }
+}
+
+impl Queues {
+    /// Runs the poll script with `EVAL_RO` (Redis 7): its keys are then
+    /// checked as reads, so a user with read-only access to RQ's keys
+    /// (`%R~`, what `inferwatch redis-acl` grants) may run it. A Redis
+    /// without `EVAL_RO` (6.x) gets `EVAL`.
+    async fn eval_read_only(&self, keys: &[String; 3], job_prefix: &str) -> Result<redis::Value, DlqError> {
+        let call = |eval: &'static str| {
+            let mut cmd = redis::cmd(eval);
+            cmd.arg(POLL_LUA).arg(keys.len()).arg(keys.as_slice()).arg(job_prefix);
+            cmd
+        };
+        match self.run::<redis::Value>(&call("EVAL_RO")).await {
+            Err(DlqError::Unavailable(e)) if e.contains("unknown command") => self.run(&call("EVAL")).await,
+            r => r,
+        }
+    }
+}
+
+/// The poll's reply as the queue collector's reading.
+fn depth_of(label: &str, reply: (u64, u64, u64, String, String), now: f64) -> QueueDepth {
+    let (depth, failed, wip, head_enqueued, oldest_ended) = reply;
+    let age = |t: &str| parse_rq_time(t).map(|t| (now - t).max(0.0));
+    QueueDepth {
+        queue: label.to_string(),
+        depth,
+        dlq_depth: failed,
+        oldest_age_seconds: if failed == 0 { Some(0.0) } else { age(&oldest_ended) },
+        active: Some(Active {
+            queue: label.to_string(),
+            active: wip,
+            // A job past RQ's heartbeat is failed by RQ's own maintenance.
+            stuck: 0,
+        }),
+        active_error: None,
+        wait_seconds: if depth == 0 {
+            0.0
+        } else {
+            age(&head_enqueued).unwrap_or(0.0)
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_rqs_own_names() {
+        let l = RqLayout::of(&RqQueues {
+            queues: vec!["default".into()],
+            prefix: "rq:".into(),
+        });
+        assert_eq!(l.queue_key("default"), "rq:queue:default");
+        assert_eq!(l.failed_key("default"), "rq:failed:default");
+        assert_eq!(l.wip_key("default"), "rq:wip:default");
+        assert_eq!(l.job_prefix(), "rq:job:");
+    }
+
+    #[test]
+    fn rq_timestamps_parse_with_and_without_the_fraction() {
+        assert_eq!(parse_rq_time("2026-12-07T10:00:00.500000Z"), Some(1_796_637_600.5));
+        assert_eq!(parse_rq_time("2026-12-07T10:00:00Z"), Some(1_796_637_600.0));
+        assert_eq!(parse_rq_time(""), None);
+        assert_eq!(parse_rq_time("yesterday"), None);
+    }
+
+    #[test]
+    fn a_reading_becomes_depths_ages_and_jobs_in_flight() {
+        let now = 1_796_637_700.0;
+        let d = depth_of(
+            "rq:default",
+            (
+                3,
+                2,
+                1,
+                "2026-12-07T10:00:00.000000Z".into(),
+                "2026-12-07T10:01:00.000000Z".into(),
+            ),
+            now,
+        );
+        assert_eq!((d.depth, d.dlq_depth), (3, 2));
+        assert_eq!(d.wait_seconds, 100.0);
+        assert_eq!(d.oldest_age_seconds, Some(40.0));
+        assert_eq!(d.active.map(|a| a.active), Some(1));
+        let empty = depth_of("rq:default", (0, 0, 0, String::new(), String::new()), now);
+        assert_eq!((empty.wait_seconds, empty.oldest_age_seconds), (0.0, Some(0.0)));
+    }
+}

@@ -1,0 +1,241 @@
+//! The job frameworks' queues, read where the frameworks keep them, with
+//! the frameworks' own workers: RQ (PyPI `rq`, in target/rq) fails real
+//! jobs into its failed registry, and the daemon's queue metrics say so
+//! under `queue="rq:<q>"`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::{eventually, repo, sample_value, Daemon, Redis};
+
+/// RQ's Python, from scripts/test's venv.
+fn rq_python() -> PathBuf {
+    let p = repo().join("target/rq/bin/python");
+    assert!(p.exists(), "{} is missing: scripts/test installs RQ", p.display());
+    p
+}
+
+/// A job module: `work(flag, n)` raises while the flag file exists, else
+/// appends `n` to the Redis list `ran` (so the test can count each run).
+fn write_jobs(dir: &Path) {
+    std::fs::write(
+        dir.join("rqjobs.py"),
+        "import os\nfrom rq import get_current_connection\n\n\
+         def work(flag, n):\n    if os.path.exists(flag):\n        raise RuntimeError(f'job {n}: the flag is up')\n\
+         \x20   get_current_connection().rpush('ran', n)\n",
+    )
+    .unwrap();
+}
+
+/// Runs Python with RQ against `redis`, in `dir` (where the job module is).
+fn rq(dir: &Path, redis: &Redis, code: &str) {
+    let out = Command::new(rq_python())
+        .arg("-c")
+        .arg(code)
+        .env("REDIS_URL", redis.url())
+        .env("PYTHONPATH", dir)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Enqueues `n` jobs on queue `q` through RQ's own `Queue.enqueue`.
+fn enqueue(dir: &Path, redis: &Redis, q: &str, n: usize, flag: &Path) {
+    rq(
+        dir,
+        redis,
+        &format!(
+            "import os\nfrom redis import Redis\nfrom rq import Queue\n\
+             q = Queue('{q}', connection=Redis.from_url(os.environ['REDIS_URL']))\n\
+             for i in range({n}):\n    q.enqueue('rqjobs.work', {flag:?}, i)\n",
+            flag = flag.display().to_string()
+        ),
+    );
+}
+
+/// RQ's own worker in burst mode: it works the queue until it is empty.
+fn burst_worker(dir: &Path, redis: &Redis, q: &str) {
+    let out = Command::new(dir_bin("rq"))
+        .args(["worker", "--burst", "--url", &redis.url(), "--path"])
+        .arg(dir)
+        .arg(q)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rq worker: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn dir_bin(name: &str) -> PathBuf {
+    rq_python().with_file_name(name)
+}
+
+fn config(redis: &Redis) -> String {
+    format!(
+        "gpu:\n  enabled: false\npipeline:\n  stream:\n    enabled: false\nqueues:\n  redis_url: {}\n  poll_interval: 100ms\n  names: [seed]\n  rq: {{queues: [default]}}\n",
+        redis.url()
+    )
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn rq_jobs_its_worker_failed_are_counted_with_their_age_and_the_queue_waiting() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_jobs(dir.path());
+    let flag = dir.path().join("flag");
+    std::fs::write(&flag, "up").unwrap();
+    enqueue(dir.path(), &redis, "default", 200, &flag);
+    burst_worker(dir.path(), &redis, "default");
+
+    let d = Daemon::start(&config(&redis), &[]).await;
+    let series = |name: &str| format!("{name}{{queue=\"rq:default\"}}");
+    let page = eventually("RQ's failed jobs counted", LIMIT, async || {
+        let page = d.get_text("/metrics").await;
+        (sample_value(&page, &series("dlq_depth")) == Some(200.0)).then_some(page)
+    })
+    .await;
+    assert_eq!(
+        sample_value(&page, &series("job_queue_depth")),
+        Some(0.0),
+        "the worker took every job"
+    );
+    assert_eq!(
+        sample_value(&page, &series("job_queue_active")),
+        Some(0.0),
+        "none in flight"
+    );
+    let age = sample_value(&page, &series("dlq_oldest_job_age_seconds")).unwrap();
+    assert!(age > 0.0, "the oldest failure has an age: {age}");
+    assert_eq!(
+        sample_value(&page, &series("job_queue_max_wait_seconds")),
+        Some(600.0),
+        "QueueWaitTooLong has its limit for the RQ queue too"
+    );
+    // The seed's queue beside it, unchanged.
+    assert_eq!(sample_value(&page, "dlq_depth{queue=\"seed\"}"), Some(0.0));
+    // The system stats count RQ's failed jobs with the seed's.
+    let stats: serde_json::Value = reqwest::get(d.url("/api/system/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["dlq"]["by_queue"]["rq:default"], 200, "{stats}");
+    assert_eq!(stats["dlq"]["total"], 200, "{stats}");
+
+    // Jobs waiting with no worker: the depth, and the wait of the next one.
+    enqueue(dir.path(), &redis, "default", 5, &flag);
+    let page = eventually("the waiting RQ jobs counted", LIMIT, async || {
+        let page = d.get_text("/metrics").await;
+        (sample_value(&page, &series("job_queue_depth")) == Some(5.0)).then_some(page)
+    })
+    .await;
+    assert!(sample_value(&page, &series("job_queue_oldest_age_seconds")).unwrap() >= 0.0);
+    let ran: i64 = redis::cmd("LLEN")
+        .arg("ran")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(ran, 0, "no job ran: each failed while the flag was up");
+}
+
+#[tokio::test]
+async fn an_rq_key_of_another_type_fails_the_poll_naming_it() {
+    let redis = Redis::start().await;
+    let _: () = redis::cmd("SET")
+        .arg("rq:failed:default")
+        .arg("x")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    let d = Daemon::start(&config(&redis), &[]).await;
+    eventually("the failing queue collector", LIMIT, async || {
+        let page = d.get_text("/metrics").await;
+        (sample_value(&page, "inferwatch_collector_success{collector=\"queues\"}") == Some(0.0)).then_some(())
+    })
+    .await;
+    eventually("the log naming the key", LIMIT, async || {
+        d.log()
+            .contains("rq:failed:default holds a string, not a zset")
+            .then_some(())
+    })
+    .await;
+    let kind: String = redis::cmd("TYPE")
+        .arg("rq:failed:default")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(kind, "string", "the poll wrote nothing");
+}
+
+#[tokio::test]
+async fn the_least_privileged_user_reads_rqs_keys_and_may_not_write_them() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_jobs(dir.path());
+    let flag = dir.path().join("flag");
+    std::fs::write(&flag, "up").unwrap();
+    enqueue(dir.path(), &redis, "default", 3, &flag);
+    burst_worker(dir.path(), &redis, "default");
+
+    // The line `inferwatch redis-acl` prints for the config, applied.
+    let least = config(&redis).replace("redis://", "redis://least@");
+    let path = dir.path().join("c.yml");
+    std::fs::write(&path, &least).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("--config")
+        .arg(&path)
+        .args(["redis-acl", "--user", "least", "--password", "pw-least"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        line.contains("%R~rq:queue:default %R~rq:failed:default %R~rq:wip:default %R~rq:job:*"),
+        "{line}"
+    );
+    let mut admin = redis.connection().await;
+    let mut words = line.split_whitespace();
+    let _: () = redis::cmd(words.next().unwrap())
+        .arg(words.collect::<Vec<_>>())
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+
+    // The daemon as that user reads RQ's counts...
+    let d = Daemon::start(&least.replace("least@", "least:pw-least@"), &[]).await;
+    eventually("RQ's failed jobs counted as the least user", LIMIT, async || {
+        let page = d.get_text("/metrics").await;
+        (sample_value(&page, "dlq_depth{queue=\"rq:default\"}") == Some(3.0)).then_some(())
+    })
+    .await;
+    // ... and may not write a key of RQ's.
+    let mut user = redis::Client::open(format!("redis://least:pw-least@127.0.0.1:{}/0", redis.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (what, cmd) in [
+        (
+            "ZREM rq:failed:default",
+            redis::cmd("ZREM").arg("rq:failed:default").arg("x").clone(),
+        ),
+        (
+            "RPUSH rq:queue:default",
+            redis::cmd("RPUSH").arg("rq:queue:default").arg("x").clone(),
+        ),
+        (
+            "HSET rq:job:x",
+            redis::cmd("HSET").arg("rq:job:x").arg("status").arg("queued").clone(),
+        ),
+    ] {
+        let e = cmd.query_async::<()>(&mut user).await.expect_err(what);
+        assert_eq!(e.code(), Some("NOPERM"), "{what}: {e}");
+    }
+}
