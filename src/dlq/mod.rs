@@ -59,7 +59,7 @@ pub use entry::{parse_entry, JobFailure};
 pub use layout::{End, ListLayout};
 pub use list::{Listed, Page};
 pub use processing::{Returned, StuckList};
-pub use rq::{parse_rq_time, RqLayout};
+pub use rq::{parse_rq_time, RqLayout, RqRequeueReport};
 use scripts::{int_at, script_reply, Scripts};
 pub use scripts::{CHECK_LUA, CLEAR_LUA, REQUEUE_LUA, RESTORE_LUA, SINGLE_LUA};
 pub use search::{job_id, Filter, SearchPage, SingleAction, SingleReport};

@@ -79,6 +79,58 @@ return {
 }
 "#;
 
+/// One batch of an RQ requeue, as RQ's own `FailedJobRegistry.requeue`
+/// leaves a job (`registry.py` 191–223: status `queued`, `started_at` and
+/// `ended_at` cleared, `enqueued_at` now, the id pushed on the right of
+/// `rq:queue:<origin>`), but atomic per job and safe against anyone else
+/// moving it: a job is pushed only when its `ZREM` from the failed set
+/// returned 1, so a job another requeue (or RQ's own) took is counted as
+/// taken, never pushed twice. Every key's type is checked before the first
+/// write; a job whose hash is gone, or whose origin is another queue, stays
+/// where it is and is counted.
+///
+/// KEYS: the failed set, the queue list. ARGV: the job prefix, the queue's
+/// name, now (RQ's format), then the ids.
+const REQUEUE_LUA: &str = r#"
+local kinds = {'zset', 'list'}
+for i, want in ipairs(kinds) do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if t ~= want and t ~= 'none' then
+    return {'wrong_type', KEYS[i], t, want}
+  end
+end
+local moved, taken, missing = 0, 0, 0
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local job = ARGV[1] .. id
+  if redis.call('TYPE', job).ok ~= 'hash' or redis.call('HGET', job, 'origin') ~= ARGV[2] then
+    missing = missing + 1
+  elseif redis.call('ZREM', KEYS[1], id) == 1 then
+    redis.call('HSET', job, 'status', 'queued', 'started_at', '', 'ended_at', '', 'enqueued_at', ARGV[3])
+    redis.call('RPUSH', KEYS[2], id)
+    moved = moved + 1
+  else
+    taken = taken + 1
+  end
+end
+return {moved, taken, missing}
+"#;
+
+/// What an RQ requeue did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RqRequeueReport {
+    /// `rq:<q>`.
+    pub queue: String,
+    /// Jobs pushed back on the queue, each once.
+    pub requeued: u64,
+    /// Jobs someone else took out of the failed set first (another
+    /// requeue, RQ's own, its cleanup): not pushed by this one.
+    pub taken: u64,
+    /// Failed entries whose job hash is gone or names another queue as its
+    /// origin: left in the failed set.
+    pub left: u64,
+}
+
 /// RQ's timestamps (`utils.utcformat`: `%Y-%m-%dT%H:%M:%S.%fZ`, and the
 /// older form without the fraction), as Unix seconds.
 pub fn parse_rq_time(text: &str) -> Option<f64> {
@@ -112,7 +164,78 @@ impl Queues {
     }
 }
 
+/// Now as RQ writes times: `%Y-%m-%dT%H:%M:%S.%fZ`, UTC.
+fn rq_now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
 impl Queues {
+    /// Requeues every job that was in RQ queue `queue`'s failed set when it
+    /// started, oldest-expiring first, in batches of `queues.requeue_batch`
+    /// (see [`REQUEUE_LUA`]); jobs that fail again meanwhile are not looped.
+    pub async fn requeue_all_rq(&self, queue: &str) -> Result<RqRequeueReport, DlqError> {
+        let rq = self.config().rq.clone().filter(|r| r.queues.iter().any(|q| q == queue));
+        let rq = rq
+            .ok_or_else(|| DlqError::NotFound(format!("rq:{queue} is not a configured RQ queue (queues.rq.queues)")))?;
+        let layout = RqLayout::of(&rq);
+        let (failed, list) = (layout.failed_key(queue), layout.queue_key(queue));
+        let mut report = RqRequeueReport {
+            queue: format!("rq:{queue}"),
+            ..Default::default()
+        };
+        let start: u64 = self.run(redis::cmd("ZCARD").arg(&failed)).await?;
+        let batch = self.config().requeue_batch as u64;
+        let mut seen = 0u64;
+        // The entries left in place stay at the front: skip past them.
+        while seen < start {
+            let ids: Vec<String> = self
+                .run(
+                    redis::cmd("ZRANGE")
+                        .arg(&failed)
+                        .arg(report.left)
+                        .arg(report.left + batch.min(start - seen) - 1),
+                )
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let (moved, taken, left) = self.requeue_rq_batch(&layout, queue, [&failed, &list], &ids).await?;
+            report.requeued += moved;
+            report.taken += taken;
+            report.left += left;
+            seen += ids.len() as u64;
+        }
+        self.metrics
+            .requeued
+            .with_label_values(&[&report.queue])
+            .inc_by(report.requeued);
+        Ok(report)
+    }
+
+    /// One batch of ids through [`REQUEUE_LUA`], never retried (a move whose
+    /// reply was lost may have happened).
+    async fn requeue_rq_batch(
+        &self,
+        layout: &RqLayout,
+        queue: &str,
+        keys: [&String; 2],
+        ids: &[String],
+    ) -> Result<(u64, u64, u64), DlqError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REQUEUE_LUA).arg(2).arg(keys[0]).arg(keys[1]);
+        cmd.arg(layout.job_prefix()).arg(queue).arg(rq_now()).arg(ids);
+        let mut con = self.conn().await?;
+        let reply: redis::Value = self.redis.check(cmd.query_async(&mut con).await)?;
+        if let Ok((tag, key, found, _)) = redis::from_redis_value::<(String, String, String, String)>(&reply) {
+            if tag == "wrong_type" {
+                let expected = if key == *keys[0] { "zset" } else { "list" };
+                return Err(DlqError::WrongType { key, found, expected });
+            }
+        }
+        redis::from_redis_value(&reply)
+            .map_err(|e| DlqError::Unavailable(format!("an RQ requeue answered in an unknown shape: {e}")))
+    }
+
     /// Runs the poll script with `EVAL_RO` (Redis 7): its keys are then
     /// checked as reads, so a user with read-only access to RQ's keys
     /// (`%R~`, what `inferwatch redis-acl` grants) may run it. A Redis

@@ -17,13 +17,14 @@ fn rq_python() -> PathBuf {
 }
 
 /// A job module: `work(flag, n)` raises while the flag file exists, else
-/// appends `n` to the Redis list `ran` (so the test can count each run).
+/// appends `n` to the Redis list `ran` (so the test can count each run;
+/// the worker gets the Redis URL in `REDIS_URL`).
 fn write_jobs(dir: &Path) {
     std::fs::write(
         dir.join("rqjobs.py"),
-        "import os\nfrom rq import get_current_connection\n\n\
+        "import os\nfrom redis import Redis\n\n\
          def work(flag, n):\n    if os.path.exists(flag):\n        raise RuntimeError(f'job {n}: the flag is up')\n\
-         \x20   get_current_connection().rpush('ran', n)\n",
+         \x20   Redis.from_url(os.environ['REDIS_URL']).rpush('ran', n)\n",
     )
     .unwrap();
 }
@@ -55,20 +56,47 @@ fn enqueue(dir: &Path, redis: &Redis, q: &str, n: usize, flag: &Path) {
     );
 }
 
-/// RQ's own worker in burst mode: it works the queue until it is empty.
-fn burst_worker(dir: &Path, redis: &Redis, q: &str) {
-    let out = Command::new(dir_bin("rq"))
+/// RQ's own worker in burst mode, until `registry` (RQ's failed or
+/// finished set of `q`) holds `count` jobs and none is waiting or in
+/// flight: the worker has then done its work. It is stopped there rather
+/// than awaited, as RQ's worker can take up to a minute more to exit (its
+/// command listener is a pubsub thread polled with a 60 s timeout, which
+/// it joins on the way out).
+async fn burst_worker(dir: &Path, redis: &Redis, q: &str, registry: &str, count: u64) {
+    let mut worker = std::process::Command::new(dir_bin("rq"))
         .args(["worker", "--burst", "--url", &redis.url(), "--path"])
         .arg(dir)
         .arg(q)
+        .env("REDIS_URL", redis.url())
         .current_dir(dir)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "rq worker: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let keys = [
+        format!("rq:{registry}:{q}"),
+        format!("rq:queue:{q}"),
+        format!("rq:wip:{q}"),
+    ];
+    eventually(
+        &format!("RQ's worker to leave {count} jobs in {}", keys[0]),
+        LIMIT,
+        async || {
+            let mut c = redis.connection().await;
+            let mut p = redis::pipe();
+            p.cmd("ZCARD")
+                .arg(&keys[0])
+                .cmd("LLEN")
+                .arg(&keys[1])
+                .cmd("ZCARD")
+                .arg(&keys[2]);
+            let (done, waiting, running): (u64, u64, u64) = p.query_async(&mut c).await.unwrap();
+            (done == count && waiting == 0 && running == 0).then_some(())
+        },
+    )
+    .await;
+    let _ = worker.kill();
+    let _ = worker.wait();
 }
 
 fn dir_bin(name: &str) -> PathBuf {
@@ -92,7 +120,7 @@ async fn rq_jobs_its_worker_failed_are_counted_with_their_age_and_the_queue_wait
     let flag = dir.path().join("flag");
     std::fs::write(&flag, "up").unwrap();
     enqueue(dir.path(), &redis, "default", 200, &flag);
-    burst_worker(dir.path(), &redis, "default");
+    burst_worker(dir.path(), &redis, "default", "failed", 200).await;
 
     let d = Daemon::start(&config(&redis), &[]).await;
     let series = |name: &str| format!("{name}{{queue=\"rq:default\"}}");
@@ -183,7 +211,7 @@ async fn the_least_privileged_user_reads_rqs_keys_and_may_not_write_them() {
     let flag = dir.path().join("flag");
     std::fs::write(&flag, "up").unwrap();
     enqueue(dir.path(), &redis, "default", 3, &flag);
-    burst_worker(dir.path(), &redis, "default");
+    burst_worker(dir.path(), &redis, "default", "failed", 3).await;
 
     // The line `inferwatch redis-acl` prints for the config, applied.
     let least = config(&redis).replace("redis://", "redis://least@");
@@ -238,4 +266,160 @@ async fn the_least_privileged_user_reads_rqs_keys_and_may_not_write_them() {
         let e = cmd.query_async::<()>(&mut user).await.expect_err(what);
         assert_eq!(e.code(), Some("NOPERM"), "{what}: {e}");
     }
+}
+
+/// The queues' client for `redis`, as the daemon builds it.
+fn rq_queues(redis: &Redis, batch: usize) -> std::sync::Arc<inferwatch::dlq::Queues> {
+    let mut config = inferwatch::config::Config::from_yaml(&config(redis)).unwrap();
+    config.queues.requeue_batch = batch;
+    config.validate().unwrap();
+    inferwatch::dlq::Queues::new(config.queues, &inferwatch::metrics::Metrics::new()).unwrap()
+}
+
+/// The runs RQ's worker recorded: how many, and how many distinct jobs.
+async fn runs(redis: &Redis) -> (usize, usize) {
+    let ran: Vec<String> = redis::cmd("LRANGE")
+        .arg("ran")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    let distinct: std::collections::HashSet<&String> = ran.iter().collect();
+    (ran.len(), distinct.len())
+}
+
+#[tokio::test]
+async fn rq_failed_jobs_requeued_by_two_requeues_at_once_run_exactly_once_by_rqs_worker() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_jobs(dir.path());
+    let flag = dir.path().join("flag");
+    std::fs::write(&flag, "up").unwrap();
+    enqueue(dir.path(), &redis, "default", 200, &flag);
+    burst_worker(dir.path(), &redis, "default", "failed", 200).await;
+    let count = |key: &'static str, cmd: &'static str| {
+        let redis = &redis;
+        async move {
+            let n: u64 = redis::cmd(cmd)
+                .arg(key)
+                .query_async(&mut redis.connection().await)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(count("rq:failed:default", "ZCARD").await, 200);
+
+    // The cause is fixed; two requeues race over the same failed set, in
+    // batches of 7 so that their batches interleave.
+    std::fs::remove_file(&flag).unwrap();
+    let (a, b) = (rq_queues(&redis, 7), rq_queues(&redis, 7));
+    let (ra, rb) = tokio::join!(a.requeue_all_rq("default"), b.requeue_all_rq("default"));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(
+        ra.taken + rb.taken > 0,
+        "the two requeues met over the same jobs: {ra:?} {rb:?}"
+    );
+    assert_eq!(
+        ra.requeued + rb.requeued,
+        200,
+        "each job pushed once between them: {ra:?} {rb:?}"
+    );
+    assert_eq!((ra.left, rb.left), (0, 0));
+    assert_eq!(count("rq:failed:default", "ZCARD").await, 0);
+    assert_eq!(
+        count("rq:queue:default", "LLEN").await,
+        200,
+        "each id once on the queue"
+    );
+
+    // RQ's own worker runs every job exactly once.
+    burst_worker(dir.path(), &redis, "default", "finished", 200).await;
+    assert_eq!(runs(&redis).await, (200, 200));
+    assert_eq!(count("rq:failed:default", "ZCARD").await, 0);
+    let status: String = redis::cmd("HGET")
+        .arg(format!("rq:job:{}", first_job_id(&redis).await))
+        .arg("status")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(status, "finished", "RQ finished the requeued job");
+}
+
+/// An id of a job RQ knows (from its finished registry).
+async fn first_job_id(redis: &Redis) -> String {
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg("rq:finished:default")
+        .arg(0)
+        .arg(0)
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    ids.into_iter().next().expect("a finished job")
+}
+
+#[tokio::test]
+async fn an_rq_requeue_checks_every_key_before_it_moves_and_leaves_what_is_not_its_queues() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_jobs(dir.path());
+    let flag = dir.path().join("flag");
+    std::fs::write(&flag, "up").unwrap();
+    enqueue(dir.path(), &redis, "default", 4, &flag);
+    burst_worker(dir.path(), &redis, "default", "failed", 4).await;
+    let mut c = redis.connection().await;
+    // One failed entry whose job hash is gone, one whose origin is another queue.
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg("rq:failed:default")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("rq:job:{}", ids[0]))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("rq:job:{}", ids[1]))
+        .arg("origin")
+        .arg("other")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // The queue key of another type: nothing moves, and the error names it.
+    let _: () = redis::cmd("SET")
+        .arg("rq:queue:default")
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let q = rq_queues(&redis, 100);
+    let e = q.requeue_all_rq("default").await.unwrap_err().to_string();
+    assert!(e.contains("rq:queue:default holds a string, not a list"), "{e}");
+    let n: u64 = redis::cmd("ZCARD")
+        .arg("rq:failed:default")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 4, "nothing moved");
+    let _: () = redis::cmd("DEL")
+        .arg("rq:queue:default")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let r = q.requeue_all_rq("default").await.unwrap();
+    assert_eq!((r.requeued, r.left, r.taken), (2, 2, 0), "{r:?}");
+    let left: Vec<String> = redis::cmd("ZRANGE")
+        .arg("rq:failed:default")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, ids[..2].to_vec(), "the two it may not move stay failed");
+    let e = q.requeue_all_rq("other").await.unwrap_err().to_string();
+    assert!(e.contains("rq:other is not a configured RQ queue"), "{e}");
 }
