@@ -1,7 +1,8 @@
 //! `inferwatch redis-acl`: the least-privilege Redis ACL user for a config.
 //! Its keys are the configured queues, their processing lists, their DLQs
 //! and the DLQs' archives (`<dlq>:cleared:<ts>`, `<dlq>:deleted:<ts>`), and
-//! the watched streams, and (read only) the RQ keys it watches; its
+//! the watched streams, and the RQ keys it watches (the started registry
+//! read only); its
 //! commands are the ones the queue collector, the
 //! DLQ moves (their Lua steps included), the stream reader and the health
 //! check's `PING` send, and nothing else.
@@ -39,11 +40,14 @@ pub const COMMANDS: &[&str] = &[
     "xreadgroup",
     "xautoclaim",
     "xack",
-    // RQ's registries and job hashes, read by the RQ poll's script.
+    // RQ's registries and job hashes: the poll's read-only script, and the
+    // requeue's (ZREM from the failed set, HSET of the job).
     "eval_ro",
     "zcard",
     "zrange",
+    "zrem",
     "hget",
+    "hset",
 ];
 
 /// The key patterns of `config`'s queues, DLQs, archives and streams.
@@ -68,29 +72,31 @@ pub fn key_patterns(config: &Config) -> Vec<String> {
     keys
 }
 
-/// The keys inferwatch only reads (Redis 7's `%R~`): RQ's queues,
-/// registries and job hashes, which RQ's own workers write.
-pub fn read_only_patterns(config: &Config) -> Vec<String> {
-    let Some(rq) = &config.queues.rq else { return Vec::new() };
+/// RQ's keys: what inferwatch writes (the failed set and the queue list it
+/// requeues between, the job hashes it marks `queued`), and what it only
+/// reads (Redis 7's `%R~`: the started registry).
+pub fn rq_patterns(config: &Config) -> (Vec<String>, Vec<String>) {
+    let Some(rq) = &config.queues.rq else {
+        return (Vec::new(), Vec::new());
+    };
     let layout = crate::dlq::RqLayout::of(rq);
-    let mut keys = Vec::new();
+    let (mut write, mut read) = (Vec::new(), Vec::new());
     for q in &rq.queues {
-        keys.extend([
-            glob_escape(&layout.queue_key(q)),
-            glob_escape(&layout.failed_key(q)),
-            glob_escape(&layout.wip_key(q)),
-        ]);
+        write.extend([glob_escape(&layout.queue_key(q)), glob_escape(&layout.failed_key(q))]);
+        read.push(glob_escape(&layout.wip_key(q)));
     }
-    keys.push(format!("{}*", glob_escape(&layout.job_prefix())));
-    keys
+    write.push(format!("{}*", glob_escape(&layout.job_prefix())));
+    (write, read)
 }
 
 /// `ACL SETUSER <user> on >PASSWORD resetkeys ~k1 ~k2 … %R~r1 … resetchannels -@all +cmd …`.
 pub fn setuser_line(config: &Config, user: &str, password: &str) -> String {
+    let (rq_write, rq_read) = rq_patterns(config);
     let keys: Vec<String> = key_patterns(config)
         .iter()
         .map(|k| format!("~{}", glob_escape(k)))
-        .chain(read_only_patterns(config).iter().map(|k| format!("%R~{k}")))
+        .chain(rq_write.iter().map(|k| format!("~{k}")))
+        .chain(rq_read.iter().map(|k| format!("%R~{k}")))
         .collect();
     let commands: Vec<String> = COMMANDS.iter().map(|c| format!("+{c}")).collect();
     format!(

@@ -170,6 +170,14 @@ fn rq_now() -> String {
 }
 
 impl Queues {
+    /// The RQ queue whose failed set `dlq` names (`<dlq_prefix>rq:<q>`, as
+    /// `dlq:rq:default`), when it is configured.
+    pub fn rq_queue(&self, dlq: &str) -> Option<String> {
+        let config = self.config();
+        let q = dlq.strip_prefix(config.dlq_prefix.as_str())?.strip_prefix("rq:")?;
+        config.rq.as_ref()?.queues.iter().find(|n| *n == q).cloned()
+    }
+
     /// Requeues every job that was in RQ queue `queue`'s failed set when it
     /// started, oldest-expiring first, in batches of `queues.requeue_batch`
     /// (see [`REQUEUE_LUA`]); jobs that fail again meanwhile are not looped.

@@ -204,7 +204,7 @@ async fn an_rq_key_of_another_type_fails_the_poll_naming_it() {
 }
 
 #[tokio::test]
-async fn the_least_privileged_user_reads_rqs_keys_and_may_not_write_them() {
+async fn the_least_privileged_user_reaches_rqs_keys_it_moves_between_and_only_reads_the_rest() {
     let redis = Redis::start().await;
     let dir = tempfile::tempdir().unwrap();
     write_jobs(dir.path());
@@ -225,7 +225,7 @@ async fn the_least_privileged_user_reads_rqs_keys_and_may_not_write_them() {
         .unwrap();
     let line = String::from_utf8(out.stdout).unwrap();
     assert!(
-        line.contains("%R~rq:queue:default %R~rq:failed:default %R~rq:wip:default %R~rq:job:*"),
+        line.contains("~rq:queue:default ~rq:failed:default ~rq:job:* %R~rq:wip:default"),
         "{line}"
     );
     let mut admin = redis.connection().await;
@@ -243,7 +243,17 @@ async fn the_least_privileged_user_reads_rqs_keys_and_may_not_write_them() {
         (sample_value(&page, "dlq_depth{queue=\"rq:default\"}") == Some(3.0)).then_some(())
     })
     .await;
-    // ... and may not write a key of RQ's.
+    // ... and requeues them through the API (its own keys: the failed set,
+    // the queue, the job hashes) ...
+    let resp = reqwest::Client::new()
+        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:rq:default"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let report: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(report["requeued"], 3, "{report}");
+    // ... and may not write RQ's started registry, nor any other key.
     let mut user = redis::Client::open(format!("redis://least:pw-least@127.0.0.1:{}/0", redis.port))
         .unwrap()
         .get_multiplexed_async_connection()
@@ -251,21 +261,86 @@ async fn the_least_privileged_user_reads_rqs_keys_and_may_not_write_them() {
         .unwrap();
     for (what, cmd) in [
         (
-            "ZREM rq:failed:default",
-            redis::cmd("ZREM").arg("rq:failed:default").arg("x").clone(),
+            "ZADD rq:wip:default",
+            redis::cmd("ZADD").arg("rq:wip:default").arg(1).arg("x").clone(),
         ),
         (
-            "RPUSH rq:queue:default",
-            redis::cmd("RPUSH").arg("rq:queue:default").arg("x").clone(),
+            "RPUSH rq:queue:other",
+            redis::cmd("RPUSH").arg("rq:queue:other").arg("x").clone(),
         ),
         (
-            "HSET rq:job:x",
-            redis::cmd("HSET").arg("rq:job:x").arg("status").arg("queued").clone(),
+            "DEL rq:failed:default",
+            redis::cmd("DEL").arg("rq:failed:default").clone(),
         ),
     ] {
         let e = cmd.query_async::<()>(&mut user).await.expect_err(what);
         assert_eq!(e.code(), Some("NOPERM"), "{what}: {e}");
     }
+}
+
+#[tokio::test]
+async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_audited() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_jobs(dir.path());
+    let flag = dir.path().join("flag");
+    std::fs::write(&flag, "up").unwrap();
+    enqueue(dir.path(), &redis, "default", 50, &flag);
+    burst_worker(dir.path(), &redis, "default", "failed", 50).await;
+    let d = Daemon::start(&config(&redis), &[]).await;
+    let client = reqwest::Client::new();
+    let post = |q: &str| {
+        client
+            .post(d.url(&format!("/api/system/dlq/requeue-all?queue={q}")))
+            .send()
+    };
+
+    // As a task it is refused, with what is allowed; nothing moved.
+    let resp = post("dlq:rq:default&async=true").await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("async and rate"), "{body}");
+    let failed: u64 = redis::cmd("ZCARD")
+        .arg("rq:failed:default")
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(failed, 50);
+
+    std::fs::remove_file(&flag).unwrap();
+    let resp = post("dlq:rq:default").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let report: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (report["requeued"].as_u64(), report["left"].as_u64()),
+        (Some(50), Some(0)),
+        "{report}"
+    );
+    burst_worker(dir.path(), &redis, "default", "finished", 50).await;
+    assert_eq!(runs(&redis).await, (50, 50), "each job ran exactly once");
+
+    let page = d.get_text("/metrics").await;
+    assert_eq!(
+        sample_value(&page, "dlq_jobs_requeued_total{queue=\"rq:default\"}"),
+        Some(50.0)
+    );
+    let audit: serde_json::Value = client
+        .get(d.url("/api/system/dlq/audit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = &audit["rows"][0];
+    assert_eq!(
+        (row["action"].as_str(), row["queue"].as_str()),
+        (Some("requeue_all"), Some("dlq:rq:default")),
+        "{audit}"
+    );
+    assert_eq!(row["counts"]["moved"], 50, "{audit}");
+    // An RQ queue that is not configured is no DLQ.
+    assert_eq!(post("dlq:rq:other").await.unwrap().status(), 404);
 }
 
 /// The queues' client for `redis`, as the daemon builds it.

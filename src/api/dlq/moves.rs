@@ -19,7 +19,9 @@ use crate::store::AuditRow;
 
 /// `POST /api/system/dlq/requeue-all?queue=dlq:…[&async=true][&rate=N]`.
 /// Runs to the end even if the client goes away; with `async` or `rate` it
-/// runs as a task.
+/// runs as a task. An RQ queue's failed set (`dlq:rq:<q>`) is requeued as
+/// RQ's own requeue leaves a job, atomically per job
+/// (docs/job-frameworks.md); its answer is `{queue, requeued, taken, left}`.
 #[utoipa::path(post, path = "/api/system/dlq/requeue-all", tag = "dlq",
     params(RequeueAllParams),
     security(("api_token" = []), ("api_token_header" = []), ()),
@@ -36,6 +38,9 @@ pub async fn requeue_all(
 ) -> Result<axum::response::Response, AppError> {
     use axum::response::IntoResponse;
     let queues = queues(&state)?.clone();
+    if let Some(rq) = p.queue.as_deref().and_then(|d| queues.rq_queue(d)) {
+        return requeue_all_rq(&state, &actor, queues, rq, &p).await;
+    }
     let base = queue_param(p.queue.as_deref(), &queues)?;
     let rate = p.rate;
     if p.background == Some(true) || rate.is_some() {
@@ -58,6 +63,36 @@ pub async fn requeue_all(
             row
         },
         || to_the_end(async move { queues.requeue_all(&base).await }),
+    )
+    .await?;
+    Ok(Json(serde_json::to_value(report).expect("reports serialise")).into_response())
+}
+
+/// Requeue-all of an RQ queue's failed set (`dlq:rq:<q>`), audited; it
+/// runs to the end (not as a task: `async` and `rate` are refused for RQ).
+async fn requeue_all_rq(
+    state: &AppState,
+    actor: &Actor,
+    queues: std::sync::Arc<crate::dlq::Queues>,
+    rq: String,
+    p: &RequeueAllParams,
+) -> Result<axum::response::Response, AppError> {
+    use axum::response::IntoResponse;
+    if p.background == Some(true) || p.rate.is_some() {
+        return Err(AppError::bad_request(
+            "an RQ queue's requeue-all runs to the end: async and rate are not offered for RQ queues",
+            json!({ "parameters": ["async", "rate"], "allowed": "neither, for dlq:rq:<queue>" }),
+        ));
+    }
+    let dlq = p.queue.clone().unwrap_or_default();
+    let report = audited(
+        state,
+        |r: &crate::dlq::RqRequeueReport| {
+            let mut row = AuditRow::new(&actor.0, "requeue_all", &dlq);
+            row.counts = json!({ "moved": r.requeued, "taken": r.taken, "left": r.left });
+            row
+        },
+        || to_the_end(async move { queues.requeue_all_rq(&rq).await }),
     )
     .await?;
     Ok(Json(serde_json::to_value(report).expect("reports serialise")).into_response())
