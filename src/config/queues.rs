@@ -311,19 +311,7 @@ impl QueuesConfig {
     /// characters without whitespace.
     fn validate_rq(&self) -> Result<(), ConfigError> {
         let Some(rq) = &self.rq else { return Ok(()) };
-        if rq.queues.is_empty() {
-            return Err(invalid("queues.rq.queues", "[]", "empty", "at least one RQ queue name"));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, name) in rq.queues.iter().enumerate() {
-            let key = format!("queues.rq.queues[{i}]");
-            if !valid_name(name) {
-                return Err(invalid(&key, name, "not a valid name", NAME_RULE));
-            }
-            if !seen.insert(name) {
-                return Err(invalid(&key, name, "a duplicate", "a name used once"));
-            }
-        }
+        validate_queue_names("queues.rq.queues", &rq.queues)?;
         let p = &rq.prefix;
         if p.is_empty() || p.chars().count() > 32 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(invalid(
@@ -337,19 +325,24 @@ impl QueuesConfig {
     }
 
     fn validate_names(&self) -> Result<(), ConfigError> {
-        if self.names.is_empty() {
-            return Err(invalid("queues.names", "[]", "empty", "at least one queue name"));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, name) in self.names.iter().enumerate() {
-            let key = format!("queues.names[{i}]");
-            if !valid_name(name) {
-                return Err(invalid(&key, name, "not a valid name", NAME_RULE));
-            }
-            if !seen.insert(name) {
-                return Err(invalid(&key, name, "a duplicate", "a name used once"));
-            }
-        }
-        Ok(())
+        validate_queue_names("queues.names", &self.names)
     }
+}
+
+/// Queue names under `key`: at least one, each valid, each once.
+fn validate_queue_names(key: &str, names: &[String]) -> Result<(), ConfigError> {
+    if names.is_empty() {
+        return Err(invalid(key, "[]", "empty", "at least one queue name"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let at = format!("{key}[{i}]");
+        if !valid_name(name) {
+            return Err(invalid(&at, name, "not a valid name", NAME_RULE));
+        }
+        if !seen.insert(name) {
+            return Err(invalid(&at, name, "a duplicate", "a name used once"));
+        }
+    }
+    Ok(())
 }

@@ -49,20 +49,30 @@ impl RqLayout {
     }
 }
 
-/// One read of an RQ queue, all at once: the three lengths, the
-/// `enqueued_at` of the job workers take next, and the `ended_at` of the
-/// failed entry that expires first (the oldest failure, as every entry of a
-/// queue has the same `failure_ttl` unless a job set its own). A key of
-/// another type is an error that names it; nothing is written.
-const POLL_LUA: &str = r#"
-local kinds = {'list', 'zset', 'zset'}
-for i, want in ipairs(kinds) do
+/// The start of each RQ script: every key `KEYS[i]` is of type `kinds[i]`
+/// (or absent), else the script answers `{'wrong_type', key, type, want}`
+/// before it reads or writes anything else.
+macro_rules! type_check_lua {
+    () => {
+        r#"for i, want in ipairs(kinds) do
   local t = redis.call('TYPE', KEYS[i]).ok
   if t ~= want and t ~= 'none' then
     return {'wrong_type', KEYS[i], t, want}
   end
 end
-local function field(id, name)
+"#
+    };
+}
+
+/// One read of an RQ queue, all at once: the three lengths, the
+/// `enqueued_at` of the job workers take next, and the `ended_at` of the
+/// failed entry that expires first (the oldest failure, as every entry of a
+/// queue has the same `failure_ttl` unless a job set its own). A key of
+/// another type is an error that names it; nothing is written.
+const POLL_LUA: &str = concat!(
+    "local kinds = {'list', 'zset', 'zset'}\n",
+    type_check_lua!(),
+    r#"local function field(id, name)
   if not id then return '' end
   local key = ARGV[1] .. id
   if redis.call('TYPE', key).ok ~= 'hash' then return '' end
@@ -77,7 +87,8 @@ return {
   field(head, 'enqueued_at'),
   field(oldest, 'ended_at'),
 }
-"#;
+"#
+);
 
 /// One batch of an RQ requeue, as RQ's own `FailedJobRegistry.requeue`
 /// leaves a job (`registry.py` 191–223: status `queued`, `started_at` and
@@ -91,15 +102,10 @@ return {
 ///
 /// KEYS: the failed set, the queue list. ARGV: the job prefix, the queue's
 /// name, now (RQ's format), then the ids.
-const REQUEUE_LUA: &str = r#"
-local kinds = {'zset', 'list'}
-for i, want in ipairs(kinds) do
-  local t = redis.call('TYPE', KEYS[i]).ok
-  if t ~= want and t ~= 'none' then
-    return {'wrong_type', KEYS[i], t, want}
-  end
-end
-local moved, taken, missing = 0, 0, 0
+const REQUEUE_LUA: &str = concat!(
+    "local kinds = {'zset', 'list'}\n",
+    type_check_lua!(),
+    r#"local moved, taken, missing = 0, 0, 0
 for i = 4, #ARGV do
   local id = ARGV[i]
   local job = ARGV[1] .. id
@@ -114,7 +120,8 @@ for i = 4, #ARGV do
   end
 end
 return {moved, taken, missing}
-"#;
+"#
+);
 
 /// What an RQ requeue did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{eventually, repo, sample_value, Daemon, Redis};
+use crate::common::{acl_line, eventually, repo, sample_value, Daemon, Redis};
 
 /// RQ's Python, from scripts/test's venv.
 fn rq_python() -> PathBuf {
@@ -112,15 +112,22 @@ fn config(redis: &Redis) -> String {
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-#[tokio::test]
-async fn rq_jobs_its_worker_failed_are_counted_with_their_age_and_the_queue_waiting() {
+/// A Redis and a job module, the flag up, and `n` jobs of queue `default`
+/// that RQ's own worker failed.
+async fn failed_jobs(n: u64) -> (Redis, tempfile::TempDir, PathBuf) {
     let redis = Redis::start().await;
     let dir = tempfile::tempdir().unwrap();
     write_jobs(dir.path());
     let flag = dir.path().join("flag");
     std::fs::write(&flag, "up").unwrap();
-    enqueue(dir.path(), &redis, "default", 200, &flag);
-    burst_worker(dir.path(), &redis, "default", "failed", 200).await;
+    enqueue(dir.path(), &redis, "default", n as usize, &flag);
+    burst_worker(dir.path(), &redis, "default", "failed", n).await;
+    (redis, dir, flag)
+}
+
+#[tokio::test]
+async fn rq_jobs_its_worker_failed_are_counted_with_their_age_and_the_queue_waiting() {
+    let (redis, dir, flag) = failed_jobs(200).await;
 
     let d = Daemon::start(&config(&redis), &[]).await;
     let series = |name: &str| format!("{name}{{queue=\"rq:default\"}}");
@@ -205,36 +212,16 @@ async fn an_rq_key_of_another_type_fails_the_poll_naming_it() {
 
 #[tokio::test]
 async fn the_least_privileged_user_reaches_rqs_keys_it_moves_between_and_only_reads_the_rest() {
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_jobs(dir.path());
-    let flag = dir.path().join("flag");
-    std::fs::write(&flag, "up").unwrap();
-    enqueue(dir.path(), &redis, "default", 3, &flag);
-    burst_worker(dir.path(), &redis, "default", "failed", 3).await;
+    let (redis, _dir, _flag) = failed_jobs(3).await;
 
     // The line `inferwatch redis-acl` prints for the config, applied.
     let least = config(&redis).replace("redis://", "redis://least@");
-    let path = dir.path().join("c.yml");
-    std::fs::write(&path, &least).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .arg("--config")
-        .arg(&path)
-        .args(["redis-acl", "--user", "least", "--password", "pw-least"])
-        .output()
-        .unwrap();
-    let line = String::from_utf8(out.stdout).unwrap();
+    let line = acl_line(&least, "pw-least");
     assert!(
         line.contains("~rq:queue:default ~rq:failed:default ~rq:job:* %R~rq:wip:default"),
         "{line}"
     );
-    let mut admin = redis.connection().await;
-    let mut words = line.split_whitespace();
-    let _: () = redis::cmd(words.next().unwrap())
-        .arg(words.collect::<Vec<_>>())
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    redis.apply_acl(&line).await;
 
     // The daemon as that user reads RQ's counts...
     let d = Daemon::start(&least.replace("least@", "least:pw-least@"), &[]).await;
@@ -280,13 +267,7 @@ async fn the_least_privileged_user_reaches_rqs_keys_it_moves_between_and_only_re
 
 #[tokio::test]
 async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_audited() {
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_jobs(dir.path());
-    let flag = dir.path().join("flag");
-    std::fs::write(&flag, "up").unwrap();
-    enqueue(dir.path(), &redis, "default", 50, &flag);
-    burst_worker(dir.path(), &redis, "default", "failed", 50).await;
+    let (redis, dir, flag) = failed_jobs(50).await;
     let d = Daemon::start(&config(&redis), &[]).await;
     let client = reqwest::Client::new();
     let post = |q: &str| {
@@ -366,13 +347,7 @@ async fn runs(redis: &Redis) -> (usize, usize) {
 
 #[tokio::test]
 async fn rq_failed_jobs_requeued_by_two_requeues_at_once_run_exactly_once_by_rqs_worker() {
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_jobs(dir.path());
-    let flag = dir.path().join("flag");
-    std::fs::write(&flag, "up").unwrap();
-    enqueue(dir.path(), &redis, "default", 200, &flag);
-    burst_worker(dir.path(), &redis, "default", "failed", 200).await;
+    let (redis, dir, flag) = failed_jobs(200).await;
     let count = |key: &'static str, cmd: &'static str| {
         let redis = &redis;
         async move {
@@ -436,13 +411,7 @@ async fn first_job_id(redis: &Redis) -> String {
 
 #[tokio::test]
 async fn an_rq_requeue_checks_every_key_before_it_moves_and_leaves_what_is_not_its_queues() {
-    let redis = Redis::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_jobs(dir.path());
-    let flag = dir.path().join("flag");
-    std::fs::write(&flag, "up").unwrap();
-    enqueue(dir.path(), &redis, "default", 4, &flag);
-    burst_worker(dir.path(), &redis, "default", "failed", 4).await;
+    let (redis, _dir, _flag) = failed_jobs(4).await;
     let mut c = redis.connection().await;
     // One failed entry whose job hash is gone, one whose origin is another queue.
     let ids: Vec<String> = redis::cmd("ZRANGE")

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::Value;
 
-use crate::common::{check_config, eventually, free_port, sample_value, Certs, Daemon, Redis, DLQ_ENTRY};
+use crate::common::{acl_line, check_config, eventually, free_port, sample_value, Certs, Daemon, Redis, DLQ_ENTRY};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -120,21 +120,6 @@ async fn a_server_certificate_from_another_ca_is_refused_with_the_reason() {
     );
 }
 
-/// The ACL SETUSER line `inferwatch redis-acl` prints for `config`.
-fn acl_line(config: &str, password: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.yml");
-    std::fs::write(&path, config).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
-        .arg("--config")
-        .arg(&path)
-        .args(["redis-acl", "--user", "least", "--password", password])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_least_privileged_user_reaches_its_keys_only_and_a_missing_permission_is_a_clear_403() {
     let r = Redis::start().await;
@@ -144,13 +129,8 @@ async fn the_least_privileged_user_reaches_its_keys_only_and_a_missing_permissio
     );
     let line = acl_line(&format!("{base}  names: [a]\n"), "pw-least");
     assert!(line.contains("~a ~dlq:a:* ~dlq:a ~pipeline:events"), "{line}");
+    r.apply_acl(&line).await;
     let mut admin = r.connection().await;
-    let mut words = line.split_whitespace();
-    let _: () = redis::cmd(words.next().unwrap())
-        .arg(words.collect::<Vec<_>>())
-        .query_async(&mut admin)
-        .await
-        .unwrap();
     let _: () = admin.set("secret", "not yours").await.unwrap();
 
     // As that user: its keys, and nothing else.

@@ -91,6 +91,17 @@ impl Redis {
         .await;
     }
 
+    /// Runs an `ACL SETUSER …` line (as `inferwatch redis-acl` prints it)
+    /// as the default user.
+    pub async fn apply_acl(&self, line: &str) {
+        let mut words = line.split_whitespace();
+        let _: () = redis::cmd(words.next().unwrap())
+            .arg(words.collect::<Vec<_>>())
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap();
+    }
+
     /// SIGKILL: an outage with no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
@@ -121,4 +132,20 @@ pub async fn assert_each_job_once(r: &Redis, queue: &str, dlq: &str, n: usize) -
     assert_eq!(seen.len(), n, "every job is there");
     assert!(seen.values().all(|c| *c == 1), "no job is duplicated");
     (queue.len(), dlq.len())
+}
+
+/// The `ACL SETUSER` line `inferwatch redis-acl` prints for `config`, for a
+/// user `least` with `password`.
+pub fn acl_line(config: &str, password: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_inferwatch"))
+        .arg("--config")
+        .arg(&path)
+        .args(["redis-acl", "--user", "least", "--password", password])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
