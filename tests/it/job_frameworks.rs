@@ -467,3 +467,129 @@ async fn an_rq_requeue_checks_every_key_before_it_moves_and_leaves_what_is_not_i
     let e = q.requeue_all_rq("other").await.unwrap_err().to_string();
     assert!(e.contains("rq:other is not a configured RQ queue"), "{e}");
 }
+
+/// `n` jobs put in RQ's failed registry by RQ's own code
+/// (`FailedJobRegistry.add`, which RQ's worker calls on a failure): far
+/// faster than failing them one by one through a worker. Ids `job-000000`…
+fn fail_through_rqs_registry(dir: &Path, redis: &Redis, n: usize, flag: &Path) {
+    rq(
+        dir,
+        redis,
+        &format!(
+            "import os\nfrom redis import Redis\nfrom rq.job import Job, JobStatus\nfrom rq.registry import FailedJobRegistry\n\
+             r = Redis.from_url(os.environ['REDIS_URL'])\nreg = FailedJobRegistry('default', connection=r)\n\
+             for start in range(0, {n}, 1000):\n    p = r.pipeline()\n\
+             \x20   for i in range(start, min({n}, start + 1000)):\n\
+             \x20       job = Job.create('rqjobs.work', args=({flag:?}, i), connection=r, origin='default', id=f'job-{{i:06d}}')\n\
+             \x20       job._status = JobStatus.FAILED\n\
+             \x20       reg.add(job, exc_string='RuntimeError: the flag is up', pipeline=p)\n\
+             \x20   p.execute()\n",
+            flag = flag.display().to_string()
+        ),
+    );
+}
+
+#[tokio::test]
+async fn sigkill_of_the_daemon_mid_rq_requeue_leaves_each_job_in_one_place() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_jobs(dir.path());
+    let flag = dir.path().join("flag");
+    const N: usize = 20_000;
+    fail_through_rqs_registry(dir.path(), &redis, N, &flag);
+    let zcard = |key: &'static str| {
+        let redis = &redis;
+        async move {
+            let n: usize = redis::cmd("ZCARD")
+                .arg(key)
+                .query_async(&mut redis.connection().await)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(zcard("rq:failed:default").await, N);
+
+    // One job a Lua step, so that the kill lands between steps mid-way.
+    let cfg = config(&redis).replace("  rq:", "  requeue_batch: 1\n  rq:");
+    let mut d = Daemon::start(&cfg, &[]).await;
+    let url = d.url("/api/system/dlq/requeue-all?queue=dlq:rq:default");
+    let request = tokio::spawn(async move { reqwest::Client::new().post(url).send().await });
+    eventually("the requeue to be under way", LIMIT, async || {
+        let n: usize = redis::cmd("LLEN")
+            .arg("rq:queue:default")
+            .query_async(&mut redis.connection().await)
+            .await
+            .unwrap();
+        (n > 1000).then_some(())
+    })
+    .await;
+    d.proc.stop_with(crate::common::SIGKILL);
+    let _ = request.await;
+
+    let mut c = redis.connection().await;
+    let queue: Vec<String> = redis::cmd("LRANGE")
+        .arg("rq:queue:default")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let failed: Vec<String> = redis::cmd("ZRANGE")
+        .arg("rq:failed:default")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        !queue.is_empty() && !failed.is_empty(),
+        "killed mid-way: {} / {}",
+        queue.len(),
+        failed.len()
+    );
+    let mut seen: std::collections::HashMap<&String, u32> = Default::default();
+    for id in queue.iter().chain(&failed) {
+        *seen.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "in two places: {twice:?}");
+    assert_eq!(
+        seen.len(),
+        N,
+        "every job in exactly one place: {} queued + {} failed",
+        queue.len(),
+        failed.len()
+    );
+    for id in &queue {
+        let status: String = redis::cmd("HGET")
+            .arg(format!("rq:job:{id}"))
+            .arg("status")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(status, "queued", "{id} was pushed with its status");
+    }
+
+    // A second requeue moves the rest, each once. (That RQ's worker then
+    // runs each requeued job once is shown above on 200 and 50 jobs: here
+    // it would take it minutes.)
+    let d = Daemon::start(&cfg.replace("requeue_batch: 1", "requeue_batch: 1000"), &[]).await;
+    let resp = reqwest::Client::new()
+        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:rq:default"))
+        .send()
+        .await
+        .unwrap();
+    let report: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(report["requeued"].as_u64(), Some(failed.len() as u64), "{report}");
+    let queue: Vec<String> = redis::cmd("LRANGE")
+        .arg("rq:queue:default")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let distinct: std::collections::HashSet<&String> = queue.iter().collect();
+    assert_eq!((queue.len(), distinct.len()), (N, N), "every job on the queue once");
+    assert_eq!(zcard("rq:failed:default").await, 0);
+}
