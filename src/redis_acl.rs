@@ -47,7 +47,9 @@ pub const COMMANDS: &[&str] = &[
     "zrange",
     "zrem",
     "hget",
+    "hmget",
     "hset",
+    "xrevrange",
 ];
 
 /// The key patterns of `config`'s queues, DLQs, archives and streams.
@@ -74,7 +76,8 @@ pub fn key_patterns(config: &Config) -> Vec<String> {
 
 /// RQ's keys: what inferwatch writes (the failed set and the queue list it
 /// requeues between, the job hashes it marks `queued`), and what it only
-/// reads (Redis 7's `%R~`: the started registry).
+/// reads (Redis 7's `%R~`: the started registry, the results streams the
+/// listing reads tracebacks from).
 pub fn rq_patterns(config: &Config) -> (Vec<String>, Vec<String>) {
     let Some(rq) = &config.queues.rq else {
         return (Vec::new(), Vec::new());
@@ -86,6 +89,7 @@ pub fn rq_patterns(config: &Config) -> (Vec<String>, Vec<String>) {
         read.push(glob_escape(&layout.wip_key(q)));
     }
     write.push(format!("{}*", glob_escape(&layout.job_prefix())));
+    read.push(format!("{}*", glob_escape(&layout.results_prefix())));
     (write, read)
 }
 

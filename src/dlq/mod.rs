@@ -48,6 +48,7 @@ mod layout;
 mod list;
 pub mod processing;
 mod rq;
+mod rq_list;
 mod scripts;
 pub mod search;
 pub mod tasks;

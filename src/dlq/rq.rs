@@ -43,6 +43,11 @@ impl RqLayout {
         format!("{}wip:{queue}", self.prefix)
     }
 
+    /// The prefix of the jobs' results streams (`<prefix>results:`).
+    pub fn results_prefix(&self) -> String {
+        format!("{}results:", self.prefix)
+    }
+
     /// The prefix of the job hashes (`<prefix>job:`).
     pub fn job_prefix(&self) -> String {
         format!("{}job:", self.prefix)
@@ -156,7 +161,7 @@ impl Queues {
         let mut out = Vec::with_capacity(rq.queues.len());
         for q in &rq.queues {
             let keys = [layout.queue_key(q), layout.failed_key(q), layout.wip_key(q)];
-            let reply = self.eval_read_only(&keys, &layout.job_prefix()).await?;
+            let reply = self.eval_read_only(POLL_LUA, &keys, &[layout.job_prefix()]).await?;
             if let Ok((tag, key, found, want)) = redis::from_redis_value::<(String, String, String, String)>(&reply) {
                 if tag == "wrong_type" {
                     let expected = if want == "list" { "list" } else { "zset" };
@@ -251,14 +256,19 @@ impl Queues {
             .map_err(|e| DlqError::Unavailable(format!("an RQ requeue answered in an unknown shape: {e}")))
     }
 
-    /// Runs the poll script with `EVAL_RO` (Redis 7): its keys are then
-    /// checked as reads, so a user with read-only access to RQ's keys
+    /// Runs a read-only `script` with `EVAL_RO` (Redis 7): its keys are
+    /// then checked as reads, so a user with read-only access to RQ's keys
     /// (`%R~`, what `inferwatch redis-acl` grants) may run it. A Redis
     /// without `EVAL_RO` (6.x) gets `EVAL`.
-    async fn eval_read_only(&self, keys: &[String; 3], job_prefix: &str) -> Result<redis::Value, DlqError> {
+    pub(super) async fn eval_read_only(
+        &self,
+        script: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<redis::Value, DlqError> {
         let call = |eval: &'static str| {
             let mut cmd = redis::cmd(eval);
-            cmd.arg(POLL_LUA).arg(keys.len()).arg(keys.as_slice()).arg(job_prefix);
+            cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
             cmd
         };
         match self.run::<redis::Value>(&call("EVAL_RO")).await {

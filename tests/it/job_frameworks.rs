@@ -218,7 +218,7 @@ async fn the_least_privileged_user_reaches_rqs_keys_it_moves_between_and_only_re
     let least = config(&redis).replace("redis://", "redis://least@");
     let line = acl_line(&least, "pw-least");
     assert!(
-        line.contains("~rq:queue:default ~rq:failed:default ~rq:job:* %R~rq:wip:default"),
+        line.contains("~rq:queue:default ~rq:failed:default ~rq:job:* %R~rq:wip:default %R~rq:results:*"),
         "{line}"
     );
     redis.apply_acl(&line).await;
@@ -230,6 +230,13 @@ async fn the_least_privileged_user_reaches_rqs_keys_it_moves_between_and_only_re
         (sample_value(&page, "dlq_depth{queue=\"rq:default\"}") == Some(3.0)).then_some(())
     })
     .await;
+    // ... lists them with their tracebacks (read only) ...
+    let page = d.get_json("/api/dlq/jobs/dlq:rq:default").await;
+    assert_eq!(page["total"], 3, "{page}");
+    assert!(
+        page["jobs"][0]["error"].as_str().unwrap().contains("the flag is up"),
+        "{page}"
+    );
     // ... and requeues them through the API (its own keys: the failed set,
     // the queue, the job hashes) ...
     let resp = reqwest::Client::new()
@@ -275,6 +282,59 @@ async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_a
             .post(d.url(&format!("/api/system/dlq/requeue-all?queue={q}")))
             .send()
     };
+
+    // Listed in the seed's JobFailure shape, with RQ's own words.
+    let page = d.get_json("/api/dlq/jobs/dlq:rq:default?start=5&limit=10").await;
+    assert_eq!(
+        (page["total"].as_u64(), page["start"].as_u64()),
+        (Some(50), Some(5)),
+        "{page}"
+    );
+    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 10, "{page}");
+    for (i, j) in jobs.iter().enumerate() {
+        assert_eq!(
+            (j["framework"].as_str(), j["index"].as_u64()),
+            (Some("rq"), Some(5 + i as u64)),
+            "{j}"
+        );
+        assert_eq!(j["queue_name"], "rq:default");
+        assert_eq!(j["status"], "failed", "{j}");
+        assert!(
+            j["original_job"]["description"]
+                .as_str()
+                .unwrap()
+                .starts_with("rqjobs.work("),
+            "{j}"
+        );
+        assert!(
+            j["error"].as_str().unwrap().contains("RuntimeError: job "),
+            "the traceback: {j}"
+        );
+        assert!(
+            inferwatch::dlq::parse_rq_time(j["last_failed_at"].as_str().unwrap()).is_some(),
+            "{j}"
+        );
+    }
+    let by_query = d.get_json("/api/system/dlq/jobs?queue=dlq:rq:default&limit=2").await;
+    assert_eq!(by_query["jobs"].as_array().unwrap().len(), 2, "{by_query}");
+    let resp = client
+        .get(d.url("/api/dlq/jobs/dlq:rq:default?error=flag"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "filters are refused for RQ, saying so");
+    // Each traceback is cut at list_entry_max_bytes (RQ's run over 256).
+    let small = config(&redis).replace(
+        "  rq:",
+        "  list_entry_max_bytes: 256\n  list_page_max_bytes: 65536\n  rq:",
+    );
+    let tight = Daemon::start(&small, &[]).await;
+    let page = tight.get_json("/api/dlq/jobs/dlq:rq:default?limit=50").await;
+    let jobs = page["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 50);
+    assert!(jobs.iter().all(|j| j["error"].as_str().unwrap().len() == 256), "{page}");
+    drop(tight);
 
     // As a task it is refused, with what is allowed; nothing moved.
     let resp = post("dlq:rq:default&async=true").await.unwrap();

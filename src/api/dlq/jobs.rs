@@ -41,6 +41,19 @@ enum Listing {
     Search(crate::dlq::SearchPage),
 }
 
+/// A page of an RQ queue's failed jobs (`dlq:rq:<q>`); filters and the
+/// cursor are not offered for RQ yet, and are refused saying so.
+async fn list_rq(queues: &Queues, rq: &str, dlq: &str, p: &ListingQuery) -> Result<Json<Value>, AppError> {
+    if p.a.cursor.is_some() || !p.b.filter()?.is_empty() {
+        return Err(AppError::bad_request(
+            "filters and cursor are not offered for RQ queues yet; page with start and limit",
+            json!({ "parameters": ["start", "limit"], "queue": dlq }),
+        ));
+    }
+    let (start, limit) = (p.a.start.unwrap_or(0), p.a.limit.unwrap_or(100));
+    Ok(Json(queues.list_rq(rq, dlq, start, limit).await?))
+}
+
 async fn list(queues: &Queues, base: &str, p: &ListingQuery) -> Result<Json<Value>, AppError> {
     let (start, limit, cursor) = (p.a.start.unwrap_or(0), p.a.limit.unwrap_or(100), p.a.cursor);
     let filter = p.b.filter()?;
@@ -67,6 +80,9 @@ pub async fn jobs_by_path(
     Query(p): Query<ListingQuery>,
 ) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
+    if let Some(rq) = queues.rq_queue(&dlq) {
+        return list_rq(queues, &rq, &dlq, &p).await;
+    }
     let base = resolve(queues, &dlq)?;
     list(queues, &base, &p).await
 }
@@ -82,6 +98,9 @@ pub async fn jobs_by_path(
     ))]
 pub async fn jobs_by_query(State(state): State<AppState>, Query(p): Query<ListingIn>) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
+    if let Some(rq) = p.a.queue.as_deref().and_then(|d| queues.rq_queue(d)) {
+        return list_rq(queues, &rq, p.a.queue.as_deref().unwrap_or_default(), &p.b).await;
+    }
     let base = queue_param(p.a.queue.as_deref(), queues)?;
     list(queues, &base, &p.b).await
 }
