@@ -173,11 +173,7 @@ async fn rq_jobs_its_worker_failed_are_counted_with_their_age_and_the_queue_wait
     })
     .await;
     assert!(sample_value(&page, &series("job_queue_oldest_age_seconds")).unwrap() >= 0.0);
-    let ran: i64 = redis::cmd("LLEN")
-        .arg("ran")
-        .query_async(&mut redis.connection().await)
-        .await
-        .unwrap();
+    let ran = count(&redis, "LLEN", "ran").await as i64;
     assert_eq!(ran, 0, "no job ran: each failed while the flag was up");
 }
 
@@ -341,11 +337,7 @@ async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_a
     assert_eq!(resp.status(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("async and rate"), "{body}");
-    let failed: u64 = redis::cmd("ZCARD")
-        .arg("rq:failed:default")
-        .query_async(&mut redis.connection().await)
-        .await
-        .unwrap();
+    let failed = count(&redis, "ZCARD", "rq:failed:default").await;
     assert_eq!(failed, 50);
 
     std::fs::remove_file(&flag).unwrap();
@@ -392,15 +384,27 @@ fn rq_queues(redis: &Redis, batch: usize) -> std::sync::Arc<inferwatch::dlq::Que
     inferwatch::dlq::Queues::new(config.queues, &inferwatch::metrics::Metrics::new()).unwrap()
 }
 
-/// The runs RQ's worker recorded: how many, and how many distinct jobs.
-async fn runs(redis: &Redis) -> (usize, usize) {
-    let ran: Vec<String> = redis::cmd("LRANGE")
-        .arg("ran")
+/// Every member of the list or sorted set `key` (`LRANGE`/`ZRANGE … 0 -1`).
+async fn all(redis: &Redis, range: &str, key: impl redis::ToRedisArgs) -> Vec<String> {
+    let mut c = redis.connection().await;
+    redis::cmd(range)
+        .arg(key)
         .arg(0)
         .arg(-1)
-        .query_async(&mut redis.connection().await)
+        .query_async(&mut c)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The length of the list or sorted set `key` (`LLEN`/`ZCARD`).
+async fn count(redis: &Redis, len: &str, key: impl redis::ToRedisArgs) -> u64 {
+    let mut c = redis.connection().await;
+    redis::cmd(len).arg(key).query_async(&mut c).await.unwrap()
+}
+
+/// The runs RQ's worker recorded: how many, and how many distinct jobs.
+async fn runs(redis: &Redis) -> (usize, usize) {
+    let ran = all(redis, "LRANGE", "ran").await;
     let distinct: std::collections::HashSet<&String> = ran.iter().collect();
     (ran.len(), distinct.len())
 }
@@ -474,13 +478,7 @@ async fn an_rq_requeue_checks_every_key_before_it_moves_and_leaves_what_is_not_i
     let (redis, _dir, _flag) = failed_jobs(4).await;
     let mut c = redis.connection().await;
     // One failed entry whose job hash is gone, one whose origin is another queue.
-    let ids: Vec<String> = redis::cmd("ZRANGE")
-        .arg("rq:failed:default")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let ids = all(&redis, "ZRANGE", "rq:failed:default").await;
     let _: () = redis::cmd("DEL")
         .arg(format!("rq:job:{}", ids[0]))
         .query_async(&mut c)
@@ -503,11 +501,7 @@ async fn an_rq_requeue_checks_every_key_before_it_moves_and_leaves_what_is_not_i
     let q = rq_queues(&redis, 100);
     let e = q.requeue_all_rq("default").await.unwrap_err().to_string();
     assert!(e.contains("rq:queue:default holds a string, not a list"), "{e}");
-    let n: u64 = redis::cmd("ZCARD")
-        .arg("rq:failed:default")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let n = count(&redis, "ZCARD", "rq:failed:default").await;
     assert_eq!(n, 4, "nothing moved");
     let _: () = redis::cmd("DEL")
         .arg("rq:queue:default")
@@ -516,13 +510,7 @@ async fn an_rq_requeue_checks_every_key_before_it_moves_and_leaves_what_is_not_i
         .unwrap();
     let r = q.requeue_all_rq("default").await.unwrap();
     assert_eq!((r.requeued, r.left, r.taken), (2, 2, 0), "{r:?}");
-    let left: Vec<String> = redis::cmd("ZRANGE")
-        .arg("rq:failed:default")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let left = all(&redis, "ZRANGE", "rq:failed:default").await;
     assert_eq!(left, ids[..2].to_vec(), "the two it may not move stay failed");
     let e = q.requeue_all_rq("other").await.unwrap_err().to_string();
     assert!(e.contains("rq:other is not a configured RQ queue"), "{e}");
@@ -560,11 +548,7 @@ async fn sigkill_of_the_daemon_mid_rq_requeue_leaves_each_job_in_one_place() {
     let zcard = |key: &'static str| {
         let redis = &redis;
         async move {
-            let n: usize = redis::cmd("ZCARD")
-                .arg(key)
-                .query_async(&mut redis.connection().await)
-                .await
-                .unwrap();
+            let n = count(redis, "ZCARD", key).await as usize;
             n
         }
     };
@@ -576,11 +560,7 @@ async fn sigkill_of_the_daemon_mid_rq_requeue_leaves_each_job_in_one_place() {
     let url = d.url("/api/system/dlq/requeue-all?queue=dlq:rq:default");
     let request = tokio::spawn(async move { reqwest::Client::new().post(url).send().await });
     eventually("the requeue to be under way", LIMIT, async || {
-        let n: usize = redis::cmd("LLEN")
-            .arg("rq:queue:default")
-            .query_async(&mut redis.connection().await)
-            .await
-            .unwrap();
+        let n = count(&redis, "LLEN", "rq:queue:default").await as usize;
         (n > 1000).then_some(())
     })
     .await;
@@ -588,20 +568,8 @@ async fn sigkill_of_the_daemon_mid_rq_requeue_leaves_each_job_in_one_place() {
     let _ = request.await;
 
     let mut c = redis.connection().await;
-    let queue: Vec<String> = redis::cmd("LRANGE")
-        .arg("rq:queue:default")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let failed: Vec<String> = redis::cmd("ZRANGE")
-        .arg("rq:failed:default")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let queue = all(&redis, "LRANGE", "rq:queue:default").await;
+    let failed = all(&redis, "ZRANGE", "rq:failed:default").await;
     assert!(
         !queue.is_empty() && !failed.is_empty(),
         "killed mid-way: {} / {}",
@@ -642,13 +610,7 @@ async fn sigkill_of_the_daemon_mid_rq_requeue_leaves_each_job_in_one_place() {
         .unwrap();
     let report: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(report["requeued"].as_u64(), Some(failed.len() as u64), "{report}");
-    let queue: Vec<String> = redis::cmd("LRANGE")
-        .arg("rq:queue:default")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let queue = all(&redis, "LRANGE", "rq:queue:default").await;
     let distinct: std::collections::HashSet<&String> = queue.iter().collect();
     assert_eq!((queue.len(), distinct.len()), (N, N), "every job on the queue once");
     assert_eq!(zcard("rq:failed:default").await, 0);
