@@ -106,12 +106,22 @@ async fn failover_mid_requeue(kill_below: usize) {
     })
     .await;
     assert_eq!(report["remaining"], 0, "{report}");
-    eventually("every job left counted once as moved", LIMIT, || async {
+    // Every job left is counted as moved. More only when a try failed
+    // part-way (tries > 1) on a second failover: a batch the failing master
+    // moved but no replica had yet is rolled back by the promotion (its
+    // jobs are in the DLQ again, as docs/redis.md says), and is moved, and
+    // counted, again. That no job is lost or doubled is checked on the
+    // master below, job by job.
+    let counted = eventually("every job left counted as moved", LIMIT, || async {
         let now = sample_value(&d.get_text("/metrics").await, moved)?;
-        assert!(now - before <= left as f64, "{} moved, {left} were left", now - before);
-        (now - before == left as f64).then_some(())
+        (now - before >= left as f64).then_some(now - before)
     })
     .await;
+    let excess = counted - left as f64;
+    assert!(
+        excess == 0.0 || tries > 1,
+        "{counted} moved, {left} were left, in {tries} try: a single try moves each job left once"
+    );
     if tries == 1 {
         assert_eq!(
             report["requeued"], left,
