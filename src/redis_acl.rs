@@ -1,8 +1,8 @@
 //! `inferwatch redis-acl`: the least-privilege Redis ACL user for a config.
 //! Its keys are the configured queues, their processing lists, their DLQs
 //! and the DLQs' archives (`<dlq>:cleared:<ts>`, `<dlq>:deleted:<ts>`), and
-//! the watched streams, and the RQ keys it watches (the started registry
-//! read only); its
+//! the watched streams, and the job frameworks' keys it watches and moves
+//! between (RQ's started registry read only); its
 //! commands are the ones the queue collector, the
 //! DLQ moves (their Lua steps included), the stream reader and the health
 //! check's `PING` send, and nothing else.
@@ -50,6 +50,14 @@ pub const COMMANDS: &[&str] = &[
     "hmget",
     "hset",
     "xrevrange",
+    // BullMQ's and Dramatiq's requeues (the waiting event, the marker, the
+    // priority counter; the message moved between hashes) and polls.
+    "xadd",
+    "zadd",
+    "incr",
+    "hdel",
+    "hexists",
+    "hlen",
 ];
 
 /// The key patterns of `config`'s queues, DLQs, archives and streams.
@@ -74,33 +82,53 @@ pub fn key_patterns(config: &Config) -> Vec<String> {
     keys
 }
 
-/// RQ's keys: what inferwatch writes (the failed set and the queue list it
-/// requeues between, the job hashes it marks `queued`), and what it only
-/// reads (Redis 7's `%R~`: the started registry, the results streams the
-/// listing reads tracebacks from).
-pub fn rq_patterns(config: &Config) -> (Vec<String>, Vec<String>) {
-    let Some(rq) = &config.queues.rq else {
-        return (Vec::new(), Vec::new());
-    };
-    let layout = crate::dlq::RqLayout::of(rq);
+/// The job frameworks' keys: what inferwatch writes (each failed set and
+/// the queue it requeues into, with what the framework's own retry writes
+/// beside), and what it only reads (Redis 7's `%R~`: RQ's started registry
+/// and results streams). BullMQ keeps a queue's job hashes beside its lists
+/// under `<prefix>:<q>:<id>`, so its grant is the queue's whole
+/// `<prefix>:<q>:*`: the scripts never write `active` or the locks, but no
+/// ACL pattern can tell those apart from the job hashes.
+pub fn framework_patterns(config: &Config) -> (Vec<String>, Vec<String>) {
     let (mut write, mut read) = (Vec::new(), Vec::new());
-    for q in &rq.queues {
-        write.extend([glob_escape(&layout.queue_key(q)), glob_escape(&layout.failed_key(q))]);
-        read.push(glob_escape(&layout.wip_key(q)));
+    if let Some(rq) = &config.queues.rq {
+        let layout = crate::dlq::RqLayout::of(rq);
+        for q in &rq.queues {
+            write.extend([glob_escape(&layout.queue_key(q)), glob_escape(&layout.failed_key(q))]);
+            read.push(glob_escape(&layout.wip_key(q)));
+        }
+        write.push(format!("{}*", glob_escape(&layout.job_prefix())));
+        read.push(format!("{}*", glob_escape(&layout.results_prefix())));
     }
-    write.push(format!("{}*", glob_escape(&layout.job_prefix())));
-    read.push(format!("{}*", glob_escape(&layout.results_prefix())));
+    if let Some(b) = &config.queues.bullmq {
+        let layout = crate::dlq::BullmqLayout::of(b);
+        write.extend(
+            b.queues
+                .iter()
+                .map(|q| format!("{}*", glob_escape(&layout.job_prefix(q)))),
+        );
+    }
+    if let Some(d) = &config.queues.dramatiq {
+        let layout = crate::dlq::DramatiqLayout::of(d);
+        for q in &d.queues {
+            write.extend(
+                ["", ".msgs", ".XQ", ".XQ.msgs"]
+                    .iter()
+                    .map(|s| glob_escape(&layout.key(q, s))),
+            );
+        }
+    }
     (write, read)
 }
 
 /// `ACL SETUSER <user> on >PASSWORD resetkeys ~k1 ~k2 … %R~r1 … resetchannels -@all +cmd …`.
 pub fn setuser_line(config: &Config, user: &str, password: &str) -> String {
-    let (rq_write, rq_read) = rq_patterns(config);
+    let (fw_write, fw_read) = framework_patterns(config);
     let keys: Vec<String> = key_patterns(config)
         .iter()
         .map(|k| format!("~{}", glob_escape(k)))
-        .chain(rq_write.iter().map(|k| format!("~{k}")))
-        .chain(rq_read.iter().map(|k| format!("%R~{k}")))
+        .chain(fw_write.iter().map(|k| format!("~{k}")))
+        .chain(fw_read.iter().map(|k| format!("%R~{k}")))
         .collect();
     let commands: Vec<String> = COMMANDS.iter().map(|c| format!("+{c}")).collect();
     format!(

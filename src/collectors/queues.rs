@@ -232,8 +232,9 @@ impl QueueCollector {
         registry: &Metrics,
         watched: Vec<(String, String)>,
     ) -> QueueCollector {
-        // Jobs in flight: the seed's processing lists, or RQ's started registry.
-        let processing = queues.config().processing_suffix.is_some() || queues.config().rq.is_some();
+        // Jobs in flight: the seed's processing lists, or a framework's own.
+        let c = queues.config();
+        let processing = c.processing_suffix.is_some() || c.rq.is_some() || c.bullmq.is_some() || c.dramatiq.is_some();
         let max_wait = family::<GaugeVec>(
             "job_queue_max_wait_seconds",
             "How long the job at the queue's consumer end may wait (queues.max_wait, or queues.max_wait_by_queue): QueueWaitTooLong compares job_queue_oldest_age_seconds with it.",

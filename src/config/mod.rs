@@ -41,7 +41,9 @@ pub use inference::{InferenceConfig, ScrapeMode, ServerKind};
 pub use live::LiveConfig;
 pub use log::{LogConfig, LogLevel};
 pub use pipeline::{PipelineConfig, StreamConfig};
-pub use queues::{PushSide, QueuesConfig, RqQueues, StreamWatch, REDIS_URL_RULE};
+pub use queues::{
+    BullmqQueues, CeleryQueues, DramatiqQueues, PushSide, QueuesConfig, RqQueues, StreamWatch, REDIS_URL_RULE,
+};
 pub use reload_keys::{keys_of, reasons, reload_key, Changes, Kept, KeyDecision, Reload};
 pub use secret::{read_secret_file, SecretFileError};
 pub use slo::{AvailabilityObjective, LatencyObjective, ServiceSlo, SloConfig};

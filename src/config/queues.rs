@@ -91,6 +91,17 @@ pub struct QueuesConfig {
     /// (docs/job-frameworks.md); each appears as `rq:<queue>`.
     #[reload(live)]
     pub rq: Option<RqQueues>,
+    /// BullMQ's queues, each appearing as `bullmq:<queue>`.
+    #[reload(live)]
+    pub bullmq: Option<BullmqQueues>,
+    /// Dramatiq's queues (its Redis broker), each appearing as
+    /// `dramatiq:<queue>`.
+    #[reload(live)]
+    pub dramatiq: Option<DramatiqQueues>,
+    /// Celery's queues (kombu's Redis transport), read only, each
+    /// appearing as `celery:<queue>`.
+    #[reload(live)]
+    pub celery: Option<CeleryQueues>,
 }
 
 /// The queues of one RQ deployment.
@@ -108,6 +119,57 @@ pub struct RqQueues {
 
 fn default_rq_prefix() -> String {
     "rq:".into()
+}
+
+/// The queues of one BullMQ deployment.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BullmqQueues {
+    /// Queue names as BullMQ knows them (`new Queue('render')`), 1–64 of
+    /// `A-Za-z0-9_.-`.
+    pub queues: Vec<String>,
+    /// BullMQ's `prefix` option, without the colon (`bull` by default):
+    /// `bull:<q>:wait`, `bull:<q>:failed`, `bull:<q>:<id>`.
+    #[serde(default = "default_bullmq_prefix")]
+    pub prefix: String,
+}
+
+fn default_bullmq_prefix() -> String {
+    "bull".into()
+}
+
+/// The queues of one Dramatiq Redis broker.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DramatiqQueues {
+    /// Queue names as Dramatiq knows them (`queue_name=`, `default` by
+    /// default), 1–64 of `A-Za-z0-9_.-`.
+    pub queues: Vec<String>,
+    /// The broker's `namespace` (`dramatiq` by default): `dramatiq:<q>`,
+    /// `dramatiq:<q>.msgs`, `dramatiq:<q>.XQ`.
+    #[serde(default = "default_dramatiq_namespace")]
+    pub namespace: String,
+}
+
+fn default_dramatiq_namespace() -> String {
+    "dramatiq".into()
+}
+
+/// The queues of one Celery app on kombu's Redis transport (read only).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CeleryQueues {
+    /// Queue names (`celery` by default in Celery), 1–64 of
+    /// `A-Za-z0-9_.-`.
+    pub queues: Vec<String>,
+    /// The transport's `visibility_timeout` (kombu's default, 1 h): a
+    /// delivery unacknowledged for longer counts as stuck.
+    #[serde(default = "default_visibility_timeout", deserialize_with = "super::de_seconds")]
+    pub visibility_timeout: Duration,
+}
+
+fn default_visibility_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// One watched stream and consumer group.
@@ -141,6 +203,9 @@ impl Default for QueuesConfig {
             streams: Vec::new(),
             replica_wait: Duration::from_secs(1),
             rq: None,
+            bullmq: None,
+            dramatiq: None,
+            celery: None,
         }
     }
 }
@@ -216,7 +281,7 @@ impl QueuesConfig {
         self.max_wait_by_queue()?;
         REPLICA_WAIT.check(self.replica_wait.as_secs_f64())?;
         self.validate_streams()?;
-        self.validate_rq()?;
+        self.validate_frameworks()?;
         LIST_PAGE_MAX_BYTES
             .at_least(self.list_entry_max_bytes as f64)
             .check(self.list_page_max_bytes as f64)
@@ -286,8 +351,17 @@ impl QueuesConfig {
     /// Every queue as its `queue` label reads: the seed's names, then each
     /// job framework's as `<framework>:<queue>` (`rq:default`).
     pub fn all_names(&self) -> Vec<String> {
-        let rq = self.rq.iter().flat_map(|r| r.queues.iter().map(|q| format!("rq:{q}")));
-        self.names.iter().cloned().chain(rq).collect()
+        let mut out = self.names.clone();
+        let frameworks = [
+            ("rq", self.rq.as_ref().map(|r| &r.queues)),
+            ("bullmq", self.bullmq.as_ref().map(|r| &r.queues)),
+            ("dramatiq", self.dramatiq.as_ref().map(|r| &r.queues)),
+            ("celery", self.celery.as_ref().map(|r| &r.queues)),
+        ];
+        for (name, queues) in frameworks {
+            out.extend(queues.into_iter().flatten().map(|q| format!("{name}:{q}")));
+        }
+        out
     }
 
     /// Stream keys and group names: 1–256 characters, no whitespace.
@@ -309,17 +383,27 @@ impl QueuesConfig {
 
     /// RQ's queues: valid names, once each, and a prefix of 1–32
     /// characters without whitespace.
-    fn validate_rq(&self) -> Result<(), ConfigError> {
-        let Some(rq) = &self.rq else { return Ok(()) };
-        validate_queue_names("queues.rq.queues", &rq.queues)?;
-        let p = &rq.prefix;
-        if p.is_empty() || p.chars().count() > 32 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(
-                "queues.rq.prefix",
-                p,
-                "empty, too long or holding whitespace",
-                "1–32 characters, e.g. rq:",
-            ));
+    fn validate_frameworks(&self) -> Result<(), ConfigError> {
+        if let Some(rq) = &self.rq {
+            validate_framework("rq", &rq.queues, ("prefix", &rq.prefix, "rq:"))?;
+        }
+        if let Some(b) = &self.bullmq {
+            validate_framework("bullmq", &b.queues, ("prefix", &b.prefix, "bull"))?;
+        }
+        if let Some(d) = &self.dramatiq {
+            validate_framework("dramatiq", &d.queues, ("namespace", &d.namespace, "dramatiq"))?;
+        }
+        if let Some(c) = &self.celery {
+            validate_queue_names("queues.celery.queues", &c.queues)?;
+            let v = c.visibility_timeout;
+            if v < Duration::from_secs(1) || v > Duration::from_secs(7 * 86_400) {
+                return Err(invalid(
+                    "queues.celery.visibility_timeout",
+                    &format!("{v:?}"),
+                    "out of range",
+                    "1s–7d, the transport's visibility_timeout",
+                ));
+            }
         }
         Ok(())
     }
@@ -330,6 +414,23 @@ impl QueuesConfig {
 }
 
 /// Queue names under `key`: at least one, each valid, each once.
+/// A job framework's section: valid queue names, once each, and a key
+/// prefix (`key`, its value, an example) of 1–32 characters without
+/// whitespace.
+fn validate_framework(name: &str, queues: &[String], prefix: (&str, &str, &str)) -> Result<(), ConfigError> {
+    validate_queue_names(&format!("queues.{name}.queues"), queues)?;
+    let (key, p, example) = prefix;
+    if p.is_empty() || p.chars().count() > 32 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            &format!("queues.{name}.{key}"),
+            p,
+            "empty, too long or holding whitespace",
+            &format!("1–32 characters, e.g. {example}"),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_queue_names(key: &str, names: &[String]) -> Result<(), ConfigError> {
     if names.is_empty() {
         return Err(invalid(key, "[]", "empty", "at least one queue name"));

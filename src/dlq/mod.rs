@@ -43,7 +43,10 @@ use crate::metrics::{family, Metrics};
 use crate::redis_conn::{is_connection_error, RedisConn};
 
 mod archives;
+mod bullmq;
+mod dramatiq;
 mod entry;
+mod frameworks;
 mod layout;
 mod list;
 pub mod processing;
@@ -56,11 +59,14 @@ pub mod waiting;
 mod watch;
 
 pub use archives::{ArchiveInfo, ClearReport, RestoreReport};
+pub use bullmq::BullmqLayout;
+pub use dramatiq::DramatiqLayout;
 pub use entry::{parse_entry, JobFailure};
+pub use frameworks::{Framework, FrameworkQueue, FrameworkRequeueReport};
 pub use layout::{End, ListLayout};
 pub use list::{Listed, Page};
 pub use processing::{Returned, StuckList};
-pub use rq::{parse_rq_time, RqLayout, RqRequeueReport};
+pub use rq::{parse_rq_time, RqLayout};
 use scripts::{int_at, script_reply, Scripts};
 pub use scripts::{CHECK_LUA, CLEAR_LUA, REQUEUE_LUA, RESTORE_LUA, SINGLE_LUA};
 pub use search::{job_id, Filter, SearchPage, SingleAction, SingleReport};

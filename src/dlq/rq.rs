@@ -12,6 +12,7 @@
 //!
 //! Each RQ queue appears as `rq:<q>` in labels and requests.
 
+use super::frameworks::{type_check_lua, MoveScript};
 use super::{unix_now, Active, DlqError, QueueDepth, Queues};
 use crate::config::RqQueues;
 
@@ -52,21 +53,6 @@ impl RqLayout {
     pub fn job_prefix(&self) -> String {
         format!("{}job:", self.prefix)
     }
-}
-
-/// The start of each RQ script: every key `KEYS[i]` is of type `kinds[i]`
-/// (or absent), else the script answers `{'wrong_type', key, type, want}`
-/// before it reads or writes anything else.
-macro_rules! type_check_lua {
-    () => {
-        r#"for i, want in ipairs(kinds) do
-  local t = redis.call('TYPE', KEYS[i]).ok
-  if t ~= want and t ~= 'none' then
-    return {'wrong_type', KEYS[i], t, want}
-  end
-end
-"#
-    };
 }
 
 /// One read of an RQ queue, all at once: the three lengths, the
@@ -128,21 +114,6 @@ return {moved, taken, missing}
 "#
 );
 
-/// What an RQ requeue did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct RqRequeueReport {
-    /// `rq:<q>`.
-    pub queue: String,
-    /// Jobs pushed back on the queue, each once.
-    pub requeued: u64,
-    /// Jobs someone else took out of the failed set first (another
-    /// requeue, RQ's own, its cleanup): not pushed by this one.
-    pub taken: u64,
-    /// Failed entries whose job hash is gone or names another queue as its
-    /// origin: left in the failed set.
-    pub left: u64,
-}
-
 /// RQ's timestamps (`utils.utcformat`: `%Y-%m-%dT%H:%M:%S.%fZ`, and the
 /// older form without the fraction), as Unix seconds.
 pub fn parse_rq_time(text: &str) -> Option<f64> {
@@ -162,12 +133,6 @@ impl Queues {
         for q in &rq.queues {
             let keys = [layout.queue_key(q), layout.failed_key(q), layout.wip_key(q)];
             let reply = self.eval_read_only(POLL_LUA, &keys, &[layout.job_prefix()]).await?;
-            if let Ok((tag, key, found, want)) = redis::from_redis_value::<(String, String, String, String)>(&reply) {
-                if tag == "wrong_type" {
-                    let expected = if want == "list" { "list" } else { "zset" };
-                    return Err(DlqError::WrongType { key, found, expected });
-                }
-            }
             let reply = redis::from_redis_value(&reply)
                 .map_err(|e| DlqError::Unavailable(format!("an RQ poll answered in an unknown shape: {e}")))?;
             out.push(depth_of(&format!("rq:{q}"), reply, unix_now()));
@@ -181,100 +146,13 @@ fn rq_now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-impl Queues {
-    /// The RQ queue whose failed set `dlq` names (`<dlq_prefix>rq:<q>`, as
-    /// `dlq:rq:default`), when it is configured.
-    pub fn rq_queue(&self, dlq: &str) -> Option<String> {
-        let config = self.config();
-        let q = dlq.strip_prefix(config.dlq_prefix.as_str())?.strip_prefix("rq:")?;
-        config.rq.as_ref()?.queues.iter().find(|n| *n == q).cloned()
-    }
-
-    /// Requeues every job that was in RQ queue `queue`'s failed set when it
-    /// started, oldest-expiring first, in batches of `queues.requeue_batch`
-    /// (see [`REQUEUE_LUA`]); jobs that fail again meanwhile are not looped.
-    pub async fn requeue_all_rq(&self, queue: &str) -> Result<RqRequeueReport, DlqError> {
-        let rq = self.config().rq.clone().filter(|r| r.queues.iter().any(|q| q == queue));
-        let rq = rq
-            .ok_or_else(|| DlqError::NotFound(format!("rq:{queue} is not a configured RQ queue (queues.rq.queues)")))?;
-        let layout = RqLayout::of(&rq);
-        let (failed, list) = (layout.failed_key(queue), layout.queue_key(queue));
-        let mut report = RqRequeueReport {
-            queue: format!("rq:{queue}"),
-            ..Default::default()
-        };
-        let start: u64 = self.run(redis::cmd("ZCARD").arg(&failed)).await?;
-        let batch = self.config().requeue_batch as u64;
-        let mut seen = 0u64;
-        // The entries left in place stay at the front: skip past them.
-        while seen < start {
-            let ids: Vec<String> = self
-                .run(
-                    redis::cmd("ZRANGE")
-                        .arg(&failed)
-                        .arg(report.left)
-                        .arg(report.left + batch.min(start - seen) - 1),
-                )
-                .await?;
-            if ids.is_empty() {
-                break;
-            }
-            let (moved, taken, left) = self.requeue_rq_batch(&layout, queue, [&failed, &list], &ids).await?;
-            report.requeued += moved;
-            report.taken += taken;
-            report.left += left;
-            seen += ids.len() as u64;
-        }
-        self.metrics
-            .requeued
-            .with_label_values(&[&report.queue])
-            .inc_by(report.requeued);
-        Ok(report)
-    }
-
-    /// One batch of ids through [`REQUEUE_LUA`], never retried (a move whose
-    /// reply was lost may have happened).
-    async fn requeue_rq_batch(
-        &self,
-        layout: &RqLayout,
-        queue: &str,
-        keys: [&String; 2],
-        ids: &[String],
-    ) -> Result<(u64, u64, u64), DlqError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(REQUEUE_LUA).arg(2).arg(keys[0]).arg(keys[1]);
-        cmd.arg(layout.job_prefix()).arg(queue).arg(rq_now()).arg(ids);
-        let mut con = self.conn().await?;
-        let reply: redis::Value = self.redis.check(cmd.query_async(&mut con).await)?;
-        if let Ok((tag, key, found, _)) = redis::from_redis_value::<(String, String, String, String)>(&reply) {
-            if tag == "wrong_type" {
-                let expected = if key == *keys[0] { "zset" } else { "list" };
-                return Err(DlqError::WrongType { key, found, expected });
-            }
-        }
-        redis::from_redis_value(&reply)
-            .map_err(|e| DlqError::Unavailable(format!("an RQ requeue answered in an unknown shape: {e}")))
-    }
-
-    /// Runs a read-only `script` with `EVAL_RO` (Redis 7): its keys are
-    /// then checked as reads, so a user with read-only access to RQ's keys
-    /// (`%R~`, what `inferwatch redis-acl` grants) may run it. A Redis
-    /// without `EVAL_RO` (6.x) gets `EVAL`.
-    pub(super) async fn eval_read_only(
-        &self,
-        script: &str,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<redis::Value, DlqError> {
-        let call = |eval: &'static str| {
-            let mut cmd = redis::cmd(eval);
-            cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
-            cmd
-        };
-        match self.run::<redis::Value>(&call("EVAL_RO")).await {
-            Err(DlqError::Unavailable(e)) if e.contains("unknown command") => self.run(&call("EVAL")).await,
-            r => r,
-        }
+/// The requeue script of RQ queue `queue` ([`REQUEUE_LUA`]).
+pub(super) fn requeue_script(config: &RqQueues, queue: &str) -> MoveScript {
+    let layout = RqLayout::of(config);
+    MoveScript {
+        lua: REQUEUE_LUA,
+        keys: vec![layout.failed_key(queue), layout.queue_key(queue)],
+        args: vec![layout.job_prefix(), queue.to_string(), rq_now()],
     }
 }
 

@@ -11,6 +11,7 @@ use std::io::Read;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use super::frameworks::listing_rows;
 use super::rq::RqLayout;
 use super::{DlqError, Queues};
 
@@ -85,66 +86,40 @@ fn listed(queue: &str, index: u64, f: &[redis::Value], cap: usize) -> Value {
 }
 
 impl Queues {
-    /// A page of RQ queue `queue`'s failed jobs (`dlq` as the request named
-    /// it), oldest-expiring first.
-    pub async fn list_rq(&self, queue: &str, dlq: &str, start: u64, limit: u64) -> Result<Value, DlqError> {
-        let config = self.config();
-        let rq = config
+    /// Rows `start..=stop` of RQ queue `queue`'s failed set,
+    /// oldest-expiring first, and the set's size.
+    pub(super) async fn list_rq(
+        &self,
+        queue: &str,
+        start: u64,
+        stop: u64,
+        cap: usize,
+    ) -> Result<(u64, Vec<Value>), DlqError> {
+        let rq = self
+            .config()
             .rq
             .clone()
-            .ok_or_else(|| DlqError::NotFound(format!("{dlq}: no RQ queues are configured")))?;
+            .ok_or_else(|| DlqError::NotFound("no RQ queues are configured".into()))?;
         let layout = RqLayout::of(&rq);
-        let (cap, budget) = (config.list_entry_max_bytes, config.list_page_max_bytes);
         let args = [
             layout.job_prefix(),
             layout.results_prefix(),
             start.to_string(),
-            (start + limit.max(1) - 1).to_string(),
+            stop.to_string(),
             cap.to_string(),
         ];
         let reply = self
             .eval_read_only(LIST_LUA, &[layout.failed_key(queue)], &args)
             .await?;
-        let reply: Vec<redis::Value> = redis::from_redis_value(&reply)
-            .map_err(|e| DlqError::Unavailable(format!("an RQ listing answered in an unknown shape: {e}")))?;
-        if let [tag, key, found, _] = &reply[..] {
-            if redis::from_redis_value::<String>(tag).is_ok_and(|t| t == "wrong_type") {
-                let (key, found) = (
-                    redis::from_redis_value(key).unwrap_or_default(),
-                    redis::from_redis_value(found).unwrap_or_default(),
-                );
-                return Err(DlqError::WrongType {
-                    key,
-                    found,
-                    expected: "zset",
-                });
-            }
-        }
-        let total: u64 = reply.first().and_then(|v| redis::from_redis_value(v).ok()).unwrap_or(0);
-        let (mut jobs, mut shown, mut reached) = (Vec::new(), 0usize, false);
-        for (i, f) in reply[1.min(reply.len())..]
-            .chunks(8)
-            .filter(|c| c.len() == 8)
-            .enumerate()
-        {
-            let job = listed(&format!("rq:{queue}"), start + i as u64, f, cap);
-            shown += job.to_string().len();
-            if shown > budget && !jobs.is_empty() {
-                reached = true;
-                break;
-            }
-            jobs.push(job);
-        }
-        let returned = jobs.len() as u64;
-        Ok(json!({
-            "jobs": jobs,
-            "queue_name": dlq,
-            "start": start,
-            "limit": if reached { returned } else { limit },
-            "requested_limit": limit,
-            "byte_budget_reached": if reached { json!(budget) } else { Value::Null },
-            "total": total,
-        }))
+        let (total, rows) = listing_rows(reply, 8)?;
+        let label = format!("rq:{queue}");
+        Ok((
+            total,
+            rows.iter()
+                .enumerate()
+                .map(|(i, f)| listed(&label, start + i as u64, f, cap))
+                .collect(),
+        ))
     }
 }
 

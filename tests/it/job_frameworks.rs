@@ -376,6 +376,18 @@ async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_a
     assert_eq!(post("dlq:rq:other").await.unwrap().status(), 404);
 }
 
+/// RQ queue `q`.
+fn rq_queue(q: &str) -> inferwatch::dlq::FrameworkQueue {
+    inferwatch::dlq::FrameworkQueue {
+        framework: inferwatch::dlq::Framework::Rq,
+        queue: q.into(),
+    }
+}
+
+fn rq_default() -> inferwatch::dlq::FrameworkQueue {
+    rq_queue("default")
+}
+
 /// The queues' client for `redis`, as the daemon builds it.
 fn rq_queues(redis: &Redis, batch: usize) -> std::sync::Arc<inferwatch::dlq::Queues> {
     let mut config = inferwatch::config::Config::from_yaml(&config(redis)).unwrap();
@@ -385,7 +397,7 @@ fn rq_queues(redis: &Redis, batch: usize) -> std::sync::Arc<inferwatch::dlq::Que
 }
 
 /// Every member of the list or sorted set `key` (`LRANGE`/`ZRANGE … 0 -1`).
-async fn all(redis: &Redis, range: &str, key: impl redis::ToRedisArgs) -> Vec<String> {
+pub async fn all(redis: &Redis, range: &str, key: impl redis::ToRedisArgs) -> Vec<String> {
     let mut c = redis.connection().await;
     redis::cmd(range)
         .arg(key)
@@ -397,13 +409,13 @@ async fn all(redis: &Redis, range: &str, key: impl redis::ToRedisArgs) -> Vec<St
 }
 
 /// The length of the list or sorted set `key` (`LLEN`/`ZCARD`).
-async fn count(redis: &Redis, len: &str, key: impl redis::ToRedisArgs) -> u64 {
+pub async fn count(redis: &Redis, len: &str, key: impl redis::ToRedisArgs) -> u64 {
     let mut c = redis.connection().await;
     redis::cmd(len).arg(key).query_async(&mut c).await.unwrap()
 }
 
 /// The runs RQ's worker recorded: how many, and how many distinct jobs.
-async fn runs(redis: &Redis) -> (usize, usize) {
+pub async fn runs(redis: &Redis) -> (usize, usize) {
     let ran = all(redis, "LRANGE", "ran").await;
     let distinct: std::collections::HashSet<&String> = ran.iter().collect();
     (ran.len(), distinct.len())
@@ -429,7 +441,8 @@ async fn rq_failed_jobs_requeued_by_two_requeues_at_once_run_exactly_once_by_rqs
     // batches of 7 so that their batches interleave.
     std::fs::remove_file(&flag).unwrap();
     let (a, b) = (rq_queues(&redis, 7), rq_queues(&redis, 7));
-    let (ra, rb) = tokio::join!(a.requeue_all_rq("default"), b.requeue_all_rq("default"));
+    let fq = rq_default();
+    let (ra, rb) = tokio::join!(a.requeue_all_framework(&fq), b.requeue_all_framework(&fq));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert!(
         ra.taken + rb.taken > 0,
@@ -499,7 +512,7 @@ async fn an_rq_requeue_checks_every_key_before_it_moves_and_leaves_what_is_not_i
         .await
         .unwrap();
     let q = rq_queues(&redis, 100);
-    let e = q.requeue_all_rq("default").await.unwrap_err().to_string();
+    let e = q.requeue_all_framework(&rq_default()).await.unwrap_err().to_string();
     assert!(e.contains("rq:queue:default holds a string, not a list"), "{e}");
     let n = count(&redis, "ZCARD", "rq:failed:default").await;
     assert_eq!(n, 4, "nothing moved");
@@ -508,12 +521,16 @@ async fn an_rq_requeue_checks_every_key_before_it_moves_and_leaves_what_is_not_i
         .query_async(&mut c)
         .await
         .unwrap();
-    let r = q.requeue_all_rq("default").await.unwrap();
+    let r = q.requeue_all_framework(&rq_default()).await.unwrap();
     assert_eq!((r.requeued, r.left, r.taken), (2, 2, 0), "{r:?}");
     let left = all(&redis, "ZRANGE", "rq:failed:default").await;
     assert_eq!(left, ids[..2].to_vec(), "the two it may not move stay failed");
-    let e = q.requeue_all_rq("other").await.unwrap_err().to_string();
-    assert!(e.contains("rq:other is not a configured RQ queue"), "{e}");
+    let e = q
+        .requeue_all_framework(&rq_queue("other"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rq:other is not a configured queue"), "{e}");
 }
 
 /// `n` jobs put in RQ's failed registry by RQ's own code

@@ -6,6 +6,7 @@ mod common;
 
 mod alerting;
 mod attribution;
+mod bullmq;
 mod bundle;
 mod config;
 mod dashboards;
@@ -14,6 +15,7 @@ mod dlq_console;
 mod dlq_types;
 mod doc_tables;
 mod docs;
+mod dramatiq;
 mod e2e;
 mod examples;
 mod fleet;

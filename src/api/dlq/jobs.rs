@@ -9,7 +9,7 @@ use super::super::query::{NoParams, Query};
 use super::params::{queue_param, resolve, Listing as ListingQuery, ListingIn};
 use super::{queues, AppError, AppState};
 use crate::api::{ErrorBody, QueryErrors};
-use crate::dlq::Queues;
+use crate::dlq::{FrameworkQueue, Queues};
 
 /// `GET /api/system/dlq/stats`: `{"<queue>_count": n, ..., "total_count": N}`.
 #[utoipa::path(get, path = "/api/system/dlq/stats", tag = "dlq",
@@ -41,17 +41,23 @@ enum Listing {
     Search(crate::dlq::SearchPage),
 }
 
-/// A page of an RQ queue's failed jobs (`dlq:rq:<q>`); filters and the
-/// cursor are not offered for RQ yet, and are refused saying so.
-async fn list_rq(queues: &Queues, rq: &str, dlq: &str, p: &ListingQuery) -> Result<Json<Value>, AppError> {
+/// A page of a job framework's failed jobs (`dlq:<framework>:<q>`);
+/// filters and the cursor are not offered for framework queues yet, and
+/// are refused saying so.
+async fn list_framework(
+    queues: &Queues,
+    fq: &FrameworkQueue,
+    dlq: &str,
+    p: &ListingQuery,
+) -> Result<Json<Value>, AppError> {
     if p.a.cursor.is_some() || !p.b.filter()?.is_empty() {
         return Err(AppError::bad_request(
-            "filters and cursor are not offered for RQ queues yet; page with start and limit",
+            "filters and cursor are not offered for job framework queues yet; page with start and limit",
             json!({ "parameters": ["start", "limit"], "queue": dlq }),
         ));
     }
     let (start, limit) = (p.a.start.unwrap_or(0), p.a.limit.unwrap_or(100));
-    Ok(Json(queues.list_rq(rq, dlq, start, limit).await?))
+    Ok(Json(queues.list_framework(fq, dlq, start, limit).await?))
 }
 
 async fn list(queues: &Queues, base: &str, p: &ListingQuery) -> Result<Json<Value>, AppError> {
@@ -80,8 +86,8 @@ pub async fn jobs_by_path(
     Query(p): Query<ListingQuery>,
 ) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
-    if let Some(rq) = queues.rq_queue(&dlq) {
-        return list_rq(queues, &rq, &dlq, &p).await;
+    if let Some(fq) = queues.framework_queue(&dlq) {
+        return list_framework(queues, &fq, &dlq, &p).await;
     }
     let base = resolve(queues, &dlq)?;
     list(queues, &base, &p).await
@@ -98,8 +104,8 @@ pub async fn jobs_by_path(
     ))]
 pub async fn jobs_by_query(State(state): State<AppState>, Query(p): Query<ListingIn>) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
-    if let Some(rq) = p.a.queue.as_deref().and_then(|d| queues.rq_queue(d)) {
-        return list_rq(queues, &rq, p.a.queue.as_deref().unwrap_or_default(), &p.b).await;
+    if let Some(fq) = p.a.queue.as_deref().and_then(|d| queues.framework_queue(d)) {
+        return list_framework(queues, &fq, p.a.queue.as_deref().unwrap_or_default(), &p.b).await;
     }
     let base = queue_param(p.a.queue.as_deref(), queues)?;
     list(queues, &base, &p.b).await

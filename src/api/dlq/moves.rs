@@ -19,9 +19,10 @@ use crate::store::AuditRow;
 
 /// `POST /api/system/dlq/requeue-all?queue=dlq:…[&async=true][&rate=N]`.
 /// Runs to the end even if the client goes away; with `async` or `rate` it
-/// runs as a task. An RQ queue's failed set (`dlq:rq:<q>`) is requeued as
-/// RQ's own requeue leaves a job, atomically per job
-/// (docs/job-frameworks.md); its answer is `{queue, requeued, taken, left}`.
+/// runs as a task. A job framework's failed set (`dlq:rq:<q>`,
+/// `dlq:bullmq:<q>`, `dlq:dramatiq:<q>`) is requeued as the framework's own
+/// retry leaves a job, atomically per job (docs/job-frameworks.md); its
+/// answer is `{queue, requeued, taken, left}`.
 #[utoipa::path(post, path = "/api/system/dlq/requeue-all", tag = "dlq",
     params(RequeueAllParams),
     security(("api_token" = []), ("api_token_header" = []), ()),
@@ -38,8 +39,8 @@ pub async fn requeue_all(
 ) -> Result<axum::response::Response, AppError> {
     use axum::response::IntoResponse;
     let queues = queues(&state)?.clone();
-    if let Some(rq) = p.queue.as_deref().and_then(|d| queues.rq_queue(d)) {
-        return requeue_all_rq(&state, &actor, queues, rq, &p).await;
+    if let Some(fq) = p.queue.as_deref().and_then(|d| queues.framework_queue(d)) {
+        return requeue_all_framework(&state, &actor, queues, fq, &p).await;
     }
     let base = queue_param(p.queue.as_deref(), &queues)?;
     let rate = p.rate;
@@ -68,31 +69,32 @@ pub async fn requeue_all(
     Ok(Json(serde_json::to_value(report).expect("reports serialise")).into_response())
 }
 
-/// Requeue-all of an RQ queue's failed set (`dlq:rq:<q>`), audited; it
-/// runs to the end (not as a task: `async` and `rate` are refused for RQ).
-async fn requeue_all_rq(
+/// Requeue-all of a job framework's failed set (`dlq:<framework>:<q>`),
+/// audited; it runs to the end (not as a task: `async` and `rate` are
+/// refused for framework queues).
+async fn requeue_all_framework(
     state: &AppState,
     actor: &Actor,
     queues: std::sync::Arc<crate::dlq::Queues>,
-    rq: String,
+    fq: crate::dlq::FrameworkQueue,
     p: &RequeueAllParams,
 ) -> Result<axum::response::Response, AppError> {
     use axum::response::IntoResponse;
     if p.background == Some(true) || p.rate.is_some() {
         return Err(AppError::bad_request(
-            "an RQ queue's requeue-all runs to the end: async and rate are not offered for RQ queues",
-            json!({ "parameters": ["async", "rate"], "allowed": "neither, for dlq:rq:<queue>" }),
+            "a job framework's requeue-all runs to the end: async and rate are not offered for framework queues",
+            json!({ "parameters": ["async", "rate"], "allowed": "neither, for dlq:<framework>:<queue>" }),
         ));
     }
     let dlq = p.queue.clone().unwrap_or_default();
     let report = audited(
         state,
-        |r: &crate::dlq::RqRequeueReport| {
+        |r: &crate::dlq::FrameworkRequeueReport| {
             let mut row = AuditRow::new(&actor.0, "requeue_all", &dlq);
             row.counts = json!({ "moved": r.requeued, "taken": r.taken, "left": r.left });
             row
         },
-        || to_the_end(async move { queues.requeue_all_rq(&rq).await }),
+        || to_the_end(async move { queues.requeue_all_framework(&fq).await }),
     )
     .await?;
     Ok(Json(serde_json::to_value(report).expect("reports serialise")).into_response())

@@ -1,0 +1,327 @@
+//! BullMQ's queues with BullMQ's own worker (npm `bullmq` and `ioredis`, in
+//! target/bullmq, on Node): jobs its worker failed are counted, listed,
+//! requeued through the API while a worker runs, and run exactly once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{eventually, repo, sample_value, Daemon, Redis};
+use crate::job_frameworks::{all, count, runs};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// The node_modules scripts/test installs BullMQ into.
+fn node_modules() -> PathBuf {
+    let p = repo().join("target/bullmq/node_modules");
+    assert!(
+        p.join("bullmq").exists(),
+        "{} is missing: scripts/test installs BullMQ",
+        p.display()
+    );
+    p
+}
+
+/// A script with BullMQ's own Queue and Worker on queue `render`:
+/// `add N` adds N jobs (`{n: i}`) through `Queue.addBulk`; `work FLAG C`
+/// runs a Worker of concurrency C whose processor throws while the flag
+/// file exists, else appends the job's id to the Redis list `ran`.
+const SCRIPT: &str = r#"
+const { Queue, Worker } = require('bullmq');
+const IORedis = require('ioredis');
+const fs = require('fs');
+const url = process.env.REDIS_URL;
+const [mode, arg, conc] = process.argv.slice(2);
+const connection = new IORedis(url, { maxRetriesPerRequest: null });
+(async () => {
+  if (mode === 'add') {
+    const q = new Queue('render', { connection });
+    const n = Number(arg);
+    for (let s = 0; s < n; s += 1000) {
+      const jobs = [];
+      for (let i = s; i < Math.min(n, s + 1000); i++) jobs.push({ name: 'render', data: { n: i } });
+      await q.addBulk(jobs);
+    }
+    await q.close();
+    await connection.quit();
+  } else {
+    const record = new IORedis(url);
+    new Worker('render', async (job) => {
+      if (fs.existsSync(arg)) throw new Error(`job ${job.data.n}: the flag is up`);
+      await record.rpush('ran', job.id);
+    }, { connection, concurrency: Number(conc) });
+  }
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+fn node(dir: &Path, redis: &Redis, args: &[&str]) -> Command {
+    std::fs::write(dir.join("bull.js"), SCRIPT).unwrap();
+    let mut c = Command::new("node");
+    c.arg(dir.join("bull.js"))
+        .args(args)
+        .env("REDIS_URL", redis.url())
+        .env("NODE_PATH", node_modules())
+        .current_dir(dir);
+    c
+}
+
+/// Adds `n` jobs through BullMQ's `Queue.addBulk`.
+fn add(dir: &Path, redis: &Redis, n: usize) {
+    let out = node(dir, redis, &["add", &n.to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// BullMQ's own Worker, until stopped.
+struct Worker(Child);
+
+impl Worker {
+    fn start(dir: &Path, redis: &Redis, flag: &Path, concurrency: usize) -> Worker {
+        let child = node(
+            dir,
+            redis,
+            &["work", &flag.display().to_string(), &concurrency.to_string()],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+        Worker(child)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the sorted set `set` holds `n` and nothing waits or runs.
+async fn settled(redis: &Redis, set: &str, n: u64) {
+    let set = set.to_string();
+    eventually(
+        &format!("BullMQ's worker to leave {n} jobs in {set}"),
+        LIMIT,
+        async || {
+            let done = count(redis, "ZCARD", &set).await;
+            let waiting = count(redis, "LLEN", "bull:render:wait").await;
+            let active = count(redis, "LLEN", "bull:render:active").await;
+            (done == n && waiting == 0 && active == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+fn config(redis: &Redis) -> String {
+    format!(
+        "gpu:\n  enabled: false\npipeline:\n  stream:\n    enabled: false\nqueues:\n  redis_url: {}\n  poll_interval: 100ms\n  names: [seed]\n  bullmq: {{queues: [render]}}\n",
+        redis.url()
+    )
+}
+
+/// A Redis, a flag up, and `n` jobs of queue `render` BullMQ's worker failed.
+async fn failed_jobs(n: u64) -> (Redis, tempfile::TempDir, PathBuf) {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("flag");
+    std::fs::write(&flag, "up").unwrap();
+    add(dir.path(), &redis, n as usize);
+    let w = Worker::start(dir.path(), &redis, &flag, 50);
+    settled(&redis, "bull:render:failed", n).await;
+    drop(w);
+    (redis, dir, flag)
+}
+
+#[tokio::test]
+async fn bullmq_jobs_its_worker_failed_are_counted_listed_and_requeued_once_each_while_it_runs() {
+    let (redis, dir, flag) = failed_jobs(200).await;
+    let d = Daemon::start(&config(&redis), &[]).await;
+    let series = |name: &str| format!("{name}{{queue=\"bullmq:render\"}}");
+    let page = eventually("BullMQ's failed jobs counted", LIMIT, async || {
+        let page = d.get_text("/metrics").await;
+        (sample_value(&page, &series("dlq_depth")) == Some(200.0)).then_some(page)
+    })
+    .await;
+    assert_eq!(sample_value(&page, &series("job_queue_depth")), Some(0.0));
+    assert_eq!(sample_value(&page, &series("job_queue_active")), Some(0.0));
+    let age = sample_value(&page, &series("dlq_oldest_job_age_seconds")).unwrap();
+    assert!((0.0..600.0).contains(&age), "the oldest failure's age: {age}");
+
+    // Listed in the seed's JobFailure shape, with BullMQ's own words.
+    let listing = d.get_json("/api/dlq/jobs/dlq:bullmq:render?start=0&limit=200").await;
+    assert_eq!(listing["total"].as_u64(), Some(200), "{listing}");
+    let jobs = listing["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 200);
+    for j in jobs {
+        assert_eq!(
+            (j["framework"].as_str(), j["queue_name"].as_str()),
+            (Some("bullmq"), Some("bullmq:render"))
+        );
+        let n = j["original_job"]["data"]["n"].as_u64().expect("the job's data");
+        assert!(
+            j["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("job {n}: the flag is up")),
+            "{j}"
+        );
+        assert_eq!(
+            j["failed_reason"].as_str(),
+            Some(format!("job {n}: the flag is up").as_str()),
+            "{j}"
+        );
+        assert_eq!(j["attempt_count"].as_u64(), Some(1), "{j}");
+        assert!(j["last_failed_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{j}");
+    }
+
+    // The cause is fixed; a worker runs while the API's requeue and a
+    // second one in batches of 7 race over the same failed set.
+    std::fs::remove_file(&flag).unwrap();
+    let _w = Worker::start(dir.path(), &redis, &flag, 10);
+    let other = bullmq_queues(&redis, 7);
+    let fq = inferwatch::dlq::FrameworkQueue {
+        framework: inferwatch::dlq::Framework::Bullmq,
+        queue: "render".into(),
+    };
+    let api = reqwest::Client::new()
+        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:bullmq:render"))
+        .send();
+    let (resp, direct) = tokio::join!(api, other.requeue_all_framework(&fq));
+    let report: serde_json::Value = resp.unwrap().json().await.unwrap();
+    let direct = direct.unwrap();
+    assert_eq!(
+        report["requeued"].as_u64().unwrap() + direct.requeued,
+        200,
+        "each job moved once between them: {report} {direct:?}"
+    );
+    assert_eq!((report["left"].as_u64(), direct.left), (Some(0), 0));
+
+    // BullMQ's worker runs every job exactly once, and completes it.
+    settled(&redis, "bull:render:completed", 200).await;
+    assert_eq!(runs(&redis).await, (200, 200), "each job ran exactly once");
+    assert_eq!(count(&redis, "ZCARD", "bull:render:failed").await, 0);
+    let events = count(&redis, "XLEN", "bull:render:events").await;
+    assert!(events > 0);
+    let page = d.get_text("/metrics").await;
+    let moved = sample_value(&page, "dlq_jobs_requeued_total{queue=\"bullmq:render\"}").unwrap();
+    assert_eq!(
+        moved,
+        report["requeued"].as_f64().unwrap(),
+        "the daemon counts its own moves"
+    );
+}
+
+/// The queues' client for `redis`, as the daemon builds it.
+fn bullmq_queues(redis: &Redis, batch: usize) -> std::sync::Arc<inferwatch::dlq::Queues> {
+    let mut config = inferwatch::config::Config::from_yaml(&config(redis)).unwrap();
+    config.queues.requeue_batch = batch;
+    config.validate().unwrap();
+    inferwatch::dlq::Queues::new(config.queues, &inferwatch::metrics::Metrics::new()).unwrap()
+}
+
+#[tokio::test]
+async fn sigkill_of_the_daemon_mid_bullmq_requeue_leaves_each_job_in_one_place() {
+    const N: u64 = 5_000;
+    let (redis, _dir, _flag) = failed_jobs(N).await;
+    let cfg = config(&redis).replace("  bullmq:", "  requeue_batch: 1\n  bullmq:");
+    let mut d = Daemon::start(&cfg, &[]).await;
+    let url = d.url("/api/system/dlq/requeue-all?queue=dlq:bullmq:render");
+    let request = tokio::spawn(async move { reqwest::Client::new().post(url).send().await });
+    eventually("the requeue to be under way", LIMIT, async || {
+        (count(&redis, "LLEN", "bull:render:wait").await > 300).then_some(())
+    })
+    .await;
+    d.proc.stop_with(crate::common::SIGKILL);
+    let _ = request.await;
+
+    let wait = all(&redis, "LRANGE", "bull:render:wait").await;
+    let failed = all(&redis, "ZRANGE", "bull:render:failed").await;
+    assert!(
+        !wait.is_empty() && !failed.is_empty(),
+        "killed mid-way: {} / {}",
+        wait.len(),
+        failed.len()
+    );
+    let mut seen: std::collections::HashMap<&String, u32> = Default::default();
+    for id in wait.iter().chain(&failed) {
+        *seen.entry(id).or_default() += 1;
+    }
+    assert!(seen.values().all(|n| *n == 1), "a job in two places");
+    assert_eq!(
+        seen.len() as u64,
+        N,
+        "every job in exactly one place: {} + {}",
+        wait.len(),
+        failed.len()
+    );
+    let mut c = redis.connection().await;
+    for id in &wait {
+        let reason: Option<String> = redis::cmd("HGET")
+            .arg(format!("bull:render:{id}"))
+            .arg("failedReason")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(reason, None, "job {id} on wait is no longer marked failed");
+    }
+    let d = Daemon::start(&cfg.replace("requeue_batch: 1", "requeue_batch: 500"), &[]).await;
+    let report: serde_json::Value = reqwest::Client::new()
+        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:bullmq:render"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["requeued"].as_u64(), Some(failed.len() as u64), "{report}");
+    let wait = all(&redis, "LRANGE", "bull:render:wait").await;
+    let distinct: std::collections::HashSet<&String> = wait.iter().collect();
+    assert_eq!(
+        (wait.len() as u64, distinct.len() as u64),
+        (N, N),
+        "every job waiting once"
+    );
+}
+
+#[tokio::test]
+async fn a_bullmq_requeue_checks_every_key_first_and_leaves_flow_children_and_lost_jobs() {
+    let (redis, _dir, _flag) = failed_jobs(4).await;
+    let mut c = redis.connection().await;
+    let ids = all(&redis, "ZRANGE", "bull:render:failed").await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("bull:render:{}", ids[0]))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("bull:render:{}", ids[1]))
+        .arg("parentKey")
+        .arg("bull:flows:1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("bull:render:marker")
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let q = bullmq_queues(&redis, 100);
+    let fq = inferwatch::dlq::FrameworkQueue {
+        framework: inferwatch::dlq::Framework::Bullmq,
+        queue: "render".into(),
+    };
+    let e = q.requeue_all_framework(&fq).await.unwrap_err().to_string();
+    assert!(e.contains("bull:render:marker holds a string, not a zset"), "{e}");
+    assert_eq!(count(&redis, "ZCARD", "bull:render:failed").await, 4, "nothing moved");
+    let _: () = redis::cmd("DEL")
+        .arg("bull:render:marker")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let r = q.requeue_all_framework(&fq).await.unwrap();
+    assert_eq!((r.requeued, r.left, r.taken), (2, 2, 0), "{r:?}");
+    assert_eq!(all(&redis, "ZRANGE", "bull:render:failed").await, ids[..2].to_vec());
+    let marker = all(&redis, "ZRANGE", "bull:render:marker").await;
+    assert_eq!(marker, vec!["0".to_string()], "the worker's marker is set");
+}
