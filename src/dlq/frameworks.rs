@@ -174,6 +174,9 @@ impl Queues {
     fn move_script(&self, fq: &FrameworkQueue) -> Result<MoveScript, DlqError> {
         let config = self.config();
         let missing = || DlqError::NotFound(format!("{} is not a configured queue", fq.label()));
+        if !fq.framework.queues(&config).contains(&fq.queue) {
+            return Err(missing());
+        }
         match fq.framework {
             Framework::Rq => Ok(super::rq::requeue_script(
                 config.rq.as_ref().ok_or_else(missing)?,
