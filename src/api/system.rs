@@ -256,6 +256,7 @@ fn dlq_stats(state: &AppState) -> Option<DlqSummary> {
         queues: depths
             .iter()
             .map(|d| QueueView {
+                framework: queues.framework_label(&d.queue).map(|f| f.framework.name()),
                 dlq: queues.dlq_key(&d.queue),
                 queue: d.queue.clone(),
                 depth: d.depth,
@@ -325,6 +326,10 @@ pub struct DlqSummary {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct QueueView {
     queue: String,
+    /// The job framework whose queue this is (`rq`, `bullmq`,
+    /// `dramatiq`); absent for the seed's lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    framework: Option<&'static str>,
     /// Its DLQ's key.
     dlq: String,
     /// Jobs waiting (LLEN).

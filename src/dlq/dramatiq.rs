@@ -171,11 +171,16 @@ impl Queues {
     }
 }
 
+/// The error shown for a dead letter whose message holds no traceback
+/// (one that died on its first try: Dramatiq keeps no error for it).
+const NO_TRACEBACK: &str =
+    "dead-lettered by Dramatiq on its first try; Dramatiq keeps no traceback for a message's last try";
+
 /// One listed dead letter: the seed's `JobFailure` fields, the framework,
 /// the broker's message id, the actor and its arguments. Dramatiq stores
 /// the traceback of the try *before* the last (its Retries middleware
-/// writes it into the message it re-enqueues), so `error` is empty for a
-/// message that died on its first try.
+/// writes it into the message it re-enqueues), so a message that died on
+/// its first try shows [`NO_TRACEBACK`].
 fn listed(queue: &str, index: u64, f: &[redis::Value], cap: usize) -> Value {
     let id = text(f, 0);
     let raw = text(f, 3);
@@ -189,7 +194,10 @@ fn listed(queue: &str, index: u64, f: &[redis::Value], cap: usize) -> Value {
         "original_job": { "id": id, "actor_name": text(f, 2), "payload": payload,
             "message_timestamp": millis_rfc3339(text(f, 7).parse().ok()) },
         "payload_truncated": number(f, 4).unwrap_or(0) > cap as u64,
-        "error": text(f, 6),
+        "error": match text(f, 6) {
+            tb if tb.is_empty() => NO_TRACEBACK.to_string(),
+            tb => tb,
+        },
         "attempt_count": text(f, 5).parse::<u64>().ok(),
         "first_failed_at": null,
         "last_failed_at": millis_rfc3339(died),

@@ -128,6 +128,25 @@ impl Queues {
         })
     }
 
+    /// Each configured framework queue's label and failed set.
+    pub fn framework_failed_sets(&self) -> Vec<(String, String)> {
+        let config = self.config();
+        let mut out = Vec::new();
+        if let Some(c) = &config.rq {
+            let l = super::RqLayout::of(c);
+            out.extend(c.queues.iter().map(|q| (format!("rq:{q}"), l.failed_key(q))));
+        }
+        if let Some(c) = &config.bullmq {
+            let l = super::BullmqLayout::of(c);
+            out.extend(c.queues.iter().map(|q| (format!("bullmq:{q}"), l.key(q, "failed"))));
+        }
+        if let Some(c) = &config.dramatiq {
+            let l = super::DramatiqLayout::of(c);
+            out.extend(c.queues.iter().map(|q| (format!("dramatiq:{q}"), l.key(q, ".XQ"))));
+        }
+        out
+    }
+
     /// The framework queue `label` (`rq:default`) when it is configured.
     pub fn framework_label(&self, label: &str) -> Option<FrameworkQueue> {
         let dlq = format!("{}{label}", self.config().dlq_prefix);

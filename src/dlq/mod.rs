@@ -422,11 +422,17 @@ impl Queues {
     /// Live DLQ lengths for `/api/system/dlq/stats`.
     pub async fn dlq_counts(&self) -> Result<Vec<(String, u64)>, DlqError> {
         let mut pipe = redis::pipe();
-        for q in &self.config().names {
+        let mut names = self.config().names.clone();
+        for q in &names {
             pipe.llen(self.dlq_key(q));
         }
+        // The job frameworks' failed sets, each a sorted set.
+        for (label, key) in self.framework_failed_sets() {
+            pipe.zcard(key);
+            names.push(label);
+        }
         let counts: Vec<u64> = self.run_pipe(&pipe).await?;
-        Ok(self.config().names.iter().cloned().zip(counts).collect())
+        Ok(names.into_iter().zip(counts).collect())
     }
 
     /// Marks `queue` busy, or says a move is already running.

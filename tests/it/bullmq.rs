@@ -66,16 +66,16 @@ fn node(dir: &Path, redis: &Redis, args: &[&str]) -> Command {
 }
 
 /// Adds `n` jobs through BullMQ's `Queue.addBulk`.
-fn add(dir: &Path, redis: &Redis, n: usize) {
+pub fn add(dir: &Path, redis: &Redis, n: usize) {
     let out = node(dir, redis, &["add", &n.to_string()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// BullMQ's own Worker, until stopped.
-struct Worker(Child);
+pub struct Worker(Child);
 
 impl Worker {
-    fn start(dir: &Path, redis: &Redis, flag: &Path, concurrency: usize) -> Worker {
+    pub fn start(dir: &Path, redis: &Redis, flag: &Path, concurrency: usize) -> Worker {
         let child = node(
             dir,
             redis,
@@ -97,7 +97,7 @@ impl Drop for Worker {
 }
 
 /// Waits until the sorted set `set` holds `n` and nothing waits or runs.
-async fn settled(redis: &Redis, set: &str, n: u64) {
+pub async fn settled(redis: &Redis, set: &str, n: u64) {
     let set = set.to_string();
     eventually(
         &format!("BullMQ's worker to leave {n} jobs in {set}"),

@@ -52,7 +52,7 @@ fn python(dir: &Path, redis: &Redis, code: &str, retries: u32) {
 }
 
 /// Sends `n` messages through the actor's own `send`.
-fn send(dir: &Path, redis: &Redis, flag: &Path, n: usize, retries: u32) {
+pub fn send(dir: &Path, redis: &Redis, flag: &Path, n: usize, retries: u32) {
     let code = format!(
         "import dqjobs\nfor i in range({n}):\n    dqjobs.work.send({:?}, i)\n",
         flag.display().to_string()
@@ -61,10 +61,10 @@ fn send(dir: &Path, redis: &Redis, flag: &Path, n: usize, retries: u32) {
 }
 
 /// Dramatiq's own worker, until stopped.
-struct Worker(Proc);
+pub struct Worker(Proc);
 
 impl Worker {
-    fn start(dir: &Path, redis: &Redis, retries: u32) -> Worker {
+    pub fn start(dir: &Path, redis: &Redis, retries: u32) -> Worker {
         let child = Command::new(bin("dramatiq"))
             .args(["dqjobs", "--processes", "1", "--threads", "8", "--path"])
             .arg(dir)
@@ -93,7 +93,7 @@ impl Drop for Worker {
 
 /// Waits until `dead` messages are dead-lettered, `ran` have run, and
 /// nothing is queued, delayed or held.
-async fn settled(redis: &Redis, dead: u64, ran: u64) {
+pub async fn settled(redis: &Redis, dead: u64, ran: u64) {
     eventually(
         &format!("Dramatiq's worker to leave {dead} dead and {ran} run"),
         LIMIT,

@@ -19,7 +19,7 @@ fn rq_python() -> PathBuf {
 /// A job module: `work(flag, n)` raises while the flag file exists, else
 /// appends `n` to the Redis list `ran` (so the test can count each run;
 /// the worker gets the Redis URL in `REDIS_URL`).
-fn write_jobs(dir: &Path) {
+pub fn write_jobs(dir: &Path) {
     std::fs::write(
         dir.join("rqjobs.py"),
         "import os\nfrom redis import Redis\n\n\
@@ -43,7 +43,7 @@ fn rq(dir: &Path, redis: &Redis, code: &str) {
 }
 
 /// Enqueues `n` jobs on queue `q` through RQ's own `Queue.enqueue`.
-fn enqueue(dir: &Path, redis: &Redis, q: &str, n: usize, flag: &Path) {
+pub fn enqueue(dir: &Path, redis: &Redis, q: &str, n: usize, flag: &Path) {
     rq(
         dir,
         redis,
@@ -62,7 +62,7 @@ fn enqueue(dir: &Path, redis: &Redis, q: &str, n: usize, flag: &Path) {
 /// than awaited, as RQ's worker can take up to a minute more to exit (its
 /// command listener is a pubsub thread polled with a 60 s timeout, which
 /// it joins on the way out).
-async fn burst_worker(dir: &Path, redis: &Redis, q: &str, registry: &str, count: u64) {
+pub async fn burst_worker(dir: &Path, redis: &Redis, q: &str, registry: &str, count: u64) {
     let mut worker = std::process::Command::new(dir_bin("rq"))
         .args(["worker", "--burst", "--url", &redis.url(), "--path"])
         .arg(dir)

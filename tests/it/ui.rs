@@ -53,3 +53,56 @@ async fn the_dlq_page_shows_and_moves_jobs_in_headless_chromium() {
         );
     }
 }
+
+/// The job frameworks' failed sets in the console: jobs that RQ's,
+/// BullMQ's and Dramatiq's own workers failed are listed with their errors
+/// and requeued by clicking (the browser steps: tests/ui/framework_page.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frameworks_failed_jobs_are_listed_and_requeued_in_headless_chromium() {
+    const N: u64 = 12;
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("flag");
+    std::fs::write(&flag, "up").unwrap();
+    crate::job_frameworks::write_jobs(dir.path());
+    crate::job_frameworks::enqueue(dir.path(), &redis, "default", N as usize, &flag);
+    crate::job_frameworks::burst_worker(dir.path(), &redis, "default", "failed", N).await;
+    crate::bullmq::add(dir.path(), &redis, N as usize);
+    let w = crate::bullmq::Worker::start(dir.path(), &redis, &flag, 4);
+    crate::bullmq::settled(&redis, "bull:render:failed", N).await;
+    drop(w);
+    crate::dramatiq::send(dir.path(), &redis, &flag, N as usize, 1);
+    let w = crate::dramatiq::Worker::start(dir.path(), &redis, 1);
+    crate::dramatiq::settled(&redis, N, 0).await;
+    drop(w);
+
+    let config = format!(
+        "gpu:\n  enabled: false\napi:\n  token: {TOKEN}\nqueues:\n  redis_url: {}\n  poll_interval: 200ms\n  names: [seed]\n  \
+         rq: {{queues: [default]}}\n  bullmq: {{queues: [render]}}\n  dramatiq: {{queues: [default]}}\n",
+        redis.url()
+    );
+    let d = Daemon::start(&config, &[]).await;
+    let shots = repo().join("target/ui");
+    std::fs::create_dir_all(&shots).unwrap();
+    let _ = std::fs::remove_file(shots.join("dlq-frameworks.png"));
+    let out = tokio::process::Command::new("/usr/bin/python3")
+        .arg(repo().join("tests/ui/framework_page.py"))
+        .env("BASE", d.url(""))
+        .env("REDIS_PORT", redis.port.to_string())
+        .env("TOKEN", TOKEN)
+        .env("SHOTS", &shots)
+        .env("N", N.to_string())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("/usr/bin/python3 runs (scripts/test installs python3-selenium)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the browser checks failed:\n{text}");
+    assert!(text.contains("ui: all framework checks passed"), "{text}");
+    let bytes = std::fs::read(shots.join("dlq-frameworks.png")).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000);
+}

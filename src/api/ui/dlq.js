@@ -141,8 +141,16 @@ function makePanel(view) {
   const node = $('#queue-tpl').content.firstElementChild.cloneNode(true);
   node.dataset.queue = view.queue;
   const p = { node, queue: view.queue, dlq: view.dlq, count: 0, history: [], start: 0, cursors: [],
-    filter: {}, archive: null, task: null };
+    filter: {}, archive: null, task: null, framework: view.framework || null };
   $('.q-name', node).textContent = view.queue;
+  if (p.framework) {
+    // A job framework's failed set: listed and requeued; the rest of the
+    // console's moves are the seed's lists' only (docs/job-frameworks.md).
+    node.classList.add('framework');
+    node.dataset.framework = p.framework;
+    $('.q-name', node).append(' ', el('span', { class: 'tag', text: p.framework }));
+    for (const c of ['.clear-all', '.undo', '.filters']) $(c, node).hidden = true;
+  }
   node.addEventListener('toggle', () => { if (node.open) loadJobs(p); });
   $('.requeue-all', node).addEventListener('click', () => requeueAll(p));
   $('.clear-all', node).addEventListener('click', () => clearAll(p));
@@ -203,7 +211,7 @@ function jobRow(p, job) {
   else err.append(job.error === undefined ? '' : String(job.error));
   const row = el('tr', { class: 'job' + (malformed ? ' malformed' : '') },
     el('td', {}, expand), el('td', { text: String(job.index) }), err,
-    el('td', { text: job.attempt_count === undefined ? '' : String(job.attempt_count) }),
+    el('td', { text: job.attempt_count === undefined || job.attempt_count === null ? '' : String(job.attempt_count) }),
     el('td', { text: fmtTime(job.first_failed_at) }), el('td', { text: fmtTime(job.last_failed_at) }),
     el('td', { class: 'acts' },
       el('button', { type: 'button', class: 'job-requeue', text: 'Requeue', onclick: () => single(p, job, 'requeue') }),
@@ -212,6 +220,7 @@ function jobRow(p, job) {
   row.dataset.id = job.id;
   row.dataset.index = job.index;
   if (job.malformed) $('.job-requeue', row).disabled = true;
+  if (p.framework) $('.acts', row).replaceChildren();
   const detail = el('tr', { class: 'detail', hidden: '' });
   let shown;
   if (job.original_job !== undefined) shown = JSON.stringify(job.original_job, null, 2);
@@ -261,6 +270,7 @@ function page(p, dir) {
 }
 
 async function loadArchives(p) {
+  if (p.framework) return;
   const list = await api('GET', '/api/system/dlq/archives?' + q({ queue: p.dlq }));
   const newest = list.find((a) => a.jobs > 0) || null;
   p.archive = newest;
@@ -276,7 +286,7 @@ async function requeueAll(p) {
   if (!ok) return;
   await act(async () => {
     const r = await api('POST', '/api/system/dlq/requeue-all?' + q({ queue: p.dlq }));
-    return `Requeued ${r.requeued} jobs of ${p.dlq}` + (r.skipped_malformed ? `; ${r.skipped_malformed} malformed stayed` : '') + '.';
+    return `Requeued ${r.requeued} jobs of ${p.dlq}` + (r.skipped_malformed ? `; ${r.skipped_malformed} malformed stayed` : '') + (r.left ? `; ${r.left} stayed` : '') + (r.taken ? `; ${r.taken} taken by another` : '') + '.';
   });
 }
 
