@@ -118,6 +118,14 @@ pub fn framework_patterns(config: &Config) -> (Vec<String>, Vec<String>) {
             );
         }
     }
+    if let Some(c) = &config.queues.celery {
+        // kombu's priority lists are `<q>\x06\x16<p>`: a pattern with `?`
+        // for the two control characters keeps the line printable.
+        for q in &c.queues {
+            read.extend([glob_escape(q), format!("{}??[369]", glob_escape(q))]);
+        }
+        read.extend(["unacked".to_string(), "unacked_index".to_string()]);
+    }
     (write, read)
 }
 

@@ -256,7 +256,7 @@ fn dlq_stats(state: &AppState) -> Option<DlqSummary> {
         queues: depths
             .iter()
             .map(|d| QueueView {
-                framework: queues.framework_label(&d.queue).map(|f| f.framework.name()),
+                framework: queues.framework_of(&d.queue),
                 dlq: queues.dlq_key(&d.queue),
                 queue: d.queue.clone(),
                 depth: d.depth,
@@ -327,7 +327,7 @@ pub struct DlqSummary {
 pub struct QueueView {
     queue: String,
     /// The job framework whose queue this is (`rq`, `bullmq`,
-    /// `dramatiq`); absent for the seed's lists.
+    /// `dramatiq`, `celery`); absent for the seed's lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     framework: Option<&'static str>,
     /// Its DLQ's key.

@@ -234,7 +234,11 @@ impl QueueCollector {
     ) -> QueueCollector {
         // Jobs in flight: the seed's processing lists, or a framework's own.
         let c = queues.config();
-        let processing = c.processing_suffix.is_some() || c.rq.is_some() || c.bullmq.is_some() || c.dramatiq.is_some();
+        let processing = c.processing_suffix.is_some()
+            || c.rq.is_some()
+            || c.bullmq.is_some()
+            || c.dramatiq.is_some()
+            || c.celery.is_some();
         let max_wait = family::<GaugeVec>(
             "job_queue_max_wait_seconds",
             "How long the job at the queue's consumer end may wait (queues.max_wait, or queues.max_wait_by_queue): QueueWaitTooLong compares job_queue_oldest_age_seconds with it.",

@@ -147,6 +147,23 @@ impl Queues {
         out
     }
 
+    /// The job framework whose configured queue `label` is (`rq`,
+    /// `bullmq`, `dramatiq`, or `celery`, which is read only).
+    pub fn framework_of(&self, label: &str) -> Option<&'static str> {
+        if let Some(fq) = self.framework_label(label) {
+            return Some(fq.framework.name());
+        }
+        let q = label.strip_prefix("celery:")?;
+        let config = self.config();
+        config
+            .celery
+            .as_ref()?
+            .queues
+            .iter()
+            .any(|n| n == q)
+            .then_some("celery")
+    }
+
     /// The framework queue `label` (`rq:default`) when it is configured.
     pub fn framework_label(&self, label: &str) -> Option<FrameworkQueue> {
         let dlq = format!("{}{label}", self.config().dlq_prefix);

@@ -44,6 +44,7 @@ use crate::redis_conn::{is_connection_error, RedisConn};
 
 mod archives;
 mod bullmq;
+mod celery;
 mod dramatiq;
 mod entry;
 mod frameworks;
@@ -60,6 +61,7 @@ mod watch;
 
 pub use archives::{ArchiveInfo, ClearReport, RestoreReport};
 pub use bullmq::BullmqLayout;
+pub use celery::celery_keys;
 pub use dramatiq::DramatiqLayout;
 pub use entry::{parse_entry, JobFailure};
 pub use frameworks::{Framework, FrameworkQueue, FrameworkRequeueReport};
@@ -263,6 +265,8 @@ pub struct Queues {
     busy: Mutex<std::collections::HashSet<String>>,
     /// This process's background move tasks.
     pub tasks: tasks::Registry,
+    /// When the daemon first saw Celery's messages (they carry no time).
+    celery_sightings: celery::CelerySightings,
 }
 
 /// Clears the busy flag and the in-progress gauge when a requeue ends,
@@ -296,6 +300,7 @@ impl Queues {
             metrics,
             busy: Mutex::new(Default::default()),
             tasks: Default::default(),
+            celery_sightings: Default::default(),
             config: RwLock::new(Arc::new(config)),
         }))
     }

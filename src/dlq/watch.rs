@@ -131,6 +131,7 @@ impl Queues {
         out.extend(self.poll_rq().await?);
         out.extend(self.poll_bullmq().await?);
         out.extend(self.poll_dramatiq().await?);
+        out.extend(self.poll_celery().await?);
         // Replaced whole: a queue a reload removed is gone from it.
         *seen.last.lock().unwrap_or_else(|e| e.into_inner()) =
             out.iter().map(|d| (d.queue.clone(), d.clone())).collect();

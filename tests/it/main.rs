@@ -8,6 +8,7 @@ mod alerting;
 mod attribution;
 mod bullmq;
 mod bundle;
+mod celery;
 mod config;
 mod dashboards;
 mod dlq;

@@ -150,6 +150,8 @@ function makePanel(view) {
     node.dataset.framework = p.framework;
     $('.q-name', node).append(' ', el('span', { class: 'tag', text: p.framework }));
     for (const c of ['.clear-all', '.undo', '.filters']) $(c, node).hidden = true;
+    // Celery's broker keeps no failed jobs: its panel shows the queue only.
+    if (p.framework === 'celery') for (const c of ['.toolbar', '.scroll', '.pager']) $(c, node).hidden = true;
   }
   node.addEventListener('toggle', () => { if (node.open) loadJobs(p); });
   $('.requeue-all', node).addEventListener('click', () => requeueAll(p));
@@ -181,7 +183,8 @@ function updatePanel(p, view, count) {
   p.count = count;
   p.dlq = view.dlq || p.dlq;
   const c = $('.q-count', p.node);
-  c.textContent = count + (count === 1 ? ' failed job' : ' failed jobs');
+  c.textContent = p.framework === 'celery' ? `${view.depth} waiting (read only)`
+    : count + (count === 1 ? ' failed job' : ' failed jobs');
   c.classList.toggle('zero', count === 0);
   $('.q-age', p.node).textContent = view.oldest_age_seconds ? 'oldest ' + fmtAge(view.oldest_age_seconds) : '';
   $('.q-active', p.node).textContent = view.active === null || view.active === undefined ? ''
@@ -236,7 +239,7 @@ function jobRow(p, job) {
 }
 
 async function loadJobs(p) {
-  if (!p.node.open) return;
+  if (!p.node.open || p.framework === 'celery') return;
   const size = Number($('.page-size', p.node).value);
   const params = Object.assign({ limit: size }, p.filter);
   if (filtered(p)) params.cursor = p.start; else params.start = p.start;
