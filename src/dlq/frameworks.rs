@@ -354,11 +354,11 @@ mod tests {
     #[test]
     fn a_page_stops_at_the_budget_but_holds_at_least_one_job() {
         let jobs: Vec<Value> = (0..10).map(|i| json!({"id": i, "pad": "x".repeat(100)})).collect();
-        let p = page("dlq:rq:default", (0, 10), 10, jobs.clone(), 350);
+        let p = page("dlq:rq:default", (0, 10), 10, jobs.clone(), 360);
         assert_eq!(p["jobs"].as_array().unwrap().len(), 3);
         assert_eq!(
             (p["limit"].as_u64(), p["byte_budget_reached"].as_u64()),
-            (Some(3), Some(350))
+            (Some(3), Some(360))
         );
         let p = page("dlq:rq:default", (0, 10), 10, jobs, 10);
         assert_eq!(p["jobs"].as_array().unwrap().len(), 1);
