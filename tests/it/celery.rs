@@ -57,7 +57,7 @@ fn command(dir: &Path, redis: &Redis, program: PathBuf) -> Command {
     c
 }
 
-fn python(dir: &Path, redis: &Redis, code: &str) -> String {
+pub fn python(dir: &Path, redis: &Redis, code: &str) -> String {
     let out = command(dir, redis, bin("python")).arg("-c").arg(code).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -632,3 +632,88 @@ async fn sigkill_of_the_daemon_mid_rq_requeue_leaves_each_job_in_one_place() {
     assert_eq!((queue.len(), distinct.len()), (N, N), "every job on the queue once");
     assert_eq!(zcard("rq:failed:default").await, 0);
 }
+
+#[tokio::test]
+async fn the_least_privileged_user_moves_bullmqs_and_dramatiqs_failed_jobs_and_only_reads_celerys() {
+    let redis = Redis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("flag");
+    std::fs::write(&flag, "up").unwrap();
+    crate::bullmq::add(dir.path(), &redis, 3);
+    let w = crate::bullmq::Worker::start(dir.path(), &redis, &flag, 2);
+    crate::bullmq::settled(&redis, "bull:render:failed", 3).await;
+    drop(w);
+    crate::dramatiq::send(dir.path(), &redis, &flag, 3, 0);
+    let w = crate::dramatiq::Worker::start(dir.path(), &redis, 0);
+    crate::dramatiq::settled(&redis, 3, 0).await;
+    drop(w);
+    crate::celery::python(
+        dir.path(),
+        &redis,
+        "import ctasks\nfor i in range(4):\n    ctasks.work.apply_async(('/none', i), priority=i * 3)\n",
+    );
+
+    let cfg = format!(
+        "gpu:\n  enabled: false\npipeline:\n  stream:\n    enabled: false\nqueues:\n  redis_url: redis://least@127.0.0.1:{}/0\n  \
+         poll_interval: 100ms\n  names: [seed]\n  bullmq: {{queues: [render]}}\n  dramatiq: {{queues: [default]}}\n  celery: {{queues: [celery]}}\n",
+        redis.port
+    );
+    let line = acl_line(&cfg, "pw-least");
+    assert!(line.contains(" ~bull:render:* "), "{line}");
+    assert!(
+        line.contains("~dramatiq:default ~dramatiq:default.msgs ~dramatiq:default.XQ ~dramatiq:default.XQ.msgs"),
+        "{line}"
+    );
+    assert!(
+        line.contains("%R~celery %R~celery??[369] %R~unacked %R~unacked_index"),
+        "{line}"
+    );
+    redis.apply_acl(&line).await;
+    let d = Daemon::start(&cfg.replace("least@", "least:pw-least@"), &[]).await;
+    eventually("every framework's queue read as the least user", LIMIT, async || {
+        let page = d.get_text("/metrics").await;
+        (sample_value(&page, "dlq_depth{queue=\"bullmq:render\"}") == Some(3.0)
+            && sample_value(&page, "dlq_depth{queue=\"dramatiq:default\"}") == Some(3.0)
+            && sample_value(&page, "job_queue_depth{queue=\"celery:celery\"}") == Some(4.0))
+        .then_some(())
+    })
+    .await;
+    for dlq in ["dlq:bullmq:render", "dlq:dramatiq:default"] {
+        assert_eq!(d.get_json(&format!("/api/dlq/jobs/{dlq}")).await["total"], 3, "{dlq}");
+        let report: serde_json::Value = reqwest::Client::new()
+            .post(d.url(&format!("/api/system/dlq/requeue-all?queue={dlq}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["requeued"], 3, "{dlq}: {report}");
+    }
+    assert_eq!(count(&redis, "LLEN", "bull:render:wait").await, 3);
+    assert_eq!(count(&redis, "LLEN", "dramatiq:default").await, 3);
+    // Celery's keys are read only, and nothing else is reachable.
+    let mut user = redis::Client::open(format!("redis://least:pw-least@127.0.0.1:{}/0", redis.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for (what, cmd) in [
+        ("RPUSH celery", redis::cmd("RPUSH").arg("celery").arg("x").clone()),
+        (
+            "HSET unacked",
+            redis::cmd("HSET").arg("unacked").arg("t").arg("x").clone(),
+        ),
+        (
+            "RPUSH bull:other:wait",
+            redis::cmd("RPUSH").arg("bull:other:wait").arg("x").clone(),
+        ),
+        (
+            "SADD dramatiq:__acks__.w.default",
+            redis::cmd("SADD").arg("dramatiq:__acks__.w.default").arg("x").clone(),
+        ),
+    ] {
+        let e = cmd.query_async::<()>(&mut user).await.expect_err(what);
+        assert_eq!(e.code(), Some("NOPERM"), "{what}: {e}");
+    }
+}
