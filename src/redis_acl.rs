@@ -46,6 +46,7 @@ pub const COMMANDS: &[&str] = &[
     "zcard",
     "zrange",
     "zrem",
+    "zscore",
     "hget",
     "hmget",
     "hset",

@@ -86,7 +86,8 @@ for i = 2, #ARGV do
   local id = ARGV[i]
   local job = ARGV[1] .. id
   if redis.call('TYPE', job).ok ~= 'hash' or redis.call('HEXISTS', job, 'parentKey') == 1 then
-    left = left + 1
+    -- Not in the failed set at all (taken, or never there), or one to leave.
+    if redis.call('ZSCORE', KEYS[1], id) then left = left + 1 else taken = taken + 1 end
   elseif redis.call('ZREM', KEYS[1], id) == 1 then
     redis.call('HDEL', job, 'finishedOn', 'processedOn', 'failedReason')
     local priority = tonumber(redis.call('HGET', job, 'priority')) or 0

@@ -71,7 +71,8 @@ for i = 1, #ARGV do
   local id = ARGV[i]
   local msg = redis.call('HGET', KEYS[2], id)
   if not msg then
-    left = left + 1
+    -- Not a dead letter at all (taken, or never one), or one without its message.
+    if redis.call('ZSCORE', KEYS[1], id) then left = left + 1 else taken = taken + 1 end
   elseif redis.call('ZREM', KEYS[1], id) == 1 then
     redis.call('HSET', KEYS[4], id, msg)
     redis.call('HDEL', KEYS[2], id)

@@ -207,7 +207,7 @@ impl Queues {
     }
 
     /// The requeue script of `fq`'s framework.
-    fn move_script(&self, fq: &FrameworkQueue) -> Result<MoveScript, DlqError> {
+    pub(super) fn move_script(&self, fq: &FrameworkQueue) -> Result<MoveScript, DlqError> {
         let config = self.config();
         let missing = || DlqError::NotFound(format!("{} is not a configured queue", fq.label()));
         if !fq.framework.queues(&config).contains(&fq.queue) {
@@ -231,7 +231,7 @@ impl Queues {
 
     /// One batch of ids through a framework's script, never retried (a
     /// move whose reply was lost may have happened).
-    async fn move_batch(&self, script: &MoveScript, ids: &[String]) -> Result<(u64, u64, u64), DlqError> {
+    pub(super) async fn move_batch(&self, script: &MoveScript, ids: &[String]) -> Result<(u64, u64, u64), DlqError> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(script.lua).arg(script.keys.len()).arg(&script.keys);
         cmd.arg(&script.args).arg(ids);

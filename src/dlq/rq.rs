@@ -101,7 +101,8 @@ for i = 4, #ARGV do
   local id = ARGV[i]
   local job = ARGV[1] .. id
   if redis.call('TYPE', job).ok ~= 'hash' or redis.call('HGET', job, 'origin') ~= ARGV[2] then
-    missing = missing + 1
+    -- Not in the failed set at all (taken, or never there), or stuck there.
+    if redis.call('ZSCORE', KEYS[1], id) then missing = missing + 1 else taken = taken + 1 end
   elseif redis.call('ZREM', KEYS[1], id) == 1 then
     redis.call('HSET', job, 'status', 'queued', 'started_at', '', 'ended_at', '', 'enqueued_at', ARGV[3])
     redis.call('RPUSH', KEYS[2], id)

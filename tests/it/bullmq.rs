@@ -325,3 +325,15 @@ async fn a_bullmq_requeue_checks_every_key_first_and_leaves_flow_children_and_lo
     let marker = all(&redis, "ZRANGE", "bull:render:marker").await;
     assert_eq!(marker, vec!["0".to_string()], "the worker's marker is set");
 }
+
+#[tokio::test]
+async fn bullmq_jobs_requeued_one_by_filter_and_all_through_the_api_run_once_each() {
+    let (redis, dir, flag) = failed_jobs(30).await;
+    let d = Daemon::start(&config(&redis), &[]).await;
+    std::fs::remove_file(&flag).unwrap();
+    // One job, those whose error names jobs 1x, then the rest.
+    crate::job_frameworks::requeue_three_ways(&d, "dlq:bullmq:render", 30, "job 1").await;
+    let _w = Worker::start(dir.path(), &redis, &flag, 5);
+    settled(&redis, "bull:render:completed", 30).await;
+    assert_eq!(runs(&redis).await, (30, 30), "each job ran exactly once");
+}

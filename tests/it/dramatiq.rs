@@ -282,3 +282,15 @@ async fn a_dramatiq_requeue_checks_every_key_first_and_leaves_a_dead_letter_with
     assert_eq!((r.requeued, r.left, r.taken), (2, 1, 0), "{r:?}");
     assert_eq!(all(&redis, "ZRANGE", "dramatiq:default.XQ").await, vec![ids[0].clone()]);
 }
+
+#[tokio::test]
+async fn dramatiq_messages_requeued_one_by_filter_and_all_through_the_api_run_once_each() {
+    let (redis, dir, flag) = dead_letters(30, 1).await;
+    let d = Daemon::start(&config(&redis), &[]).await;
+    std::fs::remove_file(&flag).unwrap();
+    // One message, those whose traceback names jobs 1x, then the rest.
+    crate::job_frameworks::requeue_three_ways(&d, "dlq:dramatiq:default", 30, "job 1").await;
+    let _w = Worker::start(dir.path(), &redis, 1);
+    settled(&redis, 0, 30).await;
+    assert_eq!(runs(&redis).await, (30, 30), "each message ran exactly once");
+}

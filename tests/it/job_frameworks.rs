@@ -314,12 +314,18 @@ async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_a
     }
     let by_query = d.get_json("/api/system/dlq/jobs?queue=dlq:rq:default&limit=2").await;
     assert_eq!(by_query["jobs"].as_array().unwrap().len(), 2, "{by_query}");
+    // A filter over the tracebacks, in bounded scans (a cursor to go on).
+    let scan = d.get_json("/api/dlq/jobs/dlq:rq:default?error=JOB%207:&limit=10").await;
+    let found = scan["jobs"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "job 7 only: {scan}");
+    assert!(found[0]["error"].as_str().unwrap().contains("job 7: the flag is up"));
+    assert_eq!(scan["next_cursor"], serde_json::Value::Null, "{scan}");
     let resp = client
-        .get(d.url("/api/dlq/jobs/dlq:rq:default?error=flag"))
+        .get(d.url("/api/dlq/jobs/dlq:rq:default?older_than=soon"))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400, "filters are refused for RQ, saying so");
+    assert_eq!(resp.status(), 400, "a bad filter is refused, saying so");
     // Each traceback is cut at list_entry_max_bytes (RQ's run over 256).
     let small = config(&redis).replace(
         "  rq:",
@@ -341,14 +347,8 @@ async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_a
     assert_eq!(failed, 50);
 
     std::fs::remove_file(&flag).unwrap();
-    let resp = post("dlq:rq:default").await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let report: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(
-        (report["requeued"].as_u64(), report["left"].as_u64()),
-        (Some(50), Some(0)),
-        "{report}"
-    );
+    // One job, those whose traceback names jobs 1x, then the rest.
+    requeue_three_ways(&d, "dlq:rq:default", 50, "job 1").await;
     burst_worker(dir.path(), &redis, "default", "finished", 50).await;
     assert_eq!(runs(&redis).await, (50, 50), "each job ran exactly once");
 
@@ -365,13 +365,13 @@ async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_a
         .json()
         .await
         .unwrap();
-    let row = &audit["rows"][0];
-    assert_eq!(
-        (row["action"].as_str(), row["queue"].as_str()),
-        (Some("requeue_all"), Some("dlq:rq:default")),
-        "{audit}"
-    );
-    assert_eq!(row["counts"]["moved"], 50, "{audit}");
+    // Each of the three moves audited, newest first, the moves adding up.
+    let rows = &audit["rows"].as_array().unwrap()[..3];
+    let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["requeue_all", "requeue_filtered", "requeue_job"], "{audit}");
+    assert!(rows.iter().all(|r| r["queue"] == "dlq:rq:default"), "{audit}");
+    let moved: u64 = rows.iter().map(|r| r["counts"]["moved"].as_u64().unwrap()).sum();
+    assert_eq!(moved, 50, "{audit}");
     // An RQ queue that is not configured is no DLQ.
     assert_eq!(post("dlq:rq:other").await.unwrap().status(), 404);
 }
@@ -716,4 +716,72 @@ async fn the_least_privileged_user_moves_bullmqs_and_dramatiqs_failed_jobs_and_o
         let e = cmd.query_async::<()>(&mut user).await.expect_err(what);
         assert_eq!(e.code(), Some("NOPERM"), "{what}: {e}");
     }
+}
+
+/// Requeues the `n` failed jobs of framework DLQ `dlq` through the API in
+/// the three ways it offers: one job by the framework's id (a second try
+/// is 404: it is no longer failed), those whose error holds `pattern`
+/// (after a dry run that moves nothing), then the rest. Each job is moved
+/// once: the three counts add up to `n`.
+pub async fn requeue_three_ways(d: &Daemon, dlq: &str, n: u64, pattern: &str) {
+    let client = reqwest::Client::new();
+    let post = |path: String| client.post(d.url(&path)).send();
+    let total = async || {
+        d.get_json(&format!("/api/dlq/jobs/{dlq}?limit=1")).await["total"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = d.get_json(&format!("/api/dlq/jobs/{dlq}?limit=1")).await;
+    let id = first["jobs"][0]["id"].as_str().unwrap().to_string();
+    let one = post(format!("/api/system/dlq/jobs/{id}/requeue?queue={dlq}&index=0"))
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200, "{:?}", one.text().await);
+    let again = post(format!("/api/system/dlq/jobs/{id}/requeue?queue={dlq}"))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404, "a job no longer failed is not moved twice");
+    let bad = post(format!("/api/system/dlq/jobs/a%20b/requeue?queue={dlq}"))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(total().await, n - 1);
+
+    let filter = format!("queue={dlq}&error={}", pattern.replace(' ', "%20"));
+    let dry: serde_json::Value = post(format!("/api/system/dlq/requeue?{filter}&dry_run=true"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let matched = dry["matched"].as_u64().unwrap();
+    assert!(matched > 0 && matched < n - 1, "{dry}");
+    assert_eq!(
+        (dry["requeued"].as_u64(), total().await),
+        (Some(0), n - 1),
+        "a dry run moves nothing"
+    );
+    let search = d
+        .get_json(&format!(
+            "/api/dlq/jobs/{dlq}?{}&limit=1000",
+            &filter[filter.find('&').unwrap() + 1..]
+        ))
+        .await;
+    assert_eq!(search["jobs"].as_array().unwrap().len() as u64, matched, "{search}");
+    let moved: serde_json::Value = post(format!("/api/system/dlq/requeue?{filter}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moved["requeued"].as_u64(), Some(matched), "{moved}");
+    assert_eq!(total().await, n - 1 - matched);
+    let rest: serde_json::Value = post(format!("/api/system/dlq/requeue-all?queue={dlq}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["requeued"].as_u64(), Some(n - 1 - matched), "{rest}");
+    assert_eq!(total().await, 0);
 }

@@ -41,23 +41,22 @@ enum Listing {
     Search(crate::dlq::SearchPage),
 }
 
-/// A page of a job framework's failed jobs (`dlq:<framework>:<q>`);
-/// filters and the cursor are not offered for framework queues yet, and
-/// are refused saying so.
+/// A page of a job framework's failed jobs (`dlq:<framework>:<q>`), in
+/// the failed set's order; with a filter or cursor, the matches of one
+/// bounded scan, as the seed's listing.
 async fn list_framework(
     queues: &Queues,
     fq: &FrameworkQueue,
     dlq: &str,
     p: &ListingQuery,
 ) -> Result<Json<Value>, AppError> {
-    if p.a.cursor.is_some() || !p.b.filter()?.is_empty() {
-        return Err(AppError::bad_request(
-            "filters and cursor are not offered for job framework queues yet; page with start and limit",
-            json!({ "parameters": ["start", "limit"], "queue": dlq }),
-        ));
+    let (start, limit, cursor) = (p.a.start.unwrap_or(0), p.a.limit.unwrap_or(100), p.a.cursor);
+    let filter = p.b.filter()?;
+    if filter.is_empty() && cursor.is_none() {
+        return Ok(Json(queues.list_framework(fq, dlq, start, limit).await?));
     }
-    let (start, limit) = (p.a.start.unwrap_or(0), p.a.limit.unwrap_or(100));
-    Ok(Json(queues.list_framework(fq, dlq, start, limit).await?))
+    let page = queues.search_framework(fq, dlq, &filter, (cursor.unwrap_or(start), limit));
+    Ok(Json(page.await?))
 }
 
 async fn list(queues: &Queues, base: &str, p: &ListingQuery) -> Result<Json<Value>, AppError> {

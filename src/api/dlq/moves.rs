@@ -179,8 +179,11 @@ async fn single(
     p: JobAt,
     action: SingleAction,
 ) -> Result<Json<Value>, AppError> {
-    id_param(&id)?;
     let queues = queues(&state)?.clone();
+    if let Some(fq) = p.queue.as_deref().and_then(|d| queues.framework_queue(d)) {
+        return single_framework(&state, &actor, &queues, fq, &id, action).await;
+    }
+    id_param(&id)?;
     let base = queue_param(p.queue.as_deref(), &queues)?;
     let index = index_param(p.index)?;
     let name = match action {
@@ -202,6 +205,43 @@ async fn single(
     )
     .await?;
     Ok(Json(serde_json::to_value(report).expect("reports serialise")))
+}
+
+/// One job of a framework's failed set, by the framework's own id (the
+/// listing's `id`; `index` is not needed): requeued as requeue-all moves
+/// it. Delete is the seed's lists' only (it archives an entry).
+async fn single_framework(
+    state: &AppState,
+    actor: &Actor,
+    queues: &crate::dlq::Queues,
+    fq: crate::dlq::FrameworkQueue,
+    id: &str,
+    action: SingleAction,
+) -> Result<Json<Value>, AppError> {
+    if action == SingleAction::Delete {
+        return Err(AppError::bad_request(
+            "a job framework's failed job is not deleted by inferwatch: requeue it, or remove it with the framework",
+            json!({ "allowed": ["requeue"], "queue": format!("dlq:{}", fq.label()) }),
+        ));
+    }
+    if !crate::dlq::valid_framework_id(id) {
+        return Err(AppError::bad_request(
+            format!("{id:?} is not a job id: 1–128 of A-Za-z0-9_.:-, the framework's own id as the listing returns"),
+            json!({ "parameter": "id", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" }),
+        ));
+    }
+    let dlq = format!("{}{}", queues.config().dlq_prefix, fq.label());
+    let report = audited(
+        state,
+        |_: &Value| {
+            let mut row = AuditRow::new(&actor.0, "requeue_job", &dlq);
+            row.counts = json!({ "moved": 1, "id": id });
+            row
+        },
+        || async { Ok(queues.requeue_framework_job(&fq, id).await?) },
+    )
+    .await?;
+    Ok(Json(report))
 }
 
 /// `POST /api/system/dlq/jobs/{id}/requeue?queue=…&index=N`.
@@ -242,6 +282,50 @@ pub async fn delete_job(
     single(state, actor, id, p, SingleAction::Delete).await
 }
 
+/// The filtered requeue (or its dry run) of a framework's failed set; it
+/// runs to the end (`async` and `rate` are refused, as for requeue-all).
+async fn requeue_filtered_framework(
+    state: &AppState,
+    actor: &Actor,
+    queues: &std::sync::Arc<crate::dlq::Queues>,
+    fq: crate::dlq::FrameworkQueue,
+    p: &Filtered,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    if p.a.background == Some(true) || p.a.rate.is_some() {
+        return Err(AppError::bad_request(
+            "a job framework's requeue runs to the end: async and rate are not offered for framework queues",
+            json!({ "parameters": ["async", "rate"], "allowed": "neither, for dlq:<framework>:<queue>" }),
+        ));
+    }
+    let (filter, max) = (p.b.filter()?, p.a.max);
+    if p.a.dry_run == Some(true) {
+        let report = queues.requeue_framework_matching(&fq, &filter, max, true).await?;
+        return Ok((
+            StatusCode::OK,
+            Json(serde_json::to_value(report).expect("reports serialise")),
+        ));
+    }
+    let dlq = format!("{}{}", queues.config().dlq_prefix, fq.label());
+    let report = audited(
+        state,
+        |r: &crate::dlq::FrameworkMoveReport| {
+            let mut row = AuditRow::new(&actor.0, "requeue_filtered", &dlq);
+            row.filter = Some(serde_json::to_value(&filter).unwrap_or_default());
+            row.counts = json!({ "moved": r.requeued, "matched": r.matched, "taken": r.taken, "left": r.left });
+            row
+        },
+        || {
+            let (queues, filter) = (queues.clone(), filter.clone());
+            to_the_end(async move { queues.requeue_framework_matching(&fq, &filter, max, false).await })
+        },
+    )
+    .await?;
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::to_value(report).expect("reports serialise")),
+    ))
+}
+
 /// `POST /api/system/dlq/requeue?queue=…&<filters>&dry_run&max&rate&async`.
 #[utoipa::path(post, path = "/api/system/dlq/requeue", tag = "dlq",
     params(Filtered),
@@ -258,6 +342,9 @@ pub async fn requeue_filtered(
     Query(p): Query<Filtered>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let queues = queues(&state)?.clone();
+    if let Some(fq) = p.a.queue.as_deref().and_then(|d| queues.framework_queue(d)) {
+        return requeue_filtered_framework(&state, &actor, &queues, fq, &p).await;
+    }
     let base = queue_param(p.a.queue.as_deref(), &queues)?;
     let spec = MoveSpec {
         filter: p.b.filter()?,

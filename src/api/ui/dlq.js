@@ -149,7 +149,7 @@ function makePanel(view) {
     node.classList.add('framework');
     node.dataset.framework = p.framework;
     $('.q-name', node).append(' ', el('span', { class: 'tag', text: p.framework }));
-    for (const c of ['.clear-all', '.undo', '.filters']) $(c, node).hidden = true;
+    for (const c of ['.clear-all', '.undo']) $(c, node).hidden = true;
     // Celery's broker keeps no failed jobs: its panel shows the queue only.
     if (p.framework === 'celery') for (const c of ['.toolbar', '.scroll', '.pager']) $(c, node).hidden = true;
   }
@@ -223,7 +223,7 @@ function jobRow(p, job) {
   row.dataset.id = job.id;
   row.dataset.index = job.index;
   if (job.malformed) $('.job-requeue', row).disabled = true;
-  if (p.framework) $('.acts', row).replaceChildren();
+  if (p.framework) $('.job-delete', row).remove();
   const detail = el('tr', { class: 'detail', hidden: '' });
   let shown;
   if (job.original_job !== undefined) shown = JSON.stringify(job.original_job, null, 2);
@@ -328,8 +328,16 @@ async function requeueMatching(p) {
   const what = filtered(p) ? 'matching ' + Object.entries(p.filter).map(([k, v]) => `${k}=${v}`).join(', ') : 'in the DLQ';
   if (dry.matched === 0) { say(`No job ${what}.`); return; }
   const ok = await confirmDialog(`Requeue ${dry.matched} jobs ${what} from ${p.dlq} onto ${p.queue}?`,
-    { ok: `Requeue ${dry.matched}`, rate: true, sample: dry.sample_ids.length ? 'e.g. ' + dry.sample_ids.join(', ') : '' });
+    { ok: `Requeue ${dry.matched}`, rate: !p.framework, sample: dry.sample_ids.length ? 'e.g. ' + dry.sample_ids.join(', ') : '' });
   if (!ok) return;
+  if (p.framework) {
+    // A framework queue's filtered requeue runs to the end (no task).
+    await act(async () => {
+      const r = await api('POST', '/api/system/dlq/requeue?' + q(Object.assign({ queue: p.dlq, max: dry.matched }, p.filter)));
+      return `Requeued ${r.requeued} of ${r.matched} matching jobs of ${p.dlq}` + (r.taken ? `; ${r.taken} taken by another` : '') + (r.left ? `; ${r.left} stayed` : '') + '.';
+    });
+    return;
+  }
   await act(async () => {
     const params = Object.assign({ queue: p.dlq, async: 'true', max: dry.matched }, p.filter);
     if (ok.rate) params.rate = ok.rate;

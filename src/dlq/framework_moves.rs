@@ -1,0 +1,273 @@
+//! A job framework's failed set beyond requeue-all: one job's requeue by
+//! the framework's own id, search with the seed's filters over bounded
+//! scans, and the filtered requeue (with its dry run). Every move goes
+//! through the framework's batch script, which moves a job only when its
+//! `ZREM` from the failed set returned 1.
+
+use serde_json::{json, Value};
+
+use super::frameworks::FrameworkQueue;
+use super::{DlqError, Filter, Queues};
+
+/// A framework's job id: 1–128 of `A-Za-z0-9_.:-` (RQ's UUIDs, BullMQ's
+/// numbers and custom ids, Dramatiq's UUIDs).
+pub fn valid_framework_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// What a filtered requeue of a framework queue did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FrameworkMoveReport {
+    /// `<framework>:<q>`.
+    pub queue: String,
+    /// Failed entries read.
+    pub scanned: u64,
+    /// Entries that matched the filter (up to `max`).
+    pub matched: u64,
+    /// Jobs moved (0 in a dry run).
+    pub requeued: u64,
+    /// Matching jobs someone else took first.
+    pub taken: u64,
+    /// Matching entries that may not move (their job is gone or elsewhere).
+    pub left: u64,
+    pub dry_run: bool,
+    /// Up to 10 ids of matching jobs (the framework's own).
+    pub sample_ids: Vec<String>,
+}
+
+/// Whether a listed framework job matches `filter` at `now` (Unix
+/// seconds). Framework entries are never malformed; `q` is a substring of
+/// the listed job's JSON.
+pub fn matches_listed(filter: &Filter, job: &Value, now: f64) -> bool {
+    if filter.malformed == Some(true) {
+        return false;
+    }
+    if let Some(q) = &filter.q {
+        if !job.to_string().contains(q.as_str()) {
+            return false;
+        }
+    }
+    if let Some(e) = &filter.error {
+        if !job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains(e.as_str())
+        {
+            return false;
+        }
+    }
+    if filter.older_than.is_some() || filter.newer_than.is_some() {
+        let at = job["last_failed_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros() as f64 / 1e6);
+        let Some(at) = at else { return false };
+        let age = now - at;
+        if filter.older_than.is_some_and(|t| age < t) || filter.newer_than.is_some_and(|t| age > t) {
+            return false;
+        }
+    }
+    filter
+        .min_attempts
+        .is_none_or(|n| job["attempt_count"].as_u64().is_some_and(|a| a >= n))
+}
+
+impl Queues {
+    /// Requeues the one job `id` of `fq`'s failed set. A job not in the
+    /// set (taken by another, or never there) is 404; one whose job is
+    /// gone or belongs elsewhere is 422, and stays.
+    pub async fn requeue_framework_job(&self, fq: &FrameworkQueue, id: &str) -> Result<Value, DlqError> {
+        let script = self.move_script(fq)?;
+        match self.move_batch(&script, &[id.to_string()]).await? {
+            (1, _, _) => {
+                self.metrics.requeued.with_label_values(&[&fq.label()]).inc();
+                Ok(json!({ "queue": fq.label(), "id": id, "action": "requeued", "requeued": 1 }))
+            }
+            (_, 1, _) => Err(DlqError::NotFound(format!(
+                "job {id} is not in {}'s failed set",
+                fq.label()
+            ))),
+            _ => Err(DlqError::Unprocessable(format!(
+                "job {id} of {} cannot be requeued: its job is gone or belongs to another queue; it stays failed",
+                fq.label()
+            ))),
+        }
+    }
+
+    /// One bounded scan of `fq`'s failed set from `cursor` for jobs that
+    /// match `filter`: at most `queues.search_scan_max` entries read, at
+    /// most `limit` returned, with the cursor to continue from.
+    pub async fn search_framework(
+        &self,
+        fq: &FrameworkQueue,
+        dlq: &str,
+        filter: &Filter,
+        (cursor, limit): (u64, u64),
+    ) -> Result<Value, DlqError> {
+        let config = self.config();
+        let (scan_max, batch) = (config.search_scan_max as u64, (config.requeue_batch as u64).max(1));
+        let now = super::unix_now();
+        let (mut at, mut jobs, mut total) = (cursor, Vec::new(), 0);
+        while at < cursor + scan_max && (jobs.len() as u64) < limit.max(1) {
+            let take = batch.min(cursor + scan_max - at);
+            let (t, rows) = self.framework_rows(fq, at, at + take - 1).await?;
+            total = t;
+            if rows.is_empty() {
+                break;
+            }
+            for job in rows {
+                at += 1;
+                if matches_listed(filter, &job, now) {
+                    jobs.push(job);
+                    if jobs.len() as u64 >= limit.max(1) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(json!({
+            "jobs": jobs,
+            "queue_name": dlq,
+            "cursor": cursor,
+            "limit": limit,
+            "scanned": at - cursor,
+            "next_cursor": if at < total { json!(at) } else { Value::Null },
+            "total": total,
+        }))
+    }
+
+    /// Rows `start..=stop` of `fq`'s failed set as listed jobs, and the
+    /// set's size.
+    async fn framework_rows(&self, fq: &FrameworkQueue, start: u64, stop: u64) -> Result<(u64, Vec<Value>), DlqError> {
+        let cap = self.config().list_entry_max_bytes;
+        match fq.framework {
+            super::Framework::Rq => self.list_rq(&fq.queue, start, stop, cap).await,
+            super::Framework::Bullmq => self.list_bullmq(&fq.queue, start, stop, cap).await,
+            super::Framework::Dramatiq => self.list_dramatiq(&fq.queue, start, stop, cap).await,
+        }
+    }
+
+    /// Requeues (or, `dry_run`, counts) the jobs of `fq`'s failed set that
+    /// match `filter`, at most `max`, in the set's order: each page of
+    /// `queues.requeue_batch` entries is read, filtered, and its matches
+    /// moved in one step of the framework's script. It reads at most the
+    /// entries the set held when it started.
+    pub async fn requeue_framework_matching(
+        &self,
+        fq: &FrameworkQueue,
+        filter: &Filter,
+        max: Option<u64>,
+        dry_run: bool,
+    ) -> Result<FrameworkMoveReport, DlqError> {
+        let script = self.move_script(fq)?;
+        let batch = (self.config().requeue_batch as u64).max(1);
+        let mut r = FrameworkMoveReport {
+            queue: fq.label(),
+            dry_run,
+            ..Default::default()
+        };
+        let start: u64 = self.run(redis::cmd("ZCARD").arg(&script.keys[0])).await?;
+        let now = super::unix_now();
+        // `at`: entries at the front that stay (not matching, or left).
+        let mut at = 0u64;
+        while r.scanned < start && max.is_none_or(|m| r.matched < m) {
+            let (_, rows) = self
+                .framework_rows(fq, at, at + batch.min(start - r.scanned) - 1)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            r.scanned += rows.len() as u64;
+            let room = max.map_or(u64::MAX, |m| m - r.matched);
+            let ids: Vec<String> = rows
+                .iter()
+                .filter(|j| matches_listed(filter, j, now))
+                .take(room as usize)
+                .filter_map(|j| j["job_id"].as_str().map(str::to_string))
+                .collect();
+            r.matched += ids.len() as u64;
+            let room = 10usize.saturating_sub(r.sample_ids.len());
+            r.sample_ids.extend(ids.iter().take(room).cloned());
+            let stay = rows.len() as u64 - ids.len() as u64;
+            if dry_run || ids.is_empty() {
+                at += rows.len() as u64;
+                continue;
+            }
+            let (moved, taken, left) = self.move_batch(&script, &ids).await?;
+            (r.requeued, r.taken, r.left) = (r.requeued + moved, r.taken + taken, r.left + left);
+            at += stay + left;
+        }
+        self.metrics.requeued.with_label_values(&[&r.queue]).inc_by(r.requeued);
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framework_ids_are_the_frameworks_own() {
+        for ok in ["1", "job-000001", "0a7c6b1e-93d4-4b8f-9a57-1b2a3c4d5e6f", "render:42"] {
+            assert!(valid_framework_id(ok), "{ok}");
+        }
+        for bad in ["", "a b", "x\n", &"a".repeat(129), "../x", "a*"] {
+            assert!(!valid_framework_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn listed_jobs_match_the_seeds_filters() {
+        let job = json!({"error": "RuntimeError: CUDA out of memory", "attempt_count": 3,
+            "last_failed_at": "2026-12-07T10:00:00.000Z", "original_job": {"data": {"frame": 7}}});
+        let now = 1_796_637_600.0 + 7200.0;
+        let f = |f: Filter| matches_listed(&f, &job, now);
+        assert!(f(Filter::default()));
+        assert!(f(Filter {
+            error: Some("cuda".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            error: Some("timeout".into()),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            older_than: Some(3600.0),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            newer_than: Some(3600.0),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            min_attempts: Some(3),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            min_attempts: Some(4),
+            ..Default::default()
+        }));
+        assert!(f(Filter {
+            q: Some("\"frame\":7".into()),
+            ..Default::default()
+        }));
+        assert!(!f(Filter {
+            malformed: Some(true),
+            ..Default::default()
+        }));
+        // RQ's own time format reads too.
+        let rq = json!({"error": "", "last_failed_at": "2026-12-07T10:00:00.500000Z"});
+        assert!(matches_listed(
+            &Filter {
+                older_than: Some(3600.0),
+                ..Default::default()
+            },
+            &rq,
+            now
+        ));
+    }
+}
