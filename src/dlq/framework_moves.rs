@@ -4,10 +4,15 @@
 //! through the framework's batch script, which moves a job only when its
 //! `ZREM` from the failed set returned 1.
 
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use super::frameworks::FrameworkQueue;
-use super::{DlqError, Filter, Queues};
+use super::tasks::Progress;
+use super::{DlqError, Filter, MoveReport, MoveSpec, Queues};
 
 /// A framework's job id: 1–128 of `A-Za-z0-9_.:-` (RQ's UUIDs, BullMQ's
 /// numbers and custom ids, Dramatiq's UUIDs).
@@ -34,6 +39,8 @@ pub struct FrameworkMoveReport {
     /// Matching entries that may not move (their job is gone or elsewhere).
     pub left: u64,
     pub dry_run: bool,
+    /// A task cancelled before the end.
+    pub cancelled: bool,
     /// Up to 10 ids of matching jobs (the framework's own).
     pub sample_ids: Vec<String>,
 }
@@ -152,10 +159,7 @@ impl Queues {
     }
 
     /// Requeues (or, `dry_run`, counts) the jobs of `fq`'s failed set that
-    /// match `filter`, at most `max`, in the set's order: each page of
-    /// `queues.requeue_batch` entries is read, filtered, and its matches
-    /// moved in one step of the framework's script. It reads at most the
-    /// entries the set held when it started.
+    /// match `filter`, at most `max`, in the set's order, to the end.
     pub async fn requeue_framework_matching(
         &self,
         fq: &FrameworkQueue,
@@ -163,47 +167,145 @@ impl Queues {
         max: Option<u64>,
         dry_run: bool,
     ) -> Result<FrameworkMoveReport, DlqError> {
+        let spec = MoveSpec {
+            filter: filter.clone(),
+            max,
+            rate: None,
+        };
+        let run = Run {
+            spec: &spec,
+            dry_run,
+            progress: &Progress::default(),
+            cancel: &CancellationToken::new(),
+        };
+        self.framework_matching(fq, run).await
+    }
+
+    /// [`Queues::requeue_framework_matching`] as a task's work: within
+    /// `spec`'s rate, publishing progress, until done or cancelled; its
+    /// report in the seed's task shape (`skipped_malformed` counts the
+    /// matching jobs that stayed: left in place or taken by another).
+    pub async fn framework_task(
+        &self,
+        fq: &FrameworkQueue,
+        spec: &MoveSpec,
+        progress: &Progress,
+        cancel: &CancellationToken,
+    ) -> Result<MoveReport, DlqError> {
+        let run = Run {
+            spec,
+            dry_run: false,
+            progress,
+            cancel,
+        };
+        let r = self.framework_matching(fq, run).await?;
+        Ok(MoveReport {
+            queue_name: format!("{}{}", self.config().dlq_prefix, r.queue),
+            target_queue: r.queue.clone(),
+            dry_run: false,
+            matched: r.matched,
+            moved: r.requeued,
+            skipped_malformed: r.taken + r.left,
+            scanned: r.scanned,
+            sample_ids: Vec::new(),
+            cancelled: r.cancelled,
+            replication: None,
+        })
+    }
+
+    /// The filtered move: each page of `queues.requeue_batch` entries is
+    /// read, filtered, and its matches (as many as the rate allows now)
+    /// moved in one step of the framework's script. It reads at most the
+    /// entries the set held when it started.
+    async fn framework_matching(&self, fq: &FrameworkQueue, run: Run<'_>) -> Result<FrameworkMoveReport, DlqError> {
         let script = self.move_script(fq)?;
         let batch = (self.config().requeue_batch as u64).max(1);
         let mut r = FrameworkMoveReport {
             queue: fq.label(),
-            dry_run,
+            dry_run: run.dry_run,
             ..Default::default()
         };
         let start: u64 = self.run(redis::cmd("ZCARD").arg(&script.keys[0])).await?;
-        let now = super::unix_now();
+        run.progress.remaining_to_scan.store(start, Ordering::Relaxed);
+        let (now, started, max) = (super::unix_now(), Instant::now(), run.spec.max.unwrap_or(u64::MAX));
+        let counter = self.metrics.requeued.with_label_values(&[&r.queue]);
         // `at`: entries at the front that stay (not matching, or left).
         let mut at = 0u64;
-        while r.scanned < start && max.is_none_or(|m| r.matched < m) {
-            let (_, rows) = self
-                .framework_rows(fq, at, at + batch.min(start - r.scanned) - 1)
-                .await?;
+        while r.scanned < start && r.matched < max {
+            let allowed = match self.paced(&run, r.requeued, started).await {
+                Some(n) => n,
+                None => {
+                    r.cancelled = true;
+                    break;
+                }
+            };
+            let count = batch.min(start - r.scanned).min(allowed);
+            let (_, rows) = self.framework_rows(fq, at, at + count - 1).await?;
             if rows.is_empty() {
                 break;
             }
             r.scanned += rows.len() as u64;
-            let room = max.map_or(u64::MAX, |m| m - r.matched);
-            let ids: Vec<String> = rows
-                .iter()
-                .filter(|j| matches_listed(filter, j, now))
-                .take(room as usize)
-                .filter_map(|j| j["job_id"].as_str().map(str::to_string))
-                .collect();
+            let ids = matching_ids(&rows, &run.spec.filter, now, max - r.matched);
             r.matched += ids.len() as u64;
             let room = 10usize.saturating_sub(r.sample_ids.len());
             r.sample_ids.extend(ids.iter().take(room).cloned());
             let stay = rows.len() as u64 - ids.len() as u64;
-            if dry_run || ids.is_empty() {
+            if run.dry_run || ids.is_empty() {
                 at += rows.len() as u64;
-                continue;
+            } else {
+                let (moved, taken, left) = self.move_batch(&script, &ids).await?;
+                (r.requeued, r.taken, r.left) = (r.requeued + moved, r.taken + taken, r.left + left);
+                counter.inc_by(moved);
+                at += stay + left;
             }
-            let (moved, taken, left) = self.move_batch(&script, &ids).await?;
-            (r.requeued, r.taken, r.left) = (r.requeued + moved, r.taken + taken, r.left + left);
-            at += stay + left;
+            publish(run.progress, &r, start);
         }
-        self.metrics.requeued.with_label_values(&[&r.queue]).inc_by(r.requeued);
         Ok(r)
     }
+
+    /// How many jobs may move now under the run's rate, after waiting as
+    /// long as it asks; `None` when the run was cancelled.
+    async fn paced(&self, run: &Run<'_>, moved: u64, started: Instant) -> Option<u64> {
+        loop {
+            if run.cancel.is_cancelled() {
+                return None;
+            }
+            match super::tasks::due(run.spec.rate, moved, started.elapsed()) {
+                (0, wait) => tokio::select! {
+                    _ = run.cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(wait) => {}
+                },
+                (n, _) => return Some(n),
+            }
+        }
+    }
+}
+
+/// One filtered move's parameters.
+struct Run<'a> {
+    spec: &'a MoveSpec,
+    dry_run: bool,
+    progress: &'a Progress,
+    cancel: &'a CancellationToken,
+}
+
+/// The framework ids of the listed jobs that match, at most `room`.
+fn matching_ids(rows: &[Value], filter: &Filter, now: f64, room: u64) -> Vec<String> {
+    rows.iter()
+        .filter(|j| matches_listed(filter, j, now))
+        .take(room as usize)
+        .filter_map(|j| j["job_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A filtered move's running totals, for its task's readers.
+fn publish(progress: &Progress, r: &FrameworkMoveReport, start: u64) {
+    progress.moved.store(r.requeued, Ordering::Relaxed);
+    progress.matched.store(r.matched, Ordering::Relaxed);
+    progress.skipped_malformed.store(r.taken + r.left, Ordering::Relaxed);
+    progress
+        .remaining_to_scan
+        .store(start.saturating_sub(r.scanned), Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -337,3 +337,85 @@ async fn bullmq_jobs_requeued_one_by_filter_and_all_through_the_api_run_once_eac
     settled(&redis, "bull:render:completed", 30).await;
     assert_eq!(runs(&redis).await, (30, 30), "each job ran exactly once");
 }
+
+/// A task's state from its status URL.
+async fn task(d: &Daemon, url: &str) -> serde_json::Value {
+    d.get_json(url).await
+}
+
+async fn post(d: &Daemon, path: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new().post(d.url(path)).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_bullmq_requeue_as_a_task_holds_its_rate_reports_progress_and_cancels() {
+    const N: u64 = 600;
+    let (redis, _dir, _flag) = failed_jobs(N).await;
+    let d = Daemon::start(
+        &config(&redis).replace("  bullmq:", "  requeue_batch: 100\n  bullmq:"),
+        &[],
+    )
+    .await;
+    let dlq = "dlq:bullmq:render";
+    let (code, body) = post(
+        &d,
+        &format!("/api/system/dlq/requeue?queue={dlq}&error=flag&rate=100&max=150"),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let url = body["status_url"].as_str().unwrap().to_string();
+    let (code, other) = post(&d, &format!("/api/system/dlq/requeue-all?queue={dlq}&async=true")).await;
+    assert_eq!(code, 409, "one move task per queue at a time: {other}");
+    let done = eventually("the rate-limited task to finish", LIMIT, async || {
+        let t = task(&d, &url).await;
+        (t["state"] != "running").then_some(t)
+    })
+    .await;
+    assert_eq!(
+        (done["state"].as_str(), done["moved"].as_u64()),
+        (Some("done"), Some(150)),
+        "{done}"
+    );
+    let at = |k: &str| chrono::DateTime::parse_from_rfc3339(done[k].as_str().unwrap()).unwrap();
+    let secs = (at("finished_at") - at("started_at")).num_milliseconds() as f64 / 1000.0;
+    // 150 jobs at 100/s: the 150th is due at 1.49 s.
+    let rate = 149.0 / secs;
+    assert!((80.0..=110.0).contains(&rate), "{rate:.1} jobs/s over {secs:.2} s");
+    assert_eq!(count(&redis, "LLEN", "bull:render:wait").await, 150);
+
+    // Cancel stops it after its current step; the counts add up.
+    let (code, body) = post(&d, &format!("/api/system/dlq/requeue-all?queue={dlq}&rate=100")).await;
+    assert_eq!(code, 202, "{body}");
+    let url = body["status_url"].as_str().unwrap().to_string();
+    eventually("some jobs to move", LIMIT, async || {
+        (task(&d, &url).await["moved"].as_u64().unwrap() >= 30).then_some(())
+    })
+    .await;
+    let resp = reqwest::Client::new().delete(d.url(&url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let end = eventually("the task to stop", LIMIT, async || {
+        let t = task(&d, &url).await;
+        (t["state"] != "running").then_some(t)
+    })
+    .await;
+    assert_eq!(end["state"], "cancelled", "{end}");
+    let moved = end["moved"].as_u64().unwrap();
+    assert!(moved < N - 150, "stopped early: {moved}");
+    let waiting = count(&redis, "LLEN", "bull:render:wait").await;
+    let failed = count(&redis, "ZCARD", "bull:render:failed").await;
+    assert_eq!(waiting, 150 + moved, "the task's count is what moved");
+    assert_eq!(waiting + failed, N, "every job in exactly one place");
+    let audit = d.get_json("/api/system/dlq/audit").await;
+    let actions: Vec<&str> = audit["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "requeue_all").count(),
+        2,
+        "started and ended: {audit}"
+    );
+}

@@ -338,14 +338,6 @@ async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_a
     assert!(jobs.iter().all(|j| j["error"].as_str().unwrap().len() == 256), "{page}");
     drop(tight);
 
-    // As a task it is refused, with what is allowed; nothing moved.
-    let resp = post("dlq:rq:default&async=true").await.unwrap();
-    assert_eq!(resp.status(), 400);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("async and rate"), "{body}");
-    let failed = count(&redis, "ZCARD", "rq:failed:default").await;
-    assert_eq!(failed, 50);
-
     std::fs::remove_file(&flag).unwrap();
     // One job, those whose traceback names jobs 1x, then the rest.
     requeue_three_ways(&d, "dlq:rq:default", 50, "job 1").await;

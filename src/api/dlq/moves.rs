@@ -11,7 +11,7 @@ use super::super::auth::Actor;
 use super::super::query::Query;
 use super::audit::audited;
 use super::params::{id_param, index_param, queue_param, ArchiveParam, DlqParam, Filtered, JobAt, RequeueAllParams};
-use super::tasks::start_task;
+use super::tasks::{run_framework, run_seed, start_task};
 use super::{queues, to_the_end, AppError, AppState};
 use crate::api::{ErrorBody, MoveErrors, QueryErrors};
 use crate::dlq::{MoveSpec, SingleAction};
@@ -50,7 +50,7 @@ pub async fn requeue_all(
             max: None,
             rate,
         };
-        return Ok(start_task(&state, &actor, &queues, &base, spec, "requeue_all")?.into_response());
+        return Ok(start_task(&state, &actor, &queues, &base, spec, ("requeue_all", run_seed))?.into_response());
     }
     let report = audited(
         &state,
@@ -70,8 +70,7 @@ pub async fn requeue_all(
 }
 
 /// Requeue-all of a job framework's failed set (`dlq:<framework>:<q>`),
-/// audited; it runs to the end (not as a task: `async` and `rate` are
-/// refused for framework queues).
+/// audited; with `async` or `rate` it runs as a task.
 async fn requeue_all_framework(
     state: &AppState,
     actor: &Actor,
@@ -81,10 +80,13 @@ async fn requeue_all_framework(
 ) -> Result<axum::response::Response, AppError> {
     use axum::response::IntoResponse;
     if p.background == Some(true) || p.rate.is_some() {
-        return Err(AppError::bad_request(
-            "a job framework's requeue-all runs to the end: async and rate are not offered for framework queues",
-            json!({ "parameters": ["async", "rate"], "allowed": "neither, for dlq:<framework>:<queue>" }),
-        ));
+        let spec = crate::dlq::MoveSpec {
+            filter: crate::dlq::Filter::default(),
+            max: None,
+            rate: p.rate,
+        };
+        let task = start_task(state, actor, &queues, &fq.label(), spec, ("requeue_all", run_framework))?;
+        return Ok(task.into_response());
     }
     let dlq = p.queue.clone().unwrap_or_default();
     let report = audited(
@@ -282,8 +284,8 @@ pub async fn delete_job(
     single(state, actor, id, p, SingleAction::Delete).await
 }
 
-/// The filtered requeue (or its dry run) of a framework's failed set; it
-/// runs to the end (`async` and `rate` are refused, as for requeue-all).
+/// The filtered requeue (or its dry run) of a framework's failed set; with
+/// `async` or `rate` it runs as a task.
 async fn requeue_filtered_framework(
     state: &AppState,
     actor: &Actor,
@@ -291,12 +293,6 @@ async fn requeue_filtered_framework(
     fq: crate::dlq::FrameworkQueue,
     p: &Filtered,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    if p.a.background == Some(true) || p.a.rate.is_some() {
-        return Err(AppError::bad_request(
-            "a job framework's requeue runs to the end: async and rate are not offered for framework queues",
-            json!({ "parameters": ["async", "rate"], "allowed": "neither, for dlq:<framework>:<queue>" }),
-        ));
-    }
     let (filter, max) = (p.b.filter()?, p.a.max);
     if p.a.dry_run == Some(true) {
         let report = queues.requeue_framework_matching(&fq, &filter, max, true).await?;
@@ -304,6 +300,21 @@ async fn requeue_filtered_framework(
             StatusCode::OK,
             Json(serde_json::to_value(report).expect("reports serialise")),
         ));
+    }
+    if p.a.background == Some(true) || p.a.rate.is_some() {
+        let spec = crate::dlq::MoveSpec {
+            filter,
+            max,
+            rate: p.a.rate,
+        };
+        return start_task(
+            state,
+            actor,
+            queues,
+            &fq.label(),
+            spec,
+            ("requeue_filtered", run_framework),
+        );
     }
     let dlq = format!("{}{}", queues.config().dlq_prefix, fq.label());
     let report = audited(
@@ -360,7 +371,7 @@ pub async fn requeue_filtered(
         ));
     }
     if background || spec.rate.is_some() {
-        return start_task(&state, &actor, &queues, &base, spec, "requeue_filtered");
+        return start_task(&state, &actor, &queues, &base, spec, ("requeue_filtered", run_seed));
     }
     let report = audited(
         &state,

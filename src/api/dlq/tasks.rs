@@ -17,15 +17,40 @@ use crate::api::{ErrorBody, MoveErrors, QueryErrors};
 use crate::dlq::{MoveSpec, Queues, Task, TaskState};
 use crate::store::AuditRow;
 
+/// A seed queue's filtered requeue, as a task's work.
+pub async fn run_seed(queues: Arc<Queues>, task: Arc<Task>) -> Result<crate::dlq::MoveReport, crate::dlq::DlqError> {
+    queues
+        .requeue_matching(&task.queue, &task.spec, &task.progress, &task.cancel)
+        .await
+}
+
+/// A job framework queue's filtered requeue (`task.queue` is its label,
+/// `rq:default`), as a task's work.
+pub async fn run_framework(
+    queues: Arc<Queues>,
+    task: Arc<Task>,
+) -> Result<crate::dlq::MoveReport, crate::dlq::DlqError> {
+    let fq = queues
+        .framework_label(&task.queue)
+        .ok_or_else(|| crate::dlq::DlqError::NotFound(format!("{} is no longer configured", task.queue)))?;
+    queues
+        .framework_task(&fq, &task.spec, &task.progress, &task.cancel)
+        .await
+}
+
 /// Starts `spec` as a background task: 202 with its id and status URL.
-pub fn start_task(
+pub fn start_task<F, Fut>(
     state: &AppState,
     actor: &Actor,
     queues: &Arc<Queues>,
     base: &str,
     spec: MoveSpec,
-    action: &'static str,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+    (action, run): (&'static str, F),
+) -> Result<(StatusCode, Json<Value>), AppError>
+where
+    F: FnOnce(Arc<Queues>, Arc<Task>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<crate::dlq::MoveReport, crate::dlq::DlqError>> + Send,
+{
     let slot = reserve(state)?;
     // On an error the unspent slot gives its place back when dropped.
     let guard = queues.claim_task(base)?;
@@ -41,9 +66,7 @@ pub fn start_task(
     let actor = actor.0.clone();
     tokio::spawn(async move {
         save_task(&state2, &queues2, &task2).await;
-        let result = queues2
-            .requeue_matching(&base2, &task2.spec, &task2.progress, &task2.cancel)
-            .await;
+        let result = run(queues2.clone(), task2.clone()).await;
         let dlq = queues2.dlq_key(&base2);
         let (final_state, error) = match &result {
             Ok(r) if r.cancelled => (TaskState::Cancelled, None),

@@ -328,16 +328,8 @@ async function requeueMatching(p) {
   const what = filtered(p) ? 'matching ' + Object.entries(p.filter).map(([k, v]) => `${k}=${v}`).join(', ') : 'in the DLQ';
   if (dry.matched === 0) { say(`No job ${what}.`); return; }
   const ok = await confirmDialog(`Requeue ${dry.matched} jobs ${what} from ${p.dlq} onto ${p.queue}?`,
-    { ok: `Requeue ${dry.matched}`, rate: !p.framework, sample: dry.sample_ids.length ? 'e.g. ' + dry.sample_ids.join(', ') : '' });
+    { ok: `Requeue ${dry.matched}`, rate: true, sample: dry.sample_ids.length ? 'e.g. ' + dry.sample_ids.join(', ') : '' });
   if (!ok) return;
-  if (p.framework) {
-    // A framework queue's filtered requeue runs to the end (no task).
-    await act(async () => {
-      const r = await api('POST', '/api/system/dlq/requeue?' + q(Object.assign({ queue: p.dlq, max: dry.matched }, p.filter)));
-      return `Requeued ${r.requeued} of ${r.matched} matching jobs of ${p.dlq}` + (r.taken ? `; ${r.taken} taken by another` : '') + (r.left ? `; ${r.left} stayed` : '') + '.';
-    });
-    return;
-  }
   await act(async () => {
     const params = Object.assign({ queue: p.dlq, async: 'true', max: dry.matched }, p.filter);
     if (ok.rate) params.rate = ok.rate;
