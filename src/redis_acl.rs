@@ -119,6 +119,19 @@ pub fn framework_patterns(config: &Config) -> (Vec<String>, Vec<String>) {
             );
         }
     }
+    // The archives a clear of a framework's failed set makes
+    // (`<dlq_prefix><framework>:<q>:cleared:<ts>`, and `:msgs` beside).
+    let movable = config
+        .queues
+        .all_names()
+        .into_iter()
+        .filter(|n| n.contains(':') && !n.starts_with("celery:"));
+    for label in movable {
+        write.push(format!(
+            "{}:*",
+            glob_escape(&format!("{}{label}", config.queues.dlq_prefix))
+        ));
+    }
     if let Some(c) = &config.queues.celery {
         // kombu's priority lists are `<q>\x06\x16<p>`: a pattern with `?`
         // for the two control characters keeps the line printable.

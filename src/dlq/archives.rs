@@ -84,6 +84,10 @@ impl Queues {
         if ts.is_empty() || !ts.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
+        // A job framework's archive names its queue by label (`rq:default`).
+        if let Some(fq) = self.framework_queue(dlq) {
+            return Some(fq.label());
+        }
         self.resolve(dlq).ok()
     }
 
@@ -168,21 +172,22 @@ impl Queues {
             }
             self.run_pipe(&p).await?
         };
-        let lists: Vec<&String> = keys
+        // The seed's archives are lists; a job framework's, sorted sets.
+        let lists: Vec<(&String, &str)> = keys
             .iter()
             .zip(&types)
-            .filter(|(_, t)| *t == "list")
-            .map(|(k, _)| k)
+            .filter(|(_, t)| *t == "list" || *t == "zset")
+            .map(|(k, t)| (k, if t == "list" { "LLEN" } else { "ZCARD" }))
             .collect();
         let mut p = redis::pipe();
-        for k in &lists {
-            p.cmd("LLEN").arg(*k).cmd("TTL").arg(*k);
+        for (k, len) in &lists {
+            p.cmd(len).arg(*k).cmd("TTL").arg(*k);
         }
         let sizes: Vec<i64> = self.run_pipe(&p).await?;
         let mut out: Vec<ArchiveInfo> = lists
             .iter()
             .zip(sizes.chunks(2))
-            .map(|(k, c)| ArchiveInfo {
+            .map(|((k, _), c)| ArchiveInfo {
                 archive_key: k.to_string(),
                 kind: if k.contains(":deleted:") { "deleted" } else { "cleared" },
                 jobs: c[0].max(0) as u64,

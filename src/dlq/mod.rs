@@ -47,6 +47,7 @@ mod bullmq;
 mod celery;
 mod dramatiq;
 mod entry;
+mod framework_archives;
 mod framework_moves;
 mod frameworks;
 mod layout;

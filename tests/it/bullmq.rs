@@ -330,6 +330,7 @@ async fn a_bullmq_requeue_checks_every_key_first_and_leaves_flow_children_and_lo
 async fn bullmq_jobs_requeued_one_by_filter_and_all_through_the_api_run_once_each() {
     let (redis, dir, flag) = failed_jobs(30).await;
     let d = Daemon::start(&config(&redis), &[]).await;
+    crate::job_frameworks::clear_and_restore(&d, "dlq:bullmq:render", 30).await;
     std::fs::remove_file(&flag).unwrap();
     // One job, those whose error names jobs 1x, then the rest.
     crate::job_frameworks::requeue_three_ways(&d, "dlq:bullmq:render", 30, "job 1").await;

@@ -287,6 +287,7 @@ async fn a_dramatiq_requeue_checks_every_key_first_and_leaves_a_dead_letter_with
 async fn dramatiq_messages_requeued_one_by_filter_and_all_through_the_api_run_once_each() {
     let (redis, dir, flag) = dead_letters(30, 1).await;
     let d = Daemon::start(&config(&redis), &[]).await;
+    crate::job_frameworks::clear_and_restore(&d, "dlq:dramatiq:default", 30).await;
     std::fs::remove_file(&flag).unwrap();
     // One message, those whose traceback names jobs 1x, then the rest.
     crate::job_frameworks::requeue_three_ways(&d, "dlq:dramatiq:default", 30, "job 1").await;

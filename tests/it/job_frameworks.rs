@@ -338,6 +338,7 @@ async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_a
     assert!(jobs.iter().all(|j| j["error"].as_str().unwrap().len() == 256), "{page}");
     drop(tight);
 
+    clear_and_restore(&d, "dlq:rq:default", 50).await;
     std::fs::remove_file(&flag).unwrap();
     // One job, those whose traceback names jobs 1x, then the rest.
     requeue_three_ways(&d, "dlq:rq:default", 50, "job 1").await;
@@ -776,4 +777,57 @@ pub async fn requeue_three_ways(d: &Daemon, dlq: &str, n: u64, pattern: &str) {
         .unwrap();
     assert_eq!(rest["requeued"].as_u64(), Some(n - 1 - matched), "{rest}");
     assert_eq!(total().await, 0);
+}
+
+/// Clears framework DLQ `dlq` (its `n` failed jobs) into an archive
+/// through the API, and restores it: nothing is lost, and the archive is
+/// gone afterwards.
+pub async fn clear_and_restore(d: &Daemon, dlq: &str, n: u64) {
+    let client = reqwest::Client::new();
+    let total = async || {
+        d.get_json(&format!("/api/dlq/jobs/{dlq}?limit=1")).await["total"]
+            .as_u64()
+            .unwrap()
+    };
+    let cleared: serde_json::Value = client
+        .delete(d.url(&format!("/api/system/dlq/clear?queue={dlq}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cleared["cleared"].as_u64(), Some(n), "{cleared}");
+    let archive = cleared["archive_key"].as_str().unwrap().to_string();
+    assert!(archive.starts_with(&format!("{dlq}:cleared:")), "{archive}");
+    assert_eq!(total().await, 0, "the failed set moved into the archive");
+    let archives = d.get_json(&format!("/api/system/dlq/archives?queue={dlq}")).await;
+    assert_eq!(
+        archives[0]["archive_key"].as_str(),
+        Some(archive.as_str()),
+        "{archives}"
+    );
+    assert_eq!(
+        (archives[0]["jobs"].as_u64(), archives[0]["kind"].as_str()),
+        (Some(n), Some("cleared"))
+    );
+    assert!(archives[0]["ttl_seconds"].as_i64().unwrap() > 0, "{archives}");
+    let restored: serde_json::Value = client
+        .post(d.url(&format!("/api/system/dlq/restore?archive={archive}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(restored["restored"].as_u64(), Some(n), "{restored}");
+    assert_eq!(total().await, n, "every job back");
+    let archives = d.get_json(&format!("/api/system/dlq/archives?queue={dlq}")).await;
+    assert_eq!(archives.as_array().map(Vec::len), Some(0), "{archives}");
+    let again = client
+        .post(d.url(&format!("/api/system/dlq/restore?archive={archive}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404, "an archive restores once");
 }

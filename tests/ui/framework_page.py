@@ -43,7 +43,7 @@ def run(d):
         wait(f"{label}'s count", lambda: css(p, ".q-count").text.split()[0] == str(R.zcard(failed)))
         assert framework in css(p, ".q-name").text
         # Only what is served for a framework queue is offered.
-        assert not css(p, ".clear-all").is_displayed() and not css(p, ".undo").is_displayed()
+        assert css(p, ".clear-all").is_displayed() and not css(p, ".undo").is_displayed()
 
     step("each panel lists the failed jobs with the framework's own error")
     for label, _, _, _ in QUEUES:
@@ -79,6 +79,22 @@ def run(d):
     assert sorted(x.decode() for x in R.lrange("bull:render:wait", 0, -1)) == want
     css(p, ".filter-error").clear()
     css(p, ".search").click()
+
+    step("Dramatiq: Clear All archives the dead letters, Undo brings each back with its message")
+    p = panel(d, "dramatiq:default")
+    before = {x.decode(): s for x, s in R.zrange("dramatiq:default.XQ", 0, -1, withscores=True)}
+    bodies = {k.decode(): v for k, v in R.hgetall("dramatiq:default.XQ.msgs").items()}
+    css(p, ".clear-all").click()
+    confirm(d, accept=True)
+    authorize(d, lambda: R.zcard("dramatiq:default.XQ") == 0)
+    assert R.hlen("dramatiq:default.XQ.msgs") == 0
+    undo = wait("the Undo button", lambda: css(p, ".undo").is_displayed() and css(p, ".undo"))
+    undo.click()
+    wait("the dead letters back", lambda: R.zcard("dramatiq:default.XQ") == N)
+    after = {x.decode(): s for x, s in R.zrange("dramatiq:default.XQ", 0, -1, withscores=True)}
+    assert after == before, "the same ids with the same scores"
+    assert {k.decode(): v for k, v in R.hgetall("dramatiq:default.XQ.msgs").items()} == bodies
+    wait("Undo to go", lambda: not css(p, ".undo").is_displayed())
 
     step("Requeue All moves each failed set onto its queue, each id once")
     for label, _, failed, queue in QUEUES:

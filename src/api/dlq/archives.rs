@@ -22,7 +22,10 @@ use crate::api::{ErrorBody, QueryErrors};
     ))]
 pub async fn archives(State(state): State<AppState>, Query(p): Query<DlqParam>) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
-    let base = queue_param(p.queue.as_deref(), queues)?;
+    let base = match p.queue.as_deref().and_then(|d| queues.framework_queue(d)) {
+        Some(fq) => fq.label(),
+        None => queue_param(p.queue.as_deref(), queues)?,
+    };
     let list = queues.archives(&base).await?;
     Ok(Json(serde_json::to_value(list).expect("archives serialise")))
 }

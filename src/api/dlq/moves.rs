@@ -117,7 +117,11 @@ pub async fn clear(
     Query(p): Query<DlqParam>,
 ) -> Result<Json<Value>, AppError> {
     let queues = queues(&state)?;
-    let base = queue_param(p.queue.as_deref(), queues)?;
+    let framework = p.queue.as_deref().and_then(|d| queues.framework_queue(d));
+    let base = match &framework {
+        Some(fq) => fq.label(),
+        None => queue_param(p.queue.as_deref(), queues)?,
+    };
     let report = audited(
         &state,
         |r: &crate::dlq::ClearReport| {
@@ -126,7 +130,12 @@ pub async fn clear(
             row.archive_key = r.archive_key.clone();
             row
         },
-        || async { Ok(queues.clear(&base).await?) },
+        || async {
+            Ok(match &framework {
+                Some(fq) => queues.clear_framework(fq).await?,
+                None => queues.clear(&base).await?,
+            })
+        },
     )
     .await?;
     tracing::info!(queue = %report.queue_name, cleared = report.cleared, archive = ?report.archive_key, "DLQ cleared into an archive.");
@@ -168,7 +177,12 @@ pub async fn restore(
             row.archive_key = Some(r.archive_key.clone());
             row
         },
-        || async { Ok(queues.restore(&base, archive).await?) },
+        || async {
+            Ok(match queues.framework_label(&base) {
+                Some(fq) => queues.restore_framework(&fq, archive).await?,
+                None => queues.restore(&base, archive).await?,
+            })
+        },
     )
     .await?;
     tracing::info!(queue = %report.queue_name, restored = report.restored, archive = %report.archive_key, "DLQ archive restored.");

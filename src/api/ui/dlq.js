@@ -149,9 +149,8 @@ function makePanel(view) {
     node.classList.add('framework');
     node.dataset.framework = p.framework;
     $('.q-name', node).append(' ', el('span', { class: 'tag', text: p.framework }));
-    for (const c of ['.clear-all', '.undo']) $(c, node).hidden = true;
     // Celery's broker keeps no failed jobs: its panel shows the queue only.
-    if (p.framework === 'celery') for (const c of ['.toolbar', '.scroll', '.pager']) $(c, node).hidden = true;
+    if (p.framework === 'celery') for (const c of ['.toolbar', '.filters', '.scroll', '.pager']) $(c, node).hidden = true;
   }
   node.addEventListener('toggle', () => { if (node.open) loadJobs(p); });
   $('.requeue-all', node).addEventListener('click', () => requeueAll(p));
@@ -273,7 +272,6 @@ function page(p, dir) {
 }
 
 async function loadArchives(p) {
-  if (p.framework) return;
   const list = await api('GET', '/api/system/dlq/archives?' + q({ queue: p.dlq }));
   const newest = list.find((a) => a.jobs > 0) || null;
   p.archive = newest;
