@@ -191,6 +191,12 @@ impl Metrics {
 
     /// Registers a clone of a metric the caller keeps writing to. Names are
     /// fixed in the code, so a clash is a bug and panics at startup.
+    /// The registry itself, for a family registered later than start-up
+    /// (the in-flight families of the first job framework a reload adds).
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
     pub fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: &C) {
         self.registry
             .register(Box::new(c.clone()))

@@ -60,13 +60,29 @@ struct DepthMetrics {
     dlq: GaugeVec,
     oldest_age: GaugeVec,
     wait: GaugeVec,
-    /// Registered only with `queues.processing_suffix`.
-    in_flight: Option<InFlight>,
+    /// Registered at the first poll that reads jobs in flight (a
+    /// processing list or a job framework's own), so that a queue section
+    /// without any has no such families, and one a reload adds gets them.
+    in_flight: InFlight,
 }
 
 struct InFlight {
     active: GaugeVec,
     stuck: GaugeVec,
+    registry: prometheus::Registry,
+    registered: std::sync::Once,
+}
+
+impl InFlight {
+    fn register(&self) {
+        self.registered.call_once(|| {
+            for g in [&self.active, &self.stuck] {
+                self.registry
+                    .register(Box::new(g.clone()))
+                    .expect("metric names are unique");
+            }
+        });
+    }
 }
 
 impl DepthMetrics {
@@ -89,7 +105,9 @@ impl DepthMetrics {
                 "job_queue_oldest_age_seconds",
                 "How long the job at the queue's consumer end has waited: from its enqueued_at, created_at or timestamp field, else from when the daemon first saw it (a lower bound, within one poll); 0 when the queue is empty.",
             ),
-            in_flight: processing.then(|| InFlight {
+            in_flight: InFlight {
+                registry: registry.registry(),
+                registered: std::sync::Once::new(),
                 active: gauge(
                     "job_queue_active",
                     "Jobs in the queue's processing list (LLEN of <queue><processing_suffix>), from the last poll.",
@@ -98,11 +116,10 @@ impl DepthMetrics {
                     "job_queue_stuck",
                     "Jobs in the processing list for longer than queues.processing_stuck_after (judged from when the daemon first saw them).",
                 ),
-            }),
+            },
         };
-        if let Some(f) = &m.in_flight {
-            registry.add(&f.active);
-            registry.add(&f.stuck);
+        if processing {
+            m.in_flight.register();
         }
         registry.add(&m.queue);
         registry.add(&m.dlq);
@@ -113,11 +130,15 @@ impl DepthMetrics {
 
     /// Drops the series of a queue a reload removed.
     fn remove(&self, queue: &str) {
-        let mut gauges = vec![&self.queue, &self.dlq, &self.oldest_age, &self.wait];
-        if let Some(f) = &self.in_flight {
-            gauges.extend([&f.active, &f.stuck]);
-        }
-        for g in gauges {
+        let f = &self.in_flight;
+        for g in [
+            &self.queue,
+            &self.dlq,
+            &self.oldest_age,
+            &self.wait,
+            &f.active,
+            &f.stuck,
+        ] {
             let _ = g.remove_label_values(&[queue]);
         }
     }
@@ -134,7 +155,9 @@ impl DepthMetrics {
             self.oldest_age.with_label_values(&label).set(age);
         }
         // An unreadable processing list keeps the previous values.
-        if let (Some(f), Some(a)) = (&self.in_flight, &d.active) {
+        if let Some(a) = &d.active {
+            let f = &self.in_flight;
+            f.register();
             f.active.with_label_values(&label).set(a.active as f64);
             f.stuck.with_label_values(&label).set(a.stuck as f64);
         }

@@ -420,3 +420,35 @@ async fn a_bullmq_requeue_as_a_task_holds_its_rate_reports_progress_and_cancels(
         "started and ended: {audit}"
     );
 }
+
+#[tokio::test]
+async fn a_bullmq_queue_added_by_a_reload_is_read_with_its_jobs_in_flight_and_served() {
+    let (redis, _dir, _flag) = failed_jobs(5).await;
+    let seed_only = config(&redis).replace("  bullmq: {queues: [render]}\n", "");
+    let d = Daemon::start(&seed_only, &[]).await;
+    let page = d.get_text("/metrics").await;
+    assert!(
+        !page.contains("bullmq:render") && !page.contains("job_queue_active"),
+        "{page}"
+    );
+    let resp = reqwest::Client::new()
+        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:bullmq:render"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "not configured yet");
+
+    d.rewrite(&config(&redis));
+    d.sighup();
+    let page = eventually("the added queue read", LIMIT, async || {
+        let page = d.get_text("/metrics").await;
+        (sample_value(&page, "dlq_depth{queue=\"bullmq:render\"}") == Some(5.0)).then_some(page)
+    })
+    .await;
+    assert_eq!(
+        sample_value(&page, "job_queue_active{queue=\"bullmq:render\"}"),
+        Some(0.0),
+        "{page}"
+    );
+    assert_eq!(d.get_json("/api/dlq/jobs/dlq:bullmq:render").await["total"], 5);
+}
