@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 
-use super::frameworks::{listing_rows, millis_rfc3339, number, text, type_check_lua, MoveScript};
+use super::adapter::{listing_rows, millis_rfc3339, number, text, type_check_lua, MoveScript};
 use super::{unix_now, Active, DlqError, QueueDepth, Queues};
 use crate::config::BullmqQueues;
 

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::frameworks::type_check_lua;
+use super::adapter::type_check_lua;
 use super::{unix_now, Active, DlqError, QueueDepth, Queues};
 
 /// kombu's separator between a queue's name and its priority step.
@@ -93,7 +93,7 @@ impl CelerySightings {
     pub fn wait(&self, queue: &str, (head, tail): (&str, &str), now: f64) -> f64 {
         let mut all = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let s = all.entry(queue.to_string()).or_default();
-        if !tail.is_empty() && s.tails.back().is_none_or(|(t, _)| t != tail) {
+        if !tail.is_empty() && s.tails.back().map_or(true, |(t, _)| t != tail) {
             s.tails.push_back((tail.to_string(), now));
             if s.tails.len() > SIGHTINGS_MAX {
                 s.tails.pop_front();

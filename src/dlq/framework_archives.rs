@@ -9,7 +9,8 @@
 
 use chrono::Utc;
 
-use super::frameworks::{wrong_type, FrameworkQueue};
+use super::adapter::wrong_type;
+use super::frameworks::FrameworkQueue;
 use super::{ClearReport, DlqError, Framework, Queues, RestoreReport};
 
 /// One batch of a move between two sorted sets (a failed set and an

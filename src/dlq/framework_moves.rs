@@ -80,7 +80,7 @@ pub fn matches_listed(filter: &Filter, job: &Value, now: f64) -> bool {
     }
     filter
         .min_attempts
-        .is_none_or(|n| job["attempt_count"].as_u64().is_some_and(|a| a >= n))
+        .map_or(true, |n| job["attempt_count"].as_u64().is_some_and(|a| a >= n))
 }
 
 impl Queues {
@@ -116,7 +116,7 @@ impl Queues {
         (cursor, limit): (u64, u64),
     ) -> Result<Value, DlqError> {
         let config = self.config();
-        let (scan_max, batch) = (config.search_scan_max as u64, (config.requeue_batch as u64).max(1));
+        let (scan_max, batch) = (config.search_scan_max, (config.requeue_batch as u64).max(1));
         let now = super::unix_now();
         let (mut at, mut jobs, mut total) = (cursor, Vec::new(), 0);
         while at < cursor + scan_max && (jobs.len() as u64) < limit.max(1) {

@@ -6,6 +6,7 @@
 
 use serde_json::{json, Value};
 
+use super::adapter::{wrong_type, MoveScript};
 use super::{DlqError, Queues};
 
 /// A job framework whose failed jobs inferwatch lists and moves.
@@ -68,48 +69,6 @@ pub struct FrameworkRequeueReport {
     /// in the failed set.
     pub left: u64,
 }
-
-/// One batch script of a framework's requeue: its keys (the failed set
-/// first) and the arguments before the ids. The script answers
-/// `{moved, taken, left}`, or `wrong_type` naming a key.
-pub(super) struct MoveScript {
-    pub lua: &'static str,
-    pub keys: Vec<String>,
-    pub args: Vec<String>,
-}
-
-/// The `{'wrong_type', key, found, want}` answer of a framework script, as
-/// an error.
-pub(super) fn wrong_type(reply: &redis::Value) -> Option<DlqError> {
-    let (tag, key, found, want) = redis::from_redis_value::<(String, String, String, String)>(reply).ok()?;
-    (tag == "wrong_type").then(|| DlqError::WrongType {
-        key,
-        found,
-        expected: match want.as_str() {
-            "list" => "list",
-            "hash" => "hash",
-            "stream" => "stream",
-            "string" => "string",
-            _ => "zset",
-        },
-    })
-}
-
-/// The start of each framework script: every key `KEYS[i]` is of type
-/// `kinds[i]` (or absent), else the script answers
-/// `{'wrong_type', key, type, want}` before it reads or writes anything else.
-macro_rules! type_check_lua {
-    () => {
-        r#"for i, want in ipairs(kinds) do
-  local t = redis.call('TYPE', KEYS[i]).ok
-  if t ~= want and t ~= 'none' then
-    return {'wrong_type', KEYS[i], t, want}
-  end
-end
-"#
-    };
-}
-pub(super) use type_check_lua;
 
 impl Queues {
     /// The framework queue whose failed set `dlq` names
@@ -315,38 +274,6 @@ fn page(dlq: &str, (start, limit): (u64, u64), total: u64, listed: Vec<Value>, b
     })
 }
 
-/// A listing script's reply: the total, then `width` fields a job.
-pub(super) fn listing_rows(reply: redis::Value, width: usize) -> Result<(u64, Vec<Vec<redis::Value>>), DlqError> {
-    let reply: Vec<redis::Value> = redis::from_redis_value(&reply)
-        .map_err(|e| DlqError::Unavailable(format!("a listing answered in an unknown shape: {e}")))?;
-    let total: u64 = reply.first().and_then(|v| redis::from_redis_value(v).ok()).unwrap_or(0);
-    let rows = reply[1.min(reply.len())..]
-        .chunks(width)
-        .filter(|c| c.len() == width)
-        .map(|c| c.to_vec())
-        .collect();
-    Ok((total, rows))
-}
-
-/// Field `i` of a listing row as text (empty when absent).
-pub(super) fn text(row: &[redis::Value], i: usize) -> String {
-    row.get(i)
-        .and_then(|v| redis::from_redis_value::<String>(v).ok())
-        .unwrap_or_default()
-}
-
-/// Field `i` of a listing row as a number.
-pub(super) fn number(row: &[redis::Value], i: usize) -> Option<u64> {
-    row.get(i).and_then(|v| redis::from_redis_value::<u64>(v).ok())
-}
-
-/// Milliseconds since the epoch as RFC 3339, UTC.
-pub(super) fn millis_rfc3339(ms: Option<u64>) -> Value {
-    ms.and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
-        .map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
-        .unwrap_or(Value::Null)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,14 +289,5 @@ mod tests {
         );
         let p = page("dlq:rq:default", (0, 10), 10, jobs, 10);
         assert_eq!(p["jobs"].as_array().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn millisecond_times_read_as_rfc3339() {
-        assert_eq!(
-            millis_rfc3339(Some(1_796_637_600_500)),
-            json!("2026-12-07T10:00:00.500Z")
-        );
-        assert_eq!(millis_rfc3339(None), Value::Null);
     }
 }

@@ -42,6 +42,7 @@ use crate::config::QueuesConfig;
 use crate::metrics::{family, Metrics};
 use crate::redis_conn::{is_connection_error, RedisConn};
 
+mod adapter;
 mod archives;
 mod bullmq;
 mod celery;

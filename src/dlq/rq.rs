@@ -12,7 +12,7 @@
 //!
 //! Each RQ queue appears as `rq:<q>` in labels and requests.
 
-use super::frameworks::{type_check_lua, MoveScript};
+use super::adapter::{type_check_lua, MoveScript};
 use super::{unix_now, Active, DlqError, QueueDepth, Queues};
 use crate::config::RqQueues;
 

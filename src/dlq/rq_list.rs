@@ -11,7 +11,7 @@ use std::io::Read;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::frameworks::listing_rows;
+use super::adapter::listing_rows;
 use super::rq::RqLayout;
 use super::{DlqError, Queues};
 
