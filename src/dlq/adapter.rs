@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::DlqError;
+use super::{Active, DlqError, QueueDepth};
 
 /// One batch script of a framework's requeue: its keys (the failed set
 /// first) and the arguments before the ids. The script answers
@@ -79,6 +79,55 @@ pub(super) fn millis_rfc3339(ms: Option<u64>) -> Value {
     ms.and_then(|ms| chrono::DateTime::from_timestamp_millis(ms as i64))
         .map(|t| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
         .unwrap_or(Value::Null)
+}
+
+/// A listing script's reply as listed jobs: `width` fields a job, each
+/// made into JSON by `listed(label, index, fields, cap)`.
+pub fn listed_rows(
+    reply: redis::Value,
+    (width, label, start, cap): (usize, &str, u64, usize),
+    listed: fn(&str, u64, &[redis::Value], usize) -> Value,
+) -> Result<(u64, Vec<Value>), DlqError> {
+    let (total, rows) = listing_rows(reply, width)?;
+    let jobs = rows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| listed(label, start + i as u64, f, cap));
+    Ok((total, jobs.collect()))
+}
+
+/// An adapter poll's reading, `(waiting, failed, in flight, the next job's
+/// enqueue time, the oldest failure's time)`, as the queue collector's,
+/// with `time` reading the framework's timestamps as Unix seconds. Jobs in
+/// flight are never stuck here: each framework's own maintenance fails or
+/// requeues a job whose worker died.
+pub fn depth_of(
+    label: &str,
+    reply: (u64, u64, u64, String, String),
+    now: f64,
+    time: fn(&str) -> Option<f64>,
+) -> QueueDepth {
+    let (depth, failed, active, head, oldest) = reply;
+    let age = |t: &str| time(t).map(|t| (now - t).max(0.0));
+    QueueDepth {
+        queue: label.to_string(),
+        depth,
+        dlq_depth: failed,
+        oldest_age_seconds: if failed == 0 { Some(0.0) } else { age(&oldest) },
+        active: Some(Active {
+            queue: label.to_string(),
+            active,
+            stuck: 0,
+        }),
+        active_error: None,
+        wait_seconds: if depth == 0 { 0.0 } else { age(&head).unwrap_or(0.0) },
+    }
+}
+
+/// Milliseconds since the epoch (as BullMQ and Dramatiq write times, and
+/// as their sets' scores) as Unix seconds.
+pub fn millis_time(ms: &str) -> Option<f64> {
+    ms.parse::<f64>().ok().map(|ms| ms / 1000.0)
 }
 
 #[cfg(test)]

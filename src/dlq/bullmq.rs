@@ -8,8 +8,8 @@
 
 use serde_json::{json, Value};
 
-use super::adapter::{listing_rows, millis_rfc3339, number, text, type_check_lua, MoveScript};
-use super::{unix_now, Active, DlqError, QueueDepth, Queues};
+use super::adapter::{depth_of, listed_rows, millis_rfc3339, millis_time, number, text, type_check_lua, MoveScript};
+use super::{unix_now, DlqError, QueueDepth, Queues};
 use crate::config::BullmqQueues;
 
 /// Where one BullMQ deployment keeps a queue's keys.
@@ -174,7 +174,7 @@ impl Queues {
             let reply = self.eval_read_only(POLL_LUA, &keys, &[l.job_prefix(q)]).await?;
             let reply = redis::from_redis_value(&reply)
                 .map_err(|e| DlqError::Unavailable(format!("a BullMQ poll answered in an unknown shape: {e}")))?;
-            out.push(depth_of(&format!("bullmq:{q}"), reply, unix_now()));
+            out.push(depth_of(&format!("bullmq:{q}"), reply, unix_now(), millis_time));
         }
         Ok(out)
     }
@@ -198,15 +198,7 @@ impl Queues {
             cap.to_string(),
         ];
         let reply = self.eval_read_only(LIST_LUA, &[l.key(queue, "failed")], &args).await?;
-        let (total, rows) = listing_rows(reply, 9)?;
-        let label = format!("bullmq:{queue}");
-        Ok((
-            total,
-            rows.iter()
-                .enumerate()
-                .map(|(i, f)| listed(&label, start + i as u64, f, cap))
-                .collect(),
-        ))
+        listed_rows(reply, (9, &format!("bullmq:{queue}"), start, cap), listed)
     }
 }
 
@@ -235,26 +227,6 @@ fn listed(queue: &str, index: u64, f: &[redis::Value], cap: usize) -> Value {
     })
 }
 
-/// The poll's reply as the queue collector's reading.
-fn depth_of(label: &str, reply: (u64, u64, u64, String, String), now: f64) -> QueueDepth {
-    let (depth, failed, active, head_ms, oldest_ms) = reply;
-    let age = |ms: &str| ms.parse::<f64>().ok().map(|ms| (now - ms / 1000.0).max(0.0));
-    QueueDepth {
-        queue: label.to_string(),
-        depth,
-        dlq_depth: failed,
-        oldest_age_seconds: if failed == 0 { Some(0.0) } else { age(&oldest_ms) },
-        active: Some(Active {
-            queue: label.to_string(),
-            active,
-            // A job whose lock lapsed is BullMQ's own stalled check's to move.
-            stuck: 0,
-        }),
-        active_error: None,
-        wait_seconds: if depth == 0 { 0.0 } else { age(&head_ms).unwrap_or(0.0) },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,11 +249,17 @@ mod tests {
             "bullmq:render",
             (3, 2, 1, "1796637600000".into(), "1796637660000".into()),
             now,
+            millis_time,
         );
         assert_eq!((d.depth, d.dlq_depth), (3, 2));
         assert_eq!((d.wait_seconds, d.oldest_age_seconds), (100.0, Some(40.0)));
         assert_eq!(d.active.map(|a| a.active), Some(1));
-        let empty = depth_of("bullmq:render", (0, 0, 0, String::new(), String::new()), now);
+        let empty = depth_of(
+            "bullmq:render",
+            (0, 0, 0, String::new(), String::new()),
+            now,
+            millis_time,
+        );
         assert_eq!((empty.wait_seconds, empty.oldest_age_seconds), (0.0, Some(0.0)));
     }
 }

@@ -10,8 +10,8 @@
 
 use serde_json::{json, Value};
 
-use super::adapter::{listing_rows, millis_rfc3339, number, text, type_check_lua, MoveScript};
-use super::{unix_now, Active, DlqError, QueueDepth, Queues};
+use super::adapter::{depth_of, listed_rows, millis_rfc3339, millis_time, number, text, type_check_lua, MoveScript};
+use super::{unix_now, DlqError, QueueDepth, Queues};
 use crate::config::DramatiqQueues;
 
 /// Where one Dramatiq broker keeps a queue's keys.
@@ -140,7 +140,7 @@ impl Queues {
             let reply = self.eval_read_only(POLL_LUA, &keys, &[]).await?;
             let reply = redis::from_redis_value(&reply)
                 .map_err(|e| DlqError::Unavailable(format!("a Dramatiq poll answered in an unknown shape: {e}")))?;
-            out.push(depth_of(&format!("dramatiq:{q}"), reply, unix_now()));
+            out.push(depth_of(&format!("dramatiq:{q}"), reply, unix_now(), millis_time));
         }
         Ok(out)
     }
@@ -160,15 +160,7 @@ impl Queues {
         let keys = [l.key(queue, ".XQ"), l.key(queue, ".XQ.msgs")];
         let args = [start.to_string(), stop.to_string(), cap.to_string()];
         let reply = self.eval_read_only(LIST_LUA, &keys, &args).await?;
-        let (total, rows) = listing_rows(reply, 8)?;
-        let label = format!("dramatiq:{queue}");
-        Ok((
-            total,
-            rows.iter()
-                .enumerate()
-                .map(|(i, f)| listed(&label, start + i as u64, f, cap))
-                .collect(),
-        ))
+        listed_rows(reply, (8, &format!("dramatiq:{queue}"), start, cap), listed)
     }
 }
 
@@ -206,27 +198,6 @@ fn listed(queue: &str, index: u64, f: &[redis::Value], cap: usize) -> Value {
     })
 }
 
-/// The poll's reply as the queue collector's reading.
-fn depth_of(label: &str, reply: (u64, u64, u64, String, String), now: f64) -> QueueDepth {
-    let (depth, dead, held, head_ms, oldest_ms) = reply;
-    let age = |ms: &str| ms.parse::<f64>().ok().map(|ms| (now - ms / 1000.0).max(0.0));
-    QueueDepth {
-        queue: label.to_string(),
-        depth,
-        dlq_depth: dead,
-        oldest_age_seconds: if dead == 0 { Some(0.0) } else { age(&oldest_ms) },
-        active: Some(Active {
-            queue: label.to_string(),
-            active: held,
-            // A dead worker's messages are requeued by the broker's own
-            // maintenance (its heartbeat timeout).
-            stuck: 0,
-        }),
-        active_error: None,
-        wait_seconds: if depth == 0 { 0.0 } else { age(&head_ms).unwrap_or(0.0) },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +221,7 @@ mod tests {
             "dramatiq:default",
             (4, 2, 1, "1796637600000".into(), "1796637660000.0".into()),
             now,
+            millis_time,
         );
         assert_eq!((d.depth, d.dlq_depth), (4, 2));
         assert_eq!((d.wait_seconds, d.oldest_age_seconds), (100.0, Some(40.0)));

@@ -12,8 +12,8 @@
 //!
 //! Each RQ queue appears as `rq:<q>` in labels and requests.
 
-use super::adapter::{type_check_lua, MoveScript};
-use super::{unix_now, Active, DlqError, QueueDepth, Queues};
+use super::adapter::{depth_of, type_check_lua, MoveScript};
+use super::{unix_now, DlqError, QueueDepth, Queues};
 use crate::config::RqQueues;
 
 /// Where one RQ deployment keeps a queue's keys.
@@ -136,7 +136,7 @@ impl Queues {
             let reply = self.eval_read_only(POLL_LUA, &keys, &[layout.job_prefix()]).await?;
             let reply = redis::from_redis_value(&reply)
                 .map_err(|e| DlqError::Unavailable(format!("an RQ poll answered in an unknown shape: {e}")))?;
-            out.push(depth_of(&format!("rq:{q}"), reply, unix_now()));
+            out.push(depth_of(&format!("rq:{q}"), reply, unix_now(), parse_rq_time));
         }
         Ok(out)
     }
@@ -154,30 +154,6 @@ pub(super) fn requeue_script(config: &RqQueues, queue: &str) -> MoveScript {
         lua: REQUEUE_LUA,
         keys: vec![layout.failed_key(queue), layout.queue_key(queue)],
         args: vec![layout.job_prefix(), queue.to_string(), rq_now()],
-    }
-}
-
-/// The poll's reply as the queue collector's reading.
-fn depth_of(label: &str, reply: (u64, u64, u64, String, String), now: f64) -> QueueDepth {
-    let (depth, failed, wip, head_enqueued, oldest_ended) = reply;
-    let age = |t: &str| parse_rq_time(t).map(|t| (now - t).max(0.0));
-    QueueDepth {
-        queue: label.to_string(),
-        depth,
-        dlq_depth: failed,
-        oldest_age_seconds: if failed == 0 { Some(0.0) } else { age(&oldest_ended) },
-        active: Some(Active {
-            queue: label.to_string(),
-            active: wip,
-            // A job past RQ's heartbeat is failed by RQ's own maintenance.
-            stuck: 0,
-        }),
-        active_error: None,
-        wait_seconds: if depth == 0 {
-            0.0
-        } else {
-            age(&head_enqueued).unwrap_or(0.0)
-        },
     }
 }
 
@@ -218,12 +194,18 @@ mod tests {
                 "2026-12-07T10:01:00.000000Z".into(),
             ),
             now,
+            parse_rq_time,
         );
         assert_eq!((d.depth, d.dlq_depth), (3, 2));
         assert_eq!(d.wait_seconds, 100.0);
         assert_eq!(d.oldest_age_seconds, Some(40.0));
         assert_eq!(d.active.map(|a| a.active), Some(1));
-        let empty = depth_of("rq:default", (0, 0, 0, String::new(), String::new()), now);
+        let empty = depth_of(
+            "rq:default",
+            (0, 0, 0, String::new(), String::new()),
+            now,
+            parse_rq_time,
+        );
         assert_eq!((empty.wait_seconds, empty.oldest_age_seconds), (0.0, Some(0.0)));
     }
 }

@@ -11,7 +11,7 @@ use std::io::Read;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::adapter::listing_rows;
+use super::adapter::listed_rows;
 use super::rq::RqLayout;
 use super::{DlqError, Queues};
 
@@ -111,15 +111,7 @@ impl Queues {
         let reply = self
             .eval_read_only(LIST_LUA, &[layout.failed_key(queue)], &args)
             .await?;
-        let (total, rows) = listing_rows(reply, 8)?;
-        let label = format!("rq:{queue}");
-        Ok((
-            total,
-            rows.iter()
-                .enumerate()
-                .map(|(i, f)| listed(&label, start + i as u64, f, cap))
-                .collect(),
-        ))
+        listed_rows(reply, (8, &format!("rq:{queue}"), start, cap), listed)
     }
 }
 
