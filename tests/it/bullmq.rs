@@ -224,63 +224,24 @@ async fn sigkill_of_the_daemon_mid_bullmq_requeue_leaves_each_job_in_one_place()
     const N: u64 = 5_000;
     let (redis, _dir, _flag) = failed_jobs(N).await;
     let cfg = config(&redis).replace("  bullmq:", "  requeue_batch: 1\n  bullmq:");
-    let mut d = Daemon::start(&cfg, &[]).await;
-    let url = d.url("/api/system/dlq/requeue-all?queue=dlq:bullmq:render");
-    let request = tokio::spawn(async move { reqwest::Client::new().post(url).send().await });
-    eventually("the requeue to be under way", LIMIT, async || {
-        (count(&redis, "LLEN", "bull:render:wait").await > 300).then_some(())
+    let moves = crate::job_frameworks::Moves {
+        dlq: "dlq:bullmq:render",
+        failed: "bull:render:failed",
+        queue: "bull:render:wait",
+    };
+    crate::job_frameworks::sigkill_mid_requeue(&redis, &cfg, moves, (N, 300), async |waiting: &[String]| {
+        let mut c = redis.connection().await;
+        for id in waiting {
+            let reason: Option<String> = redis::cmd("HGET")
+                .arg(format!("bull:render:{id}"))
+                .arg("failedReason")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(reason, None, "job {id} on wait is no longer marked failed");
+        }
     })
     .await;
-    d.proc.stop_with(crate::common::SIGKILL);
-    let _ = request.await;
-
-    let wait = all(&redis, "LRANGE", "bull:render:wait").await;
-    let failed = all(&redis, "ZRANGE", "bull:render:failed").await;
-    assert!(
-        !wait.is_empty() && !failed.is_empty(),
-        "killed mid-way: {} / {}",
-        wait.len(),
-        failed.len()
-    );
-    let mut seen: std::collections::HashMap<&String, u32> = Default::default();
-    for id in wait.iter().chain(&failed) {
-        *seen.entry(id).or_default() += 1;
-    }
-    assert!(seen.values().all(|n| *n == 1), "a job in two places");
-    assert_eq!(
-        seen.len() as u64,
-        N,
-        "every job in exactly one place: {} + {}",
-        wait.len(),
-        failed.len()
-    );
-    let mut c = redis.connection().await;
-    for id in &wait {
-        let reason: Option<String> = redis::cmd("HGET")
-            .arg(format!("bull:render:{id}"))
-            .arg("failedReason")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(reason, None, "job {id} on wait is no longer marked failed");
-    }
-    let d = Daemon::start(&cfg.replace("requeue_batch: 1", "requeue_batch: 500"), &[]).await;
-    let report: serde_json::Value = reqwest::Client::new()
-        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:bullmq:render"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(report["requeued"].as_u64(), Some(failed.len() as u64), "{report}");
-    let wait = all(&redis, "LRANGE", "bull:render:wait").await;
-    let distinct: std::collections::HashSet<&String> = wait.iter().collect();
-    assert_eq!(
-        (wait.len() as u64, distinct.len() as u64),
-        (N, N),
-        "every job waiting once"
-    );
 }
 
 #[tokio::test]

@@ -209,46 +209,18 @@ async fn sigkill_of_the_daemon_mid_dramatiq_requeue_leaves_each_message_in_one_p
     const N: u64 = 3_000;
     let (redis, _dir, _flag) = dead_letters(N, 0).await;
     let cfg = config(&redis).replace("  dramatiq:", "  requeue_batch: 1\n  dramatiq:");
-    let mut d = Daemon::start(&cfg, &[]).await;
-    let url = d.url("/api/system/dlq/requeue-all?queue=dlq:dramatiq:default");
-    let request = tokio::spawn(async move { reqwest::Client::new().post(url).send().await });
-    eventually("the requeue to be under way", LIMIT, async || {
-        (count(&redis, "LLEN", "dramatiq:default").await > 300).then_some(())
+    let moves = crate::job_frameworks::Moves {
+        dlq: "dlq:dramatiq:default",
+        failed: "dramatiq:default.XQ",
+        queue: "dramatiq:default",
+    };
+    crate::job_frameworks::sigkill_mid_requeue(&redis, &cfg, moves, (N, 300), async |queued: &[String]| {
+        // Each message's body is where its id is, and only there.
+        let held = count(&redis, "HLEN", "dramatiq:default.msgs").await;
+        let dead_held = count(&redis, "HLEN", "dramatiq:default.XQ.msgs").await;
+        assert_eq!((held, dead_held), (queued.len() as u64, N - queued.len() as u64));
     })
     .await;
-    d.proc.stop_with(crate::common::SIGKILL);
-    let _ = request.await;
-
-    let queued = all(&redis, "LRANGE", "dramatiq:default").await;
-    let dead = all(&redis, "ZRANGE", "dramatiq:default.XQ").await;
-    assert!(
-        !queued.is_empty() && !dead.is_empty(),
-        "killed mid-way: {} / {}",
-        queued.len(),
-        dead.len()
-    );
-    let mut seen: std::collections::HashMap<&String, u32> = Default::default();
-    for id in queued.iter().chain(&dead) {
-        *seen.entry(id).or_default() += 1;
-    }
-    assert!(seen.values().all(|n| *n == 1), "a message in two places");
-    assert_eq!(seen.len() as u64, N, "every message in exactly one place");
-    // Each message's body is where its id is, and only there.
-    let held = count(&redis, "HLEN", "dramatiq:default.msgs").await;
-    let dead_held = count(&redis, "HLEN", "dramatiq:default.XQ.msgs").await;
-    assert_eq!((held, dead_held), (queued.len() as u64, dead.len() as u64));
-
-    let d = Daemon::start(&cfg.replace("requeue_batch: 1", "requeue_batch: 500"), &[]).await;
-    let report: serde_json::Value = reqwest::Client::new()
-        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:dramatiq:default"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(report["requeued"].as_u64(), Some(dead.len() as u64), "{report}");
-    assert_eq!(count(&redis, "LLEN", "dramatiq:default").await, N);
     assert_eq!(count(&redis, "HLEN", "dramatiq:default.msgs").await, N);
 }
 

@@ -568,77 +568,31 @@ async fn sigkill_of_the_daemon_mid_rq_requeue_leaves_each_job_in_one_place() {
     let dir = tempfile::tempdir().unwrap();
     write_jobs(dir.path());
     let flag = dir.path().join("flag");
-    const N: usize = 20_000;
-    fail_through_rqs_registry(dir.path(), &redis, N, &flag);
-    let zcard = |key: &'static str| {
-        let redis = &redis;
-        async move {
-            let n = count(redis, "ZCARD", key).await as usize;
-            n
-        }
-    };
-    assert_eq!(zcard("rq:failed:default").await, N);
-
+    const N: u64 = 20_000;
+    fail_through_rqs_registry(dir.path(), &redis, N as usize, &flag);
+    assert_eq!(count(&redis, "ZCARD", "rq:failed:default").await, N);
     // One job a Lua step, so that the kill lands between steps mid-way.
     let cfg = config(&redis).replace("  rq:", "  requeue_batch: 1\n  rq:");
-    let mut d = Daemon::start(&cfg, &[]).await;
-    let url = d.url("/api/system/dlq/requeue-all?queue=dlq:rq:default");
-    let request = tokio::spawn(async move { reqwest::Client::new().post(url).send().await });
-    eventually("the requeue to be under way", LIMIT, async || {
-        let n = count(&redis, "LLEN", "rq:queue:default").await as usize;
-        (n > 1000).then_some(())
+    let moves = Moves {
+        dlq: "dlq:rq:default",
+        failed: "rq:failed:default",
+        queue: "rq:queue:default",
+    };
+    // (That RQ's worker then runs each requeued job once is shown above on
+    // 200 and 50 jobs: here it would take it minutes.)
+    sigkill_mid_requeue(&redis, &cfg, moves, (N, 1000), async |queued: &[String]| {
+        let mut c = redis.connection().await;
+        for id in queued {
+            let status: String = redis::cmd("HGET")
+                .arg(format!("rq:job:{id}"))
+                .arg("status")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(status, "queued", "{id} was pushed with its status");
+        }
     })
     .await;
-    d.proc.stop_with(crate::common::SIGKILL);
-    let _ = request.await;
-
-    let mut c = redis.connection().await;
-    let queue = all(&redis, "LRANGE", "rq:queue:default").await;
-    let failed = all(&redis, "ZRANGE", "rq:failed:default").await;
-    assert!(
-        !queue.is_empty() && !failed.is_empty(),
-        "killed mid-way: {} / {}",
-        queue.len(),
-        failed.len()
-    );
-    let mut seen: std::collections::HashMap<&String, u32> = Default::default();
-    for id in queue.iter().chain(&failed) {
-        *seen.entry(id).or_default() += 1;
-    }
-    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "in two places: {twice:?}");
-    assert_eq!(
-        seen.len(),
-        N,
-        "every job in exactly one place: {} queued + {} failed",
-        queue.len(),
-        failed.len()
-    );
-    for id in &queue {
-        let status: String = redis::cmd("HGET")
-            .arg(format!("rq:job:{id}"))
-            .arg("status")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(status, "queued", "{id} was pushed with its status");
-    }
-
-    // A second requeue moves the rest, each once. (That RQ's worker then
-    // runs each requeued job once is shown above on 200 and 50 jobs: here
-    // it would take it minutes.)
-    let d = Daemon::start(&cfg.replace("requeue_batch: 1", "requeue_batch: 1000"), &[]).await;
-    let resp = reqwest::Client::new()
-        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:rq:default"))
-        .send()
-        .await
-        .unwrap();
-    let report: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(report["requeued"].as_u64(), Some(failed.len() as u64), "{report}");
-    let queue = all(&redis, "LRANGE", "rq:queue:default").await;
-    let distinct: std::collections::HashSet<&String> = queue.iter().collect();
-    assert_eq!((queue.len(), distinct.len()), (N, N), "every job on the queue once");
-    assert_eq!(zcard("rq:failed:default").await, 0);
 }
 
 #[tokio::test]
@@ -846,4 +800,72 @@ pub async fn clear_and_restore(d: &Daemon, dlq: &str, n: u64) {
         .await
         .unwrap();
     assert_eq!(again.status(), 404, "an archive restores once");
+}
+
+/// Where a framework keeps what a requeue moves: its DLQ's name, the
+/// failed set (a sorted set) and the list jobs are requeued onto.
+pub struct Moves<'a> {
+    pub dlq: &'a str,
+    pub failed: &'a str,
+    pub queue: &'a str,
+}
+
+/// Requeues the `n` failed jobs of `m` one Lua step a job through a daemon
+/// on `cfg` (which holds `requeue_batch: 1`), SIGKILLs it once more than
+/// `at` jobs are queued, and checks that every id is in exactly one of the
+/// failed set and the queue; `check` then looks at the ids queued. A second
+/// daemon requeues the rest, each once.
+pub async fn sigkill_mid_requeue(
+    redis: &Redis,
+    cfg: &str,
+    m: Moves<'_>,
+    (n, at): (u64, u64),
+    check: impl AsyncFn(&[String]),
+) {
+    let mut d = Daemon::start(cfg, &[]).await;
+    let url = d.url(&format!("/api/system/dlq/requeue-all?queue={}", m.dlq));
+    let request = tokio::spawn(async move { reqwest::Client::new().post(url).send().await });
+    eventually("the requeue to be under way", LIMIT, async || {
+        (count(redis, "LLEN", m.queue).await > at).then_some(())
+    })
+    .await;
+    d.proc.stop_with(crate::common::SIGKILL);
+    let _ = request.await;
+
+    let queued = all(redis, "LRANGE", m.queue).await;
+    let failed = all(redis, "ZRANGE", m.failed).await;
+    assert!(
+        !queued.is_empty() && !failed.is_empty(),
+        "killed mid-way: {} / {}",
+        queued.len(),
+        failed.len()
+    );
+    let mut seen: std::collections::HashMap<&String, u32> = Default::default();
+    for id in queued.iter().chain(&failed) {
+        *seen.entry(id).or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "in two places: {twice:?}");
+    assert_eq!(
+        seen.len() as u64,
+        n,
+        "every job in exactly one place: {} + {}",
+        queued.len(),
+        failed.len()
+    );
+    check(&queued).await;
+
+    let d = Daemon::start(&cfg.replace("requeue_batch: 1\n", "requeue_batch: 1000\n"), &[]).await;
+    let report = d
+        .post_json(&format!("/api/system/dlq/requeue-all?queue={}", m.dlq))
+        .await;
+    assert_eq!(report["requeued"].as_u64(), Some(failed.len() as u64), "{report}");
+    let queued = all(redis, "LRANGE", m.queue).await;
+    let distinct: std::collections::HashSet<&String> = queued.iter().collect();
+    assert_eq!(
+        (queued.len() as u64, distinct.len() as u64),
+        (n, n),
+        "every job queued once"
+    );
+    assert_eq!(count(redis, "ZCARD", m.failed).await, 0);
 }

@@ -136,6 +136,12 @@ impl Daemon {
     pub async fn get_text(&self, path: &str) -> String {
         reqwest::get(self.url(path)).await.unwrap().text().await.unwrap()
     }
+
+    /// `POST path` (no body), and the JSON it answers.
+    pub async fn post_json(&self, path: &str) -> serde_json::Value {
+        let resp = reqwest::Client::new().post(self.url(path)).send().await.unwrap();
+        resp.json().await.unwrap()
+    }
 }
 
 /// `inferwatch check-config PATH`: its exit code and what it printed.
