@@ -327,40 +327,69 @@ mod tests {
         let job = json!({"error": "RuntimeError: CUDA out of memory", "attempt_count": 3,
             "last_failed_at": "2026-12-07T10:00:00.000Z", "original_job": {"data": {"frame": 7}}});
         let now = 1_796_637_600.0 + 7200.0;
-        let f = |f: Filter| matches_listed(&f, &job, now);
-        assert!(f(Filter::default()));
-        assert!(f(Filter {
-            error: Some("cuda".into()),
-            ..Default::default()
-        }));
-        assert!(!f(Filter {
-            error: Some("timeout".into()),
-            ..Default::default()
-        }));
-        assert!(f(Filter {
-            older_than: Some(3600.0),
-            ..Default::default()
-        }));
-        assert!(!f(Filter {
-            newer_than: Some(3600.0),
-            ..Default::default()
-        }));
-        assert!(f(Filter {
-            min_attempts: Some(3),
-            ..Default::default()
-        }));
-        assert!(!f(Filter {
-            min_attempts: Some(4),
-            ..Default::default()
-        }));
-        assert!(f(Filter {
-            q: Some("\"frame\":7".into()),
-            ..Default::default()
-        }));
-        assert!(!f(Filter {
-            malformed: Some(true),
-            ..Default::default()
-        }));
+        let d = Filter::default;
+        let cases = [
+            (d(), true),
+            (
+                Filter {
+                    error: Some("cuda".into()),
+                    ..d()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    error: Some("timeout".into()),
+                    ..d()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    older_than: Some(3600.0),
+                    ..d()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    newer_than: Some(3600.0),
+                    ..d()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    min_attempts: Some(3),
+                    ..d()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    min_attempts: Some(4),
+                    ..d()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    q: Some("\"frame\":7".into()),
+                    ..d()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    malformed: Some(true),
+                    ..d()
+                },
+                false,
+            ),
+        ];
+        for (filter, want) in cases {
+            assert_eq!(matches_listed(&filter, &job, now), want, "{filter:?}");
+        }
         // RQ's own time format reads too.
         let rq = json!({"error": "", "last_failed_at": "2026-12-07T10:00:00.500000Z"});
         assert!(matches_listed(

@@ -136,16 +136,7 @@ async fn failed_jobs(n: u64) -> (Redis, tempfile::TempDir, PathBuf) {
 async fn bullmq_jobs_its_worker_failed_are_counted_listed_and_requeued_once_each_while_it_runs() {
     let (redis, dir, flag) = failed_jobs(200).await;
     let d = Daemon::start(&config(&redis), &[]).await;
-    let series = |name: &str| format!("{name}{{queue=\"bullmq:render\"}}");
-    let page = eventually("BullMQ's failed jobs counted", LIMIT, async || {
-        let page = d.get_text("/metrics").await;
-        (sample_value(&page, &series("dlq_depth")) == Some(200.0)).then_some(page)
-    })
-    .await;
-    assert_eq!(sample_value(&page, &series("job_queue_depth")), Some(0.0));
-    assert_eq!(sample_value(&page, &series("job_queue_active")), Some(0.0));
-    let age = sample_value(&page, &series("dlq_oldest_job_age_seconds")).unwrap();
-    assert!((0.0..600.0).contains(&age), "the oldest failure's age: {age}");
+    crate::job_frameworks::counted(&d, "bullmq:render", 200.0).await;
 
     // Listed in the seed's JobFailure shape, with BullMQ's own words.
     let listing = d.get_json("/api/dlq/jobs/dlq:bullmq:render?start=0&limit=200").await;
@@ -178,23 +169,11 @@ async fn bullmq_jobs_its_worker_failed_are_counted_listed_and_requeued_once_each
     // second one in batches of 7 race over the same failed set.
     std::fs::remove_file(&flag).unwrap();
     let _w = Worker::start(dir.path(), &redis, &flag, 10);
-    let other = bullmq_queues(&redis, 7);
     let fq = inferwatch::dlq::FrameworkQueue {
         framework: inferwatch::dlq::Framework::Bullmq,
         queue: "render".into(),
     };
-    let api = reqwest::Client::new()
-        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:bullmq:render"))
-        .send();
-    let (resp, direct) = tokio::join!(api, other.requeue_all_framework(&fq));
-    let report: serde_json::Value = resp.unwrap().json().await.unwrap();
-    let direct = direct.unwrap();
-    assert_eq!(
-        report["requeued"].as_u64().unwrap() + direct.requeued,
-        200,
-        "each job moved once between them: {report} {direct:?}"
-    );
-    assert_eq!((report["left"].as_u64(), direct.left), (Some(0), 0));
+    let report = crate::job_frameworks::racing_requeues(&d, fq, 200).await;
 
     // BullMQ's worker runs every job exactly once, and completes it.
     settled(&redis, "bull:render:completed", 200).await;
@@ -209,14 +188,6 @@ async fn bullmq_jobs_its_worker_failed_are_counted_listed_and_requeued_once_each
         report["requeued"].as_f64().unwrap(),
         "the daemon counts its own moves"
     );
-}
-
-/// The queues' client for `redis`, as the daemon builds it.
-fn bullmq_queues(redis: &Redis, batch: usize) -> std::sync::Arc<inferwatch::dlq::Queues> {
-    let mut config = inferwatch::config::Config::from_yaml(&config(redis)).unwrap();
-    config.queues.requeue_batch = batch;
-    config.validate().unwrap();
-    inferwatch::dlq::Queues::new(config.queues, &inferwatch::metrics::Metrics::new()).unwrap()
 }
 
 #[tokio::test]
@@ -267,7 +238,7 @@ async fn a_bullmq_requeue_checks_every_key_first_and_leaves_flow_children_and_lo
         .query_async(&mut c)
         .await
         .unwrap();
-    let q = bullmq_queues(&redis, 100);
+    let q = crate::job_frameworks::queues_for(&config(&redis), 100);
     let fq = inferwatch::dlq::FrameworkQueue {
         framework: inferwatch::dlq::Framework::Bullmq,
         queue: "render".into(),

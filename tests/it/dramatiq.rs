@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{eventually, repo, sample_value, Daemon, Proc, Redis, SIGTERM};
+use crate::common::{eventually, repo, Daemon, Proc, Redis, SIGTERM};
 use crate::job_frameworks::{all, count, runs};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -136,28 +136,11 @@ fn default_queue() -> inferwatch::dlq::FrameworkQueue {
     }
 }
 
-/// The queues' client for `redis`, as the daemon builds it.
-fn dramatiq_queues(redis: &Redis, batch: usize) -> std::sync::Arc<inferwatch::dlq::Queues> {
-    let mut config = inferwatch::config::Config::from_yaml(&config(redis)).unwrap();
-    config.queues.requeue_batch = batch;
-    config.validate().unwrap();
-    inferwatch::dlq::Queues::new(config.queues, &inferwatch::metrics::Metrics::new()).unwrap()
-}
-
 #[tokio::test]
 async fn dramatiq_dead_letters_are_counted_listed_and_requeued_once_each_while_its_worker_runs() {
     let (redis, dir, flag) = dead_letters(200, 1).await;
     let d = Daemon::start(&config(&redis), &[]).await;
-    let series = |name: &str| format!("{name}{{queue=\"dramatiq:default\"}}");
-    let page = eventually("Dramatiq's dead letters counted", LIMIT, async || {
-        let page = d.get_text("/metrics").await;
-        (sample_value(&page, &series("dlq_depth")) == Some(200.0)).then_some(page)
-    })
-    .await;
-    assert_eq!(sample_value(&page, &series("job_queue_depth")), Some(0.0));
-    assert_eq!(sample_value(&page, &series("job_queue_active")), Some(0.0));
-    let age = sample_value(&page, &series("dlq_oldest_job_age_seconds")).unwrap();
-    assert!((0.0..600.0).contains(&age), "the oldest dead letter's age: {age}");
+    crate::job_frameworks::counted(&d, "dramatiq:default", 200.0).await;
 
     let listing = d.get_json("/api/dlq/jobs/dlq:dramatiq:default?limit=200").await;
     assert_eq!(listing["total"].as_u64(), Some(200), "{listing}");
@@ -184,19 +167,7 @@ async fn dramatiq_dead_letters_are_counted_listed_and_requeued_once_each_while_i
     // second one in batches of 7 race over the same dead letters.
     std::fs::remove_file(&flag).unwrap();
     let _w = Worker::start(dir.path(), &redis, 1);
-    let other = dramatiq_queues(&redis, 7);
-    let api = reqwest::Client::new()
-        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:dramatiq:default"))
-        .send();
-    let fq = default_queue();
-    let (resp, direct) = tokio::join!(api, other.requeue_all_framework(&fq));
-    let report: serde_json::Value = resp.unwrap().json().await.unwrap();
-    let direct = direct.unwrap();
-    assert_eq!(
-        report["requeued"].as_u64().unwrap() + direct.requeued,
-        200,
-        "each message moved once between them: {report} {direct:?}"
-    );
+    crate::job_frameworks::racing_requeues(&d, default_queue(), 200).await;
 
     // Dramatiq's worker runs every message exactly once, and acks it.
     settled(&redis, 0, 200).await;
@@ -241,7 +212,7 @@ async fn a_dramatiq_requeue_checks_every_key_first_and_leaves_a_dead_letter_with
         .query_async(&mut c)
         .await
         .unwrap();
-    let q = dramatiq_queues(&redis, 100);
+    let q = crate::job_frameworks::queues_for(&config(&redis), 100);
     let e = q.requeue_all_framework(&default_queue()).await.unwrap_err().to_string();
     assert!(e.contains("dramatiq:default.msgs holds a string, not a hash"), "{e}");
     assert_eq!(count(&redis, "ZCARD", "dramatiq:default.XQ").await, 3, "nothing moved");

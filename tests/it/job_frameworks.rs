@@ -398,9 +398,10 @@ fn rq_default() -> inferwatch::dlq::FrameworkQueue {
     rq_queue("default")
 }
 
-/// The queues' client for `redis`, as the daemon builds it.
-fn rq_queues(redis: &Redis, batch: usize) -> std::sync::Arc<inferwatch::dlq::Queues> {
-    let mut config = inferwatch::config::Config::from_yaml(&config(redis)).unwrap();
+/// The queues' client for the config `yaml`, as the daemon builds it,
+/// moving `batch` jobs a step.
+pub fn queues_for(yaml: &str, batch: usize) -> std::sync::Arc<inferwatch::dlq::Queues> {
+    let mut config = inferwatch::config::Config::from_yaml(yaml).unwrap();
     config.queues.requeue_batch = batch;
     config.validate().unwrap();
     inferwatch::dlq::Queues::new(config.queues, &inferwatch::metrics::Metrics::new()).unwrap()
@@ -452,7 +453,7 @@ async fn rq_failed_jobs_requeued_by_two_requeues_at_once_run_exactly_once_by_rqs
     std::fs::remove_file(&flag).unwrap();
     // RQ's own worker runs all along, taking jobs as they arrive.
     let worker = rq_worker(dir.path(), &redis, "default", false);
-    let (a, b) = (rq_queues(&redis, 7), rq_queues(&redis, 7));
+    let (a, b) = (queues_for(&config(&redis), 7), queues_for(&config(&redis), 7));
     let fq = rq_default();
     let (ra, rb) = tokio::join!(a.requeue_all_framework(&fq), b.requeue_all_framework(&fq));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
@@ -519,7 +520,7 @@ async fn an_rq_requeue_checks_every_key_before_it_moves_and_leaves_what_is_not_i
         .query_async(&mut c)
         .await
         .unwrap();
-    let q = rq_queues(&redis, 100);
+    let q = queues_for(&config(&redis), 100);
     let e = q.requeue_all_framework(&rq_default()).await.unwrap_err().to_string();
     assert!(e.contains("rq:queue:default holds a string, not a list"), "{e}");
     let n = count(&redis, "ZCARD", "rq:failed:default").await;
@@ -868,4 +869,37 @@ pub async fn sigkill_mid_requeue(
         "every job queued once"
     );
     assert_eq!(count(redis, "ZCARD", m.failed).await, 0);
+}
+
+/// Waits until the daemon counts `failed` failed jobs of queue `label`
+/// (`bullmq:render`), none waiting and none in flight, and the oldest
+/// failure's age (under ten minutes: they failed in this test).
+pub async fn counted(d: &Daemon, label: &str, failed: f64) {
+    let series = |name: &str| format!("{name}{{queue=\"{label}\"}}");
+    let page = eventually(&format!("{label}'s failed jobs counted"), LIMIT, async || {
+        let page = d.get_text("/metrics").await;
+        (sample_value(&page, &series("dlq_depth")) == Some(failed)).then_some(page)
+    })
+    .await;
+    assert_eq!(sample_value(&page, &series("job_queue_depth")), Some(0.0));
+    assert_eq!(sample_value(&page, &series("job_queue_active")), Some(0.0));
+    let age = sample_value(&page, &series("dlq_oldest_job_age_seconds")).unwrap();
+    assert!((0.0..600.0).contains(&age), "the oldest failure's age: {age}");
+}
+
+/// The API's requeue-all of `fq`'s failed set and a second requeue in
+/// batches of 7 (a client on the daemon's config) race over the same `n`
+/// failed jobs: each job is moved once between them. The API's report.
+pub async fn racing_requeues(d: &Daemon, fq: inferwatch::dlq::FrameworkQueue, n: u64) -> serde_json::Value {
+    let other = queues_for(&std::fs::read_to_string(d.config_path()).unwrap(), 7);
+    let dlq = format!("/api/system/dlq/requeue-all?queue=dlq:{}", fq.label());
+    let (report, direct) = tokio::join!(d.post_json(&dlq), other.requeue_all_framework(&fq));
+    let direct = direct.unwrap();
+    assert_eq!(
+        report["requeued"].as_u64().unwrap() + direct.requeued,
+        n,
+        "each job moved once between them: {report} {direct:?}"
+    );
+    assert_eq!((report["left"].as_u64(), direct.left), (Some(0), 0));
+    report
 }

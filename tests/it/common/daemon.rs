@@ -137,6 +137,11 @@ impl Daemon {
         reqwest::get(self.url(path)).await.unwrap().text().await.unwrap()
     }
 
+    /// The config file the daemon runs on.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("inferwatch.yml")
+    }
+
     /// `POST path` (no body), and the JSON it answers.
     pub async fn post_json(&self, path: &str) -> serde_json::Value {
         let resp = reqwest::Client::new().post(self.url(path)).send().await.unwrap();
