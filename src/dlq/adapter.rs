@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::{Active, DlqError, QueueDepth};
+use super::{unix_now, Active, DlqError, QueueDepth, Queues};
 
 /// One batch script of a framework's requeue: its keys (the failed set
 /// first) and the arguments before the ids. The script answers
@@ -72,6 +72,40 @@ pub(super) fn text(row: &[redis::Value], i: usize) -> String {
 /// Field `i` of a listing row as a number.
 pub(super) fn number(row: &[redis::Value], i: usize) -> Option<u64> {
     row.get(i).and_then(|v| redis::from_redis_value::<u64>(v).ok())
+}
+
+/// A queue's keys and arguments for an adapter's poll script.
+pub type KeysArgs<'a> = &'a (dyn Fn(&str) -> (Vec<String>, Vec<String>) + Sync);
+
+/// How an adapter polls each of its queues: its read-only script, the
+/// keys and arguments of a queue, how it reads its times.
+pub struct Poll<'a> {
+    /// `rq`, `bullmq`, `dramatiq`: the label's prefix.
+    pub framework: &'static str,
+    pub lua: &'static str,
+    pub keys_args: KeysArgs<'a>,
+    pub time: fn(&str) -> Option<f64>,
+}
+
+impl Queues {
+    /// Polls `queues` with `poll`'s script, one read-only step a queue.
+    pub(super) async fn poll_adapter(&self, queues: &[String], poll: Poll<'_>) -> Result<Vec<QueueDepth>, DlqError> {
+        let mut out = Vec::with_capacity(queues.len());
+        for q in queues {
+            let (keys, args) = (poll.keys_args)(q);
+            let reply = self.eval_read_only(poll.lua, &keys, &args).await?;
+            let reply = redis::from_redis_value(&reply).map_err(|e| {
+                DlqError::Unavailable(format!("a {} poll answered in an unknown shape: {e}", poll.framework))
+            })?;
+            out.push(depth_of(
+                &format!("{}:{q}", poll.framework),
+                reply,
+                unix_now(),
+                poll.time,
+            ));
+        }
+        Ok(out)
+    }
 }
 
 /// Milliseconds since the epoch as RFC 3339, UTC.

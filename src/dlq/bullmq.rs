@@ -8,8 +8,8 @@
 
 use serde_json::{json, Value};
 
-use super::adapter::{depth_of, listed_rows, millis_rfc3339, millis_time, number, text, type_check_lua, MoveScript};
-use super::{unix_now, DlqError, QueueDepth, Queues};
+use super::adapter::{listed_rows, millis_rfc3339, millis_time, number, text, type_check_lua, MoveScript, Poll};
+use super::{DlqError, QueueDepth, Queues};
 use crate::config::BullmqQueues;
 
 /// Where one BullMQ deployment keeps a queue's keys.
@@ -165,18 +165,17 @@ impl Queues {
             return Ok(Vec::new());
         };
         let l = BullmqLayout::of(&config);
-        let mut out = Vec::with_capacity(config.queues.len());
-        for q in &config.queues {
-            let keys: Vec<String> = ["wait", "paused", "prioritized", "active", "failed"]
-                .iter()
-                .map(|k| l.key(q, k))
-                .collect();
-            let reply = self.eval_read_only(POLL_LUA, &keys, &[l.job_prefix(q)]).await?;
-            let reply = redis::from_redis_value(&reply)
-                .map_err(|e| DlqError::Unavailable(format!("a BullMQ poll answered in an unknown shape: {e}")))?;
-            out.push(depth_of(&format!("bullmq:{q}"), reply, unix_now(), millis_time));
-        }
-        Ok(out)
+        let keys_args = |q: &str| {
+            let keys = ["wait", "paused", "prioritized", "active", "failed"];
+            (keys.iter().map(|k| l.key(q, k)).collect(), vec![l.job_prefix(q)])
+        };
+        let poll = Poll {
+            framework: "bullmq",
+            lua: POLL_LUA,
+            keys_args: &keys_args,
+            time: millis_time,
+        };
+        self.poll_adapter(&config.queues, poll).await
     }
 
     /// Rows `start..=stop` of BullMQ queue `queue`'s failed set, oldest
@@ -230,6 +229,7 @@ fn listed(queue: &str, index: u64, f: &[redis::Value], cap: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dlq::adapter::depth_of;
 
     #[test]
     fn keys_follow_bullmqs_own_names() {

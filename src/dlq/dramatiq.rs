@@ -10,8 +10,8 @@
 
 use serde_json::{json, Value};
 
-use super::adapter::{depth_of, listed_rows, millis_rfc3339, millis_time, number, text, type_check_lua, MoveScript};
-use super::{unix_now, DlqError, QueueDepth, Queues};
+use super::adapter::{listed_rows, millis_rfc3339, millis_time, number, text, type_check_lua, MoveScript, Poll};
+use super::{DlqError, QueueDepth, Queues};
 use crate::config::DramatiqQueues;
 
 /// Where one Dramatiq broker keeps a queue's keys.
@@ -134,15 +134,14 @@ impl Queues {
             return Ok(Vec::new());
         };
         let l = DramatiqLayout::of(&config);
-        let mut out = Vec::with_capacity(config.queues.len());
-        for q in &config.queues {
-            let keys: Vec<String> = ["", ".msgs", ".XQ"].iter().map(|s| l.key(q, s)).collect();
-            let reply = self.eval_read_only(POLL_LUA, &keys, &[]).await?;
-            let reply = redis::from_redis_value(&reply)
-                .map_err(|e| DlqError::Unavailable(format!("a Dramatiq poll answered in an unknown shape: {e}")))?;
-            out.push(depth_of(&format!("dramatiq:{q}"), reply, unix_now(), millis_time));
-        }
-        Ok(out)
+        let keys_args = |q: &str| (["", ".msgs", ".XQ"].iter().map(|s| l.key(q, s)).collect(), Vec::new());
+        let poll = Poll {
+            framework: "dramatiq",
+            lua: POLL_LUA,
+            keys_args: &keys_args,
+            time: millis_time,
+        };
+        self.poll_adapter(&config.queues, poll).await
     }
 
     /// Rows `start..=stop` of Dramatiq queue `queue`'s dead letters, oldest
@@ -201,6 +200,7 @@ fn listed(queue: &str, index: u64, f: &[redis::Value], cap: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dlq::adapter::depth_of;
 
     #[test]
     fn keys_follow_dramatiqs_own_names() {

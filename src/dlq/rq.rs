@@ -12,8 +12,8 @@
 //!
 //! Each RQ queue appears as `rq:<q>` in labels and requests.
 
-use super::adapter::{depth_of, type_check_lua, MoveScript};
-use super::{unix_now, DlqError, QueueDepth, Queues};
+use super::adapter::{type_check_lua, MoveScript, Poll};
+use super::{DlqError, QueueDepth, Queues};
 use crate::config::RqQueues;
 
 /// Where one RQ deployment keeps a queue's keys.
@@ -129,16 +129,20 @@ impl Queues {
         let Some(rq) = self.config().rq.clone() else {
             return Ok(Vec::new());
         };
-        let layout = RqLayout::of(&rq);
-        let mut out = Vec::with_capacity(rq.queues.len());
-        for q in &rq.queues {
-            let keys = [layout.queue_key(q), layout.failed_key(q), layout.wip_key(q)];
-            let reply = self.eval_read_only(POLL_LUA, &keys, &[layout.job_prefix()]).await?;
-            let reply = redis::from_redis_value(&reply)
-                .map_err(|e| DlqError::Unavailable(format!("an RQ poll answered in an unknown shape: {e}")))?;
-            out.push(depth_of(&format!("rq:{q}"), reply, unix_now(), parse_rq_time));
-        }
-        Ok(out)
+        let l = RqLayout::of(&rq);
+        let keys_args = |q: &str| {
+            (
+                vec![l.queue_key(q), l.failed_key(q), l.wip_key(q)],
+                vec![l.job_prefix()],
+            )
+        };
+        let poll = Poll {
+            framework: "rq",
+            lua: POLL_LUA,
+            keys_args: &keys_args,
+            time: parse_rq_time,
+        };
+        self.poll_adapter(&rq.queues, poll).await
     }
 }
 
@@ -160,6 +164,7 @@ pub(super) fn requeue_script(config: &RqQueues, queue: &str) -> MoveScript {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dlq::adapter::depth_of;
 
     #[test]
     fn keys_follow_rqs_own_names() {

@@ -194,14 +194,7 @@ async fn the_example_hook_gives_celery_the_dlq_requeued_through_the_api_and_repl
     // The cause is fixed; the console's requeue puts the jobs on the
     // replay list, and the example's replay publishes them to Celery.
     std::fs::remove_file(&flag).unwrap();
-    let report: serde_json::Value = reqwest::Client::new()
-        .post(d.url("/api/system/dlq/requeue-all?queue=dlq:celery_failed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = d.post_json("/api/system/dlq/requeue-all?queue=dlq:celery_failed").await;
     assert_eq!(report["requeued"].as_u64(), Some(20), "{report}");
     let out = command(dir.path(), &redis, bin("python"))
         .arg(repo().join("examples/celery_dlq.py"))

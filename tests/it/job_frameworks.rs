@@ -783,14 +783,7 @@ pub async fn clear_and_restore(d: &Daemon, dlq: &str, n: u64) {
         (Some(n), Some("cleared"))
     );
     assert!(archives[0]["ttl_seconds"].as_i64().unwrap() > 0, "{archives}");
-    let restored: serde_json::Value = client
-        .post(d.url(&format!("/api/system/dlq/restore?archive={archive}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let restored = d.post_json(&format!("/api/system/dlq/restore?archive={archive}")).await;
     assert_eq!(restored["restored"].as_u64(), Some(n), "{restored}");
     assert_eq!(total().await, n, "every job back");
     let archives = d.get_json(&format!("/api/system/dlq/archives?queue={dlq}")).await;
