@@ -644,14 +644,7 @@ async fn the_least_privileged_user_moves_bullmqs_and_dramatiqs_failed_jobs_and_o
     for dlq in ["dlq:bullmq:render", "dlq:dramatiq:default"] {
         assert_eq!(d.get_json(&format!("/api/dlq/jobs/{dlq}")).await["total"], 3, "{dlq}");
         clear_and_restore(&d, dlq, 3).await;
-        let report: serde_json::Value = reqwest::Client::new()
-            .post(d.url(&format!("/api/system/dlq/requeue-all?queue={dlq}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let report = d.post_json(&format!("/api/system/dlq/requeue-all?queue={dlq}")).await;
         assert_eq!(report["requeued"], 3, "{dlq}: {report}");
     }
     assert_eq!(count(&redis, "LLEN", "bull:render:wait").await, 3);
