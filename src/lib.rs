@@ -107,6 +107,7 @@
 
 pub mod api;
 pub mod attribution;
+pub mod bounded;
 pub mod cleanup;
 pub mod client_tls;
 pub mod collectors;

@@ -172,6 +172,9 @@ impl Metrics {
         registry
             .register(Box::new(build_info))
             .expect("metric names are unique");
+        registry
+            .register(Box::new(crate::bounded::HITS.clone()))
+            .expect("metric names are unique");
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))

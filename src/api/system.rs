@@ -4,6 +4,8 @@
 //! `/api/system/health` and `/api/system/stats` summarise the health
 //! monitor, the GPUs and the WebSocket from the same shared state.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::query::{NoParams, Query};
+
 use super::{AppError, AppState, ErrorBody, QueryErrors};
 use crate::history::{format_time, GpuSample};
 use crate::restart::{Overall, Status};
@@ -190,10 +193,11 @@ pub async fn health(State(state): State<AppState>, _: Query<NoParams>) -> Result
             (s.name.clone(), held)
         })
         .collect();
-    let services = services
+    let mut services: BTreeMap<String, String> = services
         .iter()
         .map(|s| (s.name.clone(), s.status.as_str().to_string()))
         .collect();
+    let overall = own_dependencies(&state, &mut services, overall);
     let code = if overall == Overall::Unhealthy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -208,6 +212,30 @@ pub async fn health(State(state): State<AppState>, _: Query<NoParams>) -> Result
     Ok((code, Json(body)).into_response())
 }
 
+/// Adds the daemon's own dependencies to `services`, as the seed names
+/// them: `redis` (the queue Redis, from the last poll) and `database` (the
+/// history store, from the writer's last flush). They are alert-only: never
+/// restarted and never critical, so one that is down makes the answer
+/// `degraded`. A configured service of the same name keeps its place.
+fn own_dependencies(state: &AppState, services: &mut BTreeMap<String, String>, overall: Overall) -> Overall {
+    let own = [
+        ("redis", state.queues.as_ref().and(state.watched.redis_up())),
+        ("database", state.store.as_ref().and_then(|s| s.reachable())),
+    ];
+    let mut overall = overall;
+    for (name, up) in own {
+        let Some(up) = up else { continue };
+        if services.contains_key(name) {
+            continue;
+        }
+        services.insert(name.to_string(), if up { "healthy" } else { "unhealthy" }.to_string());
+        if !up && overall == Overall::Healthy {
+            overall = Overall::Degraded;
+        }
+    }
+    overall
+}
+
 /// `/api/system/health`'s body.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct HealthBody {
@@ -215,7 +243,7 @@ pub struct HealthBody {
     #[schema(pattern = "^(healthy|degraded|unhealthy)$")]
     status: String,
     /// Each service's status: healthy, unhealthy, restarting, restart_failed, failed, unknown.
-    services: std::collections::BTreeMap<String, String>,
+    services: BTreeMap<String, String>,
     /// Each service's GPU memory per GPU, from its processes in the last GPU
     /// poll (`health.services[].match`; empty without gpu.per_process).
     gpu_memory: std::collections::BTreeMap<String, Vec<ServiceGpuMemory>>,

@@ -115,6 +115,12 @@ impl Docker {
     }
 }
 
+/// The most bytes of one inspect answer read.
+const INSPECT_MAX_BYTES: usize = 1 << 20;
+
+/// How long one inspect answer may take to arrive whole.
+const INSPECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `GET /containers/{id}/json`: `Ok(None)` on 404.
 async fn inspect(socket: &std::path::Path, id: &str) -> Result<Option<Container>, String> {
     let stream = tokio::net::UnixStream::connect(socket)
@@ -132,12 +138,21 @@ async fn inspect(socket: &std::path::Path, id: &str) -> Result<Option<Container>
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
     let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
+    // What the socket answers is bounded in bytes and time: an inspect
+    // answer is a few KiB.
+    let limited = http_body_util::Limited::new(resp.into_body(), INSPECT_MAX_BYTES).collect();
+    let body = match tokio::time::timeout(INSPECT_TIMEOUT, limited).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            crate::bounded::Source::Docker.hit();
+            return Err(format!("the answer is larger than {INSPECT_MAX_BYTES} bytes"));
+        }
+        Ok(Err(e)) => return Err(format!("body: {e}")),
+        Err(_) => {
+            crate::bounded::Source::Docker.hit();
+            return Err(format!("no whole answer within {INSPECT_TIMEOUT:?}"));
+        }
+    };
     match status.as_u16() {
         200 => parse_inspect(&body).map(Some),
         404 => Ok(None),

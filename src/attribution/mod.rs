@@ -137,7 +137,10 @@ impl Attributor {
 
     /// Reads the cgroup of a process first seen, and names its container.
     async fn facts(&mut self, pid: u32, start_time: u64) -> Facts {
-        let text = std::fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).unwrap_or_default();
+        let path = self.proc_root.join(pid.to_string()).join("cgroup");
+        let text = crate::bounded::read_file(&path, PROC_FILE_MAX, crate::bounded::Source::Cgroup)
+            .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let info = cgroup::parse(&text);
         let mut facts = Facts {
             start_time,
@@ -219,7 +222,9 @@ fn matcher(s: &ServiceConfig) -> Option<Matcher> {
 /// spaces and parentheses): index 0 is the state, 1 the parent pid, 19 the
 /// start time.
 fn stat_fields(proc_root: &Path, pid: u32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let path = proc_root.join(pid.to_string()).join("stat");
+    let (raw, _) = crate::bounded::read_file(&path, PROC_FILE_MAX, crate::bounded::Source::Proc).ok()?;
+    let text = String::from_utf8_lossy(&raw);
     let after = &text[text.rfind(')')? + 1..];
     Some(after.split_whitespace().map(str::to_string).collect())
 }
@@ -234,9 +239,15 @@ fn parent(proc_root: &Path, pid: u32) -> Option<u32> {
     stat_fields(proc_root, pid)?.get(1)?.parse().ok()
 }
 
+/// The most bytes read of a `/proc/<pid>/` or cgroup file: what a
+/// process in a container writes there (its command line) is its own, and
+/// 64 KiB holds every field read here.
+const PROC_FILE_MAX: usize = 64 * 1024;
+
 /// The command line, its arguments joined by spaces.
 fn cmdline(proc_root: &Path, pid: u32) -> Option<String> {
-    let raw = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+    let path = proc_root.join(pid.to_string()).join("cmdline");
+    let (raw, _) = crate::bounded::read_file(&path, PROC_FILE_MAX, crate::bounded::Source::Proc).ok()?;
     let args: Vec<String> = raw
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())

@@ -327,11 +327,11 @@ impl Collector for QueueCollector {
 
     async fn collect(&mut self) -> Result<(), CollectError> {
         self.follow_config();
-        let depths = self
-            .queues
-            .poll(&self.watched)
-            .await
-            .map_err(|e| CollectError::Failed(e.to_string()))?;
+        let polled = self.queues.poll(&self.watched).await;
+        // Whether the queue Redis answered, for /api/system/health.
+        self.watched
+            .set_redis_up(!matches!(polled, Err(crate::dlq::DlqError::Unavailable(_))));
+        let depths = polled.map_err(|e| CollectError::Failed(e.to_string()))?;
         for d in depths {
             self.metrics.set(&d);
             match &d.active_error {

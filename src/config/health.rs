@@ -26,6 +26,40 @@ pub struct HealthConfig {
     #[serde(default = "default_proxy_max_bytes")]
     #[reload(live)]
     pub proxy_max_bytes: u64,
+    /// The most bytes read of an HTTP check's body (`expect_body`), 1 KiB–
+    /// 64 MiB; past it the check fails with reason `too_large`.
+    #[serde(default = "default_body_max_bytes")]
+    #[reload(kept = reasons::RESTART)]
+    pub body_max_bytes: u64,
+    /// The most bytes read of a service's `metrics_url` page for stall
+    /// detection, 4 KiB–4 GiB; past it the read fails (`too_large`).
+    #[serde(default = "default_page_max_bytes")]
+    #[reload(kept = reasons::RESTART)]
+    pub page_max_bytes: u64,
+}
+
+/// What a check may read of what a service sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// An HTTP check's body.
+    pub body: usize,
+    /// A `metrics_url` page.
+    pub page: usize,
+}
+
+impl HealthConfig {
+    pub fn read_limits(&self) -> ReadLimits {
+        ReadLimits {
+            body: self.body_max_bytes as usize,
+            page: self.page_max_bytes as usize,
+        }
+    }
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        HealthConfig::default().read_limits()
+    }
 }
 
 impl Default for HealthConfig {
@@ -34,6 +68,8 @@ impl Default for HealthConfig {
             services: Vec::new(),
             max_concurrent_restarts: default_max_concurrent_restarts(),
             proxy_max_bytes: default_proxy_max_bytes(),
+            body_max_bytes: default_body_max_bytes(),
+            page_max_bytes: default_page_max_bytes(),
         }
     }
 }
@@ -45,6 +81,18 @@ fn default_max_concurrent_restarts() -> u32 {
 fn default_proxy_max_bytes() -> u64 {
     32 << 20
 }
+
+fn default_page_max_bytes() -> u64 {
+    8 << 20
+}
+
+fn default_body_max_bytes() -> u64 {
+    1 << 20
+}
+
+pub const BODY_MAX_BYTES: Range = Range::new("health.body_max_bytes", 1024.0, 67108864.0, "bytes");
+
+pub const PAGE_MAX_BYTES: Range = Range::new("health.page_max_bytes", 4096.0, 4294967296.0, "bytes");
 
 pub const PROXY_MAX_BYTES: Range = Range::new("health.proxy_max_bytes", 4096.0, 4294967296.0, "bytes");
 
@@ -323,6 +371,8 @@ impl HealthConfig {
         }
         MAX_CONCURRENT_RESTARTS.check(self.max_concurrent_restarts as f64)?;
         PROXY_MAX_BYTES.check(self.proxy_max_bytes as f64)?;
+        BODY_MAX_BYTES.check(self.body_max_bytes as f64)?;
+        PAGE_MAX_BYTES.check(self.page_max_bytes as f64)?;
         self.validate_dependencies()
     }
 

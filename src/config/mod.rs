@@ -36,7 +36,7 @@ pub use check::{
     Check, CheckKind, HttpCheck, HttpMethod, OpenInferenceCheck, PostgresCheck, RedisCheck, ServiceTls, StatusSpec,
 };
 pub use gpu::{GpuConfig, GpuFieldsConfig, GpuMode};
-pub use health::{HealthConfig, RestartConfig, ServiceConfig};
+pub use health::{HealthConfig, ReadLimits, RestartConfig, ServiceConfig};
 pub use inference::{InferenceConfig, ScrapeMode, ServerKind};
 pub use live::LiveConfig;
 pub use log::{LogConfig, LogLevel};

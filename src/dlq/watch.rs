@@ -59,6 +59,9 @@ pub struct Watched {
     pub(super) first_seen: Mutex<FirstSeen>,
     /// First-seen times of the jobs at the queues' ends.
     waiting: Mutex<super::waiting::WaitAge>,
+    /// Whether the queue Redis answered the last poll (`None` before the
+    /// first).
+    redis_up: Mutex<Option<bool>>,
 }
 
 impl Watched {
@@ -66,6 +69,17 @@ impl Watched {
     pub fn last_depths(&self, names: &[String]) -> Vec<QueueDepth> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         names.iter().filter_map(|q| last.get(q).cloned()).collect()
+    }
+
+    /// Whether the queue Redis answered the last poll; `None` before the
+    /// first.
+    pub fn redis_up(&self) -> Option<bool> {
+        *self.redis_up.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records whether the queue Redis answered a poll.
+    pub fn set_redis_up(&self, up: bool) {
+        *self.redis_up.lock().unwrap_or_else(|e| e.into_inner()) = Some(up);
     }
 
     /// When the poll first saw job `id` in `queue`'s processing list.

@@ -34,6 +34,7 @@ pub struct GpuSnapshot {
     /// `Some(readable)` when `gpu.kernel_log` is set.
     pub kernel_log_up: Option<bool>,
     pub kernel_log_overwritten: u64,
+    pub kernel_log_records: u64,
     pub recorded_at: Option<DateTime<Utc>>,
     /// `readings` in the REST shape, one per reading, made when published
     /// (`inference_fps` is left `None`; see [`GpuSample::with_fps`]).

@@ -141,6 +141,9 @@ pub struct Store {
     audit: Arc<Mutex<dlq::AuditBuffer>>,
     /// Notified whenever audit rows were written (room was made).
     audit_flushed: Notify,
+    /// Whether the writer's last flush reached the database (`None`
+    /// before the first).
+    reachable: Mutex<Option<bool>>,
 }
 
 impl Store {
@@ -193,7 +196,18 @@ impl Store {
             metrics: StoreMetrics::register(metrics),
             audit: Arc::default(),
             audit_flushed: Notify::new(),
+            reachable: Mutex::new(None),
         }))
+    }
+
+    /// Whether the writer's last flush reached the database; `None`
+    /// before the first.
+    pub fn reachable(&self) -> Option<bool> {
+        *self.reachable.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_reachable(&self, up: bool) {
+        *self.reachable.lock().unwrap_or_else(|e| e.into_inner()) = Some(up);
     }
 
     /// Where the store points, with any password removed.
@@ -233,6 +247,14 @@ impl Store {
     /// Samples waiting to be written.
     pub fn pending(&self) -> usize {
         self.buffer.lock().unwrap_or_else(|e| e.into_inner()).samples.len()
+    }
+
+    /// `SELECT 1` on the store.
+    async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(&self.backend, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -381,7 +403,15 @@ impl Store {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified(), if retry.is_none() => {}
             }
-            match self.flush().await {
+            let flushed = self.flush().await;
+            // Nothing was written: ask the database, so that its state in
+            // /api/system/health is never older than a flush interval.
+            let reachable = match &flushed {
+                Ok(0) => self.ping().await.is_ok(),
+                r => r.is_ok(),
+            };
+            self.set_reachable(reachable);
+            match flushed {
                 Ok(written) => {
                     if retry.take().is_some() {
                         tracing::info!(store = %self.description, written, "History store is reachable again; buffered samples written.");

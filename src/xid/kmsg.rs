@@ -92,13 +92,26 @@ pub struct Drained {
     /// `EPIPE`s since the last drain: records overwritten before they were read.
     pub overwritten: u64,
     pub records: u64,
+    /// Records longer than [`MAX_RECORD`] bytes, skipped unread (the kernel
+    /// writes at most 8 KiB: a longer one is not the kernel's).
+    pub oversized: u64,
 }
+
+/// The longest record kept: `/dev/kmsg` records are at most 8 KiB
+/// (`PRINTK_MESSAGE_MAX` plus the header); a file or FIFO could send a
+/// line without end.
+pub const MAX_RECORD: usize = 16 * 1024;
 
 /// Splits a byte stream into records: one per `read()` from `/dev/kmsg`,
 /// lines from a file or FIFO. Pure; the thread feeds it.
 #[derive(Debug, Default)]
 pub struct Splitter {
     partial: Vec<u8>,
+    /// Inside a record longer than [`MAX_RECORD`]: bytes are dropped up to
+    /// its end.
+    skipping: bool,
+    /// Records skipped for their length since the last look.
+    pub oversized: u64,
     /// Records up to this sequence number were counted before.
     pub resume_after: Option<u64>,
 }
@@ -107,6 +120,14 @@ impl Splitter {
     /// Feeds bytes; calls `record` for each complete record line (not the
     /// continuation lines, nor records at or before `resume_after`).
     pub fn feed(&mut self, bytes: &[u8], mut record: impl FnMut(Record<'_>)) {
+        let mut bytes = bytes;
+        if self.skipping {
+            let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+                return;
+            };
+            bytes = &bytes[nl + 1..];
+            self.skipping = false;
+        }
         self.partial.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(nl) = self.partial[start..].iter().position(|&b| b == b'\n') {
@@ -123,6 +144,12 @@ impl Splitter {
             }
         }
         self.partial.drain(..start);
+        if self.partial.len() > MAX_RECORD {
+            // Never kept whole: the rest of this record is dropped as it comes.
+            self.partial = Vec::new();
+            self.skipping = true;
+            self.oversized += 1;
+        }
     }
 }
 
@@ -155,18 +182,43 @@ pub fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// How long [`KernelLog::start`] waits for `open()` to answer before it
+/// lets the reader thread wait on alone.
+const OPEN_WAIT: Duration = Duration::from_millis(500);
+
 impl KernelLog {
-    /// Opens `path` (so a permission error is known at once) and starts the
-    /// reader thread.
+    /// Starts the reader thread, which opens `path` itself: an `open()` that
+    /// blocks (a FIFO with no writer, a hung NFS mount) holds up only that
+    /// thread. An open that fails within [`OPEN_WAIT`] is the error (so a
+    /// permission error is known at once); one still blocked then leaves
+    /// the log down (`is_up` false) until it opens.
     pub fn start(path: &str, resume_after: Option<u64>) -> std::io::Result<KernelLog> {
-        let file = std::fs::File::open(path)?;
         let shared = Arc::new(Shared::default());
-        shared.up.store(true, Ordering::Release);
         let thread_shared = shared.clone();
         let name = path.to_string();
+        let (opened, result) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("kmsg".into())
-            .spawn(move || read_loop(file, resume_after, &thread_shared, &name))?;
+            .spawn(move || match std::fs::File::open(&name) {
+                Ok(file) => {
+                    thread_shared.up.store(true, Ordering::Release);
+                    let _ = opened.send(Ok(()));
+                    read_loop(file, resume_after, &thread_shared, &name);
+                }
+                Err(e) => {
+                    // Past OPEN_WAIT no one waits for the answer: say it here.
+                    if let Err(std::sync::mpsc::SendError(Err(e))) = opened.send(Err(e)) {
+                        tracing::warn!(path = %name, error = %e, "The kernel log could not be opened; XIDs come from NVML events only.");
+                    }
+                }
+            })?;
+        match result.recv_timeout(OPEN_WAIT) {
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(())) => {}
+            Err(_) => {
+                tracing::warn!(path = %path, "The kernel log has not opened yet (a FIFO with no writer, or a hung mount?); it is read once it opens, and inferwatch_kernel_log_up is 0 until then.")
+            }
+        }
         Ok(KernelLog {
             shared,
             path: path.to_string(),
@@ -222,7 +274,9 @@ pub(crate) fn read_step(
             splitter.feed(&buf[..n], |r| {
                 records.push((r.seq, parse_xid(r.message).map(|f| (f, r.message.to_string()))));
             });
+            let oversized = std::mem::take(&mut splitter.oversized);
             shared_pending.add(|p| {
+                p.oversized += oversized;
                 for (seq, found) in records {
                     p.records += 1;
                     p.read_seq = Some(seq);
@@ -329,6 +383,21 @@ mod tests {
             "a new boot replays the buffer once"
         );
         assert_eq!(resume_after(None, "boot-a"), None);
+    }
+
+    #[test]
+    fn a_record_longer_than_the_kernel_writes_is_skipped_without_being_kept() {
+        let mut sp = Splitter::default();
+        let mut seen = Vec::new();
+        let long = vec![b'x'; 1024 * 1024];
+        sp.feed(b"6,1,0,-;before\n6,2,0,-;", |r| seen.push(r.seq));
+        for chunk in long.chunks(8192) {
+            sp.feed(chunk, |r| seen.push(r.seq));
+            assert!(sp.partial.len() <= MAX_RECORD + 8192, "{} bytes kept", sp.partial.len());
+        }
+        sp.feed(b"\n6,3,0,-;after\n", |r| seen.push(r.seq));
+        assert_eq!(seen, [1, 3]);
+        assert_eq!(sp.oversized, 1);
     }
 
     /// A stand-in for `/dev/kmsg`'s read(): one record per call, and EPIPE

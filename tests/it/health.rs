@@ -741,3 +741,44 @@ async fn a_service_in_its_start_period_is_starting_everywhere_and_its_failures_d
     assert!(alerts(&d).is_empty(), "{:?}", alerts(&d));
     assert!(d.log().contains("starting: "), "the message says it is starting");
 }
+
+/// The daemon's own dependencies in `/api/system/health`, as the seed
+/// names them: `redis` (the queue Redis) and `database` (the history
+/// store), alert-only: one down makes the answer degraded, never 503.
+#[tokio::test]
+async fn the_queue_redis_and_the_history_store_are_listed_as_the_seed_names_them() {
+    let mut redis = Redis::start().await;
+    let mut pg = Postgres::start().await;
+    let cfg = format!(
+        "gpu:\n  enabled: false\npipeline:\n  stream:\n    enabled: false\nqueues:\n  redis_url: {}\n  poll_interval: 100ms\n\
+         store:\n  url: {}\n  flush_interval: 100ms\n",
+        redis.url(),
+        pg.url()
+    );
+    let d = Daemon::start(&cfg, &[]).await;
+    let status = async |want: (&str, &str, &str)| {
+        eventually(&format!("{want:?}"), Duration::from_secs(30), async || {
+            let resp = reqwest::get(d.url("/api/system/health")).await.unwrap();
+            let code = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap();
+            let got = (
+                body["status"].as_str()?,
+                body["services"]["redis"].as_str()?,
+                body["services"]["database"].as_str()?,
+            );
+            (got == want).then_some((code, body))
+        })
+        .await
+    };
+    let (code, _) = status(("healthy", "healthy", "healthy")).await;
+    assert_eq!(code, 200);
+    redis.kill();
+    let (code, _) = status(("degraded", "unhealthy", "healthy")).await;
+    assert_eq!(code, 200, "alert-only: never a 503");
+    pg.stop();
+    status(("degraded", "unhealthy", "unhealthy")).await;
+    assert!(d
+        .get_text("/metrics")
+        .await
+        .contains("inferwatch_collector_success{collector=\"queues\"} 0"));
+}

@@ -6,6 +6,7 @@ mod common;
 
 mod alerting;
 mod attribution;
+mod bounded_reads;
 mod bullmq;
 mod bundle;
 mod celery;

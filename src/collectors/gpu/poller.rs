@@ -231,6 +231,7 @@ impl GpuCollector {
             xid_last_seen: self.xids.ledger.last_seen.clone(),
             kernel_log_up: self.xids.up,
             kernel_log_overwritten: self.xids.overwritten,
+            kernel_log_records: self.xids.records,
             attribution_seconds: self.attribution.as_ref().and_then(|(_, took)| *took),
             ..Default::default()
         }

@@ -69,6 +69,7 @@ families! {
     XidLastSeen = "gpu_xid_last_seen_timestamp_seconds", GAUGE, &["gpu", "uuid", "xid", "severity", "action"], "Unix time an XID was last counted, with the XID catalog's severity (critical, warning, info) and action.";
     KernelLogUp = "inferwatch_kernel_log_up", GAUGE, &[], "1 while gpu.kernel_log is being read, 0 when it cannot be (no series when it is off).";
     KernelLogOverwritten = "inferwatch_kernel_log_overwritten_total", COUNTER, &[], "Times the kernel log overwrote records before they were read (EPIPE): XIDs in them are lost.";
+    KernelLogRecords = "inferwatch_kernel_log_records_total", COUNTER, &[], "Records read from gpu.kernel_log (every record, XID or not).";
     Proc = "gpu_process_memory_used_bytes", GAUGE, PROC, "Device memory used by a compute process, with who holds it: service (a health.services match), systemd unit, container and compose labels, empty when unknown (only with gpu.per_process; past gpu.per_process_max the smallest are summed into process_name=\"_other\").";
     ProcSm = "gpu_process_sm_utilization_ratio", GAUGE, PROC, "Fraction of the GPU's SMs a compute process kept busy in its latest driver sample (0-1; only with gpu.per_process).";
     ProcMemUtil = "gpu_process_memory_utilization_ratio", GAUGE, PROC, "Fraction of time a compute process was reading or writing device memory in its latest driver sample (0-1; only with gpu.per_process).";
@@ -354,6 +355,7 @@ impl PromCollector for GpuFamilies {
         if let Some(up) = snap.kernel_log_up {
             b.add(F::KernelLogUp, &[], if up { 1.0 } else { 0.0 });
             b.add(F::KernelLogOverwritten, &[], snap.kernel_log_overwritten as f64);
+            b.add(F::KernelLogRecords, &[], snap.kernel_log_records as f64);
         }
         FAMILIES
             .iter()

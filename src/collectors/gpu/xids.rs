@@ -26,6 +26,8 @@ pub(super) struct XidWatch {
     pub(super) up: Option<bool>,
     /// Records the kernel overwrote before they were read.
     pub(super) overwritten: u64,
+    /// Records read.
+    pub(super) records: u64,
     boot_id: String,
     /// Every GPU seen this run, by PCI address.
     buses: HashMap<PciAddr, (u32, String)>,
@@ -38,6 +40,7 @@ impl XidWatch {
             reader: None,
             up: None,
             overwritten: 0,
+            records: 0,
             boot_id: String::new(),
             buses: HashMap::new(),
         }
@@ -73,11 +76,16 @@ impl XidWatch {
             None => None,
         };
         let resume = kmsg::resume_after(stored, &self.boot_id);
-        match KernelLog::start(path, resume) {
+        // Opening may wait up to half a second: not on the runtime's threads.
+        let owned = path.to_string();
+        let started = tokio::task::spawn_blocking(move || KernelLog::start(&owned, resume))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match started {
             Ok(k) => {
                 tracing::info!(path = %path, resume_after = ?resume, boot_id = %self.boot_id, "Reading XIDs from the kernel log.");
+                self.up = Some(k.is_up());
                 self.reader = Some(k);
-                self.up = Some(true);
             }
             Err(e) => {
                 tracing::warn!(path = %path, error = %e, "The kernel log cannot be read: XIDs come from NVML events only, which miss some (79, 119, 120). /dev/kmsg needs CAP_SYSLOG when kernel.dmesg_restrict is 1 (the systemd unit grants it).");
@@ -152,6 +160,13 @@ impl XidWatch {
         let path = k.path.clone();
         self.up = Some(up);
         self.overwritten += drained.overwritten;
+        self.records += drained.records;
+        if drained.oversized > 0 {
+            crate::bounded::HITS
+                .with_label_values(&[crate::bounded::Source::KernelLog.label()])
+                .inc_by(drained.oversized);
+            tracing::warn!(path = %path, records = drained.oversized, "Kernel-log records longer than the kernel writes were skipped unread.");
+        }
         if drained.overwritten > 0 {
             tracing::warn!(path = %path, overwritten = drained.overwritten, "The kernel log overwrote records before they were read; XIDs in them are lost.");
         }

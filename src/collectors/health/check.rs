@@ -9,6 +9,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::bounded::{ReadError, Source};
+
 use tokio::time::Instant;
 
 use super::HealthError;
@@ -23,6 +25,8 @@ pub enum Reason {
     Tls,
     HttpStatus,
     Body,
+    /// A body or page over its byte limit.
+    TooLarge,
     NotReady,
     Stalled,
     Dependency,
@@ -30,12 +34,13 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Timeout,
         Reason::Connect,
         Reason::Tls,
         Reason::HttpStatus,
         Reason::Body,
+        Reason::TooLarge,
         Reason::NotReady,
         Reason::Stalled,
         Reason::Dependency,
@@ -49,6 +54,7 @@ impl Reason {
             Reason::Tls => "tls",
             Reason::HttpStatus => "http_status",
             Reason::Body => "body",
+            Reason::TooLarge => "too_large",
             Reason::NotReady => "not_ready",
             Reason::Stalled => "stalled",
             Reason::Dependency => "dependency",
@@ -70,6 +76,8 @@ pub enum CheckError {
     Status(reqwest::StatusCode),
     #[error("{0}")]
     Body(String),
+    #[error("the body is larger than {0} bytes (health.body_max_bytes)")]
+    TooLarge(usize),
     #[error("PING answered {0:?}")]
     Pong(String),
     #[error("no answer within {0:?}")]
@@ -85,6 +93,7 @@ impl CheckError {
             CheckError::Tls(_) => Reason::Tls,
             CheckError::Status(_) => Reason::HttpStatus,
             CheckError::Body(_) => Reason::Body,
+            CheckError::TooLarge(_) => Reason::TooLarge,
             CheckError::Pong(_) => Reason::Error,
             CheckError::Timeout(_) => Reason::Timeout,
             CheckError::Stalled { .. } => Reason::Stalled,
@@ -152,6 +161,8 @@ pub struct HttpCheck {
     /// Inclusive ranges of status codes that pass.
     expect: Vec<(u16, u16)>,
     expect_body: Option<String>,
+    /// The most bytes of the body read (`health.body_max_bytes`).
+    max_body: usize,
 }
 
 /// How one service is checked.
@@ -167,7 +178,7 @@ pub enum Checker {
 }
 
 impl Checker {
-    pub fn new(svc: &ServiceConfig) -> Result<Checker, HealthError> {
+    pub fn new(svc: &ServiceConfig, max_body: usize) -> Result<Checker, HealthError> {
         let bad = |reason: String| HealthError::Url {
             service: svc.name.clone(),
             field: "url",
@@ -189,6 +200,7 @@ impl Checker {
                 body: h.body.clone(),
                 expect: h.expect_status.iter().filter_map(|s| s.codes()).collect(),
                 expect_body: h.expect_body.clone(),
+                max_body,
             })),
             Check::OpenInference(o) => {
                 let mut base = check_url(svc).map_err(bad)?;
@@ -243,11 +255,14 @@ impl HttpCheck {
             return Err(CheckError::Status(status));
         }
         let Some(want) = &self.expect_body else { return Ok(()) };
-        let body = resp
-            .text()
+        // The task's timeout bounds the time; this bounds the bytes.
+        let body = crate::bounded::read_body(resp, self.max_body, Duration::MAX, Source::HealthBody)
             .await
-            .map_err(|e| CheckError::Body(format!("reading the body failed: {}", error_chain(&e))))?;
-        if body.contains(want.as_str()) {
+            .map_err(|e| match e {
+                ReadError::TooLarge { limit } => CheckError::TooLarge(limit),
+                e => CheckError::Body(e.to_string()),
+            })?;
+        if String::from_utf8_lossy(&body).contains(want.as_str()) {
             Ok(())
         } else {
             Err(CheckError::Body(format!("the body does not contain {want:?}")))
@@ -396,6 +411,8 @@ pub struct Progress {
     pending: Vec<String>,
     done: Vec<String>,
     pub tracker: StallTracker,
+    /// The most bytes of the page read (`health.page_max_bytes`).
+    max_page: usize,
 }
 
 /// Why the progress metrics could not be read.
@@ -408,7 +425,7 @@ pub enum ProgressError {
 }
 
 impl Progress {
-    pub fn new(svc: &ServiceConfig) -> Result<Option<Progress>, HealthError> {
+    pub fn new(svc: &ServiceConfig, max_page: usize) -> Result<Option<Progress>, HealthError> {
         let Some(p) = &svc.progress else { return Ok(None) };
         let bad = |reason: String| HealthError::Url {
             service: svc.name.clone(),
@@ -424,6 +441,7 @@ impl Progress {
             pending,
             done,
             tracker: StallTracker::new(p.stall_after),
+            max_page,
         }))
     }
 
@@ -442,7 +460,10 @@ impl Progress {
         if !resp.status().is_success() {
             return Err(fetch(format!("HTTP {}", resp.status().as_u16())));
         }
-        let text = resp.text().await.map_err(|e| fetch(error_chain(&e)))?;
+        let page = crate::bounded::read_body(resp, self.max_page, Duration::MAX, Source::MetricsUrl)
+            .await
+            .map_err(|e| fetch(format!("{} ({})", e, e.reason())))?;
+        let text = String::from_utf8_lossy(&page);
         sums(&text, &self.pending, &self.done).map_err(|reason| ProgressError::Parse {
             url: self.url.to_string(),
             reason,

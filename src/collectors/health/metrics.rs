@@ -81,7 +81,7 @@ impl HealthMetrics {
             ),
             check_failures: family::<IntCounterVec>(
                 "service_check_failures_total",
-                "Failed health checks by reason (timeout, connect, tls, http_status, body, not_ready, stalled, dependency, error), including those under the failure threshold.",
+                "Failed health checks by reason (timeout, connect, tls, http_status, body, too_large, not_ready, stalled, dependency, error), including those under the failure threshold.",
                 &["service", "reason"],
             ),
             check_slow: family::<IntCounterVec>(

@@ -80,6 +80,7 @@ fn build(sh: &super::Shared) -> Result<super::Built, super::StartError> {
         metrics: Arc::new(HealthMetrics::register(&sh.metrics, &config.health.services)),
         registry: sh.metrics.clone(),
         events: sh.events.clone(),
+        limits: config.health.read_limits(),
     };
     let monitor = HealthMonitor::new(&config.health, sinks)
         .map_err(|e| super::StartError {
@@ -101,6 +102,8 @@ pub struct Sinks {
     pub metrics: Arc<HealthMetrics>,
     pub registry: Arc<Metrics>,
     pub events: EventBus,
+    /// What a check may read of what a service sends (kept until restart).
+    pub limits: crate::config::ReadLimits,
 }
 
 /// One configured service, ready to be checked.
@@ -111,11 +114,11 @@ struct Service {
 }
 
 impl Service {
-    fn new(config: &ServiceConfig) -> Result<Service, HealthError> {
+    fn new(config: &ServiceConfig, limits: crate::config::ReadLimits) -> Result<Service, HealthError> {
         Ok(Service {
             config: config.clone(),
-            checker: Checker::new(config)?,
-            progress: Progress::new(config)?,
+            checker: Checker::new(config, limits.body)?,
+            progress: Progress::new(config, limits.page)?,
         })
     }
 
@@ -139,7 +142,7 @@ impl Service {
 /// the key.
 pub fn check_services(health: &crate::config::HealthConfig) -> Result<(), crate::config::ConfigError> {
     for (i, s) in health.services.iter().enumerate() {
-        if let Err(HealthError::Url { field, url, reason, .. }) = Service::new(s) {
+        if let Err(HealthError::Url { field, url, reason, .. }) = Service::new(s, health.read_limits()) {
             return Err(crate::config::invalid(
                 &format!("health.services[{i}].{field}"),
                 &url,

@@ -44,7 +44,7 @@ impl HealthMonitor {
         let services = health
             .services
             .iter()
-            .map(Service::new)
+            .map(|s| Service::new(s, sinks.limits))
             .collect::<Result<_, HealthError>>()?;
         Ok(HealthMonitor {
             services,
@@ -144,7 +144,7 @@ impl HealthMonitor {
                     }
                     next.push(r);
                 }
-                None => match Service::new(s) {
+                None => match Service::new(s, sinks.limits) {
                     Ok(service) => {
                         sinks.metrics.init(s);
                         tracing::info!(service = %s.name, "Service added by a reload: checking it, with its start period.");

@@ -115,9 +115,10 @@ impl ServiceTask {
         let progress = if config.progress == self.service.config.progress {
             self.service.progress.take().map(Ok)
         } else {
-            Progress::new(&config).transpose()
+            Progress::new(&config, self.sinks.limits.page).transpose()
         };
-        let built = Checker::new(&config).and_then(|checker| Ok((checker, progress.transpose()?)));
+        let built =
+            Checker::new(&config, self.sinks.limits.body).and_then(|checker| Ok((checker, progress.transpose()?)));
         match built {
             Ok((checker, progress)) => {
                 self.service = Service {
