@@ -267,3 +267,82 @@ async fn unreachable_sentinels_are_a_failing_collector_and_a_url_without_a_maste
         "{text}"
     );
 }
+
+/// Issue 36's failover failure, made to happen on purpose: after a
+/// failover the old test's second requeue-all moved 7,200 and reported
+/// `remaining: 0` while 24,400 were left. No job was lost: the test retried
+/// the requeue-all until one answered 200, and an earlier try had failed
+/// part-way on a second failover after moving 17,200 in whole batches,
+/// which its 503 does not report; it compared the last try's report with
+/// all that was left. Here a forced failover (`SENTINEL FAILOVER`, which
+/// promotes a replica without waiting for it) cuts a rate-limited requeue
+/// task mid-way: the task fails having moved part; the next requeue-all on
+/// the new master reports only the rest. The two add up to every job, or
+/// more: batches the old master moved after the promotion never reached
+/// the new one, so those jobs are in its DLQ again and are moved (and
+/// counted) again. On the new master each job is in exactly one place.
+#[tokio::test]
+async fn a_requeue_cut_by_a_failover_and_run_again_moves_each_job_once_though_each_report_counts_its_own() {
+    const JOBS: usize = 20_000;
+    let mut set = SentinelSet::start().await;
+    let first = set.master_port().await.unwrap();
+    {
+        let mut c = set.server(first).connection().await;
+        let all: Vec<String> = (0..JOBS).map(failure).collect();
+        let _: () = c.lpush(DLQ, &all).await.unwrap();
+        let acked: u64 = redis::cmd("WAIT").arg(2).arg(10_000).query_async(&mut c).await.unwrap();
+        assert_eq!(acked, 2);
+    }
+    let d = Daemon::start(
+        &format!(
+            "gpu:\n  enabled: false\nqueues:\n  redis_url: \"{}\"\n  poll_interval: 200ms\n  names: [{QUEUE}]\n  requeue_batch: 100\n",
+            set.url()
+        ),
+        &[],
+    )
+    .await;
+    let started: Value = d
+        .post_json(&format!("/api/system/dlq/requeue-all?queue={DLQ}&rate=2000"))
+        .await;
+    let status_url = started["status_url"].as_str().expect("a task").to_string();
+    eventually("the task to be under way", LIMIT, || async {
+        (d.get_json(&status_url).await["moved"].as_u64()? >= 2_000).then_some(())
+    })
+    .await;
+    // A graceful failover: the replica is caught up before it is promoted.
+    set.failover().await;
+    let task = eventually("the task to stop on the failover", LIMIT, || async {
+        let t = d.get_json(&status_url).await;
+        (t["state"] != "running").then_some(t)
+    })
+    .await;
+    assert_eq!(task["state"], "failed", "cut mid-way: {task}");
+    let first_try = task["moved"].as_u64().unwrap();
+    assert!(first_try > 0 && first_try < JOBS as u64, "{task}");
+    let promoted = eventually("a replica promoted", LIMIT, || async {
+        set.master_port().await.filter(|p| *p != first)
+    })
+    .await;
+    let report = eventually("a requeue-all on the new master", LIMIT, || async {
+        let r = reqwest::Client::new()
+            .post(d.url(&format!("/api/system/dlq/requeue-all?queue={DLQ}")))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())?;
+        r.json::<Value>().await.ok()
+    })
+    .await;
+    let second_try = report["requeued"].as_u64().unwrap();
+    assert!(
+        second_try < JOBS as u64,
+        "the last report counts only its own try: {report}"
+    );
+    assert!(
+        first_try + second_try >= JOBS as u64,
+        "the tries cover every job: {first_try} + {report}"
+    );
+    eprintln!("moved {first_try} before the failover and {second_try} after, of {JOBS}");
+    let (queued, left) = crate::common::assert_each_job_once(set.server(promoted), QUEUE, DLQ, JOBS).await;
+    assert_eq!((queued, left), (JOBS, 0));
+}

@@ -122,6 +122,18 @@ impl SentinelSet {
         None
     }
 
+    /// `SENTINEL FAILOVER`: a graceful failover, the replica caught up
+    /// before it is promoted.
+    pub async fn failover(&self) {
+        let mut c = sentinel_conn(self.sentinel_ports[0]).await.expect("a Sentinel answers");
+        let _: () = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(MASTER_NAME)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+
     /// The server on `port`.
     pub fn server(&mut self, port: u16) -> &mut Redis {
         self.servers
