@@ -294,11 +294,21 @@ impl Builder<'_> {
             b.build()
                 .map_err(|e| this.invalid("tls_server_config.client_ca_file", e.to_string(), "PEM CA certificates"))
         };
-        Ok(match kind {
-            "NoClientCert" => WebPkiClientVerifier::no_client_auth(),
-            "RequireAnyClientCert" => Arc::new(AnyClientCert { provider }),
+        let verifier = match kind {
+            "NoClientCert" => return Ok(WebPkiClientVerifier::no_client_auth()),
+            "RequireAnyClientCert" => return Ok(Arc::new(AnyClientCert { provider })),
             "VerifyClientCertIfGiven" => web_pki(roots.ok_or_else(|| need_ca(self))?, true, self)?,
             _ => web_pki(roots.ok_or_else(|| need_ca(self))?, false, self)?,
+        };
+        // A certificate of client_ca_file presented as it is (a self-signed
+        // one with CA:TRUE, as `openssl req -x509` makes) is accepted as a
+        // pinned certificate, as Go does; chains still go through webpki.
+        Ok(match ca {
+            Some(pem) => Arc::new(Pinned {
+                inner: verifier,
+                pinned: CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect(),
+            }),
+            None => verifier,
         })
     }
 }
@@ -382,6 +392,72 @@ impl ClientCertVerifier for AllowedSans {
                 "could not find allowed SANs in client cert, found: {found:?}"
             )))
         }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A client certificate byte-identical to one of `client_ca_file` is
+/// trusted as itself (within its validity), as Go's `crypto/x509` does
+/// when a root is presented as the leaf; rustls-webpki refuses a CA as an
+/// end entity (`CaUsedAsEndEntity`). Anything else goes to `inner`.
+#[derive(Debug)]
+struct Pinned {
+    inner: Arc<dyn ClientCertVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+/// Whether the DER certificate is valid at `now` (Unix seconds).
+fn valid_at(der: &[u8], now: i64) -> bool {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c.validity().not_before.timestamp() <= now && now <= c.validity().not_after.timestamp())
+        .unwrap_or(false)
+}
+
+impl ClientCertVerifier for Pinned {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let pinned = self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref());
+        if pinned && valid_at(end_entity, now.as_secs() as i64) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        self.inner.verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(

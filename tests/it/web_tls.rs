@@ -758,3 +758,71 @@ async fn client_allowed_sans_admit_only_the_listed_names() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("tls_server_config.client_allowed_sans"), "{err}");
 }
+
+/// A self-signed client certificate with `CA:TRUE`, as `openssl req -x509`
+/// makes with Debian's default openssl.cnf and as exporter-toolkit's own
+/// tests present: listed in `client_ca_file` it is accepted as a pinned
+/// certificate (Go accepts it; rustls-webpki alone refuses a CA as an end
+/// entity), with `client_allowed_sans` checked. Another self-signed one is
+/// still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_ca_true_client_certificate_in_client_ca_file_is_accepted_as_pinned() {
+    let c = Certs::new();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-keyout",
+            "self.key",
+            "-out",
+            "self.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=self-client",
+        ])
+        .args(["-addext", "subjectAltName=DNS:self-client"])
+        .current_dir(c.dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(c.path("self.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("CA:TRUE"),
+        "openssl made a CA:TRUE certificate"
+    );
+    let web_path = c.path("web.yml");
+    let web = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n\
+               \x20 client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: self.pem\n  client_allowed_sans: [self-client]\n";
+    let ca = c.s("ca.pem");
+    let (cert, key) = (c.s("self.pem"), c.s("self.key"));
+    let with_self = ["--cacert", ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()];
+    let d = tls_daemon(web, &web_path, &with_self).await;
+    let (code, text) = curl(&with_self, &https(&d, "/metrics"));
+    assert_eq!(code, "200", "{text}");
+    let (other_cert, other_key) = (c.s("other-ca.pem"), c.s("other.key"));
+    let with_other = [
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        other_cert.as_str(),
+        "--key",
+        other_key.as_str(),
+    ];
+    let (code, _) = curl(&with_other, &https(&d, "/metrics"));
+    assert_eq!(
+        code, "000",
+        "a self-signed certificate not in client_ca_file is refused"
+    );
+}
