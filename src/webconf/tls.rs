@@ -270,14 +270,10 @@ impl Builder<'_> {
                 "a client_auth_type of VerifyClientCertIfGiven or RequireAndVerifyClientCert with it, or no client_ca_file",
             ));
         }
-        let roots = match &ca {
-            Some(pem) => Some(Arc::new(self.client_roots(pem)?)),
-            None => None,
-        };
         // Without a CA file, the toolkit verifies client certificates against
         // the system's roots (Go's nil ClientCAs); so does this.
-        let roots = match roots {
-            Some(r) => Some(r),
+        let roots = match &ca {
+            Some(pem) => Some(Arc::new(self.client_roots(pem)?)),
             None if kind != "NoClientCert" && kind != "RequireAnyClientCert" => Some(Arc::new(system_roots())),
             None => None,
         };
@@ -300,16 +296,20 @@ impl Builder<'_> {
             "VerifyClientCertIfGiven" => web_pki(roots.ok_or_else(|| need_ca(self))?, true, self)?,
             _ => web_pki(roots.ok_or_else(|| need_ca(self))?, false, self)?,
         };
-        // A certificate of client_ca_file presented as it is (a self-signed
-        // one with CA:TRUE, as `openssl req -x509` makes) is accepted as a
-        // pinned certificate, as Go does; chains still go through webpki.
-        Ok(match ca {
-            Some(pem) => Arc::new(Pinned {
-                inner: verifier,
-                pinned: CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect(),
-            }),
-            None => verifier,
-        })
+        Ok(pin(ca.as_deref(), verifier))
+    }
+}
+
+/// A certificate of `client_ca_file` presented as it is (a self-signed one
+/// with CA:TRUE, as `openssl req -x509` makes) is accepted as a pinned
+/// certificate, as Go does; chains still go through `verifier`.
+fn pin(ca: Option<&[u8]>, verifier: Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier> {
+    match ca {
+        Some(pem) => Arc::new(Pinned {
+            inner: verifier,
+            pinned: CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect(),
+        }),
+        None => verifier,
     }
 }
 
