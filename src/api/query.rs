@@ -269,6 +269,28 @@ mod tests {
         rate: Option<f64>,
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Any query string is a value or a 400 that says what is allowed:
+        /// never a panic nor another error, for every DLQ parameter type.
+        #[test]
+        fn any_query_string_is_a_value_or_a_clear_400(raw in "([a-z_]{0,12}(=[^&]{0,12})?&?){0,6}") {
+            fn check<T: serde::de::DeserializeOwned + IntoParams>(raw: &str) -> Result<(), String> {
+                match parse::<T>(raw) {
+                    Ok(_) => Ok(()),
+                    Err(AppError::BadRequest { message, .. }) if !message.is_empty() => Ok(()),
+                    Err(other) => Err(format!("{raw}: {other:?}")),
+                }
+            }
+            use crate::api::dlq::params as p;
+            for r in [check::<Page>(&raw), check::<p::RequeueAllParams>(&raw), check::<p::JobAt>(&raw),
+                      check::<p::Listing>(&raw), check::<p::Filtered>(&raw), check::<p::ListingIn>(&raw)] {
+                proptest::prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+            }
+        }
+    }
+
     fn error(raw: &str) -> (String, Value) {
         match parse::<Page>(raw) {
             Err(AppError::BadRequest { message, detail }) => (message, detail),

@@ -117,6 +117,12 @@ pub struct Splitter {
 }
 
 impl Splitter {
+    /// Bytes held of a record not yet ended: never more than
+    /// [`MAX_RECORD`] after a feed.
+    pub fn held(&self) -> usize {
+        self.partial.len()
+    }
+
     /// Feeds bytes; calls `record` for each complete record line (not the
     /// continuation lines, nor records at or before `resume_after`).
     pub fn feed(&mut self, bytes: &[u8], mut record: impl FnMut(Record<'_>)) {

@@ -37,6 +37,7 @@ mod llm_servers;
 mod openapi;
 mod package;
 mod pipeline;
+mod properties;
 mod redis_tls_acl;
 mod reload;
 mod schemathesis;

@@ -11,7 +11,7 @@ mod archives;
 mod audit;
 mod jobs;
 mod moves;
-mod params;
+pub(crate) mod params;
 mod stuck;
 mod tasks;
 

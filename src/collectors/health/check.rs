@@ -509,6 +509,34 @@ pub fn sums(text: &str, pending: &[String], done: &[String]) -> Result<(f64, f64
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Any page gives sums or an error, never a panic.
+        #[test]
+        fn any_page_sums_or_is_refused(page in "(.{0,60}\n){0,10}") {
+            let _ = sums(&page, &["a".into()], &["b_total".into()]);
+        }
+
+        /// A page of gauge and counter samples sums to what was written.
+        #[test]
+        fn sums_add_up_the_samples_written(
+            pending in proptest::collection::vec(0u32..1_000_000, 0..8),
+            done in proptest::collection::vec(0u32..1_000_000, 0..8),
+        ) {
+            let mut page = String::from("# TYPE q gauge\n");
+            for (i, v) in pending.iter().enumerate() {
+                page.push_str(&format!("q{{model=\"m{i}\"}} {v}\n"));
+            }
+            page.push_str("# TYPE r counter\n");
+            for (i, v) in done.iter().enumerate() {
+                page.push_str(&format!("r_total{{model=\"m{i}\"}} {v}\n"));
+            }
+            let want = (pending.iter().map(|v| *v as f64).sum::<f64>(), done.iter().map(|v| *v as f64).sum::<f64>());
+            proptest::prop_assert_eq!(sums(&page, &["q".into()], &["r_total".into()]).unwrap(), want);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn pending_work_with_frozen_counters_is_a_stall_after_stall_after() {
         let mut t = StallTracker::new(Duration::from_secs(120));
