@@ -36,9 +36,10 @@ impl Builder<'_> {
                     "client_auth_type VerifyClientCertIfGiven or RequireAndVerifyClientCert",
                 ));
             }
-            verifier = Arc::new(AllowedSans {
+            verifier = Arc::new(ClientCheck {
                 inner: verifier,
-                allowed: sans.clone(),
+                pinned: Vec::new(),
+                allowed: Some(sans.clone()),
             });
         }
         let mut config = builder
@@ -305,9 +306,10 @@ impl Builder<'_> {
 /// certificate, as Go does; chains still go through `verifier`.
 fn pin(ca: Option<&[u8]>, verifier: Arc<dyn ClientCertVerifier>) -> Arc<dyn ClientCertVerifier> {
     match ca {
-        Some(pem) => Arc::new(Pinned {
+        Some(pem) => Arc::new(ClientCheck {
             inner: verifier,
             pinned: CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect(),
+            allowed: None,
         }),
         None => verifier,
     }
@@ -326,14 +328,21 @@ fn system_roots() -> RootCertStore {
     roots
 }
 
-/// `client_allowed_sans`: after the inner verifier accepts the chain, the
-/// client certificate must carry one of the listed SANs (DNS name, IP
-/// address, email address or URI, compared as text), as the toolkit's
-/// `VerifyPeerCertificate` does; else the handshake fails.
+/// What is checked of a client certificate beyond `inner`:
+///
+/// - `pinned`: a certificate byte-identical to one of `client_ca_file` is
+///   trusted as itself (within its validity), as Go's `crypto/x509` does
+///   when a root is presented as the leaf; rustls-webpki refuses a CA as an
+///   end entity (`CaUsedAsEndEntity`). Anything else goes to `inner`.
+/// - `allowed` (`client_allowed_sans`): after that, the certificate must
+///   carry one of the listed SANs (DNS name, IP address, email address or
+///   URI, compared as text), as the toolkit's `VerifyPeerCertificate`
+///   does; else the handshake fails.
 #[derive(Debug)]
-struct AllowedSans {
+struct ClientCheck {
     inner: Arc<dyn ClientCertVerifier>,
-    allowed: Vec<String>,
+    pinned: Vec<CertificateDer<'static>>,
+    allowed: Option<Vec<String>>,
 }
 
 /// The SANs of a DER certificate, as text.
@@ -364,7 +373,7 @@ fn sans_of(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
-impl ClientCertVerifier for AllowedSans {
+impl ClientCertVerifier for ClientCheck {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -383,9 +392,17 @@ impl ClientCertVerifier for AllowedSans {
         intermediates: &[CertificateDer<'_>],
         now: rustls::pki_types::UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let pinned = self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref());
+        let verified = if pinned && valid_at(end_entity, now.as_secs() as i64) {
+            ClientCertVerified::assertion()
+        } else {
+            self.inner.verify_client_cert(end_entity, intermediates, now)?
+        };
+        let Some(allowed) = &self.allowed else {
+            return Ok(verified);
+        };
         let found = sans_of(end_entity);
-        if found.iter().any(|s| self.allowed.contains(s)) {
+        if found.iter().any(|s| allowed.contains(s)) {
             Ok(verified)
         } else {
             Err(rustls::Error::General(format!(
@@ -417,70 +434,11 @@ impl ClientCertVerifier for AllowedSans {
     }
 }
 
-/// A client certificate byte-identical to one of `client_ca_file` is
-/// trusted as itself (within its validity), as Go's `crypto/x509` does
-/// when a root is presented as the leaf; rustls-webpki refuses a CA as an
-/// end entity (`CaUsedAsEndEntity`). Anything else goes to `inner`.
-#[derive(Debug)]
-struct Pinned {
-    inner: Arc<dyn ClientCertVerifier>,
-    pinned: Vec<CertificateDer<'static>>,
-}
-
 /// Whether the DER certificate is valid at `now` (Unix seconds).
 fn valid_at(der: &[u8], now: i64) -> bool {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, c)| c.validity().not_before.timestamp() <= now && now <= c.validity().not_after.timestamp())
         .unwrap_or(false)
-}
-
-impl ClientCertVerifier for Pinned {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let pinned = self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref());
-        if pinned && valid_at(end_entity, now.as_secs() as i64) {
-            return Ok(ClientCertVerified::assertion());
-        }
-        self.inner.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }
 
 /// `RequireAnyClientCert`: a client must present a certificate and prove it
