@@ -406,10 +406,12 @@ pub async fn stats(State(state): State<AppState>, _: Query<NoParams>) -> Result<
     let (browser, api) = state.hub.counts();
     let (http, stream) = state.pipeline.accepted();
     let now = Utc::now();
+    // The same overall status as /api/system/health, own dependencies too.
+    let mut names = services.iter().map(|s| (s.name.clone(), String::new())).collect();
+    let overall = Overall::of(services.iter().map(|s| (&s.status, s.critical)));
+    let overall = own_dependencies(&state, &mut names, overall);
     Ok(Json(StatsBody {
-        status: Overall::of(services.iter().map(|s| (&s.status, s.critical)))
-            .as_str()
-            .to_string(),
+        status: overall.as_str().to_string(),
         services: ServiceCounts {
             total: services.len(),
             critical: services.iter().filter(|s| s.critical).count(),

@@ -147,6 +147,13 @@ fn a_one_mib_command_line_is_read_up_to_its_limit() {
         .args(std::iter::repeat_n(&arg, 9));
     let mut p = holder.spawn().unwrap();
     let path = std::path::PathBuf::from(format!("/proc/{}/cmdline", p.id()));
+    // Until the child has exec'd, its command line is empty: wait for it.
+    for _ in 0..1000 {
+        if std::fs::read(&path).is_ok_and(|c| c.len() > 1_000_000) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let hits = inferwatch::bounded::HITS.with_label_values(&["proc"]);
     let before = hits.get();
     let (head, cut) = inferwatch::bounded::read_file(&path, 64 * 1024, inferwatch::bounded::Source::Proc).unwrap();

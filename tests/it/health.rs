@@ -66,7 +66,11 @@ fn service_yaml(name: &str, kind: &str, url: &str, extra: &str) -> String {
 }
 
 async fn daemon(services: &[String]) -> Daemon {
-    let config = format!("gpu:\n  enabled: false\nhealth:\n  services:\n{}", services.concat());
+    // No queue Redis here: these tests are about the services.
+    let config = format!(
+        "gpu:\n  enabled: false\nqueues:\n  enabled: false\nhealth:\n  services:\n{}",
+        services.concat()
+    );
     Daemon::start_with_args(&config, &[], &["--log.format=json", "--log.level=info"]).await
 }
 

@@ -261,28 +261,15 @@ async fn the_least_privileged_user_reaches_rqs_keys_it_moves_between_and_only_re
     let report: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(report["requeued"], 3, "{report}");
     // ... and may not write RQ's started registry, nor any other key.
-    let mut user = redis::Client::open(format!("redis://least:pw-least@127.0.0.1:{}/0", redis.port))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    for (what, cmd) in [
-        (
-            "ZADD rq:wip:default",
+    refused_to_least(
+        &redis,
+        [
             redis::cmd("ZADD").arg("rq:wip:default").arg(1).arg("x").clone(),
-        ),
-        (
-            "RPUSH rq:queue:other",
             redis::cmd("RPUSH").arg("rq:queue:other").arg("x").clone(),
-        ),
-        (
-            "DEL rq:failed:default",
             redis::cmd("DEL").arg("rq:failed:default").clone(),
-        ),
-    ] {
-        let e = cmd.query_async::<()>(&mut user).await.expect_err(what);
-        assert_eq!(e.code(), Some("NOPERM"), "{what}: {e}");
-    }
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -650,29 +637,16 @@ async fn the_least_privileged_user_moves_bullmqs_and_dramatiqs_failed_jobs_and_o
     assert_eq!(count(&redis, "LLEN", "bull:render:wait").await, 3);
     assert_eq!(count(&redis, "LLEN", "dramatiq:default").await, 3);
     // Celery's keys are read only, and nothing else is reachable.
-    let mut user = redis::Client::open(format!("redis://least:pw-least@127.0.0.1:{}/0", redis.port))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    for (what, cmd) in [
-        ("RPUSH celery", redis::cmd("RPUSH").arg("celery").arg("x").clone()),
-        (
-            "HSET unacked",
+    refused_to_least(
+        &redis,
+        [
+            redis::cmd("RPUSH").arg("celery").arg("x").clone(),
             redis::cmd("HSET").arg("unacked").arg("t").arg("x").clone(),
-        ),
-        (
-            "RPUSH bull:other:wait",
             redis::cmd("RPUSH").arg("bull:other:wait").arg("x").clone(),
-        ),
-        (
-            "SADD dramatiq:__acks__.w.default",
             redis::cmd("SADD").arg("dramatiq:__acks__.w.default").arg("x").clone(),
-        ),
-    ] {
-        let e = cmd.query_async::<()>(&mut user).await.expect_err(what);
-        assert_eq!(e.code(), Some("NOPERM"), "{what}: {e}");
-    }
+        ],
+    )
+    .await;
 }
 
 /// Requeues the `n` failed jobs of framework DLQ `dlq` through the API in
@@ -888,4 +862,19 @@ pub async fn racing_requeues(d: &Daemon, fq: inferwatch::dlq::FrameworkQueue, n:
     );
     assert_eq!((report["left"].as_u64(), direct.left), (Some(0), 0));
     report
+}
+
+/// Each of `cmds`, sent as the ACL user `least` (password `pw-least`), is
+/// refused with `NOPERM`.
+async fn refused_to_least<const N: usize>(redis: &Redis, cmds: [redis::Cmd; N]) {
+    let mut user = redis::Client::open(format!("redis://least:pw-least@127.0.0.1:{}/0", redis.port))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for cmd in cmds {
+        let what = String::from_utf8_lossy(&cmd.get_packed_command()).replace("\r\n", " ");
+        let e = cmd.query_async::<()>(&mut user).await.expect_err(&what);
+        assert_eq!(e.code(), Some("NOPERM"), "{what}: {e}");
+    }
 }

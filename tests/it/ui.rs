@@ -17,22 +17,36 @@ async fn the_dlq_page_shows_and_moves_jobs_in_headless_chromium() {
         redis.url()
     );
     let d = Daemon::start(&config, &[]).await;
-    let shots = repo().join("target/ui");
-    std::fs::create_dir_all(&shots).unwrap();
-    for old in [
-        "dlq-1280x800.png",
-        "dlq-390x844.png",
-        "dlq-after-actions.png",
-        "dlq-failure.png",
-    ] {
-        let _ = std::fs::remove_file(shots.join(old));
+    browser_checks(
+        &d,
+        &redis,
+        ("tests/ui/dlq_page.py", "ui: all checks passed", &[]),
+        &["dlq-1280x800.png", "dlq-390x844.png", "dlq-after-actions.png"],
+    )
+    .await;
+}
+
+/// Runs the browser steps of `script` against `d` and `redis`, with the
+/// token, the screenshot folder (target/ui) and `env`: they pass, say
+/// `passed`, and leave each of `shots` as a PNG.
+async fn browser_checks(
+    d: &Daemon,
+    redis: &Redis,
+    (script, passed, env): (&str, &str, &[(&str, String)]),
+    shots: &[&str],
+) {
+    let dir = repo().join("target/ui");
+    std::fs::create_dir_all(&dir).unwrap();
+    for old in shots.iter().copied().chain(["dlq-failure.png"]) {
+        let _ = std::fs::remove_file(dir.join(old));
     }
     let out = tokio::process::Command::new("/usr/bin/python3")
-        .arg(repo().join("tests/ui/dlq_page.py"))
+        .arg(repo().join(script))
         .env("BASE", d.url(""))
         .env("REDIS_PORT", redis.port.to_string())
         .env("TOKEN", TOKEN)
-        .env("SHOTS", &shots)
+        .env("SHOTS", &dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .kill_on_drop(true)
         .output()
         .await
@@ -43,9 +57,9 @@ async fn the_dlq_page_shows_and_moves_jobs_in_headless_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "the browser checks failed:\n{text}");
-    assert!(text.contains("ui: all checks passed"), "{text}");
-    for shot in ["dlq-1280x800.png", "dlq-390x844.png", "dlq-after-actions.png"] {
-        let bytes = std::fs::read(shots.join(shot)).unwrap();
+    assert!(text.contains(passed), "{text}");
+    for shot in shots {
+        let bytes = std::fs::read(dir.join(shot)).unwrap();
         assert!(
             bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
             "{shot}: {} bytes",
@@ -82,27 +96,11 @@ async fn the_frameworks_failed_jobs_are_listed_and_requeued_in_headless_chromium
         redis.url()
     );
     let d = Daemon::start(&config, &[]).await;
-    let shots = repo().join("target/ui");
-    std::fs::create_dir_all(&shots).unwrap();
-    let _ = std::fs::remove_file(shots.join("dlq-frameworks.png"));
-    let out = tokio::process::Command::new("/usr/bin/python3")
-        .arg(repo().join("tests/ui/framework_page.py"))
-        .env("BASE", d.url(""))
-        .env("REDIS_PORT", redis.port.to_string())
-        .env("TOKEN", TOKEN)
-        .env("SHOTS", &shots)
-        .env("N", N.to_string())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("/usr/bin/python3 runs (scripts/test installs python3-selenium)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let env = [("N", N.to_string())];
+    let script = (
+        "tests/ui/framework_page.py",
+        "ui: all framework checks passed",
+        &env[..],
     );
-    assert!(out.status.success(), "the browser checks failed:\n{text}");
-    assert!(text.contains("ui: all framework checks passed"), "{text}");
-    let bytes = std::fs::read(shots.join("dlq-frameworks.png")).unwrap();
-    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000);
+    browser_checks(&d, &redis, script, &["dlq-frameworks.png"]).await;
 }
