@@ -1,4 +1,4 @@
-//! Reading what a monitored thing sends, bounded in bytes and in time: an
+//! Reading what a monitored thing sends, bounded in bytes: an
 //! HTTP body, a Docker Engine answer, a file under `/proc` or a cgroup.
 //! Each is read incrementally and stops at its limit; nothing is buffered
 //! past it. A read that hits a limit is counted in
@@ -7,7 +7,6 @@
 
 use std::io::Read;
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use prometheus::{IntCounterVec, Opts};
 
@@ -63,57 +62,46 @@ impl Source {
 pub enum ReadError {
     #[error("the body is larger than {limit} bytes")]
     TooLarge { limit: usize },
-    #[error("the body did not end within {0:?}")]
-    Timeout(Duration),
     #[error("reading the body failed: {0}")]
     Read(String),
 }
 
 impl ReadError {
-    /// The reason a check or a log line names: `too_large`, `timeout`,
-    /// `read_error`.
+    /// The reason a check or a log line names: `too_large`, `read_error`.
     pub fn reason(&self) -> &'static str {
         match self {
             ReadError::TooLarge { .. } => "too_large",
-            ReadError::Timeout(_) => "timeout",
             ReadError::Read(_) => "read_error",
         }
     }
 }
 
-/// Reads `resp`'s body, at most `max` bytes and within `within`; a
-/// `Content-Length` over `max` fails before any byte is read.
-pub async fn read_body(
-    resp: reqwest::Response,
-    max: usize,
-    within: Duration,
-    source: Source,
-) -> Result<Vec<u8>, ReadError> {
-    let read = async {
-        if resp.content_length().is_some_and(|n| n > max as u64) {
-            return Err(ReadError::TooLarge { limit: max });
-        }
-        let mut resp = resp;
-        // Chunks as they come, joined once whole: a body cut at the limit
-        // never holds more than the limit, nor a copy of it.
-        let (mut chunks, mut len) = (Vec::new(), 0usize);
-        while let Some(chunk) = resp.chunk().await.map_err(|e| ReadError::Read(e.to_string()))? {
-            len += chunk.len();
-            if len > max {
-                return Err(ReadError::TooLarge { limit: max });
-            }
-            chunks.push(chunk);
-        }
-        Ok(chunks.concat())
-    };
-    let result = match tokio::time::timeout(within, read).await {
-        Ok(r) => r,
-        Err(_) => Err(ReadError::Timeout(within)),
-    };
-    if matches!(result, Err(ReadError::TooLarge { .. } | ReadError::Timeout(_))) {
+/// Reads `resp`'s body, at most `max` bytes; a `Content-Length` over
+/// `max` fails before any byte is read. The caller bounds the time (a
+/// check runs under its service's `timeout`).
+pub async fn read_body(resp: reqwest::Response, max: usize, source: Source) -> Result<Vec<u8>, ReadError> {
+    let result = read_chunks(resp, max).await;
+    if matches!(result, Err(ReadError::TooLarge { .. })) {
         source.hit();
     }
     result
+}
+
+/// The body's chunks as they come, joined once whole: a body cut at the
+/// limit never holds more than the limit, nor a copy of it.
+async fn read_chunks(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, ReadError> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(ReadError::TooLarge { limit: max });
+    }
+    let (mut chunks, mut len) = (Vec::new(), 0usize);
+    while let Some(chunk) = resp.chunk().await.map_err(|e| ReadError::Read(e.to_string()))? {
+        len += chunk.len();
+        if len > max {
+            return Err(ReadError::TooLarge { limit: max });
+        }
+        chunks.push(chunk);
+    }
+    Ok(chunks.concat())
 }
 
 /// The first `max` bytes of the file at `path`, and whether there was more
@@ -148,7 +136,6 @@ mod tests {
     #[test]
     fn reasons_name_the_limit() {
         assert_eq!(ReadError::TooLarge { limit: 1 }.reason(), "too_large");
-        assert_eq!(ReadError::Timeout(Duration::from_secs(1)).reason(), "timeout");
         assert_eq!(ReadError::Read("x".into()).reason(), "read_error");
     }
 }

@@ -160,7 +160,7 @@ impl Queues {
 
 /// A Celery queue's keys as kombu names them: its lists in the order the
 /// consumer reads them, then `unacked` and `unacked_index`.
-pub fn celery_keys(queue: &str) -> Vec<String> {
+fn celery_keys(queue: &str) -> Vec<String> {
     let mut keys = vec![queue.to_string()];
     keys.extend(PRIORITY_STEPS.iter().map(|p| format!("{queue}{PRIORITY_SEP}{p}")));
     keys.extend(["unacked".to_string(), "unacked_index".to_string()]);

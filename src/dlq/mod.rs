@@ -64,7 +64,6 @@ mod watch;
 
 pub use archives::{ArchiveInfo, ClearReport, RestoreReport};
 pub use bullmq::BullmqLayout;
-pub use celery::celery_keys;
 pub use dramatiq::DramatiqLayout;
 pub use entry::{parse_entry, JobFailure};
 pub use framework_moves::{matches_listed, valid_framework_id, FrameworkMoveReport};

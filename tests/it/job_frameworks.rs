@@ -354,14 +354,7 @@ async fn rq_failed_jobs_requeued_through_the_api_run_once_each_and_the_move_is_a
         sample_value(&page, "dlq_jobs_requeued_total{queue=\"rq:default\"}"),
         Some(50.0)
     );
-    let audit: serde_json::Value = client
-        .get(d.url("/api/system/dlq/audit"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = d.get_json("/api/system/dlq/audit").await;
     // Each of the three moves audited, newest first, the moves adding up.
     let rows = &audit["rows"].as_array().unwrap()[..3];
     let actions: Vec<&str> = rows.iter().map(|r| r["action"].as_str().unwrap()).collect();

@@ -256,7 +256,7 @@ impl HttpCheck {
         }
         let Some(want) = &self.expect_body else { return Ok(()) };
         // The task's timeout bounds the time; this bounds the bytes.
-        let body = crate::bounded::read_body(resp, self.max_body, Duration::MAX, Source::HealthBody)
+        let body = crate::bounded::read_body(resp, self.max_body, Source::HealthBody)
             .await
             .map_err(|e| match e {
                 ReadError::TooLarge { limit } => CheckError::TooLarge(limit),
@@ -460,7 +460,7 @@ impl Progress {
         if !resp.status().is_success() {
             return Err(fetch(format!("HTTP {}", resp.status().as_u16())));
         }
-        let page = crate::bounded::read_body(resp, self.max_page, Duration::MAX, Source::MetricsUrl)
+        let page = crate::bounded::read_body(resp, self.max_page, Source::MetricsUrl)
             .await
             .map_err(|e| fetch(format!("{} ({})", e, e.reason())))?;
         let text = String::from_utf8_lossy(&page);
