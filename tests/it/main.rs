@@ -43,6 +43,7 @@ mod reload;
 mod schemathesis;
 mod sentinel;
 mod slo;
+mod soak;
 mod storage;
 mod store;
 mod ui;

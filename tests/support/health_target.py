@@ -5,6 +5,7 @@ read from STATE_FILE on every request:
   ok    -> 200
   500   -> 500 (any number: that status)
   hang  -> no answer for an hour
+  garbage -> 4 KiB of bytes that are not HTTP, then the connection closes
 
 GET /metrics serves what vLLM's own /metrics serves for stall detection,
 from STATE_FILE.metrics ("WAITING RUNNING frozen|moving", default
@@ -76,6 +77,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             mode = "ok"
         if mode == "hang":
             time.sleep(3600)
+            return
+        if mode == "garbage":
+            self.wfile.write(bytes((i * 7919 + 13) % 256 for i in range(4096)))
+            self.close_connection = True
             return
         code = 200 if mode == "ok" else int(mode)
         body = b'{"status":"ok"}' if code == 200 else b'{"status":"error"}'

@@ -12,6 +12,9 @@ pub struct Daemon {
     pub dir: TempDir,
     pub port: u16,
     pub proc: Proc,
+    /// The flags and environment it was started with, for [`Daemon::restart`].
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -36,43 +39,16 @@ impl Daemon {
     /// Starts the binary and returns at once, without waiting for it to be
     /// ready (for a daemon behind TLS or auth, or one expected to fail).
     pub fn spawn(config: &str, env: &[(&str, &str)], args: &[&str], nofile: Option<u64>) -> Daemon {
-        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("inferwatch.yml");
         std::fs::write(&path, config).unwrap();
         if std::env::var_os("INFERWATCH_TEST_REDIS_ACL").is_some() {
             least_privileged(&path);
         }
-        let log = std::fs::File::create(dir.path().join("inferwatch.log")).unwrap();
         let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_inferwatch"));
-        if let Some(n) = nofile {
-            let limit = rustix::process::Rlimit {
-                current: Some(n),
-                maximum: Some(n),
-            };
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
-            unsafe {
-                cmd.pre_exec(move || {
-                    rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).map_err(std::io::Error::from)
-                });
-            }
-        }
-        let child = cmd
-            .arg("--config")
-            .arg(&path)
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .args(args)
-            .current_dir(dir.path())
-            .env_remove("RUST_LOG")
-            // The machine's own kernel log stays out of tests unless a test
-            // asks for it (it holds what earlier runs wrote there).
-            .env("GPU_KERNEL_LOG", "")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = launch(dir.path(), port, &args, &env, nofile);
         Daemon {
             dir,
             port,
@@ -80,7 +56,18 @@ impl Daemon {
                 child,
                 name: "inferwatch",
             },
+            args,
+            env,
         }
+    }
+
+    /// SIGKILL, then the same binary again on the same port, config, data
+    /// dir, flags and environment (its log goes on in the same file); waits
+    /// for `/-/ready`.
+    pub async fn restart(&mut self) {
+        self.proc.stop_with(SIGKILL);
+        self.proc.child = launch(self.dir.path(), self.port, &self.args, &self.env, None);
+        wait_for_2xx("inferwatch to be ready again", &self.url("/-/ready")).await;
     }
 
     /// Replaces the config file atomically, as an editor does.
@@ -147,6 +134,58 @@ impl Daemon {
         let resp = reqwest::Client::new().post(self.url(path)).send().await.unwrap();
         resp.json().await.unwrap()
     }
+}
+
+/// The binary the tests run: `INFERWATCH_TEST_BIN` when set (the soak runs
+/// the release build), else the one cargo built for this test run.
+pub fn daemon_bin() -> std::path::PathBuf {
+    std::env::var_os("INFERWATCH_TEST_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_inferwatch").into())
+}
+
+/// Starts the daemon in `dir` (its config `inferwatch.yml`, its log
+/// `inferwatch.log`, appended to) on `port`.
+fn launch(
+    dir: &std::path::Path,
+    port: u16,
+    args: &[String],
+    env: &[(String, String)],
+    nofile: Option<u64>,
+) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("inferwatch.log"))
+        .unwrap();
+    let mut cmd = Command::new(daemon_bin());
+    if let Some(n) = nofile {
+        let limit = rustix::process::Rlimit {
+            current: Some(n),
+            maximum: Some(n),
+        };
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit).map_err(std::io::Error::from)
+            });
+        }
+    }
+    cmd.arg("--config")
+        .arg(dir.join("inferwatch.yml"))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        // The machine's own kernel log stays out of tests unless a test
+        // asks for it (it holds what earlier runs wrote there).
+        .env("GPU_KERNEL_LOG", "")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// `inferwatch check-config PATH`: its exit code and what it printed.

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod daemon;
 pub mod dashboards;
 pub mod docker;
+pub mod dockerd;
 pub mod fake_gpu;
 pub mod health_target;
 pub mod llm;

@@ -98,6 +98,26 @@ impl Postgres {
         .await;
     }
 
+    /// SIGKILL of the postmaster, as a crash; returns once its backends
+    /// (which see the postmaster die and exit) are gone too, so that
+    /// [`Postgres::resume`] finds no shared memory still attached.
+    pub async fn kill(&mut self) {
+        let Some(mut p) = self.proc.take() else {
+            return;
+        };
+        let backends = children_of(p.pid());
+        p.stop_with(SIGKILL);
+        eventually(
+            "the killed postmaster's backends to exit",
+            Duration::from_secs(30),
+            || {
+                let backends = backends.clone();
+                async move { backends.iter().all(|b| !is_alive(*b)).then_some(()) }
+            },
+        )
+        .await;
+    }
+
     /// Fast shutdown (SIGINT), as an outage.
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
