@@ -21,8 +21,15 @@ use crate::metrics::{family, Metrics};
 /// How long a failing socket is left alone before the next try.
 pub const RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// One call's deadline: connect, request and body.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// What one call may take of the engine (`attribution.docker_max_bytes`,
+/// `attribution.docker_timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The most bytes of one answer: an inspect answer is a few KiB.
+    pub max_bytes: usize,
+    /// The whole call: connect, request and the answer.
+    pub timeout: Duration,
+}
 
 /// What the engine says of a container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +45,7 @@ pub struct Container {
 /// The Docker Engine API client with its cache.
 pub struct Docker {
     socket: PathBuf,
+    limits: Limits,
     /// `Some(None)`: the engine does not know the id (it exited).
     cache: HashMap<String, Option<Container>>,
     /// Set while the socket fails: no call before this instant.
@@ -47,7 +55,7 @@ pub struct Docker {
 }
 
 impl Docker {
-    pub fn new(socket: PathBuf, metrics: Option<&Metrics>) -> Docker {
+    pub fn new(socket: PathBuf, limits: Limits, metrics: Option<&Metrics>) -> Docker {
         let calls = metrics.map(|m| {
             let c = family::<IntCounterVec>(
                 "inferwatch_docker_api_calls_total",
@@ -61,6 +69,7 @@ impl Docker {
         });
         Docker {
             socket,
+            limits,
             cache: HashMap::new(),
             quiet_until: None,
             warned: false,
@@ -77,9 +86,7 @@ impl Docker {
         if self.quiet_until.is_some_and(|t| Instant::now() < t) {
             return None;
         }
-        let result = tokio::time::timeout(CALL_TIMEOUT, inspect(&self.socket, id))
-            .await
-            .unwrap_or_else(|_| Err("no answer within 2s".to_string()));
+        let result = inspect(&self.socket, id, self.limits).await;
         let label = match &result {
             Ok(Some(_)) => "ok",
             Ok(None) => "not_found",
@@ -108,6 +115,12 @@ impl Docker {
         }
     }
 
+    /// Whether the engine failed its last call (and is left alone until
+    /// [`RETRY_AFTER`] has passed).
+    pub fn failing(&self) -> bool {
+        self.quiet_until.is_some()
+    }
+
     /// Forgets containers that are no longer among `live` ids, so the cache
     /// stays as small as the set of containers holding a GPU.
     pub fn retain(&mut self, live: &std::collections::HashSet<String>) {
@@ -115,14 +128,37 @@ impl Docker {
     }
 }
 
-/// The most bytes of one inspect answer read.
-const INSPECT_MAX_BYTES: usize = 1 << 20;
+/// `GET /containers/{id}/json`: `Ok(None)` on 404. The whole call has
+/// `limits.timeout`; an answer that does not arrive whole within it, or
+/// passes `limits.max_bytes`, counts in `inferwatch_read_limit_hits_total`.
+async fn inspect(socket: &std::path::Path, id: &str, limits: Limits) -> Result<Option<Container>, String> {
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let resp = tokio::time::timeout_at(deadline, request(socket, id))
+        .await
+        .map_err(|_| format!("no answer within {:?}", limits.timeout))??;
+    let status = resp.status();
+    let limited = http_body_util::Limited::new(resp.into_body(), limits.max_bytes).collect();
+    let body = match tokio::time::timeout_at(deadline, limited).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            crate::bounded::Source::Docker.hit();
+            return Err(format!("the answer is larger than {} bytes", limits.max_bytes));
+        }
+        Ok(Err(e)) => return Err(format!("body: {e}")),
+        Err(_) => {
+            crate::bounded::Source::Docker.hit();
+            return Err(format!("no whole answer within {:?}", limits.timeout));
+        }
+    };
+    match status.as_u16() {
+        200 => parse_inspect(&body).map(Some),
+        404 => Ok(None),
+        s => Err(format!("HTTP {s}")),
+    }
+}
 
-/// How long one inspect answer may take to arrive whole.
-const INSPECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// `GET /containers/{id}/json`: `Ok(None)` on 404.
-async fn inspect(socket: &std::path::Path, id: &str) -> Result<Option<Container>, String> {
+/// Connects, sends the inspect request, and returns the answer's head.
+async fn request(socket: &std::path::Path, id: &str) -> Result<hyper::Response<hyper::body::Incoming>, String> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -136,28 +172,7 @@ async fn inspect(socket: &std::path::Path, id: &str) -> Result<Option<Container>
         .header(hyper::header::HOST, "docker")
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
-    let status = resp.status();
-    // What the socket answers is bounded in bytes and time: an inspect
-    // answer is a few KiB.
-    let limited = http_body_util::Limited::new(resp.into_body(), INSPECT_MAX_BYTES).collect();
-    let body = match tokio::time::timeout(INSPECT_TIMEOUT, limited).await {
-        Ok(Ok(body)) => body.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            crate::bounded::Source::Docker.hit();
-            return Err(format!("the answer is larger than {INSPECT_MAX_BYTES} bytes"));
-        }
-        Ok(Err(e)) => return Err(format!("body: {e}")),
-        Err(_) => {
-            crate::bounded::Source::Docker.hit();
-            return Err(format!("no whole answer within {INSPECT_TIMEOUT:?}"));
-        }
-    };
-    match status.as_u16() {
-        200 => parse_inspect(&body).map(Some),
-        404 => Ok(None),
-        s => Err(format!("HTTP {s}")),
-    }
+    sender.send_request(req).await.map_err(|e| format!("request: {e}"))
 }
 
 /// The fields of an inspect answer that name a container.
@@ -197,7 +212,11 @@ mod tests {
     #[tokio::test]
     async fn an_absent_socket_is_one_failed_call_then_quiet() {
         let dir = tempfile::tempdir().unwrap();
-        let mut d = Docker::new(dir.path().join("docker.sock"), None);
+        let limits = Limits {
+            max_bytes: 1 << 20,
+            timeout: Duration::from_secs(2),
+        };
+        let mut d = Docker::new(dir.path().join("docker.sock"), limits, None);
         assert_eq!(d.lookup("abc").await, None);
         assert!(d.quiet_until.is_some() && d.warned);
         // Within the quiet period nothing is tried (no connect error again).

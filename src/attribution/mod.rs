@@ -14,7 +14,7 @@ pub mod docker;
 pub mod table;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::config::{Config, ServiceConfig};
 
@@ -58,11 +58,15 @@ struct Facts {
     /// The pid and its ancestors below init, read once when a service
     /// matches on a pid file.
     lineage: Vec<u32>,
+    /// A Docker container whose engine could not be asked (down, or
+    /// restarting): asked again at a later poll, not left unnamed for the
+    /// process's life.
+    unnamed: bool,
 }
 
 /// Resolves pids to owners, caching per (pid, start time).
 pub struct Attributor {
-    proc_root: PathBuf,
+    procfs: Procfs,
     docker: Option<docker::Docker>,
     matchers: Vec<Matcher>,
     known: HashMap<u32, Facts>,
@@ -72,11 +76,17 @@ impl Attributor {
     pub fn new(config: &Config, metrics: Option<&crate::metrics::Metrics>) -> Attributor {
         let matchers = config.health.services.iter().filter_map(matcher).collect();
         Attributor {
-            proc_root: config.attribution.proc_root.clone(),
-            docker: config
-                .attribution
-                .docker_socket()
-                .map(|s| docker::Docker::new(s, metrics)),
+            procfs: Procfs {
+                root: config.attribution.proc_root.clone(),
+                max: config.attribution.proc_file_max_bytes as usize,
+            },
+            docker: config.attribution.docker_socket().map(|s| {
+                let limits = docker::Limits {
+                    max_bytes: config.attribution.docker_max_bytes as usize,
+                    timeout: config.attribution.docker_timeout,
+                };
+                docker::Docker::new(s, limits, metrics)
+            }),
             matchers,
             known: HashMap::new(),
         }
@@ -105,7 +115,7 @@ impl Attributor {
             .collect();
         let mut out = HashMap::with_capacity(pids.len());
         for &pid in pids {
-            let Some(start_time) = start_time(&self.proc_root, pid) else {
+            let Some(start_time) = start_time(&self.procfs, pid) else {
                 // Not visible here (another PID namespace, or exited).
                 self.known.remove(&pid);
                 out.insert(pid, Owner::default());
@@ -113,6 +123,9 @@ impl Attributor {
             };
             if self.known.get(&pid).map(|f| f.start_time) != Some(start_time) {
                 let facts = self.facts(pid, start_time).await;
+                self.known.insert(pid, facts);
+            } else if let Some(mut facts) = self.known.remove(&pid).filter(|f| f.unnamed) {
+                self.name_container(&mut facts).await;
                 self.known.insert(pid, facts);
             }
             let facts = &self.known[&pid];
@@ -137,8 +150,8 @@ impl Attributor {
 
     /// Reads the cgroup of a process first seen, and names its container.
     async fn facts(&mut self, pid: u32, start_time: u64) -> Facts {
-        let path = self.proc_root.join(pid.to_string()).join("cgroup");
-        let text = crate::bounded::read_file(&path, PROC_FILE_MAX, crate::bounded::Source::Cgroup)
+        let path = self.procfs.root.join(pid.to_string()).join("cgroup");
+        let text = crate::bounded::read_file(&path, self.procfs.max, crate::bounded::Source::Cgroup)
             .map(|(b, _)| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         let info = cgroup::parse(&text);
@@ -149,10 +162,10 @@ impl Attributor {
                 .matchers
                 .iter()
                 .any(|m| m.cmdline.is_some())
-                .then(|| cmdline(&self.proc_root, pid))
+                .then(|| cmdline(&self.procfs, pid))
                 .flatten(),
             lineage: if self.matchers.iter().any(|m| m.pid_file.is_some()) {
-                lineage(&self.proc_root, pid)
+                lineage(&self.procfs, pid)
             } else {
                 Vec::new()
             },
@@ -160,19 +173,32 @@ impl Attributor {
         };
         if let Some((runtime, id)) = info.container {
             facts.container = id[..12].to_string();
-            if runtime == cgroup::Runtime::Docker {
-                if let Some(c) = match &mut self.docker {
-                    Some(d) => d.lookup(&id).await,
-                    None => None,
-                } {
-                    facts.container = c.name;
-                    facts.compose_service = c.compose_service.unwrap_or_default();
-                    facts.compose_project = c.compose_project.unwrap_or_default();
-                }
-            }
             facts.container_id = id;
+            facts.unnamed = runtime == cgroup::Runtime::Docker;
+            self.name_container(&mut facts).await;
         }
         facts
+    }
+
+    /// Asks the engine for an unnamed Docker container's name and compose
+    /// labels. When the engine cannot be asked the container stays
+    /// `unnamed`, and a later poll asks again (at most every
+    /// [`docker::RETRY_AFTER`]: the client keeps quiet in between).
+    async fn name_container(&mut self, facts: &mut Facts) {
+        let Some(d) = self.docker.as_mut().filter(|_| facts.unnamed) else {
+            facts.unnamed = false;
+            return;
+        };
+        match d.lookup(&facts.container_id).await {
+            Some(c) => {
+                facts.container = c.name;
+                facts.compose_service = c.compose_service.unwrap_or_default();
+                facts.compose_project = c.compose_project.unwrap_or_default();
+                facts.unnamed = false;
+            }
+            // Not found (it exited) is an answer; a failing engine is not.
+            None => facts.unnamed = d.failing(),
+        }
     }
 
     /// The first service whose every given key matches; `mains` holds each
@@ -221,9 +247,9 @@ fn matcher(s: &ServiceConfig) -> Option<Matcher> {
 /// Fields of `/proc/<pid>/stat` after the command name (which may hold
 /// spaces and parentheses): index 0 is the state, 1 the parent pid, 19 the
 /// start time.
-fn stat_fields(proc_root: &Path, pid: u32) -> Option<Vec<String>> {
-    let path = proc_root.join(pid.to_string()).join("stat");
-    let (raw, _) = crate::bounded::read_file(&path, PROC_FILE_MAX, crate::bounded::Source::Proc).ok()?;
+fn stat_fields(p: &Procfs, pid: u32) -> Option<Vec<String>> {
+    let path = p.root.join(pid.to_string()).join("stat");
+    let (raw, _) = crate::bounded::read_file(&path, p.max, crate::bounded::Source::Proc).ok()?;
     let text = String::from_utf8_lossy(&raw);
     let after = &text[text.rfind(')')? + 1..];
     Some(after.split_whitespace().map(str::to_string).collect())
@@ -231,23 +257,27 @@ fn stat_fields(proc_root: &Path, pid: u32) -> Option<Vec<String>> {
 
 /// The process's start time in clock ticks since boot: with the pid, it
 /// names one process even after the pid is reused.
-fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
-    stat_fields(proc_root, pid)?.get(19)?.parse().ok()
+fn start_time(p: &Procfs, pid: u32) -> Option<u64> {
+    stat_fields(p, pid)?.get(19)?.parse().ok()
 }
 
-fn parent(proc_root: &Path, pid: u32) -> Option<u32> {
-    stat_fields(proc_root, pid)?.get(1)?.parse().ok()
+fn parent(p: &Procfs, pid: u32) -> Option<u32> {
+    stat_fields(p, pid)?.get(1)?.parse().ok()
 }
 
-/// The most bytes read of a `/proc/<pid>/` or cgroup file: what a
-/// process in a container writes there (its command line) is its own, and
-/// 64 KiB holds every field read here.
-const PROC_FILE_MAX: usize = 64 * 1024;
+/// The `/proc` read, and the most bytes read of one of its files
+/// (`attribution.proc_file_max_bytes`): what a process in a container
+/// writes there (its command line) is its own; 64 KiB, the default, holds
+/// every field read here.
+struct Procfs {
+    root: PathBuf,
+    max: usize,
+}
 
 /// The command line, its arguments joined by spaces.
-fn cmdline(proc_root: &Path, pid: u32) -> Option<String> {
-    let path = proc_root.join(pid.to_string()).join("cmdline");
-    let (raw, _) = crate::bounded::read_file(&path, PROC_FILE_MAX, crate::bounded::Source::Proc).ok()?;
+fn cmdline(p: &Procfs, pid: u32) -> Option<String> {
+    let path = p.root.join(pid.to_string()).join("cmdline");
+    let (raw, _) = crate::bounded::read_file(&path, p.max, crate::bounded::Source::Proc).ok()?;
     let args: Vec<String> = raw
         .split(|b| *b == 0)
         .filter(|a| !a.is_empty())
@@ -259,12 +289,12 @@ fn cmdline(proc_root: &Path, pid: u32) -> Option<String> {
 /// `pid` and its ancestors up to (not including) init: a pid file's
 /// process matches itself and its descendants (a server's GPU workers are
 /// often its children).
-fn lineage(proc_root: &Path, pid: u32) -> Vec<u32> {
+fn lineage(p: &Procfs, pid: u32) -> Vec<u32> {
     let mut out = vec![pid];
     let mut at = pid;
     // Bounded: a process tree is far shallower than this.
     for _ in 0..64 {
-        match parent(proc_root, at) {
+        match parent(p, at) {
             Some(p) if p > 1 && p != at => {
                 out.push(p);
                 at = p;
@@ -278,6 +308,14 @@ fn lineage(proc_root: &Path, pid: u32) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    fn procfs(root: &Path) -> Procfs {
+        Procfs {
+            root: root.to_path_buf(),
+            max: 64 << 10,
+        }
+    }
 
     #[test]
     fn stat_is_read_past_a_command_name_with_spaces_and_parens() {
@@ -288,19 +326,21 @@ mod tests {
         fields.extend(std::iter::repeat("0").take(17));
         fields.push("123456");
         std::fs::write(p.join("stat"), format!("42 (my (odd) name) {}\n", fields.join(" "))).unwrap();
-        assert_eq!(start_time(dir.path(), 42), Some(123456));
-        assert_eq!(parent(dir.path(), 42), Some(7));
-        assert_eq!(start_time(dir.path(), 43), None);
+        let p = procfs(dir.path());
+        assert_eq!(start_time(&p, 42), Some(123456));
+        assert_eq!(parent(&p, 42), Some(7));
+        assert_eq!(start_time(&p, 43), None);
     }
 
     #[test]
     fn the_lineage_of_this_process_holds_itself_and_its_parent_not_init() {
         let me = std::process::id();
-        let parent_pid = parent(Path::new("/proc"), me).unwrap();
-        let line = lineage(Path::new("/proc"), me);
+        let proc = procfs(Path::new("/proc"));
+        let parent_pid = parent(&proc, me).unwrap();
+        let line = lineage(&proc, me);
         assert_eq!(line[0], me);
         assert!(parent_pid == 1 || line.contains(&parent_pid), "{line:?}");
         assert!(!line.contains(&1));
-        assert_eq!(lineage(Path::new("/proc"), 999_999_999), [999_999_999]);
+        assert_eq!(lineage(&proc, 999_999_999), [999_999_999]);
     }
 }

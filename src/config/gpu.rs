@@ -56,6 +56,11 @@ pub struct GpuConfig {
     /// The kernel log to read XIDs from (`/dev/kmsg`); `""` turns it off.
     #[reload(kept = reasons::RESTART)]
     pub kernel_log: String,
+    /// The longest kernel-log record read from a file or FIFO, 8 KiB–1 MiB
+    /// (the kernel writes at most 8 KiB); a longer one is skipped as it
+    /// streams and counted in `inferwatch_read_limit_hits_total`.
+    #[reload(kept = reasons::RESTART)]
+    pub kernel_log_record_max_bytes: u64,
 }
 
 impl GpuConfig {
@@ -111,6 +116,7 @@ impl Default for GpuConfig {
             slow_interval: None,
             fields: GpuFieldsConfig::default(),
             kernel_log: "/dev/kmsg".to_string(),
+            kernel_log_record_max_bytes: crate::xid::kmsg::MAX_RECORD as u64,
             per_process_max: 64,
         }
     }
@@ -119,6 +125,7 @@ impl Default for GpuConfig {
 pub const POLL_INTERVAL: Range = Range::new("gpu.poll_interval", 1.0, 60.0, "seconds");
 pub const HISTORY_MINUTES: Range = Range::new("gpu.history_minutes", 1.0, 1440.0, "minutes");
 pub const TIMEOUT: Range = Range::new("gpu.timeout", 0.1, 60.0, "seconds");
+pub const KERNEL_LOG_RECORD_MAX: Range = Range::new("gpu.kernel_log_record_max_bytes", 8192.0, 1048576.0, "bytes");
 pub const PER_PROCESS_MAX: Range = Range::new("gpu.per_process_max", 1.0, 10000.0, "series per GPU");
 pub const TEMPERATURE_WARNING: Range = Range::new("gpu.temperature_warning_celsius", 1.0, 150.0, "°C");
 /// The lower bound is also `gpu.poll_interval`.
@@ -136,6 +143,7 @@ impl GpuConfig {
         TIMEOUT.check(self.timeout.as_secs_f64())?;
         TEMPERATURE_WARNING.check(self.temperature_warning_celsius)?;
         PER_PROCESS_MAX.check(self.per_process_max as f64)?;
+        KERNEL_LOG_RECORD_MAX.check(self.kernel_log_record_max_bytes as f64)?;
         if let Some(slow) = self.slow_interval {
             SLOW_INTERVAL
                 .at_least(self.poll_interval.as_secs_f64())

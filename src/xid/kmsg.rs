@@ -92,22 +92,24 @@ pub struct Drained {
     /// `EPIPE`s since the last drain: records overwritten before they were read.
     pub overwritten: u64,
     pub records: u64,
-    /// Records longer than [`MAX_RECORD`] bytes, skipped unread (the kernel
+    /// Records longer than the record limit, skipped unread (the kernel
     /// writes at most 8 KiB: a longer one is not the kernel's).
     pub oversized: u64,
 }
 
-/// The longest record kept: `/dev/kmsg` records are at most 8 KiB
-/// (`PRINTK_MESSAGE_MAX` plus the header); a file or FIFO could send a
-/// line without end.
+/// The longest record kept by default (`gpu.kernel_log_record_max_bytes`):
+/// `/dev/kmsg` records are at most 8 KiB (`PRINTK_MESSAGE_MAX` plus the
+/// header); a file or FIFO could send a line without end.
 pub const MAX_RECORD: usize = 16 * 1024;
 
 /// Splits a byte stream into records: one per `read()` from `/dev/kmsg`,
 /// lines from a file or FIFO. Pure; the thread feeds it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Splitter {
     partial: Vec<u8>,
-    /// Inside a record longer than [`MAX_RECORD`]: bytes are dropped up to
+    /// The longest record kept; longer ones are skipped as they come.
+    pub max_record: usize,
+    /// Inside a record longer than `max_record`: bytes are dropped up to
     /// its end.
     skipping: bool,
     /// Records skipped for their length since the last look.
@@ -116,9 +118,21 @@ pub struct Splitter {
     pub resume_after: Option<u64>,
 }
 
+impl Default for Splitter {
+    fn default() -> Self {
+        Splitter {
+            partial: Vec::new(),
+            max_record: MAX_RECORD,
+            skipping: false,
+            oversized: 0,
+            resume_after: None,
+        }
+    }
+}
+
 impl Splitter {
-    /// Bytes held of a record not yet ended: never more than
-    /// [`MAX_RECORD`] after a feed.
+    /// Bytes held of a record not yet ended: never more than `max_record`
+    /// after a feed.
     pub fn held(&self) -> usize {
         self.partial.len()
     }
@@ -137,6 +151,12 @@ impl Splitter {
         self.partial.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(nl) = self.partial[start..].iter().position(|&b| b == b'\n') {
+            if nl > self.max_record {
+                // Ended within this feed, yet longer than the limit.
+                start += nl + 1;
+                self.oversized += 1;
+                continue;
+            }
             let line = String::from_utf8_lossy(&self.partial[start..start + nl]).into_owned();
             start += nl + 1;
             if line.starts_with(' ') || line.is_empty() {
@@ -150,7 +170,7 @@ impl Splitter {
             }
         }
         self.partial.drain(..start);
-        if self.partial.len() > MAX_RECORD {
+        if self.partial.len() > self.max_record {
             // Never kept whole: the rest of this record is dropped as it comes.
             self.partial = Vec::new();
             self.skipping = true;
@@ -198,7 +218,7 @@ impl KernelLog {
     /// thread. An open that fails within [`OPEN_WAIT`] is the error (so a
     /// permission error is known at once); one still blocked then leaves
     /// the log down (`is_up` false) until it opens.
-    pub fn start(path: &str, resume_after: Option<u64>) -> std::io::Result<KernelLog> {
+    pub fn start(path: &str, resume_after: Option<u64>, max_record: usize) -> std::io::Result<KernelLog> {
         let shared = Arc::new(Shared::default());
         let thread_shared = shared.clone();
         let name = path.to_string();
@@ -209,7 +229,12 @@ impl KernelLog {
                 Ok(file) => {
                     thread_shared.up.store(true, Ordering::Release);
                     let _ = opened.send(Ok(()));
-                    read_loop(file, resume_after, &thread_shared, &name);
+                    let splitter = Splitter {
+                        resume_after,
+                        max_record,
+                        ..Default::default()
+                    };
+                    read_loop(file, splitter, &thread_shared, &name);
                 }
                 Err(e) => {
                     // Past OPEN_WAIT no one waits for the answer: say it here.
@@ -244,11 +269,7 @@ impl KernelLog {
 
 /// Reads until a hard error. End of file (a file, or a FIFO with no writer)
 /// is waited out: more may be written.
-fn read_loop(mut source: impl Read, resume_after: Option<u64>, shared: &Shared, name: &str) {
-    let mut splitter = Splitter {
-        resume_after,
-        ..Default::default()
-    };
+fn read_loop(mut source: impl Read, mut splitter: Splitter, shared: &Shared, name: &str) {
     // A /dev/kmsg record is at most 8 KiB (PRINTK_MESSAGE_MAX plus header).
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -404,6 +425,24 @@ mod tests {
         sp.feed(b"\n6,3,0,-;after\n", |r| seen.push(r.seq));
         assert_eq!(seen, [1, 3]);
         assert_eq!(sp.oversized, 1);
+    }
+
+    #[test]
+    fn the_record_limit_is_the_configured_one() {
+        let record = format!("6,1,0,-;{}\n", "y".repeat(10 * 1024));
+        let count = |max_record: usize| {
+            let mut sp = Splitter {
+                max_record,
+                ..Default::default()
+            };
+            let mut seen = 0;
+            for chunk in record.as_bytes().chunks(4096) {
+                sp.feed(chunk, |_| seen += 1);
+            }
+            (seen, sp.oversized)
+        };
+        assert_eq!(count(MAX_RECORD), (1, 0), "10 KiB is within the default");
+        assert_eq!(count(8192), (0, 1), "and past 8 KiB");
     }
 
     /// A stand-in for `/dev/kmsg`'s read(): one record per call, and EPIPE

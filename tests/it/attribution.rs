@@ -353,6 +353,58 @@ async fn a_refusing_docker_socket_is_one_warning_ids_without_names_and_no_failed
     assert_eq!(log.matches("The Docker socket cannot be asked").count(), 1, "{log}");
 }
 
+/// A container that takes a GPU while its Docker engine is down (here the
+/// test's own engine, stopped, with `--live-restore` keeping the container)
+/// is listed by its short id, and named once the engine answers again, at
+/// the client's next try after its 30 s quiet: not left unnamed for the
+/// process's life (the chaos soak found it; a reload had hidden it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_first_seen_while_its_engine_is_down_is_named_once_it_answers() {
+    let mut engine = crate::common::dockerd::Engine::start().await;
+    let name = format!("iw-attr-late-{}", std::process::id());
+    let (id, pid) = engine.sleeping(&name, &[("com.docker.compose.service", "late")]);
+    let fake = FakeGpus::new(Driver::Current, &gpus_state(1));
+    let d = Daemon::start(
+        &config(
+            &fake,
+            &format!("attribution:\n  docker_socket: {}\n", engine.socket().display()),
+        ),
+        &[],
+    )
+    .await;
+    engine.stop();
+    fake.set(&format!("{}0.procs {pid}:{GIB}:late\n", gpus_state(1)));
+    let page = listed(&d, pid).await;
+    let (l, _) = process(&page, "gpu_process_memory_used_bytes", pid).unwrap();
+    assert_eq!(
+        (l["container"].as_str(), l["compose_service"].as_str()),
+        (&id[..12], ""),
+        "{l:?}"
+    );
+    assert_eq!(
+        sample_value(&page, "inferwatch_docker_api_calls_total{result=\"error\"}"),
+        Some(1.0)
+    );
+    engine.resume().await;
+    let page = eventually("the container to be named", Duration::from_secs(90), || {
+        let d = &d;
+        async move {
+            let page = d.get_text("/metrics").await;
+            process(&page, "gpu_process_memory_used_bytes", pid)
+                .filter(|(l, _)| l["compose_service"] == "late")
+                .map(|_| page)
+        }
+    })
+    .await;
+    let (l, _) = process(&page, "gpu_process_memory_used_bytes", pid).unwrap();
+    assert_eq!(l["container"], name, "{l:?}");
+    assert_eq!(
+        sample_value(&page, "inferwatch_docker_api_calls_total{result=\"ok\"}"),
+        Some(1.0),
+        "asked once more, once it answered"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_no_process_holds_fires_gpu_memory_unattributed_in_a_real_prometheus() {
     // 20 GiB used, 1 GiB held by the one compute process (this test's own

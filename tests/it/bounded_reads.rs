@@ -95,16 +95,13 @@ async fn a_body_that_trickles_is_cut_at_the_checks_timeout() {
     assert_eq!(failures(&page, "too_large"), 0.0, "{page}");
 }
 
-/// A Docker socket stand-in whose inspect answer is a JSON array without
-/// end: the lookup fails at the answer's byte limit, counted, and the
-/// process's memory does not follow the stream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_docker_socket_answering_without_end_is_cut_at_its_limit() {
+/// A Docker socket stand-in: every inspect answer is a chunked JSON array
+/// that never ends, sent as fast as it is read, or (`trickle`) a byte every
+/// 100 ms.
+fn docker_stand_in(socket: &std::path::Path, trickle: bool) -> tokio::task::JoinHandle<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("docker.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let server = tokio::spawn(async move {
+    let listener = tokio::net::UnixListener::bind(socket).unwrap();
+    tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {
                 return;
@@ -116,14 +113,39 @@ async fn a_docker_socket_answering_without_end_is_cut_at_its_limit() {
                 if conn.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }
+                if trickle {
+                    let _ = conn.write_all(b"1\r\n[\r\n").await;
+                    while conn.write_all(b"2\r\n1,\r\n").await.is_ok() {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    return;
+                }
                 let block = format!("{:x}\r\n[{}\r\n", 8193, "1,".repeat(4096));
                 while conn.write_all(block.as_bytes()).await.is_ok() {}
             });
         }
-    });
+    })
+}
+
+/// The limits a default config sets.
+fn default_docker_limits() -> inferwatch::attribution::docker::Limits {
+    let config = inferwatch::config::AttributionConfig::default();
+    inferwatch::attribution::docker::Limits {
+        max_bytes: config.docker_max_bytes as usize,
+        timeout: config.docker_timeout,
+    }
+}
+
+/// An inspect answer without end: the lookup fails at the answer's byte
+/// limit, counted, and the process's memory does not follow the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_socket_answering_without_end_is_cut_at_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let server = docker_stand_in(&socket, false);
     let hits = inferwatch::bounded::HITS.with_label_values(&["docker"]);
     let before = hits.get();
-    let mut docker = inferwatch::attribution::docker::Docker::new(socket, None);
+    let mut docker = inferwatch::attribution::docker::Docker::new(socket, default_docker_limits(), None);
     let rise = rss_rise(std::process::id() as i32, async {
         assert!(
             docker.lookup(&"a".repeat(64)).await.is_none(),
@@ -133,6 +155,25 @@ async fn a_docker_socket_answering_without_end_is_cut_at_its_limit() {
     .await;
     assert_eq!(hits.get(), before + 1, "the cut is counted");
     assert!(rise < 20_000_000, "RSS rose by {rise} bytes for an endless answer");
+    server.abort();
+}
+
+/// An inspect answer that trickles a byte every 100 ms: the lookup ends at
+/// `attribution.docker_timeout` (here 1 s), counted as a read-limit hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_answer_that_trickles_is_cut_at_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let server = docker_stand_in(&socket, true);
+    let hits = inferwatch::bounded::HITS.with_label_values(&["docker"]);
+    let before = hits.get();
+    let limits = inferwatch::attribution::docker::Limits {
+        timeout: std::time::Duration::from_secs(1),
+        ..default_docker_limits()
+    };
+    let mut docker = inferwatch::attribution::docker::Docker::new(socket, limits, None);
+    assert!(docker.lookup(&"b".repeat(64)).await.is_none());
+    assert_eq!(hits.get(), before + 1, "the cut is counted");
     server.abort();
 }
 

@@ -196,6 +196,26 @@ fn bad_values_name_the_key_the_value_and_the_range() {
             &["health.proxy_max_bytes", "100", "4096"],
         ),
         (
+            "gpu:\n  kernel_log_record_max_bytes: 100\n",
+            &[],
+            &["gpu.kernel_log_record_max_bytes", "100", "8192"],
+        ),
+        (
+            "attribution:\n  proc_file_max_bytes: 2000000000\n",
+            &[],
+            &["attribution.proc_file_max_bytes", "2000000000", "16777216"],
+        ),
+        (
+            "attribution:\n  docker_max_bytes: 10\n",
+            &[],
+            &["attribution.docker_max_bytes", "10", "4096"],
+        ),
+        (
+            "attribution:\n  docker_timeout: 0s\n",
+            &[],
+            &["attribution.docker_timeout", "0.1"],
+        ),
+        (
             "inference:\n  scrape: sideways\n",
             &[],
             &["inference.scrape", "sideways", "proxy"],

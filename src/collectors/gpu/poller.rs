@@ -74,7 +74,13 @@ impl GpuCollector {
             attribution: attributor.map(|a| (a, None)),
             energy: Default::default(),
         };
-        c.xids.open(&c.config.kernel_log, c.out.store.as_deref()).await;
+        c.xids
+            .open(
+                &c.config.kernel_log,
+                c.config.kernel_log_record_max_bytes as usize,
+                c.out.store.as_deref(),
+            )
+            .await;
         if c.config.mode == GpuMode::Mock {
             tracing::info!("gpu.mode is mock: the GPU collector serves the mock object and loads no NVML.");
             return c;

@@ -59,8 +59,9 @@ impl XidWatch {
 
     /// Starts the kernel-log reader at `path` after the position stored for
     /// this boot. Not being able to read it is one WARN line and
-    /// `inferwatch_kernel_log_up 0`, never a failed round.
-    pub(super) async fn open(&mut self, path: &str, store: Option<&Store>) {
+    /// `inferwatch_kernel_log_up 0`, never a failed round. Records longer
+    /// than `max_record` bytes are skipped.
+    pub(super) async fn open(&mut self, path: &str, max_record: usize, store: Option<&Store>) {
         if path.is_empty() {
             return;
         }
@@ -78,7 +79,7 @@ impl XidWatch {
         let resume = kmsg::resume_after(stored, &self.boot_id);
         // Opening may wait up to half a second: not on the runtime's threads.
         let owned = path.to_string();
-        let started = tokio::task::spawn_blocking(move || KernelLog::start(&owned, resume))
+        let started = tokio::task::spawn_blocking(move || KernelLog::start(&owned, resume, max_record))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         match started {

@@ -13,9 +13,15 @@ pub fn docker_socket() -> PathBuf {
 
 /// Runs `docker` against the test engine; panics with its output on failure.
 pub fn docker(args: &[&str]) -> String {
+    docker_at(&docker_socket(), args)
+}
+
+/// Runs `docker` against the engine on `socket`; panics with its output on
+/// failure.
+pub fn docker_at(socket: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new("docker")
         .arg("-H")
-        .arg(format!("unix://{}", docker_socket().display()))
+        .arg(format!("unix://{}", socket.display()))
         .args(args)
         .output()
         .expect("the docker client (scripts/test installs docker.io)");

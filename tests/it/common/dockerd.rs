@@ -95,19 +95,7 @@ impl Engine {
 
     /// Runs `docker` against this engine; panics with its output on failure.
     pub fn docker(&self, args: &[&str]) -> String {
-        let out = Command::new("docker")
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket().display()))
-            .args(args)
-            .output()
-            .expect("the docker client (scripts/test installs docker.io)");
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        super::docker::docker_at(&self.socket(), args)
     }
 
     /// `busybox sleep` in a container named `name` with `labels`

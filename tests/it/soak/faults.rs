@@ -164,18 +164,14 @@ async fn postgres_outages(sh: Sh, mut pg: Postgres, times: Vec<f64>) -> Postgres
     const SERIES: &str = "inferwatch_store_write_errors_total";
     for t in times {
         at(&sh, t).await;
-        let c = client();
-        let errors_before = page(&c, &sh)
-            .await
-            .and_then(|p| sample_value(&p, SERIES))
-            .unwrap_or(0.0);
+        let errors_before = now(&sh, SERIES).await;
         let injected = sh.t();
         pg.kill().await;
         let seen = when(&sh, SERIES, LIMIT, |v| v.is_some_and(|v| v > errors_before)).await;
         // What waits in the buffer, read every second of the outage.
         let mut pending_peak = 0.0f64;
         while sh.t() < injected + 60.0 {
-            pending_peak = pending_peak.max(pending(&sh).await.unwrap_or(0.0));
+            pending_peak = pending_peak.max(now(&sh, "inferwatch_store_pending_samples").await);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         pg.resume().await;
@@ -198,10 +194,12 @@ async fn postgres_outages(sh: Sh, mut pg: Postgres, times: Vec<f64>) -> Postgres
     pg
 }
 
-async fn pending(sh: &Shared) -> Option<f64> {
+/// `series` on `/metrics` now (0 when absent or the daemon is down).
+async fn now(sh: &Shared, series: &str) -> f64 {
     page(&client(), sh)
         .await
-        .and_then(|p| sample_value(&p, "inferwatch_store_pending_samples"))
+        .and_then(|p| sample_value(&p, series))
+        .unwrap_or(0.0)
 }
 
 /// dockerd stopped; meanwhile a container the daemon has not named yet
@@ -214,11 +212,7 @@ async fn dockerd_restarts(sh: Sh, mut engine: Engine, gpus: Arc<Mutex<Gpus>>, ti
         at(&sh, t).await;
         let name = format!("inferwatch-soak-late-{i}");
         let (_, pid) = engine.sleeping(&name, &[]);
-        let c = client();
-        let errors_before = page(&c, &sh)
-            .await
-            .and_then(|p| sample_value(&p, SERIES))
-            .unwrap_or(0.0);
+        let errors_before = now(&sh, SERIES).await;
         let injected = sh.t();
         engine.stop();
         gpus.lock().unwrap().procs.push((2, pid, 1 << 30, "late".into()));
@@ -267,11 +261,7 @@ async fn kernel_floods(sh: Sh, mut log: tempfile::NamedTempFile, times: Vec<f64>
     let mut seq = 0u64;
     for t in times {
         at(&sh, t).await;
-        let c = client();
-        let before = page(&c, &sh)
-            .await
-            .and_then(|p| sample_value(&p, SERIES))
-            .unwrap_or(0.0);
+        let before = now(&sh, SERIES).await;
         let mut text = String::with_capacity(64 * RECORDS as usize);
         for _ in 0..RECORDS {
             seq += 1;
@@ -282,10 +272,7 @@ async fn kernel_floods(sh: Sh, mut log: tempfile::NamedTempFile, times: Vec<f64>
         log.flush().unwrap();
         let seen = when(&sh, SERIES, LIMIT, |v| v.is_some_and(|v| v > before)).await;
         let cleared = when(&sh, SERIES, LIMIT, |v| v.is_some_and(|v| v >= before + RECORDS as f64)).await;
-        let after = page(&c, &sh)
-            .await
-            .and_then(|p| sample_value(&p, SERIES))
-            .unwrap_or(0.0);
+        let after = now(&sh, SERIES).await;
         sh.record(Fault {
             name: "kernel-log flood of 100,000 records",
             metric: SERIES,
@@ -328,13 +315,12 @@ async fn garbage_answers(sh: Sh, target: HealthTarget, times: Vec<f64>) -> Healt
 /// file, and SIGHUP. Confirmed by the reload metrics.
 pub async fn reload_every_30s(sh: Sh, config: PathBuf, duration: f64) {
     const STAMP: &str = "inferwatch_config_last_reload_success_timestamp_seconds";
-    let c = client();
     let mut next = 30.0;
     let mut failed = Vec::new();
     while next < duration {
         at(&sh, next).await;
         next += 30.0;
-        let before = page(&c, &sh).await.and_then(|p| sample_value(&p, STAMP)).unwrap_or(0.0);
+        let before = now(&sh, STAMP).await;
         let text = std::fs::read_to_string(&config).unwrap();
         let (from, to) = if text.contains("interval: 1s, timeout: 2s, failure_threshold") {
             (
@@ -360,10 +346,8 @@ pub async fn reload_every_30s(sh: Sh, config: PathBuf, duration: f64) {
         }
         sh.counts.reloads.fetch_add(1, Ordering::Relaxed);
         let applied = when(&sh, STAMP, Duration::from_secs(25), |v| v.is_some_and(|v| v > before)).await;
-        let ok = page(&c, &sh)
-            .await
-            .and_then(|p| sample_value(&p, "inferwatch_config_last_reload_successful"));
-        if applied.is_some() && ok == Some(1.0) {
+        let ok = now(&sh, "inferwatch_config_last_reload_successful").await;
+        if applied.is_some() && ok == 1.0 {
             sh.counts.reloads_confirmed.fetch_add(1, Ordering::Relaxed);
         } else {
             failed.push(round(sh.t(), 1));

@@ -80,31 +80,38 @@ pub async fn history(sh: &Shared, pg: &Postgres) -> Value {
     .await
     .unwrap();
     let outages = sh.outages.lock().unwrap().clone();
-    let in_outage = |from: f64, to: f64| outages.iter().any(|(a, b, _)| from < *b && to > *a);
-    let poll = POLL.as_secs_f64();
-    let (mut missing, mut excused, mut gaps) = (0u64, 0u64, Vec::new());
-    let mut spacing: Vec<i64> = times.windows(2).map(|w| w[1].0 - w[0].0).collect();
-    spacing.sort_unstable();
-    let pick = |q: f64| spacing.get(((spacing.len() as f64 - 1.0) * q) as usize).copied();
-    for w in times.windows(2) {
-        let (a, b) = ((w[0].0 - start_ms) as f64 / 1000.0, (w[1].0 - start_ms) as f64 / 1000.0);
-        let lost = ((b - a) / poll).round() as u64;
-        if lost < 2 {
-            continue;
-        }
-        if in_outage(a, b) {
-            excused += lost - 1;
-        } else {
-            missing += lost - 1;
-            gaps.push(json!([round(a, 1), round(b, 1)]));
-        }
-    }
+    let at = |ms: i64| (ms - start_ms) as f64 / 1000.0;
+    let gaps: Vec<(f64, f64)> = times.windows(2).map(|w| (at(w[0].0), at(w[1].0))).collect();
+    let (inside, outside): (Vec<_>, Vec<_>) = gaps
+        .iter()
+        .partition(|(a, b)| outages.iter().any(|(from, to, _)| *a < *to && *b > *from));
+    // The poll's real period (the median spacing: a poll that comes late
+    // and the next one early miss nothing), and so how many samples each
+    // stretch should hold.
+    let mut spacing: Vec<f64> = gaps.iter().map(|(a, b)| b - a).collect();
+    spacing.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        spacing
+            .get(((spacing.len() as f64 - 1.0) * q) as usize)
+            .map(|v| round(*v, 3))
+    };
+    let period = spacing.get(spacing.len() / 2).copied().unwrap_or(POLL.as_secs_f64());
+    let missing = |gs: &[(f64, f64)]| {
+        let span: f64 = gs.iter().map(|(a, b)| b - a).sum();
+        ((span / period).round() as i64 - gs.len() as i64).max(0)
+    };
+    let long: Vec<Value> = outside
+        .iter()
+        .filter(|(a, b)| b - a > 1.9 * period)
+        .map(|(a, b)| json!([round(*a, 1), round(*b, 1)]))
+        .collect();
     json!({
         "samples": times.len(),
-        "spacing_ms": {"min": pick(0.0), "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)},
-        "missing_outside_outages": missing,
-        "gaps_outside_outages": gaps,
-        "missing_in_declared_outages": excused,
+        "poll_period_s": round(period, 4),
+        "spacing_s": {"min": pick(0.0), "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)},
+        "missing_outside_outages": missing(&outside),
+        "long_gaps_outside_outages": long,
+        "missing_in_declared_outages": missing(&inside),
         "declared_outages": outages.iter().map(|(a, b, why)| json!({"from_s": round(*a, 1), "to_s": round(*b, 1), "why": why})).collect::<Vec<_>>(),
     })
 }

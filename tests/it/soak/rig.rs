@@ -146,7 +146,9 @@ impl Rig {
 }
 
 /// The daemon's config: everything on, the poll at 1 s, the store flushed
-/// every second.
+/// every second. The in-memory history ring holds one minute, so that it is
+/// full once the first minute (the warm-up) is over: with the default 60
+/// minutes it grows by design for an hour, and would hide a leak.
 pub struct Config {
     pub sentinel: String,
     pub pg: String,
@@ -165,7 +167,7 @@ pub struct Config {
 impl Config {
     pub fn render(&self) -> String {
         format!(
-            "gpu:\n  nvml_library: {nvml}\n  poll_interval: 1s\n  per_process: true\n  kernel_log: {kl}\n\
+            "gpu:\n  nvml_library: {nvml}\n  poll_interval: 1s\n  history_minutes: 1\n  per_process: true\n  kernel_log: {kl}\n\
              queues:\n  redis_url: \"{s}\"\n  poll_interval: 1s\n  names: [{QUEUE}]\n  requeue_batch: 200\n  \
              replica_wait: 1s\n\
              store:\n  url: \"{pg}\"\n  flush_interval: 1s\n\
