@@ -124,9 +124,8 @@ impl Attributor {
             if self.known.get(&pid).map(|f| f.start_time) != Some(start_time) {
                 let facts = self.facts(pid, start_time).await;
                 self.known.insert(pid, facts);
-            } else if let Some(mut facts) = self.known.remove(&pid).filter(|f| f.unnamed) {
-                self.name_container(&mut facts).await;
-                self.known.insert(pid, facts);
+            } else if let Some(facts) = self.known.get_mut(&pid).filter(|f| f.unnamed) {
+                name_container(self.docker.as_mut(), facts).await;
             }
             let facts = &self.known[&pid];
             let service = self.service_of(facts, &mains);
@@ -175,30 +174,9 @@ impl Attributor {
             facts.container = id[..12].to_string();
             facts.container_id = id;
             facts.unnamed = runtime == cgroup::Runtime::Docker;
-            self.name_container(&mut facts).await;
+            name_container(self.docker.as_mut(), &mut facts).await;
         }
         facts
-    }
-
-    /// Asks the engine for an unnamed Docker container's name and compose
-    /// labels. When the engine cannot be asked the container stays
-    /// `unnamed`, and a later poll asks again (at most every
-    /// [`docker::RETRY_AFTER`]: the client keeps quiet in between).
-    async fn name_container(&mut self, facts: &mut Facts) {
-        let Some(d) = self.docker.as_mut().filter(|_| facts.unnamed) else {
-            facts.unnamed = false;
-            return;
-        };
-        match d.lookup(&facts.container_id).await {
-            Some(c) => {
-                facts.container = c.name;
-                facts.compose_service = c.compose_service.unwrap_or_default();
-                facts.compose_project = c.compose_project.unwrap_or_default();
-                facts.unnamed = false;
-            }
-            // Not found (it exited) is an answer; a failing engine is not.
-            None => facts.unnamed = d.failing(),
-        }
     }
 
     /// The first service whose every given key matches; `mains` holds each
@@ -263,6 +241,27 @@ fn start_time(p: &Procfs, pid: u32) -> Option<u64> {
 
 fn parent(p: &Procfs, pid: u32) -> Option<u32> {
     stat_fields(p, pid)?.get(1)?.parse().ok()
+}
+
+/// Asks the engine for an unnamed Docker container's name and compose
+/// labels. When the engine cannot be asked the container stays
+/// `unnamed`, and a later poll asks again (at most every
+/// [`docker::RETRY_AFTER`]: the client keeps quiet in between).
+async fn name_container(docker: Option<&mut docker::Docker>, facts: &mut Facts) {
+    let Some(d) = docker.filter(|_| facts.unnamed) else {
+        facts.unnamed = false;
+        return;
+    };
+    match d.lookup(&facts.container_id).await {
+        Some(c) => {
+            facts.container = c.name;
+            facts.compose_service = c.compose_service.unwrap_or_default();
+            facts.compose_project = c.compose_project.unwrap_or_default();
+            facts.unnamed = false;
+        }
+        // Not found (it exited) is an answer; a failing engine is not.
+        None => facts.unnamed = d.failing(),
+    }
 }
 
 /// The `/proc` read, and the most bytes read of one of its files

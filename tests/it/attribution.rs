@@ -403,6 +403,19 @@ async fn a_container_first_seen_while_its_engine_is_down_is_named_once_it_answer
         Some(1.0),
         "asked once more, once it answered"
     );
+    // Named, it is not asked again, and the polls go on.
+    more_rounds(&d, 3.0).await;
+    let page = d.get_text("/metrics").await;
+    let (l, _) = process(&page, "gpu_process_memory_used_bytes", pid).unwrap();
+    assert_eq!(l["container"], name, "{l:?}");
+    assert_eq!(
+        sample_value(&page, "inferwatch_docker_api_calls_total{result=\"ok\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_value(&page, "inferwatch_collector_success{collector=\"gpu\"}"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
