@@ -41,8 +41,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, below the kernel's ephemeral range
+/// (`ip_local_port_range`). A port from that range (what binding port 0
+/// gives) can be taken as the local end of any outgoing connection while a
+/// test's server is down, and the server then cannot listen on it again
+/// when the test restarts it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (from, span) = (10_000u32, low.saturating_sub(10_000).max(1_000));
+    // Test processes run side by side: each starts at its own place.
+    let seed = std::process::id().wrapping_mul(2_654_435_761) ^ (unix_now().fract() * 1e9) as u32;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = from + seed.wrapping_add(n.wrapping_mul(7_919)) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

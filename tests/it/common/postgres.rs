@@ -64,8 +64,16 @@ impl Postgres {
     }
 
     /// Starts the server on the existing data dir and waits until it accepts.
+    /// Its log goes to `postgres.log` in the temp dir; a server that exits
+    /// or does not accept within 30 s fails the test with that log.
     pub async fn resume(&mut self) {
         let data = self.dir.path().join("data");
+        let log_path = self.dir.path().join("postgres.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = as_pg_user(&find_bin("postgres"))
             .arg("-D")
             .arg(&data)
@@ -80,7 +88,7 @@ impl Postgres {
             .arg("-c")
             .arg(format!("unix_socket_directories={}", self.dir.path().display()))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         self.proc = Some(Proc {
@@ -88,14 +96,28 @@ impl Postgres {
             name: "postgres",
         });
         let url = self.url();
-        eventually("postgres to accept connections", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move {
-                use sqlx::Connection;
-                sqlx::PgConnection::connect(&url).await.ok().map(|_| ())
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            use sqlx::Connection;
+            if sqlx::PgConnection::connect(&url).await.is_ok() {
+                return;
             }
-        })
-        .await;
+            let exited = self.proc.as_mut().unwrap().child.try_wait().unwrap();
+            let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+            assert!(
+                exited.is_none(),
+                "postgres on port {} exited ({exited:?}): {}",
+                self.port,
+                log()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "postgres on port {} did not accept within 30 s: {}",
+                self.port,
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGKILL of the postmaster, as a crash; returns once its backends
