@@ -106,20 +106,7 @@ impl SentinelSet {
 
     /// The master's port, as the first Sentinel that answers says.
     pub async fn master_port(&self) -> Option<u16> {
-        for &port in &self.sentinel_ports {
-            let Some(mut c) = sentinel_conn(port).await else {
-                continue;
-            };
-            let addr: Option<(String, String)> = redis::cmd("SENTINEL")
-                .arg(&["GET-MASTER-ADDR-BY-NAME", MASTER_NAME])
-                .query_async(&mut c)
-                .await
-                .ok();
-            if let Some((_, p)) = addr {
-                return p.parse().ok();
-            }
-        }
-        None
+        master_port_of(&self.sentinel_ports).await
     }
 
     /// `SENTINEL FAILOVER`: a graceful failover, the replica caught up
@@ -143,10 +130,30 @@ impl SentinelSet {
     }
 }
 
-async fn sentinel_conn(port: u16) -> Option<redis::aio::MultiplexedConnection> {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .ok()?
-        .get_multiplexed_async_connection()
+/// A connection to the Redis (or Sentinel) on `port`, or `None` when it
+/// does not answer within 3 s.
+pub async fn sentinel_conn(port: u16) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection())
         .await
+        .ok()?
         .ok()
+}
+
+/// The master's port, as the first of `sentinels` that answers says.
+pub async fn master_port_of(sentinels: &[u16]) -> Option<u16> {
+    for &port in sentinels {
+        let Some(mut c) = sentinel_conn(port).await else {
+            continue;
+        };
+        let addr: Option<(String, String)> = redis::cmd("SENTINEL")
+            .arg(&["GET-MASTER-ADDR-BY-NAME", MASTER_NAME])
+            .query_async(&mut c)
+            .await
+            .ok();
+        if let Some((_, p)) = addr {
+            return p.parse().ok();
+        }
+    }
+    None
 }

@@ -208,7 +208,7 @@ pub fn failure(i: usize) -> String {
 /// Puts the jobs in the DLQ and waits until both replicas hold them.
 async fn put_jobs(set: &SentinelSet) {
     let port = set.master_port().await.unwrap();
-    let mut c = redis_conn(port).await.unwrap();
+    let mut c = crate::common::sentinel_conn(port).await.unwrap();
     let all: Vec<String> = (0..JOBS).map(failure).collect();
     for chunk in all.chunks(5_000) {
         let _: () = c.lpush(DLQ, chunk).await.unwrap();
@@ -217,35 +217,18 @@ async fn put_jobs(set: &SentinelSet) {
     assert_eq!(acked, 2, "both replicas hold every job before the soak starts");
 }
 
-pub async fn redis_conn(port: u16) -> Option<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).ok()?;
-    tokio::time::timeout(Duration::from_secs(3), client.get_multiplexed_async_connection())
-        .await
-        .ok()?
-        .ok()
-}
-
-/// A connection to the master the Sentinels name now, checked with `ROLE`.
+/// A connection to the master the Sentinels name now, checked with `ROLE`
+/// (an old master that came back says `slave` until Sentinel is done).
 pub async fn master(sentinels: &[u16]) -> Option<redis::aio::MultiplexedConnection> {
-    for &port in sentinels {
-        let Some(mut s) = redis_conn(port).await else {
-            continue;
-        };
-        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
-            .arg(&["GET-MASTER-ADDR-BY-NAME", crate::common::MASTER_NAME])
-            .query_async(&mut s)
-            .await
-            .ok();
-        let Some((_, p)) = addr else { continue };
-        let mut c = redis_conn(p).await?;
-        let role: redis::Value = redis::cmd("ROLE").query_async(&mut c).await.ok()?;
-        if let redis::Value::Array(items) = role {
-            if matches!(items.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
-                return Some(c);
-            }
+    let port = crate::common::master_port_of(sentinels).await?;
+    let mut c = crate::common::sentinel_conn(port).await?;
+    let role: redis::Value = redis::cmd("ROLE").query_async(&mut c).await.ok()?;
+    match role {
+        redis::Value::Array(items) if matches!(items.first(), Some(redis::Value::BulkString(r)) if r == b"master") => {
+            Some(c)
         }
+        _ => None,
     }
-    None
 }
 
 /// Where every job is at the end, on the master: the queue, the DLQ and
